@@ -1,0 +1,189 @@
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {findMachineId, traceAncestry} from './ancestry.js'
+import {WafersError, isErrno} from './errors.js'
+import {mountAt, readMountTable} from './mounts.js'
+import {checkName} from './names.js'
+import {mountStack, unmount} from './overlay.js'
+import type {Step} from './steps.js'
+import {Locations, WaferStore} from './store.js'
+
+/** What `stack` did, as `--json` prints it. */
+export interface StackResult {
+  /** Whether it was already mounted, so nothing was done. */
+  alreadyStacked: boolean
+  /** Whether the top wafer was created by this call. */
+  created: boolean
+  /** The `data` directories of the stack, top first. */
+  layers: string[]
+  mountpoint: string
+  name: string
+  /** The top wafer's parent, or null for a base wafer. */
+  parent: null | string
+  /** The wafer names of the stack, top first. */
+  wafers: string[]
+}
+
+/** What `unstack` did for one name. */
+export interface UnstackResult {
+  mountpoint: string
+  name: string
+  /** False when nothing was stacked there. */
+  unstacked: boolean
+}
+
+/**
+ * The mount point of stack `name`, with symlinks in `$STACKS` resolved as the mount table shows
+ * them.
+ */
+export async function mountpointOf(locations: Locations, name: string): Promise<string> {
+  checkName(name)
+  try {
+    return path.join(await fs.realpath(locations.stacks), name)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return path.join(locations.stacks, name)
+    throw error
+  }
+}
+
+/**
+ * The steps that stack wafer `name` (creating it on `parent` first if it does not exist) and the
+ * result they fill in. Every check runs in the first step, before anything is created or mounted.
+ */
+export function stackSteps(locations: Locations, name: string, parent?: string): {result: StackResult; steps: Step[]} {
+  const store = new WaferStore(locations.wafers)
+  const result: StackResult = {
+    alreadyStacked: false,
+    created: false,
+    layers: [],
+    mountpoint: path.join(locations.stacks, name),
+    name,
+    parent: parent ?? null,
+    wafers: [],
+  }
+  let exists = false
+  const count = () => `${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'}`
+
+  const trace: Step = {
+    async run() {
+      checkName(name)
+      checkRoot()
+      if (parent !== undefined) checkName(parent, 'parent name')
+      result.mountpoint = await mountpointOf(locations, name)
+      exists = await store.exists(name)
+      if (exists) {
+        if (!(await store.hasData(name))) {
+          throw new WafersError(`wafer ${name} has no data directory at ${store.dataDir(name)}.`)
+        }
+
+        const recorded = await store.readParent(name)
+        if (parent !== undefined && parent !== recorded) {
+          const actual = recorded === undefined ? 'is a base wafer with no parent' : `has parent ${recorded}`
+          throw new WafersError(`wafer ${name} already exists and ${actual}, not ${parent}.`)
+        }
+
+        result.parent = recorded ?? null
+      } else if (parent === undefined) {
+        throw new WafersError(`wafer ${name} not found in ${store.root}.`, {
+          suggestions: [`Give a parent to create it: wafers stack ${name} PARENT`],
+        })
+      }
+
+      result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
+      result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
+      result.alreadyStacked = mountAt(await readMountTable(), result.mountpoint) !== undefined
+      if (!result.alreadyStacked) await checkMountpoint(result.mountpoint)
+      return `Traced ${count()}: ${result.wafers.join(' <- ')}`
+    },
+    title: `Trace the ancestry of ${name}`,
+  }
+
+  const create: Step = {
+    async run() {
+      const below = result.layers.slice(1)
+      await store.create(name, parent, {machineId: await findMachineId(below), parentData: below[0]})
+      result.created = true
+    },
+    skip: () => (exists ? `Wafer ${name} exists` : undefined),
+    title: parent === undefined ? `Create wafer ${name}` : `Create wafer ${name} on ${parent}`,
+  }
+
+  const check: Step = {
+    async run() {
+      for (const data of result.layers) {
+        // eslint-disable-next-line no-await-in-loop
+        const stat = await fs.stat(data)
+        if (!stat.isDirectory()) throw new WafersError(`${data} is not a directory.`)
+      }
+
+      if (result.wafers.length > 1) await fs.mkdir(store.workDir(name), {recursive: true})
+      return `Checked ${result.layers.length} layer${result.layers.length === 1 ? '' : 's'}`
+    },
+    skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+    title: 'Check the layers',
+  }
+
+  const mount: Step = {
+    async run() {
+      await fs.mkdir(locations.stacks, {recursive: true})
+      const made = await mkdirIfMissing(result.mountpoint)
+      try {
+        await mountStack(store, result.wafers, result.mountpoint)
+      } catch (error) {
+        if (made) await fs.rmdir(result.mountpoint).catch(() => {})
+        throw error
+      }
+
+      return `Mounted ${count()} at ${result.mountpoint}`
+    },
+    skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+    title: `Mount the stack at ${path.join(locations.stacks, name)}`,
+  }
+
+  return {result, steps: [trace, create, check, mount]}
+}
+
+/** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
+export async function unstack(locations: Locations, name: string): Promise<UnstackResult> {
+  const mountpoint = await mountpointOf(locations, name)
+  checkRoot()
+  if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}
+  await unmount(mountpoint)
+  await fs.rmdir(mountpoint).catch(() => {})
+  return {mountpoint, name, unstacked: true}
+}
+
+/** Refuses to go on without root: only root may mount. */
+export function checkRoot(): void {
+  if (process.getuid?.() !== 0) {
+    throw new WafersError('wafers must run as root to mount and unmount stacks.', {suggestions: ['Run it with sudo.']})
+  }
+}
+
+/** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */
+async function checkMountpoint(mountpoint: string): Promise<void> {
+  let stat
+  try {
+    stat = await fs.lstat(mountpoint)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return
+    throw error
+  }
+
+  if (stat.isSymbolicLink()) throw new WafersError(`mount point ${mountpoint} is a symbolic link; remove it first.`)
+  if (!stat.isDirectory()) throw new WafersError(`mount point ${mountpoint} exists and is not a directory.`)
+  if ((await fs.readdir(mountpoint)).length > 0) {
+    throw new WafersError(`mount point ${mountpoint} is not empty; stacking there would hide its files.`)
+  }
+}
+
+async function mkdirIfMissing(dir: string): Promise<boolean> {
+  try {
+    await fs.mkdir(dir)
+    return true
+  } catch (error) {
+    if (isErrno(error, 'EEXIST')) return false
+    throw error
+  }
+}

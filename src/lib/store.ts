@@ -1,0 +1,167 @@
+import {randomBytes} from 'node:crypto'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from './errors.js'
+import {checkName, isValidName} from './names.js'
+
+export const DEFAULT_WAFERS = '/var/lib/wafers'
+export const DEFAULT_STACKS = '/var/lib/machines'
+
+/** Where wafers live and where stacks are mounted. */
+export interface Locations {
+  stacks: string
+  wafers: string
+}
+
+/** Reads WAFERS and STACKS from the environment, falling back to the defaults. */
+export function locationsFromEnv(env: NodeJS.ProcessEnv = process.env): Locations {
+  return {
+    stacks: path.resolve(env.STACKS || DEFAULT_STACKS),
+    wafers: path.resolve(env.WAFERS || DEFAULT_WAFERS),
+  }
+}
+
+/** What a new wafer copies from the layers below it. */
+export interface CreateOptions {
+  /** The nearest `etc/machine-id` below the new wafer: the new wafer gets a fresh one beside it. */
+  machineId?: string
+  /** The parent's `data`, whose owner and mode the new `data` takes. */
+  parentData?: string
+}
+
+/**
+ * The on-disk layout of wafers: `$WAFERS/NAME/{data,work,parent}`, exactly as the bash tool made it.
+ * Entries whose names are not valid wafer names (such as `.links`) are the store's own.
+ */
+export class WaferStore {
+  constructor(readonly root: string) {}
+
+  /** The directory of overlayfs short links, also the working directory of every mount. */
+  get linksDir(): string {
+    return path.join(this.root, '.links')
+  }
+
+  /**
+   * Creates wafer `name` atomically: it is built under a hidden name and renamed into place, so
+   * an interrupted create leaves no wafer at all. Throws when the wafer appeared meanwhile.
+   */
+  async create(name: string, parent: string | undefined, options: CreateOptions = {}): Promise<void> {
+    const target = this.dir(name)
+    await fs.mkdir(this.root, {recursive: true})
+    const stage = path.join(this.root, `.create-${name}-${randomBytes(4).toString('hex')}`)
+    try {
+      await fs.mkdir(stage)
+      await fs.mkdir(path.join(stage, 'work'))
+      const data = path.join(stage, 'data')
+      await fs.mkdir(data)
+      if (options.parentData) await copyOwnerAndMode(options.parentData, data)
+      if (options.machineId) await writeFreshMachineId(options.machineId, data)
+      if (parent !== undefined) await fs.writeFile(path.join(stage, 'parent'), `${checkName(parent)}\n`)
+      await fs.rename(stage, target)
+    } catch (error) {
+      await fs.rm(stage, {force: true, recursive: true})
+      if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
+        throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
+      }
+
+      throw error
+    }
+  }
+
+  dataDir(name: string): string {
+    return path.join(this.dir(name), 'data')
+  }
+
+  /** The directory of wafer `name`; refuses names that are not valid wafer names. */
+  dir(name: string): string {
+    return path.join(this.root, checkName(name))
+  }
+
+  /** Whether a directory for wafer `name` exists (with or without `data`). */
+  async exists(name: string): Promise<boolean> {
+    return isDirectory(this.dir(name))
+  }
+
+  /** Whether wafer `name` has a `data` directory. */
+  async hasData(name: string): Promise<boolean> {
+    return isDirectory(this.dataDir(name))
+  }
+
+  /** Names of all wafers in the store, sorted. */
+  async list(): Promise<string[]> {
+    let entries
+    try {
+      entries = await fs.readdir(this.root, {withFileTypes: true})
+    } catch (error) {
+      if (isErrno(error, 'ENOENT')) return []
+      throw error
+    }
+
+    return entries
+      .filter((entry) => entry.isDirectory() && isValidName(entry.name))
+      .map((entry) => entry.name)
+      .sort()
+  }
+
+  parentFile(name: string): string {
+    return path.join(this.dir(name), 'parent')
+  }
+
+  /**
+   * The parent named in wafer `name`'s `parent` file, or undefined for a base wafer.
+   * Accepts the bash tool's format (one name, trailing newline optional).
+   */
+  async readParent(name: string): Promise<string | undefined> {
+    let text
+    try {
+      text = await fs.readFile(this.parentFile(name), 'utf8')
+    } catch (error) {
+      if (isErrno(error, 'ENOENT')) return undefined
+      if (isErrno(error, 'EISDIR')) throw new WafersError(`the parent file of wafer ${name} is a directory.`)
+      throw error
+    }
+
+    const lines = text.split('\n').map((line) => line.trim()).filter((line) => line !== '')
+    if (lines.length === 0) return undefined
+    if (lines.length > 1) {
+      throw new WafersError(`the parent file of wafer ${name} has ${lines.length} lines; it must name one wafer.`)
+    }
+
+    return checkName(lines[0], `the parent of wafer ${name},`)
+  }
+
+  workDir(name: string): string {
+    return path.join(this.dir(name), 'work')
+  }
+}
+
+/** Whether `file` is a directory (following no symlink at the last component). */
+export async function isDirectory(file: string): Promise<boolean> {
+  try {
+    return (await fs.lstat(file)).isDirectory()
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return false
+    throw error
+  }
+}
+
+async function copyOwnerAndMode(from: string, to: string): Promise<void> {
+  const stat = await fs.stat(from)
+  await fs.chown(to, stat.uid, stat.gid)
+  await fs.chmod(to, stat.mode & 0o7777)
+}
+
+/**
+ * Gives a new wafer its own machine id beside the one at `below`, so that two containers never
+ * share one. `etc` and the file take the owner and mode of the ones below: in a merged overlay the
+ * upper directory's attributes are the ones a container sees.
+ */
+async function writeFreshMachineId(below: string, data: string): Promise<void> {
+  const etc = path.join(data, 'etc')
+  await fs.mkdir(etc)
+  await copyOwnerAndMode(path.dirname(below), etc)
+  const file = path.join(etc, 'machine-id')
+  await fs.writeFile(file, `${randomBytes(16).toString('hex')}\n`)
+  await copyOwnerAndMode(below, file)
+}
