@@ -52,10 +52,21 @@ export function mountAt(table: MountEntry[], mountpoint: string): MountEntry | u
 }
 
 /**
- * The upper and lower directories of an overlay mount. Relative paths are resolved against the
- * mount's source when that is an absolute directory, as wafers mounts (see overlay.ts).
+ * The upper and lower directories of an overlay mount as real paths (short links followed).
+ * Relative paths are resolved against the mount's source when that is an absolute directory, as
+ * wafers mounts (see overlay.ts).
  */
-export function overlayLayers(entry: MountEntry): OverlayLayers {
+export async function overlayLayers(entry: MountEntry): Promise<OverlayLayers> {
+  const layers = overlayOptionLayers(entry)
+  const real = (dir: string) => fs.realpath(dir).catch(() => dir)
+  return {
+    lowers: await Promise.all(layers.lowers.map((dir) => real(dir))),
+    ...(layers.upper === undefined ? {} : {upper: await real(layers.upper)}),
+  }
+}
+
+/** The upper and lower directories of an overlay mount as its options name them, made absolute. */
+export function overlayOptionLayers(entry: MountEntry): OverlayLayers {
   const base = path.isAbsolute(entry.source) ? entry.source : '/'
   const layers: OverlayLayers = {lowers: []}
   for (const option of entry.superOptions.split(',')) {

@@ -1,0 +1,148 @@
+import {execa} from 'execa'
+import {readlinkSync} from 'node:fs'
+import {promises as fs} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {MountEntry, mountAt, readMountTable} from '../../src/lib/mounts.js'
+
+const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+
+/** What one run of the CLI did. */
+export interface Run {
+  exitCode: number
+  stderr: string
+  stdout: string
+}
+
+/**
+ * Mount tests need root inside a private mount namespace (test/run.js sets that up). Elsewhere
+ * they skip with a note, except under CI, where a mount test that cannot run fails.
+ */
+export function requireMounts(context: Mocha.Context): void {
+  const reason = whyNoMounts()
+  if (reason === undefined) return
+  if (process.env.CI) throw new Error(`mount tests cannot run under CI: ${reason}`)
+  console.warn(`      (skipped: ${reason})`)
+  context.skip()
+}
+
+function whyNoMounts(): string | undefined {
+  if (process.getuid?.() !== 0) return 'they need root; run `sudo npm test`'
+  const host = process.env.WAFERS_TEST_HOST_MOUNT_NS
+  if (!host || readlinkSync('/proc/self/ns/mnt') === host) {
+    return 'they must run in a private mount namespace; run them with `npm test`'
+  }
+
+  return undefined
+}
+
+/** A temp WAFERS and STACKS, and the CLI run against them. */
+export class Sandbox {
+  private constructor(readonly root: string) {}
+
+  get env(): Record<string, string> {
+    return {STACKS: this.stacks, WAFERS: this.wafers}
+  }
+
+  get stacks(): string {
+    return path.join(this.root, 'stacks')
+  }
+
+  get wafers(): string {
+    return path.join(this.root, 'wafers')
+  }
+
+  static async create(): Promise<Sandbox> {
+    return new Sandbox(await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-test-')))
+  }
+
+  /** Unmounts whatever the test left under the sandbox, then deletes it. */
+  async cleanup(): Promise<void> {
+    const mounted = (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(this.root + '/'))
+    for (const entry of mounted.reverse()) {
+      // eslint-disable-next-line no-await-in-loop
+      await execa('umount', ['-l', entry.mountpoint], {reject: false})
+    }
+
+    await fs.rm(this.root, {force: true, recursive: true})
+  }
+
+  data(name: string, ...file: string[]): string {
+    return path.join(this.wafers, name, 'data', ...file)
+  }
+
+  /** The mount at $STACKS/NAME, if any. */
+  async mountOf(name: string): Promise<MountEntry | undefined> {
+    return mountAt(await readMountTable(), this.stack(name))
+  }
+
+  /** Runs `wafers ARGS` as a user would, in a child process. */
+  async run(args: string[], env: Record<string, string> = {}): Promise<Run> {
+    const result = await execa(process.execPath, [bin, ...args], {
+      env: {...this.env, ...env},
+      reject: false,
+      stdin: 'ignore',
+    })
+    return {exitCode: result.exitCode ?? -1, stderr: result.stderr, stdout: result.stdout}
+  }
+
+  stack(name: string, ...file: string[]): string {
+    return path.join(this.stacks, name, ...file)
+  }
+
+  /**
+   * Makes wafer `name` by hand, as the bash tool's users did: `data/` with `files`, and a
+   * `parent` file when a parent is given (written without a trailing newline, as `echo -n` would).
+   */
+  async wafer(name: string, options: {files?: Record<string, string>; parent?: string; work?: boolean} = {}): Promise<void> {
+    const dir = path.join(this.wafers, name)
+    await fs.mkdir(path.join(dir, 'data'), {recursive: true})
+    if (options.work) await fs.mkdir(path.join(dir, 'work'))
+    if (options.parent) await fs.writeFile(path.join(dir, 'parent'), options.parent)
+    for (const [file, content] of Object.entries(options.files ?? {})) {
+      const target = path.join(dir, 'data', file)
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(path.dirname(target), {recursive: true})
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(target, content)
+    }
+  }
+}
+
+/**
+ * A listing of everything under `dir` (path, type, mode, owner, size, link target, device), to
+ * compare before and after a refusal: equal listings mean nothing was created, changed or lost.
+ */
+export async function snapshot(dir: string): Promise<string[]> {
+  const lines: string[] = []
+  async function walk(current: string): Promise<void> {
+    let entries
+    try {
+      entries = await fs.readdir(current)
+    } catch {
+      return
+    }
+
+    for (const entry of entries.sort()) {
+      const file = path.join(current, entry)
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(file)
+      // eslint-disable-next-line no-await-in-loop
+      const link = stat.isSymbolicLink() ? ` -> ${await fs.readlink(file)}` : ''
+      const size = stat.isDirectory() ? '' : ` ${stat.size}B`
+      lines.push(`${path.relative(dir, file)} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid} rdev=${stat.rdev}${size}${link}`)
+      // eslint-disable-next-line no-await-in-loop
+      if (stat.isDirectory()) await walk(file)
+    }
+  }
+
+  await walk(dir)
+  return lines
+}
+
+/** True when `text` looks like it holds a JavaScript stack trace. */
+export function hasStackTrace(text: string): boolean {
+  return /\n\s+at .+[(:]\d+/.test(text) || /\bat (async )?\S+ \(/.test(text)
+}
