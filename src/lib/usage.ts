@@ -1,0 +1,61 @@
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {isErrno} from './errors.js'
+import {MountEntry, overlayLayers, readMountTable} from './mounts.js'
+import {isValidName} from './names.js'
+import {WaferStore} from './store.js'
+
+/** A stack of this store's wafers that is mounted right now, by wafers, by hand or by the bash tool. */
+export interface LiveStack {
+  /** Wafer names of the read-only lower layers, nearest first. */
+  lowers: string[]
+  mountpoint: string
+  /** The wafer whose data is the writable top (an overlay's upper, or a bind-mounted base). */
+  top?: string
+}
+
+/**
+ * The stacks of `store`'s wafers in the live mount table: overlays with one of its wafers' data as
+ * a layer, and bind mounts of a wafer's data. Found from the kernel's table, not from any record
+ * of ours, so stacks mounted by other tools count too.
+ */
+export async function liveStacks(store: WaferStore, table?: MountEntry[]): Promise<LiveStack[]> {
+  const entries = table ?? (await readMountTable())
+  const root = await fs.realpath(store.root).catch(() => store.root)
+  const waferOf = (dir: string | undefined): string | undefined => {
+    if (dir === undefined || path.basename(dir) !== 'data' || path.dirname(path.dirname(dir)) !== root) return undefined
+    const name = path.basename(path.dirname(dir))
+    return isValidName(name) ? name : undefined
+  }
+
+  const stacks: LiveStack[] = []
+  for (const entry of entries) {
+    if (entry.fstype === 'overlay') {
+      // eslint-disable-next-line no-await-in-loop
+      const layers = await overlayLayers(entry)
+      const top = waferOf(layers.upper)
+      const lowers = layers.lowers.map((dir) => waferOf(dir)).filter((name) => name !== undefined)
+      if (top !== undefined || lowers.length > 0) stacks.push({lowers, mountpoint: entry.mountpoint, top})
+      continue
+    }
+
+    // A bind mount's root is the path inside its file system, so confirm by comparing inodes.
+    const name = path.basename(path.dirname(entry.root))
+    if (path.basename(entry.root) !== 'data' || !isValidName(name)) continue
+    // eslint-disable-next-line no-await-in-loop
+    if (await sameInode(entry.mountpoint, store.dataDir(name))) stacks.push({lowers: [], mountpoint: entry.mountpoint, top: name})
+  }
+
+  return stacks
+}
+
+async function sameInode(a: string, b: string): Promise<boolean> {
+  try {
+    const [first, second] = await Promise.all([fs.stat(a), fs.stat(b)])
+    return first.dev === second.dev && first.ino === second.ino
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'EACCES') || isErrno(error, 'ENOTDIR')) return false
+    throw error
+  }
+}
