@@ -1,13 +1,20 @@
-import {Args} from '@oclif/core'
+import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {progressMode, runSteps} from '../lib/progress.js'
+import {childlessWafers} from '../lib/ancestry.js'
+import {WafersError} from '../lib/errors.js'
+import {interruptSignal} from '../lib/interrupt.js'
+import {withLock} from '../lib/lock.js'
+import {BatchOutcome, batchError, progressMode, runBatch, runSteps} from '../lib/progress.js'
 import {StackResult, stackSteps} from '../lib/stack.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {WaferStore, locationsFromEnv} from '../lib/store.js'
+
+/** What `stack --name/--all --json` prints: one entry per stack, with its result or error. */
+export type StackManyResult = Array<(StackResult & {error?: undefined}) | {error: string; name: string}>
 
 export default class Stack extends WafersCommand {
   static args = {
-    name: Args.string({description: 'The top wafer of the stack; it is mounted at $STACKS/NAME.', required: true}),
+    name: Args.string({description: 'The top wafer of the stack; it is mounted at $STACKS/NAME.'}),
     parent: Args.string({description: 'The wafer to create NAME on, when NAME does not exist yet.'}),
   }
 
@@ -15,7 +22,11 @@ export default class Stack extends WafersCommand {
 
 If NAME does not exist and PARENT is given, NAME is created first ($WAFERS/NAME/data, work and a parent file naming PARENT), with its own fresh etc/machine-id when the layers below have one. Stacking something already stacked does nothing and says so.
 
-The last line on stdout is always "N wafers stacked at MOUNTPOINT"; progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
+A wafer may be the writable top of one mounted stack or a lower layer of any number of them, never both: overlayfs's behaviour is undefined when a lower layer changes under it. Stacking that would break this is refused, naming the stacks in the way, unless --force. Mounted stacks are read from the live mount table, so stacks mounted by hand count too.
+
+Stack many at once with --name (repeatable) or --all; each failure is reported by name and the others still go on. Ctrl-C finishes the stack under way and starts no other.
+
+The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
 
   static enableJsonFlag = true
 
@@ -23,17 +34,82 @@ The last line on stdout is always "N wafers stacked at MOUNTPOINT"; progress goe
     {command: '<%= config.bin %> <%= command.id %> archbase2 archbase', description: 'Create wafer archbase2 on archbase and stack it:'},
     {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Stack it again later (the parent is remembered):'},
     {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Stack a base wafer on its own:'},
+    {command: '<%= config.bin %> <%= command.id %> -n web -n db -n cache', description: 'Stack several existing wafers in one call:'},
+    {command: '<%= config.bin %> <%= command.id %> --all', description: 'Stack every wafer that has no children:'},
     {command: 'WAFERS=/srv/wafers STACKS=/srv/stacks <%= config.bin %> <%= command.id %> web --json', description: 'Use other directories and print the result as JSON:'},
   ]
 
+  static flags = {
+    all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name', 'parent']}),
+    force: Flags.boolean({description: 'Stack even if a wafer would be a writable top and a lower layer at once (unsafe).'}),
+    name: Flags.string({
+      char: 'n',
+      description: 'Also stack this existing wafer; repeat for more.',
+      multiple: true,
+    }),
+  }
+
   static summary = 'Mount a wafer and all its ancestors as a stack.'
 
-  async run(): Promise<StackResult> {
-    const {args} = await this.parse(Stack)
-    const {result, steps} = stackSteps(locationsFromEnv(), args.name, args.parent)
-    await runSteps(steps, progressMode({json: this.jsonEnabled()}))
-    const already = result.alreadyStacked ? ' (already stacked: nothing to do)' : ''
-    this.log(`${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'} stacked at ${result.mountpoint}${already}`)
-    return result
+  async run(): Promise<StackManyResult | StackResult> {
+    const {args, flags} = await this.parse(Stack)
+    const locations = locationsFromEnv()
+    const options = {force: flags.force, warn: (message: string) => this.warn(message)}
+    const mode = progressMode({json: this.jsonEnabled()})
+    const interrupt = interruptSignal()
+    try {
+      return await withLock(
+        locations.wafers,
+        async () => {
+          if (!flags.all && !flags.name) {
+            if (args.name === undefined) {
+              throw new WafersError('give the NAME of a wafer to stack, or --name NAME (repeatable), or --all.')
+            }
+
+            const {result, steps} = stackSteps(locations, args.name, args.parent, options)
+            await runSteps(steps, mode, interrupt.signal)
+            this.log(summaryLine(result))
+            return result
+          }
+
+          const names = flags.all ? await childlessWafers(new WaferStore(locations.wafers)) : flags.name ?? []
+          const plans = [...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]), ...names.map((name) => ({name, parent: undefined}))]
+          const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
+          const outcomes = await runBatch(
+            stacks.map(({name, steps}) => ({name, steps, title: `Stack ${name}`})),
+            mode,
+            interrupt.signal,
+          )
+          for (const [index, outcome] of outcomes.entries()) {
+            if (outcome.state === 'done') this.log(summaryLine(stacks[index].result))
+          }
+
+          this.reportFailures(outcomes)
+          return outcomes.map((outcome, index) =>
+            outcome.state === 'done' ? stacks[index].result : {error: outcome.error?.message ?? outcome.state, name: outcome.name},
+          )
+        },
+        () => this.logToStderr(`waiting for another wafers command to finish with ${locations.wafers}...`),
+      )
+    } finally {
+      interrupt.dispose()
+    }
   }
+
+  private reportFailures(outcomes: BatchOutcome[]): void {
+    const failed = outcomes.filter((outcome) => outcome.state === 'failed')
+    const skipped = outcomes.filter((outcome) => outcome.state === 'not started')
+    if (!this.jsonEnabled()) {
+      for (const outcome of failed) this.logToStderr(`cannot stack ${outcome.name}: ${outcome.error?.message}`)
+    }
+
+    const error = batchError('stacked', outcomes)
+    if (error && this.jsonEnabled()) process.exitCode = error.exit
+    else if (error) throw error
+  }
+}
+
+function summaryLine(result: StackResult): string {
+  const count = `${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'}`
+  return `${count} stacked at ${result.mountpoint}${result.alreadyStacked ? ' (already stacked: nothing to do)' : ''}`
 }

@@ -1,8 +1,10 @@
-import {Args} from '@oclif/core'
+import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {WafersError} from '../lib/errors.js'
+import {interruptSignal} from '../lib/interrupt.js'
+import {withLock} from '../lib/lock.js'
 import {checkName} from '../lib/names.js'
+import {BatchOutcome, batchError} from '../lib/progress.js'
 import {UnstackResult, unstack} from '../lib/stack.js'
 import {locationsFromEnv} from '../lib/store.js'
 
@@ -11,43 +13,58 @@ export default class Unstack extends WafersCommand {
     name: Args.string({description: 'A stack to take down, by wafer name; give as many as you like.', required: true}),
   }
 
-  static description = `Unmounts each stack at $STACKS/NAME and removes its empty mount point. The wafers' data is never deleted: stack them again at any time. A name with nothing stacked is reported and skipped.`
+  static description = `Unmounts each stack at $STACKS/NAME and removes its empty mount point. The wafers' data is never deleted: stack them again at any time. A name with nothing stacked is reported and skipped.
+
+A stack that a process still uses (its working directory, root or open files are inside) is left mounted, and the processes are named; --lazy detaches it anyway, and it goes away when they leave. With many names, each failure is reported and the others still go on; Ctrl-C finishes the one under way and starts no other.`
 
   static enableJsonFlag = true
 
   static examples = [
     {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Take one stack down:'},
     {command: '<%= config.bin %> <%= command.id %> web db cache', description: 'Take several down:'},
+    {command: '<%= config.bin %> <%= command.id %> web --lazy', description: 'Detach a stack that a process still uses:'},
   ]
+
+  static flags = {
+    lazy: Flags.boolean({description: 'Detach stacks that are in use now, and let them go when their users leave.'}),
+  }
 
   static strict = false
 
   static summary = 'Unmount stacks; their wafers stay.'
 
   async run(): Promise<UnstackResult[]> {
-    const {argv} = await this.parse(Unstack)
+    const {argv, flags} = await this.parse(Unstack)
     const names = argv as string[]
     for (const name of names) checkName(name)
     const locations = locationsFromEnv()
     const results: UnstackResult[] = []
-    const failures: string[] = []
-    for (const name of names) {
-      try {
-        // eslint-disable-next-line no-await-in-loop
-        const result = await unstack(locations, name)
-        results.push(result)
-        this.log(result.unstacked ? `unstacked ${result.mountpoint}` : `nothing stacked at ${result.mountpoint}`)
-      } catch (error) {
-        if (names.length === 1) throw error
-        failures.push(`${name}: ${(error as Error).message}`)
-        this.logToStderr(`cannot unstack ${name}: ${(error as Error).message}`)
-      }
+    const outcomes: BatchOutcome[] = names.map((name) => ({name, state: 'not started'}))
+    const interrupt = interruptSignal()
+    try {
+      await withLock(locations.wafers, async () => {
+        for (const [index, name] of names.entries()) {
+          if (interrupt.signal.aborted) break
+          try {
+            // eslint-disable-next-line no-await-in-loop
+            const result = await unstack(locations, name, {lazy: flags.lazy})
+            results.push(result)
+            outcomes[index].state = 'done'
+            this.log(result.unstacked ? `unstacked ${result.mountpoint}` : `nothing stacked at ${result.mountpoint}`)
+          } catch (error) {
+            if (names.length === 1) throw error
+            outcomes[index] = {error: error as Error, name, state: 'failed'}
+            if (!this.jsonEnabled()) this.logToStderr(`cannot unstack ${name}: ${(error as Error).message}`)
+          }
+        }
+      })
+    } finally {
+      interrupt.dispose()
     }
 
-    if (failures.length > 0) {
-      throw new WafersError(`${failures.length} of ${names.length} stacks could not be unstacked (${failures.join('; ')})`)
-    }
-
+    const error = batchError('unstacked', outcomes)
+    if (error && this.jsonEnabled()) process.exitCode = error.exit
+    else if (error) throw error
     return results
   }
 }

@@ -88,9 +88,9 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
   await run('mount', ['-t', 'overlay', '-o', options, store.linksDir, mountpoint], {cwd: store.linksDir})
 }
 
-/** Unmounts whatever is mounted at `mountpoint` (the top-most mount). */
-export async function unmount(mountpoint: string): Promise<void> {
-  await run('umount', [mountpoint])
+/** Unmounts whatever is mounted at `mountpoint` (the top-most mount); lazily detaches it if asked. */
+export async function unmount(mountpoint: string, options: {lazy?: boolean} = {}): Promise<void> {
+  await run('umount', options.lazy ? ['--lazy', mountpoint] : [mountpoint])
 }
 
 function linkId(name: string, attempt: number): string {

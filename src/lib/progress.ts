@@ -1,3 +1,4 @@
+import {WafersError} from './errors.js'
 import type {Step} from './steps.js'
 
 /** How progress is shown: a live task list, plain lines, or nothing (for --json). */
@@ -15,28 +16,95 @@ export function progressMode(options: {env?: NodeJS.ProcessEnv; json: boolean; t
   return tty && !ci && env.TERM !== 'dumb' ? 'interactive' : 'plain'
 }
 
-/** Runs `steps` in order with a listr2 task list; the first failure stops the rest and is rethrown. */
-export async function runSteps(steps: Step[], mode: ProgressMode): Promise<void> {
+/** One unit of a batch: a named list of steps that succeeds or fails as a whole. */
+export interface BatchItem {
+  name: string
+  steps: Step[]
+  title: string
+}
+
+/** How a batch item ended. */
+export interface BatchOutcome {
+  error?: Error
+  name: string
+  state: 'done' | 'failed' | 'not started'
+}
+
+/**
+ * Runs `steps` in order with a listr2 task list; the first failure stops the rest and is rethrown.
+ * Once `signal` is aborted (Ctrl-C), no further step starts.
+ */
+export async function runSteps(steps: Step[], mode: ProgressMode, signal?: AbortSignal): Promise<void> {
+  const list = await listr(tasksOf(steps, signal), mode, true)
+  await list.run()
+}
+
+/**
+ * Runs each item's steps, one item after another; a failed item is reported and the others still
+ * run. Once `signal` is aborted (Ctrl-C), the item under way finishes and no other starts.
+ */
+export async function runBatch(items: BatchItem[], mode: ProgressMode, signal?: AbortSignal): Promise<BatchOutcome[]> {
+  const outcomes: BatchOutcome[] = items.map((item) => ({name: item.name, state: 'not started'}))
+  const list = await listr(
+    items.map((item, index) => ({
+      skip: () => (signal?.aborted ? 'interrupted' : false),
+      async task(_: unknown, task: {newListr: (tasks: unknown[], options: object) => {run(): Promise<unknown>}}) {
+        try {
+          await task.newListr(tasksOf(item.steps), {exitOnError: true}).run()
+          outcomes[index].state = 'done'
+        } catch (error) {
+          outcomes[index] = {error: error as Error, name: item.name, state: 'failed'}
+          throw error
+        }
+      },
+      title: item.title,
+    })),
+    mode,
+    false,
+  )
+  await list.run().catch(() => {})
+  return outcomes
+}
+
+function tasksOf(steps: Step[], signal?: AbortSignal) {
+  return steps.map((step) => ({
+    skip: step.skip ? () => step.skip?.() ?? false : undefined,
+    async task(_: unknown, task: {output: string; title: string}) {
+      if (signal?.aborted) throw new WafersError(`interrupted before: ${step.title}.`, {exit: 130})
+      const done = await step.run((line) => {
+        task.output = line
+      })
+      if (done) task.title = done
+    },
+    title: step.title,
+  }))
+}
+
+async function listr(tasks: object[], mode: ProgressMode, exitOnError: boolean) {
   const {Listr, ListrLogger, ProcessOutput} = await import('listr2')
   const logger = new ListrLogger({processOutput: new ProcessOutput(process.stderr, process.stderr)})
-  const list = new Listr(
-    steps.map((step) => ({
-      skip: step.skip ? () => step.skip?.() ?? false : undefined,
-      async task(_: unknown, task: {output: string; title: string}) {
-        const done = await step.run((line) => {
-          task.output = line
-        })
-        if (done) task.title = done
-      },
-      title: step.title,
-    })),
-    {
-      collectErrors: false,
-      exitOnError: true,
-      registerSignalListeners: false,
-      renderer: mode === 'interactive' ? 'default' : mode === 'plain' ? 'simple' : 'silent',
-      rendererOptions: {logger},
-    },
-  )
-  await list.run()
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  return new Listr(tasks as any[], {
+    collectErrors: false,
+    exitOnError,
+    registerSignalListeners: false,
+    renderer: mode === 'interactive' ? 'default' : mode === 'plain' ? 'simple' : 'silent',
+    rendererOptions: {logger},
+  })
+}
+
+/** The error that ends a batch with failures or an interruption, saying which item ended how. */
+export function batchError(verb: string, outcomes: BatchOutcome[]): WafersError | undefined {
+  const names = (state: BatchOutcome['state']) =>
+    outcomes.filter((outcome) => outcome.state === state).map((outcome) => outcome.name)
+  const [done, failed, skipped] = [names('done'), names('failed'), names('not started')]
+  if (skipped.length > 0) {
+    return new WafersError(
+      `interrupted: ${verb} ${done.join(', ') || 'none'}; failed ${failed.join(', ') || 'none'}; not started ${skipped.join(', ')}.`,
+      {exit: 130},
+    )
+  }
+
+  if (failed.length > 0) return new WafersError(`${failed.length} of ${outcomes.length} failed: ${failed.join(', ')}.`)
+  return undefined
 }

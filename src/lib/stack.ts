@@ -6,8 +6,11 @@ import {WafersError, isErrno} from './errors.js'
 import {mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
+import {processesUsing} from './processes.js'
 import type {Step} from './steps.js'
-import {Locations, WaferStore} from './store.js'
+import {Locations, WaferStore, isDirectory} from './store.js'
+import {checkOverlayfs, checkRoot, checkUpperFilesystem} from './system.js'
+import {liveStacks, stackConflicts} from './usage.js'
 
 /** What `stack` did, as `--json` prints it. */
 export interface StackResult {
@@ -23,6 +26,20 @@ export interface StackResult {
   parent: null | string
   /** The wafer names of the stack, top first. */
   wafers: string[]
+}
+
+/** How to stack. */
+export interface StackOptions {
+  /** Stack even when a wafer would be both a writable top and a lower layer (overlayfs forbids it). */
+  force?: boolean
+  /** Called with each warning that --force let pass. */
+  warn?: (message: string) => void
+}
+
+/** How to unstack. */
+export interface UnstackOptions {
+  /** Detach a busy stack anyway (`umount --lazy`): it goes away once its last user leaves. */
+  lazy?: boolean
 }
 
 /** What `unstack` did for one name. */
@@ -51,7 +68,12 @@ export async function mountpointOf(locations: Locations, name: string): Promise<
  * The steps that stack wafer `name` (creating it on `parent` first if it does not exist) and the
  * result they fill in. Every check runs in the first step, before anything is created or mounted.
  */
-export function stackSteps(locations: Locations, name: string, parent?: string): {result: StackResult; steps: Step[]} {
+export function stackSteps(
+  locations: Locations,
+  name: string,
+  parent?: string,
+  options: StackOptions = {},
+): {result: StackResult; steps: Step[]} {
   const store = new WaferStore(locations.wafers)
   const result: StackResult = {
     alreadyStacked: false,
@@ -92,8 +114,26 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
 
       result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
       result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
-      result.alreadyStacked = mountAt(await readMountTable(), result.mountpoint) !== undefined
-      if (!result.alreadyStacked) await checkMountpoint(result.mountpoint)
+      const table = await readMountTable()
+      result.alreadyStacked = mountAt(table, result.mountpoint) !== undefined
+      if (!result.alreadyStacked) {
+        await checkMountpoint(result.mountpoint)
+        await checkWorkDir(store.workDir(name))
+        if (result.wafers.length > 1) {
+          await checkOverlayfs()
+          await checkUpperFilesystem(store.root)
+        }
+
+        const conflicts = stackConflicts(await liveStacks(store, table), result.wafers, result.mountpoint)
+        if (conflicts.length > 0) {
+          const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
+          if (!options.force) {
+            throw new WafersError(message, {suggestions: ['Unstack those stacks first, or pass --force to stack anyway.']})
+          }
+
+          options.warn?.(`${message} Stacking anyway (--force); changes below a mounted top are undefined.`)
+        }
+      }
       return `Traced ${count()}: ${result.wafers.join(' <- ')}`
     },
     title: `Trace the ancestry of ${name}`,
@@ -145,20 +185,23 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
-export async function unstack(locations: Locations, name: string): Promise<UnstackResult> {
+export async function unstack(locations: Locations, name: string, options: UnstackOptions = {}): Promise<UnstackResult> {
   const mountpoint = await mountpointOf(locations, name)
   checkRoot()
   if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}
-  await unmount(mountpoint)
+  try {
+    await unmount(mountpoint, {lazy: options.lazy})
+  } catch (error) {
+    const users = await processesUsing(mountpoint)
+    if (users.length === 0) throw error
+    const list = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+    throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
+      suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
+    })
+  }
+
   await fs.rmdir(mountpoint).catch(() => {})
   return {mountpoint, name, unstacked: true}
-}
-
-/** Refuses to go on without root: only root may mount. */
-export function checkRoot(): void {
-  if (process.getuid?.() !== 0) {
-    throw new WafersError('wafers must run as root to mount and unmount stacks.', {suggestions: ['Run it with sudo.']})
-  }
 }
 
 /** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */
@@ -175,6 +218,17 @@ async function checkMountpoint(mountpoint: string): Promise<void> {
   if (!stat.isDirectory()) throw new WafersError(`mount point ${mountpoint} exists and is not a directory.`)
   if ((await fs.readdir(mountpoint)).length > 0) {
     throw new WafersError(`mount point ${mountpoint} is not empty; stacking there would hide its files.`)
+  }
+}
+
+/** Refuses a `work` that is there but not a directory (it could not be used or made). */
+async function checkWorkDir(work: string): Promise<void> {
+  const there = await fs.lstat(work).then(
+    () => true,
+    () => false,
+  )
+  if (there && !(await isDirectory(work))) {
+    throw new WafersError(`${work} is not a directory; overlayfs needs it as scratch space.`)
   }
 }
 

@@ -59,3 +59,23 @@ async function sameInode(a: string, b: string): Promise<boolean> {
     throw error
   }
 }
+
+/**
+ * Why stacking `wafers` (top first) at `mountpoint` would break overlayfs's rules, given the live
+ * stacks: a wafer may be the writable top of one mounted stack or a lower layer of any number of
+ * them, never both, and never the top of two. Empty when it is safe.
+ */
+export function stackConflicts(stacks: LiveStack[], wafers: string[], mountpoint: string): string[] {
+  const [top, ...below] = wafers
+  const problems: string[] = []
+  for (const stack of stacks) {
+    if (stack.mountpoint === mountpoint) continue
+    if (stack.lowers.includes(top)) problems.push(`${top} is a lower layer of the stack at ${stack.mountpoint}`)
+    if (stack.top === top) problems.push(`${top} is already the top of the stack at ${stack.mountpoint}`)
+    if (stack.top !== undefined && below.includes(stack.top)) {
+      problems.push(`${stack.top}, below ${top}, is the writable top of the stack at ${stack.mountpoint}`)
+    }
+  }
+
+  return problems
+}

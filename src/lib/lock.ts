@@ -1,0 +1,69 @@
+import {spawn} from 'node:child_process'
+import {closeSync, constants, openSync} from 'node:fs'
+
+import {WafersError, isErrno} from './errors.js'
+
+/** A held lock; release() lets the next waiter in. */
+export interface Lock {
+  release(): void
+}
+
+/**
+ * Takes an exclusive flock(2) on directory `dir`, waiting up to `waitSeconds` (calling `onWait`
+ * once if it has to wait). Node has no flock, so flock(1) locks our open file description through
+ * an inherited descriptor; the lock then belongs to this process and the kernel drops it when the
+ * process ends, however it ends (kill -9 included). Resolves to undefined when `dir` does not exist.
+ */
+export async function lockDirectory(
+  dir: string,
+  options: {onWait?: () => void; waitSeconds?: number} = {},
+): Promise<Lock | undefined> {
+  let fd: number
+  try {
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return undefined
+    throw error
+  }
+
+  try {
+    if ((await flock(fd, ['-x', '-n'])) !== 0) {
+      options.onWait?.()
+      const status = await flock(fd, ['-x', '-w', String(options.waitSeconds ?? 600)])
+      if (status !== 0) {
+        throw new WafersError(`another wafers command still holds the lock on ${dir}; try again when it is done.`)
+      }
+    }
+  } catch (error) {
+    closeSync(fd)
+    throw error
+  }
+
+  let held = true
+  return {
+    release() {
+      if (held) closeSync(fd)
+      held = false
+    },
+  }
+}
+
+/** Runs `fn` holding the lock on `dir` (when it exists), releasing it however `fn` ends. */
+export async function withLock<T>(dir: string, fn: () => Promise<T>, onWait?: () => void): Promise<T> {
+  const lock = await lockDirectory(dir, {onWait})
+  try {
+    return await fn()
+  } finally {
+    lock?.release()
+  }
+}
+
+function flock(fd: number, args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('flock', [...args, '3'], {stdio: ['ignore', 'ignore', 'ignore', fd]})
+    child.on('error', (error) => {
+      reject(isErrno(error, 'ENOENT') ? new WafersError('flock is not installed; install util-linux.') : error)
+    })
+    child.on('exit', (code) => resolve(code ?? 1))
+  })
+}
