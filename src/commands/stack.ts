@@ -40,7 +40,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
   ]
 
   static flags = {
-    all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name', 'parent']}),
+    all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name']}),
     force: Flags.boolean({description: 'Stack even if a wafer would be a writable top and a lower layer at once (unsafe).'}),
     name: Flags.string({
       char: 'n',
@@ -70,6 +70,10 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
             await runSteps(steps, mode, interrupt.signal)
             this.log(summaryLine(result))
             return result
+          }
+
+          if (flags.all && args.name !== undefined) {
+            throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {exit: 2})
           }
 
           const names = flags.all ? await childlessWafers(new WaferStore(locations.wafers)) : flags.name ?? []

@@ -12,7 +12,7 @@ export interface Lock {
  * Takes an exclusive flock(2) on directory `dir`, waiting up to `waitSeconds` (calling `onWait`
  * once if it has to wait). Node has no flock, so flock(1) locks our open file description through
  * an inherited descriptor; the lock then belongs to this process and the kernel drops it when the
- * process ends, however it ends (kill -9 included). Resolves to undefined when `dir` does not exist.
+ * process ends, however it ends (kill -9 included). Resolves to undefined when `dir` cannot be opened.
  */
 export async function lockDirectory(
   dir: string,
@@ -22,7 +22,8 @@ export async function lockDirectory(
   try {
     fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY)
   } catch (error) {
-    if (isErrno(error, 'ENOENT')) return undefined
+    // Nothing to lock yet, or not ours to lock: the command's own checks say what is wrong.
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'EACCES') || isErrno(error, 'ENOTDIR')) return undefined
     throw error
   }
 

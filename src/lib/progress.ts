@@ -50,7 +50,7 @@ export async function runBatch(items: BatchItem[], mode: ProgressMode, signal?: 
       skip: () => (signal?.aborted ? 'interrupted' : false),
       async task(_: unknown, task: {newListr: (tasks: unknown[], options: object) => {run(): Promise<unknown>}}) {
         try {
-          await task.newListr(tasksOf(item.steps), {exitOnError: true}).run()
+          await task.newListr(tasksOf(item.steps), {exitOnError: true, registerSignalListeners: false}).run()
           outcomes[index].state = 'done'
         } catch (error) {
           outcomes[index] = {error: error as Error, name: item.name, state: 'failed'}

@@ -144,5 +144,5 @@ export async function snapshot(dir: string): Promise<string[]> {
 
 /** True when `text` looks like it holds a JavaScript stack trace. */
 export function hasStackTrace(text: string): boolean {
-  return /\n\s+at .+[(:]\d+/.test(text) || /\bat (async )?\S+ \(/.test(text)
+  return /^\s+at .*:\d+:\d+\)?$/m.test(text)
 }
