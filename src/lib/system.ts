@@ -21,7 +21,7 @@ export function checkRoot(): void {
 }
 
 /** Refuses when the running kernel has no overlayfs (and it cannot be seen as a module either). */
-export async function checkOverlayfs(filesystems = '/proc/filesystems'): Promise<void> {
+export async function checkOverlayfs(filesystems = '/proc/filesystems', module = '/sys/module/overlay'): Promise<void> {
   let text = ''
   try {
     text = await fs.readFile(filesystems, 'utf8')
@@ -30,8 +30,8 @@ export async function checkOverlayfs(filesystems = '/proc/filesystems'): Promise
   }
 
   if (/\toverlay$/m.test(text)) return
-  const modules = await fs.readdir('/sys/module/overlay').catch(() => undefined)
-  if (modules) return
+  const loaded = await fs.readdir(module).catch(() => undefined)
+  if (loaded) return
   throw new WafersError('this kernel has no overlayfs, which wafers needs for stacks of more than one wafer.', {
     suggestions: ['Load it with `modprobe overlay`, or use a kernel built with CONFIG_OVERLAY_FS.'],
   })
