@@ -49,7 +49,8 @@ export class WaferStore {
   async create(name: string, parent: string | undefined, options: CreateOptions = {}): Promise<void> {
     const target = this.dir(name)
     await fs.mkdir(this.root, {recursive: true})
-    const stage = path.join(this.root, `.create-${name}-${randomBytes(4).toString('hex')}`)
+    await this.removeAbandonedStages()
+    const stage = path.join(this.root, `.create-${name}-${process.pid}-${randomBytes(4).toString('hex')}`)
     try {
       await fs.mkdir(stage)
       await fs.mkdir(path.join(stage, 'work'))
@@ -131,6 +132,19 @@ export class WaferStore {
     return checkName(lines[0], `the parent of wafer ${name},`)
   }
 
+  /** Removes what creates killed midway (kill -9, power loss) left behind: staging dirs of dead processes. */
+  async removeAbandonedStages(): Promise<void> {
+    const entries = await fs.readdir(this.root).catch(() => [] as string[])
+    await Promise.all(
+      entries.map(async (entry) => {
+        const pid = /^\.create-.+-(\d+)-[\da-f]{8}$/.exec(entry)?.[1]
+        if (pid !== undefined && !isAlive(Number(pid))) {
+          await fs.rm(path.join(this.root, entry), {force: true, recursive: true})
+        }
+      }),
+    )
+  }
+
   workDir(name: string): string {
     return path.join(this.dir(name), 'work')
   }
@@ -143,6 +157,15 @@ export async function isDirectory(file: string): Promise<boolean> {
   } catch (error) {
     if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return false
     throw error
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return !isErrno(error, 'ESRCH')
   }
 }
 
