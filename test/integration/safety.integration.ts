@@ -186,7 +186,7 @@ const BAD_INPUTS: BadInput[] = [
   } as BadInput,
 ]
 
-describe('bad input is refused, with one sentence, and changes nothing', function () {
+describe('safety', function () {
   let box: Sandbox
 
   beforeEach(async function () {
@@ -198,6 +198,7 @@ describe('bad input is refused, with one sentence, and changes nothing', functio
     await box?.cleanup()
   })
 
+describe('bad input is refused, with one sentence, and changes nothing', function () {
   it(`covers at least 30 cases`, function () {
     expect(BAD_INPUTS.length).to.be.at.least(30)
   })
@@ -251,17 +252,6 @@ describe('bad input is refused, with one sentence, and changes nothing', functio
 })
 
 describe('faults and concurrency', function () {
-  let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
-  })
-
   it('leaves no wafer or a whole one when a create is killed with -9 at random points', async function () {
     await box.wafer('base', {files: {'etc/machine-id': 'b'.repeat(32) + '\n'}})
     for (let round = 0; round < 12; round++) {
@@ -383,6 +373,7 @@ describe('faults and concurrency', function () {
     expect((await fs.readdir(box.stacks)).sort()).to.deep.equal([...stacked].sort())
     expect(run.stdout.split('\n')).to.deep.equal(stacked.map((name) => `1 wafer stacked at ${box.stack(name)}`))
   })
+})
 })
 
 async function expectSuccess(box: Sandbox, args: string[]): Promise<void> {

@@ -319,6 +319,28 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       expect((await fs.stat(box.data('child', 'home', 'jesse'))).isDirectory()).to.equal(true)
     })
   })
+
+describe('live stacks from the mount table', function () {
+  it('finds stacks mounted by wafers, by hand with absolute paths, and bind-mounted bases', async function () {
+    const {liveStacks} = await import('../../src/lib/usage.js')
+    const {WaferStore} = await import('../../src/lib/store.js')
+    await box.wafer('base')
+    await box.wafer('mid', {parent: 'base'})
+    await box.wafer('hand', {parent: 'base', work: true})
+    expect((await box.run(['stack', 'mid'])).exitCode).to.equal(0)
+    expect((await box.run(['stack', 'base', '--force'])).exitCode).to.equal(0)
+    const target = path.join(box.root, 'by-hand')
+    await fs.mkdir(target)
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`, target])
+    const stacks = await liveStacks(new WaferStore(box.wafers))
+    expect(stacks).to.deep.include.members([
+      {lowers: ['base'], mountpoint: box.stack('mid'), top: 'mid'},
+      {lowers: [], mountpoint: box.stack('base'), top: 'base'},
+      {lowers: ['base'], mountpoint: target, top: 'hand'},
+    ])
+    expect(stacks).to.have.length(3)
+  })
+})
 })
 
 async function expectMissing(file: string): Promise<void> {
@@ -365,36 +387,3 @@ async function makeBusyboxRoot(box: Sandbox, name: string): Promise<void> {
   await fs.symlink('busybox', box.data(name, 'bin', 'sh'))
   await fs.copyFile(box.data(name, 'etc', 'os-release'), box.data(name, 'usr', 'lib', 'os-release'))
 }
-
-describe('live stacks from the mount table', function () {
-  let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
-  })
-
-  it('finds stacks mounted by wafers, by hand with absolute paths, and bind-mounted bases', async function () {
-    const {liveStacks} = await import('../../src/lib/usage.js')
-    const {WaferStore} = await import('../../src/lib/store.js')
-    await box.wafer('base')
-    await box.wafer('mid', {parent: 'base'})
-    await box.wafer('hand', {parent: 'base', work: true})
-    expect((await box.run(['stack', 'mid'])).exitCode).to.equal(0)
-    expect((await box.run(['stack', 'base', '--force'])).exitCode).to.equal(0)
-    const target = path.join(box.root, 'by-hand')
-    await fs.mkdir(target)
-    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`, target])
-    const stacks = await liveStacks(new WaferStore(box.wafers))
-    expect(stacks).to.deep.include.members([
-      {lowers: ['base'], mountpoint: box.stack('mid'), top: 'mid'},
-      {lowers: [], mountpoint: box.stack('base'), top: 'base'},
-      {lowers: ['base'], mountpoint: target, top: 'hand'},
-    ])
-    expect(stacks).to.have.length(3)
-  })
-})
