@@ -105,16 +105,16 @@ function refuseInUse(wafer: WaferInfo, asked: Set<string>, stacks: string): void
   // A stack in $STACKS comes down with unstack; one mounted elsewhere by hand, with umount.
   const takeDown = (mountpoint: string) =>
     path.dirname(mountpoint) === stacks ? `wafers unstack ${path.basename(mountpoint)}` : `umount ${mountpoint}`
-  const via = asked.has(wafer.name) ? '' : ' (it is in the subtree to remove)'
+  const who = asked.has(wafer.name) ? `wafer ${wafer.name}` : `wafer ${wafer.name}, in the subtree to remove,`
   if (wafer.mountpoint !== null) {
-    throw new WafersError(`wafer ${wafer.name} is stacked at ${wafer.mountpoint}${via}; unstack it first.`, {
+    throw new WafersError(`${who} is stacked at ${wafer.mountpoint}; unstack it first.`, {
       suggestions: [takeDown(wafer.mountpoint)],
     })
   }
 
   if (wafer.lowerOf.length > 0) {
     const [first] = wafer.lowerOf
-    throw new WafersError(`wafer ${wafer.name} is a lower layer of the stack at ${first}${via}; unstack that first.`, {
+    throw new WafersError(`${who} is a lower layer of the stack at ${first}; unstack that first.`, {
       suggestions: [takeDown(first)],
     })
   }
