@@ -39,6 +39,7 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
       for (const [i, wafer] of wafers.entries()) wafer.size = sizes[i]
     }
 
+    if (this.jsonEnabled()) return wafers
     if (wafers.length === 0) {
       this.log(`no wafers in ${store.root}`)
       return wafers

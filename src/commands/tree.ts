@@ -34,6 +34,7 @@ export default class Tree extends WafersCommand {
     }
 
     const forest = ancestryForest(inventory, args.name)
+    if (this.jsonEnabled()) return forest
     if (forest.length === 0) this.log(`no wafers in ${store.root}`)
     for (const line of drawTree(forest.map((node) => toDrawNode(node)))) this.log(line)
     return forest

@@ -1,9 +1,9 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, readFileSync} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from './errors.js'
 import type {MountEntry} from './mounts.js'
-import {WaferStore} from './store.js'
+import {WaferStore, parseParent} from './store.js'
 import {LiveStack, liveStacks} from './usage.js'
 
 /** One wafer as `list` shows it. */
@@ -41,7 +41,7 @@ export interface Inventory {
  */
 export async function readInventory(store: WaferStore, options: {table?: MountEntry[]} = {}): Promise<Inventory> {
   const names = await store.list()
-  const parents = await mapLimit(names, 64, async (name) => readParentOrProblem(store, name))
+  const parents = names.map((name) => readParentOrProblem(store, name))
   const wafers = new Map<string, WaferInfo>()
   for (const [i, name] of names.entries()) {
     const {parent, problem} = parents[i]
@@ -157,10 +157,16 @@ export async function mapLimit<T, R>(items: T[], limit: number, work: (item: T) 
   return results
 }
 
-async function readParentOrProblem(store: WaferStore, name: string): Promise<{parent?: string; problem?: string}> {
+/**
+ * Reads a parent file synchronously: for thousands of tiny files that is about ten times faster
+ * than fs.promises, whose every open, read and close is a trip through libuv's thread pool.
+ */
+function readParentOrProblem(store: WaferStore, name: string): {parent?: string; problem?: string} {
   try {
-    return {parent: await store.readParent(name)}
+    return {parent: parseParent(name, readFileSync(store.parentFile(name), 'utf8'))}
   } catch (error) {
+    if (isErrno(error, 'ENOENT')) return {}
+    if (isErrno(error, 'EISDIR')) return {problem: 'its parent file is a directory'}
     return {problem: (error as Error).message.replace(/\.$/, '')}
   }
 }
