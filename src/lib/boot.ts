@@ -111,7 +111,7 @@ export async function enable(locations: Locations, dirs: SystemdDirs, name: stri
   const unitFile = path.join(dirs.units, unitName(name))
   const nspawnFile = path.join(dirs.nspawn, `${name}.nspawn`)
   const theirs = await readIfForeign(nspawnFile)
-  if (theirs !== undefined && !/^\s*PrivateUsers\s*=\s*(no|false|off|0)\s*$/im.test(theirs)) {
+  if (theirs !== undefined && !turnsUserNamespacesOff(theirs)) {
     throw new WafersError(
       `${nspawnFile} exists and was not written by wafers; machinectl would chown the whole stack, so add "PrivateUsers=no" to its [Exec] section yourself.`,
     )
@@ -210,4 +210,32 @@ function escapeSpecifiers(text: string): string {
 /** A path for a space-separated list setting: spaces and backslashes escaped, % doubled. */
 function escapePath(dir: string): string {
   return escapeSpecifiers(dir.replaceAll('\\', '\\\\').replaceAll(' ', '\\x20'))
+}
+
+/** Where machinectl and systemd-nspawn@.service look for containers. */
+export const MACHINES_DIR = '/var/lib/machines'
+
+/**
+ * A warning when machinectl could start the stack at `mountpoint` with -U and chown it all (it is
+ * directly in /var/lib/machines, and no trusted NAME.nspawn turns user namespacing off); undefined
+ * when it is safe. For `stack` to print after mounting.
+ */
+export async function chownRisk(dirs: SystemdDirs, mountpoint: string, machines = MACHINES_DIR): Promise<string | undefined> {
+  if (path.dirname(mountpoint) !== machines) return undefined
+  const name = path.basename(mountpoint)
+  for (const dir of [dirs.nspawn, '/run/systemd/nspawn']) {
+    // eslint-disable-next-line no-await-in-loop
+    const text = await fs.readFile(path.join(dir, `${name}.nspawn`), 'utf8').catch(() => undefined)
+    if (text === undefined) continue
+    return turnsUserNamespacesOff(text)
+      ? undefined
+      : `${path.join(dir, `${name}.nspawn`)} does not say PrivateUsers=no, so machinectl start ${name} would chown the whole stack into wafer ${name}.`
+  }
+
+  return `machinectl start ${name} would run systemd-nspawn -U, which chowns the whole stack into wafer ${name}; run "wafers enable ${name}" first.`
+}
+
+/** Whether nspawn settings text says PrivateUsers=no (or another false boolean). */
+function turnsUserNamespacesOff(text: string): boolean {
+  return /^\s*PrivateUsers\s*=\s*(no|false|off|0)\s*$/im.test(text)
 }

@@ -1,5 +1,5 @@
 import {expect} from 'chai'
-import {promises as fs} from 'node:fs'
+import {promises as fs, mkdirSync, writeFileSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import {PassThrough} from 'node:stream'
@@ -57,9 +57,17 @@ describe('inventory of wafers', function () {
 
   it('reads 10,000 wafers in well under a second', async function () {
     this.timeout(60_000)
+    // On tmpfs where there is one: making 10,000 directories on a slow disk takes longer than the test.
+    const shm = await fs.stat('/dev/shm').then((stat) => stat.isDirectory(), () => false)
+    if (shm) {
+      await fs.rm(root, {force: true, recursive: true})
+      root = await fs.mkdtemp(path.join('/dev/shm', 'wafers-inventory-'))
+      store = new WaferStore(root)
+    }
+
     for (let i = 0; i < 10_000; i++) {
-      // eslint-disable-next-line no-await-in-loop
-      await wafer(`w${i}`, i === 0 ? undefined : `w${Math.floor(i / 2)}`)
+      mkdirSync(path.join(root, `w${i}`, 'data'), {recursive: true})
+      if (i > 0) writeFileSync(path.join(root, `w${i}`, 'parent'), `w${Math.floor(i / 2)}`)
     }
 
     const start = process.hrtime.bigint()
