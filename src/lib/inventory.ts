@@ -76,7 +76,7 @@ export async function readInventory(store: WaferStore, options: {table?: MountEn
   return {children, stacks, wafers}
 }
 
-/** The wafers below `name` (children, grandchildren, ...), deepest first, never `name` itself. */
+/** The wafers built on `name` (children, grandchildren, ...), deepest first, never `name` itself. */
 export function descendants(inventory: Inventory, name: string): string[] {
   const found: Array<{level: number; name: string}> = []
   const seen = new Set([name])
