@@ -43,7 +43,10 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
         throw new WafersError(`stdin is not a terminal, so wafers rm cannot ask before deleting ${wafers.length === 1 ? `wafer ${wafers[0]}` : `${wafers.length} wafers`}; add --yes to delete without asking.`)
       }
 
-      const question = `Delete ${wafers.length === 1 ? 'wafer' : `${wafers.length} wafers`} ${wafers.join(', ')} and all their data? [y/N] `
+      const question =
+        wafers.length === 1
+          ? `Delete wafer ${wafers[0]} and all its data? [y/N] `
+          : `Delete ${wafers.length} wafers (${wafers.join(', ')}) and all their data? [y/N] `
       if (!(await confirm(question))) {
         this.log('nothing removed')
         return {removed: []}
