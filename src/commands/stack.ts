@@ -1,10 +1,11 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {childlessWafers} from '../lib/ancestry.js'
+import {chownRisk, systemdDirsFromEnv} from '../lib/boot.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
 import {withLock} from '../lib/lock.js'
+import {childless, readInventory} from '../lib/inventory.js'
 import {BatchOutcome, batchError, progressMode, runBatch, runSteps} from '../lib/progress.js'
 import {StackResult, stackSteps} from '../lib/stack.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
@@ -69,6 +70,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
             const {result, steps} = stackSteps(locations, args.name, args.parent, options)
             await runSteps(steps, mode, interrupt.signal)
             this.log(summaryLine(result))
+            await this.warnOfChown(result)
             return result
           }
 
@@ -76,7 +78,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
             throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {exit: 2})
           }
 
-          const names = flags.all ? await childlessWafers(new WaferStore(locations.wafers)) : flags.name ?? []
+          const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers))) : flags.name ?? []
           const plans = [...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]), ...names.map((name) => ({name, parent: undefined}))]
           const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
           const outcomes = await runBatch(
@@ -85,7 +87,10 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
             interrupt.signal,
           )
           for (const [index, outcome] of outcomes.entries()) {
-            if (outcome.state === 'done') this.log(summaryLine(stacks[index].result))
+            if (outcome.state !== 'done') continue
+            this.log(summaryLine(stacks[index].result))
+            // eslint-disable-next-line no-await-in-loop
+            await this.warnOfChown(stacks[index].result)
           }
 
           this.reportFailures(outcomes)
@@ -98,6 +103,12 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
     } finally {
       interrupt.dispose()
     }
+  }
+
+  /** machinectl would chown a stack under /var/lib/machines into its top wafer: say how to prevent it. */
+  private async warnOfChown(result: StackResult): Promise<void> {
+    const risk = await chownRisk(systemdDirsFromEnv(), result.mountpoint)
+    if (risk) this.warn(risk)
   }
 
   private reportFailures(outcomes: BatchOutcome[]): void {

@@ -64,9 +64,3 @@ export async function findMachineId(layers: string[]): Promise<string | undefine
   return undefined
 }
 
-/** The wafers no other wafer names as its parent: the tops of every possible stack, sorted. */
-export async function childlessWafers(store: WaferStore): Promise<string[]> {
-  const names = await store.list()
-  const parents = new Set(await Promise.all(names.map((name) => store.readParent(name).catch(() => undefined))))
-  return names.filter((name) => !parents.has(name))
-}

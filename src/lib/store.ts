@@ -123,13 +123,7 @@ export class WaferStore {
       throw error
     }
 
-    const lines = text.split('\n').map((line) => line.trim()).filter((line) => line !== '')
-    if (lines.length === 0) return undefined
-    if (lines.length > 1) {
-      throw new WafersError(`the parent file of wafer ${name} has ${lines.length} lines; it must name one wafer.`)
-    }
-
-    return checkName(lines[0], `the parent of wafer ${name},`)
+    return parseParent(name, text)
   }
 
   /** Removes what creates killed midway (kill -9, power loss) left behind: staging dirs of dead processes. */
@@ -148,6 +142,20 @@ export class WaferStore {
   workDir(name: string): string {
     return path.join(this.dir(name), 'work')
   }
+}
+
+/**
+ * The parent named by the text of wafer `name`'s `parent` file, or undefined for none: one name,
+ * trailing newline optional, as the bash tool wrote it.
+ */
+export function parseParent(name: string, text: string): string | undefined {
+  const lines = text.split('\n').map((line) => line.trim()).filter((line) => line !== '')
+  if (lines.length === 0) return undefined
+  if (lines.length > 1) {
+    throw new WafersError(`the parent file of wafer ${name} has ${lines.length} lines; it must name one wafer.`)
+  }
+
+  return checkName(lines[0], `the parent of wafer ${name},`)
 }
 
 /** Whether `file` is a directory (following no symlink at the last component). */

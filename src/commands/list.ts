@@ -1,0 +1,61 @@
+import {Flags} from '@oclif/core'
+
+import {WafersCommand} from '../command.js'
+import {WaferInfo, diskUsage, mapLimit, readInventory} from '../lib/inventory.js'
+import {humanSize, table} from '../lib/render.js'
+import {WaferStore, locationsFromEnv} from '../lib/store.js'
+
+export default class List extends WafersCommand {
+  static aliases = ['ls']
+
+  static description = `One line per wafer in $WAFERS: its parent, its depth (the number of wafers in its stack, itself included), whether it is stacked, where, and how much disk its own data takes. STACKED is "yes" for the top of a live stack, "lower" for a wafer that is a read-only layer of someone else's live stack, "no" otherwise; stacks are found in the live mount table, whoever mounted them. A wafer whose ancestry is broken (missing parent, loop) is listed with a note.
+
+Sizes mean reading every file of every wafer, so --json leaves them out unless you ask with --size, and --no-size leaves them out of the table.`
+
+  static enableJsonFlag = true
+
+  static examples = [
+    {command: '<%= config.bin %> <%= command.id %>', description: 'Show every wafer with its size:'},
+    {command: '<%= config.bin %> <%= command.id %> --no-size', description: 'Skip the sizes, for a quick look at thousands of wafers:'},
+    {command: '<%= config.bin %> <%= command.id %> --json', description: 'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf} objects:'},
+  ]
+
+  static flags = {
+    size: Flags.boolean({
+      allowNo: true,
+      description: 'Measure the disk space of each wafer\'s data (default: on for the table, off with --json).',
+    }),
+  }
+
+  static summary = 'List wafers with their parent, depth, stacked state and size.'
+
+  async run(): Promise<WaferInfo[]> {
+    const {flags} = await this.parse(List)
+    const store = new WaferStore(locationsFromEnv().wafers)
+    const wafers = [...(await readInventory(store)).wafers.values()]
+    const measure = flags.size ?? !this.jsonEnabled()
+    if (measure) {
+      const sizes = await mapLimit(wafers, 4, async (wafer) => diskUsage(store.dataDir(wafer.name)))
+      for (const [i, wafer] of wafers.entries()) wafer.size = sizes[i]
+    }
+
+    if (this.jsonEnabled()) return wafers
+    if (wafers.length === 0) {
+      this.log(`no wafers in ${store.root}`)
+      return wafers
+    }
+
+    const header = ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', ...(measure ? ['SIZE'] : []), 'NOTE']
+    const rows = wafers.map((wafer) => [
+      wafer.name,
+      wafer.parent ?? '-',
+      String(wafer.depth),
+      wafer.stacked ? 'yes' : wafer.lowerOf.length > 0 ? 'lower' : 'no',
+      wafer.mountpoint ?? '-',
+      ...(measure ? [humanSize(wafer.size ?? 0)] : []),
+      wafer.problem ?? '',
+    ])
+    for (const line of table(header, rows)) this.log(line)
+    return wafers
+  }
+}

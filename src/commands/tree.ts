@@ -1,0 +1,50 @@
+import {Args} from '@oclif/core'
+
+import {WafersCommand} from '../command.js'
+import {WafersError} from '../lib/errors.js'
+import {WaferNode, ancestryForest, readInventory} from '../lib/inventory.js'
+import {checkName} from '../lib/names.js'
+import {DrawNode, drawTree} from '../lib/render.js'
+import {WaferStore, locationsFromEnv} from '../lib/store.js'
+
+export default class Tree extends WafersCommand {
+  static args = {
+    name: Args.string({description: 'Show only this wafer and the wafers built on it.'}),
+  }
+
+  static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT". Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note.`
+
+  static enableJsonFlag = true
+
+  static examples = [
+    {command: '<%= config.bin %> <%= command.id %>', description: 'Draw the whole forest of wafers:'},
+    {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Draw archbase and everything built on it:'},
+    {command: '<%= config.bin %> <%= command.id %> --json', description: 'Print nested {name, stacked, mountpoint, lowerOf, children} objects:'},
+  ]
+
+  static summary = 'Draw the wafers as a tree of parents and children.'
+
+  async run(): Promise<WaferNode[]> {
+    const {args} = await this.parse(Tree)
+    const store = new WaferStore(locationsFromEnv().wafers)
+    if (args.name !== undefined) checkName(args.name)
+    const inventory = await readInventory(store)
+    if (args.name !== undefined && !inventory.wafers.has(args.name)) {
+      throw new WafersError(`wafer ${args.name} not found in ${store.root}.`)
+    }
+
+    const forest = ancestryForest(inventory, args.name)
+    if (this.jsonEnabled()) return forest
+    if (forest.length === 0) this.log(`no wafers in ${store.root}`)
+    for (const line of drawTree(forest.map((node) => toDrawNode(node)))) this.log(line)
+    return forest
+  }
+}
+
+function toDrawNode(node: WaferNode): DrawNode {
+  const notes = []
+  if (node.mountpoint !== null) notes.push(`stacked at ${node.mountpoint}`)
+  if (node.lowerOf.length > 0) notes.push(`lower layer of ${node.lowerOf.join(', ')}`)
+  if (node.problem) notes.push(node.problem)
+  return {children: node.children.map((child) => toDrawNode(child)), label: notes.length > 0 ? `${node.name} (${notes.join('; ')})` : node.name}
+}

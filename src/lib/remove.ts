@@ -1,0 +1,126 @@
+import {randomBytes} from 'node:crypto'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from './errors.js'
+import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
+import {checkName} from './names.js'
+import {Locations, WaferStore} from './store.js'
+import {liveStacks} from './usage.js'
+
+/** What `rm` removed, as `--json` prints it. */
+export interface RemoveResult {
+  /** Wafer names in the order they were removed, deepest first. */
+  removed: string[]
+}
+
+/**
+ * The wafers to remove for `names`, deepest first (with `recursive`, every wafer built on them
+ * too). Refuses, before anything is touched, a wafer that is missing, stacked, a lower layer of
+ * a live stack, or that has children left behind without `recursive`.
+ */
+export async function planRemoval(locations: Locations, names: string[], options: {recursive?: boolean} = {}): Promise<string[]> {
+  for (const name of names) checkName(name)
+  const store = new WaferStore(locations.wafers)
+  const stacks = await fs.realpath(locations.stacks).catch(() => locations.stacks)
+  const inventory = await readInventory(store)
+  const asked = new Set(names)
+  const targets = new Set<string>()
+  for (const name of asked) {
+    if (!inventory.wafers.has(name)) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
+    targets.add(name)
+    const below = descendants(inventory, name)
+    const left = below.filter((child) => !asked.has(child))
+    if (left.length > 0 && !options.recursive) {
+      const children = inventory.children.get(name) ?? []
+      throw new WafersError(
+        `wafer ${name} has ${plural(children.length, 'child', 'children')} (${children.join(', ')}) built on it; remove ${children.length === 1 ? 'it' : 'them'} first, or use --recursive to remove the whole subtree.`,
+        {suggestions: [`wafers rm --recursive ${name}`]},
+      )
+    }
+
+    for (const child of below) targets.add(child)
+  }
+
+  const order = [...targets].sort(
+    (a, b) => inventory.wafers.get(b)!.depth - inventory.wafers.get(a)!.depth || compare(a, b),
+  )
+  for (const name of order) refuseInUse(inventory.wafers.get(name)!, asked, stacks)
+  return order
+}
+
+/**
+ * Removes `wafers` in the given order (deepest first, from planRemoval), each with its short link
+ * in `.links`. Each wafer is first renamed to a hidden name, so it vanishes at once and an
+ * interrupted removal leaves no half wafer behind. Checks the live mount table again first.
+ */
+export async function removeWafers(store: WaferStore, wafers: string[]): Promise<RemoveResult> {
+  const stacks = await liveStacks(store)
+  for (const name of wafers) {
+    const stack = stacks.find((live) => live.top === name || live.lowers.includes(name))
+    if (stack) throw new WafersError(`wafer ${name} was stacked at ${stack.mountpoint} meanwhile; nothing removed.`)
+  }
+
+  const links = await linksByTarget(store)
+  const removed: string[] = []
+  for (const name of wafers) {
+    const trash = path.join(store.root, `.rm-${name}-${randomBytes(4).toString('hex')}`)
+    // eslint-disable-next-line no-await-in-loop
+    await fs.rename(store.dir(name), trash)
+    for (const link of links.get(path.join('..', name, 'data')) ?? []) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.rm(path.join(store.linksDir, link), {force: true})
+    }
+
+    // eslint-disable-next-line no-await-in-loop
+    await fs.rm(trash, {force: true, recursive: true})
+    removed.push(name)
+  }
+
+  return {removed}
+}
+
+/** The short links in `.links`, grouped by what they point at (`../NAME/data`). */
+async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> {
+  const byTarget = new Map<string, string[]>()
+  let ids: string[]
+  try {
+    ids = await fs.readdir(store.linksDir)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return byTarget
+    throw error
+  }
+
+  await Promise.all(
+    ids.map(async (id) => {
+      const target = await fs.readlink(path.join(store.linksDir, id)).catch(() => undefined)
+      if (target === undefined) return
+      byTarget.set(target, [...(byTarget.get(target) ?? []), id])
+    }),
+  )
+  return byTarget
+}
+
+function refuseInUse(wafer: WaferInfo, asked: Set<string>, stacks: string): void {
+  // A stack in $STACKS comes down with unstack; one mounted elsewhere by hand, with umount.
+  const takeDown = (mountpoint: string) =>
+    path.dirname(mountpoint) === stacks ? `wafers unstack ${path.basename(mountpoint)}` : `umount ${mountpoint}`
+  const who = asked.has(wafer.name) ? `wafer ${wafer.name}` : `wafer ${wafer.name}, in the subtree to remove,`
+  if (wafer.mountpoint !== null) {
+    throw new WafersError(`${who} is stacked at ${wafer.mountpoint}; unstack it first.`, {
+      suggestions: [takeDown(wafer.mountpoint)],
+    })
+  }
+
+  if (wafer.lowerOf.length > 0) {
+    const [first] = wafer.lowerOf
+    throw new WafersError(`${who} is a lower layer of the stack at ${first}; unstack that first.`, {
+      suggestions: [takeDown(first)],
+    })
+  }
+}
+
+function plural(count: number, one: string, many: string): string {
+  return `${count} ${count === 1 ? one : many}`
+}
+

@@ -1,0 +1,58 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {promises as fs} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+const bin = fileURLToPath(new URL('../bin/run.js', import.meta.url))
+const names = fileURLToPath(new URL('../completions/wafers.bash', import.meta.url))
+
+describe('shell completion', function () {
+  let root: string
+
+  beforeEach(async function () {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-completion-'))
+  })
+
+  afterEach(async function () {
+    await fs.rm(root, {force: true, recursive: true})
+  })
+
+  /** What bash offers for `words`, the last being the word being completed. */
+  async function complete(words: string[], env: Record<string, string>): Promise<string[]> {
+    const functions = path.join(root, 'home', '.cache', 'wafers', 'autocomplete', 'functions', 'bash', 'wafers.bash')
+    const run = await execa(
+      'bash',
+      [
+        '--noprofile',
+        '--norc',
+        '-c',
+        // bash-completion's helpers, as no-ops: the test shell has no bash-completion loaded.
+        '_get_comp_words_by_ref() { :; }; __ltrim_colon_completions() { :; }; source "$1"; source "$2"; shift 2; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _wafers_complete_names; printf "%s\\n" "${COMPREPLY[@]}"',
+        'bash',
+        functions,
+        names,
+        ...words,
+      ],
+      {env},
+    )
+    return run.stdout.split('\n').filter((line) => line !== '').sort()
+  }
+
+  it('completes commands and flags through @oclif/plugin-autocomplete, and wafer names through completions/wafers.bash', async function () {
+    const env = {HOME: path.join(root, 'home'), STACKS: path.join(root, 'stacks'), WAFERS: path.join(root, 'wafers'), XDG_CACHE_HOME: ''}
+    for (const dir of ['wafers/web/data', 'wafers/web-db/data', 'wafers/base/data', 'stacks/web']) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(path.join(root, dir), {recursive: true})
+    }
+
+    const refresh = await execa(process.execPath, [bin, 'autocomplete', '--refresh-cache'], {env, reject: false})
+    expect(refresh.exitCode, refresh.stderr).to.equal(0)
+    expect(await complete(['wafers', 'rm', 'we'], env)).to.deep.equal(['web', 'web-db'])
+    expect(await complete(['wafers', 'diff', ''], env)).to.deep.equal(['base', 'web', 'web-db'])
+    expect(await complete(['wafers', 'unstack', ''], env)).to.deep.equal(['web'])
+    expect(await complete(['wafers', 'rm', '--r'], env)).to.deep.equal(['--recursive'])
+    expect(await complete(['wafers', 'di'], env)).to.deep.equal(['diff', 'disable'])
+  })
+})

@@ -1,0 +1,257 @@
+import {getAttributeSync} from '@napi-rs/xattr'
+import {expect} from 'chai'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+
+describe('wafers list, tree, diff and rm (real trees, real mounts)', function () {
+  let box: Sandbox
+
+  beforeEach(async function () {
+    requireMounts(this)
+    box = await Sandbox.create()
+  })
+
+  afterEach(async function () {
+    await box?.cleanup()
+  })
+
+  async function ok(args: string[]): Promise<string> {
+    const run = await box.run(args)
+    expect(run.exitCode, `wafers ${args.join(' ')}: ${run.stderr}`).to.equal(0)
+    return run.stdout
+  }
+
+  /** base <- mid <- top (stacked), base <- side; a base alone, stacked; an orphan. */
+  async function forest(): Promise<void> {
+    await box.wafer('base', {files: {'etc/os': 'base\n'}})
+    await box.wafer('mid', {parent: 'base'})
+    await box.wafer('top', {parent: 'mid'})
+    await box.wafer('side', {parent: 'base'})
+    await box.wafer('alone', {files: {big: 'x'.repeat(100_000)}})
+    await box.wafer('orphan', {parent: 'gone'})
+    await ok(['stack', 'top'])
+    await ok(['stack', 'alone'])
+  }
+
+  describe('list', function () {
+    it('prints a table of every wafer with parent, depth, stacked state and mount point', async function () {
+      await forest()
+      const cells = (await ok(['list', '--no-size'])).split('\n').map((line) => line.split(/ {2,}/))
+      expect(cells).to.deep.equal([
+        ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+        ['alone', '-', '1', 'yes', box.stack('alone')],
+        ['base', '-', '1', 'lower', '-'],
+        ['mid', 'base', '2', 'lower', '-'],
+        ['orphan', 'gone', '1', 'no', '-', 'its parent gone does not exist'],
+        ['side', 'base', '2', 'no', '-'],
+        ['top', 'mid', '3', 'yes', box.stack('top')],
+      ])
+    })
+
+    it('prints objects with name, parent, depth, stacked and mountpoint with --json, and answers to ls', async function () {
+      await forest()
+      const wafers = JSON.parse(await ok(['ls', '--json']))
+      expect(wafers).to.deep.equal([
+        {depth: 1, lowerOf: [], mountpoint: box.stack('alone'), name: 'alone', parent: null, stacked: true},
+        {depth: 1, lowerOf: [box.stack('top')], mountpoint: null, name: 'base', parent: null, stacked: false},
+        {depth: 2, lowerOf: [box.stack('top')], mountpoint: null, name: 'mid', parent: 'base', stacked: false},
+        {depth: 1, lowerOf: [], mountpoint: null, name: 'orphan', parent: 'gone', problem: 'its parent gone does not exist', stacked: false},
+        {depth: 2, lowerOf: [], mountpoint: null, name: 'side', parent: 'base', stacked: false},
+        {depth: 3, lowerOf: [], mountpoint: box.stack('top'), name: 'top', parent: 'mid', stacked: true},
+      ])
+    })
+
+    it('measures the size on disk in the table, and in --json only with --size', async function () {
+      await forest()
+      const table = (await ok(['list'])).split('\n')
+      expect(table[0]).to.match(/^NAME +PARENT +DEPTH +STACKED +MOUNTPOINT +SIZE +NOTE$/)
+      expect(table[1]).to.match(/^alone .* (10\d|11\d)K$/)
+      const sized = JSON.parse(await ok(['list', '--json', '--size'])) as Array<{name: string; size: number}>
+      const alone = sized.find((wafer) => wafer.name === 'alone')!
+      expect(alone.size).to.be.within(100_000, 120_000)
+    })
+
+    it('says so when there are no wafers', async function () {
+      expect(await ok(['list'])).to.equal(`no wafers in ${box.wafers}`)
+      expect(JSON.parse(await ok(['list', '--json']))).to.deep.equal([])
+    })
+  })
+
+  describe('tree', function () {
+    it('draws the forest, marking stacked wafers and lower layers of live stacks', async function () {
+      await forest()
+      expect((await ok(['tree'])).split('\n')).to.deep.equal([
+        `alone (stacked at ${box.stack('alone')})`,
+        `base (lower layer of ${box.stack('top')})`,
+        `├── mid (lower layer of ${box.stack('top')})`,
+        `│   └── top (stacked at ${box.stack('top')})`,
+        '└── side',
+        'orphan (its parent gone does not exist)',
+      ])
+    })
+
+    it('draws only the subtree under NAME', async function () {
+      await forest()
+      expect((await ok(['tree', 'mid'])).split('\n')).to.deep.equal([
+        `mid (lower layer of ${box.stack('top')})`,
+        `└── top (stacked at ${box.stack('top')})`,
+      ])
+    })
+
+    it('prints nested objects with name, stacked and children with --json', async function () {
+      await forest()
+      const [mid] = JSON.parse(await ok(['tree', 'mid', '--json']))
+      expect(mid).to.deep.equal({
+        children: [{children: [], lowerOf: [], mountpoint: box.stack('top'), name: 'top', stacked: true}],
+        lowerOf: [box.stack('top')],
+        mountpoint: null,
+        name: 'mid',
+        stacked: false,
+      })
+    })
+
+    it('refuses a NAME that does not exist', async function () {
+      await forest()
+      const run = await box.run(['tree', 'ghost'])
+      expect(run.exitCode).to.equal(1)
+      expect(run.stderr).to.include(`wafer ghost not found in ${box.wafers}.`)
+    })
+  })
+
+  describe('diff', function () {
+    it('shows what was added, changed and deleted through the mounted stack, stacked or not', async function () {
+      await box.wafer('base', {
+        files: {'etc/keep': 'k\n', 'etc/motd': 'hi\n', 'opt/dir/a': 'a\n', 'opt/dir/b': 'b\n', 'opt/dir/sub/c': 'c\n', rmme: 'x\n'},
+      })
+      await ok(['stack', 'child', 'base'])
+      await fs.writeFile(box.stack('child', 'new'), 'n\n')
+      await fs.writeFile(box.stack('child', 'etc', 'added'), 'a\n')
+      await fs.appendFile(box.stack('child', 'etc', 'motd'), 'more\n')
+      await fs.rm(box.stack('child', 'rmme'))
+      await fs.rm(box.stack('child', 'opt', 'dir'), {recursive: true})
+      await fs.mkdir(box.stack('child', 'opt', 'dir'))
+      await fs.writeFile(box.stack('child', 'opt', 'dir', 'a'), 'a again\n')
+      await fs.writeFile(box.stack('child', 'opt', 'dir', 'fresh'), 'f\n')
+      // The kernel marked the recreated directory opaque: that is what diff must read.
+      expect(getAttributeSync(box.data('child', 'opt', 'dir'), 'trusted.overlay.opaque')?.toString()).to.equal('y')
+      const expected = [
+        'C /etc',
+        'A /etc/added',
+        'C /etc/motd',
+        'A /new',
+        'C /opt',
+        'C /opt/dir',
+        'C /opt/dir/a',
+        'D /opt/dir/b',
+        'A /opt/dir/fresh',
+        'D /opt/dir/sub',
+        'D /rmme',
+      ]
+      expect((await ok(['diff', 'child'])).split('\n')).to.deep.equal(expected)
+      await ok(['unstack', 'child'])
+      expect((await ok(['diff', 'child'])).split('\n')).to.deep.equal(expected)
+      const json = JSON.parse(await ok(['diff', 'child', '--json']))
+      expect(json[0]).to.deep.equal({change: 'changed', path: '/etc'})
+      expect(json.map((entry: {change: string}) => entry.change[0].toUpperCase())).to.deep.equal(expected.map((line) => line[0]))
+    })
+
+    it('compares with the merged wafers below: a deletion lower down counts, a base adds everything', async function () {
+      await box.wafer('base', {files: {x: 'x\n', y: 'y\n'}})
+      await ok(['stack', 'mid', 'base'])
+      await fs.rm(box.stack('mid', 'x'))
+      await ok(['unstack', 'mid'])
+      await ok(['stack', 'top', 'mid'])
+      await fs.writeFile(box.stack('top', 'x'), 'back\n')
+      await fs.rm(box.stack('top', 'y'))
+      expect((await ok(['diff', 'mid'])).split('\n')).to.deep.equal(['D /x'])
+      expect((await ok(['diff', 'top'])).split('\n')).to.deep.equal(['A /x', 'D /y'])
+      expect((await ok(['diff', 'base'])).split('\n')).to.deep.equal(['A /x', 'A /y'])
+    })
+
+    it('prints nothing for a wafer that changes nothing, and refuses a missing one', async function () {
+      await box.wafer('base', {files: {x: 'x\n'}})
+      await box.wafer('child', {parent: 'base'})
+      expect(await ok(['diff', 'child'])).to.equal('')
+      expect(JSON.parse(await ok(['diff', 'child', '--json']))).to.deep.equal([])
+      const run = await box.run(['diff', 'ghost'])
+      expect(run.exitCode).to.equal(1)
+      expect(run.stderr).to.include(`wafer ghost not found in ${box.wafers}.`)
+    })
+  })
+
+  describe('rm', function () {
+    async function expectRefusal(args: string[], message: string): Promise<void> {
+      const before = await snapshot(box.root)
+      const run = await box.run(args)
+      expect(run.exitCode, `exit code of wafers ${args.join(' ')}`).to.equal(1)
+      expect(run.stdout).to.equal('')
+      expect(run.stderr.replaceAll(/\s*\n\s*›\s*/g, ' ')).to.include(message)
+      expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
+      expect(await snapshot(box.root)).to.deep.equal(before)
+    }
+
+    it('refuses a stacked wafer', async function () {
+      await forest()
+      await expectRefusal(['rm', '--yes', 'top'], `wafer top is stacked at ${box.stack('top')}; unstack it first.`)
+    })
+
+    it('refuses a lower layer of a live stack, and a stacked wafer anywhere in a --recursive subtree', async function () {
+      await forest()
+      await expectRefusal(['rm', '--yes', 'mid', 'top'], `wafer top is stacked at ${box.stack('top')}; unstack it first. Try this: wafers unstack top`)
+      const {execa} = await import('execa')
+      const readOnly = path.join(box.root, 'read-only')
+      await fs.mkdir(readOnly)
+      await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('side')}:${box.data('base')}`, readOnly])
+      await expectRefusal(['rm', '--yes', 'side'], `wafer side is a lower layer of the stack at ${readOnly}; unstack that first. Try this: umount ${readOnly}`)
+      await ok(['unstack', 'top'])
+      await box.wafer('hand', {parent: 'mid', work: true})
+      const target = path.join(box.root, 'by-hand')
+      await fs.mkdir(target)
+      await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('mid')}:${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`, target])
+      await expectRefusal(['rm', '--yes', '--recursive', 'mid'], `wafer hand, in the subtree to remove, is stacked at ${target}; unstack it first. Try this: umount ${target}`)
+    })
+
+    it('refuses a wafer with children unless --recursive', async function () {
+      await forest()
+      await ok(['unstack', 'top'])
+      await expectRefusal(['rm', '--yes', 'base'], 'wafer base has 2 children (mid, side) built on it; remove them first, or use --recursive to remove the whole subtree.')
+    })
+
+    it('refuses to delete without --yes when stdin is not a terminal', async function () {
+      await box.wafer('base')
+      await expectRefusal(['rm', 'base'], 'stdin is not a terminal, so wafers rm cannot ask before deleting wafer base; add --yes to delete without asking.')
+    })
+
+    it('refuses a missing wafer', async function () {
+      await box.wafer('base')
+      await expectRefusal(['rm', '--yes', 'base', 'ghost'], `wafer ghost not found in ${box.wafers}.`)
+    })
+
+    it('removes a subtree deepest first with --recursive --yes, with its short links, and keeps the rest', async function () {
+      await forest()
+      await ok(['unstack', 'top', 'alone'])
+      await box.wafer('other', {parent: 'alone'})
+      await ok(['stack', 'other'])
+      await ok(['unstack', 'other'])
+      const linksBefore = await fs.readdir(path.join(box.wafers, '.links'))
+      expect(linksBefore).to.have.length(3) // mid, base, alone
+      expect(await ok(['rm', '--recursive', '--yes', 'base'])).to.equal(
+        ['removed top', 'removed mid', 'removed side', 'removed base'].join('\n'),
+      )
+      expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(['.links', 'alone', 'orphan', 'other'])
+      const links = await fs.readdir(path.join(box.wafers, '.links'))
+      expect(await Promise.all(links.map((id) => fs.readlink(path.join(box.wafers, '.links', id))))).to.deep.equal([path.join('..', 'alone', 'data')])
+      await ok(['stack', 'other'])
+      expect(await fs.readFile(box.stack('other', 'big'), 'utf8')).to.have.length(100_000)
+    })
+
+    it('removes a child and its parent named together, and prints the result with --json', async function () {
+      await box.wafer('base')
+      await box.wafer('child', {parent: 'base'})
+      expect(JSON.parse(await ok(['rm', 'base', 'child', '--yes', '--json']))).to.deep.equal({removed: ['child', 'base']})
+      expect(await fs.readdir(box.wafers)).to.deep.equal([])
+    })
+  })
+})
