@@ -3,6 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {confirm} from '../lib/confirm.js'
 import {WafersError} from '../lib/errors.js'
+import {withLock} from '../lib/lock.js'
 import {RemoveResult, planRemoval, removeWafers} from '../lib/remove.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
 
@@ -53,7 +54,15 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
       }
     }
 
-    const result = await removeWafers(store, wafers)
+    // Check again under the store lock, so that no stack or child can come up between check and delete.
+    const result = await withLock(locations.wafers, async () => {
+      const now = await planRemoval(locations, names, {recursive: flags.recursive})
+      if (now.join('\n') !== wafers.join('\n')) {
+        throw new WafersError('the wafers to remove changed while wafers rm was running; nothing was removed, run it again.')
+      }
+
+      return removeWafers(store, now)
+    })
     for (const name of result.removed) this.log(`removed ${name}`)
     return result
   }
