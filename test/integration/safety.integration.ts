@@ -319,6 +319,29 @@ describe('faults and concurrency', function () {
     }
   })
 
+  it('never removes a wafer that a racing stack mounts', async function () {
+    await base(box)
+    for (let round = 0; round < 5; round++) {
+      const name = `racer${round}`
+      // eslint-disable-next-line no-await-in-loop
+      await box.wafer(name, {parent: 'base'})
+      // eslint-disable-next-line no-await-in-loop
+      const [removal, stacking] = await Promise.all([box.run(['rm', '--yes', name]), box.run(['stack', name])])
+      // eslint-disable-next-line no-await-in-loop
+      const mounted = (await box.mountOf(name)) !== undefined
+      // eslint-disable-next-line no-await-in-loop
+      const exists = await fs.stat(box.data(name)).then(() => true, () => false)
+      if (mounted) {
+        expect(exists, `round ${round}: a mounted stack keeps its wafer`).to.equal(true)
+        expect(removal.exitCode, removal.stderr).to.equal(1)
+      } else {
+        expect(removal.exitCode, removal.stderr).to.equal(0)
+        expect(exists).to.equal(false)
+        expect(stacking.exitCode).to.equal(1)
+      }
+    }
+  })
+
   it('refuses to unstack a stack in use, naming the processes, and --lazy detaches it', async function () {
     await family(box)
     await expectSuccess(box, ['stack', 'child'])
