@@ -1,7 +1,8 @@
-import {Args} from '@oclif/core'
+import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {progressMode, runSteps} from '../lib/progress.js'
+import {splitSeederArgs} from '../lib/seed.js'
 import {StackResult, stackSteps} from '../lib/stack.js'
 import {locationsFromEnv} from '../lib/store.js'
 
@@ -24,13 +25,20 @@ The last line on stdout is always "N wafers stacked at MOUNTPOINT"; progress goe
     {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Stack it again later (the parent is remembered):'},
     {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Stack a base wafer on its own:'},
     {command: 'WAFERS=/srv/wafers STACKS=/srv/stacks <%= config.bin %> <%= command.id %> web --json', description: 'Use other directories and print the result as JSON:'},
+    {command: '<%= config.bin %> <%= command.id %> tiny --seed busybox', description: 'Create base wafer tiny from the host\'s busybox and stack it:'},
   ]
+
+  static flags = {
+    seed: Flags.string({description: 'Fill NAME, a new base wafer, with this seeder first (see `wafers seeders`); its arguments follow `--`.'}),
+  }
 
   static summary = 'Mount a wafer and all its ancestors as a stack.'
 
   async run(): Promise<StackResult> {
-    const {args} = await this.parse(Stack)
-    const {result, steps} = stackSteps(locationsFromEnv(), args.name, args.parent)
+    const {own, seederArgs} = splitSeederArgs(this.argv)
+    const {args, flags} = await this.parse(Stack, own)
+    const seed = await this.seedPlan(flags.seed, seederArgs)
+    const {result, steps} = stackSteps(locationsFromEnv(), args.name, args.parent, {hooks: this.hookRunner(), seed})
     await runSteps(steps, progressMode({json: this.jsonEnabled()}))
     const already = result.alreadyStacked ? ' (already stacked: nothing to do)' : ''
     this.log(`${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'} stacked at ${result.mountpoint}${already}`)

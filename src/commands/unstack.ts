@@ -29,12 +29,13 @@ export default class Unstack extends WafersCommand {
     const names = argv as string[]
     for (const name of names) checkName(name)
     const locations = locationsFromEnv()
+    const hooks = this.hookRunner()
     const results: UnstackResult[] = []
     const failures: string[] = []
     for (const name of names) {
       try {
         // eslint-disable-next-line no-await-in-loop
-        const result = await unstack(locations, name)
+        const result = await unstack(locations, name, hooks)
         results.push(result)
         this.log(result.unstacked ? `unstacked ${result.mountpoint}` : `nothing stacked at ${result.mountpoint}`)
       } catch (error) {

@@ -3,9 +3,11 @@ import path from 'node:path'
 
 import {findMachineId, traceAncestry} from './ancestry.js'
 import {WafersError, isErrno} from './errors.js'
+import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
+import {SeedPlan, checkSeedTarget, createTitle, seed} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore} from './store.js'
 
@@ -47,11 +49,22 @@ export async function mountpointOf(locations: Locations, name: string): Promise<
   }
 }
 
+/** What plugins add to stacking: hooks around the mount, and a seeder for a new base wafer. */
+export interface StackExtras {
+  hooks?: HookRunner
+  seed?: SeedPlan
+}
+
 /**
  * The steps that stack wafer `name` (creating it on `parent` first if it does not exist) and the
  * result they fill in. Every check runs in the first step, before anything is created or mounted.
  */
-export function stackSteps(locations: Locations, name: string, parent?: string): {result: StackResult; steps: Step[]} {
+export function stackSteps(
+  locations: Locations,
+  name: string,
+  parent?: string,
+  extras: StackExtras = {},
+): {result: StackResult; steps: Step[]} {
   const store = new WaferStore(locations.wafers)
   const result: StackResult = {
     alreadyStacked: false,
@@ -72,6 +85,7 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
       if (parent !== undefined) checkName(parent, 'parent name')
       result.mountpoint = await mountpointOf(locations, name)
       exists = await store.exists(name)
+      checkSeedTarget(extras.seed, name, exists, parent)
       if (exists) {
         if (!(await store.hasData(name))) {
           throw new WafersError(`wafer ${name} has no data directory at ${store.dataDir(name)}.`)
@@ -84,7 +98,7 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
         }
 
         result.parent = recorded ?? null
-      } else if (parent === undefined) {
+      } else if (parent === undefined && extras.seed === undefined) {
         throw new WafersError(`wafer ${name} not found in ${store.root}.`, {
           suggestions: [`Give a parent to create it: wafers stack ${name} PARENT`],
         })
@@ -100,13 +114,14 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
   }
 
   const create: Step = {
-    async run() {
+    async run(report) {
       const below = result.layers.slice(1)
-      await store.create(name, parent, {machineId: await findMachineId(below), parentData: below[0]})
+      const fill = extras.seed && ((data: string) => seed(extras.seed!, name, data, report))
+      await store.create(name, parent, {fill, machineId: await findMachineId(below), parentData: below[0]})
       result.created = true
     },
     skip: () => (exists ? `Wafer ${name} exists` : undefined),
-    title: parent === undefined ? `Create wafer ${name}` : `Create wafer ${name} on ${parent}`,
+    title: createTitle(name, parent, extras.seed),
   }
 
   const check: Step = {
@@ -141,16 +156,36 @@ export function stackSteps(locations: Locations, name: string, parent?: string):
     title: `Mount the stack at ${path.join(locations.stacks, name)}`,
   }
 
-  return {result, steps: [trace, create, check, mount]}
+  const hooks = stackHookSteps(
+    extras.hooks,
+    () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
+    async () => {
+      await unmount(result.mountpoint)
+      await fs.rmdir(result.mountpoint).catch(() => {})
+    },
+    () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+  )
+  return {result, steps: [trace, create, check, ...hooks.pre, mount, ...hooks.post]}
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
-export async function unstack(locations: Locations, name: string): Promise<UnstackResult> {
+export async function unstack(locations: Locations, name: string, hooks?: HookRunner): Promise<UnstackResult> {
   const mountpoint = await mountpointOf(locations, name)
   checkRoot()
   if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}
+  if (hooks) await fireHook(hooks, 'wafers:preunstack', {mountpoint, name})
   await unmount(mountpoint)
   await fs.rmdir(mountpoint).catch(() => {})
+  if (hooks) {
+    const remount = async () => {
+      const store = new WaferStore(locations.wafers)
+      await fs.mkdir(mountpoint, {recursive: true})
+      await mountStack(store, await traceAncestry(store, name), mountpoint)
+    }
+
+    await firePostHook(hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
+  }
+
   return {mountpoint, name, unstacked: true}
 }
 
