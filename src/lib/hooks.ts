@@ -144,9 +144,10 @@ export async function firePostHook<E extends 'wafers:poststack' | 'wafers:postun
 }
 
 /**
- * The steps that fire `wafers:prestack` (to run just before the mount) and `wafers:poststack`
- * (just after it; a failure calls `undo` to take the stack down again). Steps nobody listens to
- * are left out; both are skipped when `skip` says so (say, when it was already stacked).
+ * The steps that fire `wafers:prestack` (before anything is mounted or prepared for the mount)
+ * and `wafers:poststack` (just after the mount; a failure calls `undo` to take the stack down
+ * again). Steps nobody listens to are left out; both are skipped when `skip` says so (say, when it
+ * was already stacked).
  */
 export function stackHookSteps(
   runner: HookRunner | undefined,

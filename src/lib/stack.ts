@@ -165,7 +165,7 @@ export function stackSteps(
     },
     () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
   )
-  return {result, steps: [trace, create, check, ...hooks.pre, mount, ...hooks.post]}
+  return {result, steps: [trace, create, ...hooks.pre, check, mount, ...hooks.post]}
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */

@@ -16,8 +16,9 @@ export const dirSeeder: Seeder = {
     const stat = await fs.stat(source).catch(() => undefined)
     if (!stat?.isDirectory()) throw new WafersError(`${source} is not a directory.`)
     ctx.report(`copying ${source}`)
-    // "SOURCE/." copies the contents and the directory's own owner and mode onto data.
-    await ctx.run('cp', ['-a', '--', path.join(source, '.'), ctx.dataDir], {package: 'coreutils'})
+    // "SOURCE/." (not path.join, which drops the dot) copies the contents, and the directory's
+    // own owner, mode and xattrs onto data.
+    await ctx.run('cp', ['-a', '--', `${source}/.`, ctx.dataDir], {package: 'coreutils'})
   },
   summary: 'Copy a directory tree, keeping owners, modes, links, hard links and xattrs.',
   usage: 'DIRECTORY',
