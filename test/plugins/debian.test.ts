@@ -1,12 +1,12 @@
 import {expect} from 'chai'
 import {promises as fs} from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
 import {FALLBACK_MIRROR, parseDeb822, parseOneLine, pickMirror, readAptSources} from '../../plugins/debian/src/apt-sources.js'
 import {checkMirror, debootstrapArgs, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
+import {closedPort} from '../helpers/net.js'
 
 describe('wafers-plugin-debian', function () {
   describe('the default mirror, from the host apt sources', function () {
@@ -141,16 +141,3 @@ Components: main
     })
   })
 })
-
-/** A loopback port nothing listens on (it was just closed), so connecting is refused at once. */
-export async function closedPort(): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => {
-    server.listen(0, '127.0.0.1', resolve)
-  })
-  const {port} = server.address() as net.AddressInfo
-  await new Promise((resolve) => {
-    server.close(resolve)
-  })
-  return port
-}
