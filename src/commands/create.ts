@@ -31,6 +31,8 @@ With --seed, NAME is a new base wafer filled by that seeder (see \`wafers seeder
 
   static summary = 'Create a wafer without stacking it, optionally seeding a base wafer.'
 
+  static usage = '<%= command.id %> NAME [PARENT] [--json] [--seed SEEDER] [-- SEEDER-ARGS...]'
+
   async run(): Promise<CreateResult> {
     const {own, seederArgs} = splitSeederArgs(this.argv)
     const {args, flags} = await this.parse(Create, own)
