@@ -31,6 +31,8 @@ export interface SeedContext {
    * Throws one sentence when it is missing or fails (unless `check` is false).
    */
   run(file: string, args: string[], options?: SeedRunOptions): Promise<SeedRunResult>
+  /** Aborted when the user interrupts wafers (Ctrl-C): stop soon, the wafer will be removed. */
+  signal: AbortSignal
   /** The new wafer's name. */
   wafer: string
 }

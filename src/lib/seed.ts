@@ -95,18 +95,37 @@ export function createTitle(name: string, parent: string | undefined, plan: Seed
  * `report`. A failure is one sentence naming the seeder.
  */
 export async function seed(plan: SeedPlan, wafer: string, dataDir: string, report: (line: string) => void): Promise<void> {
+  // Ctrl-C or a kill stops the seeder's program and fails the seed, so the half-made wafer is
+  // removed like after any other failure, instead of the process dying with it in place.
+  const interrupt = new AbortController()
+  const onSignal = (signal: NodeJS.Signals) => interrupt.abort(signal)
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   const ctx: SeedContext = {
     args: [...plan.args],
     dataDir,
     report,
-    run: (file, args, options) => runStreaming(file, args, report, options),
+    run: (file, args, options) => runStreaming(file, args, report, options, interrupt.signal),
+    signal: interrupt.signal,
     wafer,
   }
   try {
     await plan.entry.seeder.seed(ctx)
   } catch (error) {
-    throw new WafersError(`seeder ${plan.entry.name} (${plan.entry.plugin}) failed: ${oneLine(error)}.`, {
-      suggestions: error instanceof WafersError ? error.suggestions : [],
+    if (!interrupt.signal.aborted) {
+      throw new WafersError(`seeder ${plan.entry.name} (${plan.entry.plugin}) failed: ${oneLine(error)}.`, {
+        suggestions: error instanceof WafersError ? error.suggestions : [],
+      })
+    }
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+
+  if (interrupt.signal.aborted) {
+    const signal = String(interrupt.signal.reason)
+    throw new WafersError(`seeder ${plan.entry.name} was interrupted by ${signal}; wafer ${wafer} was not created.`, {
+      exit: signal === 'SIGINT' ? 130 : 143,
     })
   }
 }
@@ -122,12 +141,14 @@ export async function runStreaming(
   args: string[],
   report: (line: string) => void,
   options: SeedRunOptions = {},
+  cancel?: AbortSignal,
 ): Promise<SeedRunResult> {
   const {execa} = await import('execa')
   const tail: string[] = []
   const subprocess = execa(file, args, {
     all: true,
     buffer: false,
+    cancelSignal: cancel,
     cwd: options.cwd,
     env: options.env,
     reject: false,
@@ -150,6 +171,7 @@ export async function runStreaming(
     throw new WafersError(`${file} is not installed or not on PATH${hint}.`)
   }
 
+  if (result.isCanceled) throw new WafersError(`${file} was stopped.`)
   const exitCode = result.exitCode ?? 1
   const shortMessage = result.shortMessage ?? 'no output'
   if (result.failed && options.check !== false) {

@@ -1,4 +1,5 @@
 import {expect} from 'chai'
+import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -10,6 +11,7 @@ import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbo
 const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
 
 const fixtures = fileURLToPath(new URL('../fixtures', import.meta.url))
+const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 
 interface Seen {
   event: string
@@ -59,6 +61,7 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(listing.map(({name, plugin}) => `${name} ${plugin}`)).to.deep.equal([
       'alpha-fail wafers-plugin-test-alpha',
       'alpha-record wafers-plugin-test-alpha',
+      'alpha-slow wafers-plugin-test-alpha',
       'beta-fail wafers-plugin-test-beta',
       'beta-record wafers-plugin-test-beta',
       'busybox wafers',
@@ -92,6 +95,30 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(run.exitCode).to.equal(1)
     expect(said(run.stderr)).to.include('seeder alpha-fail (wafers-plugin-test-alpha) failed: sh failed (exit code 3): disk on fire.')
     expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
+
+  it('removes the half-made wafer when the user interrupts a seeder with Ctrl-C', async function () {
+    await fs.mkdir(box.wafers)
+    const before = await snapshot(box.wafers)
+    const child = execa(process.execPath, [bin, 'create', 'base', '--seed', 'alpha-slow'], {env: box.env, reject: false, stdin: 'ignore'})
+    const stage = async () => (await fs.readdir(box.wafers)).find((entry) => entry.startsWith('.create-base-'))
+    for (let i = 0; i < 100; i++) {
+      // eslint-disable-next-line no-await-in-loop
+      const name = await stage()
+      // eslint-disable-next-line no-await-in-loop
+      if (name && (await fs.access(path.join(box.wafers, name, 'data', 'half-made')).then(() => true, () => false))) break
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => {
+        setTimeout(resolve, 100)
+      })
+    }
+
+    expect(await stage(), 'the seeder started').to.not.equal(undefined)
+    child.kill('SIGINT')
+    const run = await child
+    expect(run.exitCode).to.equal(130)
+    expect(said(run.stderr)).to.include('seeder alpha-slow was interrupted by SIGINT; wafer base was not created.')
     expect(await snapshot(box.wafers)).to.deep.equal(before)
   })
 
