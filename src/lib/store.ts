@@ -4,6 +4,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
 import {checkName, isValidName} from './names.js'
+import {removeStaging} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
 export const DEFAULT_STACKS = '/var/lib/machines'
@@ -63,7 +64,7 @@ export class WaferStore {
       if (options.fill) await options.fill(data)
       await fs.rename(stage, target)
     } catch (error) {
-      await fs.rm(stage, {force: true, recursive: true})
+      await removeStaging(stage)
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
         throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
       }

@@ -60,6 +60,7 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     const listing = JSON.parse(run.stdout) as Array<{name: string; plugin: string}>
     expect(listing.map(({name, plugin}) => `${name} ${plugin}`)).to.deep.equal([
       'alpha-fail wafers-plugin-test-alpha',
+      'alpha-mount-fail wafers-plugin-test-alpha',
       'alpha-record wafers-plugin-test-alpha',
       'alpha-slow wafers-plugin-test-alpha',
       'beta-fail wafers-plugin-test-beta',
@@ -96,6 +97,19 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(said(run.stderr)).to.include('seeder alpha-fail (wafers-plugin-test-alpha) failed: sh failed (exit code 3): disk on fire.')
     expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
     expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
+
+  it('detaches what a failed seeder left mounted inside the wafer before removing it, never deleting through it', async function () {
+    const host = path.join(box.root, 'host-dev')
+    await fs.mkdir(host)
+    await fs.writeFile(path.join(host, 'precious'), 'keep me\n')
+    await fs.mkdir(box.wafers)
+    const run = await box.run(['create', 'base', '--seed', 'alpha-mount-fail'], {WAFERS_TEST_HOST_DIR: host})
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include('seeder alpha-mount-fail (wafers-plugin-test-alpha) failed: gave up with the host directory still mounted.')
+    expect(await fs.readFile(path.join(host, 'precious'), 'utf8')).to.equal('keep me\n')
+    expect(await fs.readdir(box.wafers)).to.deep.equal([])
+    expect(await mountsInBox()).to.deep.equal([])
   })
 
   it('removes the half-made wafer when the user interrupts a seeder with Ctrl-C', async function () {
