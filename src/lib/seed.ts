@@ -1,6 +1,10 @@
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
 import {WafersError} from './errors.js'
 import type {HookRunner, SeedContext, SeedRunOptions, SeedRunResult, Seeder} from './hooks.js'
 import {oneLine} from './hooks.js'
+import {readMountTable} from './mounts.js'
 import {isValidName} from './names.js'
 
 /** A seeder and the plugin it comes from, as `wafers seeders` lists it. */
@@ -127,6 +131,13 @@ export async function seed(plan: SeedPlan, wafer: string, dataDir: string, repor
     throw new WafersError(`seeder ${plan.entry.name} was interrupted by ${signal}; wafer ${wafer} was not created.`, {
       exit: signal === 'SIGINT' ? 130 : 143,
     })
+  }
+
+  // A wafer with a file system still mounted inside would show it to every stack: refuse it.
+  const real = await fs.realpath(dataDir)
+  const left = (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(real + path.sep)).map((entry) => entry.mountpoint)
+  if (left.length > 0) {
+    throw new WafersError(`seeder ${plan.entry.name} (${plan.entry.plugin}) left ${left.join(', ')} mounted inside the wafer.`)
   }
 }
 

@@ -61,6 +61,7 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(listing.map(({name, plugin}) => `${name} ${plugin}`)).to.deep.equal([
       'alpha-fail wafers-plugin-test-alpha',
       'alpha-mount-fail wafers-plugin-test-alpha',
+      'alpha-mount-leave wafers-plugin-test-alpha',
       'alpha-record wafers-plugin-test-alpha',
       'alpha-slow wafers-plugin-test-alpha',
       'beta-fail wafers-plugin-test-beta',
@@ -108,6 +109,15 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(run.exitCode).to.equal(1)
     expect(said(run.stderr)).to.include('seeder alpha-mount-fail (wafers-plugin-test-alpha) failed: gave up with the host directory still mounted.')
     expect(await fs.readFile(path.join(host, 'precious'), 'utf8')).to.equal('keep me\n')
+    expect(await fs.readdir(box.wafers)).to.deep.equal([])
+    expect(await mountsInBox()).to.deep.equal([])
+  })
+
+  it('refuses a seed that leaves a file system mounted inside the wafer', async function () {
+    await fs.mkdir(box.wafers)
+    const run = await box.run(['create', 'base', '--seed', 'alpha-mount-leave'])
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.match(/seeder alpha-mount-leave \(wafers-plugin-test-alpha\) left \S+\/data\/proc mounted inside the wafer\./)
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
     expect(await mountsInBox()).to.deep.equal([])
   })

@@ -109,6 +109,17 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     expect(await fs.readFile(box.data('tiny', 'etc', 'passwd'), 'utf8')).to.equal('root:x:0:0:root:/root:/bin/sh\n')
   })
 
+  it('create --json prints the new wafer as JSON and nothing else', async function () {
+    const run = await box.run(['create', 'tiny', '--seed', 'busybox', '--json'])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(JSON.parse(run.stdout)).to.deep.equal({data: box.data('tiny'), name: 'tiny', parent: null, seeder: 'busybox', wafers: ['tiny']})
+    expect(run.stderr).to.equal('')
+    const child = await box.run(['create', 'child', 'tiny', '--json'])
+    expect(JSON.parse(child.stdout)).to.deep.equal({data: box.data('child'), name: 'child', parent: 'tiny', seeder: null, wafers: ['child', 'tiny']})
+    // The busybox base has a machine id, so the child gets its own.
+    expect(await fs.readFile(box.data('child', 'etc', 'machine-id'), 'utf8')).to.match(/^[0-9a-f]{32}\n$/)
+  })
+
   describe('refusals create nothing', function () {
     async function expectRefusal(args: string[], message: string): Promise<void> {
       await fs.mkdir(box.wafers, {recursive: true})
