@@ -64,7 +64,8 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const started = Date.now()
     const create = await box.run(['create', 'debian', '--seed', 'debootstrap', '--', 'bookworm', '--variant=minbase'])
     const seconds = ((Date.now() - started) / 1000).toFixed(1)
-    console.log(`      (debootstrap of bookworm minbase took ${seconds} s)`)
+    const how = create.stderr.includes('unpacking the root file system cached') ? 'from the cache' : 'debootstrapped'
+    console.log(`      (bookworm minbase ${how} in ${seconds} s)`)
     expect(create.exitCode, create.stderr.split('\n').slice(-5).join('\n')).to.equal(0)
     expect(create.stdout).to.equal(`created base wafer debian seeded with debootstrap at ${box.data('debian')}`)
     expect(await fs.readFile(box.data('debian', 'etc', 'debian_version'), 'utf8')).to.match(/^12\./)
@@ -85,5 +86,13 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     expect((await fs.stat(box.data('jesse', 'home', 'jesse'))).uid).to.equal(1000)
     expect(await fs.readFile(box.data('debian', 'etc', 'passwd'), 'utf8')).to.equal(passwd)
     expect(await snapshot(box.data('debian'))).to.deep.equal(base)
+
+    // The same request against the same mirror is unpacked from the cache: the same tree, quickly.
+    const again = Date.now()
+    const second = await box.run(['create', 'debian2', '--seed', 'debootstrap', '--', 'bookworm', '--variant=minbase'])
+    console.log(`      (bookworm minbase again, from the cache, in ${((Date.now() - again) / 1000).toFixed(1)} s)`)
+    expect(second.exitCode, second.stderr.split('\n').slice(-5).join('\n')).to.equal(0)
+    expect(second.stderr).to.include('unpacking the root file system cached in /var/cache/wafers/debootstrap/rootfs/rootfs-')
+    expect(await snapshot(box.data('debian2'))).to.deep.equal(base)
   })
 })

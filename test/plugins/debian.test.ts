@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 
 import {FALLBACK_MIRROR, parseDeb822, parseOneLine, pickMirror, readAptSources} from '../../plugins/debian/src/apt-sources.js'
-import {checkMirror, debootstrapArgs, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
+import {cacheDirOf, checkMirror, debootstrapArgs, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
 import {closedPort} from '../helpers/net.js'
 
@@ -72,11 +72,13 @@ Components: main
   describe('debootstrap arguments', function () {
     it('takes the suite, then the mirror, and passes options through', function () {
       expect(parseDebootstrapArgs(['bookworm', '--variant=minbase', 'http://m.example/debian', '--include=curl'])).to.deep.equal({
+        fresh: false,
         mirror: 'http://m.example/debian',
         options: ['--variant=minbase', '--include=curl'],
         suite: 'bookworm',
       })
-      expect(parseDebootstrapArgs([])).to.deep.equal({mirror: undefined, options: [], suite: undefined})
+      expect(parseDebootstrapArgs([])).to.deep.equal({fresh: false, mirror: undefined, options: [], suite: undefined})
+      expect(parseDebootstrapArgs(['sid', '--fresh'])).to.deep.equal({fresh: true, mirror: undefined, options: [], suite: 'sid'})
     })
 
     it('refuses a third word and options not written --name=value', function () {
@@ -93,6 +95,8 @@ Components: main
         'http://m/debian',
       ])
       expect(debootstrapArgs('/t', 'sid', 'http://m', ['--cache-dir=/c'])).to.deep.equal(['--cache-dir=/c', 'sid', '/t', 'http://m'])
+      expect(cacheDirOf(['--variant=minbase'])).to.equal('/var/cache/wafers/debootstrap')
+      expect(cacheDirOf(['--cache-dir=/c'])).to.equal('/c')
     })
 
     it('reports an unreachable mirror as a network failure', async function () {

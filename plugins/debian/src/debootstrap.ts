@@ -1,15 +1,19 @@
 import {promises as fs} from 'node:fs'
+import path from 'node:path'
 
 import type {SeedContext, Seeder} from 'wafers'
 
 import {pickMirror, readAptSources} from './apt-sources.js'
 import {findProgram, missingProgram} from './program.js'
+import {RootfsCache} from './rootfs-cache.js'
 
 /** Where downloaded .debs are kept between runs, so a second base of the same suite is quick. */
 export const DEFAULT_CACHE_DIR = '/var/cache/wafers/debootstrap'
 
 /** What the seeder's arguments ask for. */
 export interface DebootstrapRequest {
+  /** `--fresh`: run debootstrap even when an identical root file system is cached. */
+  fresh: boolean
   /** debootstrap options given as they are (`--variant=minbase`, `--include=...`, ...). */
   options: string[]
   mirror?: string
@@ -21,7 +25,7 @@ export interface DebootstrapRequest {
  * to debootstrap as they are.
  */
 export function parseDebootstrapArgs(args: string[]): DebootstrapRequest {
-  const options = args.filter((arg) => arg.startsWith('-'))
+  const options = args.filter((arg) => arg.startsWith('-') && arg !== '--fresh')
   const words = args.filter((arg) => !arg.startsWith('-'))
   if (words.length > 2) throw new Error(`debootstrap takes a suite and a mirror, then options; got ${words.length} words (${words.join(' ')})`)
   for (const option of options) {
@@ -30,13 +34,19 @@ export function parseDebootstrapArgs(args: string[]): DebootstrapRequest {
     }
   }
 
-  return {mirror: words[1], options, suite: words[0]}
+  return {fresh: args.includes('--fresh'), mirror: words[1], options, suite: words[0]}
 }
 
 /** The debootstrap command line for `target`: the cache, the options, then suite, target and mirror. */
-export function debootstrapArgs(target: string, suite: string, mirror: string, options: string[], cacheDir = DEFAULT_CACHE_DIR): string[] {
-  const cache = options.some((option) => option.startsWith('--cache-dir=')) ? [] : [`--cache-dir=${cacheDir}`]
+export function debootstrapArgs(target: string, suite: string, mirror: string, options: string[]): string[] {
+  const cache = options.some((option) => option.startsWith('--cache-dir=')) ? [] : [`--cache-dir=${DEFAULT_CACHE_DIR}`]
   return [...cache, ...options, suite, target, mirror]
+}
+
+/** The cache directory the options name, or the default. */
+export function cacheDirOf(options: string[]): string {
+  const given = options.findLast((option) => option.startsWith('--cache-dir='))
+  return given ? given.slice('--cache-dir='.length) : DEFAULT_CACHE_DIR
 }
 
 /** The host's release codename (from os-release), the default suite on a Debian host. */
@@ -48,14 +58,15 @@ export async function hostSuite(osRelease = '/etc/os-release'): Promise<string> 
 }
 
 /**
- * Checks that `mirror` serves `suite` before debootstrap starts, so that an unreachable mirror is
+ * Fetches the suite's Release file before debootstrap starts, so that an unreachable mirror is
  * reported as a network failure and a missing suite as such, not as debootstrap's last words.
+ * Returns it: it names the packages' versions, so it keys the root file system cache.
  */
-export async function checkMirror(mirror: string, suite: string, timeoutMs = 20_000): Promise<void> {
+export async function checkMirror(mirror: string, suite: string, timeoutMs = 20_000): Promise<string> {
   const release = `${mirror}/dists/${suite}/Release`
   let response: Response
   try {
-    response = await fetch(release, {method: 'HEAD', signal: AbortSignal.timeout(timeoutMs)})
+    response = await fetch(release, {signal: AbortSignal.timeout(timeoutMs)})
   } catch (error) {
     const cause = (error as {cause?: {code?: string; message?: string}}).cause
     const why = cause?.code ?? cause?.message ?? (error as Error).message
@@ -64,6 +75,11 @@ export async function checkMirror(mirror: string, suite: string, timeoutMs = 20_
 
   if (response.status === 404) throw new Error(`the mirror ${mirror} has no suite ${suite} (${release} not found)`)
   if (!response.ok) throw new Error(`the mirror ${mirror} answered ${response.status} ${response.statusText} for ${release}`)
+  try {
+    return await response.text()
+  } catch (error) {
+    throw new Error(`network failure: reading ${release} failed (${(error as Error).message})`)
+  }
 }
 
 /** Lines debootstrap prints when downloads fail. */
@@ -78,16 +94,24 @@ export const debootstrapSeeder: Seeder = {
     const suite = request.suite ?? (await hostSuite())
     const mirror = (request.mirror ?? pickMirror(await readAptSources(), suite)).replace(/\/+$/, '')
     ctx.report(`debootstrap ${suite} from ${mirror}`)
-    await checkMirror(mirror, suite)
-    await fs.mkdir(DEFAULT_CACHE_DIR, {recursive: true})
+    const release = await checkMirror(mirror, suite)
+    const cacheDir = cacheDirOf(request.options)
+    await fs.mkdir(cacheDir, {recursive: true})
+    const cache = new RootfsCache(path.join(cacheDir, 'rootfs'))
+    const entry = cache.entry({mirror, options: request.options, suite}, release)
+    if (!request.fresh && (await cache.restore(ctx, entry.file, ctx.dataDir))) return
     const args = debootstrapArgs(ctx.dataDir, suite, mirror, request.options)
     const result = await ctx.run(program, args, {check: false, package: 'debootstrap'})
-    if (result.exitCode === 0) return
+    if (result.exitCode === 0) {
+      await cache.store(ctx, entry, ctx.dataDir)
+      return
+    }
+
     const said = result.tail.filter((line) => line.trim() !== '')
     const failure = said.find((line) => DOWNLOAD_FAILURE.test(line))
     if (failure) throw new Error(`network failure while downloading from ${mirror}: ${failure.trim()}`)
     throw new Error(`debootstrap failed (exit code ${result.exitCode}): ${said.at(-1)?.trim() ?? 'no output'}`)
   },
-  summary: "Debian or Ubuntu with debootstrap (mirror from the host's apt sources; .debs cached in /var/cache/wafers).",
-  usage: '[SUITE [MIRROR]] [--variant=minbase] [--include=PKG,...]',
+  summary: "Debian or Ubuntu with debootstrap (mirror from the host's apt sources; cached in /var/cache/wafers).",
+  usage: '[SUITE [MIRROR]] [--variant=minbase] [--include=PKG,...] [--fresh]',
 }
