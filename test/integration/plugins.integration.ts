@@ -54,6 +54,23 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     ])
   })
 
+  it('looks for plugins in /usr/local/lib/wafers whoever runs it, unless WAFERS_DATA_DIR says otherwise', async function () {
+    const where = async (env: Record<string, string | undefined>) => {
+      const run = await execa(process.execPath, [bin, 'plugins'], {
+        env: {...process.env, ...env, DEBUG: 'oclif:config'},
+        extendEnv: false,
+        reject: false,
+        stdin: 'ignore',
+      })
+      return /reading user plugins pjson (\S+)/.exec(run.stderr)?.[1]
+    }
+
+    const home = path.join(box.root, 'home')
+    expect(await where({HOME: home, WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: path.join(home, 'share')})).to.equal('/usr/local/lib/wafers/package.json')
+    expect(await where({HOME: '/root', WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: undefined})).to.equal('/usr/local/lib/wafers/package.json')
+    expect(await where({WAFERS_DATA_DIR: '/srv/wafers-plugins'})).to.equal('/srv/wafers-plugins/package.json')
+  })
+
   it('lists the seeders of both plugins beside the built-in ones, each with its plugin', async function () {
     const run = await box.run(['seeders', '--json'])
     expect(run.exitCode, run.stderr).to.equal(0)
