@@ -55,7 +55,7 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const mirror = `http://127.0.0.1:${await closedPort()}/debian`
     const run = await box.run(['create', 'debian', '--seed', 'debootstrap', '--', 'bookworm', mirror])
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.include(`failed: network failure: cannot reach the mirror ${mirror} (ECONNREFUSED)`)
+    expect(said(run.stderr)).to.include(`failed: network failure: cannot reach the mirror ${mirror} (Connection refused); check the network or give another mirror.`)
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
   })
 

@@ -1,11 +1,15 @@
 import {expect} from 'chai'
 import {promises as fs} from 'node:fs'
+import http from 'node:http'
+import type {AddressInfo} from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
 import {FALLBACK_MIRROR, parseDeb822, parseOneLine, pickMirror, readAptSources} from '../../plugins/debian/src/apt-sources.js'
-import {cacheDirOf, checkMirror, debootstrapArgs, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
+import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
+import type {SeedRunOptions} from '../../src/lib/hooks.js'
+import {runStreaming} from '../../src/lib/seed.js'
 import {closedPort} from '../helpers/net.js'
 
 describe('wafers-plugin-debian', function () {
@@ -99,15 +103,27 @@ Components: main
       expect(cacheDirOf(['--cache-dir=/c'])).to.equal('/c')
     })
 
+    const run = (file: string, args: string[], options?: SeedRunOptions) => runStreaming(file, args, () => {}, options)
+
     it('reports an unreachable mirror as a network failure', async function () {
       const port = await closedPort()
+      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).catch((error: Error) => error)
+      expect(failure?.message).to.equal(
+        `network failure: cannot reach the mirror http://127.0.0.1:${port}/debian (Connection refused); check the network or give another mirror`,
+      )
+    })
+
+    it('reports a suite the mirror does not have as such', async function () {
+      const server = http.createServer((_, response) => response.writeHead(404).end())
+      await new Promise<void>((resolve) => {
+        server.listen(0, '127.0.0.1', resolve)
+      })
       try {
-        await checkMirror(`http://127.0.0.1:${port}/debian`, 'bookworm', 5000)
-        expect.fail('no error')
-      } catch (error) {
-        expect((error as Error).message).to.equal(
-          `network failure: cannot reach the mirror http://127.0.0.1:${port}/debian (ECONNREFUSED); check the network or give another mirror`,
-        )
+        const mirror = `http://127.0.0.1:${(server.address() as AddressInfo).port}/debian`
+        const failure = await fetchRelease(run, mirror, 'nosuch', 5).catch((error: Error) => error)
+        expect(failure?.message).to.equal(`the mirror ${mirror} has no suite nosuch (${mirror}/dists/nosuch/Release not found)`)
+      } finally {
+        server.close()
       }
     })
   })

@@ -1,4 +1,5 @@
 import {promises as fs} from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 
 import type {SeedContext, Seeder} from 'wafers'
@@ -58,27 +59,31 @@ export async function hostSuite(osRelease = '/etc/os-release'): Promise<string> 
 }
 
 /**
- * Fetches the suite's Release file before debootstrap starts, so that an unreachable mirror is
- * reported as a network failure and a missing suite as such, not as debootstrap's last words.
- * Returns it: it names the packages' versions, so it keys the root file system cache.
+ * Fetches the suite's Release file before debootstrap starts, with the wget debootstrap itself
+ * uses (so proxies and the network path are the same), so that an unreachable mirror is reported
+ * as a network failure and a missing suite as such, not as debootstrap's last words. Returns it:
+ * it names the packages' versions, so it keys the root file system cache.
  */
-export async function checkMirror(mirror: string, suite: string, timeoutMs = 20_000): Promise<string> {
+export async function fetchRelease(run: SeedContext['run'], mirror: string, suite: string, timeoutSeconds = 20): Promise<string> {
   const release = `${mirror}/dists/${suite}/Release`
-  let response: Response
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-release-'))
   try {
-    response = await fetch(release, {signal: AbortSignal.timeout(timeoutMs)})
-  } catch (error) {
-    const cause = (error as {cause?: {code?: string; message?: string}}).cause
-    const why = cause?.code ?? cause?.message ?? (error as Error).message
-    throw new Error(`network failure: cannot reach the mirror ${mirror} (${why}); check the network or give another mirror`)
-  }
-
-  if (response.status === 404) throw new Error(`the mirror ${mirror} has no suite ${suite} (${release} not found)`)
-  if (!response.ok) throw new Error(`the mirror ${mirror} answered ${response.status} ${response.statusText} for ${release}`)
-  try {
-    return await response.text()
-  } catch (error) {
-    throw new Error(`network failure: reading ${release} failed (${(error as Error).message})`)
+    const file = path.join(dir, 'Release')
+    const args = ['--no-verbose', `--timeout=${timeoutSeconds}`, '--tries=2', '--output-document', file, release]
+    const {exitCode, tail} = await run('wget', args, {check: false, package: 'wget'})
+    const said = tail
+      .map((line) => line.trim())
+      .filter((line) => line !== '')
+      .join(' ')
+      .replace(/^failed:\s*/i, '')
+      .replace(/\.$/, '')
+    // wget's exit codes: 4 network failure, 8 an error response from the server.
+    if (exitCode === 4) throw new Error(`network failure: cannot reach the mirror ${mirror} (${said || 'no answer'}); check the network or give another mirror`)
+    if (exitCode === 8 && /\b404\b/.test(said)) throw new Error(`the mirror ${mirror} has no suite ${suite} (${release} not found)`)
+    if (exitCode !== 0) throw new Error(`fetching ${release} failed (wget exit code ${exitCode}): ${said || 'no output'}`)
+    return await fs.readFile(file, 'utf8')
+  } finally {
+    await fs.rm(dir, {force: true, recursive: true})
   }
 }
 
@@ -94,7 +99,7 @@ export const debootstrapSeeder: Seeder = {
     const suite = request.suite ?? (await hostSuite())
     const mirror = (request.mirror ?? pickMirror(await readAptSources(), suite)).replace(/\/+$/, '')
     ctx.report(`debootstrap ${suite} from ${mirror}`)
-    const release = await checkMirror(mirror, suite)
+    const release = await fetchRelease(ctx.run, mirror, suite)
     const cacheDir = cacheDirOf(request.options)
     await fs.mkdir(cacheDir, {recursive: true})
     const cache = new RootfsCache(path.join(cacheDir, 'rootfs'))
