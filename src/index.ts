@@ -1,4 +1,8 @@
-// What plugin authors import from 'wafers': the domain, free of oclif.
+// What plugin authors import from 'wafers': the domain, free of oclif, and the hook types.
+import type {Hook} from '@oclif/core'
+
+import type {WafersHooks} from './lib/hooks.js'
+
 export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/ancestry.js'
 export {WafersError} from './lib/errors.js'
 export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mounts.js'
@@ -22,10 +26,6 @@ export {type SeederEntry} from './lib/seed.js'
 
 // The events plugins implement, typed for oclif: `const hook: Hook<'wafers:seeders'> = ...` in a
 // plugin gets the options and return type below.
-import type {Hook} from '@oclif/core'
-
-import type {WafersHooks} from './lib/hooks.js'
-
 declare module '@oclif/core/hooks' {
   // eslint-disable-next-line @typescript-eslint/no-empty-object-type
   interface Hooks extends WafersHooks {}
