@@ -3,6 +3,13 @@
 if (!process.stderr.isTTY && !process.env.OCLIF_COLUMNS) process.env.OCLIF_COLUMNS = '100000'
 // oclif ends with process.exit(): make piped output blocking so that nothing written before is lost.
 for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocking?.(true)
+// Plugins live in one fixed place, whoever runs wafers: what `sudo wafers plugins install` adds,
+// the next `sudo wafers` finds (oclif's default, ~/.local/share/wafers, depends on HOME).
+// WAFERS_DATA_DIR overrides it.
+process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
 
-const {execute} = await import('@oclif/core')
+const {execute, settings} = await import('@oclif/core')
+// Plugins run as they were built, linked ones too: root never compiles a plugin's TypeScript on
+// the fly, and linked ESM plugins load without oclif's transpiling warning.
+settings.enableAutoTranspile = false
 await execute({dir: import.meta.url})

@@ -6,16 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 wafers=${WAFERS:-/var/lib/wafers}
 stacks=${STACKS:-/var/lib/machines}
-base="$wafers/quickstart-base/data"
-if [ ! -d "$base" ]; then
-  echo "making base wafer quickstart-base from /bin/busybox"
-  mkdir -p "$base"/{bin,etc,usr/lib,root,home,tmp,proc,sys,dev,run,var}
-  cp /bin/busybox "$base/bin/busybox"
-  ln -s busybox "$base/bin/sh"
-  printf 'root:x:0:0:root:/root:/bin/sh\n' > "$base/etc/passwd"
-  printf 'root:x:0:\n' > "$base/etc/group"
-  printf 'ID=busybox\nNAME=busybox\n' > "$base/usr/lib/os-release"
-  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$base/etc/machine-id"; echo >> "$base/etc/machine-id"
+if [ ! -d "$wafers/quickstart-base" ]; then
+  # the busybox seeder: a tiny root file system from the host's static busybox, no network needed
+  ./bin/run.js create quickstart-base --seed busybox
 fi
 ./bin/run.js stack quickstart quickstart-base
 systemd-nspawn --register=no --keep-unit --quiet -D "$stacks/quickstart" /bin/sh -c \

@@ -1,6 +1,8 @@
 import {Command, Errors} from '@oclif/core'
 
 import {WafersError} from './lib/errors.js'
+import type {HookRunner} from './lib/hooks.js'
+import {SeedPlan, collectSeeders, findSeeder} from './lib/seed.js'
 
 /**
  * The base of every wafers command: turns errors from src/lib into oclif's one-sentence errors
@@ -31,5 +33,35 @@ export abstract class WafersCommand extends Command {
     }
 
     return super.catch(new Errors.CLIError(error.message, {exit: 1}))
+  }
+
+  /**
+   * Fires wafers' hook events at every plugin through oclif. Errors are captured, never thrown,
+   * so that the caller sees every plugin's failure and decides what to undo.
+   */
+  protected hookRunner(): HookRunner {
+    const {config} = this
+    return {
+      has: (event) => [...config.plugins.values()].some((plugin) => (plugin.hooks[event]?.length ?? 0) > 0),
+      async run(event, options) {
+        const outcome = await config.runHook(event, options, undefined, true)
+        return {
+          failures: outcome.failures.map(({error, plugin}) => ({error, plugin: plugin.name})),
+          successes: outcome.successes.map(({plugin, result}) => ({plugin: plugin.name, result})),
+        }
+      },
+    }
+  }
+
+  /** The seeder `--seed NAME` asks for, with its arguments; refuses unknown names, listing the known. */
+  protected async seedPlan(name: string | undefined, args: string[]): Promise<SeedPlan | undefined> {
+    if (name === undefined) {
+      if (args.length > 0) throw new WafersError(`arguments after -- go to a seeder, but no --seed was given.`)
+      return undefined
+    }
+
+    const {problems, seeders} = await collectSeeders(this.hookRunner())
+    for (const problem of problems) this.warn(problem)
+    return {args, entry: findSeeder(seeders, name)}
   }
 }

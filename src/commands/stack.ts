@@ -7,6 +7,7 @@ import {interruptSignal} from '../lib/interrupt.js'
 import {withLock} from '../lib/lock.js'
 import {childless, readInventory} from '../lib/inventory.js'
 import {BatchOutcome, batchError, progressMode, runBatch, runSteps} from '../lib/progress.js'
+import {splitSeederArgs} from '../lib/seed.js'
 import {StackResult, stackSteps} from '../lib/stack.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
 
@@ -38,6 +39,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
     {command: '<%= config.bin %> <%= command.id %> -n web -n db -n cache', description: 'Stack several existing wafers in one call:'},
     {command: '<%= config.bin %> <%= command.id %> --all', description: 'Stack every wafer that has no children:'},
     {command: 'WAFERS=/srv/wafers STACKS=/srv/stacks <%= config.bin %> <%= command.id %> web --json', description: 'Use other directories and print the result as JSON:'},
+    {command: '<%= config.bin %> <%= command.id %> tiny --seed busybox', description: 'Create base wafer tiny from the host\'s busybox and stack it:'},
   ]
 
   static flags = {
@@ -48,14 +50,21 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
       description: 'Also stack this existing wafer; repeat for more.',
       multiple: true,
     }),
+    seed: Flags.string({description: 'Fill NAME, a new base wafer, with this seeder first (see `wafers seeders`); its arguments follow `--`.'}),
   }
 
   static summary = 'Mount a wafer and all its ancestors as a stack.'
 
   async run(): Promise<StackManyResult | StackResult> {
-    const {args, flags} = await this.parse(Stack)
+    const {own, seederArgs} = splitSeederArgs(this.argv)
+    const {args, flags} = await this.parse(Stack, own)
     const locations = locationsFromEnv()
-    const options = {force: flags.force, warn: (message: string) => this.warn(message)}
+    const options = {
+      force: flags.force,
+      hooks: this.hookRunner(),
+      seed: await this.seedPlan(flags.seed, seederArgs),
+      warn: (message: string) => this.warn(message),
+    }
     const mode = progressMode({json: this.jsonEnabled()})
     const interrupt = interruptSignal()
     try {
@@ -76,6 +85,10 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
 
           if (flags.all && args.name !== undefined) {
             throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {exit: 2})
+          }
+
+          if (flags.seed !== undefined) {
+            throw new WafersError('--seed fills one new base wafer; give it with NAME alone, not with --name or --all.', {exit: 2})
           }
 
           const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers))) : flags.name ?? []

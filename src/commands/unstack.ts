@@ -38,6 +38,7 @@ A stack that a process still uses (its working directory, root or open files are
     const names = argv as string[]
     for (const name of names) checkName(name)
     const locations = locationsFromEnv()
+    const hooks = this.hookRunner()
     const results: UnstackResult[] = []
     const outcomes: BatchOutcome[] = names.map((name) => ({name, state: 'not started'}))
     const interrupt = interruptSignal()
@@ -47,7 +48,7 @@ A stack that a process still uses (its working directory, root or open files are
           if (interrupt.signal.aborted) break
           try {
             // eslint-disable-next-line no-await-in-loop
-            const result = await unstack(locations, name, {lazy: flags.lazy})
+            const result = await unstack(locations, name, {hooks, lazy: flags.lazy})
             results.push(result)
             outcomes[index].state = 'done'
             this.log(result.unstacked ? `unstacked ${result.mountpoint}` : `nothing stacked at ${result.mountpoint}`)

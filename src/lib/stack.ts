@@ -3,10 +3,12 @@ import path from 'node:path'
 
 import {findMachineId, traceAncestry} from './ancestry.js'
 import {WafersError, isErrno} from './errors.js'
+import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
 import {processesUsing} from './processes.js'
+import {SeedPlan, checkSeedTarget, createTitle, seed} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore, isDirectory} from './store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from './system.js'
@@ -32,12 +34,18 @@ export interface StackResult {
 export interface StackOptions {
   /** Stack even when a wafer would be both a writable top and a lower layer (overlayfs forbids it). */
   force?: boolean
+  /** Runs plugins' prestack and poststack hooks around the mount. */
+  hooks?: HookRunner
+  /** The seeder that fills a new base wafer. */
+  seed?: SeedPlan
   /** Called with each warning that --force let pass. */
   warn?: (message: string) => void
 }
 
 /** How to unstack. */
 export interface UnstackOptions {
+  /** Runs plugins' preunstack and postunstack hooks around the unmount. */
+  hooks?: HookRunner
   /** Detach a busy stack anyway (`umount --lazy`): it goes away once its last user leaves. */
   lazy?: boolean
 }
@@ -94,6 +102,7 @@ export function stackSteps(
       if (parent !== undefined) checkName(parent, 'parent name')
       result.mountpoint = await mountpointOf(locations, name)
       exists = await store.exists(name)
+      checkSeedTarget(options.seed, name, exists, parent)
       if (exists) {
         if (!(await store.hasData(name))) {
           throw new WafersError(`wafer ${name} has no data directory at ${store.dataDir(name)}.`)
@@ -106,7 +115,7 @@ export function stackSteps(
         }
 
         result.parent = recorded ?? null
-      } else if (parent === undefined) {
+      } else if (parent === undefined && options.seed === undefined) {
         throw new WafersError(`wafer ${name} not found in ${store.root}.`, {
           suggestions: [`Give a parent to create it: wafers stack ${name} PARENT`],
         })
@@ -140,13 +149,14 @@ export function stackSteps(
   }
 
   const create: Step = {
-    async run() {
+    async run(report) {
       const below = result.layers.slice(1)
-      await store.create(name, parent, {machineId: await findMachineId(below), parentData: below[0]})
+      const fill = options.seed && ((data: string) => seed(options.seed!, name, data, report))
+      await store.create(name, parent, {fill, machineId: await findMachineId(below), parentData: below[0]})
       result.created = true
     },
     skip: () => (exists ? `Wafer ${name} exists` : undefined),
-    title: parent === undefined ? `Create wafer ${name}` : `Create wafer ${name} on ${parent}`,
+    title: createTitle(name, parent, options.seed),
   }
 
   const check: Step = {
@@ -181,7 +191,16 @@ export function stackSteps(
     title: `Mount the stack at ${path.join(locations.stacks, name)}`,
   }
 
-  return {result, steps: [trace, create, check, mount]}
+  const hooks = stackHookSteps(
+    options.hooks,
+    () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
+    async () => {
+      await unmount(result.mountpoint)
+      await fs.rmdir(result.mountpoint).catch(() => {})
+    },
+    () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+  )
+  return {result, steps: [trace, create, ...hooks.pre, check, mount, ...hooks.post]}
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
@@ -189,6 +208,7 @@ export async function unstack(locations: Locations, name: string, options: Unsta
   const mountpoint = await mountpointOf(locations, name)
   checkRoot()
   if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}
+  if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
   try {
     await unmount(mountpoint, {lazy: options.lazy})
   } catch (error) {
@@ -201,6 +221,16 @@ export async function unstack(locations: Locations, name: string, options: Unsta
   }
 
   await fs.rmdir(mountpoint).catch(() => {})
+  if (options.hooks) {
+    const remount = async () => {
+      const store = new WaferStore(locations.wafers)
+      await fs.mkdir(mountpoint, {recursive: true})
+      await mountStack(store, await traceAncestry(store, name), mountpoint)
+    }
+
+    await firePostHook(options.hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
+  }
+
   return {mountpoint, name, unstacked: true}
 }
 

@@ -4,6 +4,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
 import {checkName, isValidName} from './names.js'
+import {removeStaging} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
 export const DEFAULT_STACKS = '/var/lib/machines'
@@ -24,6 +25,8 @@ export function locationsFromEnv(env: NodeJS.ProcessEnv = process.env): Location
 
 /** What a new wafer copies from the layers below it. */
 export interface CreateOptions {
+  /** Fills the new `data` before the wafer appears (a seeder); a throw leaves no wafer. */
+  fill?: (data: string) => Promise<void>
   /** The nearest `etc/machine-id` below the new wafer: the new wafer gets a fresh one beside it. */
   machineId?: string
   /** The parent's `data`, whose owner and mode the new `data` takes. */
@@ -59,9 +62,10 @@ export class WaferStore {
       if (options.parentData) await copyOwnerAndMode(options.parentData, data)
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
       if (parent !== undefined) await fs.writeFile(path.join(stage, 'parent'), `${checkName(parent)}\n`)
+      if (options.fill) await options.fill(data)
       await fs.rename(stage, target)
     } catch (error) {
-      await fs.rm(stage, {force: true, recursive: true})
+      await removeStaging(stage)
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
         throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
       }

@@ -43,7 +43,8 @@ export class Sandbox {
   private constructor(readonly root: string) {}
 
   get env(): Record<string, string> {
-    return {STACKS: this.stacks, WAFERS: this.wafers}
+    // Plugins, too, come from the sandbox only, never from the machine's plugin directory.
+    return {STACKS: this.stacks, WAFERS: this.wafers, WAFERS_DATA_DIR: path.join(this.root, 'plugins')}
   }
 
   get stacks(): string {

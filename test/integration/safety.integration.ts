@@ -29,7 +29,8 @@ const BAD_INPUTS: BadInput[] = [
   ...['.', '..', '.hidden', 'a/b', '../etc', '/etc', 'a b', 'a:b', 'a,b', 'tab\there', 'new\nline', 'x'.repeat(65), 'été', 'a*b', 'semi;colon'].map(
     (name): BadInput => ({args: ['stack', name, 'base'], message: `wafer name ${JSON.stringify(name)} ${RULE}`, setup: base, title: `stack name ${JSON.stringify(name)}`}),
   ),
-  {args: ['stack', '--', '-x', 'base'], message: `wafer name "-x" ${RULE}`, setup: base, title: 'stack name starting with "-"'},
+  {args: ['unstack', '--', '-x'], message: `wafer name "-x" ${RULE}`, setup: base, title: 'name starting with "-"'},
+  {args: ['stack', 'base', '--', 'stray'], message: 'arguments after -- go to a seeder, but no --seed was given.', setup: base, title: 'seeder arguments without --seed'},
   {args: ['stack', 'child', '../base'], message: `parent name "../base" ${RULE}`, setup: base, title: 'parent name escaping $WAFERS'},
   {args: ['stack', 'child', 'a/b'], message: `parent name "a/b" ${RULE}`, setup: base, title: 'parent name with a slash'},
   {args: ['unstack', 'ok', '../../etc'], message: `wafer name "../../etc" ${RULE}`, setup: base, title: 'unstack name escaping $STACKS'},

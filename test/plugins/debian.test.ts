@@ -1,0 +1,163 @@
+import {expect} from 'chai'
+import {promises as fs} from 'node:fs'
+import http from 'node:http'
+import type {AddressInfo} from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+
+import {FALLBACK_MIRROR, parseDeb822, parseOneLine, pickMirror, readAptSources} from '../../plugins/debian/src/apt-sources.js'
+import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
+import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
+import type {SeedRunOptions} from '../../src/lib/hooks.js'
+import {runStreaming} from '../../src/lib/seed.js'
+import {closedPort} from '../helpers/net.js'
+
+describe('wafers-plugin-debian', function () {
+  describe('the default mirror, from the host apt sources', function () {
+    const deb822 = `Types: deb deb-src
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian/
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb
+Enabled: no
+URIs: http://disabled.example/debian
+Suites: trixie
+Components: main
+`
+
+    it('reads deb822 stanzas, skipping disabled ones and deb-src only ones', function () {
+      expect(parseDeb822(deb822)).to.deep.equal([
+        {components: ['main', 'contrib'], suites: ['bookworm', 'bookworm-updates'], uri: 'http://mirror.example/debian/'},
+        {components: ['main'], suites: ['bookworm-security'], uri: 'http://deb.debian.org/debian-security'},
+      ])
+    })
+
+    it('reads one-line sources with options and comments', function () {
+      const text = '# deb http://old.example/debian buster main\ndeb [arch=amd64 signed-by=/k.gpg] http://ftp.example/debian trixie main non-free\ndeb-src http://src.example/debian trixie main\n'
+      expect(parseOneLine(text)).to.deep.equal([{components: ['main', 'non-free'], suites: ['trixie'], uri: 'http://ftp.example/debian'}])
+    })
+
+    it('picks the first source serving the suite with main, else deb.debian.org', function () {
+      const sources = [
+        {components: ['main'], suites: ['nodistro'], uri: 'https://deb.nodesource.com/node_20.x'},
+        ...parseDeb822(deb822),
+      ]
+      expect(pickMirror(sources, 'bookworm')).to.equal('http://mirror.example/debian')
+      expect(pickMirror(sources, 'trixie')).to.equal(FALLBACK_MIRROR)
+    })
+
+    it('reads sources.list, then sources.list.d/*.list and *.sources in order, ignoring other files', async function () {
+      const etc = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-apt-'))
+      try {
+        await fs.mkdir(path.join(etc, 'sources.list.d'))
+        await fs.writeFile(path.join(etc, 'sources.list'), 'deb http://one.example/debian bookworm main\n')
+        await fs.writeFile(path.join(etc, 'sources.list.d', 'b.sources'), 'Types: deb\nURIs: http://three.example/debian\nSuites: sid\nComponents: main\n')
+        await fs.writeFile(path.join(etc, 'sources.list.d', 'a.list'), 'deb http://two.example/debian trixie main\n')
+        await fs.writeFile(path.join(etc, 'sources.list.d', 'c.sources.disabled'), 'Types: deb\nURIs: http://no.example/\nSuites: x\n')
+        expect((await readAptSources(etc)).map((source) => source.uri)).to.deep.equal([
+          'http://one.example/debian',
+          'http://two.example/debian',
+          'http://three.example/debian',
+        ])
+      } finally {
+        await fs.rm(etc, {force: true, recursive: true})
+      }
+    })
+  })
+
+  describe('debootstrap arguments', function () {
+    it('takes the suite, then the mirror, and passes options through', function () {
+      expect(parseDebootstrapArgs(['bookworm', '--variant=minbase', 'http://m.example/debian', '--include=curl'])).to.deep.equal({
+        fresh: false,
+        mirror: 'http://m.example/debian',
+        options: ['--variant=minbase', '--include=curl'],
+        suite: 'bookworm',
+      })
+      expect(parseDebootstrapArgs([])).to.deep.equal({fresh: false, mirror: undefined, options: [], suite: undefined})
+      expect(parseDebootstrapArgs(['sid', '--fresh'])).to.deep.equal({fresh: true, mirror: undefined, options: [], suite: 'sid'})
+    })
+
+    it('refuses a third word and options not written --name=value', function () {
+      expect(() => parseDebootstrapArgs(['a', 'b', 'c'])).to.throw('debootstrap takes a suite and a mirror, then options; got 3 words (a b c)')
+      expect(() => parseDebootstrapArgs(['bookworm', '-v'])).to.throw('debootstrap options must be written --name=value; got "-v"')
+    })
+
+    it('caches .debs under /var/cache/wafers unless a cache dir is given', function () {
+      expect(debootstrapArgs('/w/.create-x/data', 'bookworm', 'http://m/debian', ['--variant=minbase'])).to.deep.equal([
+        '--cache-dir=/var/cache/wafers/debootstrap',
+        '--variant=minbase',
+        'bookworm',
+        '/w/.create-x/data',
+        'http://m/debian',
+      ])
+      expect(debootstrapArgs('/t', 'sid', 'http://m', ['--cache-dir=/c'])).to.deep.equal(['--cache-dir=/c', 'sid', '/t', 'http://m'])
+      expect(cacheDirOf(['--variant=minbase'])).to.equal('/var/cache/wafers/debootstrap')
+      expect(cacheDirOf(['--cache-dir=/c'])).to.equal('/c')
+    })
+
+    const run = (file: string, args: string[], options?: SeedRunOptions) => runStreaming(file, args, () => {}, options)
+
+    it('reports an unreachable mirror as a network failure', async function () {
+      const port = await closedPort()
+      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).catch((error: Error) => error)
+      expect(failure?.message).to.equal(
+        `network failure: cannot reach the mirror http://127.0.0.1:${port}/debian (Connection refused); check the network or give another mirror`,
+      )
+    })
+
+    it('reports a suite the mirror does not have as such', async function () {
+      const server = http.createServer((_, response) => response.writeHead(404).end())
+      await new Promise<void>((resolve) => {
+        server.listen(0, '127.0.0.1', resolve)
+      })
+      try {
+        const mirror = `http://127.0.0.1:${(server.address() as AddressInfo).port}/debian`
+        const failure = await fetchRelease(run, mirror, 'nosuch', 5).catch((error: Error) => error)
+        expect(failure?.message).to.equal(`the mirror ${mirror} has no suite nosuch (${mirror}/dists/nosuch/Release not found)`)
+      } finally {
+        server.close()
+      }
+    })
+  })
+
+  describe('pacstrap arguments', function () {
+    it('puts pacstrap flags first, then -d, the target, packages and pacman flags', function () {
+      expect(pacstrapArgs('/t', ['base', '--ignore', 'linux', '--ignore', 'linux-firmware'])).to.deep.equal([
+        '-d',
+        '/t',
+        'base',
+        '--ignore',
+        'linux',
+        '--ignore',
+        'linux-firmware',
+      ])
+      expect(pacstrapArgs('/t', ['-c', '-C', '/etc/my-pacman.conf', '-cdi', 'base', 'vim'])).to.deep.equal([
+        '-c',
+        '-C',
+        '/etc/my-pacman.conf',
+        '-cdi',
+        '-d',
+        '/t',
+        'base',
+        'vim',
+      ])
+    })
+
+    it('installs base when no package is named', function () {
+      expect(pacstrapArgs('/t', [])).to.deep.equal(['-d', '/t', 'base'])
+      expect(pacstrapArgs('/t', ['-K', '--needed'])).to.deep.equal(['-K', '-d', '/t', 'base', '--needed'])
+    })
+
+    it('refuses -C without a config file', function () {
+      expect(() => pacstrapArgs('/t', ['-C'])).to.throw("pacstrap's -C needs a value")
+    })
+  })
+})
