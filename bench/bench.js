@@ -6,7 +6,8 @@
 //
 // Every figure is the median of WAFERS_BENCH_RUNS runs (WAFERS_BENCH_MANY_RUNS for the slow
 // 100-stack rows), after one warm-up run. Peak memory is the largest max RSS of any process of a
-// run, from GNU time. Set WAFERS_BENCH_STACK_MANY to say how to stack many wafers in one call.
+// run, from GNU time. Set WAFERS_BENCH_STACK_MANY to say how to stack many wafers in one call,
+// WAFERS_BENCH_ONLY=ab (say) to run some benchmarks only; the other knobs are just below.
 import {spawnSync} from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -19,6 +20,8 @@ const MANY_RUNS = count('WAFERS_BENCH_MANY_RUNS', 3)
 const MANY = count('WAFERS_BENCH_MANY', 100)
 const DEPTH = count('WAFERS_BENCH_DEPTH', 501)
 const LIST = count('WAFERS_BENCH_LIST', 10_000)
+// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree.
+const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcd'
 
 const project = fileURLToPath(new URL('..', import.meta.url))
 const bin = path.join(project, 'bin', 'run.js')
@@ -119,11 +122,17 @@ function exec(argv, options = {}) {
   return {ms, rss, status: result.status, stderr: stderr.trim(), stdout: result.stdout}
 }
 
+/** The error a program printed on stderr (after any progress lines), without oclif's decoration. */
+function said(stderr) {
+  const lines = stderr.split('\n').map((line) => line.replace(/^\s*›?\s*/, '')).filter(Boolean)
+  return lines.find((line) => /^Error\b/.test(line)) ?? lines.at(-1) ?? ''
+}
+
 /** Like exec, but a failure stops the benchmark with what the program said. */
 function must(argv, options) {
   const result = exec(argv, options)
   if (result.status !== 0) {
-    throw new Error(`${argv.join(' ').slice(0, 200)} failed (${result.status}): ${result.stderr.split('\n').at(-1)}`)
+    throw new Error(`${argv.join(' ').slice(0, 200)} failed (${result.status}): ${said(result.stderr)}`)
   }
 
   return result
@@ -192,12 +201,14 @@ function sum(results) {
 }
 
 function repeat(runs, label, body) {
+  const live = process.stderr.isTTY
+  if (!live) process.stderr.write(`${label}: 1 warm-up and ${runs} runs\n`)
   for (let run = 0; run <= runs; run++) {
-    process.stderr.write(`\r${label}: ${run === 0 ? 'warm-up' : `run ${run}/${runs}`}   `)
+    if (live) process.stderr.write(`\r${label}: ${run === 0 ? 'warm-up' : `run ${run}/${runs}`}   `)
     body(run === 0)
   }
 
-  process.stderr.write('\n')
+  if (live) process.stderr.write('\n')
 }
 
 const rows = []
@@ -302,7 +313,7 @@ function many() {
     const mounted = mountedUnder(fs.realpathSync(s.root)).length
     if (tried.status !== 0 || mounted !== MANY) {
       supported = false
-      notes.push(`\`wafers ${stackMany.slice(0, 3).join(' ')}${stackMany.length > 3 ? ' ...' : ''}\` did not stack ${MANY} stacks (exit ${tried.status}, ${mounted} mounted): ${tried.stderr.split('\n').at(-1)}`)
+      notes.push(`\`wafers ${stackMany.slice(0, 3).join(' ')}${stackMany.length > 3 ? ' ...' : ''}\` did not stack ${MANY} stacks (exit ${tried.status}, ${mounted} mounted): ${said(tried.stderr)}`)
     }
 
     s.cli('unstack', ...names)
@@ -376,10 +387,10 @@ function machine() {
 const started = performance.now()
 const header = machine()
 try {
-  roundTrip()
-  depth()
-  many()
-  list()
+  if (ONLY.includes('a')) roundTrip()
+  if (ONLY.includes('b')) depth()
+  if (ONLY.includes('c')) many()
+  if (ONLY.includes('d')) list()
 } catch (error) {
   process.stderr.write('\n')
   console.error(`benchmark failed: ${error.message}`)
