@@ -184,6 +184,9 @@ function series() {
       times.push(result.ms)
       rss = Math.max(rss, result.rss)
     },
+    get fastest() {
+      return Math.min(...times)
+    },
     get median() {
       const sorted = [...times].sort((a, b) => a - b)
       const mid = sorted.length >> 1
@@ -269,6 +272,12 @@ function roundTrip() {
   row('`stack` + `unstack` of a 2-wafer stack vs raw `mount` + `umount`', stats.wafers, stats.mount)
   row('`wafers --version` vs `node -e 0`', stats.version, halve(stats.floor))
   row('`wafers unstack nothing` vs `node -e 0`', stats.unstackNothing, halve(stats.floor))
+  // Other work on the machine slows a big process more than a small one, so ratios drift up.
+  const spread = stats.floor.median / stats.floor.fastest
+  notes.push(
+    `Two \`node -e 0\`: median ${ms(stats.floor.median)}, fastest ${ms(stats.floor.fastest)}` +
+      (spread > 1.15 ? ` (${spread.toFixed(2)}x apart: the machine was busy, so these ratios read high; re-run on a quiet machine).` : ' (a quiet machine).'),
+  )
 }
 
 /** One `node -e 0` from a series of two. */
