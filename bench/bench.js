@@ -326,7 +326,7 @@ function many() {
     }
 
     s.cli('unstack', ...names)
-    const shown = stackMany.length > 4 ? [...stackMany.slice(0, 4), '...'] : stackMany
+    const shown = stackMany.length > 3 ? [...stackMany.slice(0, 3), '...'] : stackMany
     if (supported) notes.push(`${MANY} stacks in one call: \`wafers ${shown.join(' ')}\`, then \`wafers unstack\` of all ${MANY} names.`)
   } else {
     notes.push('`wafers stack` has no `--all` or repeatable flag yet; set WAFERS_BENCH_STACK_MANY to measure another command line.')
