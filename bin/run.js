@@ -8,7 +8,8 @@ for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocki
 // WAFERS_DATA_DIR overrides it.
 process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
 
-const {execute, settings} = await import('@oclif/core')
+// oclif comes from the bundled build (see scripts/bundle.js), after the settings above are made.
+const {execute, settings} = await import('../dist/main.js')
 // Plugins run as they were built, linked ones too: root never compiles a plugin's TypeScript on
 // the fly, and linked ESM plugins load without oclif's transpiling warning.
 settings.enableAutoTranspile = false

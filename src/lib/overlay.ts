@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {promises as fs} from 'node:fs'
+import {promises as fs, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {MAX_LOWER_LAYERS} from './ancestry.js'
@@ -24,8 +24,8 @@ export async function linkFor(store: WaferStore, name: string): Promise<string> 
     const id = linkId(name, attempt)
     const link = path.join(store.linksDir, id)
     try {
-      // eslint-disable-next-line no-await-in-loop
-      if ((await fs.readlink(link)) === target) return id
+      // Synchronous like the ancestry trace (see readParent in store.ts): 500 of these per deep stack.
+      if (readlinkSync(link) === target) return id
       continue
     } catch (error) {
       if (!isErrno(error, 'ENOENT')) throw error

@@ -1,4 +1,4 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {findMachineId, traceAncestry} from './ancestry.js'
@@ -161,9 +161,9 @@ export function stackSteps(
 
   const check: Step = {
     async run() {
+      // Synchronous like the ancestry trace (see readParent in store.ts): one per layer.
       for (const data of result.layers) {
-        // eslint-disable-next-line no-await-in-loop
-        const stat = await fs.stat(data)
+        const stat = statSync(data)
         if (!stat.isDirectory()) throw new WafersError(`${data} is not a directory.`)
       }
 

@@ -1,0 +1,423 @@
+#!/usr/bin/env node
+// `npm run bench`: times the built CLI against baselines taken in the same run and prints a
+// markdown table (stdout; progress goes to stderr). Mounting needs root, so it re-runs itself in
+// a private mount namespace (unshare -m) with WAFERS and STACKS in a temp dir: nothing it mounts
+// is ever seen on the host, and the temp dir is deleted afterwards.
+//
+// Every figure is the median of WAFERS_BENCH_RUNS runs (WAFERS_BENCH_MANY_RUNS for the slow
+// 100-stack rows), after one warm-up run. Peak memory is the largest max RSS of any process of a
+// run, from GNU time. Set WAFERS_BENCH_STACK_MANY to say how to stack many wafers in one call,
+// WAFERS_BENCH_ONLY=ab (say) to run some benchmarks only; the other knobs are just below.
+import {spawnSync} from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+const env = process.env
+const RUNS = count('WAFERS_BENCH_RUNS', 11)
+const MANY_RUNS = count('WAFERS_BENCH_MANY_RUNS', 3)
+const MANY = count('WAFERS_BENCH_MANY', 100)
+const DEPTH = count('WAFERS_BENCH_DEPTH', 501)
+const LIST = count('WAFERS_BENCH_LIST', 10_000)
+// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree.
+const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcd'
+
+const project = fileURLToPath(new URL('..', import.meta.url))
+const bin = path.join(project, 'bin', 'run.js')
+const TIME = '/usr/bin/time'
+const hasTime = fs.existsSync(TIME)
+
+/**
+ * The one place that says how to stack many wafers in one call (`wafers stack A B` already
+ * means "A on parent B"). WAFERS_BENCH_STACK_MANY wins: a command line in which `[...]` is
+ * repeated once per name with `{}` replaced by it, e.g. `stack --all` or `stack [--name {}]`.
+ * Otherwise the built CLI's manifest decides: `stack --all` if stack has an `all` flag, else its
+ * repeatable (multiple) string flag once per name. Undefined when stack has neither.
+ */
+function stackManyArgs(names) {
+  const template = env.WAFERS_BENCH_STACK_MANY
+  if (template) {
+    return template
+      .replaceAll(/\[([^\]]*)]/g, (_, group) => names.map((name) => group.replaceAll('{}', name)).join(' '))
+      .split(/\s+/)
+      .filter(Boolean)
+  }
+
+  const flags = manifest().commands?.stack?.flags ?? {}
+  if (flags.all?.type === 'boolean') return ['stack', '--all']
+  const repeatable = Object.values(flags).find((flag) => flag.type === 'option' && flag.multiple)
+  if (repeatable) return ['stack', ...names.flatMap((name) => [`--${repeatable.name}`, name])]
+  return undefined
+}
+
+function count(name, fallback) {
+  const value = env[name] === undefined ? fallback : Number(env[name])
+  if (!Number.isInteger(value) || value < 1) {
+    console.error(`${name} must be a whole number of at least 1, not ${env[name]}`)
+    process.exit(2)
+  }
+
+  return value
+}
+
+let cachedManifest
+function manifest() {
+  cachedManifest ??= JSON.parse(fs.readFileSync(path.join(project, 'oclif.manifest.json'), 'utf8'))
+  return cachedManifest
+}
+
+// --- Outside the namespace: check, make the temp dir, re-run inside, clean up. -------------------
+
+if (env.WAFERS_BENCH_HOST_MOUNT_NS === undefined) {
+  if (process.getuid?.() !== 0) {
+    console.error('the benchmark mounts overlays, so it needs root: run `sudo npm run bench`')
+    process.exit(2)
+  }
+
+  if (!fs.existsSync(path.join(project, 'oclif.manifest.json'))) {
+    console.error('build first: `npm run bench` builds, `node bench/bench.js` does not')
+    process.exit(2)
+  }
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wafers-bench-'))
+  // Ctrl-C reaches the child too; stay alive long enough to delete the temp dir.
+  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => {})
+  const child = spawnSync('unshare', ['-m', '--propagation', 'private', '--', process.execPath, fileURLToPath(import.meta.url)], {
+    env: {...env, WAFERS_BENCH_DIR: dir, WAFERS_BENCH_HOST_MOUNT_NS: fs.readlinkSync('/proc/self/ns/mnt')},
+    stdio: 'inherit',
+  })
+  // The namespace died with the child, and its mounts with it: the dir holds only plain files.
+  fs.rmSync(dir, {force: true, recursive: true})
+  if (child.error) console.error(`cannot run unshare: ${child.error.message}`)
+  process.exit(child.status ?? 1)
+}
+
+// --- Inside the namespace. ------------------------------------------------------------------------
+
+if (fs.readlinkSync('/proc/self/ns/mnt') === env.WAFERS_BENCH_HOST_MOUNT_NS) {
+  console.error('refusing to mount: not in a private mount namespace')
+  process.exit(2)
+}
+
+const dir = env.WAFERS_BENCH_DIR
+
+/** Runs `argv` once; returns its wall time, peak RSS (KiB) and output. */
+function exec(argv, options = {}) {
+  const full = hasTime ? [TIME, '-f', 'wafers-bench-rss %M', ...argv] : argv
+  const start = process.hrtime.bigint()
+  const result = spawnSync(full[0], full.slice(1), {cwd: options.cwd, encoding: 'utf8', env: options.env ?? env, maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'pipe']})
+  const ms = Number(process.hrtime.bigint() - start) / 1e6
+  let stderr = result.stderr ?? ''
+  let rss = Number.NaN
+  const match = /wafers-bench-rss (\d+)\s*$/.exec(stderr)
+  if (match) {
+    rss = Number(match[1])
+    stderr = stderr.slice(0, match.index)
+  }
+
+  // GNU time says "Command exited with non-zero status N" on stderr too.
+  stderr = stderr.replace(/Command exited with non-zero status \d+\s*$/, '')
+  if (result.error) throw result.error
+  return {ms, rss, status: result.status, stderr: stderr.trim(), stdout: result.stdout}
+}
+
+/** The error a program printed on stderr (after any progress lines), without oclif's decoration. */
+function said(stderr) {
+  const lines = stderr.split('\n').map((line) => line.replace(/^\s*›?\s*/, '')).filter(Boolean)
+  return lines.find((line) => /^Error\b/.test(line)) ?? lines.at(-1) ?? ''
+}
+
+/** Like exec, but a failure stops the benchmark with what the program said. */
+function must(argv, options) {
+  const result = exec(argv, options)
+  if (result.status !== 0) {
+    throw new Error(`${argv.join(' ').slice(0, 200)} failed (${result.status}): ${said(result.stderr)}`)
+  }
+
+  return result
+}
+
+/** A store: WAFERS and STACKS of its own, so that scenarios never see each other's wafers. */
+function store(name) {
+  const root = path.join(dir, name)
+  const wafers = path.join(root, 'wafers')
+  const stacks = path.join(root, 'stacks')
+  fs.mkdirSync(wafers, {recursive: true})
+  const run = (args) => ({argv: [process.execPath, bin, ...args], options: {env: {...env, STACKS: stacks, WAFERS: wafers}}})
+  return {
+    /** Makes wafer `name` by hand, as the bash tool did. */
+    make(wafer, parent) {
+      fs.mkdirSync(path.join(wafers, wafer, 'data'), {recursive: true})
+      fs.mkdirSync(path.join(wafers, wafer, 'work'), {recursive: true})
+      if (parent !== undefined) fs.writeFileSync(path.join(wafers, wafer, 'parent'), `${parent}\n`)
+    },
+    root,
+    run,
+    stacks,
+    wafers,
+    cli(...args) {
+      const {argv, options} = run(args)
+      return must(argv, options)
+    },
+  }
+}
+
+/** Mount points under `under` in this namespace's mount table. */
+function mountedUnder(under) {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((mountpoint) => mountpoint?.startsWith(under + '/'))
+}
+
+/**
+ * Runs `sample` (which returns {ms, rss}) `runs` times after one warm-up, and returns the median
+ * time and the peak RSS over all runs. Samples of several series are interleaved by the caller.
+ */
+function series() {
+  const times = []
+  let rss = 0
+  return {
+    add(result) {
+      times.push(result.ms)
+      rss = Math.max(rss, result.rss)
+    },
+    get fastest() {
+      return Math.min(...times)
+    },
+    get median() {
+      const sorted = [...times].sort((a, b) => a - b)
+      const mid = sorted.length >> 1
+      return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+    },
+    get rss() {
+      return rss
+    },
+  }
+}
+
+/** Adds up several runs into one sample: times add, peak memory is the largest. */
+function sum(results) {
+  return {ms: results.reduce((total, r) => total + r.ms, 0), rss: Math.max(...results.map((r) => r.rss))}
+}
+
+function repeat(runs, label, body) {
+  const live = process.stderr.isTTY
+  if (!live) process.stderr.write(`${label}: 1 warm-up and ${runs} runs\n`)
+  for (let run = 0; run <= runs; run++) {
+    if (live) process.stderr.write(`\r${label}: ${run === 0 ? 'warm-up' : `run ${run}/${runs}`}   `)
+    body(run === 0)
+  }
+
+  if (live) process.stderr.write('\n')
+}
+
+const rows = []
+const notes = []
+
+function row(what, wafers, baseline, target) {
+  const ratio = wafers && baseline ? wafers.median / baseline.median : undefined
+  const verdicts = []
+  if (target?.ratio !== undefined && ratio !== undefined) verdicts.push(ratio <= target.ratio)
+  if (target?.ms !== undefined && wafers) verdicts.push(wafers.median < target.ms)
+  if (target?.mib !== undefined && wafers) verdicts.push(wafers.rss / 1024 < target.mib)
+  rows.push([
+    what,
+    wafers ? ms(wafers.median) : (target?.na ?? 'n/a'),
+    baseline ? ms(baseline.median) : '',
+    ratio === undefined ? '' : `${ratio.toFixed(2)}x`,
+    target?.text ?? '',
+    verdicts.length === 0 ? (target?.text && !wafers ? 'n/a' : '') : verdicts.every(Boolean) ? 'pass' : '**fail**',
+    [wafers, baseline].filter(Boolean).map((s) => mib(s.rss)).join(' / '),
+  ])
+}
+
+function ms(value) {
+  return value >= 100 ? `${value.toFixed(0)} ms` : `${value.toFixed(1)} ms`
+}
+
+function mib(kib) {
+  return Number.isNaN(kib) ? 'n/a' : `${(kib / 1024).toFixed(0)} MiB`
+}
+
+// (a) Round trip of a 2-wafer stack, and bare starts, against node and against mount/umount.
+function roundTrip() {
+  const s = store('round-trip')
+  s.make('base')
+  fs.writeFileSync(path.join(s.wafers, 'base', 'data', 'hello'), 'hello\n')
+  s.make('top', 'base')
+  const raw = path.join(s.root, 'raw')
+  fs.mkdirSync(raw)
+  const options = `lowerdir=${path.join(s.wafers, 'base/data')},upperdir=${path.join(s.wafers, 'top/data')},workdir=${path.join(s.wafers, 'top/work')}`
+  const node = [process.execPath, '-e', '0']
+  const stats = {floor: series(), mount: series(), unstackNothing: series(), version: series(), wafers: series()}
+  repeat(RUNS, '(a) round trip', (warmUp) => {
+    const stack = s.cli('stack', 'top')
+    if (!/^2 wafers stacked at /m.test(stack.stdout)) throw new Error(`stack printed: ${stack.stdout}`)
+    const unstack = s.cli('unstack', 'top')
+    const floor = sum([must(node), must(node)])
+    const mount = sum([must(['mount', '-t', 'overlay', 'overlay', '-o', options, raw]), must(['umount', raw])])
+    const version = s.cli('--version')
+    const nothing = s.cli('unstack', 'nothing')
+    if (warmUp) return
+    stats.wafers.add(sum([stack, unstack]))
+    stats.floor.add(floor)
+    stats.mount.add(mount)
+    stats.version.add(version)
+    stats.unstackNothing.add(nothing)
+  })
+  row('`stack` + `unstack` of a 2-wafer stack vs 2x `node -e 0`', stats.wafers, stats.floor, {ratio: 2, text: '≤ 2.0x'})
+  row('`stack` + `unstack` of a 2-wafer stack vs raw `mount` + `umount`', stats.wafers, stats.mount)
+  row('`wafers --version` vs `node -e 0`', stats.version, halve(stats.floor))
+  row('`wafers unstack nothing` vs `node -e 0`', stats.unstackNothing, halve(stats.floor))
+  // Other work on the machine slows a big process more than a small one, so ratios drift up.
+  const spread = stats.floor.median / stats.floor.fastest
+  notes.push(
+    `Two \`node -e 0\`: median ${ms(stats.floor.median)}, fastest ${ms(stats.floor.fastest)}` +
+      (spread > 1.15 ? ` (${spread.toFixed(2)}x apart: the machine was busy, so these ratios read high; re-run on a quiet machine).` : ' (a quiet machine).'),
+  )
+}
+
+/** One `node -e 0` from a series of two. */
+function halve(floor) {
+  return {median: floor.median / 2, rss: floor.rss}
+}
+
+// (b) The cost of depth: stacking a DEPTH-wafer stack against a 2-wafer stack.
+function depth() {
+  const s = store('depth')
+  const name = (i) => `d${String(i).padStart(3, '0')}`
+  for (let i = 0; i < DEPTH; i++) s.make(name(i), i === 0 ? undefined : name(i - 1))
+  s.make('s0')
+  s.make('s1', 's0')
+  const top = name(DEPTH - 1)
+  const stats = {deep: series(), shallow: series()}
+  repeat(RUNS, `(b) depth ${DEPTH}`, (warmUp) => {
+    const deep = s.cli('stack', top)
+    if (!new RegExp(`^${DEPTH} wafers stacked at `, 'm').test(deep.stdout)) throw new Error(`stack printed: ${deep.stdout}`)
+    s.cli('unstack', top)
+    const shallow = s.cli('stack', 's1')
+    s.cli('unstack', 's1')
+    if (warmUp) return
+    stats.deep.add(deep)
+    stats.shallow.add(shallow)
+  })
+  row(`\`stack\` of a ${DEPTH}-wafer stack vs a 2-wafer stack`, stats.deep, stats.shallow, {ratio: 1.25, text: '≤ 1.25x'})
+}
+
+// (c) Many stacks: stacking and unstacking MANY stacks in one call each against MANY calls each.
+function many() {
+  const s = store('many')
+  const names = Array.from({length: MANY}, (_, i) => `m${String(i).padStart(3, '0')}`)
+  s.make('mbase')
+  for (const name of names) s.make(name, 'mbase')
+  const what = `\`stack\` + \`unstack\` of ${MANY} stacks in one call each vs ${MANY} calls each`
+  const stackMany = stackManyArgs(names)
+  let supported = stackMany !== undefined
+  if (supported) {
+    const {argv, options} = s.run(stackMany)
+    const tried = exec(argv, options)
+    const mounted = mountedUnder(fs.realpathSync(s.root)).length
+    if (tried.status !== 0 || mounted !== MANY) {
+      supported = false
+      notes.push(`\`wafers ${stackMany.slice(0, 3).join(' ')}${stackMany.length > 3 ? ' ...' : ''}\` did not stack ${MANY} stacks (exit ${tried.status}, ${mounted} mounted): ${said(tried.stderr)}`)
+    }
+
+    s.cli('unstack', ...names)
+    const shown = stackMany.length > 3 ? [...stackMany.slice(0, 3), '...'] : stackMany
+    if (supported) notes.push(`${MANY} stacks in one call: \`wafers ${shown.join(' ')}\`, then \`wafers unstack\` of all ${MANY} names.`)
+  } else {
+    notes.push('`wafers stack` has no `--all` or repeatable flag yet; set WAFERS_BENCH_STACK_MANY to measure another command line.')
+  }
+
+  const stats = {one: series(), separate: series()}
+  // Without a one-call form, one run of the separate calls still shows what they cost.
+  repeat(supported ? MANY_RUNS : 1, `(c) ${MANY} stacks`, (warmUp) => {
+    if (supported) {
+      const {argv, options} = s.run(stackMany)
+      const one = sum([must(argv, options), s.cli('unstack', ...names)])
+      if (!warmUp) stats.one.add(one)
+    }
+
+    if (warmUp && supported) return
+    const separate = sum([...names.map((name) => s.cli('stack', name)), ...names.map((name) => s.cli('unstack', name))])
+    stats.separate.add(separate)
+  })
+  row(what, supported ? stats.one : undefined, stats.separate, {na: 'n/a (needs multi-stack)', ratio: 0.5, text: '≤ 0.5x'})
+}
+
+// (d) `wafers list --json` and `wafers tree` over LIST wafers, a few of them stacked.
+function list() {
+  const commands = manifest().commands ?? {}
+  const s = store('list')
+  const name = (i) => `w${String(i).padStart(5, '0')}`
+  // Ten base wafers; every other wafer's parent is a third of the way down, so the tree is wide
+  // near the roots and about seven deep.
+  for (let i = 0; i < LIST; i++) s.make(name(i), i < 10 ? undefined : name(Math.floor(i / 3)))
+  const node = [process.execPath, '-e', '0']
+  const cases = [
+    {args: ['list', '--json'], id: 'list', target: {mib: 150, ms: 1000, na: 'n/a (needs `wafers list`)', text: '< 1 s, < 150 MiB'}},
+    {args: ['tree'], id: 'tree', target: {na: 'n/a (needs `wafers tree`)'}},
+  ].filter((c) => {
+    if (commands[c.id]) return true
+    row(`\`wafers ${c.args.join(' ')}\` over ${LIST} wafers vs \`node -e 0\``, undefined, undefined, c.target)
+    return false
+  })
+  if (cases.length === 0) return
+  for (let i = LIST - 10; i < LIST; i++) s.cli('stack', name(i))
+  const stats = cases.map(() => series())
+  const floor = series()
+  repeat(RUNS, `(d) list and tree over ${LIST}`, (warmUp) => {
+    const results = cases.map((c) => s.cli(...c.args))
+    const base = must(node)
+    if (warmUp) {
+      if (cases[0].id === 'list') JSON.parse(results[0].stdout)
+      return
+    }
+
+    results.forEach((result, i) => stats[i].add(result))
+    floor.add(base)
+  })
+  for (const [i, c] of cases.entries()) row(`\`wafers ${c.args.join(' ')}\` over ${LIST} wafers vs \`node -e 0\``, stats[i], floor, c.target)
+  s.cli('unstack', ...Array.from({length: 10}, (_, i) => name(LIST - 10 + i)))
+}
+
+function machine() {
+  const cpus = os.cpus()
+  const load = os.loadavg().map((l) => l.toFixed(2)).join(' ')
+  return [
+    `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}`,
+    `- Machine: ${os.availableParallelism()} CPUs (${cpus[0]?.model.trim() ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, load average ${load} at start`,
+    `- System: Linux ${os.release()}, Node ${process.version}`,
+    `- Runs: median of ${RUNS} (${MANY_RUNS} for the ${MANY}-stack row) after one warm-up; peak memory is the largest max RSS of one process (GNU time)${hasTime ? '' : ' (not measured: /usr/bin/time is missing)'}`,
+  ]
+}
+
+const started = performance.now()
+const header = machine()
+try {
+  if (ONLY.includes('a')) roundTrip()
+  if (ONLY.includes('b')) depth()
+  if (ONLY.includes('c')) many()
+  if (ONLY.includes('d')) list()
+} catch (error) {
+  process.stderr.write('\n')
+  console.error(`benchmark failed: ${error.message}`)
+  process.exit(1)
+}
+
+const columns = ['Benchmark', 'wafers', 'baseline', 'ratio', 'target', 'result', 'peak RSS (wafers / baseline)']
+const lines = [
+  '## wafers benchmark',
+  '',
+  ...header,
+  `- Took: ${((performance.now() - started) / 1000).toFixed(0)} s`,
+  '',
+  `| ${columns.join(' | ')} |`,
+  `|${columns.map((_, i) => (i === 0 ? ' --- ' : ' ---: ')).join('|')}|`,
+  ...rows.map((cells) => `| ${cells.join(' | ')} |`),
+  ...(notes.length > 0 ? ['', ...notes.map((note) => `- ${note}`)] : []),
+]
+console.log(lines.join('\n'))
