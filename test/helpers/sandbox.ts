@@ -38,6 +38,24 @@ function whyNoMounts(): string | undefined {
   return undefined
 }
 
+/**
+ * Gives each test of the calling `describe` a fresh Sandbox through `use`, after checking that
+ * mount tests can run (see requireMounts), and cleans it up after the test, mounts and all.
+ */
+export function useSandbox(use: (box: Sandbox) => void): void {
+  let box: Sandbox | undefined
+  beforeEach(async function () {
+    requireMounts(this)
+    box = await Sandbox.create()
+    use(box)
+  })
+
+  afterEach(async function () {
+    await box?.cleanup()
+    box = undefined
+  })
+}
+
 /** A temp WAFERS and STACKS, and the CLI run against them. */
 export class Sandbox {
   private constructor(readonly root: string) {}

@@ -3,18 +3,12 @@ import {expect} from 'chai'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers list, tree, diff and rm (real trees, real mounts)', function () {
   let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
+  useSandbox((created) => {
+    box = created
   })
 
   async function ok(args: string[]): Promise<string> {

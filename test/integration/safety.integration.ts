@@ -4,7 +4,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {readMountTable} from '../../src/lib/mounts.js'
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BadInput {
   args: string[]
@@ -189,14 +189,8 @@ const BAD_INPUTS: BadInput[] = [
 
 describe('safety', function () {
   let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
+  useSandbox((created) => {
+    box = created
   })
 
 describe('bad input is refused, with one sentence, and changes nothing', function () {

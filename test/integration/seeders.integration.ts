@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 /** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
 const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
@@ -58,14 +58,8 @@ async function expectSameTree(from: string, to: string, xattrs: boolean): Promis
 
 describe('seeders: dir, tar and busybox fill a new base wafer', function () {
   let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
+  useSandbox((created) => {
+    box = created
   })
 
   it('dir copies a tree keeping owners, modes, symlinks, hard links and xattrs', async function () {

@@ -4,18 +4,12 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {overlayLayers, readMountTable} from '../../src/lib/mounts.js'
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers stack and unstack (real overlay mounts)', function () {
   let box: Sandbox
-
-  beforeEach(async function () {
-    requireMounts(this)
-    box = await Sandbox.create()
-  })
-
-  afterEach(async function () {
-    await box?.cleanup()
+  useSandbox((created) => {
+    box = created
   })
 
   describe('stack NAME PARENT creating a new wafer', function () {

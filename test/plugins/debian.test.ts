@@ -107,7 +107,7 @@ Components: main
 
     it('reports an unreachable mirror as a network failure', async function () {
       const port = await closedPort()
-      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).catch((error: Error) => error)
+      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).then(() => undefined, (error: Error) => error)
       expect(failure?.message).to.equal(
         `network failure: cannot reach the mirror http://127.0.0.1:${port}/debian (Connection refused); check the network or give another mirror`,
       )
@@ -120,7 +120,7 @@ Components: main
       })
       try {
         const mirror = `http://127.0.0.1:${(server.address() as AddressInfo).port}/debian`
-        const failure = await fetchRelease(run, mirror, 'nosuch', 5).catch((error: Error) => error)
+        const failure = await fetchRelease(run, mirror, 'nosuch', 5).then(() => undefined, (error: Error) => error)
         expect(failure?.message).to.equal(`the mirror ${mirror} has no suite nosuch (${mirror}/dists/nosuch/Release not found)`)
       } finally {
         server.close()
