@@ -4,12 +4,16 @@ import type {Hook} from '@oclif/core'
 import type {WafersHooks} from './lib/hooks.js'
 
 export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/ancestry.js'
+export {type Change, type DiffEntry, diffWafer} from './lib/diff.js'
 export {WafersError} from './lib/errors.js'
+export {type Inventory, type WaferInfo, readInventory} from './lib/inventory.js'
+export {withLock} from './lib/lock.js'
 export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mounts.js'
 export {MAX_NAME_LENGTH, NAME_RULE_TEXT, checkName, isValidName} from './lib/names.js'
-export {type StackResult, type UnstackResult, stackSteps, unstack} from './lib/stack.js'
+export {type StackOptions, type StackResult, type UnstackOptions, type UnstackResult, stackSteps, unstack} from './lib/stack.js'
 export type {Step} from './lib/steps.js'
 export {DEFAULT_STACKS, DEFAULT_WAFERS, type Locations, WaferStore, locationsFromEnv} from './lib/store.js'
+export {type LiveStack, liveStacks, stackConflicts} from './lib/usage.js'
 export type {
   HookOutcome,
   HookRunner,

@@ -49,12 +49,21 @@ export async function lockDirectory(
   }
 }
 
-/** Runs `fn` holding the lock on `dir` (when it exists), releasing it however `fn` ends. */
+/** Directories this process holds the lock on: flock(2) would deadlock against its own lock. */
+const held = new Set<string>()
+
+/**
+ * Runs `fn` holding the lock on `dir` (when it exists), releasing it however `fn` ends. Nested
+ * calls for the same directory in this process run under the lock already held.
+ */
 export async function withLock<T>(dir: string, fn: () => Promise<T>, onWait?: () => void): Promise<T> {
+  if (held.has(dir)) return fn()
   const lock = await lockDirectory(dir, {onWait})
+  if (lock) held.add(dir)
   try {
     return await fn()
   } finally {
+    if (lock) held.delete(dir)
     lock?.release()
   }
 }

@@ -3,6 +3,7 @@ import {promises as fs, lstatSync, readFileSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
+import {withLock} from './lock.js'
 import {checkName, isValidName} from './names.js'
 import {removeStaging} from './staging.js'
 
@@ -63,7 +64,15 @@ export class WaferStore {
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
       if (parent !== undefined) await fs.writeFile(path.join(stage, 'parent'), `${checkName(parent)}\n`)
       if (options.fill) await options.fill(data)
-      await fs.rename(stage, target)
+      // Seeding may take minutes without the lock; the parent is checked again under it, so that a
+      // racing `wafers rm` cannot leave the new wafer on a parent that is gone.
+      await withLock(this.root, async () => {
+        if (parent !== undefined && !(await this.hasData(parent))) {
+          throw new WafersError(`wafer ${parent}, the parent of ${name}, was removed meanwhile; ${name} was not created.`)
+        }
+
+        await fs.rename(stage, target)
+      })
     } catch (error) {
       await removeStaging(stage)
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {

@@ -337,6 +337,19 @@ describe('faults and concurrency', function () {
     }
   })
 
+  it('never leaves a new wafer on a parent that a racing rm removed', async function () {
+    for (let round = 0; round < 5; round++) {
+      const [parent, child] = [`parent${round}`, `child${round}`]
+      // eslint-disable-next-line no-await-in-loop
+      await box.wafer(parent)
+      // eslint-disable-next-line no-await-in-loop
+      await Promise.all([box.run(['create', child, parent]), box.run(['rm', '--yes', parent])])
+      // eslint-disable-next-line no-await-in-loop
+      const [childThere, parentThere] = await Promise.all([box.data(child), box.data(parent)].map((dir) => fs.stat(dir).then(() => true, () => false)))
+      if (childThere) expect(parentThere, `round ${round}: ${child} exists, so its parent must`).to.equal(true)
+    }
+  })
+
   it('refuses to unstack a stack in use, naming the processes, and --lazy detaches it', async function () {
     await family(box)
     await expectSuccess(box, ['stack', 'child'])
