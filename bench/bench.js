@@ -83,10 +83,14 @@ if (env.WAFERS_BENCH_HOST_MOUNT_NS === undefined) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wafers-bench-'))
   // Ctrl-C reaches the child too; stay alive long enough to delete the temp dir.
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => {})
-  const child = spawnSync('unshare', ['-m', '--propagation', 'private', '--', process.execPath, fileURLToPath(import.meta.url)], {
-    env: {...env, WAFERS_BENCH_DIR: dir, WAFERS_BENCH_HOST_MOUNT_NS: fs.readlinkSync('/proc/self/ns/mnt')},
-    stdio: 'inherit',
-  })
+  const child = spawnSync(
+    'unshare',
+    ['-m', '--propagation', 'private', '--', process.execPath, fileURLToPath(import.meta.url)],
+    {
+      env: {...env, WAFERS_BENCH_DIR: dir, WAFERS_BENCH_HOST_MOUNT_NS: fs.readlinkSync('/proc/self/ns/mnt')},
+      stdio: 'inherit',
+    },
+  )
   // The namespace died with the child, and its mounts with it: the dir holds only plain files.
   fs.rmSync(dir, {force: true, recursive: true})
   if (child.error) console.error(`cannot run unshare: ${child.error.message}`)
@@ -106,7 +110,13 @@ const dir = env.WAFERS_BENCH_DIR
 function exec(argv, options = {}) {
   const full = hasTime ? [TIME, '-f', 'wafers-bench-rss %M', ...argv] : argv
   const start = process.hrtime.bigint()
-  const result = spawnSync(full[0], full.slice(1), {cwd: options.cwd, encoding: 'utf8', env: options.env ?? env, maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'pipe']})
+  const result = spawnSync(full[0], full.slice(1), {
+    cwd: options.cwd,
+    encoding: 'utf8',
+    env: options.env ?? env,
+    maxBuffer: 1 << 30,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   const ms = Number(process.hrtime.bigint() - start) / 1e6
   let stderr = result.stderr ?? ''
   let rss = Number.NaN
@@ -124,7 +134,10 @@ function exec(argv, options = {}) {
 
 /** The error a program printed on stderr (after any progress lines), without oclif's decoration. */
 function said(stderr) {
-  const lines = stderr.split('\n').map((line) => line.replace(/^\s*›?\s*/, '')).filter(Boolean)
+  const lines = stderr
+    .split('\n')
+    .map((line) => line.replace(/^\s*›?\s*/, ''))
+    .filter(Boolean)
   return lines.find((line) => /^Error\b/.test(line)) ?? lines.at(-1) ?? ''
 }
 
@@ -144,7 +157,10 @@ function store(name) {
   const wafers = path.join(root, 'wafers')
   const stacks = path.join(root, 'stacks')
   fs.mkdirSync(wafers, {recursive: true})
-  const run = (args) => ({argv: [process.execPath, bin, ...args], options: {env: {...env, STACKS: stacks, WAFERS: wafers}}})
+  const run = (args) => ({
+    argv: [process.execPath, bin, ...args],
+    options: {env: {...env, STACKS: stacks, WAFERS: wafers}},
+  })
   return {
     /** Makes wafer `name` by hand, as the bash tool did. */
     make(wafer, parent) {
@@ -230,7 +246,10 @@ function row(what, wafers, baseline, target) {
     ratio === undefined ? '' : `${ratio.toFixed(2)}x`,
     target?.text ?? '',
     verdicts.length === 0 ? (target?.text && !wafers ? 'n/a' : '') : verdicts.every(Boolean) ? 'pass' : '**fail**',
-    [wafers, baseline].filter(Boolean).map((s) => mib(s.rss)).join(' / '),
+    [wafers, baseline]
+      .filter(Boolean)
+      .map((s) => mib(s.rss))
+      .join(' / '),
   ])
 }
 
@@ -276,7 +295,9 @@ function roundTrip() {
   const spread = stats.floor.median / stats.floor.fastest
   notes.push(
     `Two \`node -e 0\`: median ${ms(stats.floor.median)}, fastest ${ms(stats.floor.fastest)}` +
-      (spread > 1.15 ? ` (${spread.toFixed(2)}x apart: the machine was busy, so these ratios read high; re-run on a quiet machine).` : ' (a quiet machine).'),
+      (spread > 1.15
+        ? ` (${spread.toFixed(2)}x apart: the machine was busy, so these ratios read high; re-run on a quiet machine).`
+        : ' (a quiet machine).'),
   )
 }
 
@@ -296,7 +317,8 @@ function depth() {
   const stats = {deep: series(), shallow: series()}
   repeat(RUNS, `(b) depth ${DEPTH}`, (warmUp) => {
     const deep = s.cli('stack', top)
-    if (!new RegExp(`^${DEPTH} wafers stacked at `, 'm').test(deep.stdout)) throw new Error(`stack printed: ${deep.stdout}`)
+    if (!new RegExp(`^${DEPTH} wafers stacked at `, 'm').test(deep.stdout))
+      throw new Error(`stack printed: ${deep.stdout}`)
     s.cli('unstack', top)
     const shallow = s.cli('stack', 's1')
     s.cli('unstack', 's1')
@@ -304,7 +326,10 @@ function depth() {
     stats.deep.add(deep)
     stats.shallow.add(shallow)
   })
-  row(`\`stack\` of a ${DEPTH}-wafer stack vs a 2-wafer stack`, stats.deep, stats.shallow, {ratio: 1.25, text: '≤ 1.25x'})
+  row(`\`stack\` of a ${DEPTH}-wafer stack vs a 2-wafer stack`, stats.deep, stats.shallow, {
+    ratio: 1.25,
+    text: '≤ 1.25x',
+  })
 }
 
 // (c) Many stacks: stacking and unstacking MANY stacks in one call each against MANY calls each.
@@ -322,14 +347,21 @@ function many() {
     const mounted = mountedUnder(fs.realpathSync(s.root)).length
     if (tried.status !== 0 || mounted !== MANY) {
       supported = false
-      notes.push(`\`wafers ${stackMany.slice(0, 3).join(' ')}${stackMany.length > 3 ? ' ...' : ''}\` did not stack ${MANY} stacks (exit ${tried.status}, ${mounted} mounted): ${said(tried.stderr)}`)
+      notes.push(
+        `\`wafers ${stackMany.slice(0, 3).join(' ')}${stackMany.length > 3 ? ' ...' : ''}\` did not stack ${MANY} stacks (exit ${tried.status}, ${mounted} mounted): ${said(tried.stderr)}`,
+      )
     }
 
     s.cli('unstack', ...names)
     const shown = stackMany.length > 3 ? [...stackMany.slice(0, 3), '...'] : stackMany
-    if (supported) notes.push(`${MANY} stacks in one call: \`wafers ${shown.join(' ')}\`, then \`wafers unstack\` of all ${MANY} names.`)
+    if (supported)
+      notes.push(
+        `${MANY} stacks in one call: \`wafers ${shown.join(' ')}\`, then \`wafers unstack\` of all ${MANY} names.`,
+      )
   } else {
-    notes.push('`wafers stack` has no `--all` or repeatable flag yet; set WAFERS_BENCH_STACK_MANY to measure another command line.')
+    notes.push(
+      '`wafers stack` has no `--all` or repeatable flag yet; set WAFERS_BENCH_STACK_MANY to measure another command line.',
+    )
   }
 
   const stats = {one: series(), separate: series()}
@@ -345,7 +377,11 @@ function many() {
     const separate = sum([...names.map((name) => s.cli('stack', name)), ...names.map((name) => s.cli('unstack', name))])
     stats.separate.add(separate)
   })
-  row(what, supported ? stats.one : undefined, stats.separate, {na: 'n/a (needs multi-stack)', ratio: 0.5, text: '≤ 0.5x'})
+  row(what, supported ? stats.one : undefined, stats.separate, {
+    na: 'n/a (needs multi-stack)',
+    ratio: 0.5,
+    text: '≤ 0.5x',
+  })
 }
 
 // (d) `wafers list --json` and `wafers tree` over LIST wafers, a few of them stacked.
@@ -358,7 +394,11 @@ function list() {
   for (let i = 0; i < LIST; i++) s.make(name(i), i < 10 ? undefined : name(Math.floor(i / 3)))
   const node = [process.execPath, '-e', '0']
   const cases = [
-    {args: ['list', '--json'], id: 'list', target: {mib: 150, ms: 1000, na: 'n/a (needs `wafers list`)', text: '< 1 s, < 150 MiB'}},
+    {
+      args: ['list', '--json'],
+      id: 'list',
+      target: {mib: 150, ms: 1000, na: 'n/a (needs `wafers list`)', text: '< 1 s, < 150 MiB'},
+    },
     {args: ['tree'], id: 'tree', target: {na: 'n/a (needs `wafers tree`)'}},
   ].filter((c) => {
     if (commands[c.id]) return true
@@ -380,13 +420,17 @@ function list() {
     results.forEach((result, i) => stats[i].add(result))
     floor.add(base)
   })
-  for (const [i, c] of cases.entries()) row(`\`wafers ${c.args.join(' ')}\` over ${LIST} wafers vs \`node -e 0\``, stats[i], floor, c.target)
+  for (const [i, c] of cases.entries())
+    row(`\`wafers ${c.args.join(' ')}\` over ${LIST} wafers vs \`node -e 0\``, stats[i], floor, c.target)
   s.cli('unstack', ...Array.from({length: 10}, (_, i) => name(LIST - 10 + i)))
 }
 
 function machine() {
   const cpus = os.cpus()
-  const load = os.loadavg().map((l) => l.toFixed(2)).join(' ')
+  const load = os
+    .loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')
   return [
     `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}`,
     `- Machine: ${os.availableParallelism()} CPUs (${cpus[0]?.model.trim() ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, load average ${load} at start`,

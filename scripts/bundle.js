@@ -40,7 +40,10 @@ const nativePackagesStayExternal = {
   setup(builder) {
     builder.onResolve({filter: /^[^./]/}, (args) => {
       if (args.kind === 'entry-point') return
-      const name = args.path.split('/').slice(0, args.path.startsWith('@') ? 2 : 1).join('/')
+      const name = args.path
+        .split('/')
+        .slice(0, args.path.startsWith('@') ? 2 : 1)
+        .join('/')
       if (name.startsWith('node:') || builtinModules.includes(name)) return
       const pjson = packageJson(name, args.resolveDir)
       if (pjson && isNative(pjson)) return {external: true, path: args.path}

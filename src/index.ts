@@ -10,7 +10,14 @@ export {type Inventory, type WaferInfo, readInventory} from './lib/inventory.js'
 export {withLock} from './lib/lock.js'
 export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mounts.js'
 export {MAX_NAME_LENGTH, NAME_RULE_TEXT, checkName, isValidName} from './lib/names.js'
-export {type StackOptions, type StackResult, type UnstackOptions, type UnstackResult, stackSteps, unstack} from './lib/stack.js'
+export {
+  type StackOptions,
+  type StackResult,
+  type UnstackOptions,
+  type UnstackResult,
+  stackSteps,
+  unstack,
+} from './lib/stack.js'
 export type {Step} from './lib/steps.js'
 export {DEFAULT_STACKS, DEFAULT_WAFERS, type Locations, WaferStore, locationsFromEnv} from './lib/store.js'
 export {type LiveStack, liveStacks, stackConflicts} from './lib/usage.js'

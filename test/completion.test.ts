@@ -37,11 +37,19 @@ describe('shell completion', function () {
       ],
       {env},
     )
-    return run.stdout.split('\n').filter((line) => line !== '').sort()
+    return run.stdout
+      .split('\n')
+      .filter((line) => line !== '')
+      .sort()
   }
 
   it('completes commands and flags through @oclif/plugin-autocomplete, and wafer names through completions/wafers.bash', async function () {
-    const env = {HOME: path.join(root, 'home'), STACKS: path.join(root, 'stacks'), WAFERS: path.join(root, 'wafers'), XDG_CACHE_HOME: ''}
+    const env = {
+      HOME: path.join(root, 'home'),
+      STACKS: path.join(root, 'stacks'),
+      WAFERS: path.join(root, 'wafers'),
+      XDG_CACHE_HOME: '',
+    }
     for (const dir of ['wafers/web/data', 'wafers/web-db/data', 'wafers/base/data', 'stacks/web']) {
       // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, dir), {recursive: true})

@@ -19,10 +19,22 @@ With --seed, NAME is a new base wafer filled by that seeder (see \`wafers seeder
   static enableJsonFlag = true
 
   static examples = [
-    {command: '<%= config.bin %> <%= command.id %> tiny --seed busybox', description: "Make a tiny base wafer from the host's static busybox:"},
-    {command: '<%= config.bin %> <%= command.id %> debian --seed debootstrap -- bookworm --variant=minbase', description: 'Make a Debian base wafer (with the wafers-plugin-debian plugin):'},
-    {command: '<%= config.bin %> <%= command.id %> imported --seed tar -- rootfs.tar.xz', description: 'Make a base wafer from a root file system tarball:'},
-    {command: '<%= config.bin %> <%= command.id %> web debian', description: 'Make wafer web on debian, to stack later:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> tiny --seed busybox',
+      description: "Make a tiny base wafer from the host's static busybox:",
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> debian --seed debootstrap -- bookworm --variant=minbase',
+      description: 'Make a Debian base wafer (with the wafers-plugin-debian plugin):',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> imported --seed tar -- rootfs.tar.xz',
+      description: 'Make a base wafer from a root file system tarball:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> web debian',
+      description: 'Make wafer web on debian, to stack later:',
+    },
   ]
 
   static flags = {

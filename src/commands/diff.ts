@@ -15,8 +15,14 @@ export default class Diff extends WafersCommand {
   static enableJsonFlag = true
 
   static examples = [
-    {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'See what archbase2 changes on top of archbase:'},
-    {command: '<%= config.bin %> <%= command.id %> archbase2 --json', description: 'Print an array of {path, change} objects:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> archbase2',
+      description: 'See what archbase2 changes on top of archbase:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> archbase2 --json',
+      description: 'Print an array of {path, change} objects:',
+    },
   ]
 
   static summary = 'Show the files a wafer adds, changes and deletes.'

@@ -19,8 +19,15 @@ Nothing is stacked now: run "wafers stack NAME" for that, and "systemctl daemon-
   static enableJsonFlag = true
 
   static examples = [
-    {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Stack archbase2 at every boot, and keep machinectl from chowning it:'},
-    {command: '<%= config.bin %> <%= command.id %> archbase2 && systemctl daemon-reload && machinectl enable archbase2', description: 'Also boot the container at startup:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> archbase2',
+      description: 'Stack archbase2 at every boot, and keep machinectl from chowning it:',
+    },
+    {
+      command:
+        '<%= config.bin %> <%= command.id %> archbase2 && systemctl daemon-reload && machinectl enable archbase2',
+      description: 'Also boot the container at startup:',
+    },
   ]
 
   static summary = 'Stack a wafer at every boot, safe for machinectl.'

@@ -16,14 +16,20 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
 
   static examples = [
     {command: '<%= config.bin %> <%= command.id %>', description: 'Show every wafer with its size:'},
-    {command: '<%= config.bin %> <%= command.id %> --no-size', description: 'Skip the sizes, for a quick look at thousands of wafers:'},
-    {command: '<%= config.bin %> <%= command.id %> --json', description: 'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf} objects:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> --no-size',
+      description: 'Skip the sizes, for a quick look at thousands of wafers:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> --json',
+      description: 'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf} objects:',
+    },
   ]
 
   static flags = {
     size: Flags.boolean({
       allowNo: true,
-      description: 'Measure the disk space of each wafer\'s data (default: on for the table, off with --json).',
+      description: "Measure the disk space of each wafer's data (default: on for the table, off with --json).",
     }),
   }
 

@@ -20,12 +20,21 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
 
   static examples = [
     {command: '<%= config.bin %> <%= command.id %> scratch', description: 'Delete one wafer, after a question:'},
-    {command: '<%= config.bin %> <%= command.id %> --recursive --yes archbase', description: 'Delete archbase and every wafer built on it, without asking:'},
-    {command: '<%= config.bin %> <%= command.id %> web-old db-old --yes --json', description: 'Delete several wafers from a script:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> --recursive --yes archbase',
+      description: 'Delete archbase and every wafer built on it, without asking:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> web-old db-old --yes --json',
+      description: 'Delete several wafers from a script:',
+    },
   ]
 
   static flags = {
-    recursive: Flags.boolean({char: 'r', description: 'Also delete every wafer built on the named ones, deepest first.'}),
+    recursive: Flags.boolean({
+      char: 'r',
+      description: 'Also delete every wafer built on the named ones, deepest first.',
+    }),
     yes: Flags.boolean({char: 'y', description: 'Delete without asking (required when stdin is not a terminal).'}),
   }
 
@@ -41,7 +50,9 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
     const wafers = await planRemoval(locations, names, {recursive: flags.recursive})
     if (!flags.yes) {
       if (!process.stdin.isTTY) {
-        throw new WafersError(`stdin is not a terminal, so wafers rm cannot ask before deleting ${wafers.length === 1 ? `wafer ${wafers[0]}` : `${wafers.length} wafers`}; add --yes to delete without asking.`)
+        throw new WafersError(
+          `stdin is not a terminal, so wafers rm cannot ask before deleting ${wafers.length === 1 ? `wafer ${wafers[0]}` : `${wafers.length} wafers`}; add --yes to delete without asking.`,
+        )
       }
 
       const question =
@@ -58,7 +69,9 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
     const result = await withLock(locations.wafers, async () => {
       const now = await planRemoval(locations, names, {recursive: flags.recursive})
       if (now.join('\n') !== wafers.join('\n')) {
-        throw new WafersError('the wafers to remove changed while wafers rm was running; nothing was removed, run it again.')
+        throw new WafersError(
+          'the wafers to remove changed while wafers rm was running; nothing was removed, run it again.',
+        )
       }
 
       return removeWafers(store, now)

@@ -33,24 +33,44 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
   static enableJsonFlag = true
 
   static examples = [
-    {command: '<%= config.bin %> <%= command.id %> archbase2 archbase', description: 'Create wafer archbase2 on archbase and stack it:'},
-    {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Stack it again later (the parent is remembered):'},
+    {
+      command: '<%= config.bin %> <%= command.id %> archbase2 archbase',
+      description: 'Create wafer archbase2 on archbase and stack it:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> archbase2',
+      description: 'Stack it again later (the parent is remembered):',
+    },
     {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Stack a base wafer on its own:'},
-    {command: '<%= config.bin %> <%= command.id %> -n web -n db -n cache', description: 'Stack several existing wafers in one call:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> -n web -n db -n cache',
+      description: 'Stack several existing wafers in one call:',
+    },
     {command: '<%= config.bin %> <%= command.id %> --all', description: 'Stack every wafer that has no children:'},
-    {command: 'WAFERS=/srv/wafers STACKS=/srv/stacks <%= config.bin %> <%= command.id %> web --json', description: 'Use other directories and print the result as JSON:'},
-    {command: '<%= config.bin %> <%= command.id %> tiny --seed busybox', description: 'Create base wafer tiny from the host\'s busybox and stack it:'},
+    {
+      command: 'WAFERS=/srv/wafers STACKS=/srv/stacks <%= config.bin %> <%= command.id %> web --json',
+      description: 'Use other directories and print the result as JSON:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> tiny --seed busybox',
+      description: "Create base wafer tiny from the host's busybox and stack it:",
+    },
   ]
 
   static flags = {
     all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name']}),
-    force: Flags.boolean({description: 'Stack even if a wafer would be a writable top and a lower layer at once (unsafe).'}),
+    force: Flags.boolean({
+      description: 'Stack even if a wafer would be a writable top and a lower layer at once (unsafe).',
+    }),
     name: Flags.string({
       char: 'n',
       description: 'Also stack this existing wafer; repeat for more.',
       multiple: true,
     }),
-    seed: Flags.string({description: 'Fill NAME, a new base wafer, with this seeder first (see `wafers seeders`); its arguments follow `--`.'}),
+    seed: Flags.string({
+      description:
+        'Fill NAME, a new base wafer, with this seeder first (see `wafers seeders`); its arguments follow `--`.',
+    }),
   }
 
   static summary = 'Mount a wafer and all its ancestors as a stack.'
@@ -84,15 +104,25 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
           }
 
           if (flags.all && args.name !== undefined) {
-            throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {exit: 2})
+            throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {
+              exit: 2,
+            })
           }
 
           if (flags.seed !== undefined) {
-            throw new WafersError('--seed fills one new base wafer; give it with NAME alone, not with --name or --all.', {exit: 2})
+            throw new WafersError(
+              '--seed fills one new base wafer; give it with NAME alone, not with --name or --all.',
+              {exit: 2},
+            )
           }
 
-          const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers))) : flags.name ?? []
-          const plans = [...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]), ...names.map((name) => ({name, parent: undefined}))]
+          const names = flags.all
+            ? childless(await readInventory(new WaferStore(locations.wafers)))
+            : (flags.name ?? [])
+          const plans = [
+            ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
+            ...names.map((name) => ({name, parent: undefined})),
+          ]
           const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
           const outcomes = await runBatch(
             stacks.map(({name, steps}) => ({name, steps, title: `Stack ${name}`})),
@@ -108,7 +138,9 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
 
           this.reportFailures(outcomes)
           return outcomes.map((outcome, index) =>
-            outcome.state === 'done' ? stacks[index].result : {error: outcome.error?.message ?? outcome.state, name: outcome.name},
+            outcome.state === 'done'
+              ? stacks[index].result
+              : {error: outcome.error?.message ?? outcome.state, name: outcome.name},
           )
         },
         () => this.logToStderr(`waiting for another wafers command to finish with ${locations.wafers}...`),

@@ -19,7 +19,10 @@ export default class Tree extends WafersCommand {
   static examples = [
     {command: '<%= config.bin %> <%= command.id %>', description: 'Draw the whole forest of wafers:'},
     {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Draw archbase and everything built on it:'},
-    {command: '<%= config.bin %> <%= command.id %> --json', description: 'Print nested {name, stacked, mountpoint, lowerOf, children} objects:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> --json',
+      description: 'Print nested {name, stacked, mountpoint, lowerOf, children} objects:',
+    },
   ]
 
   static summary = 'Draw the wafers as a tree of parents and children.'
@@ -46,5 +49,8 @@ function toDrawNode(node: WaferNode): DrawNode {
   if (node.mountpoint !== null) notes.push(`stacked at ${node.mountpoint}`)
   if (node.lowerOf.length > 0) notes.push(`lower layer of ${node.lowerOf.join(', ')}`)
   if (node.problem) notes.push(node.problem)
-  return {children: node.children.map((child) => toDrawNode(child)), label: notes.length > 0 ? `${node.name} (${notes.join('; ')})` : node.name}
+  return {
+    children: node.children.map((child) => toDrawNode(child)),
+    label: notes.length > 0 ? `${node.name} (${notes.join('; ')})` : node.name,
+  }
 }

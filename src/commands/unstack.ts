@@ -22,7 +22,10 @@ A stack that a process still uses (its working directory, root or open files are
   static examples = [
     {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Take one stack down:'},
     {command: '<%= config.bin %> <%= command.id %> web db cache', description: 'Take several down:'},
-    {command: '<%= config.bin %> <%= command.id %> web --lazy', description: 'Detach a stack that a process still uses:'},
+    {
+      command: '<%= config.bin %> <%= command.id %> web --lazy',
+      description: 'Detach a stack that a process still uses:',
+    },
   ]
 
   static flags = {

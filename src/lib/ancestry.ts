@@ -63,4 +63,3 @@ export async function findMachineId(layers: string[]): Promise<string | undefine
 
   return undefined
 }
-

@@ -57,7 +57,8 @@ export function unitName(name: string): string {
  * so `machinectl start NAME` always finds the stack mounted.
  */
 export function unitText(locations: Locations, name: string, program: WafersProgram): string {
-  const command = (verb: string) => [program.node, program.script, verb, name].map((arg) => quoteArg(arg, true)).join(' ')
+  const command = (verb: string) =>
+    [program.node, program.script, verb, name].map((arg) => quoteArg(arg, true)).join(' ')
   return `${MARKER}
 [Unit]
 Description=Wafers stack ${name} at ${escapeSpecifiers(path.join(locations.stacks, name))}
@@ -103,7 +104,12 @@ PrivateUsersOwnership=off
  * may not be able to run. Refuses a wafer that cannot be stacked, and an nspawn file of someone
  * else's that does not already turn user namespacing off, before writing anything.
  */
-export async function enable(locations: Locations, dirs: SystemdDirs, name: string, program: WafersProgram): Promise<BootResult> {
+export async function enable(
+  locations: Locations,
+  dirs: SystemdDirs,
+  name: string,
+  program: WafersProgram,
+): Promise<BootResult> {
   const store = new WaferStore(locations.wafers)
   checkName(name)
   if (!(await store.hasData(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
@@ -220,7 +226,11 @@ export const MACHINES_DIR = '/var/lib/machines'
  * directly in /var/lib/machines, and no trusted NAME.nspawn turns user namespacing off); undefined
  * when it is safe. For `stack` to print after mounting.
  */
-export async function chownRisk(dirs: SystemdDirs, mountpoint: string, machines = MACHINES_DIR): Promise<string | undefined> {
+export async function chownRisk(
+  dirs: SystemdDirs,
+  mountpoint: string,
+  machines = MACHINES_DIR,
+): Promise<string | undefined> {
   if (path.dirname(mountpoint) !== machines) return undefined
   const name = path.basename(mountpoint)
   for (const dir of [dirs.nspawn, '/run/systemd/nspawn']) {

@@ -4,7 +4,10 @@
  */
 export async function confirm(
   question: string,
-  streams: {input: NodeJS.ReadableStream; output: NodeJS.WritableStream} = {input: process.stdin, output: process.stderr},
+  streams: {input: NodeJS.ReadableStream; output: NodeJS.WritableStream} = {
+    input: process.stdin,
+    output: process.stderr,
+  },
 ): Promise<boolean> {
   const {createInterface} = await import('node:readline/promises')
   const rl = createInterface({input: streams.input, output: streams.output, terminal: false})

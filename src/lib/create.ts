@@ -23,7 +23,12 @@ export interface CreateResult {
  * stacking it, and the result they fill in. Every check runs before anything is created; a seeder
  * that fails leaves no wafer.
  */
-export function createSteps(locations: Locations, name: string, parent?: string, plan?: SeedPlan): {result: CreateResult; steps: Step[]} {
+export function createSteps(
+  locations: Locations,
+  name: string,
+  parent?: string,
+  plan?: SeedPlan,
+): {result: CreateResult; steps: Step[]} {
   const store = new WaferStore(locations.wafers)
   const result: CreateResult = {data: '', name, parent: parent ?? null, seeder: plan?.entry.name ?? null, wafers: []}
   const check: Step = {

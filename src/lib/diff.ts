@@ -33,9 +33,12 @@ type Below = {dirs: string[]; kind: 'dir'} | {kind: 'none'} | {kind: 'other'}
  */
 export async function diffWafer(store: WaferStore, name: string): Promise<DiffEntry[]> {
   if (process.getuid?.() !== 0) {
-    throw new WafersError('wafers diff must run as root to read the trusted.overlay attributes of opaque directories.', {
-      suggestions: ['Run it with sudo.'],
-    })
+    throw new WafersError(
+      'wafers diff must run as root to read the trusted.overlay attributes of opaque directories.',
+      {
+        suggestions: ['Run it with sudo.'],
+      },
+    )
   }
 
   if (!(await store.hasData(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
@@ -70,7 +73,11 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
     })
   }
 
-  await walk(store.dataDir(name), '', chain.slice(1).map((wafer) => store.dataDir(wafer)))
+  await walk(
+    store.dataDir(name),
+    '',
+    chain.slice(1).map((wafer) => store.dataDir(wafer)),
+  )
   // Sort as paths: a directory comes right before what is in it ("/a", "/a/b", "/a-b").
   const key = (entry: DiffEntry) => entry.path.replaceAll('/', '\0')
   return entries.sort((a, b) => compare(key(a), key(b)))

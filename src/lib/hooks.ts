@@ -91,7 +91,10 @@ export interface HookOutcome<T> {
 export interface HookRunner {
   /** Whether any plugin handles `event`, so that steps nobody listens to are left out. */
   has(event: WafersHookEvent): boolean
-  run<E extends WafersHookEvent>(event: E, options: WafersHooks[E]['options']): Promise<HookOutcome<WafersHooks[E]['return']>>
+  run<E extends WafersHookEvent>(
+    event: E,
+    options: WafersHooks[E]['options'],
+  ): Promise<HookOutcome<WafersHooks[E]['return']>>
 }
 
 /**
@@ -115,7 +118,9 @@ export class HookError extends WafersError {
     readonly failures: Array<{error: Error; plugin: string}>,
     after = '',
   ) {
-    const what = failures.map(({error, plugin}) => `the ${event} hook of ${plugin} failed: ${oneLine(error)}`).join('; ')
+    const what = failures
+      .map(({error, plugin}) => `the ${event} hook of ${plugin} failed: ${oneLine(error)}`)
+      .join('; ')
     super(`${what}${after || '.'}`)
   }
 }

@@ -46,7 +46,15 @@ export async function readInventory(store: WaferStore, options: {table?: MountEn
   for (const [i, name] of names.entries()) {
     const {parent, problem} = parents[i]
     // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
-    wafers.set(name, {name, parent: parent ?? null, depth: 0, stacked: false, mountpoint: null, lowerOf: [], ...(problem ? {problem} : {})})
+    wafers.set(name, {
+      name,
+      parent: parent ?? null,
+      depth: 0,
+      stacked: false,
+      mountpoint: null,
+      lowerOf: [],
+      ...(problem ? {problem} : {}),
+    })
   }
 
   const children = new Map<string, string[]>()

@@ -19,7 +19,11 @@ export interface RemoveResult {
  * too). Refuses, before anything is touched, a wafer that is missing, stacked, a lower layer of
  * a live stack, or that has children left behind without `recursive`.
  */
-export async function planRemoval(locations: Locations, names: string[], options: {recursive?: boolean} = {}): Promise<string[]> {
+export async function planRemoval(
+  locations: Locations,
+  names: string[],
+  options: {recursive?: boolean} = {},
+): Promise<string[]> {
   for (const name of names) checkName(name)
   const store = new WaferStore(locations.wafers)
   const stacks = await fs.realpath(locations.stacks).catch(() => locations.stacks)
@@ -123,4 +127,3 @@ function refuseInUse(wafer: WaferInfo, asked: Set<string>, stacks: string): void
 function plural(count: number, one: string, many: string): string {
   return `${count} ${count === 1 ? one : many}`
 }
-

@@ -19,7 +19,9 @@ export interface SeederEntry {
 /** The seeders every plugin offers, sorted by name, and why some plugins' offers were ignored. */
 export async function collectSeeders(runner: HookRunner): Promise<{problems: string[]; seeders: SeederEntry[]}> {
   const outcome = await runner.run('wafers:seeders', {})
-  const problems = outcome.failures.map(({error, plugin}) => `the seeders of ${plugin} are unavailable: ${oneLine(error)}.`)
+  const problems = outcome.failures.map(
+    ({error, plugin}) => `the seeders of ${plugin} are unavailable: ${oneLine(error)}.`,
+  )
   const seeders: SeederEntry[] = []
   for (const {plugin, result} of outcome.successes) {
     for (const seeder of Array.isArray(result) ? result : []) {
@@ -28,7 +30,13 @@ export async function collectSeeders(runner: HookRunner): Promise<{problems: str
         continue
       }
 
-      seeders.push({name: seeder.name, plugin, seeder, summary: String(seeder.summary ?? ''), usage: String(seeder.usage ?? '')})
+      seeders.push({
+        name: seeder.name,
+        plugin,
+        seeder,
+        summary: String(seeder.summary ?? ''),
+        usage: String(seeder.usage ?? ''),
+      })
     }
   }
 
@@ -41,9 +49,12 @@ export function findSeeder(seeders: SeederEntry[], name: string): SeederEntry {
   const found = seeders.filter((entry) => entry.name === name)
   if (found.length === 1) return found[0]
   if (found.length > 1) {
-    throw new WafersError(`seeder ${name} is offered by more than one plugin (${found.map((entry) => entry.plugin).join(', ')}).`, {
-      suggestions: ['Uninstall one of them: wafers plugins uninstall PLUGIN'],
-    })
+    throw new WafersError(
+      `seeder ${name} is offered by more than one plugin (${found.map((entry) => entry.plugin).join(', ')}).`,
+      {
+        suggestions: ['Uninstall one of them: wafers plugins uninstall PLUGIN'],
+      },
+    )
   }
 
   const names = [...new Set(seeders.map((entry) => entry.name))]
@@ -73,7 +84,12 @@ export interface SeedPlan {
  * Refuses a seed for anything but a new base wafer: seeders make whole root file systems, which
  * belong at the bottom of a stack.
  */
-export function checkSeedTarget(plan: SeedPlan | undefined, name: string, exists: boolean, parent: string | undefined): void {
+export function checkSeedTarget(
+  plan: SeedPlan | undefined,
+  name: string,
+  exists: boolean,
+  parent: string | undefined,
+): void {
   if (plan === undefined) return
   if (exists) {
     throw new WafersError(`wafer ${name} already exists; --seed only fills a new wafer.`, {
@@ -98,7 +114,12 @@ export function createTitle(name: string, parent: string | undefined, plan: Seed
  * Runs the planned seeder on a new wafer's (hidden) data directory, streaming its progress to
  * `report`. A failure is one sentence naming the seeder.
  */
-export async function seed(plan: SeedPlan, wafer: string, dataDir: string, report: (line: string) => void): Promise<void> {
+export async function seed(
+  plan: SeedPlan,
+  wafer: string,
+  dataDir: string,
+  report: (line: string) => void,
+): Promise<void> {
   // Ctrl-C or a kill stops the seeder's program and fails the seed, so the half-made wafer is
   // removed like after any other failure, instead of the process dying with it in place.
   const interrupt = new AbortController()
@@ -135,9 +156,13 @@ export async function seed(plan: SeedPlan, wafer: string, dataDir: string, repor
 
   // A wafer with a file system still mounted inside would show it to every stack: refuse it.
   const real = await fs.realpath(dataDir)
-  const left = (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(real + path.sep)).map((entry) => entry.mountpoint)
+  const left = (await readMountTable())
+    .filter((entry) => entry.mountpoint.startsWith(real + path.sep))
+    .map((entry) => entry.mountpoint)
   if (left.length > 0) {
-    throw new WafersError(`seeder ${plan.entry.name} (${plan.entry.plugin}) left ${left.join(', ')} mounted inside the wafer.`)
+    throw new WafersError(
+      `seeder ${plan.entry.name} (${plan.entry.plugin}) left ${left.join(', ')} mounted inside the wafer.`,
+    )
   }
 }
 
@@ -177,7 +202,10 @@ export async function runStreaming(
   }
 
   const result = await subprocess
-  if (result.code === 'ENOENT' || (result.failed && result.exitCode === undefined && /ENOENT/.test(result.message ?? ''))) {
+  if (
+    result.code === 'ENOENT' ||
+    (result.failed && result.exitCode === undefined && /ENOENT/.test(result.message ?? ''))
+  ) {
     const hint = options.package ? `; install the ${options.package} package` : ''
     throw new WafersError(`${file} is not installed or not on PATH${hint}.`)
   }

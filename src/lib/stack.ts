@@ -137,7 +137,9 @@ export function stackSteps(
         if (conflicts.length > 0) {
           const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
           if (!options.force) {
-            throw new WafersError(message, {suggestions: ['Unstack those stacks first, or pass --force to stack anyway.']})
+            throw new WafersError(message, {
+              suggestions: ['Unstack those stacks first, or pass --force to stack anyway.'],
+            })
           }
 
           options.warn?.(`${message} Stacking anyway (--force); changes below a mounted top are undefined.`)
@@ -204,7 +206,11 @@ export function stackSteps(
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
-export async function unstack(locations: Locations, name: string, options: UnstackOptions = {}): Promise<UnstackResult> {
+export async function unstack(
+  locations: Locations,
+  name: string,
+  options: UnstackOptions = {},
+): Promise<UnstackResult> {
   const mountpoint = await mountpointOf(locations, name)
   checkRoot()
   if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}

@@ -21,9 +21,13 @@ export async function removeStaging(stage: string): Promise<void> {
     await run('umount', ['--lazy', mountpoint]).catch(() => {})
   }
 
-  const left = (await readMountTable()).filter((entry) => entry.mountpoint === real || entry.mountpoint.startsWith(real + path.sep))
+  const left = (await readMountTable()).filter(
+    (entry) => entry.mountpoint === real || entry.mountpoint.startsWith(real + path.sep),
+  )
   if (left.length > 0) {
-    throw new WafersError(`${stage} still has ${left.map((entry) => entry.mountpoint).join(', ')} mounted; unmount and remove it by hand.`)
+    throw new WafersError(
+      `${stage} still has ${left.map((entry) => entry.mountpoint).join(', ')} mounted; unmount and remove it by hand.`,
+    )
   }
 
   await fs.rm(stage, {force: true, recursive: true})

@@ -68,7 +68,9 @@ export class WaferStore {
       // racing `wafers rm` cannot leave the new wafer on a parent that is gone.
       await withLock(this.root, async () => {
         if (parent !== undefined && !(await this.hasData(parent))) {
-          throw new WafersError(`wafer ${parent}, the parent of ${name}, was removed meanwhile; ${name} was not created.`)
+          throw new WafersError(
+            `wafer ${parent}, the parent of ${name}, was removed meanwhile; ${name} was not created.`,
+          )
         }
 
         await fs.rename(stage, target)
@@ -166,7 +168,10 @@ export class WaferStore {
  * trailing newline optional, as the bash tool wrote it.
  */
 export function parseParent(name: string, text: string): string | undefined {
-  const lines = text.split('\n').map((line) => line.trim()).filter((line) => line !== '')
+  const lines = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '')
   if (lines.length === 0) return undefined
   if (lines.length > 1) {
     throw new WafersError(`the parent file of wafer ${name} has ${lines.length} lines; it must name one wafer.`)

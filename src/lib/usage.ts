@@ -44,7 +44,8 @@ export async function liveStacks(store: WaferStore, table?: MountEntry[]): Promi
     const name = path.basename(path.dirname(entry.root))
     if (path.basename(entry.root) !== 'data' || !isValidName(name)) continue
     // eslint-disable-next-line no-await-in-loop
-    if (await sameInode(entry.mountpoint, store.dataDir(name))) stacks.push({lowers: [], mountpoint: entry.mountpoint, top: name})
+    if (await sameInode(entry.mountpoint, store.dataDir(name)))
+      stacks.push({lowers: [], mountpoint: entry.mountpoint, top: name})
   }
 
   return stacks

@@ -115,7 +115,10 @@ export class Sandbox {
    * Makes wafer `name` by hand, as the bash tool's users did: `data/` with `files`, and a
    * `parent` file when a parent is given (written without a trailing newline, as `echo -n` would).
    */
-  async wafer(name: string, options: {files?: Record<string, string>; parent?: string; work?: boolean} = {}): Promise<void> {
+  async wafer(
+    name: string,
+    options: {files?: Record<string, string>; parent?: string; work?: boolean} = {},
+  ): Promise<void> {
     const dir = path.join(this.wafers, name)
     await fs.mkdir(path.join(dir, 'data'), {recursive: true})
     if (options.work) await fs.mkdir(path.join(dir, 'work'))
@@ -151,7 +154,9 @@ export async function snapshot(dir: string): Promise<string[]> {
       // eslint-disable-next-line no-await-in-loop
       const link = stat.isSymbolicLink() ? ` -> ${await fs.readlink(file)}` : ''
       const size = stat.isDirectory() ? '' : ` ${stat.size}B`
-      lines.push(`${path.relative(dir, file)} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid} rdev=${stat.rdev}${size}${link}`)
+      lines.push(
+        `${path.relative(dir, file)} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid} rdev=${stat.rdev}${size}${link}`,
+      )
       // eslint-disable-next-line no-await-in-loop
       if (stat.isDirectory()) await walk(file)
     }

@@ -78,12 +78,14 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
     expect((await box.mountOf('web'))?.fstype).to.equal('overlay')
   })
 
-  it('writes nspawn settings that keep machinectl\'s -U from copying the whole stack up into the top wafer', async function () {
+  it("writes nspawn settings that keep machinectl's -U from copying the whole stack up into the top wafer", async function () {
     await busyboxWafer(box, 'base')
     await box.wafer('web', {parent: 'base'})
     await box.wafer('control', {parent: 'base'})
     await ok(['enable', 'web'])
-    expect(await fs.readFile(path.join(nspawn, 'web.nspawn'), 'utf8')).to.match(/^\[Exec\]\nPrivateUsers=no\n\n\[Files\]\nPrivateUsersOwnership=off\n$/m)
+    expect(await fs.readFile(path.join(nspawn, 'web.nspawn'), 'utf8')).to.match(
+      /^\[Exec\]\nPrivateUsers=no\n\n\[Files\]\nPrivateUsersOwnership=off\n$/m,
+    )
     await ok(['stack', 'web'])
     await ok(['stack', 'control'])
     // systemd-nspawn reads trusted settings from /run/systemd/nspawn too; this mount stays in the
@@ -96,7 +98,19 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
         // eslint-disable-next-line no-await-in-loop
         const run = await execa(
           'systemd-nspawn',
-          ['--quiet', '--register=no', '--keep-unit', '-U', '--settings=override', `--machine=${name}`, '-D', box.stack(name), '/bin/sh', '-c', 'true'],
+          [
+            '--quiet',
+            '--register=no',
+            '--keep-unit',
+            '-U',
+            '--settings=override',
+            `--machine=${name}`,
+            '-D',
+            box.stack(name),
+            '/bin/sh',
+            '-c',
+            'true',
+          ],
           {reject: false, stdin: 'ignore'},
         )
         expect(run.exitCode, run.stderr).to.equal(0)
@@ -128,7 +142,7 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
     expect(await ok(['disable', 'web'])).to.equal(`${unit()} was not enabled: nothing to do`)
   })
 
-  it('leaves an nspawn file of the user\'s that already says PrivateUsers=no, and refuses one that does not', async function () {
+  it("leaves an nspawn file of the user's that already says PrivateUsers=no, and refuses one that does not", async function () {
     await box.wafer('web')
     await fs.mkdir(nspawn, {recursive: true})
     const mine = path.join(nspawn, 'web.nspawn')
@@ -150,7 +164,10 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
 
   it('refuses a wafer that does not exist or cannot be stacked, writing nothing', async function () {
     await box.wafer('orphan', {parent: 'gone'})
-    for (const [name, message] of [['ghost', `wafer ghost not found in ${box.wafers}.`], ['orphan', `wafer gone, the parent of orphan, not found in ${box.wafers}.`]]) {
+    for (const [name, message] of [
+      ['ghost', `wafer ghost not found in ${box.wafers}.`],
+      ['orphan', `wafer gone, the parent of orphan, not found in ${box.wafers}.`],
+    ]) {
       // eslint-disable-next-line no-await-in-loop
       const run = await box.run(['enable', name], env)
       expect(run.exitCode).to.equal(1)
@@ -173,7 +190,11 @@ async function exists(file: string): Promise<boolean> {
 /** A tiny root file system from the host's static busybox, enough for systemd-nspawn. */
 async function busyboxWafer(box: Sandbox, name: string): Promise<void> {
   await box.wafer(name, {
-    files: {'etc/os-release': 'ID=busybox\n', 'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n', 'usr/lib/os-release': 'ID=busybox\n'},
+    files: {
+      'etc/os-release': 'ID=busybox\n',
+      'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
+      'usr/lib/os-release': 'ID=busybox\n',
+    },
   })
   for (const dir of ['bin', 'root', 'tmp', 'proc', 'sys', 'dev', 'run', 'var']) {
     // eslint-disable-next-line no-await-in-loop

@@ -29,13 +29,17 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
   it('offers debootstrap and pacstrap', async function () {
     const run = await box.run(['seeders', '--json'])
     expect(run.exitCode, run.stderr).to.equal(0)
-    const offered = (JSON.parse(run.stdout) as Array<{name: string; plugin: string}>).filter((entry) => entry.plugin === 'wafers-plugin-debian')
+    const offered = (JSON.parse(run.stdout) as Array<{name: string; plugin: string}>).filter(
+      (entry) => entry.plugin === 'wafers-plugin-debian',
+    )
     expect(offered.map((entry) => entry.name)).to.deep.equal(['debootstrap', 'pacstrap'])
   })
 
   it('says which package to install when pacstrap is missing, and creates nothing', async function () {
     await fs.mkdir(box.wafers)
-    const run = await box.run(['create', 'arch', '--seed', 'pacstrap', '--', 'base', '--ignore', 'linux'], {PATH: path.join(box.root, 'empty-path')})
+    const run = await box.run(['create', 'arch', '--seed', 'pacstrap', '--', 'base', '--ignore', 'linux'], {
+      PATH: path.join(box.root, 'empty-path'),
+    })
     expect(run.exitCode).to.equal(1)
     expect(said(run.stderr)).to.include(
       'seeder pacstrap (wafers-plugin-debian) failed: pacstrap is not installed or not on PATH; install the arch-install-scripts package (apt-get install arch-install-scripts, or pacman -S arch-install-scripts).',
@@ -55,7 +59,9 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const mirror = `http://127.0.0.1:${await closedPort()}/debian`
     const run = await box.run(['create', 'debian', '--seed', 'debootstrap', '--', 'bookworm', mirror])
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.include(`failed: network failure: cannot reach the mirror ${mirror} (Connection refused); check the network or give another mirror.`)
+    expect(said(run.stderr)).to.include(
+      `failed: network failure: cannot reach the mirror ${mirror} (Connection refused); check the network or give another mirror.`,
+    )
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
   })
 
@@ -75,14 +81,27 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     expect((await box.run(['stack', 'jesse', 'debian'])).exitCode).to.equal(0)
     const nspawn = await execa(
       'systemd-nspawn',
-      ['--register=no', '--keep-unit', '--quiet', '-D', box.stack('jesse'), 'useradd', '--create-home', '--shell', '/bin/bash', 'jesse'],
+      [
+        '--register=no',
+        '--keep-unit',
+        '--quiet',
+        '-D',
+        box.stack('jesse'),
+        'useradd',
+        '--create-home',
+        '--shell',
+        '/bin/bash',
+        'jesse',
+      ],
       {reject: false, stdin: 'ignore'},
     )
     expect(nspawn.exitCode, nspawn.stderr).to.equal(0)
     const unstack = await box.run(['unstack', 'jesse'])
     expect(unstack.exitCode, unstack.stderr).to.equal(0)
 
-    expect(await fs.readFile(box.data('jesse', 'etc', 'passwd'), 'utf8')).to.match(/^jesse:x:1000:1000::\/home\/jesse:\/bin\/bash$/m)
+    expect(await fs.readFile(box.data('jesse', 'etc', 'passwd'), 'utf8')).to.match(
+      /^jesse:x:1000:1000::\/home\/jesse:\/bin\/bash$/m,
+    )
     expect((await fs.stat(box.data('jesse', 'home', 'jesse'))).uid).to.equal(1000)
     expect(await fs.readFile(box.data('debian', 'etc', 'passwd'), 'utf8')).to.equal(passwd)
     expect(await snapshot(box.data('debian'))).to.deep.equal(base)
@@ -92,7 +111,9 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const second = await box.run(['create', 'debian2', '--seed', 'debootstrap', '--', 'bookworm', '--variant=minbase'])
     console.log(`      (bookworm minbase again, from the cache, in ${((Date.now() - again) / 1000).toFixed(1)} s)`)
     expect(second.exitCode, second.stderr.split('\n').slice(-5).join('\n')).to.equal(0)
-    expect(second.stderr).to.include('unpacking the root file system cached in /var/cache/wafers/debootstrap/rootfs/rootfs-')
+    expect(second.stderr).to.include(
+      'unpacking the root file system cached in /var/cache/wafers/debootstrap/rootfs/rootfs-',
+    )
     expect(await snapshot(box.data('debian2'))).to.deep.equal(base)
   })
 })

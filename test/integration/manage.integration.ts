@@ -51,7 +51,15 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
         {depth: 1, lowerOf: [], mountpoint: box.stack('alone'), name: 'alone', parent: null, stacked: true},
         {depth: 1, lowerOf: [box.stack('top')], mountpoint: null, name: 'base', parent: null, stacked: false},
         {depth: 2, lowerOf: [box.stack('top')], mountpoint: null, name: 'mid', parent: 'base', stacked: false},
-        {depth: 1, lowerOf: [], mountpoint: null, name: 'orphan', parent: 'gone', problem: 'its parent gone does not exist', stacked: false},
+        {
+          depth: 1,
+          lowerOf: [],
+          mountpoint: null,
+          name: 'orphan',
+          parent: 'gone',
+          problem: 'its parent gone does not exist',
+          stacked: false,
+        },
         {depth: 2, lowerOf: [], mountpoint: null, name: 'side', parent: 'base', stacked: false},
         {depth: 3, lowerOf: [], mountpoint: box.stack('top'), name: 'top', parent: 'mid', stacked: true},
       ])
@@ -117,7 +125,14 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
   describe('diff', function () {
     it('shows what was added, changed and deleted through the mounted stack, stacked or not', async function () {
       await box.wafer('base', {
-        files: {'etc/keep': 'k\n', 'etc/motd': 'hi\n', 'opt/dir/a': 'a\n', 'opt/dir/b': 'b\n', 'opt/dir/sub/c': 'c\n', rmme: 'x\n'},
+        files: {
+          'etc/keep': 'k\n',
+          'etc/motd': 'hi\n',
+          'opt/dir/a': 'a\n',
+          'opt/dir/b': 'b\n',
+          'opt/dir/sub/c': 'c\n',
+          rmme: 'x\n',
+        },
       })
       await ok(['stack', 'child', 'base'])
       await fs.writeFile(box.stack('child', 'new'), 'n\n')
@@ -148,7 +163,9 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       expect((await ok(['diff', 'child'])).split('\n')).to.deep.equal(expected)
       const json = JSON.parse(await ok(['diff', 'child', '--json']))
       expect(json[0]).to.deep.equal({change: 'changed', path: '/etc'})
-      expect(json.map((entry: {change: string}) => entry.change[0].toUpperCase())).to.deep.equal(expected.map((line) => line[0]))
+      expect(json.map((entry: {change: string}) => entry.change[0].toUpperCase())).to.deep.equal(
+        expected.map((line) => line[0]),
+      )
     })
 
     it('compares with the merged wafers below: a deletion lower down counts, a base adds everything', async function () {
@@ -193,29 +210,58 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
 
     it('refuses a lower layer of a live stack, and a stacked wafer anywhere in a --recursive subtree', async function () {
       await forest()
-      await expectRefusal(['rm', '--yes', 'mid', 'top'], `wafer top is stacked at ${box.stack('top')}; unstack it first. Try this: wafers unstack top`)
+      await expectRefusal(
+        ['rm', '--yes', 'mid', 'top'],
+        `wafer top is stacked at ${box.stack('top')}; unstack it first. Try this: wafers unstack top`,
+      )
       const {execa} = await import('execa')
       const readOnly = path.join(box.root, 'read-only')
       await fs.mkdir(readOnly)
-      await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('side')}:${box.data('base')}`, readOnly])
-      await expectRefusal(['rm', '--yes', 'side'], `wafer side is a lower layer of the stack at ${readOnly}; unstack that first. Try this: umount ${readOnly}`)
+      await execa('mount', [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `lowerdir=${box.data('side')}:${box.data('base')}`,
+        readOnly,
+      ])
+      await expectRefusal(
+        ['rm', '--yes', 'side'],
+        `wafer side is a lower layer of the stack at ${readOnly}; unstack that first. Try this: umount ${readOnly}`,
+      )
       await ok(['unstack', 'top'])
       await box.wafer('hand', {parent: 'mid', work: true})
       const target = path.join(box.root, 'by-hand')
       await fs.mkdir(target)
-      await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('mid')}:${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`, target])
-      await expectRefusal(['rm', '--yes', '--recursive', 'mid'], `wafer hand, in the subtree to remove, is stacked at ${target}; unstack it first. Try this: umount ${target}`)
+      await execa('mount', [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `lowerdir=${box.data('mid')}:${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`,
+        target,
+      ])
+      await expectRefusal(
+        ['rm', '--yes', '--recursive', 'mid'],
+        `wafer hand, in the subtree to remove, is stacked at ${target}; unstack it first. Try this: umount ${target}`,
+      )
     })
 
     it('refuses a wafer with children unless --recursive', async function () {
       await forest()
       await ok(['unstack', 'top'])
-      await expectRefusal(['rm', '--yes', 'base'], 'wafer base has 2 children (mid, side) built on it; remove them first, or use --recursive to remove the whole subtree.')
+      await expectRefusal(
+        ['rm', '--yes', 'base'],
+        'wafer base has 2 children (mid, side) built on it; remove them first, or use --recursive to remove the whole subtree.',
+      )
     })
 
     it('refuses to delete without --yes when stdin is not a terminal', async function () {
       await box.wafer('base')
-      await expectRefusal(['rm', 'base'], 'stdin is not a terminal, so wafers rm cannot ask before deleting wafer base; add --yes to delete without asking.')
+      await expectRefusal(
+        ['rm', 'base'],
+        'stdin is not a terminal, so wafers rm cannot ask before deleting wafer base; add --yes to delete without asking.',
+      )
     })
 
     it('refuses a missing wafer', async function () {
@@ -236,7 +282,9 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       )
       expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(['.links', 'alone', 'orphan', 'other'])
       const links = await fs.readdir(path.join(box.wafers, '.links'))
-      expect(await Promise.all(links.map((id) => fs.readlink(path.join(box.wafers, '.links', id))))).to.deep.equal([path.join('..', 'alone', 'data')])
+      expect(await Promise.all(links.map((id) => fs.readlink(path.join(box.wafers, '.links', id))))).to.deep.equal([
+        path.join('..', 'alone', 'data'),
+      ])
       await ok(['stack', 'other'])
       expect(await fs.readFile(box.stack('other', 'big'), 'utf8')).to.have.length(100_000)
     })
@@ -244,7 +292,9 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
     it('removes a child and its parent named together, and prints the result with --json', async function () {
       await box.wafer('base')
       await box.wafer('child', {parent: 'base'})
-      expect(JSON.parse(await ok(['rm', 'base', 'child', '--yes', '--json']))).to.deep.equal({removed: ['child', 'base']})
+      expect(JSON.parse(await ok(['rm', 'base', 'child', '--yes', '--json']))).to.deep.equal({
+        removed: ['child', 'base'],
+      })
       expect(await fs.readdir(box.wafers)).to.deep.equal([])
     })
   })

@@ -44,7 +44,8 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
       .filter((line) => line !== '')
       .map((line) => JSON.parse(line) as Seen)
 
-  const mountsInBox = async () => (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(box.root + '/'))
+  const mountsInBox = async () =>
+    (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(box.root + '/'))
 
   it('lives in WAFERS_DATA_DIR: linking wrote the plugin list there', async function () {
     const list = JSON.parse(await fs.readFile(path.join(box.root, 'plugins', 'package.json'), 'utf8'))
@@ -66,8 +67,12 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     }
 
     const home = path.join(box.root, 'home')
-    expect(await where({HOME: home, WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: path.join(home, 'share')})).to.equal('/usr/local/lib/wafers/package.json')
-    expect(await where({HOME: '/root', WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: undefined})).to.equal('/usr/local/lib/wafers/package.json')
+    expect(await where({HOME: home, WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: path.join(home, 'share')})).to.equal(
+      '/usr/local/lib/wafers/package.json',
+    )
+    expect(await where({HOME: '/root', WAFERS_DATA_DIR: undefined, XDG_DATA_HOME: undefined})).to.equal(
+      '/usr/local/lib/wafers/package.json',
+    )
     expect(await where({WAFERS_DATA_DIR: '/srv/wafers-plugins'})).to.equal('/srv/wafers-plugins/package.json')
   })
 
@@ -112,7 +117,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     const before = await snapshot(box.wafers)
     const run = await box.run(['create', 'base', '--seed', 'alpha-fail'])
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.include('seeder alpha-fail (wafers-plugin-test-alpha) failed: sh failed (exit code 3): disk on fire.')
+    expect(said(run.stderr)).to.include(
+      'seeder alpha-fail (wafers-plugin-test-alpha) failed: sh failed (exit code 3): disk on fire.',
+    )
     expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
     expect(await snapshot(box.wafers)).to.deep.equal(before)
   })
@@ -124,7 +131,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     await fs.mkdir(box.wafers)
     const run = await box.run(['create', 'base', '--seed', 'alpha-mount-fail'], {WAFERS_TEST_HOST_DIR: host})
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.include('seeder alpha-mount-fail (wafers-plugin-test-alpha) failed: gave up with the host directory still mounted.')
+    expect(said(run.stderr)).to.include(
+      'seeder alpha-mount-fail (wafers-plugin-test-alpha) failed: gave up with the host directory still mounted.',
+    )
     expect(await fs.readFile(path.join(host, 'precious'), 'utf8')).to.equal('keep me\n')
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
     expect(await mountsInBox()).to.deep.equal([])
@@ -134,7 +143,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     await fs.mkdir(box.wafers)
     const run = await box.run(['create', 'base', '--seed', 'alpha-mount-leave'])
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.match(/seeder alpha-mount-leave \(wafers-plugin-test-alpha\) left \S+\/data\/proc mounted inside the wafer\./)
+    expect(said(run.stderr)).to.match(
+      /seeder alpha-mount-leave \(wafers-plugin-test-alpha\) left \S+\/data\/proc mounted inside the wafer\./,
+    )
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
     expect(await mountsInBox()).to.deep.equal([])
   })
@@ -142,13 +153,24 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
   it('removes the half-made wafer when the user interrupts a seeder with Ctrl-C', async function () {
     await fs.mkdir(box.wafers)
     const before = await snapshot(box.wafers)
-    const child = execa(process.execPath, [bin, 'create', 'base', '--seed', 'alpha-slow'], {env: box.env, reject: false, stdin: 'ignore'})
+    const child = execa(process.execPath, [bin, 'create', 'base', '--seed', 'alpha-slow'], {
+      env: box.env,
+      reject: false,
+      stdin: 'ignore',
+    })
     const stage = async () => (await fs.readdir(box.wafers)).find((entry) => entry.startsWith('.create-base-'))
     for (let i = 0; i < 100; i++) {
       // eslint-disable-next-line no-await-in-loop
       const name = await stage()
       // eslint-disable-next-line no-await-in-loop
-      if (name && (await fs.access(path.join(box.wafers, name, 'data', 'half-made')).then(() => true, () => false))) break
+      if (
+        name &&
+        (await fs.access(path.join(box.wafers, name, 'data', 'half-made')).then(
+          () => true,
+          () => false,
+        ))
+      )
+        break
       // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         setTimeout(resolve, 100)
@@ -168,7 +190,12 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     const run = await box.run(['stack', 'child', 'base'], {WAFERS_TEST_LOG: log})
     expect(run.exitCode, run.stderr).to.equal(0)
     const events = await seen()
-    const options = {layers: [box.data('child'), box.data('base')], mountpoint: box.stack('child'), name: 'child', wafers: ['child', 'base']}
+    const options = {
+      layers: [box.data('child'), box.data('base')],
+      mountpoint: box.stack('child'),
+      name: 'child',
+      wafers: ['child', 'base'],
+    }
     expect(events.map(({event, plugin}) => `${event} ${plugin}`).sort()).to.deep.equal([
       'poststack alpha',
       'poststack beta',
@@ -177,7 +204,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     ])
     for (const event of events) expect(event.seen).to.deep.equal(options)
     // prestack ran before the mount and poststack after it.
-    expect(events.findIndex((event) => event.event === 'poststack')).to.be.greaterThan(events.findLastIndex((event) => event.event === 'prestack'))
+    expect(events.findIndex((event) => event.event === 'poststack')).to.be.greaterThan(
+      events.findLastIndex((event) => event.event === 'prestack'),
+    )
   })
 
   it('aborts the stack with the message of a failing prestack hook, and mounts nothing', async function () {
@@ -187,7 +216,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     const run = await box.run(['stack', 'child'], {WAFERS_TEST_FAIL: 'alpha:prestack'})
     expect(run.exitCode).to.equal(1)
     expect(run.stdout).to.equal('')
-    expect(said(run.stderr)).to.include('the wafers:prestack hook of wafers-plugin-test-alpha failed: alpha says no to prestack of child.')
+    expect(said(run.stderr)).to.include(
+      'the wafers:prestack hook of wafers-plugin-test-alpha failed: alpha says no to prestack of child.',
+    )
     expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
     expect(await mountsInBox()).to.deep.equal([])
     expect(await snapshot(box.root)).to.deep.equal(before)
@@ -225,7 +256,9 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect((await box.run(['stack', 'child', 'base'])).exitCode).to.equal(0)
     const run = await box.run(['unstack', 'child'], {WAFERS_TEST_FAIL: 'beta:preunstack'})
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.include('the wafers:preunstack hook of wafers-plugin-test-beta failed: beta says no to preunstack of child.')
+    expect(said(run.stderr)).to.include(
+      'the wafers:preunstack hook of wafers-plugin-test-beta failed: beta says no to preunstack of child.',
+    )
     expect((await box.mountOf('child'))?.fstype).to.equal('overlay')
   })
 

@@ -14,7 +14,8 @@ interface BadInput {
   title: string
 }
 
-const RULE = 'is not valid: use ASCII letters, digits, "-", "_" and "." only, not starting with "." or "-", at most 64 characters.'
+const RULE =
+  'is not valid: use ASCII letters, digits, "-", "_" and "." only, not starting with "." or "-", at most 64 characters.'
 
 async function base(box: Sandbox): Promise<void> {
   await box.wafer('base', {files: {'etc/os-release': 'ID=test\n'}})
@@ -26,18 +27,79 @@ async function family(box: Sandbox): Promise<void> {
 }
 
 const BAD_INPUTS: BadInput[] = [
-  ...['.', '..', '.hidden', 'a/b', '../etc', '/etc', 'a b', 'a:b', 'a,b', 'tab\there', 'new\nline', 'x'.repeat(65), 'été', 'a*b', 'semi;colon'].map(
-    (name): BadInput => ({args: ['stack', name, 'base'], message: `wafer name ${JSON.stringify(name)} ${RULE}`, setup: base, title: `stack name ${JSON.stringify(name)}`}),
-  ),
+  ...[
+    '.',
+    '..',
+    '.hidden',
+    'a/b',
+    '../etc',
+    '/etc',
+    'a b',
+    'a:b',
+    'a,b',
+    'tab\there',
+    'new\nline',
+    'x'.repeat(65),
+    'été',
+    'a*b',
+    'semi;colon',
+  ].map((name): BadInput => ({
+    args: ['stack', name, 'base'],
+    message: `wafer name ${JSON.stringify(name)} ${RULE}`,
+    setup: base,
+    title: `stack name ${JSON.stringify(name)}`,
+  })),
   {args: ['unstack', '--', '-x'], message: `wafer name "-x" ${RULE}`, setup: base, title: 'name starting with "-"'},
-  {args: ['stack', 'base', '--', 'stray'], message: 'arguments after -- go to a seeder, but no --seed was given.', setup: base, title: 'seeder arguments without --seed'},
-  {args: ['stack', 'child', '../base'], message: `parent name "../base" ${RULE}`, setup: base, title: 'parent name escaping $WAFERS'},
-  {args: ['stack', 'child', 'a/b'], message: `parent name "a/b" ${RULE}`, setup: base, title: 'parent name with a slash'},
-  {args: ['unstack', 'ok', '../../etc'], message: `wafer name "../../etc" ${RULE}`, setup: base, title: 'unstack name escaping $STACKS'},
-  {args: ['stack'], message: 'give the NAME of a wafer to stack, or --name NAME (repeatable), or --all.', title: 'stack without a name'},
-  {args: ['stack', 'base', '--bogus'], exit: 2, message: 'Nonexistent flag: --bogus', setup: base, title: 'unknown flag'},
-  {args: ['stack', 'base', 'x', '--all'], exit: 2, message: '--all stacks every wafer without children; give no NAME or PARENT with it.', setup: base, title: '--all with a parent'},
-  {args: ['stack', '--all', '--name', 'base'], exit: 2, message: '--name=base cannot also be provided when using --all', setup: base, title: '--all with --name'},
+  {
+    args: ['stack', 'base', '--', 'stray'],
+    message: 'arguments after -- go to a seeder, but no --seed was given.',
+    setup: base,
+    title: 'seeder arguments without --seed',
+  },
+  {
+    args: ['stack', 'child', '../base'],
+    message: `parent name "../base" ${RULE}`,
+    setup: base,
+    title: 'parent name escaping $WAFERS',
+  },
+  {
+    args: ['stack', 'child', 'a/b'],
+    message: `parent name "a/b" ${RULE}`,
+    setup: base,
+    title: 'parent name with a slash',
+  },
+  {
+    args: ['unstack', 'ok', '../../etc'],
+    message: `wafer name "../../etc" ${RULE}`,
+    setup: base,
+    title: 'unstack name escaping $STACKS',
+  },
+  {
+    args: ['stack'],
+    message: 'give the NAME of a wafer to stack, or --name NAME (repeatable), or --all.',
+    title: 'stack without a name',
+  },
+  {
+    args: ['stack', 'base', '--bogus'],
+    exit: 2,
+    message: 'Nonexistent flag: --bogus',
+    setup: base,
+    title: 'unknown flag',
+  },
+  {
+    args: ['stack', 'base', 'x', '--all'],
+    exit: 2,
+    message: '--all stacks every wafer without children; give no NAME or PARENT with it.',
+    setup: base,
+    title: '--all with a parent',
+  },
+  {
+    args: ['stack', '--all', '--name', 'base'],
+    exit: 2,
+    message: '--name=base cannot also be provided when using --all',
+    setup: base,
+    title: '--all with --name',
+  },
   {
     args: ['stack', 'child'],
     message: 'the parent of wafer child, "../../etc" is not valid',
@@ -139,11 +201,22 @@ const BAD_INPUTS: BadInput[] = [
     },
     title: 'a different parent for an existing wafer',
   },
-  {args: ['stack', 'ghost'], message: 'wafer ghost not found in WAFERS.', setup: base, title: 'a wafer that does not exist'},
-  {args: ['stack', 'child', 'ghost'], message: 'wafer ghost, the parent of child, not found in WAFERS.', setup: base, title: 'a parent that does not exist'},
+  {
+    args: ['stack', 'ghost'],
+    message: 'wafer ghost not found in WAFERS.',
+    setup: base,
+    title: 'a wafer that does not exist',
+  },
+  {
+    args: ['stack', 'child', 'ghost'],
+    message: 'wafer ghost, the parent of child, not found in WAFERS.',
+    setup: base,
+    title: 'a parent that does not exist',
+  },
   {
     args: ['stack', 'child'],
-    message: /stacking child would make a wafer both a writable top and a lower layer.*base, below child, is the writable top of the stack at .*\/stacks\/base/,
+    message:
+      /stacking child would make a wafer both a writable top and a lower layer.*base, below child, is the writable top of the stack at .*\/stacks\/base/,
     async setup(box) {
       await family(box)
       await expectSuccess(box, ['stack', 'base'])
@@ -193,218 +266,246 @@ describe('safety', function () {
     box = created
   })
 
-describe('bad input is refused, with one sentence, and changes nothing', function () {
-  it(`covers at least 30 cases`, function () {
-    expect(BAD_INPUTS.length).to.be.at.least(30)
-  })
+  describe('bad input is refused, with one sentence, and changes nothing', function () {
+    it(`covers at least 30 cases`, function () {
+      expect(BAD_INPUTS.length).to.be.at.least(30)
+    })
 
-  for (const input of BAD_INPUTS) {
-    it(input.title, async function () {
-      await input.setup?.(box)
-      const mountsBefore = await mountsUnder(box.root)
+    for (const input of BAD_INPUTS) {
+      it(input.title, async function () {
+        await input.setup?.(box)
+        const mountsBefore = await mountsUnder(box.root)
+        const before = await snapshot(box.root)
+        const env = (input as BadInput & {env?: (box: Sandbox) => Record<string, string>}).env?.(box) ?? {}
+        const run = await box.run(input.args, env)
+        expect(run.exitCode, run.stderr).to.equal(input.exit ?? 1)
+        const message =
+          typeof input.message === 'string'
+            ? input.message.replace('WAFERS', box.wafers).replace('STACKS', box.stacks)
+            : input.message
+        if (typeof message === 'string') expect(run.stderr).to.include(message)
+        else expect(run.stderr).to.match(message)
+        expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
+        expect(run.stdout).to.equal('')
+        expect(await snapshot(box.root)).to.deep.equal(before)
+        expect(await mountsUnder(box.root)).to.deep.equal(mountsBefore)
+      })
+    }
+
+    it('refuses to run as another user than root, before touching anything', async function () {
+      await base(box)
+      await fs.chmod(box.root, 0o755)
       const before = await snapshot(box.root)
-      const env = (input as BadInput & {env?: (box: Sandbox) => Record<string, string>}).env?.(box) ?? {}
-      const run = await box.run(input.args, env)
-      expect(run.exitCode, run.stderr).to.equal(input.exit ?? 1)
-      const message =
-        typeof input.message === 'string'
-          ? input.message.replace('WAFERS', box.wafers).replace('STACKS', box.stacks)
-          : input.message
-      if (typeof message === 'string') expect(run.stderr).to.include(message)
-      else expect(run.stderr).to.match(message)
-      expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
-      expect(run.stdout).to.equal('')
-      expect(await snapshot(box.root)).to.deep.equal(before)
-      expect(await mountsUnder(box.root)).to.deep.equal(mountsBefore)
-    })
-  }
-
-  it('refuses to run as another user than root, before touching anything', async function () {
-    await base(box)
-    await fs.chmod(box.root, 0o755)
-    const before = await snapshot(box.root)
-    const bin = path.resolve('bin/run.js')
-    const run = await execa(process.execPath, [bin, 'stack', 'child', 'base'], {
-      env: box.env,
-      gid: 65_534,
-      reject: false,
-      uid: 65_534,
-    })
-    expect(run.exitCode).to.equal(1)
-    expect(run.stderr).to.include('wafers must run as root to mount and unmount stacks.')
-    expect(run.stderr).to.include('Run it with sudo.')
-    expect(await snapshot(box.root)).to.deep.equal(before)
-  })
-
-  it('stacks anyway with --force, warning about the conflict', async function () {
-    await family(box)
-    await expectSuccess(box, ['stack', 'base'])
-    const run = await box.run(['stack', 'child', '--force'])
-    expect(run.exitCode, run.stderr).to.equal(0)
-    expect(run.stderr).to.match(/Warning: stacking child would make a wafer both a writable top and a lower layer/)
-    expect(run.stdout).to.equal(`2 wafers stacked at ${box.stack('child')}`)
-  })
-})
-
-describe('faults and concurrency', function () {
-  it('leaves no wafer or a whole one when a create is killed with -9 at random points', async function () {
-    await box.wafer('base', {files: {'etc/machine-id': 'b'.repeat(32) + '\n'}})
-    for (let round = 0; round < 12; round++) {
-      const name = `victim${round}`
-      const child = execa(process.execPath, [path.resolve('bin/run.js'), 'stack', name, 'base'], {env: box.env, reject: false})
-      // eslint-disable-next-line no-await-in-loop
-      await new Promise((resolve) => {
-        setTimeout(resolve, 80 + Math.random() * 250)
+      const bin = path.resolve('bin/run.js')
+      const run = await execa(process.execPath, [bin, 'stack', 'child', 'base'], {
+        env: box.env,
+        gid: 65_534,
+        reject: false,
+        uid: 65_534,
       })
-      child.kill('SIGKILL')
-      // eslint-disable-next-line no-await-in-loop
-      await child
-      const dir = path.join(box.wafers, name)
-      // eslint-disable-next-line no-await-in-loop
-      const exists = await fs.stat(dir).then(() => true, () => false)
-      if (exists) {
-        // eslint-disable-next-line no-await-in-loop
-        expect((await fs.readdir(dir)).sort(), name).to.deep.equal(['data', 'parent', 'work'])
-        // eslint-disable-next-line no-await-in-loop
-        expect(await fs.readFile(path.join(dir, 'parent'), 'utf8')).to.equal('base\n')
-        // eslint-disable-next-line no-await-in-loop
-        expect(await fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')).to.match(/^[0-9a-f]{32}\n$/)
-      }
-
-      // Whatever state it was left in, the next run completes it.
-      // eslint-disable-next-line no-await-in-loop
-      await expectSuccess(box, ['stack', name, 'base'])
-      // eslint-disable-next-line no-await-in-loop
-      await expectSuccess(box, ['unstack', name])
-    }
-
-    // No half-made wafer, and the staging directories of killed creates were cleaned up by later ones.
-    expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(
-      ['.links', 'base', ...Array.from({length: 12}, (_, i) => `victim${i}`)].sort(),
-    )
-  })
-
-  it('creates and mounts a wafer once when eight `stack X P` run at once', async function () {
-    await box.wafer('base', {files: {'etc/machine-id': 'c'.repeat(32) + '\n'}})
-    const runs = await Promise.all(Array.from({length: 8}, () => box.run(['stack', 'x', 'base'])))
-    for (const run of runs) {
-      expect(run.exitCode, run.stderr).to.equal(0)
-      expect(run.stdout).to.match(new RegExp(`^2 wafers stacked at ${box.stack('x')}`))
-    }
-
-    expect(runs.filter((run) => run.stdout.includes('already stacked'))).to.have.length(7)
-    expect((await readMountTable()).filter((entry) => entry.mountpoint === box.stack('x'))).to.have.length(1)
-    expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(['.links', 'base', 'x'])
-    expect(await fs.readFile(box.stack('x', 'etc', 'machine-id'), 'utf8')).to.equal(
-      await fs.readFile(box.data('x', 'etc', 'machine-id'), 'utf8'),
-    )
-  })
-
-  it('never leaves a mount without its directory or a directory without its mount when stack and unstack race', async function () {
-    await family(box)
-    for (let round = 0; round < 6; round++) {
-      // eslint-disable-next-line no-await-in-loop
-      const runs = await Promise.all([box.run(['stack', 'child']), box.run(['unstack', 'child']), box.run(['stack', 'child'])])
-      for (const run of runs) expect(run.exitCode, run.stderr).to.equal(0)
-      // eslint-disable-next-line no-await-in-loop
-      const mounted = (await box.mountOf('child')) !== undefined
-      // eslint-disable-next-line no-await-in-loop
-      const dir = await fs.stat(box.stack('child')).then(() => true, () => false)
-      expect(dir, `round ${round}: directory exists iff mounted`).to.equal(mounted)
-    }
-  })
-
-  it('never removes a wafer that a racing stack mounts', async function () {
-    await base(box)
-    for (let round = 0; round < 5; round++) {
-      const name = `racer${round}`
-      // eslint-disable-next-line no-await-in-loop
-      await box.wafer(name, {parent: 'base'})
-      // eslint-disable-next-line no-await-in-loop
-      const [removal, stacking] = await Promise.all([box.run(['rm', '--yes', name]), box.run(['stack', name])])
-      // eslint-disable-next-line no-await-in-loop
-      const mounted = (await box.mountOf(name)) !== undefined
-      // eslint-disable-next-line no-await-in-loop
-      const exists = await fs.stat(box.data(name)).then(() => true, () => false)
-      if (mounted) {
-        expect(exists, `round ${round}: a mounted stack keeps its wafer`).to.equal(true)
-        expect(removal.exitCode, removal.stderr).to.equal(1)
-      } else {
-        expect(removal.exitCode, removal.stderr).to.equal(0)
-        expect(exists).to.equal(false)
-        expect(stacking.exitCode).to.equal(1)
-      }
-    }
-  })
-
-  it('never leaves a new wafer on a parent that a racing rm removed', async function () {
-    for (let round = 0; round < 5; round++) {
-      const [parent, child] = [`parent${round}`, `child${round}`]
-      // eslint-disable-next-line no-await-in-loop
-      await box.wafer(parent)
-      // eslint-disable-next-line no-await-in-loop
-      await Promise.all([box.run(['create', child, parent]), box.run(['rm', '--yes', parent])])
-      // eslint-disable-next-line no-await-in-loop
-      const [childThere, parentThere] = await Promise.all([box.data(child), box.data(parent)].map((dir) => fs.stat(dir).then(() => true, () => false)))
-      if (childThere) expect(parentThere, `round ${round}: ${child} exists, so its parent must`).to.equal(true)
-    }
-  })
-
-  it('refuses to unstack a stack in use, naming the processes, and --lazy detaches it', async function () {
-    await family(box)
-    await expectSuccess(box, ['stack', 'child'])
-    const sleeper = execa('sleep', ['60'], {cwd: box.stack('child'), reject: false})
-    try {
-      await new Promise((resolve) => {
-        setTimeout(resolve, 100)
-      })
-      const run = await box.run(['unstack', 'child'])
       expect(run.exitCode).to.equal(1)
-      expect(run.stderr).to.include(`stack child at ${box.stack('child')} is in use by ${sleeper.pid} (sleep); it stays mounted.`)
-      expect(run.stderr).to.include('--lazy')
-      expect(await box.mountOf('child')).to.not.equal(undefined)
-      const lazy = await box.run(['unstack', 'child', '--lazy'])
-      expect(lazy.exitCode, lazy.stderr).to.equal(0)
-      expect(lazy.stdout).to.equal(`unstacked ${box.stack('child')}`)
-      expect(await box.mountOf('child')).to.equal(undefined)
-    } finally {
-      sleeper.kill()
-      await sleeper
-    }
+      expect(run.stderr).to.include('wafers must run as root to mount and unmount stacks.')
+      expect(run.stderr).to.include('Run it with sudo.')
+      expect(await snapshot(box.root)).to.deep.equal(before)
+    })
+
+    it('stacks anyway with --force, warning about the conflict', async function () {
+      await family(box)
+      await expectSuccess(box, ['stack', 'base'])
+      const run = await box.run(['stack', 'child', '--force'])
+      expect(run.exitCode, run.stderr).to.equal(0)
+      expect(run.stderr).to.match(/Warning: stacking child would make a wafer both a writable top and a lower layer/)
+      expect(run.stdout).to.equal(`2 wafers stacked at ${box.stack('child')}`)
+    })
   })
 
-  it('stops cleanly on Ctrl-C mid-batch: what finished stays, what did not start is untouched', async function () {
-    const names = Array.from({length: 300}, (_, i) => `w${String(i).padStart(3, '0')}`)
-    for (const name of names) {
-      // eslint-disable-next-line no-await-in-loop
-      await box.wafer(name)
-    }
+  describe('faults and concurrency', function () {
+    it('leaves no wafer or a whole one when a create is killed with -9 at random points', async function () {
+      await box.wafer('base', {files: {'etc/machine-id': 'b'.repeat(32) + '\n'}})
+      for (let round = 0; round < 12; round++) {
+        const name = `victim${round}`
+        const child = execa(process.execPath, [path.resolve('bin/run.js'), 'stack', name, 'base'], {
+          env: box.env,
+          reject: false,
+        })
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => {
+          setTimeout(resolve, 80 + Math.random() * 250)
+        })
+        child.kill('SIGKILL')
+        // eslint-disable-next-line no-await-in-loop
+        await child
+        const dir = path.join(box.wafers, name)
+        // eslint-disable-next-line no-await-in-loop
+        const exists = await fs.stat(dir).then(
+          () => true,
+          () => false,
+        )
+        if (exists) {
+          // eslint-disable-next-line no-await-in-loop
+          expect((await fs.readdir(dir)).sort(), name).to.deep.equal(['data', 'parent', 'work'])
+          // eslint-disable-next-line no-await-in-loop
+          expect(await fs.readFile(path.join(dir, 'parent'), 'utf8')).to.equal('base\n')
+          // eslint-disable-next-line no-await-in-loop
+          expect(await fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')).to.match(/^[0-9a-f]{32}\n$/)
+        }
 
-    const batch = execa(process.execPath, [path.resolve('bin/run.js'), 'stack', '--all'], {env: box.env, reject: false})
-    for (let tries = 0; tries < 2000 && (await mountsUnder(box.stacks)).length < 3; tries++) {
-      // eslint-disable-next-line no-await-in-loop
-      await new Promise((resolve) => {
-        setTimeout(resolve, 2)
+        // Whatever state it was left in, the next run completes it.
+        // eslint-disable-next-line no-await-in-loop
+        await expectSuccess(box, ['stack', name, 'base'])
+        // eslint-disable-next-line no-await-in-loop
+        await expectSuccess(box, ['unstack', name])
+      }
+
+      // No half-made wafer, and the staging directories of killed creates were cleaned up by later ones.
+      expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(
+        ['.links', 'base', ...Array.from({length: 12}, (_, i) => `victim${i}`)].sort(),
+      )
+    })
+
+    it('creates and mounts a wafer once when eight `stack X P` run at once', async function () {
+      await box.wafer('base', {files: {'etc/machine-id': 'c'.repeat(32) + '\n'}})
+      const runs = await Promise.all(Array.from({length: 8}, () => box.run(['stack', 'x', 'base'])))
+      for (const run of runs) {
+        expect(run.exitCode, run.stderr).to.equal(0)
+        expect(run.stdout).to.match(new RegExp(`^2 wafers stacked at ${box.stack('x')}`))
+      }
+
+      expect(runs.filter((run) => run.stdout.includes('already stacked'))).to.have.length(7)
+      expect((await readMountTable()).filter((entry) => entry.mountpoint === box.stack('x'))).to.have.length(1)
+      expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(['.links', 'base', 'x'])
+      expect(await fs.readFile(box.stack('x', 'etc', 'machine-id'), 'utf8')).to.equal(
+        await fs.readFile(box.data('x', 'etc', 'machine-id'), 'utf8'),
+      )
+    })
+
+    it('never leaves a mount without its directory or a directory without its mount when stack and unstack race', async function () {
+      await family(box)
+      for (let round = 0; round < 6; round++) {
+        // eslint-disable-next-line no-await-in-loop
+        const runs = await Promise.all([
+          box.run(['stack', 'child']),
+          box.run(['unstack', 'child']),
+          box.run(['stack', 'child']),
+        ])
+        for (const run of runs) expect(run.exitCode, run.stderr).to.equal(0)
+        // eslint-disable-next-line no-await-in-loop
+        const mounted = (await box.mountOf('child')) !== undefined
+        // eslint-disable-next-line no-await-in-loop
+        const dir = await fs.stat(box.stack('child')).then(
+          () => true,
+          () => false,
+        )
+        expect(dir, `round ${round}: directory exists iff mounted`).to.equal(mounted)
+      }
+    })
+
+    it('never removes a wafer that a racing stack mounts', async function () {
+      await base(box)
+      for (let round = 0; round < 5; round++) {
+        const name = `racer${round}`
+        // eslint-disable-next-line no-await-in-loop
+        await box.wafer(name, {parent: 'base'})
+        // eslint-disable-next-line no-await-in-loop
+        const [removal, stacking] = await Promise.all([box.run(['rm', '--yes', name]), box.run(['stack', name])])
+        // eslint-disable-next-line no-await-in-loop
+        const mounted = (await box.mountOf(name)) !== undefined
+        // eslint-disable-next-line no-await-in-loop
+        const exists = await fs.stat(box.data(name)).then(
+          () => true,
+          () => false,
+        )
+        if (mounted) {
+          expect(exists, `round ${round}: a mounted stack keeps its wafer`).to.equal(true)
+          expect(removal.exitCode, removal.stderr).to.equal(1)
+        } else {
+          expect(removal.exitCode, removal.stderr).to.equal(0)
+          expect(exists).to.equal(false)
+          expect(stacking.exitCode).to.equal(1)
+        }
+      }
+    })
+
+    it('never leaves a new wafer on a parent that a racing rm removed', async function () {
+      for (let round = 0; round < 5; round++) {
+        const [parent, child] = [`parent${round}`, `child${round}`]
+        // eslint-disable-next-line no-await-in-loop
+        await box.wafer(parent)
+        // eslint-disable-next-line no-await-in-loop
+        await Promise.all([box.run(['create', child, parent]), box.run(['rm', '--yes', parent])])
+        // eslint-disable-next-line no-await-in-loop
+        const [childThere, parentThere] = await Promise.all(
+          [box.data(child), box.data(parent)].map((dir) =>
+            fs.stat(dir).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        )
+        if (childThere) expect(parentThere, `round ${round}: ${child} exists, so its parent must`).to.equal(true)
+      }
+    })
+
+    it('refuses to unstack a stack in use, naming the processes, and --lazy detaches it', async function () {
+      await family(box)
+      await expectSuccess(box, ['stack', 'child'])
+      const sleeper = execa('sleep', ['60'], {cwd: box.stack('child'), reject: false})
+      try {
+        await new Promise((resolve) => {
+          setTimeout(resolve, 100)
+        })
+        const run = await box.run(['unstack', 'child'])
+        expect(run.exitCode).to.equal(1)
+        expect(run.stderr).to.include(
+          `stack child at ${box.stack('child')} is in use by ${sleeper.pid} (sleep); it stays mounted.`,
+        )
+        expect(run.stderr).to.include('--lazy')
+        expect(await box.mountOf('child')).to.not.equal(undefined)
+        const lazy = await box.run(['unstack', 'child', '--lazy'])
+        expect(lazy.exitCode, lazy.stderr).to.equal(0)
+        expect(lazy.stdout).to.equal(`unstacked ${box.stack('child')}`)
+        expect(await box.mountOf('child')).to.equal(undefined)
+      } finally {
+        sleeper.kill()
+        await sleeper
+      }
+    })
+
+    it('stops cleanly on Ctrl-C mid-batch: what finished stays, what did not start is untouched', async function () {
+      const names = Array.from({length: 300}, (_, i) => `w${String(i).padStart(3, '0')}`)
+      for (const name of names) {
+        // eslint-disable-next-line no-await-in-loop
+        await box.wafer(name)
+      }
+
+      const batch = execa(process.execPath, [path.resolve('bin/run.js'), 'stack', '--all'], {
+        env: box.env,
+        reject: false,
       })
-    }
+      for (let tries = 0; tries < 2000 && (await mountsUnder(box.stacks)).length < 3; tries++) {
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => {
+          setTimeout(resolve, 2)
+        })
+      }
 
-    batch.kill('SIGINT')
-    const run = await batch
-    expect(run.exitCode, run.stderr).to.equal(130)
-    const summary = /interrupted: stacked (.*); failed (.*); not started (.*)\./.exec(run.stderr)
-    expect(summary, run.stderr.slice(-300)).to.not.equal(null)
-    const stacked = summary![1].split(', ')
-    const notStarted = summary![3].split(', ')
-    expect(summary![2]).to.equal('none')
-    expect(stacked.length).to.be.at.least(3)
-    expect(notStarted.length).to.be.at.least(1)
-    expect(stacked.length + notStarted.length).to.equal(names.length)
-    const mounted = new Set((await mountsUnder(box.stacks)).map((mountpoint) => path.basename(mountpoint)))
-    expect([...mounted].sort()).to.deep.equal([...stacked].sort())
-    expect((await fs.readdir(box.stacks)).sort()).to.deep.equal([...stacked].sort())
-    expect(run.stdout.split('\n')).to.deep.equal(stacked.map((name) => `1 wafer stacked at ${box.stack(name)}`))
+      batch.kill('SIGINT')
+      const run = await batch
+      expect(run.exitCode, run.stderr).to.equal(130)
+      const summary = /interrupted: stacked (.*); failed (.*); not started (.*)\./.exec(run.stderr)
+      expect(summary, run.stderr.slice(-300)).to.not.equal(null)
+      const stacked = summary![1].split(', ')
+      const notStarted = summary![3].split(', ')
+      expect(summary![2]).to.equal('none')
+      expect(stacked.length).to.be.at.least(3)
+      expect(notStarted.length).to.be.at.least(1)
+      expect(stacked.length + notStarted.length).to.equal(names.length)
+      const mounted = new Set((await mountsUnder(box.stacks)).map((mountpoint) => path.basename(mountpoint)))
+      expect([...mounted].sort()).to.deep.equal([...stacked].sort())
+      expect((await fs.readdir(box.stacks)).sort()).to.deep.equal([...stacked].sort())
+      expect(run.stdout.split('\n')).to.deep.equal(stacked.map((name) => `1 wafer stacked at ${box.stack(name)}`))
+    })
   })
-})
 })
 
 async function expectSuccess(box: Sandbox, args: string[]): Promise<void> {
@@ -413,5 +514,7 @@ async function expectSuccess(box: Sandbox, args: string[]): Promise<void> {
 }
 
 async function mountsUnder(dir: string): Promise<string[]> {
-  return (await readMountTable()).map((entry) => entry.mountpoint).filter((mountpoint) => mountpoint.startsWith(dir + '/'))
+  return (await readMountTable())
+    .map((entry) => entry.mountpoint)
+    .filter((mountpoint) => mountpoint.startsWith(dir + '/'))
 }

@@ -39,20 +39,31 @@ async function makeTree(root: string, xattrs: boolean): Promise<void> {
   await fs.chmod(root, 0o755)
   if (xattrs) {
     await execa('setfattr', ['-n', 'user.wafers', '-v', 'kept', path.join(root, 'etc', 'passwd')])
-    await execa('setfattr', ['-n', 'security.capability', '-v', '0x0100000200200000000000000000000000000000', path.join(root, 'bin', 'tool')])
+    await execa('setfattr', [
+      '-n',
+      'security.capability',
+      '-v',
+      '0x0100000200200000000000000000000000000000',
+      path.join(root, 'bin', 'tool'),
+    ])
   }
 }
 
 async function expectSameTree(from: string, to: string, xattrs: boolean): Promise<void> {
   expect(await snapshot(to)).to.deep.equal(await snapshot(from))
-  const [tool, again] = await Promise.all([fs.stat(path.join(to, 'bin', 'tool')), fs.stat(path.join(to, 'bin', 'tool-again'))])
+  const [tool, again] = await Promise.all([
+    fs.stat(path.join(to, 'bin', 'tool')),
+    fs.stat(path.join(to, 'bin', 'tool-again')),
+  ])
   expect(tool.ino, 'bin/tool and bin/tool-again are still one file').to.equal(again.ino)
   expect(tool.nlink).to.equal(2)
   if (xattrs) {
     const dump = async (root: string) =>
       (await execa('getfattr', ['--absolute-names', '-d', '-m', '-', '-R', '.'], {cwd: root})).stdout.trim()
     expect(await dump(to)).to.equal(await dump(from))
-    expect(await dump(to)).to.include('user.wafers="kept"').and.include('security.capability')
+    expect(await dump(to))
+      .to.include('user.wafers="kept"')
+      .and.include('security.capability')
   }
 }
 
@@ -78,7 +89,18 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     const source = path.join(box.root, 'tree')
     await makeTree(source, xattrs)
     const tarball = path.join(box.root, 'rootfs.tar.gz')
-    await execa('tar', ['--create', '--gzip', '--numeric-owner', '--xattrs', '--xattrs-include=*', '--file', tarball, '--directory', source, '.'])
+    await execa('tar', [
+      '--create',
+      '--gzip',
+      '--numeric-owner',
+      '--xattrs',
+      '--xattrs-include=*',
+      '--file',
+      tarball,
+      '--directory',
+      source,
+      '.',
+    ])
     const run = await box.run(['create', 'base', '--seed', 'tar', '--', tarball])
     expect(run.exitCode, run.stderr).to.equal(0)
     await expectSameTree(source, box.data('base'), xattrs)
@@ -93,7 +115,16 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     expect((await box.run(['stack', 'child', 'tiny'])).exitCode).to.equal(0)
     const nspawn = await execa(
       'systemd-nspawn',
-      ['--register=no', '--keep-unit', '--quiet', '-D', box.stack('child'), '/bin/sh', '-c', 'echo "jesse:x:1000:1000::/home/jesse:/bin/sh" >> /etc/passwd && ls /bin | wc -l'],
+      [
+        '--register=no',
+        '--keep-unit',
+        '--quiet',
+        '-D',
+        box.stack('child'),
+        '/bin/sh',
+        '-c',
+        'echo "jesse:x:1000:1000::/home/jesse:/bin/sh" >> /etc/passwd && ls /bin | wc -l',
+      ],
       {reject: false, stdin: 'ignore'},
     )
     expect(nspawn.exitCode, nspawn.stderr).to.equal(0)
@@ -106,10 +137,22 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
   it('create --json prints the new wafer as JSON and nothing else', async function () {
     const run = await box.run(['create', 'tiny', '--seed', 'busybox', '--json'])
     expect(run.exitCode, run.stderr).to.equal(0)
-    expect(JSON.parse(run.stdout)).to.deep.equal({data: box.data('tiny'), name: 'tiny', parent: null, seeder: 'busybox', wafers: ['tiny']})
+    expect(JSON.parse(run.stdout)).to.deep.equal({
+      data: box.data('tiny'),
+      name: 'tiny',
+      parent: null,
+      seeder: 'busybox',
+      wafers: ['tiny'],
+    })
     expect(run.stderr).to.equal('')
     const child = await box.run(['create', 'child', 'tiny', '--json'])
-    expect(JSON.parse(child.stdout)).to.deep.equal({data: box.data('child'), name: 'child', parent: 'tiny', seeder: null, wafers: ['child', 'tiny']})
+    expect(JSON.parse(child.stdout)).to.deep.equal({
+      data: box.data('child'),
+      name: 'child',
+      parent: 'tiny',
+      seeder: null,
+      wafers: ['child', 'tiny'],
+    })
     // The busybox base has a machine id, so the child gets its own.
     expect(await fs.readFile(box.data('child', 'etc', 'machine-id'), 'utf8')).to.match(/^[0-9a-f]{32}\n$/)
   })
@@ -127,31 +170,49 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     }
 
     it('names the seeders there are when the one asked for does not exist', async function () {
-      await expectRefusal(['create', 'base', '--seed', 'nope'], 'there is no seeder "nope"; there are busybox, dir, tar.')
+      await expectRefusal(
+        ['create', 'base', '--seed', 'nope'],
+        'there is no seeder "nope"; there are busybox, dir, tar.',
+      )
     })
 
     it('leaves no wafer when the seeder fails', async function () {
-      await expectRefusal(['create', 'base', '--seed', 'dir', '--', path.join(box.root, 'missing')], `seeder dir (wafers) failed: ${path.join(box.root, 'missing')} is not a directory.`)
+      await expectRefusal(
+        ['create', 'base', '--seed', 'dir', '--', path.join(box.root, 'missing')],
+        `seeder dir (wafers) failed: ${path.join(box.root, 'missing')} is not a directory.`,
+      )
     })
 
     it('leaves no wafer when the seeder fails half way', async function () {
       const tarball = path.join(box.root, 'broken.tar')
       await fs.writeFile(tarball, 'this is not a tarball\n')
-      await expectRefusal(['create', 'base', '--seed', 'tar', '--', tarball], 'seeder tar (wafers) failed: tar failed (exit code 2)')
+      await expectRefusal(
+        ['create', 'base', '--seed', 'tar', '--', tarball],
+        'seeder tar (wafers) failed: tar failed (exit code 2)',
+      )
     })
 
     it('refuses --seed for a wafer with a parent', async function () {
       await box.wafer('base')
-      await expectRefusal(['stack', 'child', 'base', '--seed', 'busybox'], '--seed fills a new base wafer, but child would have parent base.')
+      await expectRefusal(
+        ['stack', 'child', 'base', '--seed', 'busybox'],
+        '--seed fills a new base wafer, but child would have parent base.',
+      )
     })
 
     it('refuses --seed for a wafer that exists', async function () {
       await box.wafer('base')
-      await expectRefusal(['create', 'base', '--seed', 'busybox'], 'wafer base already exists; --seed only fills a new wafer.')
+      await expectRefusal(
+        ['create', 'base', '--seed', 'busybox'],
+        'wafer base already exists; --seed only fills a new wafer.',
+      )
     })
 
     it('refuses seeder arguments without --seed', async function () {
-      await expectRefusal(['create', 'base', '--', 'bookworm'], 'arguments after -- go to a seeder, but no --seed was given.')
+      await expectRefusal(
+        ['create', 'base', '--', 'bookworm'],
+        'arguments after -- go to a seeder, but no --seed was given.',
+      )
     })
   })
 })

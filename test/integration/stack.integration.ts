@@ -55,7 +55,11 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       expect(two).to.match(/^[0-9a-f]{32}\n$/)
       expect(new Set([one, two, '0123456789abcdef0123456789abcdef\n']).size).to.equal(3)
       expect(await fs.readFile(box.stack('one', 'etc', 'machine-id'), 'utf8')).to.equal(one)
-      for (const [file, mode] of [[[], 0o750], [['etc'], 0o711], [['etc', 'machine-id'], 0o444]] as const) {
+      for (const [file, mode] of [
+        [[], 0o750],
+        [['etc'], 0o711],
+        [['etc', 'machine-id'], 0o444],
+      ] as const) {
         // eslint-disable-next-line no-await-in-loop
         const stat = await fs.stat(box.data('one', ...file))
         expect([stat.uid, stat.gid, stat.mode & 0o7777], file.join('/') || 'data').to.deep.equal([1234, 5678, mode])
@@ -77,7 +81,9 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       expect((await box.run(['stack', 'mid', 'base'])).exitCode).to.equal(0)
       expect((await box.run(['unstack', 'mid'])).exitCode).to.equal(0)
       expect((await box.run(['stack', 'top', 'mid'])).exitCode).to.equal(0)
-      const ids = await Promise.all(['base', 'mid', 'top'].map((name) => fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')))
+      const ids = await Promise.all(
+        ['base', 'mid', 'top'].map((name) => fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')),
+      )
       expect(new Set(ids).size).to.equal(3)
     })
   })
@@ -92,7 +98,10 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       expect(run.stdout).to.equal(`3 wafers stacked at ${box.stack('top')}`)
       expect(await fs.readFile(box.stack('top', 'etc', 'os'), 'utf8')).to.equal('mid\n')
       expect(await fs.readFile(box.stack('top', 'only-base'), 'utf8')).to.equal('b\n')
-      expect((await overlayLayers((await box.mountOf('top'))!)).lowers).to.deep.equal([box.data('mid'), box.data('base')])
+      expect((await overlayLayers((await box.mountOf('top'))!)).lowers).to.deep.equal([
+        box.data('mid'),
+        box.data('base'),
+      ])
     })
 
     it('works on a tree made by hand the bash way: no work directory, parent file without newline', async function () {
@@ -149,7 +158,10 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
     it('refuses a PARENT for an existing base wafer', async function () {
       await box.wafer('base')
       await box.wafer('other')
-      await expectRefusal(['stack', 'base', 'other'], 'wafer base already exists and is a base wafer with no parent, not other.')
+      await expectRefusal(
+        ['stack', 'base', 'other'],
+        'wafer base already exists and is a base wafer with no parent, not other.',
+      )
     })
 
     it('says "wafer NAME not found" for a missing wafer without PARENT', async function () {
@@ -314,27 +326,34 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
     })
   })
 
-describe('live stacks from the mount table', function () {
-  it('finds stacks mounted by wafers, by hand with absolute paths, and bind-mounted bases', async function () {
-    const {liveStacks} = await import('../../src/lib/usage.js')
-    const {WaferStore} = await import('../../src/lib/store.js')
-    await box.wafer('base')
-    await box.wafer('mid', {parent: 'base'})
-    await box.wafer('hand', {parent: 'base', work: true})
-    expect((await box.run(['stack', 'mid'])).exitCode).to.equal(0)
-    expect((await box.run(['stack', 'base', '--force'])).exitCode).to.equal(0)
-    const target = path.join(box.root, 'by-hand')
-    await fs.mkdir(target)
-    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`, target])
-    const stacks = await liveStacks(new WaferStore(box.wafers))
-    expect(stacks).to.deep.include.members([
-      {lowers: ['base'], mountpoint: box.stack('mid'), top: 'mid'},
-      {lowers: [], mountpoint: box.stack('base'), top: 'base'},
-      {lowers: ['base'], mountpoint: target, top: 'hand'},
-    ])
-    expect(stacks).to.have.length(3)
+  describe('live stacks from the mount table', function () {
+    it('finds stacks mounted by wafers, by hand with absolute paths, and bind-mounted bases', async function () {
+      const {liveStacks} = await import('../../src/lib/usage.js')
+      const {WaferStore} = await import('../../src/lib/store.js')
+      await box.wafer('base')
+      await box.wafer('mid', {parent: 'base'})
+      await box.wafer('hand', {parent: 'base', work: true})
+      expect((await box.run(['stack', 'mid'])).exitCode).to.equal(0)
+      expect((await box.run(['stack', 'base', '--force'])).exitCode).to.equal(0)
+      const target = path.join(box.root, 'by-hand')
+      await fs.mkdir(target)
+      await execa('mount', [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `lowerdir=${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`,
+        target,
+      ])
+      const stacks = await liveStacks(new WaferStore(box.wafers))
+      expect(stacks).to.deep.include.members([
+        {lowers: ['base'], mountpoint: box.stack('mid'), top: 'mid'},
+        {lowers: [], mountpoint: box.stack('base'), top: 'base'},
+        {lowers: ['base'], mountpoint: target, top: 'hand'},
+      ])
+      expect(stacks).to.have.length(3)
+    })
   })
-})
 })
 
 async function expectMissing(file: string): Promise<void> {
@@ -371,7 +390,21 @@ async function makeBusyboxRoot(box: Sandbox, name: string): Promise<void> {
       'etc/shadow': 'root:*:19000:0:99999:7:::\n',
     },
   })
-  for (const dir of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'usr/lib', 'home', 'root', 'tmp', 'proc', 'sys', 'dev', 'run', 'var']) {
+  for (const dir of [
+    'bin',
+    'sbin',
+    'usr/bin',
+    'usr/sbin',
+    'usr/lib',
+    'home',
+    'root',
+    'tmp',
+    'proc',
+    'sys',
+    'dev',
+    'run',
+    'var',
+  ]) {
     // eslint-disable-next-line no-await-in-loop
     await fs.mkdir(box.data(name, dir), {recursive: true})
   }

@@ -8,7 +8,10 @@ import {chownRisk, quoteArg, systemdDirsFromEnv, unitText} from '../../src/lib/b
 describe('boot units', function () {
   it('defaults to /etc/systemd/system and /etc/systemd/nspawn, overridden from the environment', function () {
     expect(systemdDirsFromEnv({})).to.deep.equal({nspawn: '/etc/systemd/nspawn', units: '/etc/systemd/system'})
-    expect(systemdDirsFromEnv({WAFERS_NSPAWN_DIR: '/n', WAFERS_UNIT_DIR: '/u'})).to.deep.equal({nspawn: '/n', units: '/u'})
+    expect(systemdDirsFromEnv({WAFERS_NSPAWN_DIR: '/n', WAFERS_UNIT_DIR: '/u'})).to.deep.equal({
+      nspawn: '/n',
+      units: '/u',
+    })
   })
 
   it('quotes words so systemd expands neither specifiers nor, on Exec lines, variables', function () {
@@ -17,7 +20,10 @@ describe('boot units', function () {
   })
 
   it('runs wafers with the store it was enabled for', function () {
-    const text = unitText({stacks: '/var/lib/machines', wafers: '/srv/wafers'}, 'web', {node: '/usr/bin/node', script: '/opt/wafers/bin/run.js'})
+    const text = unitText({stacks: '/var/lib/machines', wafers: '/srv/wafers'}, 'web', {
+      node: '/usr/bin/node',
+      script: '/opt/wafers/bin/run.js',
+    })
     expect(text).to.include('Environment="WAFERS=/srv/wafers" "STACKS=/var/lib/machines"\n')
     expect(text).to.include('ExecStart="/usr/bin/node" "/opt/wafers/bin/run.js" "stack" "web"\n')
     expect(text).to.include('Description=Wafers stack web at /var/lib/machines/web\n')
@@ -41,7 +47,9 @@ describe('boot units', function () {
         'machinectl start web-risk-test would run systemd-nspawn -U, which chowns the whole stack into wafer web-risk-test; run "wafers enable web-risk-test" first.',
       )
       await fs.writeFile(path.join(dir, 'web-risk-test.nspawn'), '[Exec]\nBoot=yes\n')
-      expect(await chownRisk(dirs, '/var/lib/machines/web-risk-test')).to.match(/does not say PrivateUsers=no, so machinectl start web-risk-test would chown/)
+      expect(await chownRisk(dirs, '/var/lib/machines/web-risk-test')).to.match(
+        /does not say PrivateUsers=no, so machinectl start web-risk-test would chown/,
+      )
       await fs.writeFile(path.join(dir, 'web-risk-test.nspawn'), '[Exec]\nPrivateUsers=no\n')
       expect(await chownRisk(dirs, '/var/lib/machines/web-risk-test')).to.equal(undefined)
     })

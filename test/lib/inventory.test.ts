@@ -50,15 +50,22 @@ describe('inventory of wafers', function () {
     expect(descendants(inventory, 'base')).to.deep.equal(['b', 'a', 'c'])
     const forest = ancestryForest(inventory).map((node) => node.name)
     expect(forest).to.deep.equal(['base', 'orphan', 'x'])
-    expect(drawTree(ancestryForest(inventory).map(function toDraw(node): {children: never[]; label: string} {
-      return {children: node.children.map((child) => toDraw(child)) as never[], label: node.name}
-    }))).to.deep.equal(['base', '├── a', '│   └── b', '└── c', 'orphan', 'x', '└── y'])
+    expect(
+      drawTree(
+        ancestryForest(inventory).map(function toDraw(node): {children: never[]; label: string} {
+          return {children: node.children.map((child) => toDraw(child)) as never[], label: node.name}
+        }),
+      ),
+    ).to.deep.equal(['base', '├── a', '│   └── b', '└── c', 'orphan', 'x', '└── y'])
   })
 
   it('reads 10,000 wafers in well under a second', async function () {
     this.timeout(60_000)
     // On tmpfs where there is one: making 10,000 directories on a slow disk takes longer than the test.
-    const shm = await fs.stat('/dev/shm').then((stat) => stat.isDirectory(), () => false)
+    const shm = await fs.stat('/dev/shm').then(
+      (stat) => stat.isDirectory(),
+      () => false,
+    )
     if (shm) {
       await fs.rm(root, {force: true, recursive: true})
       root = await fs.mkdtemp(path.join('/dev/shm', 'wafers-inventory-'))
@@ -81,7 +88,15 @@ describe('inventory of wafers', function () {
 
 describe('rendering', function () {
   it('pads table columns but not the last one', function () {
-    expect(table(['A', 'BB', 'C'], [['xyz', '', 'last'], ['1', '22', '']])).to.deep.equal(['A    BB  C', 'xyz      last', '1    22'])
+    expect(
+      table(
+        ['A', 'BB', 'C'],
+        [
+          ['xyz', '', 'last'],
+          ['1', '22', ''],
+        ],
+      ),
+    ).to.deep.equal(['A    BB  C', 'xyz      last', '1    22'])
   })
 
   it('draws deep chains without recursion', function () {
@@ -93,12 +108,24 @@ describe('rendering', function () {
   })
 
   it('prints sizes as du -h does', function () {
-    expect([0, 512, 4096, 1536 * 1024, 12 * 1024 ** 3].map((bytes) => humanSize(bytes))).to.deep.equal(['0', '512', '4.0K', '1.5M', '12G'])
+    expect([0, 512, 4096, 1536 * 1024, 12 * 1024 ** 3].map((bytes) => humanSize(bytes))).to.deep.equal([
+      '0',
+      '512',
+      '4.0K',
+      '1.5M',
+      '12G',
+    ])
   })
 })
 
 describe('confirm', function () {
-  for (const [answer, expected] of [['y\n', true], ['YES\n', true], ['n\n', false], ['\n', false], ['', false]] as const) {
+  for (const [answer, expected] of [
+    ['y\n', true],
+    ['YES\n', true],
+    ['n\n', false],
+    ['\n', false],
+    ['', false],
+  ] as const) {
     it(`takes ${JSON.stringify(answer)} as ${expected ? 'yes' : 'no'}`, async function () {
       const input = new PassThrough()
       const output = new PassThrough()

@@ -36,7 +36,9 @@ describe('wafer names (property)', function () {
         if (!isValidName(name)) return true
         const inWafers = path.relative('/var/lib/wafers', store.dir(name))
         const inStacks = path.relative('/var/lib/machines', path.join('/var/lib/machines', name))
-        return [inWafers, inStacks].every((relative) => relative === name && !relative.includes('/') && relative !== '..')
+        return [inWafers, inStacks].every(
+          (relative) => relative === name && !relative.includes('/') && relative !== '..',
+        )
       }),
       {numRuns: 5000},
     )

@@ -10,7 +10,21 @@ describe('wafer names', function () {
   })
 
   it('refuses names that could escape $WAFERS or are not machine names', function () {
-    for (const name of ['', '.', '..', '.hidden', '-x', 'a/b', '../etc', 'a b', 'a:b', 'a,b', 'tab\t', 'é', 'a'.repeat(65)]) {
+    for (const name of [
+      '',
+      '.',
+      '..',
+      '.hidden',
+      '-x',
+      'a/b',
+      '../etc',
+      'a b',
+      'a:b',
+      'a,b',
+      'tab\t',
+      'é',
+      'a'.repeat(65),
+    ]) {
       expect(isValidName(name), JSON.stringify(name)).to.equal(false)
     }
   })

@@ -25,7 +25,11 @@ describe('wafer store', function () {
   })
 
   it('reads parent files with or without a trailing newline, and an empty one as no parent', async function () {
-    for (const [name, text, parent] of [['a', 'base', 'base'], ['b', 'base\n', 'base'], ['c', '\n', undefined]] as const) {
+    for (const [name, text, parent] of [
+      ['a', 'base', 'base'],
+      ['b', 'base\n', 'base'],
+      ['c', '\n', undefined],
+    ] as const) {
       // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, name, 'data'), {recursive: true})
       // eslint-disable-next-line no-await-in-loop
@@ -44,7 +48,11 @@ describe('wafer store', function () {
   })
 
   it('refuses an ancestry that loops, naming the loop', async function () {
-    for (const [name, parent] of [['a', 'b'], ['b', 'c'], ['c', 'b']]) {
+    for (const [name, parent] of [
+      ['a', 'b'],
+      ['b', 'c'],
+      ['c', 'b'],
+    ]) {
       // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, name, 'data'), {recursive: true})
       // eslint-disable-next-line no-await-in-loop

@@ -22,7 +22,9 @@ describe('system checks', function () {
       () => undefined,
       (error_: Error & {suggestions: string[]}) => error_,
     )
-    expect(error?.message).to.equal('this kernel has no overlayfs, which wafers needs for stacks of more than one wafer.')
+    expect(error?.message).to.equal(
+      'this kernel has no overlayfs, which wafers needs for stacks of more than one wafer.',
+    )
     expect(error?.suggestions[0]).to.include('modprobe overlay')
   })
 
@@ -31,7 +33,7 @@ describe('system checks', function () {
     await checkOverlayfs(path.join(dir, 'filesystems'), path.join(dir, 'no-module'))
   })
 
-  it('accepts $WAFERS on this machine\'s temp file system', async function () {
+  it("accepts $WAFERS on this machine's temp file system", async function () {
     await checkUpperFilesystem(dir)
   })
 })

@@ -5,7 +5,13 @@ import type {AddressInfo} from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
-import {FALLBACK_MIRROR, parseDeb822, parseOneLine, pickMirror, readAptSources} from '../../plugins/debian/src/apt-sources.js'
+import {
+  FALLBACK_MIRROR,
+  parseDeb822,
+  parseOneLine,
+  pickMirror,
+  readAptSources,
+} from '../../plugins/debian/src/apt-sources.js'
 import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
 import type {SeedRunOptions} from '../../src/lib/hooks.js'
@@ -35,14 +41,21 @@ Components: main
 
     it('reads deb822 stanzas, skipping disabled ones and deb-src only ones', function () {
       expect(parseDeb822(deb822)).to.deep.equal([
-        {components: ['main', 'contrib'], suites: ['bookworm', 'bookworm-updates'], uri: 'http://mirror.example/debian/'},
+        {
+          components: ['main', 'contrib'],
+          suites: ['bookworm', 'bookworm-updates'],
+          uri: 'http://mirror.example/debian/',
+        },
         {components: ['main'], suites: ['bookworm-security'], uri: 'http://deb.debian.org/debian-security'},
       ])
     })
 
     it('reads one-line sources with options and comments', function () {
-      const text = '# deb http://old.example/debian buster main\ndeb [arch=amd64 signed-by=/k.gpg] http://ftp.example/debian trixie main non-free\ndeb-src http://src.example/debian trixie main\n'
-      expect(parseOneLine(text)).to.deep.equal([{components: ['main', 'non-free'], suites: ['trixie'], uri: 'http://ftp.example/debian'}])
+      const text =
+        '# deb http://old.example/debian buster main\ndeb [arch=amd64 signed-by=/k.gpg] http://ftp.example/debian trixie main non-free\ndeb-src http://src.example/debian trixie main\n'
+      expect(parseOneLine(text)).to.deep.equal([
+        {components: ['main', 'non-free'], suites: ['trixie'], uri: 'http://ftp.example/debian'},
+      ])
     })
 
     it('picks the first source serving the suite with main, else deb.debian.org', function () {
@@ -59,9 +72,15 @@ Components: main
       try {
         await fs.mkdir(path.join(etc, 'sources.list.d'))
         await fs.writeFile(path.join(etc, 'sources.list'), 'deb http://one.example/debian bookworm main\n')
-        await fs.writeFile(path.join(etc, 'sources.list.d', 'b.sources'), 'Types: deb\nURIs: http://three.example/debian\nSuites: sid\nComponents: main\n')
+        await fs.writeFile(
+          path.join(etc, 'sources.list.d', 'b.sources'),
+          'Types: deb\nURIs: http://three.example/debian\nSuites: sid\nComponents: main\n',
+        )
         await fs.writeFile(path.join(etc, 'sources.list.d', 'a.list'), 'deb http://two.example/debian trixie main\n')
-        await fs.writeFile(path.join(etc, 'sources.list.d', 'c.sources.disabled'), 'Types: deb\nURIs: http://no.example/\nSuites: x\n')
+        await fs.writeFile(
+          path.join(etc, 'sources.list.d', 'c.sources.disabled'),
+          'Types: deb\nURIs: http://no.example/\nSuites: x\n',
+        )
         expect((await readAptSources(etc)).map((source) => source.uri)).to.deep.equal([
           'http://one.example/debian',
           'http://two.example/debian',
@@ -75,19 +94,30 @@ Components: main
 
   describe('debootstrap arguments', function () {
     it('takes the suite, then the mirror, and passes options through', function () {
-      expect(parseDebootstrapArgs(['bookworm', '--variant=minbase', 'http://m.example/debian', '--include=curl'])).to.deep.equal({
+      expect(
+        parseDebootstrapArgs(['bookworm', '--variant=minbase', 'http://m.example/debian', '--include=curl']),
+      ).to.deep.equal({
         fresh: false,
         mirror: 'http://m.example/debian',
         options: ['--variant=minbase', '--include=curl'],
         suite: 'bookworm',
       })
       expect(parseDebootstrapArgs([])).to.deep.equal({fresh: false, mirror: undefined, options: [], suite: undefined})
-      expect(parseDebootstrapArgs(['sid', '--fresh'])).to.deep.equal({fresh: true, mirror: undefined, options: [], suite: 'sid'})
+      expect(parseDebootstrapArgs(['sid', '--fresh'])).to.deep.equal({
+        fresh: true,
+        mirror: undefined,
+        options: [],
+        suite: 'sid',
+      })
     })
 
     it('refuses a third word and options not written --name=value', function () {
-      expect(() => parseDebootstrapArgs(['a', 'b', 'c'])).to.throw('debootstrap takes a suite and a mirror, then options; got 3 words (a b c)')
-      expect(() => parseDebootstrapArgs(['bookworm', '-v'])).to.throw('debootstrap options must be written --name=value; got "-v"')
+      expect(() => parseDebootstrapArgs(['a', 'b', 'c'])).to.throw(
+        'debootstrap takes a suite and a mirror, then options; got 3 words (a b c)',
+      )
+      expect(() => parseDebootstrapArgs(['bookworm', '-v'])).to.throw(
+        'debootstrap options must be written --name=value; got "-v"',
+      )
     })
 
     it('caches .debs under /var/cache/wafers unless a cache dir is given', function () {
@@ -98,7 +128,12 @@ Components: main
         '/w/.create-x/data',
         'http://m/debian',
       ])
-      expect(debootstrapArgs('/t', 'sid', 'http://m', ['--cache-dir=/c'])).to.deep.equal(['--cache-dir=/c', 'sid', '/t', 'http://m'])
+      expect(debootstrapArgs('/t', 'sid', 'http://m', ['--cache-dir=/c'])).to.deep.equal([
+        '--cache-dir=/c',
+        'sid',
+        '/t',
+        'http://m',
+      ])
       expect(cacheDirOf(['--variant=minbase'])).to.equal('/var/cache/wafers/debootstrap')
       expect(cacheDirOf(['--cache-dir=/c'])).to.equal('/c')
     })
@@ -107,7 +142,10 @@ Components: main
 
     it('reports an unreachable mirror as a network failure', async function () {
       const port = await closedPort()
-      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).then(() => undefined, (error: Error) => error)
+      const failure = await fetchRelease(run, `http://127.0.0.1:${port}/debian`, 'bookworm', 5).then(
+        () => undefined,
+        (error: Error) => error,
+      )
       expect(failure?.message).to.equal(
         `network failure: cannot reach the mirror http://127.0.0.1:${port}/debian (Connection refused); check the network or give another mirror`,
       )
@@ -120,8 +158,13 @@ Components: main
       })
       try {
         const mirror = `http://127.0.0.1:${(server.address() as AddressInfo).port}/debian`
-        const failure = await fetchRelease(run, mirror, 'nosuch', 5).then(() => undefined, (error: Error) => error)
-        expect(failure?.message).to.equal(`the mirror ${mirror} has no suite nosuch (${mirror}/dists/nosuch/Release not found)`)
+        const failure = await fetchRelease(run, mirror, 'nosuch', 5).then(
+          () => undefined,
+          (error: Error) => error,
+        )
+        expect(failure?.message).to.equal(
+          `the mirror ${mirror} has no suite nosuch (${mirror}/dists/nosuch/Release not found)`,
+        )
       } finally {
         server.close()
       }

@@ -41,7 +41,10 @@ export function parseOneLine(text: string): AptSource[] {
   for (const raw of text.split('\n')) {
     const line = raw.replace(/#.*/, '').trim()
     if (!line.startsWith('deb ') && !line.startsWith('deb\t')) continue
-    const fields = line.replace(/\[[^\]]*\]/, ' ').split(/\s+/).slice(1)
+    const fields = line
+      .replace(/\[[^\]]*\]/, ' ')
+      .split(/\s+/)
+      .slice(1)
     const [uri, suite, ...components] = fields
     if (uri && suite) sources.push({components, suites: [suite], uri})
   }

@@ -28,7 +28,10 @@ export interface DebootstrapRequest {
 export function parseDebootstrapArgs(args: string[]): DebootstrapRequest {
   const options = args.filter((arg) => arg.startsWith('-') && arg !== '--fresh')
   const words = args.filter((arg) => !arg.startsWith('-'))
-  if (words.length > 2) throw new Error(`debootstrap takes a suite and a mirror, then options; got ${words.length} words (${words.join(' ')})`)
+  if (words.length > 2)
+    throw new Error(
+      `debootstrap takes a suite and a mirror, then options; got ${words.length} words (${words.join(' ')})`,
+    )
   for (const option of options) {
     if (!/^--[a-z-]+(=.*)?$/.test(option)) {
       throw new Error(`debootstrap options must be written --name=value; got ${JSON.stringify(option)}`)
@@ -64,7 +67,12 @@ export async function hostSuite(osRelease = '/etc/os-release'): Promise<string> 
  * as a network failure and a missing suite as such, not as debootstrap's last words. Returns it:
  * it names the packages' versions, so it keys the root file system cache.
  */
-export async function fetchRelease(run: SeedContext['run'], mirror: string, suite: string, timeoutSeconds = 20): Promise<string> {
+export async function fetchRelease(
+  run: SeedContext['run'],
+  mirror: string,
+  suite: string,
+  timeoutSeconds = 20,
+): Promise<string> {
   const release = `${mirror}/dists/${suite}/Release`
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-release-'))
   try {
@@ -78,9 +86,14 @@ export async function fetchRelease(run: SeedContext['run'], mirror: string, suit
       .replace(/^failed:\s*/i, '')
       .replace(/\.$/, '')
     // wget's exit codes: 4 network failure, 8 an error response from the server.
-    if (exitCode === 4) throw new Error(`network failure: cannot reach the mirror ${mirror} (${said || 'no answer'}); check the network or give another mirror`)
-    if (exitCode === 8 && /\b404\b/.test(said)) throw new Error(`the mirror ${mirror} has no suite ${suite} (${release} not found)`)
-    if (exitCode !== 0) throw new Error(`fetching ${release} failed (wget exit code ${exitCode}): ${said || 'no output'}`)
+    if (exitCode === 4)
+      throw new Error(
+        `network failure: cannot reach the mirror ${mirror} (${said || 'no answer'}); check the network or give another mirror`,
+      )
+    if (exitCode === 8 && /\b404\b/.test(said))
+      throw new Error(`the mirror ${mirror} has no suite ${suite} (${release} not found)`)
+    if (exitCode !== 0)
+      throw new Error(`fetching ${release} failed (wget exit code ${exitCode}): ${said || 'no output'}`)
     return await fs.readFile(file, 'utf8')
   } finally {
     await fs.rm(dir, {force: true, recursive: true})
@@ -88,7 +101,8 @@ export async function fetchRelease(run: SeedContext['run'], mirror: string, suit
 }
 
 /** Lines debootstrap prints when downloads fail. */
-const DOWNLOAD_FAILURE = /Failed getting release file|Couldn't download|Failure while downloading|Could not resolve|Temporary failure in name resolution|Connection refused|Connection timed out/i
+const DOWNLOAD_FAILURE =
+  /Failed getting release file|Couldn't download|Failure while downloading|Could not resolve|Temporary failure in name resolution|Connection refused|Connection timed out/i
 
 export const debootstrapSeeder: Seeder = {
   name: 'debootstrap',

@@ -6,7 +6,13 @@ export async function findProgram(name: string, envPath = process.env.PATH ?? ''
   for (const dir of envPath.split(':').filter((entry) => entry !== '')) {
     const file = path.join(dir, name)
     // eslint-disable-next-line no-await-in-loop
-    if (await fs.access(file, constants.X_OK).then(() => true, () => false)) return file
+    if (
+      await fs.access(file, constants.X_OK).then(
+        () => true,
+        () => false,
+      )
+    )
+      return file
   }
 
   return undefined
@@ -14,5 +20,7 @@ export async function findProgram(name: string, envPath = process.env.PATH ?? ''
 
 /** One sentence saying which package brings a missing program. */
 export function missingProgram(name: string, pkg: string): Error {
-  return new Error(`${name} is not installed or not on PATH; install the ${pkg} package (apt-get install ${pkg}, or pacman -S ${pkg})`)
+  return new Error(
+    `${name} is not installed or not on PATH; install the ${pkg} package (apt-get install ${pkg}, or pacman -S ${pkg})`,
+  )
 }

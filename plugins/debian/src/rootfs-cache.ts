@@ -25,9 +25,19 @@ export class RootfsCache {
 
   /** Unpacks a cached root file system into `target`; false when there is none. */
   async restore(ctx: SeedContext, file: string, target: string): Promise<boolean> {
-    if (!(await fs.access(file).then(() => true, () => false))) return false
+    if (
+      !(await fs.access(file).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return false
     ctx.report(`unpacking the root file system cached in ${file}`)
-    await ctx.run('tar', ['--extract', '--same-owner', '--same-permissions', ...TAR_OPTIONS, '--file', file, '--directory', target], {package: 'tar'})
+    await ctx.run(
+      'tar',
+      ['--extract', '--same-owner', '--same-permissions', ...TAR_OPTIONS, '--file', file, '--directory', target],
+      {package: 'tar'},
+    )
     return true
   }
 
@@ -37,7 +47,9 @@ export class RootfsCache {
     const partial = `${entry.file}.${randomBytes(4).toString('hex')}.partial`
     ctx.report(`caching the root file system in ${entry.file}`)
     try {
-      await ctx.run('tar', ['--create', ...TAR_OPTIONS, '--file', partial, '--directory', source, '.'], {package: 'tar'})
+      await ctx.run('tar', ['--create', ...TAR_OPTIONS, '--file', partial, '--directory', source, '.'], {
+        package: 'tar',
+      })
       await fs.rename(partial, entry.file)
     } catch (error) {
       await fs.rm(partial, {force: true})
@@ -47,7 +59,8 @@ export class RootfsCache {
     for (const name of await fs.readdir(this.dir)) {
       const file = path.join(this.dir, name)
       // eslint-disable-next-line no-await-in-loop
-      if (name.startsWith(entry.prefix) && name.endsWith('.tar') && file !== entry.file) await fs.rm(file, {force: true})
+      if (name.startsWith(entry.prefix) && name.endsWith('.tar') && file !== entry.file)
+        await fs.rm(file, {force: true})
     }
   }
 }

@@ -9,7 +9,22 @@ import {run} from '../run.js'
 /** Where Debian's busybox-static (and most distributions) put busybox. */
 export const BUSYBOX_PATHS = ['/bin/busybox', '/usr/bin/busybox', '/sbin/busybox', '/usr/sbin/busybox']
 
-const DIRECTORIES = ['bin', 'dev', 'etc', 'home', 'proc', 'root', 'run', 'sbin', 'sys', 'tmp', 'usr/bin', 'usr/lib', 'usr/sbin', 'var']
+const DIRECTORIES = [
+  'bin',
+  'dev',
+  'etc',
+  'home',
+  'proc',
+  'root',
+  'run',
+  'sbin',
+  'sys',
+  'tmp',
+  'usr/bin',
+  'usr/lib',
+  'usr/sbin',
+  'var',
+]
 
 /**
  * A tiny root file system from the host's static busybox, with no network: enough for
@@ -18,7 +33,8 @@ const DIRECTORIES = ['bin', 'dev', 'etc', 'home', 'proc', 'root', 'run', 'sbin',
 export const busyboxSeeder: Seeder = {
   name: 'busybox',
   async seed(ctx) {
-    if (ctx.args.length > 1) throw new WafersError(`the busybox seeder takes at most one argument, a busybox binary; got ${ctx.args.length}.`)
+    if (ctx.args.length > 1)
+      throw new WafersError(`the busybox seeder takes at most one argument, a busybox binary; got ${ctx.args.length}.`)
     const busybox = ctx.args[0] === undefined ? await findBusybox() : path.resolve(ctx.args[0])
     await checkStatic(busybox)
     ctx.report(`using ${busybox}`)
@@ -47,7 +63,10 @@ export const busyboxSeeder: Seeder = {
     await fs.writeFile(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
     await fs.writeFile(path.join(root, 'etc', 'group'), 'root:x:0:\n')
     await fs.writeFile(path.join(root, 'etc', 'shadow'), 'root:*:1::::::\n', {mode: 0o600})
-    await fs.writeFile(path.join(root, 'usr', 'lib', 'os-release'), 'ID=busybox\nNAME=BusyBox\nPRETTY_NAME="BusyBox (wafers)"\n')
+    await fs.writeFile(
+      path.join(root, 'usr', 'lib', 'os-release'),
+      'ID=busybox\nNAME=BusyBox\nPRETTY_NAME="BusyBox (wafers)"\n',
+    )
     await fs.symlink('../usr/lib/os-release', path.join(root, 'etc', 'os-release'))
     await fs.writeFile(path.join(root, 'etc', 'machine-id'), `${randomBytes(16).toString('hex')}\n`, {mode: 0o444})
     ctx.report(`linked ${applets.length} applets`)
@@ -59,7 +78,10 @@ export const busyboxSeeder: Seeder = {
 /** The applets busybox offers, as paths relative to the root (`bin/sh`, `usr/bin/awk`, ...). */
 async function listApplets(busybox: string): Promise<string[]> {
   const {stdout} = await run(busybox, ['--list-full'])
-  const applets = stdout.split('\n').map((line) => line.trim().replace(/^\/+/, '')).filter((line) => /^[a-z0-9/_.[-]+$/i.test(line) && !line.includes('..'))
+  const applets = stdout
+    .split('\n')
+    .map((line) => line.trim().replace(/^\/+/, ''))
+    .filter((line) => /^[a-z0-9/_.[-]+$/i.test(line) && !line.includes('..'))
   if (applets.length === 0) throw new WafersError(`${busybox} --list-full listed no applets.`)
   return applets
 }
@@ -67,7 +89,13 @@ async function listApplets(busybox: string): Promise<string[]> {
 async function findBusybox(): Promise<string> {
   for (const candidate of BUSYBOX_PATHS) {
     // eslint-disable-next-line no-await-in-loop
-    if (await fs.access(candidate).then(() => true, () => false)) return candidate
+    if (
+      await fs.access(candidate).then(
+        () => true,
+        () => false,
+      )
+    )
+      return candidate
   }
 
   throw new WafersError('busybox is not installed; install the busybox-static package.')

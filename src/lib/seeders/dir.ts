@@ -11,7 +11,8 @@ import type {Seeder} from '../hooks.js'
 export const dirSeeder: Seeder = {
   name: 'dir',
   async seed(ctx) {
-    if (ctx.args.length !== 1) throw new WafersError(`the dir seeder takes one argument, the directory to copy; got ${ctx.args.length}.`)
+    if (ctx.args.length !== 1)
+      throw new WafersError(`the dir seeder takes one argument, the directory to copy; got ${ctx.args.length}.`)
     const source = path.resolve(ctx.args[0])
     const stat = await fs.stat(source).catch(() => undefined)
     if (!stat?.isDirectory()) throw new WafersError(`${source} is not a directory.`)

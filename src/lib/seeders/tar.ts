@@ -22,7 +22,8 @@ export const TAR_EXTRACT_OPTIONS = [
 export const tarSeeder: Seeder = {
   name: 'tar',
   async seed(ctx) {
-    if (ctx.args.length !== 1) throw new WafersError(`the tar seeder takes one argument, the tarball to unpack; got ${ctx.args.length}.`)
+    if (ctx.args.length !== 1)
+      throw new WafersError(`the tar seeder takes one argument, the tarball to unpack; got ${ctx.args.length}.`)
     const file = path.resolve(ctx.args[0])
     const stat = await fs.stat(file).catch(() => undefined)
     if (!stat?.isFile()) throw new WafersError(`${file} is not a file.`)
