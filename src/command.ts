@@ -39,6 +39,12 @@ export abstract class WafersCommand extends Command {
    * Fires wafers' hook events at every plugin through oclif. Errors are captured, never thrown,
    * so that the caller sees every plugin's failure and decides what to undo.
    */
+  /** Runs `fn` holding the store lock on `dir`, saying on stderr when it has to wait for it. */
+  protected async locked<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+    const {withLock} = await import('./lib/lock.js')
+    return withLock(dir, fn, () => this.logToStderr(`waiting for another wafers command to finish with ${dir}...`))
+  }
+
   protected hookRunner(): HookRunner {
     const {config} = this
     return {

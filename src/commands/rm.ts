@@ -3,7 +3,6 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {confirm} from '../lib/confirm.js'
 import {WafersError} from '../lib/errors.js'
-import {withLock} from '../lib/lock.js'
 import {RemoveResult, planRemoval, removeWafers} from '../lib/remove.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
 
@@ -66,7 +65,7 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
     }
 
     // Check again under the store lock, so that no stack or child can come up between check and delete.
-    const result = await withLock(locations.wafers, async () => {
+    const result = await this.locked(locations.wafers, async () => {
       const now = await planRemoval(locations, names, {recursive: flags.recursive})
       if (now.join('\n') !== wafers.join('\n')) {
         throw new WafersError(

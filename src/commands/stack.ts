@@ -1,10 +1,10 @@
 import {Args, Flags} from '@oclif/core'
+import {mkdir} from 'node:fs/promises'
 
 import {WafersCommand} from '../command.js'
 import {chownRisk, systemdDirsFromEnv} from '../lib/boot.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
-import {withLock} from '../lib/lock.js'
 import {childless, readInventory} from '../lib/inventory.js'
 import {BatchOutcome, batchError, progressMode, runBatch, runSteps} from '../lib/progress.js'
 import {splitSeederArgs} from '../lib/seed.js'
@@ -88,63 +88,58 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
     const mode = progressMode({json: this.jsonEnabled()})
     const interrupt = interruptSignal()
     try {
-      return await withLock(
-        locations.wafers,
-        async () => {
-          if (!flags.all && !flags.name) {
-            if (args.name === undefined) {
-              throw new WafersError('give the NAME of a wafer to stack, or --name NAME (repeatable), or --all.')
-            }
-
-            const {result, steps} = stackSteps(locations, args.name, args.parent, options)
-            await runSteps(steps, mode, interrupt.signal)
-            this.log(summaryLine(result))
-            await this.warnOfChown(result)
-            return result
+      // A seeder makes $WAFERS on a fresh machine: make it first, so that there is a store to lock.
+      if (flags.seed !== undefined) await mkdir(locations.wafers, {recursive: true})
+      return await this.locked(locations.wafers, async () => {
+        if (!flags.all && !flags.name) {
+          if (args.name === undefined) {
+            throw new WafersError('give the NAME of a wafer to stack, or --name NAME (repeatable), or --all.')
           }
 
-          if (flags.all && args.name !== undefined) {
-            throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {
-              exit: 2,
-            })
-          }
+          const {result, steps} = stackSteps(locations, args.name, args.parent, options)
+          await runSteps(steps, mode, interrupt.signal)
+          this.log(summaryLine(result))
+          await this.warnOfChown(result)
+          return result
+        }
 
-          if (flags.seed !== undefined) {
-            throw new WafersError(
-              '--seed fills one new base wafer; give it with NAME alone, not with --name or --all.',
-              {exit: 2},
-            )
-          }
+        if (flags.all && args.name !== undefined) {
+          throw new WafersError('--all stacks every wafer without children; give no NAME or PARENT with it.', {
+            exit: 2,
+          })
+        }
 
-          const names = flags.all
-            ? childless(await readInventory(new WaferStore(locations.wafers)))
-            : (flags.name ?? [])
-          const plans = [
-            ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
-            ...names.map((name) => ({name, parent: undefined})),
-          ]
-          const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
-          const outcomes = await runBatch(
-            stacks.map(({name, steps}) => ({name, steps, title: `Stack ${name}`})),
-            mode,
-            interrupt.signal,
-          )
-          for (const [index, outcome] of outcomes.entries()) {
-            if (outcome.state !== 'done') continue
-            this.log(summaryLine(stacks[index].result))
-            // eslint-disable-next-line no-await-in-loop
-            await this.warnOfChown(stacks[index].result)
-          }
+        if (flags.seed !== undefined) {
+          throw new WafersError('--seed fills one new base wafer; give it with NAME alone, not with --name or --all.', {
+            exit: 2,
+          })
+        }
 
-          this.reportFailures(outcomes)
-          return outcomes.map((outcome, index) =>
-            outcome.state === 'done'
-              ? stacks[index].result
-              : {error: outcome.error?.message ?? outcome.state, name: outcome.name},
-          )
-        },
-        () => this.logToStderr(`waiting for another wafers command to finish with ${locations.wafers}...`),
-      )
+        const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers))) : (flags.name ?? [])
+        const plans = [
+          ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
+          ...names.map((name) => ({name, parent: undefined})),
+        ]
+        const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
+        const outcomes = await runBatch(
+          stacks.map(({name, steps}) => ({name, steps, title: `Stack ${name}`})),
+          mode,
+          interrupt.signal,
+        )
+        for (const [index, outcome] of outcomes.entries()) {
+          if (outcome.state !== 'done') continue
+          this.log(summaryLine(stacks[index].result))
+          // eslint-disable-next-line no-await-in-loop
+          await this.warnOfChown(stacks[index].result)
+        }
+
+        this.reportFailures(outcomes)
+        return outcomes.map((outcome, index) =>
+          outcome.state === 'done'
+            ? stacks[index].result
+            : {error: outcome.error?.message ?? outcome.state, name: outcome.name},
+        )
+      })
     } finally {
       interrupt.dispose()
     }

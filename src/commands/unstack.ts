@@ -2,7 +2,6 @@ import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {interruptSignal} from '../lib/interrupt.js'
-import {withLock} from '../lib/lock.js'
 import {checkName} from '../lib/names.js'
 import {BatchOutcome, batchError} from '../lib/progress.js'
 import {UnstackResult, unstack} from '../lib/stack.js'
@@ -46,7 +45,7 @@ A stack that a process still uses (its working directory, root or open files are
     const outcomes: BatchOutcome[] = names.map((name) => ({name, state: 'not started'}))
     const interrupt = interruptSignal()
     try {
-      await withLock(locations.wafers, async () => {
+      await this.locked(locations.wafers, async () => {
         for (const [index, name] of names.entries()) {
           if (interrupt.signal.aborted) break
           try {

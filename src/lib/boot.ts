@@ -5,6 +5,7 @@ import {traceAncestry} from './ancestry.js'
 import {WafersError, isErrno} from './errors.js'
 import {checkName} from './names.js'
 import {Locations, WaferStore} from './store.js'
+import {checkRoot} from './system.js'
 
 /** Where systemd reads units and nspawn settings; overridable so tests write into temp dirs. */
 export interface SystemdDirs {
@@ -112,6 +113,7 @@ export async function enable(
 ): Promise<BootResult> {
   const store = new WaferStore(locations.wafers)
   checkName(name)
+  checkRoot()
   if (!(await store.hasData(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
   await traceAncestry(store, name)
   const unitFile = path.join(dirs.units, unitName(name))
@@ -142,6 +144,7 @@ export async function enable(
 
 /** Undoes `enable`: removes the symlinks, the unit and wafers' own nspawn file. The stack stays mounted. */
 export async function disable(dirs: SystemdDirs, name: string): Promise<BootResult> {
+  checkRoot()
   const unitFile = path.join(dirs.units, unitName(name))
   const nspawnFile = path.join(dirs.nspawn, `${name}.nspawn`)
   let changed = false

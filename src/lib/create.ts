@@ -4,6 +4,7 @@ import {checkName} from './names.js'
 import {SeedPlan, checkSeedTarget, createTitle, seed} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore} from './store.js'
+import {checkRoot} from './system.js'
 
 /** What `create` did, as `--json` prints it. */
 export interface CreateResult {
@@ -34,6 +35,7 @@ export function createSteps(
   const check: Step = {
     async run() {
       checkName(name)
+      checkRoot()
       if (parent !== undefined) checkName(parent, 'parent name')
       const exists = await store.exists(name)
       checkSeedTarget(plan, name, exists, parent)

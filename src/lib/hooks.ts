@@ -51,7 +51,10 @@ export interface Seeder {
 
 /** Options of `wafers:prestack` and `wafers:poststack`. */
 export interface StackHookOptions {
-  /** The `data` directories of the stack, top first. */
+  /**
+   * The `data` directories of the stack, top first. At prestack the top one does not exist yet
+   * when this `stack` creates the wafer: prestack runs before anything is created.
+   */
   layers: string[]
   mountpoint: string
   /** The top wafer. */
@@ -171,6 +174,8 @@ export function stackHookSteps(
     title: 'Run the prestack hooks',
   }
   const post: Step = {
+    // Ctrl-C after the mount still gets the poststack hooks (and their undo): all or nothing.
+    always: true,
     async run() {
       await firePostHook(runner, 'wafers:poststack', options(), undo, 'the stack was unmounted again')
     },

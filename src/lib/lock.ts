@@ -28,10 +28,14 @@ export async function lockDirectory(
   }
 
   try {
-    if ((await flock(fd, ['-x', '-n'])) !== 0) {
+    if ((await flock(fd, ['-x', '-n'])).code !== 0) {
       options.onWait?.()
       const status = await flock(fd, ['-x', '-w', String(options.waitSeconds ?? 600)])
-      if (status !== 0) {
+      if (status.signal) {
+        throw new WafersError(`interrupted while waiting for the lock on ${dir}; nothing was done.`, {exit: 130})
+      }
+
+      if (status.code !== 0) {
         throw new WafersError(`another wafers command still holds the lock on ${dir}; try again when it is done.`)
       }
     }
@@ -68,12 +72,12 @@ export async function withLock<T>(dir: string, fn: () => Promise<T>, onWait?: ()
   }
 }
 
-function flock(fd: number, args: string[]): Promise<number> {
+function flock(fd: number, args: string[]): Promise<{code: null | number; signal: NodeJS.Signals | null}> {
   return new Promise((resolve, reject) => {
     const child = spawn('flock', [...args, '3'], {stdio: ['ignore', 'ignore', 'ignore', fd]})
     child.on('error', (error) => {
       reject(isErrno(error, 'ENOENT') ? new WafersError('flock is not installed; install util-linux.') : error)
     })
-    child.on('exit', (code) => resolve(code ?? 1))
+    child.on('exit', (code, signal) => resolve({code, signal}))
   })
 }

@@ -46,6 +46,13 @@ export function parseMountInfo(text: string): MountEntry[] {
   return entries
 }
 
+/** The mounts at `dir` or anywhere under it, deepest first (the order to unmount them in). */
+export function mountsUnder(table: MountEntry[], dir: string): MountEntry[] {
+  return table
+    .filter((entry) => entry.mountpoint === dir || entry.mountpoint.startsWith(dir + '/'))
+    .sort((a, b) => b.mountpoint.length - a.mountpoint.length)
+}
+
 /** The mount visible at `mountpoint` (the last one mounted there), if any. */
 export function mountAt(table: MountEntry[], mountpoint: string): MountEntry | undefined {
   return table.findLast((entry) => entry.mountpoint === mountpoint)

@@ -7,20 +7,37 @@ export interface ProcessUse {
 }
 
 /**
- * The processes whose root, working directory or open files are at or under `dir`, found by
- * reading /proc (what fuser -m would say), sorted by pid.
+ * The processes whose root, working directory or open files are in the stack mounted at
+ * `mountpoint`, found by reading /proc (what fuser -m would say), sorted by pid. Processes in
+ * other mount namespaces count too (a container started with systemd-nspawn keeps the stack busy
+ * without making umount fail): a container whose root is the stack shares its root's inode, and
+ * with `ownDevice` (an overlay: its own file system) anything open on that device counts.
  */
-export async function processesUsing(dir: string): Promise<ProcessUse[]> {
-  const inside = (target: string) => target === dir || target.startsWith(dir + '/')
-  const pids = (await fs.readdir('/proc')).filter((entry) => /^\d+$/.test(entry))
+export async function processesUsing(mountpoint: string, options: {ownDevice?: boolean} = {}): Promise<ProcessUse[]> {
+  const top = await fs.stat(mountpoint)
+  const inside = (target: string) => target === mountpoint || target.startsWith(mountpoint + '/')
+  const onStack = async (link: string, isRoot: boolean) => {
+    const stat = await fs.stat(link).catch(() => undefined)
+    if (stat === undefined || stat.dev !== top.dev) return false
+    return options.ownDevice || (isRoot && stat.ino === top.ino)
+  }
+
+  const pids = (await fs.readdir('/proc')).filter((entry) => /^\d+$/.test(entry) && Number(entry) !== process.pid)
   const users = await Promise.all(
     pids.map(async (pid): Promise<ProcessUse | undefined> => {
       const base = `/proc/${pid}`
-      const links = ['cwd', 'root']
       const fds = await fs.readdir(`${base}/fd`).catch(() => [] as string[])
-      links.push(...fds.map((fd) => `fd/${fd}`))
-      const targets = await Promise.all(links.map((link) => fs.readlink(`${base}/${link}`).catch(() => '')))
-      if (!targets.some((target) => inside(target))) return undefined
+      const links = ['root', 'cwd', ...fds.map((fd) => `fd/${fd}`)].map((link) => `${base}/${link}`)
+      const targets = await Promise.all(links.map((link) => fs.readlink(link).catch(() => '')))
+      let busy = targets.some((target) => inside(target))
+      // Without a device of its own (a bind mount), only a root at the stack's top can be told apart.
+      for (const [index, link] of (options.ownDevice ? links : links.slice(0, 1)).entries()) {
+        if (busy) break
+        // eslint-disable-next-line no-await-in-loop
+        busy = await onStack(link, index === 0)
+      }
+
+      if (!busy) return undefined
       const command = (await fs.readFile(`${base}/comm`, 'utf8').catch(() => '?')).trim()
       return {command, pid: Number(pid)}
     }),

@@ -70,7 +70,7 @@ function tasksOf(steps: Step[], signal?: AbortSignal) {
   return steps.map((step) => ({
     skip: step.skip ? () => step.skip?.() ?? false : undefined,
     async task(_: unknown, task: {output: string; title: string}) {
-      if (signal?.aborted) throw new WafersError(`interrupted before: ${step.title}.`, {exit: 130})
+      if (signal?.aborted && !step.always) throw new WafersError(`interrupted before: ${step.title}.`, {exit: 130})
       const done = await step.run((line) => {
         task.output = line
       })

@@ -4,8 +4,11 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
 import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
+import {mountsUnder, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
+import {removeStaging} from './staging.js'
 import {Locations, WaferStore} from './store.js'
+import {checkRoot} from './system.js'
 import {liveStacks} from './usage.js'
 
 /** What `rm` removed, as `--json` prints it. */
@@ -25,6 +28,7 @@ export async function planRemoval(
   options: {recursive?: boolean} = {},
 ): Promise<string[]> {
   for (const name of names) checkName(name)
+  checkRoot()
   const store = new WaferStore(locations.wafers)
   const stacks = await fs.realpath(locations.stacks).catch(() => locations.stacks)
   const inventory = await readInventory(store)
@@ -65,6 +69,20 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
     if (stack) throw new WafersError(`wafer ${name} was stacked at ${stack.mountpoint} meanwhile; nothing removed.`)
   }
 
+  // Something mounted inside a wafer (a bind of a host directory, a proc left by a seeder) would
+  // stop the removal halfway, or worse: refuse it before anything is touched.
+  const table = await readMountTable()
+  for (const name of wafers) {
+    // eslint-disable-next-line no-await-in-loop
+    const inside = mountsUnder(table, await fs.realpath(store.dir(name)))
+    if (inside.length > 0) {
+      throw new WafersError(
+        `wafer ${name} has ${inside.map((entry) => entry.mountpoint).join(', ')} mounted inside; unmount ${inside.length === 1 ? 'it' : 'them'} first. Nothing removed.`,
+      )
+    }
+  }
+
+  await removeTrash(store)
   const links = await linksByTarget(store)
   const removed: string[] = []
   for (const name of wafers) {
@@ -76,12 +94,29 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
       await fs.rm(path.join(store.linksDir, link), {force: true})
     }
 
-    // eslint-disable-next-line no-await-in-loop
-    await fs.rm(trash, {force: true, recursive: true})
+    try {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.rm(trash, {force: true, recursive: true})
+    } catch (error) {
+      const done = removed.length > 0 ? ` (removed before it: ${removed.join(', ')})` : ''
+      throw new WafersError(
+        `wafer ${name} is gone from the store but not all of its files could be deleted (${(error as Error).message}); they are in ${trash}, which the next wafers rm deletes${done}.`,
+      )
+    }
+
     removed.push(name)
   }
 
   return {removed}
+}
+
+/** Deletes what earlier removals could not (`.rm-*`); the store lock is held, so none is under way. */
+async function removeTrash(store: WaferStore): Promise<void> {
+  const entries = await fs.readdir(store.root).catch(() => [] as string[])
+  for (const entry of entries.filter((name) => name.startsWith('.rm-'))) {
+    // eslint-disable-next-line no-await-in-loop
+    await removeStaging(path.join(store.root, entry)).catch(() => {})
+  }
 }
 
 /** The short links in `.links`, grouped by what they point at (`../NAME/data`). */

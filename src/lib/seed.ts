@@ -1,10 +1,9 @@
 import {promises as fs} from 'node:fs'
-import path from 'node:path'
 
 import {WafersError} from './errors.js'
 import type {HookRunner, SeedContext, SeedRunOptions, SeedRunResult, Seeder} from './hooks.js'
 import {oneLine} from './hooks.js'
-import {readMountTable} from './mounts.js'
+import {mountsUnder, readMountTable} from './mounts.js'
 import {isValidName} from './names.js'
 
 /** A seeder and the plugin it comes from, as `wafers seeders` lists it. */
@@ -156,9 +155,7 @@ export async function seed(
 
   // A wafer with a file system still mounted inside would show it to every stack: refuse it.
   const real = await fs.realpath(dataDir)
-  const left = (await readMountTable())
-    .filter((entry) => entry.mountpoint.startsWith(real + path.sep))
-    .map((entry) => entry.mountpoint)
+  const left = mountsUnder(await readMountTable(), real).map((entry) => entry.mountpoint)
   if (left.length > 0) {
     throw new WafersError(
       `seeder ${plan.entry.name} (${plan.entry.plugin}) left ${left.join(', ')} mounted inside the wafer.`,

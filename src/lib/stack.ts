@@ -4,7 +4,7 @@ import path from 'node:path'
 import {findMachineId, traceAncestry} from './ancestry.js'
 import {WafersError, isErrno} from './errors.js'
 import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
-import {mountAt, readMountTable} from './mounts.js'
+import {MountEntry, mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
 import {processesUsing} from './processes.js'
@@ -124,7 +124,9 @@ export function stackSteps(
       result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
       result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
       const table = await readMountTable()
-      result.alreadyStacked = mountAt(table, result.mountpoint) !== undefined
+      const mounted = mountAt(table, result.mountpoint)
+      if (mounted) await checkStackOf(store, name, mounted)
+      result.alreadyStacked = mounted !== undefined
       if (!result.alreadyStacked) {
         await checkMountpoint(result.mountpoint)
         await checkWorkDir(store.workDir(name))
@@ -202,7 +204,7 @@ export function stackSteps(
     },
     () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
   )
-  return {result, steps: [trace, create, ...hooks.pre, check, mount, ...hooks.post]}
+  return {result, steps: [trace, ...hooks.pre, create, check, mount, ...hooks.post]}
 }
 
 /** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
@@ -213,19 +215,22 @@ export async function unstack(
 ): Promise<UnstackResult> {
   const mountpoint = await mountpointOf(locations, name)
   checkRoot()
-  if (mountAt(await readMountTable(), mountpoint) === undefined) return {mountpoint, name, unstacked: false}
+  const table = await readMountTable()
+  const mounted = mountAt(table, mountpoint)
+  if (mounted === undefined) return {mountpoint, name, unstacked: false}
+  await checkStackOf(new WaferStore(locations.wafers), name, mounted)
   if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
-  try {
-    await unmount(mountpoint, {lazy: options.lazy})
-  } catch (error) {
-    const users = await processesUsing(mountpoint)
-    if (users.length === 0) throw error
+  // A container in its own mount namespace keeps the stack busy without making umount fail, so
+  // look for users first: unmounting under it would let `wafers rm` delete what it still uses.
+  const users = options.lazy ? [] : await processesUsing(mountpoint, {ownDevice: mounted.fstype === 'overlay'})
+  if (users.length > 0) {
     const list = users.map((user) => `${user.pid} (${user.command})`).join(', ')
     throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
       suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
     })
   }
 
+  await unmount(mountpoint, {lazy: options.lazy})
   await fs.rmdir(mountpoint).catch(() => {})
   if (options.hooks) {
     const remount = async () => {
@@ -238,6 +243,18 @@ export async function unstack(
   }
 
   return {mountpoint, name, unstacked: true}
+}
+
+/**
+ * Refuses to treat what is mounted at a stack's mount point as wafer `name`'s stack when it is
+ * something else (a tmpfs, another wafer's stack): stack would call it done, unstack would unmount
+ * it.
+ */
+async function checkStackOf(store: WaferStore, name: string, mounted: MountEntry): Promise<void> {
+  const stack = (await liveStacks(store, [mounted])).find((live) => live.mountpoint === mounted.mountpoint)
+  if (stack?.top === name) return
+  const what = stack?.top === undefined ? `${mounted.fstype} from ${mounted.source}` : `the stack of wafer ${stack.top}`
+  throw new WafersError(`${mounted.mountpoint} has ${what} mounted, not a stack of wafer ${name}; unmount it first.`)
 }
 
 /** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */

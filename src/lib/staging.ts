@@ -1,8 +1,7 @@
 import {promises as fs} from 'node:fs'
-import path from 'node:path'
 
 import {WafersError} from './errors.js'
-import {readMountTable} from './mounts.js'
+import {mountsUnder, readMountTable} from './mounts.js'
 import {run} from './run.js'
 
 /**
@@ -12,18 +11,12 @@ import {run} from './run.js'
  */
 export async function removeStaging(stage: string): Promise<void> {
   const real = await fs.realpath(stage).catch(() => stage)
-  const inside = (await readMountTable())
-    .map((entry) => entry.mountpoint)
-    .filter((mountpoint) => mountpoint === real || mountpoint.startsWith(real + path.sep))
-    .sort((a, b) => b.length - a.length)
-  for (const mountpoint of inside) {
+  for (const {mountpoint} of mountsUnder(await readMountTable(), real)) {
     // eslint-disable-next-line no-await-in-loop
     await run('umount', ['--lazy', mountpoint]).catch(() => {})
   }
 
-  const left = (await readMountTable()).filter(
-    (entry) => entry.mountpoint === real || entry.mountpoint.startsWith(real + path.sep),
-  )
+  const left = mountsUnder(await readMountTable(), real)
   if (left.length > 0) {
     throw new WafersError(
       `${stage} still has ${left.map((entry) => entry.mountpoint).join(', ')} mounted; unmount and remove it by hand.`,

@@ -151,9 +151,8 @@ export class WaferStore {
     await Promise.all(
       entries.map(async (entry) => {
         const pid = /^\.create-.+-(\d+)-[\da-f]{8}$/.exec(entry)?.[1]
-        if (pid !== undefined && !isAlive(Number(pid))) {
-          await fs.rm(path.join(this.root, entry), {force: true, recursive: true})
-        }
+        // removeStaging detaches what a killed seeder left mounted inside (debootstrap's proc) first.
+        if (pid !== undefined && !isAlive(Number(pid))) await removeStaging(path.join(this.root, entry)).catch(() => {})
       }),
     )
   }

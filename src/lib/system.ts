@@ -32,6 +32,8 @@ export async function checkOverlayfs(filesystems = '/proc/filesystems', module =
   if (/\toverlay$/m.test(text)) return
   const loaded = await fs.readdir(module).catch(() => undefined)
   if (loaded) return
+  // Built as a module and not loaded yet (Debian's default until the first overlay mount).
+  if (filesystems === '/proc/filesystems' && (await modprobe('overlay'))) return
   throw new WafersError('this kernel has no overlayfs, which wafers needs for stacks of more than one wafer.', {
     suggestions: ['Load it with `modprobe overlay`, or use a kernel built with CONFIG_OVERLAY_FS.'],
   })
@@ -47,4 +49,13 @@ export async function checkUpperFilesystem(wafers: string): Promise<void> {
       {suggestions: ['Set WAFERS to a directory on ext4, xfs, btrfs or tmpfs.']},
     )
   }
+}
+
+/** Loads kernel module `name`; false when that fails (no modprobe, no such module, no right to). */
+async function modprobe(name: string): Promise<boolean> {
+  const {run} = await import('./run.js')
+  return run('modprobe', [name]).then(
+    () => true,
+    () => false,
+  )
 }

@@ -224,6 +224,15 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     expect(await snapshot(box.root)).to.deep.equal(before)
   })
 
+  it('creates nothing when a prestack hook refuses a stack that would create its wafer', async function () {
+    await box.wafer('base')
+    const before = await snapshot(box.root)
+    const run = await box.run(['stack', 'fresh', 'base'], {WAFERS_TEST_FAIL: 'alpha:prestack'})
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include('alpha says no to prestack of fresh')
+    expect(await snapshot(box.root)).to.deep.equal(before)
+  })
+
   it('reports every plugin whose prestack hook failed', async function () {
     await box.wafer('base')
     const run = await box.run(['stack', 'base'], {WAFERS_TEST_FAIL: 'alpha:prestack,beta:prestack'})

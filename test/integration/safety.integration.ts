@@ -245,6 +245,38 @@ const BAD_INPUTS: BadInput[] = [
     title: 'stacking a wafer that is the top of a stack mounted by hand elsewhere',
   },
   {
+    args: ['stack', 'child'],
+    message: /stacks\/child has tmpfs from tmpfs mounted, not a stack of wafer child; unmount it first\./,
+    async setup(box) {
+      await family(box)
+      await fs.mkdir(box.stack('child'), {recursive: true})
+      await execa('mount', ['-t', 'tmpfs', 'tmpfs', box.stack('child')])
+    },
+    title: 'stacking where something else is mounted',
+  },
+  {
+    args: ['unstack', 'child'],
+    message: /stacks\/child has the stack of wafer base mounted, not a stack of wafer child; unmount it first\./,
+    async setup(box) {
+      await family(box)
+      await fs.mkdir(box.stack('child'), {recursive: true})
+      await execa('mount', ['--bind', box.data('base'), box.stack('child')])
+    },
+    title: "unstacking what is not the wafer's stack",
+  },
+  {
+    args: ['rm', '--yes', 'base'],
+    message: /wafer base has .*\/wafers\/base\/data\/mnt mounted inside; unmount it first\. Nothing removed\./,
+    async setup(box) {
+      await base(box)
+      await fs.mkdir(box.data('base', 'mnt'))
+      await fs.mkdir(path.join(box.root, 'host-dir'))
+      await fs.writeFile(path.join(box.root, 'host-dir', 'precious'), 'keep')
+      await execa('mount', ['--bind', path.join(box.root, 'host-dir'), box.data('base', 'mnt')])
+    },
+    title: 'removing a wafer with a host directory mounted inside',
+  },
+  {
     args: ['stack', 'inner'],
     env: (box: Sandbox) => ({WAFERS: box.stack('outer', 'wafers')}),
     message: /is on overlayfs, which overlayfs cannot use for a writable layer/,
@@ -444,6 +476,41 @@ describe('safety', function () {
         )
         if (childThere) expect(parentThere, `round ${round}: ${child} exists, so its parent must`).to.equal(true)
       }
+    })
+
+    it('refuses to unstack a stack that a process in another mount namespace uses, as a container would', async function () {
+      await family(box)
+      await expectSuccess(box, ['stack', 'child'])
+      const container = execa('unshare', ['-m', '--propagation', 'slave', 'sleep', '60'], {
+        cwd: box.stack('child'),
+        reject: false,
+      })
+      try {
+        await new Promise((resolve) => {
+          setTimeout(resolve, 200)
+        })
+        const run = await box.run(['unstack', 'child'])
+        expect(run.exitCode, run.stderr).to.equal(1)
+        expect(run.stderr).to.match(
+          new RegExp(`stack child at ${box.stack('child')} is in use by \\d+ \\(sleep\\); it stays mounted\\.`),
+        )
+        expect(await box.mountOf('child')).to.not.equal(undefined)
+        expect((await box.run(['rm', '--yes', 'child'])).exitCode).to.equal(1)
+        expect((await fs.stat(box.data('child'))).isDirectory()).to.equal(true)
+      } finally {
+        container.kill()
+        await container
+      }
+    })
+
+    it('cleans up after a create killed while its seeder had something mounted inside', async function () {
+      await base(box)
+      const stage = path.join(box.wafers, '.create-kid-999999-0123abcd')
+      await fs.mkdir(path.join(stage, 'data', 'proc'), {recursive: true})
+      await execa('mount', ['-t', 'tmpfs', 'tmpfs', path.join(stage, 'data', 'proc')])
+      await expectSuccess(box, ['create', 'kid', 'base'])
+      expect((await fs.readdir(box.wafers)).sort()).to.deep.equal(['base', 'kid'])
+      expect(await mountsUnder(box.wafers)).to.deep.equal([])
     })
 
     it('refuses to unstack a stack in use, naming the processes, and --lazy detaches it', async function () {
