@@ -2,6 +2,7 @@ import {Command, Errors} from '@oclif/core'
 
 import {WafersError} from './lib/errors.js'
 import type {HookRunner} from './lib/hooks.js'
+import {BatchOutcome, batchError} from './lib/progress.js'
 import {SeedPlan, collectSeeders, findSeeder} from './lib/seed.js'
 
 /**
@@ -39,6 +40,16 @@ export abstract class WafersCommand extends Command {
    * Fires wafers' hook events at every plugin through oclif. Errors are captured, never thrown,
    * so that the caller sees every plugin's failure and decides what to undo.
    */
+  /**
+   * Ends a batch with failures or an interruption: an error naming which item ended how, or with
+   * --json only the exit code, so that the result array still prints.
+   */
+  protected endBatch(verb: string, outcomes: BatchOutcome[]): void {
+    const error = batchError(verb, outcomes)
+    if (error && this.jsonEnabled()) process.exitCode = error.exit
+    else if (error) throw error
+  }
+
   /** Runs `fn` holding the store lock on `dir`, saying on stderr when it has to wait for it. */
   protected async locked<T>(dir: string, fn: () => Promise<T>): Promise<T> {
     const {withLock} = await import('./lib/lock.js')

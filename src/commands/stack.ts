@@ -6,7 +6,8 @@ import {chownRisk, systemdDirsFromEnv} from '../lib/boot.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
 import {childless, readInventory} from '../lib/inventory.js'
-import {BatchOutcome, batchError, progressMode, runBatch, runSteps} from '../lib/progress.js'
+import {BatchOutcome, progressMode, runBatch, runSteps} from '../lib/progress.js'
+import {plural} from '../lib/render.js'
 import {splitSeederArgs} from '../lib/seed.js'
 import {StackResult, stackSteps} from '../lib/stack.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
@@ -158,13 +159,11 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progr
       for (const outcome of failed) this.logToStderr(`cannot stack ${outcome.name}: ${outcome.error?.message}`)
     }
 
-    const error = batchError('stacked', outcomes)
-    if (error && this.jsonEnabled()) process.exitCode = error.exit
-    else if (error) throw error
+    this.endBatch('stacked', outcomes)
   }
 }
 
 function summaryLine(result: StackResult): string {
-  const count = `${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'}`
+  const count = plural(result.wafers.length, 'wafer')
   return `${count} stacked at ${result.mountpoint}${result.alreadyStacked ? ' (already stacked: nothing to do)' : ''}`
 }

@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {interruptSignal} from '../lib/interrupt.js'
 import {checkName} from '../lib/names.js'
-import {BatchOutcome, batchError} from '../lib/progress.js'
+import {BatchOutcome} from '../lib/progress.js'
 import {UnstackResult, unstack} from '../lib/stack.js'
 import {locationsFromEnv} from '../lib/store.js'
 
@@ -65,9 +65,7 @@ A stack that a process still uses (its working directory, root or open files are
       interrupt.dispose()
     }
 
-    const error = batchError('unstacked', outcomes)
-    if (error && this.jsonEnabled()) process.exitCode = error.exit
-    else if (error) throw error
+    this.endBatch('unstacked', outcomes)
     return results
   }
 }

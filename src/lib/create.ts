@@ -48,11 +48,26 @@ export function createSteps(
   }
   const create: Step = {
     async run(report) {
-      const below = result.wafers.slice(1).map((wafer) => store.dataDir(wafer))
-      const fill = plan && ((data: string) => seed(plan, name, data, report))
-      await store.create(name, parent, {fill, machineId: await findMachineId(below), parentData: below[0]})
+      await createWafer(store, name, parent, result.wafers.slice(1), plan, report)
     },
     title: createTitle(name, parent, plan),
   }
   return {result, steps: [check, create]}
+}
+
+/**
+ * Creates wafer `name` on `parent` over the wafers `below` it (nearest first): its own machine id
+ * when they have one, its parent's owner and mode, filled by the seeder of `plan` if any.
+ */
+export async function createWafer(
+  store: WaferStore,
+  name: string,
+  parent: string | undefined,
+  below: string[],
+  plan: SeedPlan | undefined,
+  report: (line: string) => void,
+): Promise<void> {
+  const layers = below.map((wafer) => store.dataDir(wafer))
+  const fill = plan && ((data: string) => seed(plan, name, data, report))
+  await store.create(name, parent, {fill, machineId: await findMachineId(layers), parentData: layers[0]})
 }

@@ -6,6 +6,7 @@ import {WafersError, isErrno} from './errors.js'
 import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
 import {mountsUnder, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
+import {plural} from './render.js'
 import {removeStaging} from './staging.js'
 import {Locations, WaferStore} from './store.js'
 import {checkRoot} from './system.js'
@@ -157,8 +158,4 @@ function refuseInUse(wafer: WaferInfo, asked: Set<string>, stacks: string): void
       suggestions: [takeDown(first)],
     })
   }
-}
-
-function plural(count: number, one: string, many: string): string {
-  return `${count} ${count === 1 ? one : many}`
 }

@@ -49,3 +49,8 @@ export function humanSize(bytes: number): string {
 
   return value < 10 ? `${value.toFixed(1)}${unit}` : `${Math.round(value)}${unit}`
 }
+
+/** `1 wafer`, `2 wafers`: a count with its noun, plural when it is not one. */
+export function plural(count: number, one: string, many = `${one}s`): string {
+  return `${count} ${count === 1 ? one : many}`
+}

@@ -1,14 +1,16 @@
 import {promises as fs, statSync} from 'node:fs'
 import path from 'node:path'
 
-import {findMachineId, traceAncestry} from './ancestry.js'
+import {traceAncestry} from './ancestry.js'
+import {createWafer} from './create.js'
 import {WafersError, isErrno} from './errors.js'
 import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {MountEntry, mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
 import {processesUsing} from './processes.js'
-import {SeedPlan, checkSeedTarget, createTitle, seed} from './seed.js'
+import {plural} from './render.js'
+import {SeedPlan, checkSeedTarget, createTitle} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore, isDirectory} from './store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from './system.js'
@@ -93,7 +95,7 @@ export function stackSteps(
     wafers: [],
   }
   let exists = false
-  const count = () => `${result.wafers.length} wafer${result.wafers.length === 1 ? '' : 's'}`
+  const count = () => plural(result.wafers.length, 'wafer')
 
   const trace: Step = {
     async run() {
@@ -154,9 +156,7 @@ export function stackSteps(
 
   const create: Step = {
     async run(report) {
-      const below = result.layers.slice(1)
-      const fill = options.seed && ((data: string) => seed(options.seed!, name, data, report))
-      await store.create(name, parent, {fill, machineId: await findMachineId(below), parentData: below[0]})
+      await createWafer(store, name, parent, result.wafers.slice(1), options.seed, report)
       result.created = true
     },
     skip: () => (exists ? `Wafer ${name} exists` : undefined),
@@ -172,7 +172,7 @@ export function stackSteps(
       }
 
       if (result.wafers.length > 1) await fs.mkdir(store.workDir(name), {recursive: true})
-      return `Checked ${result.layers.length} layer${result.layers.length === 1 ? '' : 's'}`
+      return `Checked ${plural(result.layers.length, 'layer')}`
     },
     skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
     title: 'Check the layers',
