@@ -45,17 +45,19 @@ export async function runSteps(steps: Step[], mode: ProgressMode, signal?: Abort
  */
 export async function runBatch(items: BatchItem[], mode: ProgressMode, signal?: AbortSignal): Promise<BatchOutcome[]> {
   const outcomes: BatchOutcome[] = items.map((item) => ({name: item.name, state: 'not started'}))
+  const started = new Set<number>()
   const list = await listr(
     items.map((item, index) => ({
       skip: () => (signal?.aborted ? 'interrupted' : false),
-      async task(_: unknown, task: {newListr: (tasks: unknown[], options: object) => {run(): Promise<unknown>}}) {
-        try {
-          await task.newListr(tasksOf(item.steps), {exitOnError: true, registerSignalListeners: false}).run()
-          outcomes[index].state = 'done'
-        } catch (error) {
-          outcomes[index] = {error: error as Error, name: item.name, state: 'failed'}
-          throw error
+      // The item's steps are subtasks that listr2 runs and renders under it (returned, not run here:
+      // a subtask list run on its own would start a second renderer).
+      task(_: unknown, task: {newListr: (tasks: unknown[], options: object) => unknown}) {
+        started.add(index)
+        const failed = (error: Error) => {
+          outcomes[index] = {error, name: item.name, state: 'failed'}
         }
+
+        return task.newListr(tasksOf(item.steps, undefined, failed), {exitOnError: true})
       },
       title: item.title,
     })),
@@ -63,18 +65,24 @@ export async function runBatch(items: BatchItem[], mode: ProgressMode, signal?: 
     false,
   )
   await list.run().catch(() => {})
+  for (const index of started) if (outcomes[index].state !== 'failed') outcomes[index].state = 'done'
   return outcomes
 }
 
-function tasksOf(steps: Step[], signal?: AbortSignal) {
+function tasksOf(steps: Step[], signal?: AbortSignal, failed?: (error: Error) => void) {
   return steps.map((step) => ({
     skip: step.skip ? () => step.skip?.() ?? false : undefined,
     async task(_: unknown, task: {output: string; title: string}) {
       if (signal?.aborted && !step.always) throw new WafersError(`interrupted before: ${step.title}.`, {exit: 130})
-      const done = await step.run((line) => {
-        task.output = line
-      })
-      if (done) task.title = done
+      try {
+        const done = await step.run((line) => {
+          task.output = line
+        })
+        if (done) task.title = done
+      } catch (error) {
+        failed?.(error as Error)
+        throw error
+      }
     },
     title: step.title,
   }))

@@ -300,6 +300,47 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
     })
   })
 
+  describe('in a terminal', function () {
+    // util-linux's script(1) gives the CLI a pseudo-terminal, as a person's shell would.
+    async function inTerminal(args: string[]): Promise<{exitCode: number; screen: string}> {
+      const command = ['stty cols 120;', process.execPath, path.resolve('bin/run.js'), ...args].join(' ')
+      const run = await execa('script', ['-qec', command, '/dev/null'], {
+        env: {...box.env, CI: '', TERM: 'xterm'},
+        reject: false,
+      })
+      // eslint-disable-next-line no-control-regex
+      return {exitCode: run.exitCode ?? -1, screen: run.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')}
+    }
+
+    it('shows a live listr2 task list for one stack', async function () {
+      await box.wafer('base')
+      const {exitCode, screen} = await inTerminal(['stack', 'child', 'base'])
+      expect(exitCode, screen).to.equal(0)
+      expect(screen).to.include('✔ Traced 2 wafers: child <- base')
+      expect(screen).to.include(`✔ Mounted 2 wafers at ${box.stack('child')}`)
+      expect(screen).to.include(`2 wafers stacked at ${box.stack('child')}`)
+      expect(await box.mountOf('child')).to.not.equal(undefined)
+    })
+
+    it('shows each stack of a batch with its steps, and the failures by name', async function () {
+      for (const name of ['a', 'b', 'c']) {
+        // eslint-disable-next-line no-await-in-loop
+        await box.wafer(name)
+      }
+
+      await fs.mkdir(box.stack('b'), {recursive: true})
+      await fs.writeFile(box.stack('b', 'in-the-way'), 'x')
+      const {exitCode, screen} = await inTerminal(['stack', '--all'])
+      expect(exitCode, screen).to.equal(1)
+      expect(screen).to.include('✔ Stack a')
+      expect(screen).to.include('✔ Stack c')
+      expect(screen).to.include(`cannot stack b: mount point ${box.stack('b')} is not empty`)
+      expect(screen).to.not.include('hijacked')
+      expect(await box.mountOf('a')).to.not.equal(undefined)
+      expect(await box.mountOf('c')).to.not.equal(undefined)
+    })
+  })
+
   describe('a container in the stack', function () {
     it('boots a command with systemd-nspawn, and its change lands in the top wafer only', async function () {
       await makeBusyboxRoot(box, 'base')
