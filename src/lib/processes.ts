@@ -11,9 +11,13 @@ export interface ProcessUse {
  * `mountpoint`, found by reading /proc (what fuser -m would say), sorted by pid. Processes in
  * other mount namespaces count too (a container started with systemd-nspawn keeps the stack busy
  * without making umount fail): a container whose root is the stack shares its root's inode, and
- * with `ownDevice` (an overlay: its own file system) anything open on that device counts.
+ * with `ownDevice` (an overlay: its own file system) anything open on that device counts. Open
+ * files are looked at only with `openFiles` (one stat each, slow on a busy host).
  */
-export async function processesUsing(mountpoint: string, options: {ownDevice?: boolean} = {}): Promise<ProcessUse[]> {
+export async function processesUsing(
+  mountpoint: string,
+  options: {openFiles?: boolean; ownDevice?: boolean} = {},
+): Promise<ProcessUse[]> {
   const top = await fs.stat(mountpoint)
   const inside = (target: string) => target === mountpoint || target.startsWith(mountpoint + '/')
   const onStack = async (link: string, isRoot: boolean) => {
@@ -26,7 +30,7 @@ export async function processesUsing(mountpoint: string, options: {ownDevice?: b
   const users = await Promise.all(
     pids.map(async (pid): Promise<ProcessUse | undefined> => {
       const base = `/proc/${pid}`
-      const fds = await fs.readdir(`${base}/fd`).catch(() => [] as string[])
+      const fds = options.openFiles ? await fs.readdir(`${base}/fd`).catch(() => [] as string[]) : []
       const links = ['root', 'cwd', ...fds.map((fd) => `fd/${fd}`)].map((link) => `${base}/${link}`)
       const targets = await Promise.all(links.map((link) => fs.readlink(link).catch(() => '')))
       let busy = targets.some((target) => inside(target))

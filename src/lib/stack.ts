@@ -8,7 +8,7 @@ import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {MountEntry, mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
 import {mountStack, unmount} from './overlay.js'
-import {processesUsing} from './processes.js'
+import {ProcessUse, processesUsing} from './processes.js'
 import {plural} from './render.js'
 import {SeedPlan, checkSeedTarget, createTitle} from './seed.js'
 import type {Step} from './steps.js'
@@ -221,16 +221,17 @@ export async function unstack(
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
   if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
   // A container in its own mount namespace keeps the stack busy without making umount fail, so
-  // look for users first: unmounting under it would let `wafers rm` delete what it still uses.
-  const users = options.lazy ? [] : await processesUsing(mountpoint, {ownDevice: mounted.fstype === 'overlay'})
-  if (users.length > 0) {
-    const list = users.map((user) => `${user.pid} (${user.command})`).join(', ')
-    throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
-      suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
-    })
+  // look for roots and working directories in it first (cheap): unmounting under a container would
+  // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
+  const ownDevice = mounted.fstype === 'overlay'
+  if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
+  try {
+    await unmount(mountpoint, {lazy: options.lazy})
+  } catch (error) {
+    refuseBusy(name, mountpoint, await processesUsing(mountpoint, {openFiles: true, ownDevice}))
+    throw error
   }
 
-  await unmount(mountpoint, {lazy: options.lazy})
   await fs.rmdir(mountpoint).catch(() => {})
   if (options.hooks) {
     const remount = async () => {
@@ -255,6 +256,15 @@ async function checkStackOf(store: WaferStore, name: string, mounted: MountEntry
   if (stack?.top === name) return
   const what = stack?.top === undefined ? `${mounted.fstype} from ${mounted.source}` : `the stack of wafer ${stack.top}`
   throw new WafersError(`${mounted.mountpoint} has ${what} mounted, not a stack of wafer ${name}; unmount it first.`)
+}
+
+/** Refuses to unstack a stack that `users` keep busy, naming them. */
+function refuseBusy(name: string, mountpoint: string, users: ProcessUse[]): void {
+  if (users.length === 0) return
+  const list = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+  throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
+    suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
+  })
 }
 
 /** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */

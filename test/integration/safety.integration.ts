@@ -503,6 +503,25 @@ describe('safety', function () {
       }
     })
 
+    it('names a process that only keeps a file open in the stack', async function () {
+      await family(box)
+      await expectSuccess(box, ['stack', 'child'])
+      await fs.writeFile(box.stack('child', 'log'), 'line\n')
+      const reader = execa('tail', ['-f', box.stack('child', 'log')], {cwd: box.root, reject: false})
+      try {
+        await new Promise((resolve) => {
+          setTimeout(resolve, 200)
+        })
+        const run = await box.run(['unstack', 'child'])
+        expect(run.exitCode, run.stderr).to.equal(1)
+        expect(run.stderr).to.include(`is in use by ${reader.pid} (tail); it stays mounted.`)
+        expect(await box.mountOf('child')).to.not.equal(undefined)
+      } finally {
+        reader.kill()
+        await reader
+      }
+    })
+
     it('cleans up after a create killed while its seeder had something mounted inside', async function () {
       await base(box)
       const stage = path.join(box.wafers, '.create-kid-999999-0123abcd')
