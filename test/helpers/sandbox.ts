@@ -97,6 +97,22 @@ export class Sandbox {
     return mountAt(await readMountTable(), this.stack(name))
   }
 
+  /**
+   * Mounts an overlay of wafers at `target` by hand, with absolute paths as the bash tool did:
+   * `lowers` (nearest first) under `upper`, or read-only without one.
+   */
+  async mountByHand(target: string, lowers: string[], upper?: string): Promise<void> {
+    let options = `lowerdir=${lowers.map((name) => this.data(name)).join(':')}`
+    if (upper !== undefined) {
+      const work = path.join(this.wafers, upper, 'work')
+      await fs.mkdir(work, {recursive: true})
+      options += `,upperdir=${this.data(upper)},workdir=${work}`
+    }
+
+    await fs.mkdir(target, {recursive: true})
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', options, target])
+  }
+
   /** Runs `wafers ARGS` as a user would, in a child process. */
   async run(args: string[], env: Record<string, string> = {}): Promise<Run> {
     const result = await execa(process.execPath, [bin, ...args], {
@@ -131,6 +147,18 @@ export class Sandbox {
       await fs.writeFile(target, content)
     }
   }
+}
+
+/** Runs `command` in the root file system at `dir` with systemd-nspawn, as a user would here. */
+export async function nspawnIn(
+  dir: string,
+  command: string[],
+): Promise<{exitCode: number; stderr: string; stdout: string}> {
+  const run = await execa('systemd-nspawn', ['--register=no', '--keep-unit', '--quiet', '-D', dir, ...command], {
+    reject: false,
+    stdin: 'ignore',
+  })
+  return {exitCode: run.exitCode ?? -1, stderr: run.stderr, stdout: run.stdout}
 }
 
 /**

@@ -1,10 +1,9 @@
 import {expect} from 'chai'
-import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, nspawnIn, requireMounts, snapshot} from '../helpers/sandbox.js'
 import {closedPort} from '../helpers/net.js'
 
 const plugin = fileURLToPath(new URL('../../plugins/debian', import.meta.url))
@@ -79,22 +78,7 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const passwd = await fs.readFile(box.data('debian', 'etc', 'passwd'), 'utf8')
 
     expect((await box.run(['stack', 'jesse', 'debian'])).exitCode).to.equal(0)
-    const nspawn = await execa(
-      'systemd-nspawn',
-      [
-        '--register=no',
-        '--keep-unit',
-        '--quiet',
-        '-D',
-        box.stack('jesse'),
-        'useradd',
-        '--create-home',
-        '--shell',
-        '/bin/bash',
-        'jesse',
-      ],
-      {reject: false, stdin: 'ignore'},
-    )
+    const nspawn = await nspawnIn(box.stack('jesse'), ['useradd', '--create-home', '--shell', '/bin/bash', 'jesse'])
     expect(nspawn.exitCode, nspawn.stderr).to.equal(0)
     const unstack = await box.run(['unstack', 'jesse'])
     expect(unstack.exitCode, unstack.stderr).to.equal(0)

@@ -214,33 +214,16 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
         ['rm', '--yes', 'mid', 'top'],
         `wafer top is stacked at ${box.stack('top')}; unstack it first. Try this: wafers unstack top`,
       )
-      const {execa} = await import('execa')
       const readOnly = path.join(box.root, 'read-only')
-      await fs.mkdir(readOnly)
-      await execa('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `lowerdir=${box.data('side')}:${box.data('base')}`,
-        readOnly,
-      ])
+      await box.mountByHand(readOnly, ['side', 'base'])
       await expectRefusal(
         ['rm', '--yes', 'side'],
         `wafer side is a lower layer of the stack at ${readOnly}; unstack that first. Try this: umount ${readOnly}`,
       )
       await ok(['unstack', 'top'])
-      await box.wafer('hand', {parent: 'mid', work: true})
+      await box.wafer('hand', {parent: 'mid'})
       const target = path.join(box.root, 'by-hand')
-      await fs.mkdir(target)
-      await execa('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `lowerdir=${box.data('mid')}:${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`,
-        target,
-      ])
+      await box.mountByHand(target, ['mid', 'base'], 'hand')
       await expectRefusal(
         ['rm', '--yes', '--recursive', 'mid'],
         `wafer hand, in the subtree to remove, is stacked at ${target}; unstack it first. Try this: umount ${target}`,

@@ -237,10 +237,7 @@ const BAD_INPUTS: BadInput[] = [
     message: /child is already the top of the stack at .*\/by-hand/,
     async setup(box) {
       await family(box)
-      await fs.mkdir(path.join(box.wafers, 'child', 'work'))
-      await fs.mkdir(path.join(box.root, 'by-hand'))
-      const options = `lowerdir=${box.data('base')},upperdir=${box.data('child')},workdir=${path.join(box.wafers, 'child', 'work')}`
-      await execa('mount', ['-t', 'overlay', 'overlay', '-o', options, path.join(box.root, 'by-hand')])
+      await box.mountByHand(path.join(box.root, 'by-hand'), ['base'], 'child')
     },
     title: 'stacking a wafer that is the top of a stack mounted by hand elsewhere',
   },

@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 /** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
 const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
@@ -113,20 +113,11 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     expect(said(run.stderr)).to.include('Create wafer tiny and seed it with busybox')
     expect((await box.run(['unstack', 'tiny'])).exitCode).to.equal(0)
     expect((await box.run(['stack', 'child', 'tiny'])).exitCode).to.equal(0)
-    const nspawn = await execa(
-      'systemd-nspawn',
-      [
-        '--register=no',
-        '--keep-unit',
-        '--quiet',
-        '-D',
-        box.stack('child'),
-        '/bin/sh',
-        '-c',
-        'echo "jesse:x:1000:1000::/home/jesse:/bin/sh" >> /etc/passwd && ls /bin | wc -l',
-      ],
-      {reject: false, stdin: 'ignore'},
-    )
+    const nspawn = await nspawnIn(box.stack('child'), [
+      '/bin/sh',
+      '-c',
+      'echo "jesse:x:1000:1000::/home/jesse:/bin/sh" >> /etc/passwd && ls /bin | wc -l',
+    ])
     expect(nspawn.exitCode, nspawn.stderr).to.equal(0)
     expect(Number(nspawn.stdout.trim())).to.be.greaterThan(50)
     expect((await box.run(['unstack', 'child'])).exitCode).to.equal(0)

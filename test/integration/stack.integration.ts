@@ -4,7 +4,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {overlayLayers, readMountTable} from '../../src/lib/mounts.js'
-import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers stack and unstack (real overlay mounts)', function () {
   let box: Sandbox
@@ -343,22 +343,13 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
   describe('a container in the stack', function () {
     it('boots a command with systemd-nspawn, and its change lands in the top wafer only', async function () {
-      await makeBusyboxRoot(box, 'base')
+      expect((await box.run(['create', 'base', '--seed', 'busybox'])).exitCode).to.equal(0)
       expect((await box.run(['stack', 'child', 'base'])).exitCode).to.equal(0)
-      const nspawn = await execa(
-        'systemd-nspawn',
-        [
-          '--register=no',
-          '--keep-unit',
-          '--quiet',
-          '-D',
-          box.stack('child'),
-          '/bin/sh',
-          '-c',
-          'echo jesse:x:1000:1000::/home/jesse:/bin/sh >> /etc/passwd && mkdir -p /home/jesse',
-        ],
-        {reject: false, stdin: 'ignore'},
-      )
+      const nspawn = await nspawnIn(box.stack('child'), [
+        '/bin/sh',
+        '-c',
+        'echo jesse:x:1000:1000::/home/jesse:/bin/sh >> /etc/passwd && mkdir -p /home/jesse',
+      ])
       expect(nspawn.exitCode, nspawn.stderr + nspawn.stdout).to.equal(0)
       expect((await box.run(['unstack', 'child'])).exitCode).to.equal(0)
       expect(await fs.readFile(box.data('child', 'etc', 'passwd'), 'utf8')).to.match(/^jesse:/m)
@@ -373,19 +364,11 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       const {WaferStore} = await import('../../src/lib/store.js')
       await box.wafer('base')
       await box.wafer('mid', {parent: 'base'})
-      await box.wafer('hand', {parent: 'base', work: true})
+      await box.wafer('hand', {parent: 'base'})
       expect((await box.run(['stack', 'mid'])).exitCode).to.equal(0)
       expect((await box.run(['stack', 'base', '--force'])).exitCode).to.equal(0)
       const target = path.join(box.root, 'by-hand')
-      await fs.mkdir(target)
-      await execa('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `lowerdir=${box.data('base')},upperdir=${box.data('hand')},workdir=${path.join(box.wafers, 'hand', 'work')}`,
-        target,
-      ])
+      await box.mountByHand(target, ['base'], 'hand')
       const stacks = await liveStacks(new WaferStore(box.wafers))
       expect(stacks).to.deep.include.members([
         {lowers: ['base'], mountpoint: box.stack('mid'), top: 'mid'},
@@ -419,39 +402,4 @@ async function makeChain(box: Sandbox, count: number, length: number): Promise<v
       parent: i === 0 ? undefined : chainName(i - 1, length),
     })
   }
-}
-
-/** A tiny root file system from the host's static busybox, enough for systemd-nspawn. */
-async function makeBusyboxRoot(box: Sandbox, name: string): Promise<void> {
-  await box.wafer(name, {
-    files: {
-      'etc/group': 'root:x:0:\n',
-      'etc/os-release': 'ID=busybox\nNAME=busybox\n',
-      'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
-      'etc/shadow': 'root:*:19000:0:99999:7:::\n',
-    },
-  })
-  for (const dir of [
-    'bin',
-    'sbin',
-    'usr/bin',
-    'usr/sbin',
-    'usr/lib',
-    'home',
-    'root',
-    'tmp',
-    'proc',
-    'sys',
-    'dev',
-    'run',
-    'var',
-  ]) {
-    // eslint-disable-next-line no-await-in-loop
-    await fs.mkdir(box.data(name, dir), {recursive: true})
-  }
-
-  await fs.copyFile('/bin/busybox', box.data(name, 'bin', 'busybox'))
-  await fs.chmod(box.data(name, 'bin', 'busybox'), 0o755)
-  await fs.symlink('busybox', box.data(name, 'bin', 'sh'))
-  await fs.copyFile(box.data(name, 'etc', 'os-release'), box.data(name, 'usr', 'lib', 'os-release'))
 }
