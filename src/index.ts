@@ -6,9 +6,21 @@ import type {WafersHooks} from './lib/hooks.js'
 export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/ancestry.js'
 export {type Change, type DiffEntry, diffWafer} from './lib/diff.js'
 export {WafersError} from './lib/errors.js'
+export {MAX_STORE_FILE, readStoreFile, writeFileAtomic} from './lib/files.js'
 export {type Inventory, type WaferInfo, readInventory} from './lib/inventory.js'
 export {withLock} from './lib/lock.js'
 export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mounts.js'
+export {
+  type BuildMeta,
+  type HistoryEntry,
+  type ImageConfig,
+  type ImageMeta,
+  type LayerMeta,
+  META_FILE,
+  type WaferMeta,
+  readMeta,
+  writeMeta,
+} from './lib/meta.js'
 export {MAX_NAME_LENGTH, NAME_RULE_TEXT, checkName, isValidName} from './lib/names.js'
 export {
   type StackOptions,

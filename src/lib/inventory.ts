@@ -1,7 +1,8 @@
-import {promises as fs, readFileSync} from 'node:fs'
+import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from './errors.js'
+import {readStoreFile} from './files.js'
 import type {MountEntry} from './mounts.js'
 import {WaferStore, parseParent} from './store.js'
 import {LiveStack, liveStacks} from './usage.js'
@@ -176,10 +177,9 @@ export async function mapLimit<T, R>(items: T[], limit: number, work: (item: T) 
  */
 function readParentOrProblem(store: WaferStore, name: string): {parent?: string; problem?: string} {
   try {
-    return {parent: parseParent(name, readFileSync(store.parentFile(name), 'utf8'))}
+    const text = readStoreFile(store.parentFile(name), `the parent file of wafer ${name}`)
+    return text === undefined ? {} : {parent: parseParent(name, text)}
   } catch (error) {
-    if (isErrno(error, 'ENOENT')) return {}
-    if (isErrno(error, 'EISDIR')) return {problem: 'its parent file is a directory'}
     return {problem: (error as Error).message.replace(/\.$/, '')}
   }
 }

@@ -1,9 +1,11 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync, readFileSync} from 'node:fs'
+import {promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
+import {readStoreFile} from './files.js'
 import {withLock} from './lock.js'
+import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'
 import {removeStaging} from './staging.js'
 
@@ -28,6 +30,8 @@ export function locationsFromEnv(env: NodeJS.ProcessEnv = process.env): Location
 export interface CreateOptions {
   /** Fills the new `data` before the wafer appears (a seeder); a throw leaves no wafer. */
   fill?: (data: string) => Promise<void>
+  /** Written as the new wafer's meta.json before it appears. */
+  meta?: WaferMeta
   /** The nearest `etc/machine-id` below the new wafer: the new wafer gets a fresh one beside it. */
   machineId?: string
   /** The parent's `data`, whose owner and mode the new `data` takes. */
@@ -64,6 +68,7 @@ export class WaferStore {
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
       if (parent !== undefined) await fs.writeFile(path.join(stage, 'parent'), `${checkName(parent)}\n`)
       if (options.fill) await options.fill(data)
+      if (options.meta) writeMeta(stage, options.meta)
       // Seeding may take minutes without the lock; the parent is checked again under it, so that a
       // racing `wafers rm` cannot leave the new wafer on a parent that is gone.
       await withLock(this.root, async () => {
@@ -129,20 +134,13 @@ export class WaferStore {
    * Accepts the bash tool's format (one name, trailing newline optional).
    */
   async readParent(name: string): Promise<string | undefined> {
-    let text
-    try {
-      // Synchronous on purpose: tracing a deep stack reads 500 parent files one after another, and
-      // a promise-based read makes four trips through libuv's thread pool (open, stat, read, close).
-      // Sync reads (here, in isDirectory, and for links and layer checks) make `wafers stack` of a
-      // 501-wafer stack ~80 ms faster (bench/RESULTS.md).
-      text = readFileSync(this.parentFile(name), 'utf8')
-    } catch (error) {
-      if (isErrno(error, 'ENOENT')) return undefined
-      if (isErrno(error, 'EISDIR')) throw new WafersError(`the parent file of wafer ${name} is a directory.`)
-      throw error
-    }
-
-    return parseParent(name, text)
+    // Synchronous on purpose: tracing a deep stack reads 500 parent files one after another, and
+    // a promise-based read makes four trips through libuv's thread pool (open, stat, read, close).
+    // Sync reads (here, in isDirectory, and for links and layer checks) make `wafers stack` of a
+    // 501-wafer stack ~80 ms faster (bench/RESULTS.md). readStoreFile never follows a symlink,
+    // never blocks on a FIFO and never reads more than a megabyte.
+    const text = readStoreFile(this.parentFile(name), `the parent file of wafer ${name}`)
+    return text === undefined ? undefined : parseParent(name, text)
   }
 
   /** Removes what creates killed midway (kill -9, power loss) left behind: staging dirs of dead processes. */
