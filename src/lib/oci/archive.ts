@@ -144,6 +144,7 @@ export async function unpackLayer(
         : []
 
   let gate: Awaited<ReturnType<typeof gateLayer>>
+  let refused: unknown
   try {
     try {
       // The stages vary with the compression, which pipeline's overloads cannot type.
@@ -152,13 +153,18 @@ export async function unpackLayer(
         tap,
         ...decompress,
         async (source: AsyncIterable<Buffer>) => {
-          gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
+          try {
+            gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
+          } catch (error) {
+            refused = error // reported before the abort it causes in the stages above
+            throw error
+          }
         },
         {signal},
       )
       await zstd
     } catch (error) {
-      throw readError(error, layer, options.compression, signal)
+      throw readError(refused ?? error, layer, options.compression, signal)
     }
 
     tar.stdin.end()
@@ -237,4 +243,140 @@ async function loadXattr(): Promise<{
 }> {
   const module = await import('@napi-rs/xattr')
   return (module as unknown as {default?: typeof module}).default ?? module
+}
+
+export interface PackResult {
+  digest: string
+  diffId: string
+  /** Compressed bytes. */
+  size: number
+  /** application/vnd.oci.image.layer.v1.tar+gzip */
+  mediaType: string
+}
+
+/** Bumped when packLayer would write other bytes for the same files, so cached blobs are not reused. */
+const PACK_FORMAT = 'wafers-layer-1 pigz-6'
+
+/**
+ * Writes the files of wafer directory `data` as a reproducible OCI layer (gzip) to the new file
+ * `output`: overlayfs whiteouts (0/0 char devices, trusted.overlay.opaque=y) become .wh. entries;
+ * entries sorted bytewise; owners numeric; mode incl. setuid; symlinks; hard links; device nodes;
+ * xattrs as pax SCHILY.xattr.* (except trusted.overlay.*); mtimes kept (atime/ctime dropped); no
+ * user/group names. The same content gives the same bytes on every run and machine with the same
+ * pigz and zlib (compression is `pigz -6 -n`, whose output does not depend on the thread count).
+ * `onBytes` gets the bytes of file content read so far. On a throw, `output` may be left half
+ * written: the caller deletes it.
+ */
+export async function packLayer(
+  data: string,
+  output: string,
+  options: {signal?: AbortSignal; onBytes?: (n: number) => void} = {},
+): Promise<PackResult> {
+  const [{execa}, {pipeline}, {Writable}, {writeLayerTar}, {digestOf, sha256}, xattr, {promises: fs}] =
+    await Promise.all([
+      import('execa'),
+      import('node:stream/promises'),
+      import('node:stream'),
+      import('./tar-pack.js'),
+      import('./digest.js'),
+      loadXattr(),
+      import('node:fs'),
+    ])
+  const file = await fs.open(output, 'wx')
+  const pigz = execa('pigz', ['-6', '-n', '-c'], {
+    buffer: {stderr: true, stdout: false},
+    encoding: 'buffer',
+    reject: false,
+    stdin: 'pipe',
+    stdout: 'pipe',
+  })
+  pigz.stdin.on('error', () => {}) // an early exit of pigz is reported from its exit status
+  const pigzDone = pigz.then((result) => result)
+  const blobHash = sha256()
+  const tarHash = sha256()
+  let size = 0
+  const sink = new Writable({
+    async write(chunk: Buffer, _encoding, callback) {
+      blobHash.update(chunk)
+      size += chunk.length
+      try {
+        await file.write(chunk)
+        callback()
+      } catch (error) {
+        callback(error as Error)
+      }
+    },
+  })
+  try {
+    const writing = pipeline(pigz.stdout, sink)
+    try {
+      await writeLayerTar(data, pigz.stdin, {
+        hash: tarHash,
+        onBytes: options.onBytes,
+        signal: options.signal,
+        stopped: pigzDone,
+        xattr,
+      })
+    } finally {
+      pigz.stdin.end()
+    }
+
+    await writing
+    const result = await pigzDone
+    if (result.exitCode !== 0)
+      throw new WafersError(`compressing the layer of ${data} failed: pigz exited with ${result.exitCode}.`)
+    await file.sync()
+  } catch (error) {
+    pigz.kill()
+    await pigzDone
+    if (error instanceof WafersError) throw error
+    throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
+  } finally {
+    await file.close()
+  }
+
+  return {diffId: digestOf(tarHash), digest: digestOf(blobHash), mediaType: LAYER_MEDIA_TYPE, size}
+}
+
+/**
+ * A cheap fingerprint of everything packLayer would read (a walk of lstat data: path, type, ino,
+ * mode, uid, gid, size, rdev, mtime and ctime in ns; an xattr change shows in ctime): equal
+ * fingerprints mean an unchanged wafer, so a push can reuse its cached blob.
+ */
+export async function layerFingerprint(data: string): Promise<string> {
+  const [{promises: fs}, {digestOf, sha256}] = await Promise.all([import('node:fs'), import('./digest.js')])
+  const hash = sha256()
+  hash.update(`${PACK_FORMAT}\n`)
+  const slash = Buffer.from('/')
+  const walk = async (dir: Buffer, rel: Buffer): Promise<void> => {
+    const names = ((await fs.readdir(dir, {encoding: 'buffer'})) as Buffer[]).sort(Buffer.compare)
+    for (const name of names) {
+      const file = Buffer.concat([dir, slash, name])
+      const relName = Buffer.concat([rel, slash, name])
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(file, {bigint: true})
+      hash.update(relName)
+      hash.update(
+        `\0${stat.mode} ${stat.ino} ${stat.uid} ${stat.gid} ${stat.size} ${stat.rdev} ${stat.mtimeNs} ${stat.ctimeNs} ${stat.nlink}\n`,
+      )
+      // eslint-disable-next-line no-await-in-loop
+      if (stat.isDirectory()) await walk(file, relName)
+    }
+  }
+
+  const root = await fs.lstat(data, {bigint: true})
+  hash.update(`${root.ctimeNs}\n`) // an opaque mark on the root changes its ctime
+  await walk(Buffer.from(data), Buffer.alloc(0))
+  return digestOf(hash)
+}
+
+/** Whether `data` holds no entry at all (such a wafer adds a history entry, not a layer). */
+export async function isEmptyLayer(data: string): Promise<boolean> {
+  const {promises: fs} = await import('node:fs')
+  const dir = await fs.opendir(data)
+  try {
+    return (await dir.read()) === null
+  } finally {
+    await dir.close().catch(() => {})
+  }
 }
