@@ -1,5 +1,6 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
+import {createHash} from 'node:crypto'
 import {createReadStream, promises as fs} from 'node:fs'
 import path from 'node:path'
 
@@ -46,6 +47,40 @@ async function gnuTar(dir: string, output: string, compress?: string): Promise<v
 async function sha256Of(file: string): Promise<string> {
   const {stdout} = await execa('sha256sum', [file])
   return `sha256:${stdout.split(' ')[0]}`
+}
+
+/** An uncompressed tar of the given entries, with `content` as file data. */
+function tarOf(
+  entries: {
+    content?: string
+    link?: string
+    name: string
+    type: '0' | '1' | '2' | '5'
+    mode?: number
+    uid?: number
+    mtime?: number
+  }[],
+): Buffer {
+  const parts: Buffer[] = []
+  for (const entry of entries) {
+    const content = Buffer.from(entry.content ?? '')
+    parts.push(
+      encodeHeader({
+        gid: 0,
+        linkname: entry.link === undefined ? undefined : Buffer.from(entry.link),
+        mode: entry.mode ?? (entry.type === '5' ? 0o755 : 0o644),
+        mtime: entry.mtime ?? 1_600_000_000,
+        name: Buffer.from(entry.name),
+        size: content.length,
+        typeflag: entry.type,
+        uid: entry.uid ?? 0,
+      }),
+      content,
+      Buffer.alloc((512 - (content.length % 512)) % 512),
+    )
+  }
+
+  return Buffer.concat([...parts, Buffer.alloc(1024)])
 }
 
 describe('OCI layer archives', () => {
@@ -127,33 +162,34 @@ describe('OCI layer archives', () => {
         `hidden/new f 0644 0:0 4B sha256:${(await sha256Of(path.join(source, 'hidden/new'))).slice(7)} mtime=${Math.floor((await fs.lstat(path.join(source, 'hidden/new'))).mtimeMs / 1000)}`,
       ])
     })
+
+    it('marks a directory opaque when its .wh..wh..opq comes before the directory itself', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const tar = path.join(box.root, 'layer.tar')
+      await fs.writeFile(
+        tar,
+        tarOf([
+          {name: 'late/.wh..wh..opq', type: '0'},
+          {mode: 0o700, mtime: 1_500_000_000, name: 'late/', type: '5', uid: 1234},
+          {content: 'x', mtime: 1_500_000_000, name: 'late/file', type: '0'},
+          {name: 'nodir/.wh..wh..opq', type: '0'},
+        ]),
+      )
+
+      const result = await unpackLayer(createReadStream(tar), data, {compression: 'none'})
+
+      const y = Buffer.from('y').toString('base64')
+      expect(result.entries).to.equal(4)
+      expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
+        `late d 0700 1234:0 trusted.overlay.opaque=${y} mtime=1500000000`,
+        `late/file f 0644 0:0 1B sha256:${createHash('sha256').update('x').digest('hex')} mtime=1500000000`,
+        `nodir d 0755 0:0 trusted.overlay.opaque=${y} mtime=1600000000`,
+      ])
+    })
   })
 
   describe('hostile layers', () => {
-    /** An uncompressed tar of the given entries, with `content` as file data. */
-    function tarOf(entries: {content?: string; link?: string; name: string; type: '0' | '1' | '2' | '5'}[]): Buffer {
-      const parts: Buffer[] = []
-      for (const entry of entries) {
-        const content = Buffer.from(entry.content ?? '')
-        parts.push(
-          encodeHeader({
-            gid: 0,
-            linkname: entry.link === undefined ? undefined : Buffer.from(entry.link),
-            mode: entry.type === '5' ? 0o755 : 0o644,
-            mtime: 1_600_000_000,
-            name: Buffer.from(entry.name),
-            size: content.length,
-            typeflag: entry.type,
-            uid: 0,
-          }),
-          content,
-          Buffer.alloc((512 - (content.length % 512)) % 512),
-        )
-      }
-
-      return Buffer.concat([...parts, Buffer.alloc(1024)])
-    }
-
     const cases: {entries: Parameters<typeof tarOf>[0]; refused: string; title: string}[] = [
       {entries: [{content: 'escaped\n', name: '../x', type: '0'}], refused: '../x', title: 'a ../ path'},
       {
@@ -329,7 +365,6 @@ describe('OCI layer archives', () => {
       const blobs = path.join(layout, 'blobs', 'sha256')
       await fs.mkdir(blobs, {recursive: true})
       const put = async (text: string) => {
-        const {createHash} = await import('node:crypto')
         const digest = `sha256:${createHash('sha256').update(text).digest('hex')}`
         await fs.writeFile(path.join(blobs, digest.slice(7)), text)
         return {digest, size: Buffer.byteLength(text)}

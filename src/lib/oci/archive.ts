@@ -62,6 +62,9 @@ export interface UnpackResult {
   entries: number
 }
 
+/** The message of the error tar-gate throws when GNU tar exits before reading everything. */
+const TAR_STOPPED = 'tar stopped reading'
+
 /** GNU tar, extracting the checked stream on its stdin into `data` with every attribute. */
 function tarExtractArgs(data: string): string[] {
   return [
@@ -74,7 +77,6 @@ function tarExtractArgs(data: string): string[] {
     '--xattrs',
     '--xattrs-include=*',
     '--acls',
-    '--no-overwrite-dir',
     // Directory times and modes are set at the very end, so entries in any order keep them.
     '--delay-directory-restore',
   ]
@@ -164,6 +166,10 @@ export async function unpackLayer(
       )
       await zstd
     } catch (error) {
+      if ((error as Error)?.message === TAR_STOPPED) {
+        throw new WafersError(`${layer} could not be unpacked: ${firstTarError((await tarDone).stderr as string)}`)
+      }
+
       throw readError(refused ?? error, layer, options.compression, signal)
     }
 
@@ -221,8 +227,6 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   if (compression === 'gzip' && /^Z_|^ERR_ZLIB/.test(code)) return new WafersError(`${layer} is not valid gzip data.`)
   if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
     return new WafersError(`${layer} is not valid zstd data.`)
-  if ((error as Error)?.message === 'tar stopped reading')
-    return new WafersError(`${layer} could not be unpacked: tar stopped early.`)
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
 }
 
@@ -309,6 +313,7 @@ export async function packLayer(
   })
   try {
     const writing = pipeline(pigz.stdout, sink)
+    writing.catch(() => {}) // awaited below; on a failure the error that caused it is reported
     try {
       await writeLayerTar(data, pigz.stdin, {
         hash: tarHash,
