@@ -76,6 +76,9 @@ function tarExtractArgs(data: string): string[] {
     '--same-permissions',
     '--xattrs',
     '--xattrs-include=*',
+    // overlayfs's own attributes (redirects, origins) in a layer could bend how the stack reads;
+    // only the opaque mark the gate found is set, afterwards.
+    '--xattrs-exclude=trusted.overlay.*',
     '--acls',
     // Directory times and modes are set at the very end, so entries in any order keep them.
     '--delay-directory-restore',
