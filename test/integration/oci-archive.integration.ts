@@ -25,7 +25,12 @@ async function makeTree(dir: string): Promise<void> {
   await execa('setfattr', ['-n', 'user.color', '-v', 'blue', path.join(dir, 'etc/hostname')])
   await execa('setfattr', ['-n', 'trusted.note', '-v', 'kept', path.join(dir, 'etc/sub')])
   await execa('touch', ['-h', '-d', '2021-02-03 04:05:06', path.join(dir, 'etc/sub/link')])
-  for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null']) {
+  // Names and targets longer than ustar's 100 bytes, and a FIFO.
+  await fs.mkdir(path.join(dir, 'long'))
+  await fs.writeFile(path.join(dir, 'long', 'x'.repeat(120)), 'long name\n')
+  await fs.symlink(`../${'y'.repeat(150)}`, path.join(dir, 'long/target'))
+  await execa('mkfifo', ['-m', '0600', path.join(dir, 'fifo')])
+  for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null', 'long', 'fifo']) {
     // eslint-disable-next-line no-await-in-loop
     await execa('touch', ['-d', '2020-01-02 03:04:05', path.join(dir, file)])
   }
@@ -135,10 +140,37 @@ describe('OCI layer archives', () => {
           name: 'the test layer',
         })
 
-        expect(result).to.deep.equal({diffId, digest, entries: 9})
+        expect(result).to.deep.equal({diffId, digest, entries: 13})
         expect(await treeListing(data)).to.deep.equal(await treeListing(source))
       })
     }
+
+    it('drops the overlayfs attributes a layer carries and keeps the others', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const tar = path.join(box.root, 'layer.tar')
+      const xattrs: [string, Buffer][] = [
+        ['trusted.overlay.redirect', Buffer.from('/etc')],
+        ['user.keep', Buffer.from('yes')],
+      ]
+      const header = encodeHeader({
+        gid: 0,
+        mode: 0o755,
+        mtime: 1_500_000_000,
+        name: Buffer.from('d/'),
+        size: 0,
+        typeflag: '5',
+        uid: 0,
+        xattrs,
+      })
+      await fs.writeFile(tar, Buffer.concat([header, Buffer.alloc(1024)]))
+
+      await unpackLayer(createReadStream(tar), data, {compression: 'none'})
+
+      expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
+        `d d 0755 0:0 user.keep=${Buffer.from('yes').toString('base64')} mtime=1500000000`,
+      ])
+    })
 
     it('turns OCI whiteouts into overlayfs whiteouts and opaque directories', async () => {
       const source = path.join(box.root, 'source')
@@ -186,6 +218,53 @@ describe('OCI layer archives', () => {
         `late/file f 0644 0:0 1B sha256:${createHash('sha256').update('x').digest('hex')} mtime=1500000000`,
         `nodir d 0755 0:0 trusted.overlay.opaque=${y} mtime=1600000000`,
       ])
+    })
+  })
+
+  describe('packLayer', () => {
+    it('packs a tree that GNU tar and unpackLayer both extract to the same tree', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(source)
+      await makeTree(source)
+      const blob = path.join(box.root, 'layer.tar.gz')
+
+      const packed = await packLayer(source, blob)
+
+      for (const how of ['gnu tar', 'unpackLayer']) {
+        const data = path.join(box.root, how.replace(' ', '-'))
+        // eslint-disable-next-line no-await-in-loop
+        await fs.mkdir(data)
+        // eslint-disable-next-line no-await-in-loop
+        await (how === 'gnu tar'
+          ? execa('tar', ['-xzf', blob, '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', data])
+          : unpackLayer(createReadStream(blob), data, {
+              compression: 'gzip',
+              expectDiffId: packed.diffId,
+              expectDigest: packed.digest,
+            }))
+        // eslint-disable-next-line no-await-in-loop
+        expect(await treeListing(data), how).to.deep.equal(await treeListing(source))
+      }
+
+      const {stdout} = await execa('tar', ['-tzf', blob])
+      expect(stdout.split('\n').slice(0, 4)).to.deep.equal(['etc/', 'etc/hardlink', 'etc/hostname', 'etc/sub/'])
+      const again = await packLayer(source, blob).catch((error: unknown) => error)
+      expect(again)
+        .to.be.instanceOf(WafersError)
+        .with.property('message', `${blob} already exists; packLayer writes a new file.`)
+    })
+
+    it('refuses a file named like a whiteout, since no layer could carry it', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(source)
+      await fs.writeFile(path.join(source, '.wh.sneaky'), '')
+
+      const error = await packLayer(source, path.join(box.root, 'layer.tar.gz')).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.equal(
+        `${source}/.wh.sneaky is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
+      )
     })
   })
 

@@ -6,7 +6,7 @@
  */
 import type {Readable} from 'node:stream'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 
 /** How a layer blob is compressed. */
 export type LayerCompression = 'gzip' | 'zstd' | 'none'
@@ -289,7 +289,10 @@ export async function packLayer(
       loadXattr(),
       import('node:fs'),
     ])
-  const file = await fs.open(output, 'wx')
+  const file = await fs.open(output, 'wx').catch((error: unknown) => {
+    if (isErrno(error, 'EEXIST')) throw new WafersError(`${output} already exists; packLayer writes a new file.`)
+    throw error
+  })
   const pigz = execa('pigz', ['-6', '-n', '-c'], {
     buffer: {stderr: true, stdout: false},
     encoding: 'buffer',
