@@ -145,6 +145,23 @@ describe('OCI layer archives', () => {
       })
     }
 
+    it('refuses a directory that is not empty, touching nothing', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      await fs.writeFile(path.join(data, 'there'), 'before\n')
+      const tar = path.join(box.root, 'layer.tar')
+      await fs.writeFile(tar, tarOf([{content: 'new\n', name: 'there', type: '0'}]))
+
+      const error = await unpackLayer(createReadStream(tar), data, {compression: 'none'}).catch(
+        (error_: unknown) => error_,
+      )
+
+      expect(error)
+        .to.be.instanceOf(WafersError)
+        .with.property('message', `${data} is not empty; a layer unpacks only into a new, empty directory.`)
+      expect(await fs.readFile(path.join(data, 'there'), 'utf8')).to.equal('before\n')
+    })
+
     it('drops the overlayfs attributes a layer carries and keeps the others', async () => {
       const data = path.join(box.root, 'data')
       await fs.mkdir(data)
@@ -252,6 +269,19 @@ describe('OCI layer archives', () => {
       expect(again)
         .to.be.instanceOf(WafersError)
         .with.property('message', `${blob} already exists; packLayer writes a new file.`)
+    })
+
+    it('refuses a directory overlayfs redirected, whose lower files a layer tar cannot hold', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(path.join(source, 'moved'), {recursive: true})
+      await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/old', path.join(source, 'moved')])
+
+      const error = await packLayer(source, path.join(box.root, 'layer.tar.gz')).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.match(
+        /moved carries trusted\.overlay\.redirect: overlayfs wrote it with redirect_dir/,
+      )
     })
 
     it('refuses a file named like a whiteout, since no layer could carry it', async () => {
