@@ -96,23 +96,6 @@ describe('OCI layer archives', () => {
   })
   afterEach(async () => box?.cleanup())
 
-  describe('compressionOf', () => {
-    it('reads OCI and Docker layer media types', () => {
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+gzip')).to.equal('gzip')
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+zstd')).to.equal('zstd')
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar')).to.equal('none')
-      expect(compressionOf('application/vnd.docker.image.rootfs.diff.tar.gzip')).to.equal('gzip')
-    })
-
-    it('refuses foreign and unknown layer types in one sentence', () => {
-      expect(() => compressionOf('application/vnd.docker.image.rootfs.foreign.diff.tar.gzip'))
-        .to.throw(WafersError)
-        .with.property('message')
-        .that.matches(/non-distributable \(foreign\) layer/)
-      expect(() => compressionOf('application/vnd.oci.image.layer.v1.tar+lz4')).to.throw(WafersError, /tar\+lz4/)
-    })
-  })
-
   describe('unpackLayer', () => {
     for (const [compression, program] of [
       ['gzip', 'gzip'],
