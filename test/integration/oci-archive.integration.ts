@@ -195,7 +195,7 @@ describe('OCI layer archives', () => {
       ])
     })
 
-    it('marks a directory opaque when its .wh..wh..opq comes before the directory itself', async () => {
+    it('marks a directory opaque when its .wh..wh..opq comes before the directory, or alone, or at the root', async () => {
       const data = path.join(box.root, 'data')
       await fs.mkdir(data)
       const tar = path.join(box.root, 'layer.tar')
@@ -206,13 +206,16 @@ describe('OCI layer archives', () => {
           {mode: 0o700, mtime: 1_500_000_000, name: 'late/', type: '5', uid: 1234},
           {content: 'x', mtime: 1_500_000_000, name: 'late/file', type: '0'},
           {name: 'nodir/.wh..wh..opq', type: '0'},
+          {name: './.wh..wh..opq', type: '0'},
         ]),
       )
 
       const result = await unpackLayer(createReadStream(tar), data, {compression: 'none'})
 
       const y = Buffer.from('y').toString('base64')
-      expect(result.entries).to.equal(4)
+      expect(result.entries).to.equal(5)
+      const {stdout: rootOpaque} = await execa('getfattr', ['--only-values', '-n', 'trusted.overlay.opaque', data])
+      expect(rootOpaque).to.equal('y')
       expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
         `late d 0700 1234:0 trusted.overlay.opaque=${y} mtime=1500000000`,
         `late/file f 0644 0:0 1B sha256:${createHash('sha256').update('x').digest('hex')} mtime=1500000000`,

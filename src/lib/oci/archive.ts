@@ -211,7 +211,8 @@ export async function unpackLayer(
     }
 
     for (const dir of gate!.opaque) {
-      const file = path.join(root, dir.toString('utf8'))
+      // "ROOT/." is the wafer's directory itself; ROOT alone would be the /proc link to it.
+      const file = dir.length === 0 ? `${root}/.` : path.join(root, dir.toString('utf8'))
       // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(file)
       if (!stat.isDirectory()) {
