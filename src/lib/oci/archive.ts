@@ -426,13 +426,18 @@ export async function layerFingerprint(data: string): Promise<string> {
   return digestOf(hash)
 }
 
-/** Whether `data` holds no entry at all (such a wafer adds a history entry, not a layer). */
+/**
+ * Whether `data` holds no entry at all and is not itself opaque (such a wafer adds a history
+ * entry, not a layer).
+ */
 export async function isEmptyLayer(data: string): Promise<boolean> {
-  const {promises: fs} = await import('node:fs')
+  const [{promises: fs}, xattr] = await Promise.all([import('node:fs'), loadXattr()])
   const dir = await fs.opendir(data)
   try {
-    return (await dir.read()) === null
+    if ((await dir.read()) !== null) return false
   } finally {
     await dir.close().catch(() => {})
   }
+
+  return (await xattr.getAttribute(`${data}/.`, 'trusted.overlay.opaque'))?.toString() !== 'y'
 }
