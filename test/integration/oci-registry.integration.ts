@@ -29,7 +29,8 @@ async function makeStack(box: Sandbox): Promise<void> {
   await execa('setfattr', ['-n', 'user.wafers', '-v', 'kept', path.join(data, 'srv', 'app', 'hello')])
   // A file of the base deleted in app: a whiteout both ways.
   await fs.mkdir(path.join(data, 'etc'), {recursive: true})
-  await execa('mknod', [path.join(data, 'etc', 'hostname'), 'c', '0', '0'])
+  // overlayfs makes its whiteouts with mode 0000, as a pull does.
+  await execa('mknod', ['-m', '0', path.join(data, 'etc', 'hostname'), 'c', '0', '0'])
   await box.wafer('top', {parent: 'app'})
 }
 
