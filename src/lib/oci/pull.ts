@@ -34,6 +34,7 @@ import {
   skopeoContext,
 } from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
+import {throttled} from './throttle.js'
 
 /** What `pull` was asked to do. */
 export interface PullOptions extends RegistryOptions {
@@ -331,7 +332,7 @@ async function unpackInto(
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<boolean> {
-  const {compressionOf, layerFingerprint, unpackLayer} = await import('./archive.js')
+  const {compressionOf, unpackLayer} = await import('./archive.js')
   const descriptor = plan.manifest.layers[i]
   const layer = layers[i]
   const parent = i === 0 ? undefined : layers[i - 1].wafer
@@ -339,7 +340,7 @@ async function unpackInto(
     layer: {chainId: plan.chain[i], diffId: layer.diffId, ...(plan.history ? {history: plan.history[i]} : {})},
   }
   const what = `layer ${i + 1} (${descriptor.digest}) of ${describe(plan.ref)}`
-  let done = 0
+  const progress = throttled(report)
   try {
     await store.create(layer.wafer, parent, {
       async fill(data) {
@@ -350,12 +351,10 @@ async function unpackInto(
           expectDigest: descriptor.digest,
           name: what,
           onBytes(n) {
-            done += n
-            report(`${humanSize(done)} of ${humanSize(descriptor.size)}`)
+            progress(`${humanSize(n)} of ${humanSize(descriptor.size)}`)
           },
           signal,
         })
-        meta.layer!.fingerprint = await layerFingerprint(data)
       },
       meta,
     })

@@ -13,6 +13,7 @@ import {liveStacks} from '../usage.js'
 import {LayerCache} from './cache.js'
 import {Descriptor, ImageConfigFile, MEDIA, Manifest, hostPlatform} from './image.js'
 import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
+import {throttled} from './throttle.js'
 import {ImageReference, describe, parseReference} from './reference.js'
 import {RegistryOptions, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
@@ -188,11 +189,10 @@ async function packWafer(
   if (entry === undefined) {
     const temporary = path.join(path.dirname(cache.blobs), `.pack-${wafer}-${process.pid}-${Date.now()}`)
     try {
-      let bytes = 0
+      const progress = throttled(report)
       const packed = await packLayer(data, temporary, {
         onBytes(n) {
-          bytes += n
-          report(`${humanSize(bytes)} packed`)
+          progress(`${humanSize(n)} packed`)
         },
         signal,
       })
