@@ -155,4 +155,68 @@ describe('oci: pull from OCI layouts', function () {
       true,
     ])
   })
+  it('pushes to oci-archive: and docker-archive: files and pulls them back, layer for layer the same', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    expect((await box.run(['pull', `oci:${layout}:test`, 'image'])).exitCode).to.equal(0)
+    await box.wafer('mine', {files: {'etc/mine': 'mine\n'}, parent: 'image'})
+    for (const [i, ref] of [
+      `oci-archive:${path.join(box.root, 'mine.tar')}:v1`,
+      `docker-archive:${path.join(box.root, 'mine-docker.tar')}`,
+    ].entries()) {
+      // eslint-disable-next-line no-await-in-loop
+      const push = await box.run(['push', 'mine', ref, '--json'])
+      expect(push.exitCode, push.stderr).to.equal(0)
+      const pushed = JSON.parse(push.stdout) as {layers: Layer[]}
+      expect(pushed.layers).to.have.length(4)
+      // eslint-disable-next-line no-await-in-loop
+      const pull = await box.run(['pull', ref, `back${i}`, '--json'])
+      expect(pull.exitCode, pull.stderr).to.equal(0)
+      const pulled = JSON.parse(pull.stdout) as Pulled
+      for (const [j, layer] of pulled.layers.entries()) {
+        // eslint-disable-next-line no-await-in-loop
+        expect(await treeListing(box.data(layer.wafer))).to.deep.equal(
+          await treeListing(box.data(pushed.layers[j].wafer)),
+        )
+      }
+    }
+  })
+
+  it('refuses to push a stack whose wafer is a mounted writable top, unless --force', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    expect((await box.run(['pull', `oci:${layout}:test`, 'image'])).exitCode).to.equal(0)
+    expect((await box.run(['stack', 'mine', 'image'])).exitCode).to.equal(0)
+    const target = path.join(box.root, 'out')
+    const refusedPush = await box.run(['push', 'mine', `oci:${target}:v1`])
+    expect(refusedPush.exitCode).to.equal(1)
+    expect(said(refusedPush.stderr)).to.match(
+      /wafer mine is the writable top of the stack at .*, so its files may change while they are packed\. .*wafers unstack mine.*--force/,
+    )
+    expect(await fs.stat(target).catch(() => undefined)).to.equal(undefined)
+    const forced = await box.run(['push', 'mine', `oci:${target}:v1`, '--force'])
+    expect(forced.exitCode, forced.stderr).to.equal(0)
+    expect(forced.stderr).to.match(/pushing anyway \(--force\)/)
+  })
+
+  it('refuses a layer that does not match its digest, naming it, and makes no wafer', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
+    const manifestFile = path.join(layout, 'blobs', 'sha256', index.manifests[0].digest.slice(7))
+    const manifest = JSON.parse(await fs.readFile(manifestFile, 'utf8'))
+    const top = manifest.layers.at(-1).digest as string
+    const blob = path.join(layout, 'blobs', 'sha256', top.slice(7))
+    const bytes = await fs.readFile(blob)
+    bytes[bytes.length - 20] ^= 0xff
+    await fs.writeFile(blob, bytes)
+    const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include(top)
+    expect(hasStackTrace(run.stderr)).to.equal(false)
+    const names = await fs.readdir(box.wafers)
+    expect(names).to.not.include('image')
+    expect(names.filter((name) => name.startsWith('.create-'))).to.deep.equal([])
+    expect(names.filter((name) => name.startsWith('layer-'))).to.have.length(2)
+  })
 })
