@@ -236,7 +236,13 @@ function makePlan(
  */
 async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Plan> {
   const platform = hostPlatform()
-  let raw = await inspectRaw(context, ref)
+  // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
+  // from an index too); it is used only if it is the one the manifest names.
+  const [first, guess] = await Promise.all([
+    inspectRaw(context, ref),
+    inspectConfig(context, ref).catch(() => undefined),
+  ])
+  let raw = first
   let value = parseJson(raw, `the manifest of ${describe(ref)}`)
   let digest = digestOf(raw)
   if (isIndex(value)) {
@@ -258,7 +264,10 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
 
   const manifest = checkManifest(value, `the manifest of ${describe(ref)}`)
   const source = pinned(ref, digest)
-  const configRaw = await inspectConfig(context, ref, source)
+  const configRaw =
+    guess !== undefined && digestOf(guess) === manifest.config.digest
+      ? guess
+      : await inspectConfig(context, ref, source)
   if (digestOf(configRaw) !== manifest.config.digest) {
     throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
   }

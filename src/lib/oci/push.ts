@@ -108,7 +108,7 @@ export function pushSteps(
     const layout = path.join(work!.path, 'layout')
     const packs = wafers.map((wafer): Step => ({
       async run(report) {
-        const packed = await packWafer(store, cache, wafer, layout, report, options.signal)
+        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal)
         const meta = readMeta(store.dir(wafer), wafer)
         if (packed === undefined) {
           result.emptyWafers.push(wafer)
@@ -169,14 +169,14 @@ export function pushSteps(
 }
 
 /**
- * Packs wafer `wafer` into the layout at `layout` (a hard link to the cached blob), reusing the
- * cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
+ * Packs wafer `wafer` into the layout in the work dir `work` (a hard link to the cached blob),
+ * reusing the cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
  */
 async function packWafer(
   store: WaferStore,
   cache: LayerCache,
   wafer: string,
-  layout: string,
+  work: string,
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<PushedLayer | undefined> {
@@ -187,7 +187,7 @@ async function packWafer(
   let entry = await cache.lookup(wafer, before)
   const made = entry === undefined
   if (entry === undefined) {
-    const temporary = path.join(path.dirname(cache.blobs), `.pack-${wafer}-${process.pid}-${Date.now()}`)
+    const temporary = path.join(work, `pack-${wafer}`)
     try {
       const progress = throttled(report)
       const packed = await packLayer(data, temporary, {
@@ -207,7 +207,7 @@ async function packWafer(
     }
   }
 
-  const target = blobPath(layout, entry.digest)
+  const target = blobPath(path.join(work, 'layout'), entry.digest)
   await fs.mkdir(path.dirname(target), {recursive: true})
   await fs.link(cache.blob(entry.digest), target).catch((error) => {
     if (!isErrno(error, 'EEXIST')) throw error
