@@ -630,7 +630,7 @@ function machine() {
     `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}`,
     `- Machine: ${os.availableParallelism()} CPUs (${cpus[0]?.model.trim() ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, load average ${load} at start`,
     `- System: Linux ${os.release()}, Node ${process.version}`,
-    `- Runs: median of ${RUNS} (${MANY_RUNS} for the ${MANY}-stack row) after one warm-up; peak memory is the largest max RSS of one process (GNU time)${hasTime ? '' : ' (not measured: /usr/bin/time is missing)'}`,
+    `- Runs: median of ${RUNS} (${MANY_RUNS} for the ${MANY}-stack row, ${OCI_RUNS} for pull and push) after one warm-up; peak memory is the largest max RSS of one process (GNU time)${hasTime ? '' : ' (not measured: /usr/bin/time is missing)'}`,
   ]
 }
 

@@ -219,4 +219,25 @@ describe('oci: pull from OCI layouts', function () {
     expect(names.filter((name) => name.startsWith('.create-'))).to.deep.equal([])
     expect(names.filter((name) => name.startsWith('layer-'))).to.have.length(2)
   })
+  it('never follows a symlink planted as $WAFERS/.oci', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    expect((await box.run(['pull', `oci:${layout}:test`, 'image'])).exitCode).to.equal(0)
+    await execa('skopeo', ['copy', `oci:${layout}:test`, `oci-archive:${path.join(box.root, 'image.tar')}:test`])
+    const elsewhere = path.join(box.root, 'elsewhere')
+    await fs.mkdir(elsewhere)
+    await fs.rm(path.join(box.wafers, '.oci'), {force: true, recursive: true})
+    await fs.symlink(elsewhere, path.join(box.wafers, '.oci'))
+    for (const args of [
+      ['push', 'image', `oci:${path.join(box.root, 'out')}:v1`],
+      ['pull', `oci-archive:${path.join(box.root, 'image.tar')}:test`, 'other'],
+    ]) {
+      // eslint-disable-next-line no-await-in-loop
+      const run = await box.run(args)
+      expect(run.exitCode).to.equal(1)
+      expect(said(run.stderr)).to.match(/\.oci is not a directory; remove it\./)
+    }
+
+    expect(await fs.readdir(elsewhere)).to.deep.equal([])
+  })
 })

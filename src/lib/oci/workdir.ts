@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 import {Lock, lockDirectory} from '../lock.js'
 
 /** `$WAFERS/.oci`: wafers' own OCI files (the push cache, temporary layouts); not a wafer name. */
@@ -25,9 +25,18 @@ export interface WorkDir {
  */
 export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir> {
   const root = path.join(ociDir(wafers), 'tmp')
-  await fs.mkdir(root, {mode: 0o700, recursive: true})
-  const stat = await fs.lstat(root)
-  if (!stat.isDirectory()) throw new WafersError(`${root} is not a directory; remove it.`)
+  await fs.mkdir(wafers, {recursive: true})
+  // Anyone may write to $WAFERS: a symlink planted as .oci or .oci/tmp is refused, never followed.
+  for (const dir of [ociDir(wafers), root]) {
+    // eslint-disable-next-line no-await-in-loop
+    await fs.mkdir(dir, {mode: 0o700}).catch((error) => {
+      if (!isErrno(error, 'EEXIST')) throw error
+    })
+    // eslint-disable-next-line no-await-in-loop
+    const stat = await fs.lstat(dir)
+    if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
+  }
+
   await removeAbandoned(root)
   const dir = path.join(root, `${kind}-${randomBytes(6).toString('hex')}`)
   await fs.mkdir(dir, {mode: 0o700})
