@@ -14,7 +14,7 @@ export interface TreeOptions {
  * Every entry under `dir`, one line each, sorted bytewise, to compare trees file for file: path,
  * type, mode (setuid too), uid:gid, then by type the size and sha256 of a file's content, a
  * symlink's target or a device's major:minor, the xattrs (trusted.overlay.* only when asked),
- * the mtime to the second (not for symlinks, which tools set unevenly) and, for files linked more
+ * the mtime to the second (symlinks too) and, for files linked more
  * than once in the tree, the first path of their hard-link group. `dir` itself is not listed.
  */
 export async function treeListing(dir: string, options: TreeOptions = {}): Promise<string[]> {
@@ -60,7 +60,7 @@ export async function treeListing(dir: string, options: TreeOptions = {}): Promi
       line += ` ${name}=${value?.toString('base64')}`
     }
 
-    if (!stat.isSymbolicLink()) line += ` mtime=${Math.floor(stat.mtimeMs / 1000)}`
+    line += ` mtime=${Math.floor(stat.mtimeMs / 1000)}`
     const group = groups.get(`${stat.dev}:${stat.ino}`)
     if (group && group.length > 1) line += ` links=${group[0]}`
     lines.push(line)

@@ -216,6 +216,18 @@ describe('OCI layer archives', () => {
       expect(result.entries).to.equal(5)
       const {stdout: rootOpaque} = await execa('getfattr', ['--only-values', '-n', 'trusted.overlay.opaque', data])
       expect(rootOpaque).to.equal('y')
+      // And back: packed, the opaque marks come out as .wh..wh..opq entries, the root's first.
+      const blob = path.join(box.root, 'repacked.tar.gz')
+      await packLayer(data, blob)
+      const {stdout: names} = await execa('tar', ['-tzf', blob])
+      expect(names.split('\n')).to.deep.equal([
+        '.wh..wh..opq',
+        'late/',
+        'late/.wh..wh..opq',
+        'late/file',
+        'nodir/',
+        'nodir/.wh..wh..opq',
+      ])
       expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
         `late d 0700 1234:0 trusted.overlay.opaque=${y} mtime=1500000000`,
         `late/file f 0644 0:0 1B sha256:${createHash('sha256').update('x').digest('hex')} mtime=1500000000`,
@@ -553,6 +565,8 @@ describe('OCI layer archives', () => {
       expect(await isEmptyLayer(box.data('layer0'))).to.equal(false)
       await box.wafer('empty', {parent: 'layer2'})
       expect(await isEmptyLayer(box.data('empty'))).to.equal(true)
+      await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', box.data('empty')])
+      expect(await isEmptyLayer(box.data('empty')), 'an opaque root hides the layers below').to.equal(false)
 
       const blobs = path.join(box.root, 'blobs')
       await fs.mkdir(blobs)

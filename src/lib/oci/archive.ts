@@ -187,6 +187,8 @@ export async function unpackLayer(
 
       tar.stdin.end()
       const result = await tarDone
+      if (result.code === 'ENOENT')
+        throw new WafersError('GNU tar is not installed or not on PATH; install the tar package.')
       if (result.exitCode !== 0) {
         const why = firstTarError(result.stderr as string)
         throw new WafersError(`${layer} could not be unpacked: ${why}`)
@@ -256,6 +258,8 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   if (signal?.aborted) return interrupted(layer)
   const code = (error as NodeJS.ErrnoException)?.code ?? ''
   if (compression === 'gzip' && /^Z_|^ERR_ZLIB/.test(code)) return new WafersError(`${layer} is not valid gzip data.`)
+  if (code === 'ENOENT' && (error as {command?: string})?.command?.startsWith('zstd'))
+    return new WafersError(`${layer} is zstd-compressed: install the zstd package, zstd is not on PATH.`)
   if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
     return new WafersError(`${layer} is not valid zstd data.`)
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
@@ -376,7 +380,10 @@ export async function packLayer(
       await file.sync()
     } catch (error) {
       pigz.kill()
-      await pigzDone
+      if ((await pigzDone).code === 'ENOENT') {
+        throw new WafersError('packing a layer needs pigz, which is not on PATH: install the pigz package.')
+      }
+
       if (error instanceof WafersError) throw error
       throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
     } finally {
@@ -419,13 +426,18 @@ export async function layerFingerprint(data: string): Promise<string> {
   return digestOf(hash)
 }
 
-/** Whether `data` holds no entry at all (such a wafer adds a history entry, not a layer). */
+/**
+ * Whether `data` holds no entry at all and is not itself opaque (such a wafer adds a history
+ * entry, not a layer).
+ */
 export async function isEmptyLayer(data: string): Promise<boolean> {
-  const {promises: fs} = await import('node:fs')
+  const [{promises: fs}, xattr] = await Promise.all([import('node:fs'), loadXattr()])
   const dir = await fs.opendir(data)
   try {
-    return (await dir.read()) === null
+    if ((await dir.read()) !== null) return false
   } finally {
     await dir.close().catch(() => {})
   }
+
+  return (await xattr.getAttribute(`${data}/.`, 'trusted.overlay.opaque'))?.toString() !== 'y'
 }

@@ -227,7 +227,27 @@ export async function writeLayerTar(
     }
   }
 
-  await walk(Buffer.from(data), undefined)
+  const root = Buffer.from(data)
+  // "DATA/." is the directory itself even when DATA is a /proc/PID/fd link to it.
+  const self = Buffer.from(`${data}/.`)
+  if ((await xattr.getAttribute(utf8Path(self, shown), 'trusted.overlay.opaque'))?.toString() === 'y') {
+    // The wafer itself is opaque (it came from a layer that said so): say so first, as the layer did.
+    const stat = await fs.lstat(self, {bigint: true})
+    const mtime = Number(stat.mtimeNs / 1_000_000_000n)
+    await emit(
+      encodeHeader({
+        gid: Number(stat.gid),
+        mode: Number(stat.mode) & 0o777,
+        mtime,
+        name: OPAQUE,
+        size: 0,
+        typeflag: '0',
+        uid: Number(stat.uid),
+      }),
+    )
+  }
+
+  await walk(root, undefined)
   await emit(Buffer.alloc(2 * BLOCK))
   await flush()
 }
