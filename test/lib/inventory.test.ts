@@ -59,7 +59,7 @@ describe('inventory of wafers', function () {
     ).to.deep.equal(['base', '├── a', '│   └── b', '└── c', 'orphan', 'x', '└── y'])
   })
 
-  it('reads 10,000 wafers in well under a second', async function () {
+  it('reads 10,000 wafers, depths and all (its speed is measured in npm run bench, not here)', async function () {
     this.timeout(60_000)
     // On tmpfs where there is one: making 10,000 directories on a slow disk takes longer than the test.
     const shm = await fs.stat('/dev/shm').then(
@@ -77,12 +77,10 @@ describe('inventory of wafers', function () {
       if (i > 0) writeFileSync(path.join(root, `w${i}`, 'parent'), `w${Math.floor(i / 2)}`)
     }
 
-    const start = process.hrtime.bigint()
     const inventory = await readInventory(store, {table: []})
-    const ms = Number(process.hrtime.bigint() - start) / 1e6
     expect(inventory.wafers.size).to.equal(10_000)
     expect(inventory.wafers.get('w9999')!.depth).to.equal(15)
-    expect(ms, `${ms} ms`).to.be.below(1000)
+    expect(inventory.wafers.get('w9999')!.parent).to.equal('w4999')
   })
 })
 
