@@ -240,4 +240,53 @@ describe('oci: pull from OCI layouts', function () {
 
     expect(await fs.readdir(elsewhere)).to.deep.equal([])
   })
+
+  it('refuses a layer blob that is a symlink, a FIFO or not the size its manifest says, at once, making nothing', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
+    const manifestFile = path.join(layout, 'blobs', 'sha256', index.manifests[0].digest.slice(7))
+    const manifest = JSON.parse(await fs.readFile(manifestFile, 'utf8'))
+    const bottom = manifest.layers[0].digest as string
+    const blob = path.join(layout, 'blobs', 'sha256', bottom.slice(7))
+    const bytes = await fs.readFile(blob)
+    const cases: Array<[string, () => Promise<void>, RegExp]> = [
+      ['symlink', async () => fs.symlink('/dev/zero', blob), /is a symlink; wafers does not follow it\./],
+      ['fifo', async () => execa('mkfifo', [blob]).then(() => {}), /is not a regular file\./],
+      [
+        'longer',
+        async () => fs.writeFile(blob, Buffer.concat([bytes, Buffer.alloc(4096)])),
+        /is \d+ bytes, not the \d+ its descriptor says\./,
+      ],
+    ]
+    for (const [, plant, message] of cases) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.rm(blob, {force: true})
+      // eslint-disable-next-line no-await-in-loop
+      await plant()
+      // eslint-disable-next-line no-await-in-loop
+      const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
+      expect(run.exitCode, run.stderr).to.equal(1)
+      expect(said(run.stderr)).to.include(bottom)
+      expect(said(run.stderr)).to.match(message)
+      expect(hasStackTrace(run.stderr)).to.equal(false)
+      // eslint-disable-next-line no-await-in-loop
+      expect((await fs.readdir(box.wafers).catch(() => [])).filter((name) => name !== '.oci')).to.deep.equal([])
+    }
+
+    // index.json and the manifest are read the same way: a FIFO is refused, not waited on.
+    await fs.rm(blob, {force: true})
+    await fs.writeFile(blob, bytes)
+    await fs.rename(path.join(layout, 'index.json'), path.join(box.root, 'index.json'))
+    await execa('mkfifo', [path.join(layout, 'index.json')])
+    const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.match(/the index\.json of .* is not a regular file\./)
+    await fs.rm(path.join(layout, 'index.json'))
+    await fs.rename(path.join(box.root, 'index.json'), path.join(layout, 'index.json'))
+    await fs.appendFile(manifestFile, ' ')
+    const padded = await box.run(['pull', `oci:${layout}:test`, 'image'])
+    expect(padded.exitCode).to.equal(1)
+    expect(said(padded.stderr)).to.match(/not the \d+ its descriptor says\./)
+  })
 })

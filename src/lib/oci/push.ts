@@ -212,6 +212,13 @@ async function packWafer(
   await fs.link(cache.blob(entry.digest), target).catch((error) => {
     if (!isErrno(error, 'EEXIST')) throw error
   })
+  // The cache is in $WAFERS, which anyone may write to: its blob may have been swapped since it was
+  // checked. The link (never through a symlink) is in our private work dir, so checking it holds.
+  const linked = await fs.lstat(target)
+  if (!linked.isFile() || linked.size !== entry.size) {
+    throw new WafersError(`the cached layer of wafer ${wafer} changed while it was used; push again.`)
+  }
+
   return {diffId: entry.diffId, digest: entry.digest, made, mediaType: entry.mediaType, size: entry.size, wafer}
 }
 
