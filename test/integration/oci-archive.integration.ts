@@ -418,6 +418,58 @@ describe('OCI layer archives', () => {
       expect((error as Error).message).to.match(/^layer 3 of 5 does not match its diffID sha256:1{64}: /)
     })
 
+    it('keeps the modes and mtimes of directories whose files come later, out of order, and of the root', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const entry = (name: string, typeflag: string, mode: number, mtime: number, mtimeNs = 0, content = '') => {
+        const bytes = Buffer.from(content)
+        return [
+          encodeHeader({gid: 0, mode, mtime, mtimeNs, name: Buffer.from(name), size: bytes.length, typeflag, uid: 0}),
+          bytes,
+          Buffer.alloc((512 - (bytes.length % 512)) % 512),
+        ]
+      }
+
+      const tar = Buffer.concat([
+        ...entry('./', '5', 0o751, 1_500_000_000, 250_000_000),
+        ...entry('d/', '5', 0o555, 1_000_000_000),
+        ...entry('e/', '5', 0o1777, 1_200_000_000, 500_000_000),
+        ...entry('e/x', '0', 0o644, 1_300_000_000, 0, 'x\n'),
+        // Written into d after e: d's mtime, set when tar left it, would change again.
+        ...entry('d/f', '0', 0o644, 1_300_000_000, 0, 'f\n'),
+        ...entry('d/sub/', '5', 0o700, 1_100_000_000),
+        ...entry('d/sub/g', '0', 0o644, 1_300_000_000, 0, 'g\n'),
+        Buffer.alloc(1024),
+      ])
+      const blob = path.join(box.root, 'dirs.tar')
+      await fs.writeFile(blob, tar)
+      await unpackLayer(createReadStream(blob), data, {compression: 'none', name: 'layer 1 of 1'})
+      const stat = async (name: string) => fs.lstat(path.join(data, name), {bigint: false})
+      expect(((await stat('d')).mode & 0o7777).toString(8)).to.equal('555')
+      expect((await stat('d')).mtimeMs).to.equal(1_000_000_000_000)
+      expect(((await stat('d/sub')).mode & 0o7777).toString(8)).to.equal('700')
+      expect((await stat('d/sub')).mtimeMs).to.equal(1_100_000_000_000)
+      expect(((await stat('e')).mode & 0o7777).toString(8)).to.equal('1777')
+      expect((await stat('e')).mtimeMs).to.equal(1_200_000_000_500)
+      expect(((await stat('.')).mode & 0o7777).toString(8)).to.equal('751')
+      expect((await stat('.')).mtimeMs).to.equal(1_500_000_000_250)
+    })
+
+    it('cuts a huge entry name to 200 characters in its refusal', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const name = `../${'a'.repeat(512 * 1024)}`
+      const blob = path.join(box.root, 'long.tar')
+      await fs.writeFile(blob, tarOf([{content: 'x', name, type: '0'}]))
+      const error = await unpackLayer(createReadStream(blob), data, {compression: 'none', name: 'layer 1 of 1'}).catch(
+        (error_: unknown) => error_,
+      )
+      expect(error).to.be.instanceOf(WafersError)
+      const {message} = error as Error
+      expect(message).to.include(`"${name.slice(0, 200)}"…`)
+      expect(message.length).to.be.lessThan(400)
+    })
+
     it('refuses data that is not gzip in one sentence', async () => {
       const data = path.join(box.root, 'data')
       await fs.mkdir(data)
