@@ -271,7 +271,7 @@ describe('oci: pull from OCI layouts', function () {
       expect(said(run.stderr)).to.match(message)
       expect(hasStackTrace(run.stderr)).to.equal(false)
       // eslint-disable-next-line no-await-in-loop
-      expect((await fs.readdir(box.wafers).catch(() => [])).filter((name) => name !== '.oci')).to.deep.equal([])
+      expect(await fs.readdir(box.wafers).catch(() => [])).to.deep.equal([])
     }
 
     // index.json and the manifest are read the same way: a FIFO is refused, not waited on.
@@ -288,5 +288,29 @@ describe('oci: pull from OCI layouts', function () {
     const padded = await box.run(['pull', `oci:${layout}:test`, 'image'])
     expect(padded.exitCode).to.equal(1)
     expect(said(padded.stderr)).to.match(/not the \d+ its descriptor says\./)
+  })
+
+  it('a failed pull leaves no trace: no $WAFERS, no .oci, when it made them', async function () {
+    const archive = path.join(box.root, 'not-an-archive')
+    await fs.writeFile(archive, 'not a tar\n')
+    for (const ref of [`docker-archive:${archive}`, `oci-archive:${archive}`, 'docker://127.0.0.1:1/wafers/x:1']) {
+      // eslint-disable-next-line no-await-in-loop
+      const run = await box.run(['pull', ref, 'x', '--tls-verify=false'])
+      expect(run.exitCode, ref).to.equal(1)
+      expect(hasStackTrace(run.stderr)).to.equal(false)
+      // eslint-disable-next-line no-await-in-loop
+      expect(
+        await fs.stat(box.wafers).then(
+          () => true,
+          () => false,
+        ),
+        ref,
+      ).to.equal(false)
+    }
+
+    await fs.mkdir(box.wafers)
+    const run = await box.run(['pull', `docker-archive:${archive}`, 'x'])
+    expect(run.exitCode).to.equal(1)
+    expect(await fs.readdir(box.wafers)).to.deep.equal([])
   })
 })
