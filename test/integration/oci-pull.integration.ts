@@ -313,4 +313,61 @@ describe('oci: pull from OCI layouts', function () {
     expect(run.exitCode).to.equal(1)
     expect(await fs.readdir(box.wafers)).to.deep.equal([])
   })
+
+  it('pushes the history a build recorded: each step as it ran, and the metadata steps of a built top', async function () {
+    await fs.mkdir(box.wafers)
+    const meta = async (name: string, value: unknown) =>
+      fs.writeFile(path.join(box.wafers, name, 'meta.json'), JSON.stringify(value))
+    const arch = process.arch === 'x64' ? 'amd64' : process.arch
+    await box.wafer('base', {files: {'etc/base': 'base\n'}})
+    await box.wafer('step', {files: {'etc/step': 'step\n'}, parent: 'base'})
+    await meta('step', {build: {history: [{created_by: 'RUN make step'}], instruction: 'RUN make step', key: 'k1'}})
+    await box.wafer('built', {parent: 'step'})
+    const history = [
+      {created_by: 'wafers: wafer base'},
+      {created_by: 'ENV A=1', empty_layer: true},
+      {created_by: 'RUN make step'},
+      {created_by: 'CMD ["sh"]', empty_layer: true},
+    ]
+    await meta('built', {
+      build: {instruction: 'CMD ["sh"]', key: 'k2'},
+      image: {architecture: arch, config: {Cmd: ['sh'], Env: ['A=1']}, history, os: 'linux'},
+    })
+    const configOf = async (layout: string) => {
+      const {stdout} = await execa('skopeo', ['inspect', '--config', '--raw', `oci:${layout}:v1`])
+      return JSON.parse(stdout) as {history: unknown[]}
+    }
+
+    const stepOut = path.join(box.root, 'step-out')
+    const pushedStep = await box.run(['push', 'step', `oci:${stepOut}:v1`])
+    expect(pushedStep.exitCode, pushedStep.stderr).to.equal(0)
+    expect((await configOf(stepOut)).history).to.deep.equal([
+      {created_by: 'wafers: wafer base'},
+      {created_by: 'RUN make step'},
+    ])
+    const builtOut = path.join(box.root, 'built-out')
+    const pushedBuilt = await box.run(['push', 'built', `oci:${builtOut}:v1`])
+    expect(pushedBuilt.exitCode, pushedBuilt.stderr).to.equal(0)
+    expect((await configOf(builtOut)).history).to.deep.equal(history)
+  })
+
+  it('pulls an image with no layers as just the empty NAME wafer', async function () {
+    const layout = path.join(box.root, 'empty-layout')
+    await execa('umoci', ['init', '--layout', layout])
+    await execa('umoci', ['new', '--image', `${layout}:t`])
+    // A metadata change adds an empty_layer history entry: a history, but no layer for it to go with.
+    await execa('umoci', ['config', '--image', `${layout}:t`, '--config.cmd', 'sh'])
+    const run = await box.run(['pull', `oci:${layout}:t`, 'nothing', '--json'])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(JSON.parse(run.stdout)).to.include({made: true, name: 'nothing'})
+    expect(JSON.parse(run.stdout).layers).to.deep.equal([])
+    expect(await fs.readdir(box.wafers)).to.deep.equal(['nothing'])
+    expect(await fs.readdir(box.data('nothing'))).to.deep.equal([])
+    expect(
+      await fs.stat(path.join(box.wafers, 'nothing', 'parent')).then(
+        () => true,
+        () => false,
+      ),
+    ).to.equal(false)
+  })
 })
