@@ -329,7 +329,7 @@ export interface PackResult {
 }
 
 /** Bumped when packLayer would write other bytes for the same files, so cached blobs are not reused. */
-const PACK_FORMAT = 'wafers-layer-1 pigz-6'
+const PACK_FORMAT = 'wafers-layer-2 pigz-6'
 
 /**
  * Writes the files of wafer directory `data` as a reproducible OCI layer (gzip) to the new file

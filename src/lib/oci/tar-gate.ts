@@ -136,11 +136,15 @@ export async function gateLayer(
     }
 
     lastName = shown
-    let mtime = header.mtime
-    if (records.has('mtime')) {
-      const text = records.get('mtime')!.toString('latin1')
-      if (/^-?[0-9]+(\.[0-9]+)?$/.test(text) && Number.isFinite(Number(text))) mtime = Number(text)
+    let mtimeSeconds = header.mtime
+    let mtimeNs = 0
+    const paxTime = /^(-?[0-9]{1,15})(?:\.([0-9]+))?$/.exec(records.get('mtime')?.toString('latin1') ?? '')
+    if (paxTime) {
+      mtimeSeconds = Number(paxTime[1])
+      mtimeNs = Number((paxTime[2] ?? '').padEnd(9, '0').slice(0, 9))
     }
+
+    const mtime = mtimeSeconds + mtimeNs / 1e9
 
     const typeflag = header.typeflag
     if ([...records.keys()].some((key) => key.startsWith('GNU.sparse.')) || typeflag === 'S')
@@ -197,17 +201,20 @@ export async function gateLayer(
         Buffer.from(hidden, 'latin1'),
       ])
       directories.delete([...parent, hidden].join('/'))
+      // The whiteout file's owner, mode and time (to the nanosecond) go to the device, so a
+      // pushed whiteout comes back as it was; overlayfs looks only at the 0/0 device number.
       out.push(
         encodeHeader({
           devmajor: 0,
           devminor: 0,
-          gid: 0,
-          mode: 0,
-          mtime: header.mtime,
+          gid: header.gid,
+          mode: header.mode & 0o7777,
+          mtime: mtimeSeconds,
+          mtimeNs,
           name: device,
           size: 0,
           typeflag: '3',
-          uid: 0,
+          uid: header.uid,
         }),
       )
       return skip
