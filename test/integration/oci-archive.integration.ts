@@ -189,7 +189,7 @@ describe('OCI layer archives', () => {
 
       expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
         'gone-from d 0755 0:0 mtime=1577934245',
-        `gone-from/old c 0000 0:0 0:0 mtime=${Math.floor((await fs.lstat(path.join(source, 'gone-from/.wh.old'))).mtimeMs / 1000)}`,
+        `gone-from/old c 0644 0:0 0:0 mtime=${Math.floor((await fs.lstat(path.join(source, 'gone-from/.wh.old'))).mtimeMs / 1000)}`,
         `hidden d 0755 0:0 trusted.overlay.opaque=${Buffer.from('y').toString('base64')} mtime=1577934245`,
         `hidden/new f 0644 0:0 4B sha256:${(await sha256Of(path.join(source, 'hidden/new'))).slice(7)} mtime=${Math.floor((await fs.lstat(path.join(source, 'hidden/new'))).mtimeMs / 1000)}`,
       ])
@@ -216,11 +216,12 @@ describe('OCI layer archives', () => {
       expect(result.entries).to.equal(5)
       const {stdout: rootOpaque} = await execa('getfattr', ['--only-values', '-n', 'trusted.overlay.opaque', data])
       expect(rootOpaque).to.equal('y')
-      // And back: packed, the opaque marks come out as .wh..wh..opq entries, the root's first.
+      // And back: packed, the opaque marks come out as .wh..wh..opq entries, the root's first after "./".
       const blob = path.join(box.root, 'repacked.tar.gz')
       await packLayer(data, blob)
       const {stdout: names} = await execa('tar', ['-tzf', blob])
       expect(names.split('\n')).to.deep.equal([
+        './',
         '.wh..wh..opq',
         'late/',
         'late/.wh..wh..opq',
@@ -262,11 +263,42 @@ describe('OCI layer archives', () => {
       }
 
       const {stdout} = await execa('tar', ['-tzf', blob])
-      expect(stdout.split('\n').slice(0, 4)).to.deep.equal(['etc/', 'etc/hardlink', 'etc/hostname', 'etc/sub/'])
+      expect(stdout.split('\n').slice(0, 5)).to.deep.equal(['./', 'etc/', 'etc/hardlink', 'etc/hostname', 'etc/sub/'])
       const again = await packLayer(source, blob).catch((error: unknown) => error)
       expect(again)
         .to.be.instanceOf(WafersError)
         .with.property('message', `${blob} already exists; packLayer writes a new file.`)
+    })
+
+    it('round-trips the root and a whiteout: mode, owner and mtime to the nanosecond', async () => {
+      const source = path.join(box.root, 'source')
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(source)
+      await fs.mkdir(data)
+      await fs.writeFile(path.join(source, 'file'), 'x\n')
+      await execa('mknod', ['-m', '0640', path.join(source, 'gone'), 'c', '0', '0'])
+      await fs.lchown(path.join(source, 'gone'), 1234, 5678)
+      await execa('touch', ['-h', '-d', '@1000000000.123456789', path.join(source, 'gone')])
+      await fs.chmod(source, 0o750)
+      await execa('touch', ['-d', '@1100000000.987654321', source])
+      const blob = path.join(box.root, 'layer.tar.gz')
+      await packLayer(source, blob)
+      await unpackLayer(createReadStream(blob), data, {compression: 'gzip', name: 'layer 1 of 1'})
+      const [before, after] = await Promise.all([fs.lstat(source, {bigint: true}), fs.lstat(data, {bigint: true})])
+      expect(after.mode).to.equal(before.mode)
+      // Directory times are set again through Node's futimes, which takes a double: to the microsecond.
+      expect(after.mtimeNs / 1000n).to.equal(before.mtimeNs / 1000n)
+      const [wasGone, isGone] = await Promise.all([
+        fs.lstat(path.join(source, 'gone'), {bigint: true}),
+        fs.lstat(path.join(data, 'gone'), {bigint: true}),
+      ])
+      expect(isGone.isCharacterDevice() && isGone.rdev).to.equal(0n)
+      expect([isGone.mode, isGone.uid, isGone.gid, isGone.mtimeNs]).to.deep.equal([
+        wasGone.mode,
+        wasGone.uid,
+        wasGone.gid,
+        wasGone.mtimeNs,
+      ])
     })
 
     it('refuses a directory overlayfs redirected, whose lower files a layer tar cannot hold', async () => {
@@ -416,6 +448,58 @@ describe('OCI layer archives', () => {
 
       expect(error).to.be.instanceOf(WafersError)
       expect((error as Error).message).to.match(/^layer 3 of 5 does not match its diffID sha256:1{64}: /)
+    })
+
+    it('keeps the modes and mtimes of directories whose files come later, out of order, and of the root', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const entry = (name: string, typeflag: string, mode: number, mtime: number, mtimeNs = 0, content = '') => {
+        const bytes = Buffer.from(content)
+        return [
+          encodeHeader({gid: 0, mode, mtime, mtimeNs, name: Buffer.from(name), size: bytes.length, typeflag, uid: 0}),
+          bytes,
+          Buffer.alloc((512 - (bytes.length % 512)) % 512),
+        ]
+      }
+
+      const tar = Buffer.concat([
+        ...entry('./', '5', 0o751, 1_500_000_000, 250_000_000),
+        ...entry('d/', '5', 0o555, 1_000_000_000),
+        ...entry('e/', '5', 0o1777, 1_200_000_000, 500_000_000),
+        ...entry('e/x', '0', 0o644, 1_300_000_000, 0, 'x\n'),
+        // Written into d after e: d's mtime, set when tar left it, would change again.
+        ...entry('d/f', '0', 0o644, 1_300_000_000, 0, 'f\n'),
+        ...entry('d/sub/', '5', 0o700, 1_100_000_000),
+        ...entry('d/sub/g', '0', 0o644, 1_300_000_000, 0, 'g\n'),
+        Buffer.alloc(1024),
+      ])
+      const blob = path.join(box.root, 'dirs.tar')
+      await fs.writeFile(blob, tar)
+      await unpackLayer(createReadStream(blob), data, {compression: 'none', name: 'layer 1 of 1'})
+      const stat = async (name: string) => fs.lstat(path.join(data, name), {bigint: false})
+      expect(((await stat('d')).mode & 0o7777).toString(8)).to.equal('555')
+      expect((await stat('d')).mtimeMs).to.equal(1_000_000_000_000)
+      expect(((await stat('d/sub')).mode & 0o7777).toString(8)).to.equal('700')
+      expect((await stat('d/sub')).mtimeMs).to.equal(1_100_000_000_000)
+      expect(((await stat('e')).mode & 0o7777).toString(8)).to.equal('1777')
+      expect((await stat('e')).mtimeMs).to.equal(1_200_000_000_500)
+      expect(((await stat('.')).mode & 0o7777).toString(8)).to.equal('751')
+      expect((await stat('.')).mtimeMs).to.equal(1_500_000_000_250)
+    })
+
+    it('cuts a huge entry name to 200 characters in its refusal', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const name = `../${'a'.repeat(512 * 1024)}`
+      const blob = path.join(box.root, 'long.tar')
+      await fs.writeFile(blob, tarOf([{content: 'x', name, type: '0'}]))
+      const error = await unpackLayer(createReadStream(blob), data, {compression: 'none', name: 'layer 1 of 1'}).catch(
+        (error_: unknown) => error_,
+      )
+      expect(error).to.be.instanceOf(WafersError)
+      const {message} = error as Error
+      expect(message).to.include(`"${name.slice(0, 200)}"…`)
+      expect(message.length).to.be.lessThan(400)
     })
 
     it('refuses data that is not gzip in one sentence', async () => {
@@ -602,6 +686,7 @@ describe('OCI layer archives', () => {
         .and.match(/ \.wh\.gone-too$/m)
       const {stdout: listing3} = await execa('tar', ['-tvzf', packed[2].file])
       expect(listing3.split('\n').map((line) => line.split(' ').at(-1))).to.deep.equal([
+        './',
         'opaque/',
         'opaque/.wh..wh..opq',
         'opaque/new1',

@@ -190,6 +190,20 @@ describe('oci: registry logins and errors, one sentence each and nothing made', 
       /cannot reach the registry 127\.0\.0\.1:\d+: connection refused\./,
     )
     await refused(['pull', `oci:${path.join(box.root, 'nowhere')}`], /is not an OCI image layout/)
+    // Numbers and words in the names are not the registry's answer: a missing tag v401 is a missing tag.
+    await refused(
+      ['pull', `${open.host}/wafers/hello:v401`, '--tls-verify=false'],
+      /tag v401 not found in 127\.0\.0\.1:\d+\/wafers\/hello\./,
+    )
+    await refused(
+      ['pull', `${open.host}/unauthorized/denied403:v404`, '--tls-verify=false'],
+      /repository unauthorized\/denied403 not found on 127\.0\.0\.1:\d+\./,
+    )
+    // A file that is no archive: one sentence of ours, none of skopeo's text.
+    const notArchive = await box.run(['pull', 'docker-archive:/etc/passwd', 'x'])
+    expect(notArchive.exitCode).to.equal(1)
+    expect(said(notArchive.stderr)).to.match(/Error: docker-archive:\/etc\/passwd is not a Docker archive\.\s*$/)
+    expect(notArchive.stderr).to.not.match(/tar|skopeo|parsing/i)
   })
 
   it('refuses an image for another architecture, from a registry index and from a layout', async function () {

@@ -240,4 +240,134 @@ describe('oci: pull from OCI layouts', function () {
 
     expect(await fs.readdir(elsewhere)).to.deep.equal([])
   })
+
+  it('refuses a layer blob that is a symlink, a FIFO or not the size its manifest says, at once, making nothing', async function () {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'test')
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
+    const manifestFile = path.join(layout, 'blobs', 'sha256', index.manifests[0].digest.slice(7))
+    const manifest = JSON.parse(await fs.readFile(manifestFile, 'utf8'))
+    const bottom = manifest.layers[0].digest as string
+    const blob = path.join(layout, 'blobs', 'sha256', bottom.slice(7))
+    const bytes = await fs.readFile(blob)
+    const cases: Array<[string, () => Promise<void>, RegExp]> = [
+      ['symlink', async () => fs.symlink('/dev/zero', blob), /is a symlink; wafers does not follow it\./],
+      ['fifo', async () => execa('mkfifo', [blob]).then(() => {}), /is not a regular file\./],
+      [
+        'longer',
+        async () => fs.writeFile(blob, Buffer.concat([bytes, Buffer.alloc(4096)])),
+        /is \d+ bytes, not the \d+ its descriptor says\./,
+      ],
+    ]
+    for (const [, plant, message] of cases) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.rm(blob, {force: true})
+      // eslint-disable-next-line no-await-in-loop
+      await plant()
+      // eslint-disable-next-line no-await-in-loop
+      const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
+      expect(run.exitCode, run.stderr).to.equal(1)
+      expect(said(run.stderr)).to.include(bottom)
+      expect(said(run.stderr)).to.match(message)
+      expect(hasStackTrace(run.stderr)).to.equal(false)
+      // eslint-disable-next-line no-await-in-loop
+      expect(await fs.readdir(box.wafers).catch(() => [])).to.deep.equal([])
+    }
+
+    // index.json and the manifest are read the same way: a FIFO is refused, not waited on.
+    await fs.rm(blob, {force: true})
+    await fs.writeFile(blob, bytes)
+    await fs.rename(path.join(layout, 'index.json'), path.join(box.root, 'index.json'))
+    await execa('mkfifo', [path.join(layout, 'index.json')])
+    const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.match(/the index\.json of .* is not a regular file\./)
+    await fs.rm(path.join(layout, 'index.json'))
+    await fs.rename(path.join(box.root, 'index.json'), path.join(layout, 'index.json'))
+    await fs.appendFile(manifestFile, ' ')
+    const padded = await box.run(['pull', `oci:${layout}:test`, 'image'])
+    expect(padded.exitCode).to.equal(1)
+    expect(said(padded.stderr)).to.match(/not the \d+ its descriptor says\./)
+  })
+
+  it('a failed pull leaves no trace: no $WAFERS, no .oci, when it made them', async function () {
+    const archive = path.join(box.root, 'not-an-archive')
+    await fs.writeFile(archive, 'not a tar\n')
+    for (const ref of [`docker-archive:${archive}`, `oci-archive:${archive}`, 'docker://127.0.0.1:1/wafers/x:1']) {
+      // eslint-disable-next-line no-await-in-loop
+      const run = await box.run(['pull', ref, 'x', '--tls-verify=false'])
+      expect(run.exitCode, ref).to.equal(1)
+      expect(hasStackTrace(run.stderr)).to.equal(false)
+      // eslint-disable-next-line no-await-in-loop
+      expect(
+        await fs.stat(box.wafers).then(
+          () => true,
+          () => false,
+        ),
+        ref,
+      ).to.equal(false)
+    }
+
+    await fs.mkdir(box.wafers)
+    const run = await box.run(['pull', `docker-archive:${archive}`, 'x'])
+    expect(run.exitCode).to.equal(1)
+    expect(await fs.readdir(box.wafers)).to.deep.equal([])
+  })
+
+  it('pushes the history a build recorded: each step as it ran, and the metadata steps of a built top', async function () {
+    await fs.mkdir(box.wafers)
+    const meta = async (name: string, value: unknown) =>
+      fs.writeFile(path.join(box.wafers, name, 'meta.json'), JSON.stringify(value))
+    const arch = process.arch === 'x64' ? 'amd64' : process.arch
+    await box.wafer('base', {files: {'etc/base': 'base\n'}})
+    await box.wafer('step', {files: {'etc/step': 'step\n'}, parent: 'base'})
+    await meta('step', {build: {history: [{created_by: 'RUN make step'}], instruction: 'RUN make step', key: 'k1'}})
+    await box.wafer('built', {parent: 'step'})
+    const history = [
+      {created_by: 'wafers: wafer base'},
+      {created_by: 'ENV A=1', empty_layer: true},
+      {created_by: 'RUN make step'},
+      {created_by: 'CMD ["sh"]', empty_layer: true},
+    ]
+    await meta('built', {
+      build: {instruction: 'CMD ["sh"]', key: 'k2'},
+      image: {architecture: arch, config: {Cmd: ['sh'], Env: ['A=1']}, history, os: 'linux'},
+    })
+    const configOf = async (layout: string) => {
+      const {stdout} = await execa('skopeo', ['inspect', '--config', '--raw', `oci:${layout}:v1`])
+      return JSON.parse(stdout) as {history: unknown[]}
+    }
+
+    const stepOut = path.join(box.root, 'step-out')
+    const pushedStep = await box.run(['push', 'step', `oci:${stepOut}:v1`])
+    expect(pushedStep.exitCode, pushedStep.stderr).to.equal(0)
+    expect((await configOf(stepOut)).history).to.deep.equal([
+      {created_by: 'wafers: wafer base'},
+      {created_by: 'RUN make step'},
+    ])
+    const builtOut = path.join(box.root, 'built-out')
+    const pushedBuilt = await box.run(['push', 'built', `oci:${builtOut}:v1`])
+    expect(pushedBuilt.exitCode, pushedBuilt.stderr).to.equal(0)
+    expect((await configOf(builtOut)).history).to.deep.equal(history)
+  })
+
+  it('pulls an image with no layers as just the empty NAME wafer', async function () {
+    const layout = path.join(box.root, 'empty-layout')
+    await execa('umoci', ['init', '--layout', layout])
+    await execa('umoci', ['new', '--image', `${layout}:t`])
+    // A metadata change adds an empty_layer history entry: a history, but no layer for it to go with.
+    await execa('umoci', ['config', '--image', `${layout}:t`, '--config.cmd', 'sh'])
+    const run = await box.run(['pull', `oci:${layout}:t`, 'nothing', '--json'])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(JSON.parse(run.stdout)).to.include({made: true, name: 'nothing'})
+    expect(JSON.parse(run.stdout).layers).to.deep.equal([])
+    expect(await fs.readdir(box.wafers)).to.deep.equal(['nothing'])
+    expect(await fs.readdir(box.data('nothing'))).to.deep.equal([])
+    expect(
+      await fs.stat(path.join(box.wafers, 'nothing', 'parent')).then(
+        () => true,
+        () => false,
+      ),
+    ).to.equal(false)
+  })
 })

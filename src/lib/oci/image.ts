@@ -179,7 +179,7 @@ export function checkPlatform(config: ImageConfigFile, platform: Platform, what:
  * not match the layers (it is optional, and some tools write it loosely).
  */
 export function historyPerLayer(history: HistoryEntry[] | undefined, layers: number): HistoryEntry[][] | undefined {
-  if (!history || history.length === 0) return undefined
+  if (!history || history.length === 0 || layers === 0) return undefined
   if (history.filter((entry) => !entry.empty_layer).length !== layers) return undefined
   const result: HistoryEntry[][] = Array.from({length: layers}, () => [])
   let layer = -1

@@ -1,6 +1,7 @@
 import {createHash} from 'node:crypto'
-import {closeSync, constants, fstatSync, mkdirSync, openSync, readSync} from 'node:fs'
+import {closeSync, constants, createReadStream, fstatSync, mkdirSync, openSync, readSync} from 'node:fs'
 import path from 'node:path'
+import {Readable} from 'node:stream'
 
 import {WafersError, isErrno} from '../errors.js'
 import {writeFileAtomic} from '../files.js'
@@ -32,36 +33,86 @@ export function digestOf(bytes: Buffer | string): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
 }
 
+/** O_PATH (Linux): Node's fs.constants does not carry it. */
+const O_PATH = 0o10000000
+
 /**
- * Reads a small file whole: never through a symlink, never blocking on a FIFO, at most `max`
- * bytes. Undefined when it does not exist.
+ * Opens for reading a file someone else may have planted (anything in a layout or in
+ * `$WAFERS/.oci`): the name is opened with O_PATH|O_NOFOLLOW, so no symlink is followed and no
+ * FIFO, socket or device is ever opened; it must be a regular file, and `check` judges its size;
+ * only then is that very inode reopened through /proc/self/fd, non-blocking. Returns the
+ * descriptor and the size, or undefined when the file does not exist. The caller closes the fd.
  */
-export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB): Buffer | undefined {
-  let fd: number
+export function openPlanted(
+  file: string,
+  what: string,
+  check: (size: number) => void,
+): undefined | {fd: number; size: number} {
+  let handle: number
   try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    handle = openSync(file, O_PATH | constants.O_NOFOLLOW)
   } catch (error) {
     if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
-    if (isErrno(error, 'ELOOP')) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
-    throw new WafersError(`${what} cannot be read: ${(error as Error).message.split(':')[0]}.`)
+    if (isErrno(error, 'EACCES') || isErrno(error, 'EPERM'))
+      throw new WafersError(`${what} cannot be read: permission denied.`)
+    throw new WafersError(`${what} cannot be opened (${(error as NodeJS.ErrnoException).code ?? 'unknown error'}).`)
   }
 
   try {
-    const stat = fstatSync(fd)
+    const stat = fstatSync(handle)
+    if (stat.isSymbolicLink()) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
     if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
-    if (stat.size > max) throw new WafersError(`${what} is ${stat.size} bytes, more than the ${max} wafers reads.`)
-    const buffer = Buffer.alloc(stat.size)
+    check(stat.size)
+    const fd = openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK)
+    return {fd, size: stat.size}
+  } finally {
+    closeSync(handle)
+  }
+}
+
+/**
+ * Reads a small file whole: never through a symlink, never opening a FIFO or device, at most
+ * `max` bytes (or exactly `size` bytes when given). Undefined when it does not exist.
+ */
+export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB, size?: number): Buffer | undefined {
+  const opened = openPlanted(file, what, (actual) => {
+    if (size !== undefined && actual !== size)
+      throw new WafersError(`${what} is ${actual} bytes, not the ${size} its descriptor says.`)
+    if (actual > max) throw new WafersError(`${what} is ${actual} bytes, more than the ${max} wafers reads.`)
+  })
+  if (opened === undefined) return undefined
+  try {
+    // Never more than the size checked: a file that grows meanwhile is read only that far.
+    const buffer = Buffer.alloc(opened.size)
     let length = 0
     while (length < buffer.length) {
-      const n = readSync(fd, buffer, length, buffer.length - length, null)
+      const n = readSync(opened.fd, buffer, length, buffer.length - length, null)
       if (n === 0) break
       length += n
     }
 
     return buffer.subarray(0, length)
   } finally {
-    closeSync(fd)
+    closeSync(opened.fd)
   }
+}
+
+/**
+ * A stream of the blob `descriptor` names in the layout at `dir`, opened as openPlanted does: a
+ * regular file of exactly `descriptor.size` bytes, of which never more are read.
+ */
+export function openBlob(dir: string, descriptor: Descriptor, what: string): Readable {
+  const opened = openPlanted(blobPath(dir, descriptor.digest), what, (size) => {
+    if (size !== descriptor.size)
+      throw new WafersError(`${what} is ${size} bytes, not the ${descriptor.size} its descriptor says.`)
+  })
+  if (opened === undefined) throw new WafersError(`${what} is missing from the layout ${dir}.`)
+  if (opened.size === 0) {
+    closeSync(opened.fd)
+    return Readable.from([])
+  }
+
+  return createReadStream('', {end: opened.size - 1, fd: opened.fd, highWaterMark: 1024 * 1024, start: 0})
 }
 
 /** Parses JSON `bytes`, refusing what is not an object in one sentence. */
@@ -84,7 +135,7 @@ export function readJsonBlob(
   descriptor: Descriptor,
   what: string,
 ): {raw: Buffer; value: Record<string, unknown>} {
-  const raw = readSmallFile(blobPath(dir, descriptor.digest), what)
+  const raw = readSmallFile(blobPath(dir, descriptor.digest), what, MAX_JSON_BLOB, descriptor.size)
   if (raw === undefined) throw new WafersError(`${what} (${descriptor.digest}) is missing from the layout ${dir}.`)
   if (digestOf(raw) !== descriptor.digest)
     throw new WafersError(`${what} does not match its digest ${descriptor.digest}.`)

@@ -1,4 +1,4 @@
-import {createReadStream, promises as fs} from 'node:fs'
+import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -22,7 +22,7 @@ import {
   platformText,
   selectPlatform,
 } from './image.js'
-import {blobPath, digestOf, findLayoutImage, parseJson, readJsonBlob} from './layout.js'
+import {blobPath, digestOf, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
   RegistryOptions,
@@ -353,7 +353,7 @@ async function unpackInto(
   try {
     await store.create(layer.wafer, parent, {
       async fill(data) {
-        const input = createReadStream(blobPath(plan.blobs, descriptor.digest), {highWaterMark: 1024 * 1024})
+        const input = openBlob(plan.blobs, descriptor, what)
         await unpackLayer(input, data, {
           compression: compressionOf(descriptor.mediaType),
           expectDiffId: layer.diffId,

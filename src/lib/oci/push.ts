@@ -112,12 +112,15 @@ export function pushSteps(
         const meta = readMeta(store.dir(wafer), wafer)
         if (packed === undefined) {
           result.emptyWafers.push(wafer)
-          histories.set(wafer, emptyHistory(wafer, meta.layer?.history, meta.image !== undefined))
+          histories.set(
+            wafer,
+            emptyHistory(wafer, meta.layer?.history ?? meta.build?.history, meta.image !== undefined),
+          )
           return `${wafer} has no files of its own: a history entry, no layer`
         }
 
         result.layers.push(packed)
-        histories.set(wafer, layerHistory(wafer, meta.layer?.history))
+        histories.set(wafer, layerHistory(wafer, meta.layer?.history ?? meta.build?.history))
         const how = packed.made ? 'packed' : 'unchanged since last packed'
         return `${wafer}: ${how}, ${packed.digest.slice(7, 19)} (${humanSize(packed.size)})`
       },
@@ -131,7 +134,8 @@ export function pushSteps(
         const config: ImageConfigFile = {
           architecture: platform.architecture,
           config: platform.config ?? {},
-          history: wafers.flatMap((wafer) => histories.get(wafer) ?? []),
+          history:
+            imageHistory(image, wafers, result.layers.length) ?? wafers.flatMap((wafer) => histories.get(wafer) ?? []),
           os: platform.os,
           rootfs: {diff_ids: result.layers.map((layer) => layer.diffId), type: 'layers'},
           ...(platform.variant ? {variant: platform.variant} : {}),
@@ -212,6 +216,13 @@ async function packWafer(
   await fs.link(cache.blob(entry.digest), target).catch((error) => {
     if (!isErrno(error, 'EEXIST')) throw error
   })
+  // The cache is in $WAFERS, which anyone may write to: its blob may have been swapped since it was
+  // checked. The link (never through a symlink) is in our private work dir, so checking it holds.
+  const linked = await fs.lstat(target)
+  if (!linked.isFile() || linked.size !== entry.size) {
+    throw new WafersError(`the cached layer of wafer ${wafer} changed while it was used; push again.`)
+  }
+
   return {diffId: entry.diffId, digest: entry.digest, made, mediaType: entry.mediaType, size: entry.size, wafer}
 }
 
@@ -229,6 +240,21 @@ function emptyHistory(wafer: string, recorded: HistoryEntry[] | undefined, pulle
   if (recorded) return recorded.map((entry) => ({...entry, empty_layer: true}))
   if (pulledTop) return []
   return [{created_by: `wafers: wafer ${wafer}`, empty_layer: true}]
+}
+
+/**
+ * The history of the image the top wafer itself came from (pulled, or made by `wafers build`),
+ * when it still fits the layers pushed: it holds what no wafer does, such as the empty entries of
+ * ENV or CMD steps. Undefined otherwise (wafers were added on top, or the history is loose).
+ */
+function imageHistory(
+  image: undefined | {meta: ImageMeta; wafer: string},
+  wafers: string[],
+  layers: number,
+): HistoryEntry[] | undefined {
+  const history = image?.meta.history
+  if (!history || image.wafer !== wafers.at(-1)) return undefined
+  return history.filter((entry) => !entry.empty_layer).length === layers ? history : undefined
 }
 
 /** The image meta of the nearest wafer (top first) that came from an image, if any. */

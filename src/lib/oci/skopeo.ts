@@ -141,16 +141,30 @@ export async function copyFromLayout(
   return (await fs.readFile(digestFile, 'utf8')).trim()
 }
 
-/** skopeo's stderr as one sentence about `ref`: unreachable host, TLS, 401, 404, missing tag, another platform. */
+/**
+ * skopeo's stderr as one sentence of ours about `ref`: unreachable host, TLS, credentials wanted or
+ * refused, access denied, repository or tag missing, another platform, a file that is not an
+ * archive. Only skopeo's and the registry's own phrases count (`unauthorized`, `manifest unknown`,
+ * `status code 401`...), never a bare number, and the names in `ref` are blanked out first, so a tag
+ * `v401` or a repository `denied` is not mistaken for an answer. skopeo's own text is never shown
+ * unless DEBUG is set.
+ */
 async function explain(context: SkopeoContext, stderr: string, ref: ImageReference): Promise<WafersError> {
-  const text = stderr
+  const raw = stderr
     .split('\n')
     .map((line) => /msg="((?:[^"\\]|\\.)*)"/.exec(line)?.[1]?.replaceAll('\\"', '"') ?? line)
     .filter((line) => line.trim() !== '')
     .join(' ')
+  let text = raw
+  const names = [ref.skopeo, ref.text, ref.path, ref.name, ref.repository, ref.tag, ref.digest]
+  for (const name of names.filter((n): n is string => Boolean(n)).sort((x, y) => y.length - x.length))
+    text = text.replaceAll(name, '\u0000')
   const image = describe(ref)
   const host = ref.host ?? ''
   const said = (pattern: RegExp) => pattern.test(text)
+  const status = (code: number, phrase: string) =>
+    new RegExp(`status code( from registry)?:? ${code}\\b|\\b${code} \\(?${phrase}\\b|\\bHTTP ${code}\\b`, 'i')
+  const debug = process.env.DEBUG ? [`skopeo said: ${raw}`] : []
   const reach =
     /(connection refused|no such host|i\/o timeout|network is unreachable|no route to host|connection reset by peer|TLS handshake timeout)/.exec(
       text,
@@ -168,7 +182,7 @@ async function explain(context: SkopeoContext, stderr: string, ref: ImageReferen
     })
   }
 
-  if (said(/unauthorized|authentication required|401/)) {
+  if (said(/\bunauthorized\b|authentication required/i) || said(status(401, 'Unauthorized'))) {
     const given = context.authfile !== undefined
     return new WafersError(
       given
@@ -178,10 +192,11 @@ async function explain(context: SkopeoContext, stderr: string, ref: ImageReferen
     )
   }
 
-  if (said(/denied|403/)) return new WafersError(`the registry ${host} denied access to ${image} (403 forbidden).`)
+  if (said(/\bdenied: |requested access to the resource is denied/) || said(status(403, 'Forbidden')))
+    return new WafersError(`the registry ${host} denied access to ${image} (403 forbidden).`)
   if (said(/name unknown|repository name not known/))
     return new WafersError(`repository ${ref.repository} not found on ${host}.`)
-  if (said(/manifest unknown|not found|404/) && ref.transport === 'docker') {
+  if ((said(/manifest unknown/) || said(status(404, 'Not Found'))) && ref.transport === 'docker') {
     if (ref.digest) return new WafersError(`image ${image} not found: no manifest with that digest.`)
     const exists = await repositoryExists(context, ref)
     return new WafersError(
@@ -192,14 +207,21 @@ async function explain(context: SkopeoContext, stderr: string, ref: ImageReferen
   }
 
   if (said(/no image found in (manifest list|image index) for architecture/)) {
-    return new WafersError(
-      `${image} has no image for this machine's platform: ${text.replace(/^.*no image found/, 'no image found')}.`,
-    )
+    return new WafersError(`${image} has no image for this machine's platform.`, {suggestions: debug})
   }
 
   if (said(/no such file or directory/) && ref.path) return new WafersError(`${ref.path} does not exist.`)
-  const last = text.replace(/^Error (parsing image name|initializing source|copying image)[^:]*: /, '').trim()
-  return new WafersError(`skopeo failed on ${image}: ${last.replace(/\.$/, '')}.`)
+  if (ref.transport === 'docker-archive')
+    return new WafersError(`${image} is not a Docker archive.`, {suggestions: debug})
+  if (ref.transport === 'oci-archive')
+    return new WafersError(`${image} is not an OCI archive, or holds no such image.`, {suggestions: debug})
+  if (ref.transport === 'oci')
+    return new WafersError(`${image} is not an OCI layout skopeo can read, or holds no such image.`, {
+      suggestions: debug,
+    })
+  return new WafersError(`skopeo could not read or write ${image}; set DEBUG=1 to see what it said.`, {
+    suggestions: debug,
+  })
 }
 
 /** Whether the registry has the repository at all (a missing tag and a missing repository both say "manifest unknown"). */

@@ -11,6 +11,13 @@ export interface GateResult {
   entries: number
   /** Directories marked opaque by a `.wh..wh..opq` entry, relative to the wafer's data ('' for its root). */
   opaque: Buffer[]
+  /**
+   * Every directory the layer lists and that no later entry replaced, relative to the wafer's data
+   * ('' for its root), with the mode and mtime (seconds, fractions from a pax record) of its last
+   * entry: applied after extraction, since GNU tar's own --delay-directory-restore takes time
+   * quadratic in the number of directories.
+   */
+  directories: Map<string, {mode: number; mtime: number}>
 }
 
 const WHITEOUT = Buffer.from('.wh.')
@@ -20,6 +27,14 @@ const META_PREFIX = Buffer.from('.wh..wh.')
 const ENTRY_TYPES = new Set(['0', '\0', '7', '1', '2', '3', '4', '5', '6'])
 const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6'])
 const MAX_META = 1024 * 1024
+/**
+ * The most memory the gate's tables of names (directories, symlinks, directory modes) may take,
+ * counting each name's bytes plus 100 for its record: about a million directories or symlinks of
+ * ordinary names. A layer that needs more is refused rather than let exhaust memory.
+ */
+export const MAX_TRACKED_BYTES = 256 * 1024 * 1024
+/** Names in refusals are cut to this many characters (a name may be a megabyte long). */
+const SHOWN_NAME = 200
 
 type State =
   | {kind: 'data'; remaining: number; forward: boolean}
@@ -45,6 +60,17 @@ export async function gateLayer(
   const {hash, layer} = options
   const symlinks = new Set<string>()
   const dirs = new Set<string>([''])
+  const directories = new Map<string, {mode: number; mtime: number}>()
+  let tracked = 0
+  const track = (key: string): void => {
+    tracked += key.length + 100
+    if (tracked > MAX_TRACKED_BYTES) {
+      throw new WafersError(
+        `${layer} was refused: it lists more directories and symlinks than wafers tracks (${MAX_TRACKED_BYTES / 1024 / 1024} MiB of names).`,
+      )
+    }
+  }
+
   const opaque: Buffer[] = []
   let entries = 0
   let state: State = {kind: 'header'}
@@ -54,11 +80,11 @@ export async function gateLayer(
   let lastName = ''
 
   const refuse = (entry: string, why: string): never => {
-    throw new WafersError(`${layer} was refused: its entry ${JSON.stringify(entry)} ${why}.`)
+    throw new WafersError(`${layer} was refused: its entry ${quote(entry)} ${why}.`)
   }
 
   const damaged = (why: string): never => {
-    const after = lastName === '' ? 'at its start' : `after the entry ${JSON.stringify(lastName)}`
+    const after = lastName === '' ? 'at its start' : `after the entry ${quote(lastName)}`
     throw new WafersError(`${layer} is not a valid layer tar: ${why} ${after}.`)
   }
 
@@ -77,7 +103,7 @@ export async function gateLayer(
         const through = Buffer.from(ancestor, 'latin1').toString('utf8')
         refuse(
           shown,
-          `${what === 'name' ? 'lands' : 'links'} through the symlink "${through}" made by an earlier entry`,
+          `${what === 'name' ? 'lands' : 'links'} through the symlink ${quote(through)} made by an earlier entry`,
         )
       }
     }
@@ -110,6 +136,16 @@ export async function gateLayer(
     }
 
     lastName = shown
+    let mtimeSeconds = header.mtime
+    let mtimeNs = 0
+    const paxTime = /^(-?[0-9]{1,15})(?:\.([0-9]+))?$/.exec(records.get('mtime')?.toString('latin1') ?? '')
+    if (paxTime) {
+      mtimeSeconds = Number(paxTime[1])
+      mtimeNs = Number((paxTime[2] ?? '').padEnd(9, '0').slice(0, 9))
+    }
+
+    const mtime = mtimeSeconds + mtimeNs / 1e9
+
     const typeflag = header.typeflag
     if ([...records.keys()].some((key) => key.startsWith('GNU.sparse.')) || typeflag === 'S')
       refuse(shown, 'is a sparse file, which wafers does not unpack')
@@ -146,6 +182,7 @@ export async function gateLayer(
           }),
         )
         dirs.add(dir)
+        track(dir)
       }
 
       return skip
@@ -163,17 +200,21 @@ export async function gateLayer(
         name.subarray(0, name.lastIndexOf(0x2f, end - 1) + 1),
         Buffer.from(hidden, 'latin1'),
       ])
+      directories.delete([...parent, hidden].join('/'))
+      // The whiteout file's owner, mode and time (to the nanosecond) go to the device, so a
+      // pushed whiteout comes back as it was; overlayfs looks only at the 0/0 device number.
       out.push(
         encodeHeader({
           devmajor: 0,
           devminor: 0,
-          gid: 0,
-          mode: 0,
-          mtime: header.mtime,
+          gid: header.gid,
+          mode: header.mode & 0o7777,
+          mtime: mtimeSeconds,
+          mtimeNs,
           name: device,
           size: 0,
           typeflag: '3',
-          uid: 0,
+          uid: header.uid,
         }),
       )
       return skip
@@ -181,15 +222,27 @@ export async function gateLayer(
 
     if (key === '' && typeflag !== '5' && !(trailingSlash && size === 0))
       refuse(shown, 'would replace the wafer itself')
+    const isDirectory = typeflag === '5' || trailingSlash
+    if (!isDirectory) directories.delete(key)
     if (typeflag === '1') {
       const shownLink = linkname.toString('utf8')
       const target = components(linkname, shown, 'hard link target').join('/')
-      if (target === '') refuse(shown, `is a hard link to ${JSON.stringify(shownLink)}, the wafer's own directory`)
-      if (symlinks.has(target)) symlinks.add(key)
+      if (target === '') refuse(shown, `is a hard link to ${quote(shownLink)}, the wafer's own directory`)
+      if (symlinks.has(target)) {
+        symlinks.add(key)
+        track(key)
+      }
     } else if (typeflag === '2') {
       symlinks.add(key)
-    } else if (typeflag === '5' || trailingSlash) {
-      dirs.add(key)
+      track(key)
+    } else if (isDirectory) {
+      if (!dirs.has(key)) {
+        dirs.add(key)
+        track(key)
+      }
+
+      if (!directories.has(key)) track(key)
+      directories.set(key, {mode: header.mode & 0o7777, mtime})
     }
 
     for (const meta of pending) out.push(meta.raw)
@@ -287,7 +340,13 @@ export async function gateLayer(
     await writeAll(sink, [Buffer.alloc(2 * BLOCK)], options.stopped)
   }
 
-  return {entries, opaque}
+  return {directories, entries, opaque}
+}
+
+/** An entry name for a message: quoted, and cut to its first 200 characters when longer. */
+export function quote(name: string): string {
+  const chars = [...name]
+  return chars.length > SHOWN_NAME ? `${JSON.stringify(chars.slice(0, SHOWN_NAME).join(''))}…` : JSON.stringify(name)
 }
 
 function indexOrLength(buffer: Buffer): number {

@@ -230,6 +230,21 @@ export async function writeLayerTar(
   const root = Buffer.from(data)
   // "DATA/." is the directory itself even when DATA is a /proc/PID/fd link to it.
   const self = Buffer.from(`${data}/.`)
+  // The root as "./", first: its mode, owner, mtime and attributes come back when it is pulled.
+  const rootStat = await fs.lstat(self, {bigint: true})
+  await emit(
+    encodeHeader({
+      gid: Number(rootStat.gid),
+      mode: Number(rootStat.mode),
+      mtime: Number(rootStat.mtimeNs / 1_000_000_000n),
+      mtimeNs: Number(rootStat.mtimeNs % 1_000_000_000n),
+      name: Buffer.from('./'),
+      size: 0,
+      typeflag: '5',
+      uid: Number(rootStat.uid),
+      xattrs: await attributes(self),
+    }),
+  )
   if ((await xattr.getAttribute(utf8Path(self, shown), 'trusted.overlay.opaque'))?.toString() === 'y') {
     // The wafer itself is opaque (it came from a layer that said so): say so first, as the layer did.
     const stat = await fs.lstat(self, {bigint: true})

@@ -22,16 +22,48 @@ export interface WorkDir {
  * downloads never fill /tmp and finished blobs can be hard-linked), and holds a flock on it while
  * it is in use. Directories left by a killed pull or push are removed first: their lock is free.
  * A lock, not a PID, says whether one is still in use, so other PID namespaces are safe.
+ * `dispose` also removes `$WAFERS`, `.oci` and `.oci/tmp` if this call made them and they are
+ * empty then (rmdir: never through a symlink, never what another run put there), so a failed run
+ * leaves the disk as it found it.
  */
 export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir> {
   const root = path.join(ociDir(wafers), 'tmp')
-  await fs.mkdir(wafers, {recursive: true})
+  const made: string[] = []
+  for (let attempt = 0; ; attempt++) {
+    try {
+      // eslint-disable-next-line no-await-in-loop
+      return await tryMakeWorkDir(wafers, root, kind, made)
+    } catch (error) {
+      // Another run that failed removed the empty .oci/tmp it had made just as this one used it.
+      if (!isErrno(error, 'ENOENT') || attempt >= 2) {
+        await removeMade(made)
+        throw error
+      }
+    }
+  }
+}
+
+async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: string[]): Promise<WorkDir> {
+  const first = await fs.mkdir(wafers, {recursive: true})
+  if (first !== undefined) {
+    // Every directory from the first one made down to $WAFERS was made now.
+    for (let dir = wafers; ; dir = path.dirname(dir)) {
+      made.unshift(dir)
+      if (dir === first || dir === path.dirname(dir)) break
+    }
+  }
+
   // Anyone may write to $WAFERS: a symlink planted as .oci or .oci/tmp is refused, never followed.
   for (const dir of [ociDir(wafers), root]) {
     // eslint-disable-next-line no-await-in-loop
-    await fs.mkdir(dir, {mode: 0o700}).catch((error) => {
-      if (!isErrno(error, 'EEXIST')) throw error
-    })
+    const created = await fs.mkdir(dir, {mode: 0o700}).then(
+      () => true,
+      (error: unknown) => {
+        if (!isErrno(error, 'EEXIST')) throw error
+        return false
+      },
+    )
+    if (created) made.push(dir)
     // eslint-disable-next-line no-await-in-loop
     const stat = await fs.lstat(dir)
     if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
@@ -45,8 +77,21 @@ export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir
     async dispose() {
       await fs.rm(dir, {force: true, recursive: true})
       lock?.release()
+      await removeMade(made)
     },
     path: dir,
+  }
+}
+
+/** Removes the directories in `made`, deepest first, each only if it is (still) an empty directory. */
+async function removeMade(made: string[]): Promise<void> {
+  for (const dir of [...made].reverse()) {
+    // eslint-disable-next-line no-await-in-loop
+    const removed = await fs.rmdir(dir).then(
+      () => true,
+      () => false,
+    )
+    if (!removed) break
   }
 }
 
