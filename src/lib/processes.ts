@@ -1,4 +1,15 @@
-import {promises as fs} from 'node:fs'
+import {
+  type Stats,
+  type StatsFs,
+  promises as fs,
+  lstatSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  statfsSync,
+} from 'node:fs'
+import path from 'node:path'
 
 /** A process that keeps a directory busy. */
 export interface ProcessUse {
@@ -47,4 +58,268 @@ export async function processesUsing(
     }),
   )
   return users.filter((user) => user !== undefined).sort((a, b) => a.pid - b.pid)
+}
+
+/** statfs(2)'s magic number of overlayfs. */
+const OVERLAYFS_MAGIC = 0x79_4c_76_30
+
+/**
+ * A use of the store's wafers that the live mount table does not show: a stack detached with
+ * `umount --lazy` that processes still use, a stack mounted in another mount namespace, or
+ * processes working in a wafer's own directory.
+ */
+export interface HiddenUse {
+  kind: 'detached' | 'files' | 'namespace'
+  /** The wafer that is the stack's writable top (or top-most layer), when known. */
+  top?: string
+  /** The processes that keep it (for a namespace: one process of it). */
+  users: ProcessUse[]
+  /** The wafers it uses, the top (when known) first, then the layers below it. */
+  wafers: string[]
+  /** Where it is, to say in a sentence: "a detached stack", "/x in the mount namespace of 12 (sh)". */
+  where: string
+}
+
+/** What hiddenUses needs of the store, kept apart from store.ts so that this module imports no store. */
+export interface StoreView {
+  /** The wafers below `name`, nearest first, as far as they can be traced. */
+  ancestry(name: string): string[]
+  /** The short link ids of `.links` by wafer name. */
+  linkTargets(): Map<string, string>
+  names: string[]
+  root: string
+}
+
+/**
+ * Finds the uses of the store's wafers that the live mount table hides, by what the kernel says
+ * of every process (its root, working directory, executable and, with `openFiles`, its open
+ * files) and of every other mount namespace's mount table. A lazily detached overlay is in no
+ * mount table: its users are found by their device (an overlay not mounted here) and the inode of
+ * its root, which overlayfs takes from the upper layer, the top wafer's `data`.
+ */
+export async function hiddenUses(
+  view: StoreView,
+  options: {
+    openFiles?: boolean
+    table: Array<{
+      fstype: string
+      majorMinor: string
+      mountpoint: string
+      root: string
+      source: string
+      superOptions: string
+    }>
+  },
+): Promise<HiddenUse[]> {
+  const {overlayOptionLayers, parseMountInfo} = await import('./mounts.js')
+  const root = await fs.realpath(view.root).catch(() => view.root)
+  const rootStat = statSync(root, {throwIfNoEntry: false})
+  if (rootStat === undefined) return []
+  const dataByIno = new Map<number, string>()
+  const dirByIno = new Map<number, string>()
+  for (const name of view.names) {
+    const dir = path.join(root, name)
+    const [dirStat, dataStat] = [dir, path.join(dir, 'data')].map((file) => lstatSync(file, {throwIfNoEntry: false}))
+    if (dirStat?.dev === rootStat.dev) dirByIno.set(dirStat.ino, name)
+    if (dataStat?.dev === rootStat.dev) {
+      dataByIno.set(dataStat.ino, name)
+      dirByIno.set(dataStat.ino, name)
+    }
+  }
+
+  const visible = new Set(options.table.map((entry) => entry.majorMinor))
+  const ownNamespace = readlinkSync('/proc/self/ns/mnt')
+  const overlay = new Map<number, boolean>()
+  const isOverlay = (dev: number, file: string) => {
+    if (!overlay.has(dev)) overlay.set(dev, statfsOrUndefined(file)?.type === OVERLAYFS_MAGIC)
+    return overlay.get(dev)!
+  }
+
+  const direct = new Map<string, Map<number, ProcessUse>>()
+  const detached = new Map<number, {tops: Set<string>; users: Map<number, ProcessUse>}>()
+  const namespaces = new Map<string, number>()
+  const commands = new Map<number, string>()
+  const commandOf = (pid: number) => {
+    if (!commands.has(pid)) commands.set(pid, readSmall(`/proc/${pid}/comm`)?.trim() ?? '?')
+    return {command: commands.get(pid)!, pid}
+  }
+
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+    const pid = Number(entry)
+    const base = `/proc/${pid}`
+    const namespace = readlinkOrUndefined(`${base}/ns/mnt`)
+    if (namespace !== undefined && namespace !== ownNamespace && !namespaces.has(namespace))
+      namespaces.set(namespace, pid)
+    const fds = options.openFiles ? readdirOrEmpty(`${base}/fd`).map((fd) => `fd/${fd}`) : []
+    for (const link of ['root', 'cwd', 'exe', ...fds]) {
+      const file = `${base}/${link}`
+      const stat = statOrUndefined(file)
+      if (stat === undefined) continue
+      if (stat.dev === rootStat.dev) {
+        // In a wafer's own directory (or a bind mount of its data, detached or not).
+        const name = stat.isDirectory()
+          ? walkUp(file, (dir) => (dir.dev === rootStat.dev ? dirByIno.get(dir.ino) : undefined))
+          : fileInWafer(file, root, view.names)
+        if (name !== undefined) {
+          if (!direct.has(name)) direct.set(name, new Map())
+          direct.get(name)!.set(pid, commandOf(pid))
+        }
+
+        continue
+      }
+
+      if (visible.has(majorMinor(stat.dev)) || !isOverlay(stat.dev, file)) continue
+      // An overlay this namespace does not show: detached, or mounted in another namespace only.
+      if (!detached.has(stat.dev)) detached.set(stat.dev, {tops: new Set(), users: new Map()})
+      const use = detached.get(stat.dev)!
+      use.users.set(pid, commandOf(pid))
+      const top = stat.isDirectory()
+        ? walkUp(file, (dir) => (dir.dev === stat.dev ? dataByIno.get(dir.ino) : undefined), stat.dev)
+        : layerHolding(file, stat.ino, root, view.names)
+      if (top !== undefined) use.tops.add(top)
+    }
+  }
+
+  const uses: HiddenUse[] = []
+  const links = view.linkTargets()
+  for (const [namespace, pid] of namespaces) {
+    const text = readSmall(`/proc/${pid}/mountinfo`, 16 * 1024 * 1024)
+    if (text === undefined || readlinkOrUndefined(`/proc/${pid}/ns/mnt`) !== namespace) continue
+    for (const entry of parseMountInfo(text)) {
+      if (entry.fstype !== 'overlay' || visible.has(entry.majorMinor)) continue
+      const layers = overlayOptionLayers(entry)
+      const waferOf = (dir: string | undefined) => {
+        if (dir === undefined) return undefined
+        if (path.dirname(dir) === path.join(root, '.links')) return links.get(path.basename(dir))
+        return path.basename(dir) === 'data' && path.dirname(path.dirname(dir)) === root
+          ? path.basename(path.dirname(dir))
+          : undefined
+      }
+
+      const wafers = [layers.upper, ...layers.lowers].map((dir) => waferOf(dir)).filter((name) => name !== undefined)
+      if (wafers.length === 0) continue
+      const top = waferOf(layers.upper) ?? waferOf(layers.lowers[0])
+      const dev = [...detached.keys()].find((key) => majorMinor(key) === entry.majorMinor)
+      const users = dev === undefined ? [commandOf(pid)] : [...detached.get(dev)!.users.values()]
+      if (dev !== undefined) detached.delete(dev)
+      const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+      uses.push({
+        kind: 'namespace',
+        top,
+        users,
+        wafers: [...new Set([...wafers, ...(top === undefined ? [] : view.ancestry(top))])],
+        where: `the stack mounted at ${entry.mountpoint} in the mount namespace of ${who}`,
+      })
+    }
+  }
+
+  for (const use of detached.values()) {
+    const users = [...use.users.values()].sort((a, b) => a.pid - b.pid)
+    const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+    for (const top of use.tops) {
+      uses.push({
+        kind: 'detached',
+        top,
+        users,
+        wafers: [top, ...view.ancestry(top)],
+        where: `a detached stack still used by ${who}`,
+      })
+    }
+  }
+
+  for (const [name, users] of direct) {
+    const list = [...users.values()].sort((a, b) => a.pid - b.pid)
+    const who = list.map((user) => `${user.pid} (${user.command})`).join(', ')
+    uses.push({kind: 'files', users: list, wafers: [name], where: `its own files, used by ${who}`})
+  }
+
+  return uses
+}
+
+/**
+ * Walks up from directory `dir` (a /proc link) through its parents, across mounts, until `match`
+ * names a wafer or the walk reaches a root. With `dev`, stops on leaving that device.
+ */
+function walkUp(dir: string, match: (stat: Stats) => string | undefined, dev?: number): string | undefined {
+  let current = dir
+  let previous: Stats | undefined
+  for (let depth = 0; depth < 64; depth++) {
+    const stat = statOrUndefined(current)
+    if (stat === undefined || (dev !== undefined && stat.dev !== dev)) return undefined
+    if (previous && previous.dev === stat.dev && previous.ino === stat.ino) return undefined
+    const name = match(stat)
+    if (name !== undefined) return name
+    previous = stat
+    current += '/..'
+  }
+
+  return undefined
+}
+
+/** The wafer of the store at `root` whose directory holds the file a /proc link points at, if any. */
+function fileInWafer(link: string, root: string, names: string[]): string | undefined {
+  const target = readlinkOrUndefined(link)
+  if (target === undefined || !target.startsWith(root + '/')) return undefined
+  const name = target.slice(root.length + 1).split('/')[0]
+  return names.includes(name) ? name : undefined
+}
+
+/**
+ * The wafer whose `data` holds the file an overlay's /proc link points at: overlayfs gives a
+ * file the inode number of the layer's file, and a detached mount's path is relative to its root.
+ */
+function layerHolding(link: string, ino: number, root: string, names: string[]): string | undefined {
+  const target = readlinkOrUndefined(link)
+  if (target === undefined || !target.startsWith('/')) return undefined
+  return names.find((name) => lstatSync(path.join(root, name, 'data', target), {throwIfNoEntry: false})?.ino === ino)
+}
+
+/** "major:minor" of a device number as stat(2) gives it (Linux's encoding). */
+function majorMinor(dev: number): string {
+  const major = Math.floor(dev / 256) & 0xf_ff
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xf_ff_00)
+  return `${major}:${minor}`
+}
+
+function statOrUndefined(file: string): Stats | undefined {
+  try {
+    return statSync(file)
+  } catch {
+    return undefined
+  }
+}
+
+function statfsOrUndefined(file: string): StatsFs | undefined {
+  try {
+    return statfsSync(file)
+  } catch {
+    return undefined
+  }
+}
+
+function readlinkOrUndefined(file: string): string | undefined {
+  try {
+    return readlinkSync(file)
+  } catch {
+    return undefined
+  }
+}
+
+function readdirOrEmpty(dir: string): string[] {
+  try {
+    return readdirSync(dir)
+  } catch {
+    return []
+  }
+}
+
+/** A /proc file's text (never blocking: /proc files are not FIFOs), or undefined. */
+function readSmall(file: string, max = 4096): string | undefined {
+  try {
+    const text = readFileSync(file, 'utf8')
+    return text.length > max ? text.slice(0, max) : text
+  } catch {
+    return undefined
+  }
 }

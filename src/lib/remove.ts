@@ -6,11 +6,12 @@ import {WafersError, isErrno} from './errors.js'
 import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
 import {mountsUnder, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
+import {checkLinksDir} from './overlay.js'
 import {plural} from './render.js'
 import {removeStaging} from './staging.js'
 import {Locations, WaferStore} from './store.js'
 import {checkRoot} from './system.js'
-import {liveStacks} from './usage.js'
+import {hiddenWaferUses, liveStacks} from './usage.js'
 
 /** What `rm` removed, as `--json` prints it. */
 export interface RemoveResult {
@@ -55,6 +56,23 @@ export async function planRemoval(
     (a, b) => inventory.wafers.get(b)!.depth - inventory.wafers.get(a)!.depth || compare(a, b),
   )
   for (const name of order) refuseInUse(inventory.wafers.get(name)!, asked, stacks)
+  // What the mount table does not show: a stack detached with --lazy that a container still runs
+  // in, a stack in another mount namespace, a process working in the wafer's own directory.
+  const uses = await hiddenWaferUses(store, {openFiles: true})
+  for (const name of order) {
+    const use = uses.find((candidate) => candidate.wafers.includes(name))
+    if (use === undefined) continue
+    const who = asked.has(name) ? `wafer ${name}` : `wafer ${name}, in the subtree to remove,`
+    const how = use.kind === 'files' ? ' through' : use.top === name ? ' as the top of' : ' as a layer of'
+    throw new WafersError(`${who} is still in use${how} ${use.where}; nothing removed.`, {
+      suggestions: [
+        use.kind === 'namespace'
+          ? 'Unmount it in that namespace, or stop its processes, first.'
+          : 'Stop those processes first.',
+      ],
+    })
+  }
+
   return order
 }
 
@@ -123,6 +141,7 @@ async function removeTrash(store: WaferStore): Promise<void> {
 /** The short links in `.links`, grouped by what they point at (`../NAME/data`). */
 async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> {
   const byTarget = new Map<string, string[]>()
+  checkLinksDir(store)
   let ids: string[]
   try {
     ids = await fs.readdir(store.linksDir)

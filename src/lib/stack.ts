@@ -14,7 +14,7 @@ import {SeedPlan, checkSeedTarget, createTitle} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore, isDirectory} from './store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from './system.js'
-import {liveStacks, stackConflicts} from './usage.js'
+import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from './usage.js'
 
 /** What `stack` did, as `--json` prints it. */
 export interface StackResult {
@@ -137,7 +137,11 @@ export function stackSteps(
           await checkUpperFilesystem(store.root)
         }
 
-        const conflicts = stackConflicts(await liveStacks(store, table), result.wafers, result.mountpoint)
+        // Stacks the table does not show count too: one detached with --lazy that a container still
+        // runs in, or one mounted in another mount namespace.
+        const hidden = hiddenStacks(await hiddenWaferUses(store, {table}))
+        const live = [...(await liveStacks(store, table)), ...hidden]
+        const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
         if (conflicts.length > 0) {
           const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
           if (!options.force) {
@@ -217,7 +221,12 @@ export async function unstack(
   checkRoot()
   const table = await readMountTable()
   const mounted = mountAt(table, mountpoint)
-  if (mounted === undefined) return {mountpoint, name, unstacked: false}
+  if (mounted === undefined) {
+    // A stack killed between making its mount point and mounting leaves it empty: tidy it away
+    // (rmdir removes only an empty real directory, never a symlink or anything with files).
+    await fs.rmdir(mountpoint).catch(() => {})
+    return {mountpoint, name, unstacked: false}
+  }
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
   if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
   // A container in its own mount namespace keeps the stack busy without making umount fail, so

@@ -86,6 +86,7 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
       'alpha-mount-leave wafers-plugin-test-alpha',
       'alpha-record wafers-plugin-test-alpha',
       'alpha-slow wafers-plugin-test-alpha',
+      'alpha-writer wafers-plugin-test-alpha',
       'beta-fail wafers-plugin-test-beta',
       'beta-record wafers-plugin-test-beta',
       'busybox wafers',
