@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Piped, an error or warning stays on one line so scripts can grep it; a terminal wraps it to fit.
 if (!process.stderr.isTTY && !process.env.OCLIF_COLUMNS) process.env.OCLIF_COLUMNS = '100000'
+// A terminal that reports 0 columns (a serial console, script(1) without a size) wraps at 80.
+if (process.stderr.isTTY && !process.stderr.columns && !process.env.OCLIF_COLUMNS) process.env.OCLIF_COLUMNS = '80'
 // oclif ends with process.exit(): make piped output blocking so that nothing written before is lost.
 for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocking?.(true)
 // Plugins live in one fixed place, whoever runs wafers: what `sudo wafers plugins install` adds,
