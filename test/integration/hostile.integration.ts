@@ -148,9 +148,13 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
     it('never sweeps the stage of a create running in another PID namespace', async function () {
       await box.wafer('base')
       await linkAlpha(box)
+      // The create gets a PID that is free on the host (as a container's often is): a PID-named
+      // stage would be taken for abandoned by the host's next create.
+      const script = 'echo 3999999 > /proc/sys/kernel/ns_last_pid; "$0" "$@"; exit $?'
+      const args = [bin, 'create', 'slow', '--seed', 'alpha-writer', '--', '40']
       const inside = execa(
         'unshare',
-        ['--pid', '--fork', process.execPath, bin, 'create', 'slow', '--seed', 'alpha-writer', '--', '40'],
+        ['--pid', '--fork', '--mount-proc', 'sh', '-c', script, process.execPath, ...args],
         {
           env: box.env,
           reject: false,
