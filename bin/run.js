@@ -10,11 +10,12 @@ for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocki
 // WAFERS_DATA_DIR overrides it.
 process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
 // Node 22.1+ keeps the compiled code of wafers and oclif between runs (a no-op on Node 20). The
-// cache lives beside the plugins, where only whoever may install plugins (root) writes: code
-// cached in a shared temporary directory could be planted by any local user.
+// cache lives in wafers' own node_modules, writable only by whoever can change wafers' code anyway:
+// code cached in a shared temporary directory could be planted there by any local user.
 const {default: nodeModule} = await import('node:module')
 if (nodeModule.enableCompileCache && !process.env.NODE_COMPILE_CACHE) {
-  nodeModule.enableCompileCache(`${process.env.WAFERS_DATA_DIR}/compile-cache`)
+  const {fileURLToPath} = await import('node:url')
+  nodeModule.enableCompileCache(fileURLToPath(new URL('../node_modules/.cache/wafers-compile-cache', import.meta.url)))
 }
 
 // oclif comes from the bundled build (see scripts/bundle.js), after the settings above are made.

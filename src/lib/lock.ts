@@ -12,6 +12,8 @@ export interface Lock {
 }
 
 const EXIT_BY_SIGNAL: Partial<Record<NodeJS.Signals, number>> = {SIGHUP: 129, SIGINT: 130, SIGTERM: 143}
+/** The signals that end a wait for a lock: Ctrl-C, kill, and the terminal going away. */
+const ENDING_SIGNALS: NodeJS.Signals[] = ['SIGHUP', 'SIGINT', 'SIGTERM']
 
 /**
  * Takes an exclusive flock(2) on directory `dir`, waiting up to `waitSeconds` (calling `onWait`
@@ -26,23 +28,33 @@ export async function lockDirectory(
 ): Promise<Lock | undefined> {
   const fd = openDirectory(dir)
   if (fd === undefined) return undefined
+  // Listening from before the first try, so that a signal that comes while we say we wait (or
+  // just before flock starts) still ends the wait.
+  const interrupt = new AbortController()
+  const onSignal = (signal: NodeJS.Signals) => interrupt.abort(signal)
+  for (const signal of ENDING_SIGNALS) process.on(signal, onSignal)
   try {
-    if ((await flock(fd, ['-x', '-n'])).code !== 0) {
+    let status = await flock(fd, ['-x', '-n'])
+    if (status.code !== 0 && !interrupt.signal.aborted) {
       options.onWait?.()
-      const status = await flock(fd, ['-x', '-w', String(options.waitSeconds ?? 600)], true)
-      if (status.signal) {
-        throw new WafersError(`interrupted while waiting for the lock on ${dir}; nothing was done.`, {
-          exit: EXIT_BY_SIGNAL[status.signal] ?? 130,
-        })
-      }
+      status = await flock(fd, ['-x', '-w', String(options.waitSeconds ?? 600)], interrupt.signal)
+    }
 
-      if (status.code !== 0) {
-        throw new WafersError(`another wafers command still holds the lock on ${dir}; try again when it is done.`)
-      }
+    if (interrupt.signal.aborted || status.signal) {
+      const signal = (interrupt.signal.reason as NodeJS.Signals | undefined) ?? status.signal!
+      throw new WafersError(`interrupted while waiting for the lock on ${dir}; nothing was done.`, {
+        exit: EXIT_BY_SIGNAL[signal] ?? 130,
+      })
+    }
+
+    if (status.code !== 0) {
+      throw new WafersError(`another wafers command still holds the lock on ${dir}; try again when it is done.`)
     }
   } catch (error) {
     closeSync(fd)
     throw error
+  } finally {
+    for (const signal of ENDING_SIGNALS) process.off(signal, onSignal)
   }
 
   return heldLock(fd)
@@ -107,37 +119,24 @@ function heldLock(fd: number): Lock {
   }
 }
 
-/**
- * Runs flock(1) on our descriptor `fd`. With `interruptible`, a SIGINT, SIGTERM or SIGHUP sent to
- * wafers alone (not only Ctrl-C, which reaches flock too) stops the wait: the result then carries
- * that signal.
- */
+/** Runs flock(1) on our descriptor `fd`; `stop` kills it (the result then carries no exit code). */
 function flock(
   fd: number,
   args: string[],
-  interruptible = false,
+  stop?: AbortSignal,
 ): Promise<{code: null | number; signal: NodeJS.Signals | null}> {
   return new Promise((resolve, reject) => {
     const child = spawn(systemProgram('flock'), [...args, '3'], {stdio: ['ignore', 'ignore', 'ignore', fd]})
-    let caught: NodeJS.Signals | null = null
-    const onSignal = (signal: NodeJS.Signals) => {
-      caught = signal
-      child.kill('SIGKILL')
-    }
-
-    const signals: NodeJS.Signals[] = interruptible ? ['SIGINT', 'SIGTERM', 'SIGHUP'] : []
-    for (const signal of signals) process.on(signal, onSignal)
-    const done = () => {
-      for (const signal of signals) process.off(signal, onSignal)
-    }
-
+    const kill = () => child.kill('SIGKILL')
+    if (stop?.aborted) kill()
+    stop?.addEventListener('abort', kill)
     child.on('error', (error) => {
-      done()
+      stop?.removeEventListener('abort', kill)
       reject(isErrno(error, 'ENOENT') ? new WafersError('flock is not installed; install util-linux.') : error)
     })
     child.on('exit', (code, signal) => {
-      done()
-      resolve({code, signal: caught ?? signal})
+      stop?.removeEventListener('abort', kill)
+      resolve({code, signal})
     })
   })
 }
