@@ -7,7 +7,7 @@ import {WafersError, isErrno} from './errors.js'
 import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {MountEntry, mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
-import {mountStack, unmount} from './overlay.js'
+import {checkLinksDir, mountStack, unmount} from './overlay.js'
 import {ProcessUse, processesUsing} from './processes.js'
 import {plural} from './render.js'
 import {SeedPlan, checkSeedTarget, createTitle} from './seed.js'
@@ -132,6 +132,7 @@ export function stackSteps(
       if (!result.alreadyStacked) {
         await checkMountpoint(result.mountpoint)
         await checkWorkDir(store.workDir(name))
+        checkLinksDir(store)
         if (result.wafers.length > 1) {
           await checkOverlayfs()
           await checkUpperFilesystem(store.root)
