@@ -273,6 +273,30 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
     })
   })
 
+  describe('files wafers writes outside the store', function () {
+    it('enable never writes through a symlink planted at a temporary name', async function () {
+      await box.wafer('base')
+      const units = path.join(box.root, 'units')
+      const nspawn = path.join(box.root, 'nspawn')
+      await fs.mkdir(units)
+      await fs.mkdir(nspawn)
+      const victim = path.join(box.root, 'victim')
+      await fs.writeFile(victim, 'keep\n')
+      for (const dir of [units, nspawn]) {
+        for (const name of ['wafers-stack-base.service', 'base.nspawn']) {
+          // eslint-disable-next-line no-await-in-loop
+          await fs.symlink(victim, path.join(dir, `${name}.wafers-tmp`))
+        }
+      }
+
+      await ok(['enable', 'base'], {WAFERS_NSPAWN_DIR: nspawn, WAFERS_UNIT_DIR: units})
+      expect(await fs.readFile(victim, 'utf8')).to.equal('keep\n')
+      const unit = path.join(units, 'wafers-stack-base.service')
+      expect((await fs.lstat(unit)).isFile()).to.equal(true)
+      expect(await fs.readFile(unit, 'utf8')).to.include('ExecStart=')
+    })
+  })
+
   describe('the lock and hostile files never hang wafers', function () {
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
       it(`ends at once on ${signal} while waiting for the store lock`, async function () {
