@@ -11,6 +11,8 @@ import {
 } from 'node:fs'
 import path from 'node:path'
 
+import {type MountEntry, overlayOptionLayers, parseMountInfo} from './mounts.js'
+
 /** A process that keeps a directory busy. */
 export interface ProcessUse {
   command: string
@@ -99,19 +101,8 @@ export interface StoreView {
  */
 export async function hiddenUses(
   view: StoreView,
-  options: {
-    openFiles?: boolean
-    table: Array<{
-      fstype: string
-      majorMinor: string
-      mountpoint: string
-      root: string
-      source: string
-      superOptions: string
-    }>
-  },
+  options: {openFiles?: boolean; table: MountEntry[]},
 ): Promise<HiddenUse[]> {
-  const {overlayOptionLayers, parseMountInfo} = await import('./mounts.js')
   const root = await fs.realpath(view.root).catch(() => view.root)
   const rootStat = statSync(root, {throwIfNoEntry: false})
   if (rootStat === undefined) return []
