@@ -95,13 +95,15 @@ export interface StoreView {
 /**
  * Finds the uses of the store's wafers that the live mount table hides, by what the kernel says
  * of every process (its root, working directory, executable and, with `openFiles`, its open
- * files) and of every other mount namespace's mount table. A lazily detached overlay is in no
+ * files) and of every other mount namespace's mount table. With `files: false`, only stacks are
+ * looked for (roots and working directories on overlays), not processes in wafers' own directories,
+ * which is all `stack` needs and much cheaper. A lazily detached overlay is in no
  * mount table: its users are found by their device (an overlay not mounted here) and the inode of
  * its root, which overlayfs takes from the upper layer, the top wafer's `data`.
  */
 export async function hiddenUses(
   view: StoreView,
-  options: {openFiles?: boolean; table: MountEntry[]},
+  options: {files?: boolean; openFiles?: boolean; table: MountEntry[]},
 ): Promise<HiddenUse[]> {
   const root = await fs.realpath(view.root).catch(() => view.root)
   const rootStat = statSync(root, {throwIfNoEntry: false})
@@ -143,11 +145,13 @@ export async function hiddenUses(
     if (namespace !== undefined && namespace !== ownNamespace && !namespaces.has(namespace))
       namespaces.set(namespace, pid)
     const fds = options.openFiles ? readdirOrEmpty(`${base}/fd`).map((fd) => `fd/${fd}`) : []
-    for (const link of ['root', 'cwd', 'exe', ...fds]) {
+    const links = options.files === false ? ['root', 'cwd'] : ['root', 'cwd', 'exe', ...fds]
+    for (const link of links) {
       const file = `${base}/${link}`
       const stat = statOrUndefined(file)
       if (stat === undefined) continue
       if (stat.dev === rootStat.dev) {
+        if (options.files === false) continue
         // In a wafer's own directory (or a bind mount of its data, detached or not).
         const name = stat.isDirectory()
           ? walkUp(file, (dir) => (dir.dev === rootStat.dev ? dirByIno.get(dir.ino) : undefined))

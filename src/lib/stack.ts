@@ -140,7 +140,7 @@ export function stackSteps(
 
         // Stacks the table does not show count too: one detached with --lazy that a container still
         // runs in, or one mounted in another mount namespace.
-        const hidden = hiddenStacks(await hiddenWaferUses(store, {table}))
+        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, table}))
         const live = [...(await liveStacks(store, table)), ...hidden]
         const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
         if (conflicts.length > 0) {

@@ -93,7 +93,7 @@ export function stackConflicts(stacks: LiveStack[], wafers: string[], mountpoint
  */
 export async function hiddenWaferUses(
   store: WaferStore,
-  options: {openFiles?: boolean; table?: MountEntry[]} = {},
+  options: {files?: boolean; openFiles?: boolean; table?: MountEntry[]} = {},
 ): Promise<HiddenUse[]> {
   const names = await store.list()
   return hiddenUses(
@@ -128,7 +128,7 @@ export async function hiddenWaferUses(
       names,
       root: store.root,
     },
-    {openFiles: options.openFiles, table: options.table ?? (await readMountTable())},
+    {files: options.files, openFiles: options.openFiles, table: options.table ?? (await readMountTable())},
   )
 }
 
