@@ -6,7 +6,12 @@ import {readlinkSync} from 'node:fs'
 import {fileURLToPath} from 'node:url'
 
 const mocha = fileURLToPath(new URL('../node_modules/mocha/bin/mocha.js', import.meta.url))
-const args = [mocha, ...process.argv.slice(2)]
+// With no test files named it runs them all; `node test/run.js test/integration/x.integration.ts`
+// runs just that one (a spec list in .mocharc would be added to any files named here).
+const ALL = ['test/**/*.test.ts', 'test/integration/**/*.integration.ts']
+const given = process.argv.slice(2)
+const namesFiles = given.some((arg) => /\.(ts|js)$/.test(arg) && !arg.startsWith('-'))
+const args = [mocha, ...given, ...(namesFiles ? [] : ALL)]
 const asRoot = process.getuid?.() === 0
 // The tests compare their own mount namespace with this one to be sure they are not on the host's.
 process.env.WAFERS_TEST_HOST_MOUNT_NS = readlinkSync('/proc/self/ns/mnt')

@@ -14,37 +14,55 @@ export const MAX_STORE_FILE = 1024 * 1024
  * four trips through libuv's thread pool. `what` names the file in errors ("the parent file of wafer x").
  */
 export function readStoreFile(file: string, what: string, max = MAX_STORE_FILE): string | undefined {
-  let fd: number
+  // O_PATH opens the name itself, not what it names: no device, FIFO or socket is ever opened (an
+  // open can have side effects, such as arming a watchdog), and a symlink is seen, not followed.
+  let handle: number
   try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    handle = openSync(file, O_PATH | constants.O_NOFOLLOW)
   } catch (error) {
     if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
-    if (isErrno(error, 'ELOOP')) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
-    if (isErrno(error, 'EISDIR')) throw new WafersError(`${what} is a directory.`)
     if (isErrno(error, 'EACCES') || isErrno(error, 'EPERM'))
       throw new WafersError(`${what} cannot be read: permission denied.`)
-    throw error
+    throw new WafersError(`${what} cannot be opened (${errnoCode(error)}).`)
   }
 
   try {
-    const stat = fstatSync(fd)
+    const stat = fstatSync(handle)
+    if (stat.isSymbolicLink()) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
     if (stat.isDirectory()) throw new WafersError(`${what} is a directory.`)
     if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
     if (stat.size > max) throw new WafersError(`${what} is ${stat.size} bytes, more than the ${max} wafers reads.`)
-    const buffer = Buffer.alloc(Math.min(max + 1, Math.max(stat.size, 4096)))
-    let length = 0
-    for (;;) {
-      const n = readSync(fd, buffer, length, buffer.length - length, null)
-      if (n === 0) break
-      length += n
-      if (length > max) throw new WafersError(`${what} is more than the ${max} bytes wafers reads.`)
-      if (length === buffer.length) break
+    // Reopening through /proc reads the very inode checked above, even if the name was swapped since.
+    const fd = openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK)
+    try {
+      return readAtMost(fd, what, max, stat.size)
+    } finally {
+      closeSync(fd)
     }
-
-    return buffer.subarray(0, length).toString('utf8')
   } finally {
-    closeSync(fd)
+    closeSync(handle)
   }
+}
+
+/** O_PATH (Linux): Node's fs.constants does not carry it. */
+const O_PATH = 0o10000000
+
+function readAtMost(fd: number, what: string, max: number, size: number): string {
+  const buffer = Buffer.alloc(Math.min(max + 1, Math.max(size + 1, 4096)))
+  let length = 0
+  for (;;) {
+    const n = readSync(fd, buffer, length, buffer.length - length, null)
+    if (n === 0) break
+    length += n
+    if (length > max) throw new WafersError(`${what} is more than the ${max} bytes wafers reads.`)
+    if (length === buffer.length) break
+  }
+
+  return buffer.subarray(0, length).toString('utf8')
+}
+
+function errnoCode(error: unknown): string {
+  return (error as NodeJS.ErrnoException).code ?? 'unknown error'
 }
 
 /**
