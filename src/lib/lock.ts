@@ -67,6 +67,11 @@ export async function lockDirectory(
 export async function tryLockDirectory(dir: string): Promise<Lock | undefined> {
   const fd = openDirectory(dir)
   if (fd === undefined) return undefined
+  return tryLockFd(fd)
+}
+
+/** Takes the lock on the directory open on `fd` if nobody holds it; the lock owns `fd` (closed otherwise). */
+export async function tryLockFd(fd: number): Promise<Lock | undefined> {
   try {
     if ((await flock(fd, ['-x', '-n'])).code === 0) return heldLock(fd)
   } catch (error) {

@@ -134,7 +134,7 @@ async function removeTrash(store: WaferStore): Promise<void> {
   const entries = await fs.readdir(store.root).catch(() => [] as string[])
   for (const entry of entries.filter((name) => name.startsWith('.rm-'))) {
     // eslint-disable-next-line no-await-in-loop
-    await removeStaging(path.join(store.root, entry)).catch(() => {})
+    await removeStaging(store.root, path.join(store.root, entry)).catch(() => {})
   }
 }
 

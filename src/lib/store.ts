@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync, realpathSync, statSync} from 'node:fs'
+import {fchmodSync, fstatSync, promises as fs, lstatSync, realpathSync, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from './errors.js'
@@ -117,15 +117,17 @@ export class WaferStore {
       throw asWafersError(error)
     })
     try {
-      await fs.mkdir(path.join(stage.dir, 'work'))
-      const data = path.join(stage.dir, 'data')
+      // Everything goes through stage.held, the directory made above, never through its name,
+      // which anyone who may write to the store can swap for a symlink meanwhile.
+      await fs.mkdir(path.join(stage.held, 'work'))
+      const data = path.join(stage.held, 'data')
       await fs.mkdir(data)
       if (options.parentData) await copyOwnerAndMode(options.parentData, data)
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
-      if (parent !== undefined) await fs.writeFile(path.join(stage.dir, 'parent'), `${checkName(parent)}\n`)
+      if (parent !== undefined) await fs.writeFile(path.join(stage.held, 'parent'), `${checkName(parent)}\n`)
       if (options.fill) await options.fill(data)
-      if (options.meta) writeMeta(stage.dir, options.meta)
-      await fs.chmod(stage.dir, 0o755)
+      if (options.meta) writeMeta(stage.held, options.meta)
+      fchmodSync(stage.fd, 0o755)
       // Seeding may take minutes without the lock; the parent is checked again under it, so that a
       // racing `wafers rm` cannot leave the new wafer on a parent that is gone.
       await withLock(this.root, async () => {
@@ -135,11 +137,29 @@ export class WaferStore {
           )
         }
 
+        // rename(2) takes a name: the one renamed must be the directory made, before and after.
+        const made = fstatSync(stage.fd)
+        const same = (file: string) => {
+          const now = lstatSync(file, {throwIfNoEntry: false})
+          return now !== undefined && now.isDirectory() && now.ino === made.ino && now.dev === made.dev
+        }
+
+        if (!same(stage.dir)) throw new StageSwapped(stage.dir)
         await fs.rename(stage.dir, target)
+        if (!same(target)) {
+          await fs.rename(target, stage.dir).catch(() => {})
+          throw new StageSwapped(stage.dir)
+        }
       })
       stage.release()
     } catch (error) {
-      await discardStage(stage).catch(() => {})
+      await discardStage(this.root, stage).catch(() => {})
+      if (error instanceof StageSwapped) {
+        throw new WafersError(
+          `the staging directory ${error.dir} was replaced by something else while wafer ${name} was made; ${name} was not created.`,
+        )
+      }
+
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
         throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
       }
@@ -218,6 +238,13 @@ export class WaferStore {
 
   workDir(name: string): string {
     return path.join(this.dir(name), 'work')
+  }
+}
+
+/** The stage's name no longer names the directory wafers made for it. */
+class StageSwapped extends Error {
+  constructor(readonly dir: string) {
+    super(dir)
   }
 }
 

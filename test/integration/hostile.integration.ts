@@ -8,6 +8,7 @@ import {fileURLToPath} from 'node:url'
 
 import {readMountTable} from '../../src/lib/mounts.js'
 import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {swapInLoop} from '../helpers/swapper.js'
 
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 const fixtures = fileURLToPath(new URL('../fixtures', import.meta.url))
@@ -270,6 +271,64 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       await ok(['rm', '--yes', 'gone'])
       expect(await fs.readFile(path.join(victim, 'precious'), 'utf8')).to.equal('keep\n')
       expect((await readMountTable()).some((entry) => entry.mountpoint === path.join(victim, 'mnt'))).to.equal(true)
+    })
+  })
+
+  describe('cleanup holds on to the directory it checked', function () {
+    async function victimWithMount(): Promise<string> {
+      const victim = path.join(box.root, 'victim')
+      await fs.mkdir(path.join(victim, 'mnt'), {recursive: true})
+      await fs.writeFile(path.join(victim, 'precious'), 'keep\n')
+      await execa('mount', ['-t', 'tmpfs', 'tmpfs', path.join(victim, 'mnt')])
+      return victim
+    }
+
+    const mounted = async (dir: string) => (await readMountTable()).some((entry) => entry.mountpoint === dir)
+
+    for (const {how, name, act} of [
+      {act: (i: number) => ['rm', '--yes', `g${i}`], how: 'rm sweeping a trash entry', name: '.rm-y-deadbeef'},
+      {act: (i: number) => ['create', `k${i}`], how: 'create sweeping a stage', name: '.create-y-0123456789ab'},
+    ]) {
+      it(`${how} never unmounts or deletes outside the store while the entry is swapped with a symlink`, async function () {
+        const victim = await victimWithMount()
+        const swapper = swapInLoop(path.join(box.wafers, name), victim)
+        try {
+          for (let i = 0; i < 8; i++) {
+            // eslint-disable-next-line no-await-in-loop
+            await box.wafer(`g${i}`)
+            // eslint-disable-next-line no-await-in-loop
+            await box.run(act(i))
+            // eslint-disable-next-line no-await-in-loop
+            if (!(await mounted(path.join(victim, 'mnt')))) break
+          }
+        } finally {
+          await swapper.stop()
+        }
+
+        expect(await mounted(path.join(victim, 'mnt')), 'the tmpfs outside the store is still mounted').to.equal(true)
+        expect(await fs.readFile(path.join(victim, 'precious'), 'utf8')).to.equal('keep\n')
+      })
+    }
+
+    it('create never chmods, writes or renames through a staging directory swapped for a symlink', async function () {
+      await box.wafer('base')
+      await linkAlpha(box)
+      const victim = path.join(box.root, 'victim')
+      await fs.mkdir(victim, {mode: 0o700})
+      await fs.writeFile(path.join(victim, 'secret'), 'keep\n', {mode: 0o600})
+      const creating = box.run(['create', 'slow', '--seed', 'alpha-writer', '--', '40'])
+      await until(async () => (await stages()).length === 1)
+      const [stage] = await stages()
+      await fs.rename(path.join(box.wafers, stage), path.join(box.root, 'moved'))
+      await fs.symlink(victim, path.join(box.wafers, stage))
+      const run = await creating
+      expect(run.exitCode, run.stderr).to.not.equal(0)
+      expect(said(run.stderr)).to.include(
+        'was replaced by something else while wafer slow was made; slow was not created.',
+      )
+      expect((await fs.stat(victim)).mode & 0o7777, 'the mode of the directory outside the store').to.equal(0o700)
+      expect((await fs.readdir(victim)).sort()).to.deep.equal(['secret'])
+      expect(await exists(path.join(box.wafers, 'slow'))).to.equal(false)
     })
   })
 
