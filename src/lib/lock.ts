@@ -1,5 +1,5 @@
 import {spawn} from 'node:child_process'
-import {closeSync, constants, openSync} from 'node:fs'
+import {closeSync, constants, lstatSync, openSync} from 'node:fs'
 
 import {WafersError, isErrno} from './errors.js'
 import {systemProgram} from './run.js'
@@ -87,12 +87,18 @@ export async function tryLockFd(fd: number): Promise<Lock | undefined> {
 const held = new Set<string>()
 
 /**
- * Runs `fn` holding the lock on `dir` (when it exists), releasing it however `fn` ends. Nested
+ * Runs `fn` holding the lock on `dir` (when it exists), releasing it however `fn` ends; refuses a
+ * `dir` that is there but cannot be locked (a symlink, a file). Nested
  * calls for the same directory in this process run under the lock already held.
  */
 export async function withLock<T>(dir: string, fn: () => Promise<T>, onWait?: () => void): Promise<T> {
   if (held.has(dir)) return fn()
   const lock = await lockDirectory(dir, {onWait})
+  // Only a directory that is not there yet has nothing to guard; anything else is never run unlocked.
+  if (lock === undefined && lstatSync(dir, {throwIfNoEntry: false}) !== undefined) {
+    throw new WafersError(`${dir} cannot be locked (it is not a real directory wafers may open); nothing was done.`)
+  }
+
   if (lock) held.add(dir)
   try {
     return await fn()

@@ -25,7 +25,9 @@ export interface Locations {
 export function locationsFromEnv(env: NodeJS.ProcessEnv = process.env): Locations {
   const locations = {
     stacks: path.resolve(env.STACKS || DEFAULT_STACKS),
-    wafers: path.resolve(env.WAFERS || DEFAULT_WAFERS),
+    // A symlinked WAFERS (say /var/lib/wafers on a bigger disk) is the admin's choice: it is
+    // resolved once, here, and only the real directory is used (and locked) from then on.
+    wafers: realOrResolved(path.resolve(env.WAFERS || DEFAULT_WAFERS)),
   }
   checkLocations(locations)
   return locations

@@ -357,6 +357,17 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
   })
 
   describe('the lock and hostile files never hang wafers', function () {
+    it('locks the real store when WAFERS is a symlink: parallel stacks make one mount', async function () {
+      await box.wafer('base', {files: {'etc/os-release': 'ID=test\n'}})
+      const link = path.join(box.root, 'link')
+      await fs.symlink(box.wafers, link)
+      const runs = await Promise.all(Array.from({length: 8}, () => box.run(['stack', 'web', 'base'], {WAFERS: link})))
+      expect(runs.filter((run) => run.exitCode === 0).length, 'stacks that succeeded').to.be.at.least(1)
+      const mounts = (await readMountTable()).filter((entry) => entry.mountpoint === box.stack('web'))
+      expect(mounts, 'overlays mounted at the stack').to.have.length(1)
+      expect(await fs.readFile(box.stack('web', 'etc/os-release'), 'utf8')).to.equal('ID=test\n')
+    })
+
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
       it(`ends at once on ${signal} while waiting for the store lock`, async function () {
         await box.wafer('base')
