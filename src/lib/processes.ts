@@ -11,7 +11,9 @@ import {
 } from 'node:fs'
 import path from 'node:path'
 
+import {WafersError} from './errors.js'
 import {type MountEntry, overlayOptionLayers, parseMountInfo} from './mounts.js'
+import {systemProgram} from './run.js'
 
 /** A process that keeps a directory busy. */
 export interface ProcessUse {
@@ -178,10 +180,41 @@ export async function hiddenUses(
 
   const uses: HiddenUse[] = []
   const links = view.linkTargets()
+  // Mount tables to look through: each other namespace with a process in it, then those no process
+  // is in, kept alive by an nsfs bind mount (`unshare --mount=FILE`), read by entering them.
+  const tables: Array<{entries: MountEntry[]; who: () => string; users: () => ProcessUse[]}> = []
+  const seen = new Set([ownNamespace, ...namespaces.keys()])
+  const pinned: Array<{file: string; namespace: string}> = []
+  const findPinned = (entries: MountEntry[], prefix: string) => {
+    for (const entry of entries) {
+      if (entry.fstype !== 'nsfs' || !/^mnt:\[\d+\]$/.test(entry.root) || seen.has(entry.root)) continue
+      seen.add(entry.root)
+      pinned.push({file: prefix + entry.mountpoint, namespace: entry.root})
+    }
+  }
+
+  findPinned(options.table, '')
   for (const [namespace, pid] of namespaces) {
     const text = readSmall(`/proc/${pid}/mountinfo`, 16 * 1024 * 1024)
     if (text === undefined || readlinkOrUndefined(`/proc/${pid}/ns/mnt`) !== namespace) continue
-    for (const entry of parseMountInfo(text)) {
+    const entries = parseMountInfo(text)
+    findPinned(entries, `/proc/${pid}/root`)
+    tables.push({
+      entries,
+      who: () => `the mount namespace of ${commandOf(pid).pid} (${commandOf(pid).command})`,
+      users: () => [commandOf(pid)],
+    })
+  }
+
+  for (let index = 0; index < pinned.length; index++) {
+    const {file, namespace} = pinned[index]
+    // eslint-disable-next-line no-await-in-loop
+    const entries = await pinnedMountTable(file, namespace)
+    tables.push({entries, who: () => `the mount namespace kept by ${file}, which no process is in`, users: () => []})
+  }
+
+  for (const {entries, who: whose, users: ownUsers} of tables) {
+    for (const entry of entries) {
       if (entry.fstype !== 'overlay' || visible.has(entry.majorMinor)) continue
       const layers = overlayOptionLayers(entry)
       const waferOf = (dir: string | undefined) => {
@@ -196,7 +229,7 @@ export async function hiddenUses(
       if (wafers.length === 0) continue
       const top = waferOf(layers.upper) ?? waferOf(layers.lowers[0])
       const dev = [...detached.keys()].find((key) => majorMinor(key) === entry.majorMinor)
-      const users = dev === undefined ? [commandOf(pid)] : [...detached.get(dev)!.users.values()]
+      const users = dev === undefined ? ownUsers() : [...detached.get(dev)!.users.values()]
       if (dev !== undefined) detached.delete(dev)
       const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
       uses.push({
@@ -204,7 +237,7 @@ export async function hiddenUses(
         top,
         users,
         wafers: [...new Set([...wafers, ...(top === undefined ? [] : view.ancestry(top))])],
-        where: `the stack mounted at ${entry.mountpoint} in the mount namespace of ${who}`,
+        where: `the stack mounted at ${entry.mountpoint} in ${dev === undefined ? whose() : `the mount namespace of ${who}`}`,
       })
     }
   }
@@ -230,6 +263,31 @@ export async function hiddenUses(
   }
 
   return uses
+}
+
+/**
+ * The mount table of the mount namespace that the nsfs file `file` keeps alive (no process is in
+ * it), read by entering it (nsenter, at most 10 s). One that cannot be read is refused: what it
+ * mounts cannot be known.
+ */
+async function pinnedMountTable(file: string, namespace: string): Promise<MountEntry[]> {
+  try {
+    const {execa} = await import('execa')
+    const {stdout} = await execa(
+      systemProgram('nsenter'),
+      [`--mount=${file}`, systemProgram('cat'), '/proc/self/mountinfo'],
+      {
+        maxBuffer: 64 * 1024 * 1024,
+        stdin: 'ignore',
+        timeout: 10_000,
+      },
+    )
+    return parseMountInfo(stdout)
+  } catch {
+    throw new WafersError(
+      `the mount namespace ${namespace} kept alive by ${file} cannot be looked into, so whether it uses wafers is unknown; unmount ${file} if it is not needed.`,
+    )
+  }
 }
 
 /**
