@@ -223,9 +223,8 @@ export async function unstack(
   const table = await readMountTable()
   const mounted = mountAt(table, mountpoint)
   if (mounted === undefined) {
-    // A stack killed between making its mount point and mounting leaves it empty: tidy it away
-    // (rmdir removes only an empty real directory, never a symlink or anything with files).
-    await fs.rmdir(mountpoint).catch(() => {})
+    // Nothing to remove: an empty directory here may be a stack's mount point in another mount
+    // namespace, and rmdir would detach it there (Linux 3.18 and later).
     return {mountpoint, name, unstacked: false}
   }
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
