@@ -213,9 +213,29 @@ export async function hiddenUses(
     tables.push({entries, who: () => `the mount namespace kept by ${file}, which no process is in`, users: () => []})
   }
 
-  for (const {entries, who: whose, users: ownUsers} of tables) {
+  // Looking for uses of wafers' own files (rm), this namespace's table counts too: a bind mount of
+  // part of a wafer (or of a stack, kept after unstack --lazy) is in no stack's mount point.
+  const own = {entries: options.table, here: true, users: () => [] as ProcessUse[], who: () => 'this mount namespace'}
+  const everyTable = options.files === false ? tables : [own, ...tables]
+  const storeDev = majorMinor(rootStat.dev)
+  const storeInFs = options.files === false ? undefined : pathInFileSystem(root, storeDev, options.table)
+  for (const {entries, here, who: whose, users: ownUsers} of everyTable.map((table) => ({here: false, ...table}))) {
     for (const entry of entries) {
-      if (entry.fstype !== 'overlay' || visible.has(entry.majorMinor)) continue
+      if (storeInFs !== undefined && entry.majorMinor === storeDev && entry.root.startsWith(storeInFs + '/')) {
+        const name = entry.root.slice(storeInFs.length + 1).split('/')[0]
+        if (view.names.includes(name)) {
+          uses.push({
+            kind: 'files',
+            users: [],
+            wafers: [name],
+            where: `a bind mount of its files at ${entry.mountpoint} in ${whose()}`,
+          })
+        }
+
+        continue
+      }
+
+      if (entry.fstype !== 'overlay' || (!here && visible.has(entry.majorMinor))) continue
       const layers = overlayOptionLayers(entry)
       const waferOf = (dir: string | undefined) => {
         if (dir === undefined) return undefined
@@ -288,6 +308,23 @@ async function pinnedMountTable(file: string, namespace: string): Promise<MountE
       `the mount namespace ${namespace} kept alive by ${file} cannot be looked into, so whether it uses wafers is unknown; unmount ${file} if it is not needed.`,
     )
   }
+}
+
+/**
+ * Where directory `dir` (a real path) is inside its own file system (device `dev`), as mountinfo's
+ * root field says it: through the mount of `table` it is under. Undefined when not found.
+ */
+function pathInFileSystem(dir: string, dev: string, table: MountEntry[]): string | undefined {
+  const under = table
+    .filter(
+      (entry) =>
+        entry.majorMinor === dev &&
+        (dir === entry.mountpoint || dir.startsWith(entry.mountpoint === '/' ? '/' : entry.mountpoint + '/')),
+    )
+    .sort((a, b) => b.mountpoint.length - a.mountpoint.length)[0]
+  if (under === undefined) return undefined
+  const rest = under.mountpoint === '/' ? dir : dir.slice(under.mountpoint.length)
+  return path.posix.join(under.root, rest).replace(/\/$/, '') || '/'
 }
 
 /**

@@ -156,6 +156,35 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       }
     })
 
+    for (const how of [
+      'a bind mount of part of the wafer',
+      'a bind mount of part of its stack, after unstack --lazy',
+    ]) {
+      it(`refuses rm of a wafer with ${how}`, async function () {
+        await family()
+        const elsewhere = path.join(box.root, 'elsewhere')
+        await fs.mkdir(elsewhere)
+        if (how.includes('stack')) {
+          await ok(['stack', 'child'])
+          await execa('mount', ['--bind', box.stack('child', 'app'), elsewhere])
+          await ok(['unstack', '--lazy', 'child'])
+        } else {
+          await execa('mount', ['--bind', box.data('child', 'app'), elsewhere])
+        }
+
+        try {
+          const before = await snapshot(box.wafers)
+          const run = await box.run(['rm', '--yes', 'child'])
+          expect(run.exitCode, run.stderr).to.equal(1)
+          expect(said(run.stderr)).to.include(`at ${elsewhere}`)
+          expect(await snapshot(box.wafers)).to.deep.equal(before)
+          expect(await fs.readFile(path.join(elsewhere, 'precious'), 'utf8')).to.equal('keep\n')
+        } finally {
+          await execa('umount', ['--lazy', elsewhere], {reject: false})
+        }
+      })
+    }
+
     it('refuses rm of a wafer a process works in directly, from another mount namespace', async function () {
       await family()
       const sleeper = execa('unshare', ['-m', '--propagation', 'private', 'sleep', '60'], {
