@@ -64,6 +64,9 @@ export async function processesUsing(
   return users.filter((user) => user !== undefined).sort((a, b) => a.pid - b.pid)
 }
 
+/** How many open files on the host `openFiles: 'affordable'` still looks at (about 35 µs each). */
+const AFFORDABLE_OPEN_FILES = 10_000
+
 /** statfs(2)'s magic number of overlayfs. */
 const OVERLAYFS_MAGIC = 0x79_4c_76_30
 
@@ -105,7 +108,7 @@ export interface StoreView {
  */
 export async function hiddenUses(
   view: StoreView,
-  options: {files?: boolean; openFiles?: boolean; table: MountEntry[]},
+  options: {files?: boolean; openFiles?: 'affordable' | boolean; table: MountEntry[]},
 ): Promise<HiddenUse[]> {
   const root = await fs.realpath(view.root).catch(() => view.root)
   const rootStat = statSync(root, {throwIfNoEntry: false})
@@ -139,15 +142,33 @@ export async function hiddenUses(
     return {command: commands.get(pid)!, pid}
   }
 
-  for (const entry of await fs.readdir('/proc')) {
+  const entries = await fs.readdir('/proc')
+  // Open files cost one stat each. 'affordable' looks at them when the host has few enough (a
+  // detached stack kept only by an open file is found then), which listing them tells cheaply.
+  const fdLists = new Map<string, string[]>()
+  let openFiles = options.openFiles === true
+  if (options.openFiles === 'affordable') {
+    let total = 0
+    for (const entry of entries) {
+      if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
+      const fds = readdirOrEmpty(`/proc/${entry}/fd`)
+      fdLists.set(entry, fds)
+      total += fds.length
+      if (total > AFFORDABLE_OPEN_FILES) break
+    }
+
+    openFiles = total <= AFFORDABLE_OPEN_FILES
+  }
+
+  for (const entry of entries) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue
     const pid = Number(entry)
     const base = `/proc/${pid}`
     const namespace = readlinkOrUndefined(`${base}/ns/mnt`)
     if (namespace !== undefined && namespace !== ownNamespace && !namespaces.has(namespace))
       namespaces.set(namespace, pid)
-    const fds = options.openFiles ? readdirOrEmpty(`${base}/fd`).map((fd) => `fd/${fd}`) : []
-    const links = options.files === false ? ['root', 'cwd'] : ['root', 'cwd', 'exe', ...fds]
+    const fds = openFiles ? (fdLists.get(entry) ?? readdirOrEmpty(`${base}/fd`)).map((fd) => `fd/${fd}`) : []
+    const links = options.files === false ? ['root', 'cwd', ...fds] : ['root', 'cwd', 'exe', ...fds]
     for (const link of links) {
       const file = `${base}/${link}`
       const stat = statOrUndefined(file)

@@ -139,8 +139,9 @@ export function stackSteps(
         }
 
         // Stacks the table does not show count too: one detached with --lazy that a container still
-        // runs in, or one mounted in another mount namespace.
-        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, table}))
+        // runs in, one mounted in another mount namespace, or one kept only by a file a process
+        // still has open (looked for when the host's open files are few enough to stat quickly).
+        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table}))
         const live = [...(await liveStacks(store, table)), ...hidden]
         const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
         if (conflicts.length > 0) {

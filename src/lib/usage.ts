@@ -93,7 +93,7 @@ export function stackConflicts(stacks: LiveStack[], wafers: string[], mountpoint
  */
 export async function hiddenWaferUses(
   store: WaferStore,
-  options: {files?: boolean; openFiles?: boolean; table?: MountEntry[]} = {},
+  options: {files?: boolean; openFiles?: 'affordable' | boolean; table?: MountEntry[]} = {},
 ): Promise<HiddenUse[]> {
   const names = await store.list()
   return hiddenUses(

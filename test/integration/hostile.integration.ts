@@ -185,6 +185,27 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       })
     }
 
+    it('stack refuses a wafer that is the top of a detached stack kept only by an open file', async function () {
+      await box.wafer('base', {files: {'etc/os-release': 'ID=test\n'}})
+      await box.wafer('web', {parent: 'base'})
+      await ok(['stack', 'web'])
+      const writer = execa('sh', ['-c', 'exec 3>>"$0" && exec sleep 60', box.stack('web', 'etc', 'log')], {
+        reject: false,
+      })
+      try {
+        await until(async () => exists(box.data('web', 'etc', 'log')))
+        await ok(['unstack', '--lazy', 'web'])
+        const run = await box.run(['stack', 'app', 'web'])
+        expect(run.exitCode, run.stderr).to.equal(1)
+        expect(said(run.stderr)).to.include('would make a wafer both a writable top and a lower layer')
+        expect(said(run.stderr)).to.include(`${writer.pid} (sleep)`)
+        expect(await box.mountOf('app')).to.equal(undefined)
+      } finally {
+        writer.kill('SIGKILL')
+        await writer
+      }
+    })
+
     it('refuses rm of a wafer a process works in directly, from another mount namespace', async function () {
       await family()
       const sleeper = execa('unshare', ['-m', '--propagation', 'private', 'sleep', '60'], {
