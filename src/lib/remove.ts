@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync, rmdirSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
@@ -116,10 +116,14 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
     try {
       // eslint-disable-next-line no-await-in-loop
       await fs.rm(trash, {force: true, recursive: true})
-    } catch (error) {
+    } catch {
+      // fs.rm reports whatever its last attempt met (often ENOTDIR from a fallback), not the cause:
+      // find the first file that really cannot be deleted, and why.
+      const stuck = firstUndeletable(trash)
       const done = removed.length > 0 ? ` (removed before it: ${removed.join(', ')})` : ''
+      const what = stuck === undefined ? 'not all of its files' : `${stuck.file} (${stuck.why})`
       throw new WafersError(
-        `wafer ${name} is gone from the store but not all of its files could be deleted (${(error as Error).message}); they are in ${trash}, which the next wafers rm deletes${done}.`,
+        `wafer ${name} is gone from the store, but ${what} could not be deleted; what is left is in ${trash}, which the next wafers rm deletes${done}.`,
       )
     }
 
@@ -127,6 +131,57 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
   }
 
   return {removed}
+}
+
+/** Why a file could not be deleted, in words (errno codes only as a last resort, lower case). */
+const WHY: Record<string, string> = {
+  EACCES: 'permission denied',
+  EBUSY: 'it is in use as a mount point',
+  EPERM: 'operation not permitted: it may be immutable or append-only, see lsattr',
+  EROFS: 'the file system is read-only',
+}
+
+/**
+ * The first file under `dir` that cannot be deleted, and why, deleting what it can on the way
+ * (never following a symlink: lstat, unlink of the link itself); undefined when all went.
+ */
+function firstUndeletable(dir: string): {file: string; why: string} | undefined {
+  const why = (error: unknown) => {
+    const code = (error as NodeJS.ErrnoException).code ?? 'unknown'
+    return WHY[code] ?? code.toLowerCase()
+  }
+
+  let entries: string[]
+  try {
+    entries = readdirSync(dir)
+  } catch (error) {
+    return isErrno(error, 'ENOENT') ? undefined : {file: dir, why: why(error)}
+  }
+
+  for (const entry of entries) {
+    const file = path.join(dir, entry)
+    const stat = lstatSync(file, {throwIfNoEntry: false})
+    if (stat === undefined) continue
+    if (stat.isDirectory()) {
+      const stuck = firstUndeletable(file)
+      if (stuck !== undefined) return stuck
+      continue
+    }
+
+    try {
+      unlinkSync(file)
+    } catch (error) {
+      return {file, why: why(error)}
+    }
+  }
+
+  try {
+    rmdirSync(dir)
+  } catch (error) {
+    return {file: dir, why: why(error)}
+  }
+
+  return undefined
 }
 
 /** Deletes what earlier removals could not (`.rm-*`); the store lock is held, so none is under way. */

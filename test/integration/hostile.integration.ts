@@ -511,6 +511,30 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
   })
 
   describe('messages: one sentence saying what and where', function () {
+    it('rm names the file it could not delete and why (EPERM of an immutable file, not ENOTDIR)', async function () {
+      await box.wafer('base', {files: {'etc/passwd': 'root:x:0:0::/root:/bin/sh\n'}})
+      const file = box.data('base', 'etc', 'passwd')
+      await execa('chattr', ['+i', file])
+      try {
+        const run = await box.run(['rm', '--yes', 'base'])
+        expect(run.exitCode, run.stderr).to.equal(1)
+        const text = said(run.stderr)
+        expect(text).to.match(
+          /wafer base is gone from the store, but .*\/etc\/passwd \(operation not permitted: it may be immutable or append-only, see lsattr\) could not be deleted; what is left is in .*\/\.rm-base-[0-9a-f]+, which the next wafers rm deletes\.$/,
+        )
+        expect(text).to.not.match(/ENOTDIR|scandir|EPERM/)
+        expect(hasStackTrace(run.stderr)).to.equal(false)
+      } finally {
+        const trash = (await fs.readdir(box.wafers)).find((entry) => entry.startsWith('.rm-base-'))
+        const stuck = trash === undefined ? file : path.join(box.wafers, trash, 'data', 'etc', 'passwd')
+        await execa('chattr', ['-i', stuck], {reject: false})
+      }
+
+      await box.wafer('other')
+      await ok(['rm', '--yes', 'other'])
+      expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.rm-'))).to.deep.equal([])
+    })
+
     it('says WAFERS is not a directory', async function () {
       await fs.writeFile(path.join(box.root, 'a-file'), 'x')
       for (const args of [['list'], ['stack', 'x', 'y'], ['create', 'x'], ['rm', '--yes', 'x']]) {
