@@ -1,4 +1,4 @@
-import {constants, promises as fs} from 'node:fs'
+import {constants, promises as fs, realpathSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
@@ -140,7 +140,7 @@ export async function seed(
   } catch (error) {
     if (isNoSpace(error)) {
       throw new WafersError(
-        `no space is left on the file system of ${path.dirname(path.dirname(dataDir))}: seeder ${plan.entry.name} could not fill wafer ${wafer}, which was not created.`,
+        `no space is left on the file system of ${storeOf(dataDir)}: seeder ${plan.entry.name} could not fill wafer ${wafer}, which was not created.`,
       )
     }
 
@@ -167,6 +167,15 @@ export async function seed(
     throw new WafersError(
       `seeder ${plan.entry.name} (${plan.entry.plugin}) left ${left.join(', ')} mounted inside the wafer.`,
     )
+  }
+}
+
+/** The store a stage's data directory (reached through /proc/PID/fd/N) is in now. */
+function storeOf(dataDir: string): string {
+  try {
+    return path.dirname(path.dirname(realpathSync(dataDir)))
+  } catch {
+    return path.dirname(path.dirname(dataDir))
   }
 }
 

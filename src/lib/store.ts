@@ -127,6 +127,7 @@ export class WaferStore {
       if (options.parentData) await copyOwnerAndMode(options.parentData, data)
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
       if (parent !== undefined) await fs.writeFile(path.join(stage.held, 'parent'), `${checkName(parent)}\n`)
+      // A seeder's programs reach the stage through /proc/PID/fd/N too, never through its name.
       if (options.fill) await options.fill(data)
       if (options.meta) writeMeta(stage.held, options.meta)
       fchmodSync(stage.fd, 0o755)
