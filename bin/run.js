@@ -1,12 +1,22 @@
 #!/usr/bin/env node
 // Piped, an error or warning stays on one line so scripts can grep it; a terminal wraps it to fit.
 if (!process.stderr.isTTY && !process.env.OCLIF_COLUMNS) process.env.OCLIF_COLUMNS = '100000'
+// A terminal that reports 0 columns (a serial console, script(1) without a size) wraps at 80.
+if (process.stderr.isTTY && !process.stderr.columns && !process.env.OCLIF_COLUMNS) process.env.OCLIF_COLUMNS = '80'
 // oclif ends with process.exit(): make piped output blocking so that nothing written before is lost.
 for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocking?.(true)
 // Plugins live in one fixed place, whoever runs wafers: what `sudo wafers plugins install` adds,
 // the next `sudo wafers` finds (oclif's default, ~/.local/share/wafers, depends on HOME).
 // WAFERS_DATA_DIR overrides it.
 process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
+// Node 22.1+ keeps the compiled code of wafers and oclif between runs (a no-op on Node 20). The
+// cache lives in wafers' own node_modules, writable only by whoever can change wafers' code anyway:
+// code cached in a shared temporary directory could be planted there by any local user.
+const {default: nodeModule} = await import('node:module')
+if (nodeModule.enableCompileCache && !process.env.NODE_COMPILE_CACHE) {
+  const {fileURLToPath} = await import('node:url')
+  nodeModule.enableCompileCache(fileURLToPath(new URL('../node_modules/.cache/wafers-compile-cache', import.meta.url)))
+}
 
 // oclif comes from the bundled build (see scripts/bundle.js), after the settings above are made.
 const {execute, settings} = await import('../dist/main.js')

@@ -1,6 +1,6 @@
 import {Command, Errors} from '@oclif/core'
 
-import {WafersError} from './lib/errors.js'
+import {WafersError, describeSystemError} from './lib/errors.js'
 import type {HookRunner} from './lib/hooks.js'
 import {BatchOutcome, batchError} from './lib/progress.js'
 import {SeedPlan, collectSeeders, findSeeder} from './lib/seed.js'
@@ -32,6 +32,10 @@ export abstract class WafersCommand extends Command {
     if (error instanceof Errors.CLIError || error instanceof Errors.ExitError || process.env.DEBUG) {
       return super.catch(error)
     }
+
+    // ENOTDIR, EROFS, ENOSPC, ... from anywhere: one sentence saying what and where, never errno text.
+    const sentence = describeSystemError(error)
+    if (sentence !== undefined) return super.catch(new Errors.CLIError(sentence, {exit: 1}))
 
     return super.catch(new Errors.CLIError(error.message, {exit: 1}))
   }

@@ -24,8 +24,9 @@ With --seed, NAME is a new base wafer filled by that seeder (see \`wafers seeder
       description: "Make a tiny base wafer from the host's static busybox:",
     },
     {
-      command: '<%= config.bin %> <%= command.id %> debian --seed debootstrap -- bookworm --variant=minbase',
-      description: 'Make a Debian base wafer (with the wafers-plugin-debian plugin):',
+      command:
+        '<%= config.bin %> <%= command.id %> debian --seed debootstrap -- bookworm --variant=minbase --include=systemd,dbus',
+      description: 'Make a bootable Debian base wafer (with the wafers-plugin-debian-arch plugin):',
     },
     {
       command: '<%= config.bin %> <%= command.id %> imported --seed tar -- rootfs.tar.xz',

@@ -34,7 +34,11 @@ Nothing is stacked now: run "wafers stack NAME" for that, and "systemctl daemon-
 
   async run(): Promise<BootResult> {
     const {args} = await this.parse(Enable)
-    const program = {node: process.execPath, script: path.join(this.config.root, 'bin', 'run.js')}
+    const program = {
+      dataDir: this.config.dataDir,
+      node: process.execPath,
+      script: path.join(this.config.root, 'bin', 'run.js'),
+    }
     const result = await enable(locationsFromEnv(), systemdDirsFromEnv(), args.name, program)
     this.log(`enabled ${result.unitFile}`)
     if (result.nspawnFile) this.log(`wrote ${result.nspawnFile}`)

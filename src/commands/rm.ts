@@ -11,7 +11,7 @@ export default class Rm extends WafersCommand {
     name: Args.string({description: 'A wafer to delete; give as many as you like.', required: true}),
   }
 
-  static description = `Deletes each wafer's directory ($WAFERS/NAME with its data, work and parent file) and its short link in $WAFERS/.links. It refuses, changing nothing, a wafer that is stacked, a wafer that is a lower layer of a live stack, and a wafer that other wafers are built on, unless those are named too or --recursive is given: then the whole subtree goes, deepest wafer first.
+  static description = `Deletes each wafer's directory ($WAFERS/NAME with its data, work and parent file) and its short link in $WAFERS/.links. It refuses, changing nothing, a wafer that is stacked, a wafer that is a lower layer of a live stack, a wafer that processes still use through a stack detached with unstack --lazy, a stack in another mount namespace or its own files (naming them), and a wafer that other wafers are built on, unless those are named too or --recursive is given: then the whole subtree goes, deepest wafer first.
 
 On a terminal it lists what it will delete and asks first; --yes skips the question. When stdin is not a terminal it never asks, and deletes only with --yes.`
 

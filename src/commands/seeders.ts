@@ -10,7 +10,7 @@ export interface SeederListing {
 }
 
 export default class Seeders extends WafersCommand {
-  static description = `Seeders fill a new base wafer: \`wafers create NAME --seed SEEDER -- ARGS...\` or \`wafers stack NAME --seed SEEDER -- ARGS...\`. wafers brings dir, tar and busybox; plugins add more (wafers-plugin-debian adds debootstrap and pacstrap).`
+  static description = `Seeders fill a new base wafer: \`wafers create NAME --seed SEEDER -- ARGS...\` or \`wafers stack NAME --seed SEEDER -- ARGS...\`. wafers brings dir, tar and busybox; plugins add more (wafers-plugin-debian-arch adds debootstrap and pacstrap).`
 
   static enableJsonFlag = true
 

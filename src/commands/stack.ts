@@ -29,7 +29,7 @@ A wafer may be the writable top of one mounted stack or a lower layer of any num
 
 Stack many at once with --name (repeatable) or --all; each failure is reported by name and the others still go on. Ctrl-C finishes the stack under way and starts no other.
 
-The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT"; progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
+The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wafer" for a base alone); progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
 
   static enableJsonFlag = true
 

@@ -3,6 +3,7 @@ import path from 'node:path'
 
 import {traceAncestry} from './ancestry.js'
 import {WafersError, isErrno} from './errors.js'
+import {readStoreFile, writeFileAtomic} from './files.js'
 import {checkName} from './names.js'
 import {Locations, WaferStore} from './store.js'
 import {checkRoot} from './system.js'
@@ -17,6 +18,8 @@ export interface SystemdDirs {
 
 /** How the unit runs wafers at boot: the node binary and the CLI script. */
 export interface WafersProgram {
+  /** Where its plugins are (WAFERS_DATA_DIR), so the boot-time stack runs their hooks too. */
+  dataDir?: string
   node: string
   script: string
 }
@@ -70,7 +73,7 @@ RequiresMountsFor=${[locations.wafers, locations.stacks].map((dir) => escapePath
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-Environment=${quoteArg(`WAFERS=${locations.wafers}`)} ${quoteArg(`STACKS=${locations.stacks}`)}
+Environment=${[`WAFERS=${locations.wafers}`, `STACKS=${locations.stacks}`, ...(program.dataDir === undefined ? [] : [`WAFERS_DATA_DIR=${program.dataDir}`])].map((assignment) => quoteArg(assignment)).join(' ')}
 ExecStart=${command('stack')}
 ExecStop=${command('unstack')}
 
@@ -176,13 +179,9 @@ function installDirs(dirs: SystemdDirs, name: string): string[] {
 
 /** A file's text when it exists and wafers did not write it; undefined when missing or ours. */
 async function readIfForeign(file: string): Promise<string | undefined> {
-  try {
-    const text = await fs.readFile(file, 'utf8')
-    return text.startsWith(MARKER) ? undefined : text
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) return undefined
-    throw error
-  }
+  // Never through a symlink, never blocking on a FIFO, never more than a megabyte.
+  const text = readStoreFile(file, file)
+  return text === undefined || text.startsWith(MARKER) ? undefined : text
 }
 
 async function removeIfPresent(file: string): Promise<boolean> {
@@ -197,9 +196,8 @@ async function removeIfPresent(file: string): Promise<boolean> {
 
 async function writeAtomically(file: string, text: string): Promise<void> {
   await fs.mkdir(path.dirname(file), {recursive: true})
-  const temporary = `${file}.wafers-tmp`
-  await fs.writeFile(temporary, text, {mode: 0o644})
-  await fs.rename(temporary, file)
+  // An exclusive temporary name nobody can guess or plant a symlink at, then a rename.
+  writeFileAtomic(file, text, 0o644)
 }
 
 /**
@@ -238,7 +236,13 @@ export async function chownRisk(
   const name = path.basename(mountpoint)
   for (const dir of [dirs.nspawn, '/run/systemd/nspawn']) {
     // eslint-disable-next-line no-await-in-loop
-    const text = await fs.readFile(path.join(dir, `${name}.nspawn`), 'utf8').catch(() => undefined)
+    let text: string | undefined
+    try {
+      text = readStoreFile(path.join(dir, `${name}.nspawn`), path.join(dir, `${name}.nspawn`))
+    } catch {
+      text = undefined
+    }
+
     if (text === undefined) continue
     return turnsUserNamespacesOff(text)
       ? undefined

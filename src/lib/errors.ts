@@ -18,3 +18,44 @@ export class WafersError extends Error {
 export function isErrno(error: unknown, code: string): boolean {
   return typeof error === 'object' && error !== null && (error as NodeJS.ErrnoException).code === code
 }
+
+/** What the kernel's error codes mean, in the words of one sentence ("PATH ..."). */
+const SYSTEM_ERRORS: Record<string, string> = {
+  EACCES: 'cannot be used: permission denied',
+  EDQUOT: 'cannot be written: the disk quota is used up',
+  EEXIST: 'already exists',
+  EIO: 'cannot be read or written: input/output error',
+  EISDIR: 'is a directory',
+  ELOOP: 'goes through too many symbolic links',
+  ENAMETOOLONG: 'has a name that is too long',
+  ENOENT: 'does not exist',
+  ENOSPC: 'cannot be written: no space is left on its file system',
+  ENOTDIR: 'is not a directory, or has a file where a directory should be',
+  ENOTEMPTY: 'is not empty',
+  EPERM: 'cannot be changed: operation not permitted',
+  EROFS: 'cannot be written: it is on a read-only file system',
+}
+
+/**
+ * One sentence for a Node system error (ENOTDIR, EROFS, ENOSPC, ...) saying what went wrong where,
+ * instead of its raw text; undefined for any other error.
+ */
+export function describeSystemError(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null) return undefined
+  const {code, dest, path: file, syscall} = error as NodeJS.ErrnoException & {dest?: string}
+  if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return undefined
+  if (code === 'ENOENT' && syscall === 'mkdir' && file !== undefined) {
+    return `${file} cannot be made: the directory it would be in does not exist.`
+  }
+  const what = SYSTEM_ERRORS[code] ?? `failed (${code})`
+  if (file === undefined) return `a file operation ${what.replace(/^cannot be \w+: /, 'failed: ')}.`
+  const where = dest === undefined ? file : `${file} (to ${dest})`
+  return `${where} ${what}.`
+}
+
+/** `error` as a WafersError: system errors become one sentence (see describeSystemError). */
+export function asWafersError(error: unknown): unknown {
+  if (error instanceof WafersError) return error
+  const sentence = describeSystemError(error)
+  return sentence === undefined ? error : new WafersError(sentence)
+}

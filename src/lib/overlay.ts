@@ -1,9 +1,9 @@
 import {createHash} from 'node:crypto'
-import {promises as fs, readlinkSync} from 'node:fs'
+import {promises as fs, lstatSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {MAX_LOWER_LAYERS} from './ancestry.js'
-import {WafersError, isErrno} from './errors.js'
+import {WafersError, asWafersError, isErrno} from './errors.js'
 import {run} from './run.js'
 import {WaferStore} from './store.js'
 
@@ -53,7 +53,7 @@ export function overlayOptions(top: string, lowerIds: string[]): string {
 
 /** The short links of `names` (lower wafers, nearest first), made where missing. */
 export async function linksFor(store: WaferStore, names: string[]): Promise<string[]> {
-  await fs.mkdir(store.linksDir, {recursive: true})
+  await makeLinksDir(store)
   const ids = []
   // eslint-disable-next-line no-await-in-loop
   for (const name of names) ids.push(await linkFor(store, name))
@@ -91,6 +91,32 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
 /** Unmounts whatever is mounted at `mountpoint` (the top-most mount); lazily detaches it if asked. */
 export async function unmount(mountpoint: string, options: {lazy?: boolean} = {}): Promise<void> {
   await run('umount', options.lazy ? ['--lazy', mountpoint] : [mountpoint])
+}
+
+/**
+ * Makes the store's links directory if missing, and refuses one that is not a real directory: a
+ * `.links` symlinked elsewhere would have stack write its links, and mount the stack, out there.
+ */
+export async function makeLinksDir(store: WaferStore): Promise<void> {
+  try {
+    await fs.mkdir(store.linksDir)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) {
+      throw new WafersError(`${store.linksDir} cannot be made: the store ${store.root} does not exist.`)
+    }
+
+    if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
+  }
+
+  checkLinksDir(store)
+}
+
+/** Refuses a `.links` that is there but is a symlink or not a directory. */
+export function checkLinksDir(store: WaferStore): void {
+  const stat = lstatSync(store.linksDir, {throwIfNoEntry: false})
+  if (stat === undefined || stat.isDirectory()) return
+  const what = stat.isSymbolicLink() ? 'a symlink' : 'not a directory'
+  throw new WafersError(`${store.linksDir} is ${what}; wafers keeps its links only in a real directory there.`)
 }
 
 function linkId(name: string, attempt: number): string {

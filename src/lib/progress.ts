@@ -8,12 +8,20 @@ export type ProgressMode = 'interactive' | 'plain' | 'silent'
  * The mode for this run: live only on a terminal outside CI, silent when output is for scripts.
  * Progress goes to stderr in every mode, so stdout carries only results.
  */
-export function progressMode(options: {env?: NodeJS.ProcessEnv; json: boolean; tty?: boolean}): ProgressMode {
+export function progressMode(options: {
+  columns?: number
+  env?: NodeJS.ProcessEnv
+  json: boolean
+  tty?: boolean
+}): ProgressMode {
   const env = options.env ?? process.env
   if (options.json) return 'silent'
   const tty = options.tty ?? Boolean(process.stderr.isTTY)
   const ci = env.CI !== undefined && env.CI !== '' && env.CI !== 'false' && env.CI !== '0'
-  return tty && !ci && env.TERM !== 'dumb' ? 'interactive' : 'plain'
+  // A terminal that reports no width (some serial consoles, script(1) without a size) would get a
+  // live list wrapped at one character per line: plain lines need no width.
+  const columns = options.columns ?? (tty ? process.stderr.columns : 0)
+  return tty && columns > 0 && !ci && env.TERM !== 'dumb' ? 'interactive' : 'plain'
 }
 
 /** One unit of a batch: a named list of steps that succeeds or fails as a whole. */

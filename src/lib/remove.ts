@@ -1,16 +1,17 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync, rmdirSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from './errors.js'
 import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
 import {mountsUnder, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
+import {checkLinksDir} from './overlay.js'
 import {plural} from './render.js'
 import {removeStaging} from './staging.js'
 import {Locations, WaferStore} from './store.js'
 import {checkRoot} from './system.js'
-import {liveStacks} from './usage.js'
+import {hiddenWaferUses, liveStacks} from './usage.js'
 
 /** What `rm` removed, as `--json` prints it. */
 export interface RemoveResult {
@@ -55,6 +56,23 @@ export async function planRemoval(
     (a, b) => inventory.wafers.get(b)!.depth - inventory.wafers.get(a)!.depth || compare(a, b),
   )
   for (const name of order) refuseInUse(inventory.wafers.get(name)!, asked, stacks)
+  // What the mount table does not show: a stack detached with --lazy that a container still runs
+  // in, a stack in another mount namespace, a process working in the wafer's own directory.
+  const uses = await hiddenWaferUses(store, {openFiles: true})
+  for (const name of order) {
+    const use = uses.find((candidate) => candidate.wafers.includes(name))
+    if (use === undefined) continue
+    const who = asked.has(name) ? `wafer ${name}` : `wafer ${name}, in the subtree to remove,`
+    const how = use.kind === 'files' ? ' through' : use.top === name ? ' as the top of' : ' as a layer of'
+    throw new WafersError(`${who} is still in use${how} ${use.where}; nothing removed.`, {
+      suggestions: [
+        use.kind === 'namespace'
+          ? 'Unmount it in that namespace, or stop its processes, first.'
+          : 'Stop those processes first.',
+      ],
+    })
+  }
+
   return order
 }
 
@@ -98,10 +116,14 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
     try {
       // eslint-disable-next-line no-await-in-loop
       await fs.rm(trash, {force: true, recursive: true})
-    } catch (error) {
+    } catch {
+      // fs.rm reports whatever its last attempt met (often ENOTDIR from a fallback), not the cause:
+      // find the first file that really cannot be deleted, and why.
+      const stuck = firstUndeletable(trash)
       const done = removed.length > 0 ? ` (removed before it: ${removed.join(', ')})` : ''
+      const what = stuck === undefined ? 'not all of its files' : `${stuck.file} (${stuck.why})`
       throw new WafersError(
-        `wafer ${name} is gone from the store but not all of its files could be deleted (${(error as Error).message}); they are in ${trash}, which the next wafers rm deletes${done}.`,
+        `wafer ${name} is gone from the store, but ${what} could not be deleted; what is left is in ${trash}, which the next wafers rm deletes${done}.`,
       )
     }
 
@@ -111,18 +133,70 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
   return {removed}
 }
 
+/** Why a file could not be deleted, in words (errno codes only as a last resort, lower case). */
+const WHY: Record<string, string> = {
+  EACCES: 'permission denied',
+  EBUSY: 'it is in use as a mount point',
+  EPERM: 'operation not permitted: it may be immutable or append-only, see lsattr',
+  EROFS: 'the file system is read-only',
+}
+
+/**
+ * The first file under `dir` that cannot be deleted, and why, deleting what it can on the way
+ * (never following a symlink: lstat, unlink of the link itself); undefined when all went.
+ */
+function firstUndeletable(dir: string): {file: string; why: string} | undefined {
+  const why = (error: unknown) => {
+    const code = (error as NodeJS.ErrnoException).code ?? 'unknown'
+    return WHY[code] ?? code.toLowerCase()
+  }
+
+  let entries: string[]
+  try {
+    entries = readdirSync(dir)
+  } catch (error) {
+    return isErrno(error, 'ENOENT') ? undefined : {file: dir, why: why(error)}
+  }
+
+  for (const entry of entries) {
+    const file = path.join(dir, entry)
+    const stat = lstatSync(file, {throwIfNoEntry: false})
+    if (stat === undefined) continue
+    if (stat.isDirectory()) {
+      const stuck = firstUndeletable(file)
+      if (stuck !== undefined) return stuck
+      continue
+    }
+
+    try {
+      unlinkSync(file)
+    } catch (error) {
+      return {file, why: why(error)}
+    }
+  }
+
+  try {
+    rmdirSync(dir)
+  } catch (error) {
+    return {file: dir, why: why(error)}
+  }
+
+  return undefined
+}
+
 /** Deletes what earlier removals could not (`.rm-*`); the store lock is held, so none is under way. */
 async function removeTrash(store: WaferStore): Promise<void> {
   const entries = await fs.readdir(store.root).catch(() => [] as string[])
   for (const entry of entries.filter((name) => name.startsWith('.rm-'))) {
     // eslint-disable-next-line no-await-in-loop
-    await removeStaging(path.join(store.root, entry)).catch(() => {})
+    await removeStaging(store.root, path.join(store.root, entry)).catch(() => {})
   }
 }
 
 /** The short links in `.links`, grouped by what they point at (`../NAME/data`). */
 async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> {
   const byTarget = new Map<string, string[]>()
+  checkLinksDir(store)
   let ids: string[]
   try {
     ids = await fs.readdir(store.linksDir)

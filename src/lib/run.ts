@@ -1,3 +1,6 @@
+import {accessSync, constants} from 'node:fs'
+import path from 'node:path'
+
 import {WafersError} from './errors.js'
 
 /** What a program printed, once it succeeded. */
@@ -23,4 +26,26 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
   }
 
   return {stderr: result.stderr, stdout: result.stdout}
+}
+
+/** Where the system keeps the programs wafers itself relies on (flock, setpriv), whatever PATH says. */
+const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']
+
+/**
+ * The path of util-linux program `name` wafers itself runs (flock, setpriv): found on PATH or in
+ * the system's own directories, so that a seeder's PATH does not decide whether wafers can lock.
+ */
+export function systemProgram(name: string): string {
+  const dirs = [...(process.env.PATH ?? '').split(':').filter((dir) => path.isAbsolute(dir)), ...SYSTEM_DIRS]
+  for (const dir of dirs) {
+    const file = path.join(dir, name)
+    try {
+      accessSync(file, constants.X_OK)
+      return file
+    } catch {
+      // Not here.
+    }
+  }
+
+  throw new WafersError(`${name} is not installed; install util-linux.`)
 }

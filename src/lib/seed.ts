@@ -1,10 +1,13 @@
-import {promises as fs} from 'node:fs'
+import {constants, promises as fs, realpathSync} from 'node:fs'
+import path from 'node:path'
 
-import {WafersError} from './errors.js'
+import {WafersError, isErrno} from './errors.js'
 import type {HookRunner, SeedContext, SeedRunOptions, SeedRunResult, Seeder} from './hooks.js'
 import {oneLine} from './hooks.js'
 import {mountsUnder, readMountTable} from './mounts.js'
 import {isValidName} from './names.js'
+import {systemProgram} from './run.js'
+import {stagingLockFds} from './staging.js'
 
 /** A seeder and the plugin it comes from, as `wafers seeders` lists it. */
 export interface SeederEntry {
@@ -123,8 +126,7 @@ export async function seed(
   // removed like after any other failure, instead of the process dying with it in place.
   const interrupt = new AbortController()
   const onSignal = (signal: NodeJS.Signals) => interrupt.abort(signal)
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  for (const signal of ENDING_SIGNALS) process.on(signal, onSignal)
   const ctx: SeedContext = {
     args: [...plan.args],
     dataDir,
@@ -136,20 +138,25 @@ export async function seed(
   try {
     await plan.entry.seeder.seed(ctx)
   } catch (error) {
+    if (isNoSpace(error)) {
+      throw new WafersError(
+        `no space is left on the file system of ${storeOf(dataDir)}: seeder ${plan.entry.name} could not fill wafer ${wafer}, which was not created.`,
+      )
+    }
+
     if (!interrupt.signal.aborted) {
       throw new WafersError(`seeder ${plan.entry.name} (${plan.entry.plugin}) failed: ${oneLine(error)}.`, {
         suggestions: error instanceof WafersError ? error.suggestions : [],
       })
     }
   } finally {
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    for (const signal of ENDING_SIGNALS) process.off(signal, onSignal)
   }
 
   if (interrupt.signal.aborted) {
     const signal = String(interrupt.signal.reason)
     throw new WafersError(`seeder ${plan.entry.name} was interrupted by ${signal}; wafer ${wafer} was not created.`, {
-      exit: signal === 'SIGINT' ? 130 : 143,
+      exit: signal === 'SIGINT' ? 130 : signal === 'SIGHUP' ? 129 : 143,
     })
   }
 
@@ -163,7 +170,30 @@ export async function seed(
   }
 }
 
+/** The store a stage's data directory (reached through /proc/PID/fd/N) is in now. */
+function storeOf(dataDir: string): string {
+  try {
+    return path.dirname(path.dirname(realpathSync(dataDir)))
+  } catch {
+    return path.dirname(path.dirname(dataDir))
+  }
+}
+
 const TAIL_LINES = 50
+
+/** The signals that end wafers: each stops a seeder's programs and removes the half-made wafer. */
+const ENDING_SIGNALS: NodeJS.Signals[] = ['SIGHUP', 'SIGINT', 'SIGTERM']
+
+/** A program saying it ran out of space (cp, tar, dpkg all say it this way). */
+const NO_SPACE = /No space left on device/
+
+/** Whether `error` says a file system is full. */
+function isNoSpace(error: unknown): boolean {
+  return isErrno(error, 'ENOSPC') || error instanceof NoSpaceError
+}
+
+/** A program stopped because it reported that its file system is full. */
+class NoSpaceError extends WafersError {}
 
 /**
  * Runs a program with an argument array, streaming each line it prints to `report`; refuses
@@ -178,27 +208,53 @@ export async function runStreaming(
 ): Promise<SeedRunResult> {
   const {execa} = await import('execa')
   const tail: string[] = []
-  const subprocess = execa(file, args, {
+  const program = await findProgram(file, options.env?.PATH ?? process.env.PATH ?? '')
+  if (program === undefined) {
+    const hint = options.package ? `; install the ${options.package} package` : ''
+    throw new WafersError(`${file} is not installed or not on PATH${hint}.`)
+  }
+
+  // The kernel ends the program when wafers ends, however it ends (kill -9 included): setpriv sets
+  // its parent-death signal, which Node cannot. It also holds the locks of the stages being filled
+  // (an inherited descriptor), as does anything it starts, so no stage is swept while they write.
+  const fds = stagingLockFds()
+  const stopped = new AbortController()
+  const stop = () => stopped.abort()
+  cancel?.addEventListener('abort', stop)
+  if (cancel?.aborted) stopped.abort()
+  let full = false
+  const subprocess = execa(systemProgram('setpriv'), ['--pdeathsig', 'KILL', '--', program, ...args], {
     all: true,
     buffer: false,
-    cancelSignal: cancel,
+    cancelSignal: stopped.signal,
     cwd: options.cwd,
     env: options.env,
     reject: false,
-    stdin: 'ignore',
+    // execa passes a number as that descriptor, though its types only name it for stdin/out/err.
+    stdio: ['ignore', 'pipe', 'pipe', ...(fds as unknown as Array<'ignore'>)],
   })
   try {
     for await (const line of subprocess.iterable({from: 'all'})) {
       const text = String(line).replace(/\r$/, '')
+      if (NO_SPACE.test(text)) {
+        // One sentence instead of one line per file that could not be written: stop it now.
+        full = true
+        stopped.abort()
+        break
+      }
+
       tail.push(text)
       if (tail.length > TAIL_LINES) tail.shift()
       report(text)
     }
   } catch {
     // A program that could not start ends the stream early; the result below says why.
+  } finally {
+    cancel?.removeEventListener('abort', stop)
   }
 
   const result = await subprocess
+  if (full) throw new NoSpaceError(`${file} ran out of space: no space is left on the file system it writes to.`)
   if (
     result.code === 'ENOENT' ||
     (result.failed && result.exitCode === undefined && /ENOENT/.test(result.message ?? ''))
@@ -216,4 +272,29 @@ export async function runStreaming(
   }
 
   return {exitCode: result.failed ? exitCode : 0, tail}
+}
+
+/** Where program `file` is: itself when it has a slash, else the first executable of that name on `searchPath`. */
+async function findProgram(file: string, searchPath: string): Promise<string | undefined> {
+  const candidates = file.includes('/')
+    ? [file]
+    : searchPath
+        .split(':')
+        .filter((dir) => dir !== '')
+        .map((dir) => path.join(dir, file))
+  for (const candidate of candidates) {
+    // eslint-disable-next-line no-await-in-loop
+    const stat = await fs.stat(candidate).catch(() => undefined)
+    // eslint-disable-next-line no-await-in-loop
+    if (
+      stat?.isFile() &&
+      (await fs.access(candidate, constants.X_OK).then(
+        () => true,
+        () => false,
+      ))
+    )
+      return candidate
+  }
+
+  return undefined
 }

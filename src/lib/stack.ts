@@ -7,14 +7,14 @@ import {WafersError, isErrno} from './errors.js'
 import {HookRunner, fireHook, firePostHook, stackHookSteps} from './hooks.js'
 import {MountEntry, mountAt, readMountTable} from './mounts.js'
 import {checkName} from './names.js'
-import {mountStack, unmount} from './overlay.js'
+import {checkLinksDir, mountStack, unmount} from './overlay.js'
 import {ProcessUse, processesUsing} from './processes.js'
 import {plural} from './render.js'
 import {SeedPlan, checkSeedTarget, createTitle} from './seed.js'
 import type {Step} from './steps.js'
 import {Locations, WaferStore, isDirectory} from './store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from './system.js'
-import {liveStacks, stackConflicts} from './usage.js'
+import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from './usage.js'
 
 /** What `stack` did, as `--json` prints it. */
 export interface StackResult {
@@ -132,12 +132,18 @@ export function stackSteps(
       if (!result.alreadyStacked) {
         await checkMountpoint(result.mountpoint)
         await checkWorkDir(store.workDir(name))
+        checkLinksDir(store)
         if (result.wafers.length > 1) {
           await checkOverlayfs()
           await checkUpperFilesystem(store.root)
         }
 
-        const conflicts = stackConflicts(await liveStacks(store, table), result.wafers, result.mountpoint)
+        // Stacks the table does not show count too: one detached with --lazy that a container still
+        // runs in, one mounted in another mount namespace, or one kept only by a file a process
+        // still has open (looked for when the host's open files are few enough to stat quickly).
+        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table}))
+        const live = [...(await liveStacks(store, table)), ...hidden]
+        const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
         if (conflicts.length > 0) {
           const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
           if (!options.force) {
@@ -217,7 +223,11 @@ export async function unstack(
   checkRoot()
   const table = await readMountTable()
   const mounted = mountAt(table, mountpoint)
-  if (mounted === undefined) return {mountpoint, name, unstacked: false}
+  if (mounted === undefined) {
+    // Nothing to remove: an empty directory here may be a stack's mount point in another mount
+    // namespace, and rmdir would detach it there (Linux 3.18 and later).
+    return {mountpoint, name, unstacked: false}
+  }
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
   if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
   // A container in its own mount namespace keeps the stack busy without making umount fail, so

@@ -1,13 +1,13 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync} from 'node:fs'
+import {fchmodSync, fstatSync, promises as fs, lstatSync, realpathSync, statSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from './errors.js'
+import {WafersError, asWafersError, isErrno} from './errors.js'
 import {readStoreFile} from './files.js'
 import {withLock} from './lock.js'
 import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'
-import {removeStaging} from './staging.js'
+import {discardStage, makeStage, removeAbandonedStages} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
 export const DEFAULT_STACKS = '/var/lib/machines'
@@ -18,11 +18,64 @@ export interface Locations {
   wafers: string
 }
 
-/** Reads WAFERS and STACKS from the environment, falling back to the defaults. */
+/**
+ * Reads WAFERS and STACKS from the environment, falling back to the defaults. Refuses a WAFERS
+ * that is not a directory, and locations that overlap (a stack mounted over a wafer's own files).
+ */
 export function locationsFromEnv(env: NodeJS.ProcessEnv = process.env): Locations {
-  return {
+  const locations = {
     stacks: path.resolve(env.STACKS || DEFAULT_STACKS),
-    wafers: path.resolve(env.WAFERS || DEFAULT_WAFERS),
+    // A symlinked WAFERS (say /var/lib/wafers on a bigger disk) is the admin's choice: it is
+    // resolved once, here, and only the real directory is used (and locked) from then on.
+    wafers: realOrResolved(path.resolve(env.WAFERS || DEFAULT_WAFERS)),
+  }
+  checkLocations(locations)
+  return locations
+}
+
+/** Refuses a WAFERS or STACKS that is there but not a directory, and the two overlapping. */
+export function checkLocations(locations: Locations): void {
+  for (const [variable, dir] of [
+    ['WAFERS', locations.wafers],
+    ['STACKS', locations.stacks],
+  ]) {
+    const stat = statSync(dir, {throwIfNoEntry: false})
+    if (stat !== undefined && !stat.isDirectory()) {
+      throw new WafersError(`${variable} is ${dir}, which is not a directory.`)
+    }
+  }
+
+  const wafers = realOrResolved(locations.wafers)
+  const stacks = realOrResolved(locations.stacks)
+  const inside = (dir: string, outer: string) => dir === outer || dir.startsWith(outer === '/' ? '/' : outer + '/')
+  if (inside(stacks, wafers) || inside(wafers, stacks)) {
+    const how = wafers === stacks ? 'are the same directory' : 'overlap'
+    throw new WafersError(
+      `WAFERS (${locations.wafers}) and STACKS (${locations.stacks}) ${how}; stacks would be mounted over wafers' own files, so give them separate directories.`,
+    )
+  }
+}
+
+/** The real path of `dir`, or of its nearest existing ancestor with the rest appended. */
+function realOrResolved(dir: string): string {
+  try {
+    return realpathSync(dir)
+  } catch {
+    const parent = path.dirname(dir)
+    return parent === dir ? dir : path.join(realOrResolved(parent), path.basename(dir))
+  }
+}
+
+/** Makes the store's directory if missing; refuses one that is not a directory in one sentence. */
+async function makeStoreRoot(root: string): Promise<void> {
+  try {
+    await fs.mkdir(root, {recursive: true})
+  } catch (error) {
+    if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTDIR')) {
+      throw new WafersError(`WAFERS is ${root}, which is not a directory.`)
+    }
+
+    throw asWafersError(error)
   }
 }
 
@@ -56,19 +109,28 @@ export class WaferStore {
    */
   async create(name: string, parent: string | undefined, options: CreateOptions = {}): Promise<void> {
     const target = this.dir(name)
-    await fs.mkdir(this.root, {recursive: true})
-    await this.removeAbandonedStages()
-    const stage = path.join(this.root, `.create-${name}-${process.pid}-${randomBytes(4).toString('hex')}`)
+    await makeStoreRoot(this.root)
+    // Sweeping abandoned stages and making ours happen under the store lock, so that no other
+    // create can take ours for abandoned before it is locked.
+    const stage = await withLock(this.root, async () => {
+      await removeAbandonedStages(this.root)
+      return makeStage(this.root, name)
+    }).catch((error: unknown) => {
+      throw asWafersError(error)
+    })
     try {
-      await fs.mkdir(stage)
-      await fs.mkdir(path.join(stage, 'work'))
-      const data = path.join(stage, 'data')
+      // Everything goes through stage.held, the directory made above, never through its name,
+      // which anyone who may write to the store can swap for a symlink meanwhile.
+      await fs.mkdir(path.join(stage.held, 'work'))
+      const data = path.join(stage.held, 'data')
       await fs.mkdir(data)
       if (options.parentData) await copyOwnerAndMode(options.parentData, data)
       if (options.machineId) await writeFreshMachineId(options.machineId, data)
-      if (parent !== undefined) await fs.writeFile(path.join(stage, 'parent'), `${checkName(parent)}\n`)
+      if (parent !== undefined) await fs.writeFile(path.join(stage.held, 'parent'), `${checkName(parent)}\n`)
+      // A seeder's programs reach the stage through /proc/PID/fd/N too, never through its name.
       if (options.fill) await options.fill(data)
-      if (options.meta) writeMeta(stage, options.meta)
+      if (options.meta) writeMeta(stage.held, options.meta)
+      fchmodSync(stage.fd, 0o755)
       // Seeding may take minutes without the lock; the parent is checked again under it, so that a
       // racing `wafers rm` cannot leave the new wafer on a parent that is gone.
       await withLock(this.root, async () => {
@@ -78,15 +140,34 @@ export class WaferStore {
           )
         }
 
-        await fs.rename(stage, target)
+        // rename(2) takes a name: the one renamed must be the directory made, before and after.
+        const made = fstatSync(stage.fd)
+        const same = (file: string) => {
+          const now = lstatSync(file, {throwIfNoEntry: false})
+          return now !== undefined && now.isDirectory() && now.ino === made.ino && now.dev === made.dev
+        }
+
+        if (!same(stage.dir)) throw new StageSwapped(stage.dir)
+        await fs.rename(stage.dir, target)
+        if (!same(target)) {
+          await fs.rename(target, stage.dir).catch(() => {})
+          throw new StageSwapped(stage.dir)
+        }
       })
+      stage.release()
     } catch (error) {
-      await removeStaging(stage)
+      await discardStage(this.root, stage).catch(() => {})
+      if (error instanceof StageSwapped) {
+        throw new WafersError(
+          `the staging directory ${error.dir} was replaced by something else while wafer ${name} was made; ${name} was not created.`,
+        )
+      }
+
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
         throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
       }
 
-      throw error
+      throw asWafersError(error)
     }
   }
 
@@ -99,14 +180,23 @@ export class WaferStore {
     return path.join(this.root, checkName(name))
   }
 
-  /** Whether a directory for wafer `name` exists (with or without `data`). */
+  /**
+   * Whether a directory for wafer `name` exists (with or without `data`). Refuses a wafer directory
+   * that is a symlink: it could make a directory outside the store a layer.
+   */
   async exists(name: string): Promise<boolean> {
-    return isDirectory(this.dir(name))
+    const dir = this.dir(name)
+    if (await isDirectory(dir)) return true
+    if (lstatSync(dir, {throwIfNoEntry: false})?.isSymbolicLink()) {
+      throw new WafersError(`${dir}, the directory of wafer ${name}, is a symlink; wafers does not follow it.`)
+    }
+
+    return false
   }
 
-  /** Whether wafer `name` has a `data` directory. */
+  /** Whether wafer `name` has a `data` directory (in a real wafer directory, not a symlinked one). */
   async hasData(name: string): Promise<boolean> {
-    return isDirectory(this.dataDir(name))
+    return (await this.exists(name)) && isDirectory(this.dataDir(name))
   }
 
   /** Names of all wafers in the store, sorted. */
@@ -116,7 +206,8 @@ export class WaferStore {
       entries = await fs.readdir(this.root, {withFileTypes: true})
     } catch (error) {
       if (isErrno(error, 'ENOENT')) return []
-      throw error
+      if (isErrno(error, 'ENOTDIR')) throw new WafersError(`WAFERS is ${this.root}, which is not a directory.`)
+      throw asWafersError(error)
     }
 
     return entries
@@ -143,20 +234,20 @@ export class WaferStore {
     return text === undefined ? undefined : parseParent(name, text)
   }
 
-  /** Removes what creates killed midway (kill -9, power loss) left behind: staging dirs of dead processes. */
+  /** Removes what creates killed midway left behind (see staging.ts); takes the store lock. */
   async removeAbandonedStages(): Promise<void> {
-    const entries = await fs.readdir(this.root).catch(() => [] as string[])
-    await Promise.all(
-      entries.map(async (entry) => {
-        const pid = /^\.create-.+-(\d+)-[\da-f]{8}$/.exec(entry)?.[1]
-        // removeStaging detaches what a killed seeder left mounted inside (debootstrap's proc) first.
-        if (pid !== undefined && !isAlive(Number(pid))) await removeStaging(path.join(this.root, entry)).catch(() => {})
-      }),
-    )
+    await withLock(this.root, () => removeAbandonedStages(this.root))
   }
 
   workDir(name: string): string {
     return path.join(this.dir(name), 'work')
+  }
+}
+
+/** The stage's name no longer names the directory wafers made for it. */
+class StageSwapped extends Error {
+  constructor(readonly dir: string) {
+    super(dir)
   }
 }
 
@@ -185,15 +276,6 @@ export async function isDirectory(file: string): Promise<boolean> {
   } catch (error) {
     if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return false
     throw error
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return !isErrno(error, 'ESRCH')
   }
 }
 

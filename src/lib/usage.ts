@@ -1,10 +1,12 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from './errors.js'
 import {MountEntry, overlayLayers, readMountTable} from './mounts.js'
 import {isValidName} from './names.js'
-import {WaferStore} from './store.js'
+import {HiddenUse, hiddenUses} from './processes.js'
+import {readStoreFile} from './files.js'
+import {WaferStore, parseParent} from './store.js'
 
 /** A stack of this store's wafers that is mounted right now, by wafers, by hand or by the bash tool. */
 export interface LiveStack {
@@ -13,6 +15,8 @@ export interface LiveStack {
   mountpoint: string
   /** The wafer whose data is the writable top (an overlay's upper, or a bind-mounted base). */
   top?: string
+  /** How to name a stack that has no mount point here (detached, or in another namespace). */
+  where?: string
 }
 
 /**
@@ -70,13 +74,73 @@ export function stackConflicts(stacks: LiveStack[], wafers: string[], mountpoint
   const [top, ...below] = wafers
   const problems: string[] = []
   for (const stack of stacks) {
-    if (stack.mountpoint === mountpoint) continue
-    if (stack.lowers.includes(top)) problems.push(`${top} is a lower layer of the stack at ${stack.mountpoint}`)
-    if (stack.top === top) problems.push(`${top} is already the top of the stack at ${stack.mountpoint}`)
+    if (stack.where === undefined && stack.mountpoint === mountpoint) continue
+    const at = stack.where ?? `the stack at ${stack.mountpoint}`
+    if (stack.lowers.includes(top)) problems.push(`${top} is a lower layer of ${at}`)
+    if (stack.top === top) problems.push(`${top} is already the top of ${at}`)
     if (stack.top !== undefined && below.includes(stack.top)) {
-      problems.push(`${stack.top}, below ${top}, is the writable top of the stack at ${stack.mountpoint}`)
+      problems.push(`${stack.top}, below ${top}, is the writable top of ${at}`)
     }
   }
 
   return problems
+}
+
+/**
+ * The uses of `store`'s wafers that the live mount table hides (see hiddenUses in processes.ts):
+ * stacks detached with `umount --lazy` that processes still use, stacks in other mount
+ * namespaces, processes in a wafer's own directory. Open files are looked at only with `openFiles`.
+ */
+export async function hiddenWaferUses(
+  store: WaferStore,
+  options: {files?: boolean; openFiles?: 'affordable' | boolean; table?: MountEntry[]} = {},
+): Promise<HiddenUse[]> {
+  const names = await store.list()
+  return hiddenUses(
+    {
+      ancestry(name) {
+        const below: string[] = []
+        try {
+          for (let next = readParentSync(store, name); next !== undefined && !below.includes(next);) {
+            below.push(next)
+            next = readParentSync(store, next)
+          }
+        } catch {
+          // An ancestry that cannot be traced further: the wafers found so far.
+        }
+
+        return below
+      },
+      linkTargets() {
+        const byId = new Map<string, string>()
+        if (!lstatSync(store.linksDir, {throwIfNoEntry: false})?.isDirectory()) return byId
+        for (const id of readdirSync(store.linksDir)) {
+          try {
+            const match = /^\.\.\/([^/]+)\/data$/.exec(readlinkSync(path.join(store.linksDir, id)))
+            if (match && isValidName(match[1])) byId.set(id, match[1])
+          } catch {
+            // Not a link: not one of ours.
+          }
+        }
+
+        return byId
+      },
+      names,
+      root: store.root,
+    },
+    {files: options.files, openFiles: options.openFiles, table: options.table ?? (await readMountTable())},
+  )
+}
+
+/** The stacks among `uses` (detached, or in other namespaces), as stackConflicts takes them. */
+export function hiddenStacks(uses: HiddenUse[]): LiveStack[] {
+  return uses
+    .filter((use) => use.kind !== 'files')
+    .map((use) => ({lowers: use.wafers.slice(1), mountpoint: '', top: use.top, where: use.where}))
+}
+
+function readParentSync(store: WaferStore, name: string): string | undefined {
+  // readParent is synchronous inside (readStoreFile); this keeps the walk free of promises.
+  const text = readStoreFile(store.parentFile(name), `the parent file of wafer ${name}`)
+  return text === undefined ? undefined : parseParent(name, text)
 }

@@ -53,7 +53,7 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
       '[Service]',
       'Type=oneshot',
       'RemainAfterExit=yes',
-      `Environment="WAFERS=${box.wafers}" "STACKS=${box.stacks}"`,
+      `Environment="WAFERS=${box.wafers}" "STACKS=${box.stacks}" "WAFERS_DATA_DIR=${box.env.WAFERS_DATA_DIR}"`,
       `ExecStart="${process.execPath}" "${script}" "stack" "web"`,
       `ExecStop="${process.execPath}" "${script}" "unstack" "web"`,
       '[Install]',

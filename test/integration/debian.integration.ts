@@ -11,7 +11,7 @@ const plugin = fileURLToPath(new URL('../../plugins/debian', import.meta.url))
 /** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
 const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
 
-describe('wafers-plugin-debian, linked as a user would (real debootstrap, real mounts)', function () {
+describe('wafers-plugin-debian-arch, linked as a user would (real debootstrap, real mounts)', function () {
   let box: Sandbox
 
   beforeEach(async function () {
@@ -29,7 +29,7 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     const run = await box.run(['seeders', '--json'])
     expect(run.exitCode, run.stderr).to.equal(0)
     const offered = (JSON.parse(run.stdout) as Array<{name: string; plugin: string}>).filter(
-      (entry) => entry.plugin === 'wafers-plugin-debian',
+      (entry) => entry.plugin === 'wafers-plugin-debian-arch',
     )
     expect(offered.map((entry) => entry.name)).to.deep.equal(['debootstrap', 'pacstrap'])
   })
@@ -41,7 +41,7 @@ describe('wafers-plugin-debian, linked as a user would (real debootstrap, real m
     })
     expect(run.exitCode).to.equal(1)
     expect(said(run.stderr)).to.include(
-      'seeder pacstrap (wafers-plugin-debian) failed: pacstrap is not installed or not on PATH; install the arch-install-scripts package (apt-get install arch-install-scripts, or pacman -S arch-install-scripts).',
+      'seeder pacstrap (wafers-plugin-debian-arch) failed: pacstrap is not installed or not on PATH; install the arch-install-scripts package (apt-get install arch-install-scripts, or pacman -S arch-install-scripts).',
     )
     expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
     expect(await fs.readdir(box.wafers)).to.deep.equal([])

@@ -275,7 +275,7 @@ const BAD_INPUTS: BadInput[] = [
   },
   {
     args: ['stack', 'inner'],
-    env: (box: Sandbox) => ({WAFERS: box.stack('outer', 'wafers')}),
+    env: (box: Sandbox) => ({STACKS: path.join(box.root, 'inner-stacks'), WAFERS: box.stack('outer', 'wafers')}),
     message: /is on overlayfs, which overlayfs cannot use for a writable layer/,
     async setup(box) {
       await box.wafer('outer-base')
@@ -287,6 +287,51 @@ const BAD_INPUTS: BadInput[] = [
     },
     title: '$WAFERS on a file system overlayfs cannot use as an upper',
   } as BadInput,
+  {
+    args: ['stack', 'child'],
+    message: `${'WAFERS'}/.links is a symlink; wafers keeps its links only in a real directory there.`,
+    async setup(box) {
+      await family(box)
+      await fs.mkdir(path.join(box.root, 'elsewhere'))
+      await fs.symlink(path.join(box.root, 'elsewhere'), path.join(box.wafers, '.links'))
+    },
+    title: '$WAFERS/.links that is a symlink out of the store',
+  },
+  {
+    args: ['stack', 's4', 's3'],
+    message: `${'WAFERS'}/s3, the directory of wafer s3, is a symlink; wafers does not follow it.`,
+    async setup(box) {
+      await fs.mkdir(path.join(box.root, 'elsewhere', 'data'), {recursive: true})
+      await fs.mkdir(box.wafers)
+      await fs.symlink(path.join(box.root, 'elsewhere'), path.join(box.wafers, 's3'))
+    },
+    title: 'a wafer directory that is a symlink out of the store, as a parent',
+  },
+  {
+    args: ['stack', 's3'],
+    message: `${'WAFERS'}/s3, the directory of wafer s3, is a symlink; wafers does not follow it.`,
+    async setup(box) {
+      await fs.mkdir(path.join(box.root, 'elsewhere', 'data'), {recursive: true})
+      await fs.mkdir(box.wafers)
+      await fs.symlink(path.join(box.root, 'elsewhere'), path.join(box.wafers, 's3'))
+    },
+    title: 'a wafer directory that is a symlink out of the store, stacked',
+  },
+  ...[
+    {env: (box: Sandbox) => ({STACKS: box.wafers}), how: 'the same directory'},
+    {env: (box: Sandbox) => ({STACKS: path.join(box.wafers, 'base', 'data')}), how: 'STACKS inside a wafer'},
+    {env: (box: Sandbox) => ({WAFERS: path.join(box.stacks, 'w')}), how: 'WAFERS inside STACKS'},
+  ].map(
+    ({env, how}) =>
+      ({
+        args: ['stack', 'base'],
+        env,
+        message:
+          /WAFERS \(.*\) and STACKS \(.*\) (are the same directory|overlap); stacks would be mounted over wafers' own files, so give them separate directories\./,
+        setup: base,
+        title: `WAFERS and STACKS overlapping: ${how}`,
+      }) as BadInput,
+  ),
 ]
 
 describe('safety', function () {

@@ -302,10 +302,11 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
   describe('in a terminal', function () {
     // util-linux's script(1) gives the CLI a pseudo-terminal, as a person's shell would.
-    async function inTerminal(args: string[]): Promise<{exitCode: number; screen: string}> {
-      const command = ['stty cols 120;', process.execPath, path.resolve('bin/run.js'), ...args].join(' ')
+    async function inTerminal(args: string[], columns = 120, input = ''): Promise<{exitCode: number; screen: string}> {
+      const command = [`stty cols ${columns};`, process.execPath, path.resolve('bin/run.js'), ...args].join(' ')
       const run = await execa('script', ['-qec', command, '/dev/null'], {
         env: {...box.env, CI: '', TERM: 'xterm'},
+        input,
         reject: false,
       })
       // eslint-disable-next-line no-control-regex
@@ -320,6 +321,33 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
       expect(screen).to.include(`✔ Mounted 2 wafers at ${box.stack('child')}`)
       expect(screen).to.include(`2 wafers stacked at ${box.stack('child')}`)
       expect(await box.mountOf('child')).to.not.equal(undefined)
+    })
+
+    it('prints whole lines on a terminal that reports 0 columns', async function () {
+      await box.wafer('base')
+      const {exitCode, screen} = await inTerminal(['stack', 'child', 'base'], 0)
+      expect(exitCode, screen).to.equal(0)
+      expect(screen).to.include('Traced 2 wafers: child <- base')
+      expect(screen).to.include(`Mounted 2 wafers at ${box.stack('child')}`)
+      const errors = await inTerminal(['stack', 'ghost'], 0)
+      expect(errors.exitCode).to.equal(1)
+      expect(errors.screen).to.include(`wafer ghost not found in ${box.wafers}.`)
+    })
+
+    it('takes -h as --help, for every command', async function () {
+      for (const args of [['stack', '-h'], ['rm', '-h'], ['plugins', 'install', '-h'], ['-h']]) {
+        // eslint-disable-next-line no-await-in-loop
+        const run = await box.run(args)
+        expect(run.exitCode, `${args.join(' ')}: ${run.stderr}`).to.equal(0)
+        expect(run.stdout).to.include('USAGE')
+      }
+    })
+
+    it('suggests the command meant when one is misspelt, as oclif does', async function () {
+      const {exitCode, screen} = await inTerminal(['stak'], 120, 'n\r')
+      expect(exitCode, screen).to.equal(127)
+      expect(screen).to.include('stak is not a wafers command.')
+      expect(screen).to.include('Did you mean stack?')
     })
 
     it('shows each stack of a batch with its steps, and the failures by name', async function () {

@@ -16,8 +16,9 @@ describe('overlay options', function () {
 
 describe('progress mode', function () {
   it('is live only on a terminal outside CI, and silent for --json', function () {
-    expect(progressMode({env: {}, json: false, tty: true})).to.equal('interactive')
-    expect(progressMode({env: {CI: 'true'}, json: false, tty: true})).to.equal('plain')
+    expect(progressMode({columns: 120, env: {}, json: false, tty: true})).to.equal('interactive')
+    expect(progressMode({columns: 0, env: {}, json: false, tty: true})).to.equal('plain')
+    expect(progressMode({columns: 120, env: {CI: 'true'}, json: false, tty: true})).to.equal('plain')
     expect(progressMode({env: {}, json: false, tty: false})).to.equal('plain')
     expect(progressMode({env: {}, json: true, tty: true})).to.equal('silent')
   })

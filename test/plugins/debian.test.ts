@@ -18,7 +18,7 @@ import type {SeedRunOptions} from '../../src/lib/hooks.js'
 import {runStreaming} from '../../src/lib/seed.js'
 import {closedPort} from '../helpers/net.js'
 
-describe('wafers-plugin-debian', function () {
+describe('wafers-plugin-debian-arch', function () {
   describe('the default mirror, from the host apt sources', function () {
     const deb822 = `Types: deb deb-src
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
