@@ -1,0 +1,188 @@
+import {promises as fs, lstatSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import {readStoreFile} from '../files.js'
+import type {CopyPlan} from './context.js'
+import {resolveInRoot} from './paths.js'
+
+/** Who owns what COPY makes, and the mode it forces (`--chown`, `--chmod`). */
+export interface CopyOwnership {
+  chmod?: number
+  gid: number
+  uid: number
+}
+
+/**
+ * Copies `plan` into the tree at `root` (a mounted stack or a wafer's data) at `dest`, an absolute
+ * container path. The destination is resolved inside `root` (symlinks followed only within it);
+ * directories it has to make belong to the copy's owner. Entries replace what is there, a link
+ * never being written through.
+ */
+export async function copyInto(root: string, plan: CopyPlan, dest: string, own: CopyOwnership): Promise<void> {
+  // COPY file /existing-dir/ copies into the directory, as Docker does.
+  const destIsDir = plan.destIsDir || statOrUndefined(resolveInRoot(root, dest))?.isDirectory() === true
+  const target = destIsDir ? await mkdirIn(root, dest, own) : await parentIn(root, dest, own)
+  for (const planned of plan.entries) {
+    const entry =
+      destIsDir && planned.rel === '' && planned.kind !== 'dir'
+        ? {...planned, rel: path.basename(planned.source)}
+        : planned
+    const to = entry.rel === '' ? target : resolveInRoot(root, path.join(path.relative(root, target), entry.rel), false)
+    if (!isInside(root, to)) throw new WafersError(`${entry.from} would land outside the new wafer.`)
+    const mode = own.chmod ?? entry.mode
+    if (entry.kind === 'dir') {
+      if (entry.rel === '') continue
+      const there = statOrUndefined(to)
+      if (there && !there.isDirectory()) await fs.rm(to, {force: true, recursive: true})
+      if (!there?.isDirectory()) await fs.mkdir(to)
+      await fs.chown(to, own.uid, own.gid)
+      await fs.chmod(to, mode)
+      await fs.utimes(to, entry.mtime, entry.mtime)
+      continue
+    }
+
+    const there = statOrUndefined(to)
+    if (there?.isDirectory())
+      throw new WafersError(`cannot copy ${entry.from} onto the directory ${path.relative(root, to)}.`)
+    if (there) await fs.rm(to, {force: true})
+    if (entry.kind === 'symlink') {
+      await fs.symlink(await fs.readlink(entry.source), to)
+      await fs.lchown(to, own.uid, own.gid)
+      await fs.lutimes(to, entry.mtime, entry.mtime)
+      continue
+    }
+
+    await fs.copyFile(entry.source, to, 0)
+    await fs.chown(to, own.uid, own.gid)
+    await fs.chmod(to, mode)
+    await fs.utimes(to, entry.mtime, entry.mtime)
+  }
+
+  // Directories last: writing into them changed their times.
+  for (const entry of [...plan.entries].reverse()) {
+    if (entry.kind !== 'dir' || entry.rel === '') continue
+    const to = resolveInRoot(root, path.join(path.relative(root, target), entry.rel), false)
+    await fs.utimes(to, entry.mtime, entry.mtime)
+  }
+}
+
+/** Makes directory `dest` (container path) inside `root`, missing parents too, owned by the copy's owner. */
+export async function mkdirIn(root: string, dest: string, own?: {gid: number; uid: number}): Promise<string> {
+  const resolved = resolveInRoot(root, dest)
+  if (!isInside(root, resolved)) throw new WafersError(`${dest} leads outside the new wafer.`)
+  const missing: string[] = []
+  for (let dir = resolved; dir !== root && statOrUndefined(dir) === undefined; dir = path.dirname(dir))
+    missing.unshift(dir)
+  for (const dir of missing) {
+    // eslint-disable-next-line no-await-in-loop
+    await fs.mkdir(dir, {mode: 0o755})
+    // eslint-disable-next-line no-await-in-loop
+    if (own) await fs.chown(dir, own.uid, own.gid)
+  }
+
+  const stat = statOrUndefined(resolved)
+  if (!stat?.isDirectory()) throw new WafersError(`${dest} exists in the image and is not a directory.`)
+  return resolved
+}
+
+async function parentIn(root: string, dest: string, own: CopyOwnership): Promise<string> {
+  const dir = await mkdirIn(root, path.posix.dirname(dest), own)
+  return path.join(dir, path.posix.basename(dest))
+}
+
+function statOrUndefined(file: string) {
+  try {
+    return lstatSync(file)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
+    throw error
+  }
+}
+
+function isInside(root: string, file: string): boolean {
+  const rel = path.relative(root, file)
+  return !rel.startsWith('..') && !path.isAbsolute(rel)
+}
+
+/**
+ * The numeric owner `--chown=USER[:GROUP]` names, looked up in the image's /etc/passwd and
+ * /etc/group (read inside `root` without following links out of it). A user alone takes its
+ * primary group.
+ */
+export function parseChown(root: string, spec: string | undefined): {gid: number; uid: number} {
+  if (spec === undefined) return {gid: 0, uid: 0}
+  const [user, group] = spec.split(':')
+  const passwd = readTable(root, '/etc/passwd')
+  const groups = readTable(root, '/etc/group')
+  let uid: number
+  let gid: number | undefined
+  if (/^\d+$/.test(user)) uid = Number(user)
+  else {
+    const row = passwd.find((fields) => fields[0] === user)
+    if (!row) throw new WafersError(`--chown: there is no user ${user} in the image's /etc/passwd.`)
+    uid = Number(row[2])
+    gid = Number(row[3])
+  }
+
+  if (group !== undefined && group !== '') {
+    if (/^\d+$/.test(group)) gid = Number(group)
+    else {
+      const row = groups.find((fields) => fields[0] === group)
+      if (!row) throw new WafersError(`--chown: there is no group ${group} in the image's /etc/group.`)
+      gid = Number(row[2])
+    }
+  }
+
+  return {gid: gid ?? uid, uid}
+}
+
+function readTable(root: string, file: string): string[][] {
+  const text = readStoreFile(resolveInRoot(root, file), `the image's ${file}`) ?? ''
+  return text
+    .split('\n')
+    .filter((line) => line !== '' && !line.startsWith('#'))
+    .map((line) => line.split(':'))
+}
+
+/** Parses `--chmod=OCTAL`. */
+export function parseChmod(spec: string | undefined): number | undefined {
+  if (spec === undefined) return undefined
+  if (!/^[0-7]{3,4}$/.test(spec)) throw new WafersError(`--chmod takes an octal mode such as 644 or 0755, not ${spec}.`)
+  return Number.parseInt(spec, 8)
+}
+
+/** Whether `file` starts like a tar archive, plain or compressed (gzip, bzip2, xz, zstd). */
+export async function isArchive(file: string): Promise<boolean> {
+  const handle = await fs.open(file, 'r')
+  try {
+    const buffer = Buffer.alloc(262)
+    const {bytesRead} = await handle.read(buffer, 0, 262, 0)
+    const head = buffer.subarray(0, bytesRead)
+    if (head[0] === 0x1f && head[1] === 0x8b) return true
+    if (head.subarray(0, 3).toString('latin1') === 'BZh') return true
+    if (head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return true
+    if (head.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return true
+    return bytesRead >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar'
+  } finally {
+    await handle.close()
+  }
+}
+
+/**
+ * Unpacks tarball `file` into directory `dir` with GNU tar (which takes gzip, bzip2, xz and zstd
+ * by itself), keeping owners, modes and xattrs; tar itself refuses `../` and absolute names.
+ */
+export async function unpackArchive(file: string, dir: string): Promise<void> {
+  const {run} = await import('../run.js')
+  await run('tar', [
+    '--extract',
+    `--file=${file}`,
+    `--directory=${dir}`,
+    '--same-owner',
+    '--preserve-permissions',
+    '--xattrs',
+    '--xattrs-include=*',
+    '--no-overwrite-dir',
+  ])
+}
