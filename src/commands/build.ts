@@ -39,6 +39,7 @@ FROM takes a wafer, an earlier stage (FROM ... AS NAME), or scratch.`
     'build-arg': Flags.string({
       description: 'Set build arg KEY to VALUE (KEY=VALUE); repeat for more.',
       multiple: true,
+      multipleNonGreedy: true,
     }),
     file: Flags.string({
       char: 'f',

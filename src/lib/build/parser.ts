@@ -148,6 +148,8 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
   const result: string[] = []
   let word = ''
   let inWord = false
+  // An unquoted expansion to nothing makes no word, as in a shell; "" does.
+  let quoted = false
   let i = 0
   const expand = (): string => {
     // text[i] is '$'
@@ -180,9 +182,10 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
   while (i < text.length) {
     const c = text[i]
     if (/\s/.test(c)) {
-      if (inWord) result.push(word)
+      if (inWord && (word !== '' || quoted)) result.push(word)
       word = ''
       inWord = false
+      quoted = false
       i++
       continue
     }
@@ -192,11 +195,13 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
       if (i + 1 < text.length) word += text[i + 1]
       i += 2
     } else if (c === "'") {
+      quoted = true
       const close = text.indexOf("'", i + 1)
       if (close === -1) throw new WafersError(`unmatched ' in ${text}.`)
       word += text.slice(i + 1, close)
       i = close + 1
     } else if (c === '"') {
+      quoted = true
       i++
       while (i < text.length && text[i] !== '"') {
         if (text[i] === escape && i + 1 < text.length && ['"', '$', escape].includes(text[i + 1])) {
@@ -216,7 +221,7 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
     }
   }
 
-  if (inWord) result.push(word)
+  if (inWord && (word !== '' || quoted)) result.push(word)
   return result
 }
 
