@@ -1,0 +1,90 @@
+import {Args, Flags} from '@oclif/core'
+
+import {WafersCommand} from '../command.js'
+import {WafersError} from '../lib/errors.js'
+import {interruptSignal} from '../lib/interrupt.js'
+import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
+import type {PushResult} from '../lib/oci/push.js'
+import {progressMode, runSteps} from '../lib/progress.js'
+import {locationsFromEnv} from '../lib/store.js'
+
+export default class Push extends WafersCommand {
+  static args = {
+    name: Args.string({description: 'The top wafer; its whole ancestry is pushed.', required: true}),
+    ref: Args.string({
+      description:
+        'Where to: docker://HOST/REPO:TAG (a bare HOST/REPO:TAG means docker://), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE.',
+      required: true,
+    }),
+  }
+
+  static description = `NAME's ancestry, bottom first, becomes one OCI image: one layer per wafer that has files of its own, and a history entry for each wafer without (such as the empty top a pull makes). The image config (Env, Entrypoint, Cmd, ...) is that of the nearest wafer that came from an image, NAME first; without one it is a default config for this machine's platform.
+
+Layers are reproducible: the same files give the same layer digest on every push and every machine. Packed layers are kept in $WAFERS/.oci and reused while the wafer is unchanged, so pushing again packs nothing and the registry receives nothing new. A wafer that is the writable top of a mounted stack may change while it is packed, so push refuses it unless --force.`
+
+  static enableJsonFlag = true
+
+  static examples = [
+    {
+      command: '<%= config.bin %> <%= command.id %> web docker://registry.example.com/stacks/web:1.0',
+      description: 'Push wafer web and everything below it:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> --tls-verify=false --creds ci:secret web localhost:5000/web:1.0',
+      description: 'Push to a registry on plain HTTP that wants a login:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> web oci-archive:/tmp/web.tar:1.0',
+      description: 'Write an OCI archive instead:',
+    },
+  ]
+
+  static flags = {
+    authfile: Flags.string({description: REGISTRY_FLAG_HELP.authfile, helpValue: 'FILE'}),
+    creds: Flags.string({description: REGISTRY_FLAG_HELP.creds, helpValue: 'USER:PASS'}),
+    force: Flags.boolean({description: 'Push even when a wafer of the stack is the writable top of a mounted stack.'}),
+    'tls-verify': Flags.boolean({allowNo: true, default: true, description: REGISTRY_FLAG_HELP.tlsVerify}),
+  }
+
+  static summary = "Push a wafer's stack to a registry as an OCI image, one layer per wafer."
+
+  static usage =
+    '<%= command.id %> NAME REF [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--force] [--json]'
+
+  async run(): Promise<PushResult> {
+    const {args, flags} = await this.parse(Push, tlsVerifyValue(this.argv))
+    const {pushSteps} = await import('../lib/oci/push.js')
+    const interrupt = interruptSignal()
+    const mode = progressMode({json: this.jsonEnabled()})
+    const {dispose, result, steps, trace} = pushSteps(locationsFromEnv(), args.name, args.ref, {
+      authfile: flags.authfile,
+      creds: flags.creds,
+      force: flags.force,
+      signal: interrupt.signal,
+      tlsVerify: flags['tls-verify'],
+      warn: (message) => this.warn(message),
+    })
+    try {
+      await runSteps([trace], mode, interrupt.signal)
+      await runSteps(steps(), mode, interrupt.signal)
+    } catch (error) {
+      if (interrupt.signal.aborted) {
+        throw new WafersError(
+          `interrupted: ${args.ref} was not pushed; layers packed completely are kept for the next push.`,
+          {exit: 130},
+        )
+      }
+
+      throw error
+    } finally {
+      interrupt.dispose()
+      await dispose()
+    }
+
+    const made = result.layers.filter((layer) => layer.made).length
+    this.log(
+      `pushed ${args.name} to ${args.ref} (${result.layers.length} layers, ${made} packed now): ${result.digest}`,
+    )
+    return result
+  }
+}

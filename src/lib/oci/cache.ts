@@ -1,0 +1,77 @@
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import {readStoreFile, writeFileAtomic} from '../files.js'
+import {checkDigest} from './image.js'
+import {ociDir} from './workdir.js'
+
+/** A packed layer of one wafer, as push made it: valid only while the wafer's fingerprint is the same. */
+export interface CachedLayer {
+  diffId: string
+  digest: string
+  fingerprint: string
+  mediaType: string
+  size: number
+}
+
+/**
+ * Packed layers of wafers, so that pushing an unchanged wafer again packs nothing:
+ * `$WAFERS/.oci/layers/NAME.json` says which blob of `$WAFERS/.oci/blobs/sha256` holds wafer
+ * NAME's layer, for which fingerprint. Anyone may write to $WAFERS, so an entry is used only when
+ * its fingerprint equals the wafer's now and its blob is a regular file of the right size (skopeo
+ * checks the blob's digest as it reads it).
+ */
+export class LayerCache {
+  constructor(readonly wafers: string) {}
+
+  get blobs(): string {
+    return path.join(ociDir(this.wafers), 'blobs', 'sha256')
+  }
+
+  /** The blob file of `digest` in the cache. */
+  blob(digest: string): string {
+    return path.join(this.blobs, checkDigest(digest, 'a cached layer').slice(7))
+  }
+
+  /** Makes the cache's directories, refusing any that is a symlink or not a directory. */
+  async ensure(): Promise<void> {
+    for (const dir of [ociDir(this.wafers), path.dirname(this.blobs), this.blobs, this.entries]) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(dir, {mode: 0o700}).catch((error) => {
+        if (!isErrno(error, 'EEXIST')) throw error
+      })
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(dir)
+      if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
+    }
+  }
+
+  get entries(): string {
+    return path.join(ociDir(this.wafers), 'layers')
+  }
+
+  /** The cached layer of wafer `name` for `fingerprint`, or undefined when there is none that fits. */
+  async lookup(name: string, fingerprint: string): Promise<CachedLayer | undefined> {
+    let entry: CachedLayer
+    try {
+      const text = readStoreFile(path.join(this.entries, `${name}.json`), `the cached layer of wafer ${name}`)
+      if (text === undefined) return undefined
+      entry = JSON.parse(text) as CachedLayer
+      if (entry.fingerprint !== fingerprint) return undefined
+      checkDigest(entry.digest, 'a cached layer')
+      checkDigest(entry.diffId, 'a cached layer')
+    } catch {
+      return undefined
+    }
+
+    const stat = await fs.lstat(this.blob(entry.digest)).catch(() => undefined)
+    return stat?.isFile() && stat.size === entry.size ? entry : undefined
+  }
+
+  /** Records `entry` as wafer `name`'s layer, its blob moved in from `file`. */
+  async store(name: string, entry: CachedLayer, file: string): Promise<void> {
+    await fs.rename(file, this.blob(entry.digest))
+    writeFileAtomic(path.join(this.entries, `${name}.json`), `${JSON.stringify(entry)}\n`, 0o600)
+  }
+}

@@ -1,0 +1,168 @@
+import {createHash} from 'node:crypto'
+import {closeSync, constants, fstatSync, mkdirSync, openSync, readSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import {writeFileAtomic} from '../files.js'
+import {
+  Descriptor,
+  Index,
+  MEDIA,
+  Manifest,
+  Platform,
+  checkDigest,
+  checkManifest,
+  isIndex,
+  selectPlatform,
+} from './image.js'
+
+/** The largest manifest, index or config wafers reads (they are JSON; a hostile one cannot exhaust memory). */
+export const MAX_JSON_BLOB = 8 * 1024 * 1024
+
+/** The annotation that tags a manifest in an OCI layout's index.json. */
+export const REF_NAME = 'org.opencontainers.image.ref.name'
+
+/** Where blob `digest` lives in the OCI layout at `dir`; refuses digests that are not sha256. */
+export function blobPath(dir: string, digest: string): string {
+  return path.join(dir, 'blobs', 'sha256', checkDigest(digest, 'a blob').slice(7))
+}
+
+/** `bytes` as a sha256 digest string. */
+export function digestOf(bytes: Buffer | string): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+}
+
+/**
+ * Reads a small file whole: never through a symlink, never blocking on a FIFO, at most `max`
+ * bytes. Undefined when it does not exist.
+ */
+export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB): Buffer | undefined {
+  let fd: number
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
+    if (isErrno(error, 'ELOOP')) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
+    throw new WafersError(`${what} cannot be read: ${(error as Error).message.split(':')[0]}.`)
+  }
+
+  try {
+    const stat = fstatSync(fd)
+    if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
+    if (stat.size > max) throw new WafersError(`${what} is ${stat.size} bytes, more than the ${max} wafers reads.`)
+    const buffer = Buffer.alloc(stat.size)
+    let length = 0
+    while (length < buffer.length) {
+      const n = readSync(fd, buffer, length, buffer.length - length, null)
+      if (n === 0) break
+      length += n
+    }
+
+    return buffer.subarray(0, length)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/** Parses JSON `bytes`, refusing what is not an object in one sentence. */
+export function parseJson(bytes: Buffer | string, what: string): Record<string, unknown> {
+  let value: unknown
+  try {
+    value = JSON.parse(bytes.toString())
+  } catch {
+    throw new WafersError(`${what} is not valid JSON.`)
+  }
+
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new WafersError(`${what} is not a JSON object.`)
+  return value as Record<string, unknown>
+}
+
+/** The JSON blob `descriptor` points at in the layout at `dir`, after checking its digest and size. */
+export function readJsonBlob(
+  dir: string,
+  descriptor: Descriptor,
+  what: string,
+): {raw: Buffer; value: Record<string, unknown>} {
+  const raw = readSmallFile(blobPath(dir, descriptor.digest), what)
+  if (raw === undefined) throw new WafersError(`${what} (${descriptor.digest}) is missing from the layout ${dir}.`)
+  if (digestOf(raw) !== descriptor.digest)
+    throw new WafersError(`${what} does not match its digest ${descriptor.digest}.`)
+  return {raw, value: parseJson(raw, what)}
+}
+
+/** The index.json of the OCI layout at `dir`; refuses a directory that is not one. */
+export function readLayoutIndex(dir: string): Index {
+  const what = `the OCI layout ${dir}`
+  const marker = readSmallFile(path.join(dir, 'oci-layout'), `the oci-layout file of ${dir}`)
+  const raw = readSmallFile(path.join(dir, 'index.json'), `the index.json of ${dir}`)
+  if (marker === undefined || raw === undefined)
+    throw new WafersError(`${what} does not exist or is not an OCI image layout (no oci-layout or index.json).`)
+  const index = parseJson(raw, `the index.json of ${dir}`) as unknown as Index
+  if (!Array.isArray(index.manifests)) throw new WafersError(`the index.json of ${dir} lists no manifests.`)
+  return index
+}
+
+/** One image found in a layout: its manifest, the raw bytes and the digest of those. */
+export interface LayoutImage {
+  digest: string
+  manifest: Manifest
+  raw: Buffer
+}
+
+/**
+ * The image tagged `tag` in the OCI layout at `dir` (or its only image when no tag is given),
+ * going through nested indexes to the manifest for `platform`.
+ */
+export function findLayoutImage(dir: string, tag: string | undefined, platform: Platform): LayoutImage {
+  const index = readLayoutIndex(dir)
+  const where = `the OCI layout ${dir}`
+  let descriptor: Descriptor | undefined
+  if (tag === undefined) {
+    if (index.manifests.length !== 1) {
+      const tags = index.manifests.map((entry) => entry.annotations?.[REF_NAME]).filter(Boolean)
+      throw new WafersError(
+        `${where} holds ${index.manifests.length} images; name one with :TAG (${tags.join(', ') || 'none is tagged'}).`,
+      )
+    }
+
+    descriptor = index.manifests[0]
+  } else {
+    descriptor = index.manifests.find((entry) => entry.annotations?.[REF_NAME] === tag)
+    if (!descriptor) throw new WafersError(`tag ${tag} not found in ${where}.`)
+  }
+
+  for (let depth = 0; depth < 4; depth++) {
+    const what = `the manifest ${descriptor.digest} in ${where}`
+    const {raw, value} = readJsonBlob(dir, descriptor, what)
+    if (isIndex(value, descriptor.mediaType)) {
+      descriptor = selectPlatform(value, platform, `the image index in ${where}`)
+      continue
+    }
+
+    return {digest: descriptor.digest, manifest: checkManifest(value, what), raw}
+  }
+
+  throw new WafersError(`${where} nests image indexes too deep.`)
+}
+
+/** Writes a JSON blob into the layout at `dir`; returns its descriptor. */
+export function writeJsonBlob(dir: string, value: unknown, mediaType: string): Descriptor {
+  const raw = Buffer.from(JSON.stringify(value))
+  const digest = digestOf(raw)
+  mkdirSync(path.join(dir, 'blobs', 'sha256'), {recursive: true})
+  writeFileAtomic(blobPath(dir, digest), raw)
+  return {digest, mediaType, size: raw.length}
+}
+
+/** Makes `dir` an OCI layout whose index.json lists `manifest`, tagged `tag`. Blobs are written separately. */
+export function writeLayoutIndex(dir: string, manifest: Descriptor, tag: string): void {
+  mkdirSync(path.join(dir, 'blobs', 'sha256'), {recursive: true})
+  writeFileAtomic(path.join(dir, 'oci-layout'), JSON.stringify({imageLayoutVersion: '1.0.0'}))
+  const index: Index = {
+    manifests: [{...manifest, annotations: {[REF_NAME]: tag}}],
+    mediaType: MEDIA.ociIndex,
+    schemaVersion: 2,
+  }
+  writeFileAtomic(path.join(dir, 'index.json'), JSON.stringify(index))
+}

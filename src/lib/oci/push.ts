@@ -1,0 +1,242 @@
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {traceAncestry} from '../ancestry.js'
+import {WafersError, isErrno} from '../errors.js'
+import {type HistoryEntry, type ImageMeta, readMeta} from '../meta.js'
+import {checkName} from '../names.js'
+import {humanSize} from '../render.js'
+import type {Step} from '../steps.js'
+import {Locations, WaferStore} from '../store.js'
+import {checkRoot} from '../system.js'
+import {liveStacks} from '../usage.js'
+import {LayerCache} from './cache.js'
+import {Descriptor, ImageConfigFile, MEDIA, Manifest, hostPlatform} from './image.js'
+import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
+import {ImageReference, describe, parseReference} from './reference.js'
+import {RegistryOptions, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
+import {WorkDir, makeWorkDir} from './workdir.js'
+
+/** What `push` was asked to do. */
+export interface PushOptions extends RegistryOptions {
+  /** Push even when a wafer of the stack is the writable top of a mounted stack. */
+  force?: boolean
+  signal?: AbortSignal
+  /** Called with a warning the user should see (a forced push of a mounted top). */
+  warn?: (message: string) => void
+}
+
+/** One layer of a pushed image and the wafer it was packed from. */
+export interface PushedLayer {
+  digest: string
+  diffId: string
+  /** Whether this push packed it; false when the wafer was unchanged since it was last packed. */
+  made: boolean
+  mediaType: string
+  size: number
+  wafer: string
+}
+
+/** What `push` did, as `--json` prints it. */
+export interface PushResult {
+  /** The manifest digest the destination holds now. */
+  digest: string
+  /** Wafers with no files of their own: each added a history entry, not a layer. */
+  emptyWafers: string[]
+  /** The wafer whose image config was used (the nearest with one), or null for a default config. */
+  imageFrom: null | string
+  /** Layers bottom first. */
+  layers: PushedLayer[]
+  name: string
+  /** The destination, as skopeo writes to it. */
+  ref: string
+}
+
+/**
+ * The steps that push wafer NAME's whole ancestry to REF as one OCI image, one layer per wafer with
+ * files, bottom first, with the config of the nearest wafer that came from an image. Layers are
+ * packed reproducibly and cached by the wafer's fingerprint, so an unchanged wafer is never packed
+ * twice. `dispose` removes the temporary layout; call it however the steps end.
+ */
+export function pushSteps(
+  locations: Locations,
+  name: string,
+  text: string,
+  options: PushOptions,
+): {dispose(): Promise<void>; result: PushResult; steps(): Step[]; trace: Step} {
+  const store = new WaferStore(locations.wafers)
+  const cache = new LayerCache(locations.wafers)
+  const result: PushResult = {digest: '', emptyWafers: [], imageFrom: null, layers: [], name, ref: ''}
+  let ref: ImageReference
+  let wafers: string[] = []
+  let work: WorkDir | undefined
+  const histories = new Map<string, HistoryEntry[]>()
+
+  const trace: Step = {
+    async run() {
+      checkName(name)
+      checkRoot()
+      checkRegistryOptions(options)
+      ref = parseReference(text)
+      result.ref = ref.skopeo
+      if (!(await store.exists(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
+      wafers = (await traceAncestry(store, name)).reverse()
+      const writable = (await liveStacks(store)).filter(
+        (stack) => stack.top !== undefined && wafers.includes(stack.top),
+      )
+      if (writable.length > 0) {
+        const [first] = writable
+        const message = `wafer ${first.top} is the writable top of the stack at ${first.mountpoint}, so its files may change while they are packed`
+        if (!options.force) {
+          throw new WafersError(`${message}.`, {
+            suggestions: [`Unstack it first (wafers unstack ${first.top}), or push anyway with --force.`],
+          })
+        }
+
+        options.warn?.(`${message}; pushing anyway (--force).`)
+      }
+
+      await cache.ensure()
+      work = await makeWorkDir(store.root, 'push')
+      return `Traced ${[...wafers].reverse().join(' <- ')}`
+    },
+    title: `Trace wafer ${name}`,
+  }
+
+  const steps = (): Step[] => {
+    const layout = path.join(work!.path, 'layout')
+    const packs = wafers.map((wafer): Step => ({
+      async run(report) {
+        const packed = await packWafer(store, cache, wafer, layout, report, options.signal)
+        const meta = readMeta(store.dir(wafer), wafer)
+        if (packed === undefined) {
+          result.emptyWafers.push(wafer)
+          histories.set(wafer, emptyHistory(wafer, meta.layer?.history, meta.image !== undefined))
+          return `${wafer} has no files of its own: a history entry, no layer`
+        }
+
+        result.layers.push(packed)
+        histories.set(wafer, layerHistory(wafer, meta.layer?.history))
+        const how = packed.made ? 'packed' : 'unchanged since last packed'
+        return `${wafer}: ${how}, ${packed.digest.slice(7, 19)} (${humanSize(packed.size)})`
+      },
+      title: `Pack wafer ${wafer}`,
+    }))
+    const upload: Step = {
+      async run(report) {
+        const image = nearestImage(store, wafers)
+        result.imageFrom = image?.wafer ?? null
+        const platform = image?.meta ?? {...hostPlatform(), config: {}}
+        const config: ImageConfigFile = {
+          architecture: platform.architecture,
+          config: platform.config ?? {},
+          history: wafers.flatMap((wafer) => histories.get(wafer) ?? []),
+          os: platform.os,
+          rootfs: {diff_ids: result.layers.map((layer) => layer.diffId), type: 'layers'},
+          ...(platform.variant ? {variant: platform.variant} : {}),
+        }
+        const configDescriptor = writeJsonBlob(layout, config, MEDIA.ociConfig)
+        const manifest: Manifest = {
+          config: configDescriptor,
+          layers: result.layers.map((layer): Descriptor => ({
+            digest: layer.digest,
+            mediaType: layer.mediaType,
+            size: layer.size,
+          })),
+          mediaType: MEDIA.ociManifest,
+          schemaVersion: 2,
+        }
+        writeLayoutIndex(layout, writeJsonBlob(layout, manifest, MEDIA.ociManifest), 'image')
+        report(`copying to ${describe(ref)}`)
+        const context = await skopeoContext(options, ref, work!.path, options.signal)
+        result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'))
+        return `Pushed ${describe(ref)} (${result.digest})`
+      },
+      title: `Push ${text}`,
+    }
+    return [...packs, upload]
+  }
+
+  return {
+    async dispose() {
+      await work?.dispose()
+    },
+    result,
+    steps,
+    trace,
+  }
+}
+
+/**
+ * Packs wafer `wafer` into the layout at `layout` (a hard link to the cached blob), reusing the
+ * cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
+ */
+async function packWafer(
+  store: WaferStore,
+  cache: LayerCache,
+  wafer: string,
+  layout: string,
+  report: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<PushedLayer | undefined> {
+  const {isEmptyLayer, layerFingerprint, packLayer} = await import('./archive.js')
+  const data = store.dataDir(wafer)
+  if (await isEmptyLayer(data)) return undefined
+  const before = await layerFingerprint(data)
+  let entry = await cache.lookup(wafer, before)
+  const made = entry === undefined
+  if (entry === undefined) {
+    const temporary = path.join(path.dirname(cache.blobs), `.pack-${wafer}-${process.pid}-${Date.now()}`)
+    try {
+      let bytes = 0
+      const packed = await packLayer(data, temporary, {
+        onBytes(n) {
+          bytes += n
+          report(`${humanSize(bytes)} packed`)
+        },
+        signal,
+      })
+      if ((await layerFingerprint(data)) !== before) {
+        throw new WafersError(`wafer ${wafer} changed while it was packed; push again once nothing writes to it.`)
+      }
+
+      entry = {...packed, fingerprint: before}
+      await cache.store(wafer, entry, temporary)
+    } finally {
+      await fs.rm(temporary, {force: true})
+    }
+  }
+
+  const target = blobPath(layout, entry.digest)
+  await fs.mkdir(path.dirname(target), {recursive: true})
+  await fs.link(cache.blob(entry.digest), target).catch((error) => {
+    if (!isErrno(error, 'EEXIST')) throw error
+  })
+  return {diffId: entry.diffId, digest: entry.digest, made, mediaType: entry.mediaType, size: entry.size, wafer}
+}
+
+/** The history of a wafer that is a layer: what a pull recorded for it, or one entry naming the wafer. */
+function layerHistory(wafer: string, recorded: HistoryEntry[] | undefined): HistoryEntry[] {
+  if (recorded && recorded.filter((entry) => !entry.empty_layer).length === 1) return recorded
+  return [{created_by: `wafers: wafer ${wafer}`}]
+}
+
+/**
+ * The history of a wafer without files: none for the top a pull made (its image's history is
+ * with its layers), what was recorded (as empty entries), or one empty entry naming the wafer.
+ */
+function emptyHistory(wafer: string, recorded: HistoryEntry[] | undefined, pulledTop: boolean): HistoryEntry[] {
+  if (recorded) return recorded.map((entry) => ({...entry, empty_layer: true}))
+  if (pulledTop) return []
+  return [{created_by: `wafers: wafer ${wafer}`, empty_layer: true}]
+}
+
+/** The image meta of the nearest wafer (top first) that came from an image, if any. */
+function nearestImage(store: WaferStore, wafers: string[]): undefined | {meta: ImageMeta; wafer: string} {
+  for (const wafer of [...wafers].reverse()) {
+    const meta = readMeta(store.dir(wafer), wafer)
+    if (meta.image) return {meta: meta.image, wafer}
+  }
+
+  return undefined
+}
