@@ -1,0 +1,382 @@
+/**
+ * Layer tars <-> wafers: the one archive module pull, push and build use (as containers/storage's
+ * pkg/archive). Unpacking streams a blob through Node (digests, decompression, a check of every
+ * entry, whiteouts rewritten) into GNU tar, which extracts with every attribute; packing walks a
+ * wafer in Node and writes a reproducible tar through pigz. See README, "Layer tars".
+ */
+import type {Readable} from 'node:stream'
+
+import {WafersError} from '../errors.js'
+
+/** How a layer blob is compressed. */
+export type LayerCompression = 'gzip' | 'zstd' | 'none'
+
+/** The media type packLayer writes. */
+export const LAYER_MEDIA_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip'
+
+const LAYER_TYPES: Record<string, LayerCompression> = {
+  'application/vnd.docker.image.rootfs.diff.tar': 'none',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd': 'zstd',
+  'application/vnd.oci.image.layer.v1.tar': 'none',
+  'application/vnd.oci.image.layer.v1.tar+gzip': 'gzip',
+  'application/vnd.oci.image.layer.v1.tar+zstd': 'zstd',
+}
+
+/**
+ * The compression of a layer from its media type (OCI and Docker v2 types, +gzip/+zstd/plain);
+ * throws WafersError for foreign or non-distributable layers and for unknown types.
+ */
+export function compressionOf(mediaType: string): LayerCompression {
+  const compression = LAYER_TYPES[mediaType]
+  if (compression !== undefined) return compression
+  if (/foreign|nondistributable/.test(mediaType)) {
+    throw new WafersError(
+      `the image has a non-distributable (foreign) layer of type ${mediaType}, which wafers cannot pull or push.`,
+    )
+  }
+
+  throw new WafersError(
+    `the image has a layer of type ${JSON.stringify(mediaType)}, which is not a layer tar wafers knows.`,
+  )
+}
+
+export interface UnpackOptions {
+  compression: LayerCompression
+  /** The digest the blob must have (the manifest's layer digest). */
+  expectDigest?: string
+  /** The digest the uncompressed tar must have (the config's rootfs.diff_ids entry). */
+  expectDiffId?: string
+  /** How messages name the layer, e.g. its digest or 'layer 3 of 5'. */
+  name?: string
+  signal?: AbortSignal
+  onBytes?: (compressedBytesSoFar: number) => void
+}
+
+export interface UnpackResult {
+  /** sha256:<hex> of the bytes read. */
+  digest: string
+  /** sha256:<hex> of the uncompressed tar. */
+  diffId: string
+  /** Entries in the layer, whiteouts included. */
+  entries: number
+}
+
+/** GNU tar, extracting the checked stream on its stdin into `data` with every attribute. */
+function tarExtractArgs(data: string): string[] {
+  return [
+    '--extract',
+    '--file=-',
+    `--directory=${data}`,
+    '--numeric-owner',
+    '--same-owner',
+    '--same-permissions',
+    '--xattrs',
+    '--xattrs-include=*',
+    '--acls',
+    '--no-overwrite-dir',
+    // Directory times and modes are set at the very end, so entries in any order keep them.
+    '--delay-directory-restore',
+  ]
+}
+
+/**
+ * Unpacks one layer blob read from `input` into `data`, an existing empty directory the caller
+ * made (a staging wafer's data). OCI whiteouts become overlayfs ones (.wh.NAME -> 0/0 char device
+ * NAME; .wh..wh..opq -> trusted.overlay.opaque=y on its directory). Refuses, with a WafersError
+ * naming the entry, any entry that would land outside `data` (../, absolute, through a symlink
+ * made by an earlier entry, hard link to outside). A digest or diffID mismatch throws a
+ * WafersError naming the layer. Streams: never holds a layer in memory. On any throw the caller
+ * deletes `data`; nothing was written outside it.
+ */
+export async function unpackLayer(
+  input: NodeJS.ReadableStream | Readable,
+  data: string,
+  options: UnpackOptions,
+): Promise<UnpackResult> {
+  const [{execa}, {pipeline}, {Transform}, zlib, {gateLayer}, {digestOf, sha256}, xattr, {promises: fs}, path] =
+    await Promise.all([
+      import('execa'),
+      import('node:stream/promises'),
+      import('node:stream'),
+      import('node:zlib'),
+      import('./tar-gate.js'),
+      import('./digest.js'),
+      loadXattr(),
+      import('node:fs'),
+      import('node:path'),
+    ])
+  const layer = options.name ?? 'the layer'
+  const signal = options.signal
+  if (signal?.aborted) throw interrupted(layer)
+
+  const tar = execa('tar', tarExtractArgs(data), {
+    buffer: {stderr: true, stdout: false},
+    reject: false,
+    stderr: 'pipe',
+    stdin: 'pipe',
+    stdout: 'ignore',
+  })
+  tar.stdin.on('error', () => {}) // an early exit of tar is reported from its exit status
+  const tarDone = tar.then((result) => result)
+
+  const blobHash = sha256()
+  let bytes = 0
+  const tap = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      blobHash.update(chunk)
+      bytes += chunk.length
+      options.onBytes?.(bytes)
+      callback(null, chunk)
+    },
+  })
+  const tarHash = options.compression === 'none' ? undefined : sha256()
+  const zstd =
+    options.compression === 'zstd'
+      ? execa('zstd', ['--decompress', '--stdout', '--quiet'], {encoding: 'buffer', stderr: 'ignore'})
+      : undefined
+  zstd?.catch(() => {}) // awaited below; this only keeps a failure from going unhandled
+  const decompress =
+    options.compression === 'gzip'
+      ? [zlib.createGunzip({chunkSize: 256 * 1024})]
+      : zstd
+        ? [zstd.duplex({binary: true})]
+        : []
+
+  let gate: Awaited<ReturnType<typeof gateLayer>>
+  let refused: unknown
+  try {
+    try {
+      // The stages vary with the compression, which pipeline's overloads cannot type.
+      await (pipeline as unknown as (...stages: unknown[]) => Promise<void>)(
+        input,
+        tap,
+        ...decompress,
+        async (source: AsyncIterable<Buffer>) => {
+          try {
+            gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
+          } catch (error) {
+            refused = error // reported before the abort it causes in the stages above
+            throw error
+          }
+        },
+        {signal},
+      )
+      await zstd
+    } catch (error) {
+      throw readError(refused ?? error, layer, options.compression, signal)
+    }
+
+    tar.stdin.end()
+    const result = await tarDone
+    if (result.exitCode !== 0) {
+      const why = firstTarError(result.stderr as string)
+      throw new WafersError(`${layer} could not be unpacked: ${why}`)
+    }
+  } catch (error) {
+    tar.kill()
+    zstd?.kill()
+    await Promise.allSettled([tarDone, zstd])
+    throw error
+  }
+
+  const digest = digestOf(blobHash)
+  const diffId = tarHash ? digestOf(tarHash) : digest
+  if (options.expectDigest !== undefined && digest !== options.expectDigest) {
+    throw new WafersError(`${layer} does not match its digest ${options.expectDigest}: its bytes hash to ${digest}.`)
+  }
+
+  if (options.expectDiffId !== undefined && diffId !== options.expectDiffId) {
+    throw new WafersError(
+      `${layer} does not match its diffID ${options.expectDiffId}: its uncompressed tar hashes to ${diffId}.`,
+    )
+  }
+
+  for (const dir of gate!.opaque) {
+    const file = path.join(data, dir.toString('utf8'))
+    // eslint-disable-next-line no-await-in-loop
+    const stat = await fs.lstat(file)
+    if (!stat.isDirectory()) {
+      throw new WafersError(
+        `${layer} was refused: it marks ${JSON.stringify(dir.toString('utf8'))} opaque, which is not a directory.`,
+      )
+    }
+
+    // eslint-disable-next-line no-await-in-loop
+    await xattr.setAttribute(file, 'trusted.overlay.opaque', 'y')
+  }
+
+  return {diffId, digest, entries: gate!.entries}
+}
+
+function interrupted(layer: string): WafersError {
+  return new WafersError(`unpacking ${layer} was interrupted.`)
+}
+
+/** One sentence for what went wrong while reading, decompressing or checking a layer. */
+function readError(error: unknown, layer: string, compression: LayerCompression, signal?: AbortSignal): Error {
+  if (error instanceof WafersError) return error
+  if (signal?.aborted) return interrupted(layer)
+  const code = (error as NodeJS.ErrnoException)?.code ?? ''
+  if (compression === 'gzip' && /^Z_|^ERR_ZLIB/.test(code)) return new WafersError(`${layer} is not valid gzip data.`)
+  if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
+    return new WafersError(`${layer} is not valid zstd data.`)
+  if ((error as Error)?.message === 'tar stopped reading')
+    return new WafersError(`${layer} could not be unpacked: tar stopped early.`)
+  return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
+}
+
+/** The first error line GNU tar printed, without its "tar: " prefix. */
+function firstTarError(stderr: string): string {
+  const line = stderr
+    .split('\n')
+    .map((text) => text.replace(/^tar: /, '').trim())
+    .find((text) => text !== '' && !/^Exiting with failure/.test(text))
+  return line ? `tar says: ${line}` : 'tar failed.'
+}
+
+/** The xattr binding, loaded only when needed. */
+async function loadXattr(): Promise<{
+  getAttribute(file: string, name: string): Promise<Buffer | null>
+  listAttributes(file: string): Promise<string[]>
+  setAttribute(file: string, name: string, value: Buffer | string): Promise<void>
+}> {
+  const module = await import('@napi-rs/xattr')
+  return (module as unknown as {default?: typeof module}).default ?? module
+}
+
+export interface PackResult {
+  digest: string
+  diffId: string
+  /** Compressed bytes. */
+  size: number
+  /** application/vnd.oci.image.layer.v1.tar+gzip */
+  mediaType: string
+}
+
+/** Bumped when packLayer would write other bytes for the same files, so cached blobs are not reused. */
+const PACK_FORMAT = 'wafers-layer-1 pigz-6'
+
+/**
+ * Writes the files of wafer directory `data` as a reproducible OCI layer (gzip) to the new file
+ * `output`: overlayfs whiteouts (0/0 char devices, trusted.overlay.opaque=y) become .wh. entries;
+ * entries sorted bytewise; owners numeric; mode incl. setuid; symlinks; hard links; device nodes;
+ * xattrs as pax SCHILY.xattr.* (except trusted.overlay.*); mtimes kept (atime/ctime dropped); no
+ * user/group names. The same content gives the same bytes on every run and machine with the same
+ * pigz and zlib (compression is `pigz -6 -n`, whose output does not depend on the thread count).
+ * `onBytes` gets the bytes of file content read so far. On a throw, `output` may be left half
+ * written: the caller deletes it.
+ */
+export async function packLayer(
+  data: string,
+  output: string,
+  options: {signal?: AbortSignal; onBytes?: (n: number) => void} = {},
+): Promise<PackResult> {
+  const [{execa}, {pipeline}, {Writable}, {writeLayerTar}, {digestOf, sha256}, xattr, {promises: fs}] =
+    await Promise.all([
+      import('execa'),
+      import('node:stream/promises'),
+      import('node:stream'),
+      import('./tar-pack.js'),
+      import('./digest.js'),
+      loadXattr(),
+      import('node:fs'),
+    ])
+  const file = await fs.open(output, 'wx')
+  const pigz = execa('pigz', ['-6', '-n', '-c'], {
+    buffer: {stderr: true, stdout: false},
+    encoding: 'buffer',
+    reject: false,
+    stdin: 'pipe',
+    stdout: 'pipe',
+  })
+  pigz.stdin.on('error', () => {}) // an early exit of pigz is reported from its exit status
+  const pigzDone = pigz.then((result) => result)
+  const blobHash = sha256()
+  const tarHash = sha256()
+  let size = 0
+  const sink = new Writable({
+    async write(chunk: Buffer, _encoding, callback) {
+      blobHash.update(chunk)
+      size += chunk.length
+      try {
+        await file.write(chunk)
+        callback()
+      } catch (error) {
+        callback(error as Error)
+      }
+    },
+  })
+  try {
+    const writing = pipeline(pigz.stdout, sink)
+    try {
+      await writeLayerTar(data, pigz.stdin, {
+        hash: tarHash,
+        onBytes: options.onBytes,
+        signal: options.signal,
+        stopped: pigzDone,
+        xattr,
+      })
+    } finally {
+      pigz.stdin.end()
+    }
+
+    await writing
+    const result = await pigzDone
+    if (result.exitCode !== 0)
+      throw new WafersError(`compressing the layer of ${data} failed: pigz exited with ${result.exitCode}.`)
+    await file.sync()
+  } catch (error) {
+    pigz.kill()
+    await pigzDone
+    if (error instanceof WafersError) throw error
+    throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
+  } finally {
+    await file.close()
+  }
+
+  return {diffId: digestOf(tarHash), digest: digestOf(blobHash), mediaType: LAYER_MEDIA_TYPE, size}
+}
+
+/**
+ * A cheap fingerprint of everything packLayer would read (a walk of lstat data: path, type, ino,
+ * mode, uid, gid, size, rdev, mtime and ctime in ns; an xattr change shows in ctime): equal
+ * fingerprints mean an unchanged wafer, so a push can reuse its cached blob.
+ */
+export async function layerFingerprint(data: string): Promise<string> {
+  const [{promises: fs}, {digestOf, sha256}] = await Promise.all([import('node:fs'), import('./digest.js')])
+  const hash = sha256()
+  hash.update(`${PACK_FORMAT}\n`)
+  const slash = Buffer.from('/')
+  const walk = async (dir: Buffer, rel: Buffer): Promise<void> => {
+    const names = ((await fs.readdir(dir, {encoding: 'buffer'})) as Buffer[]).sort(Buffer.compare)
+    for (const name of names) {
+      const file = Buffer.concat([dir, slash, name])
+      const relName = Buffer.concat([rel, slash, name])
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(file, {bigint: true})
+      hash.update(relName)
+      hash.update(
+        `\0${stat.mode} ${stat.ino} ${stat.uid} ${stat.gid} ${stat.size} ${stat.rdev} ${stat.mtimeNs} ${stat.ctimeNs} ${stat.nlink}\n`,
+      )
+      // eslint-disable-next-line no-await-in-loop
+      if (stat.isDirectory()) await walk(file, relName)
+    }
+  }
+
+  const root = await fs.lstat(data, {bigint: true})
+  hash.update(`${root.ctimeNs}\n`) // an opaque mark on the root changes its ctime
+  await walk(Buffer.from(data), Buffer.alloc(0))
+  return digestOf(hash)
+}
+
+/** Whether `data` holds no entry at all (such a wafer adds a history entry, not a layer). */
+export async function isEmptyLayer(data: string): Promise<boolean> {
+  const {promises: fs} = await import('node:fs')
+  const dir = await fs.opendir(data)
+  try {
+    return (await dir.read()) === null
+  } finally {
+    await dir.close().catch(() => {})
+  }
+}

@@ -1,0 +1,487 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {createReadStream, promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError} from '../../src/lib/errors.js'
+import {compressionOf, isEmptyLayer, layerFingerprint, packLayer, unpackLayer} from '../../src/lib/oci/archive.js'
+import {encodeHeader} from '../../src/lib/oci/tar-header.js'
+import {Sandbox, nspawnIn, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {treeListing} from '../helpers/tree.js'
+import {UMOCI_IMAGE_FEATURES, makeUmociImage} from '../helpers/umoci.js'
+
+/** A small tree with what layers carry: owners, setuid, links, a device, xattrs, old mtimes. */
+async function makeTree(dir: string): Promise<void> {
+  await fs.mkdir(path.join(dir, 'etc/sub'), {recursive: true})
+  await fs.writeFile(path.join(dir, 'etc/hostname'), 'wafer\n')
+  await fs.writeFile(path.join(dir, 'etc/sub/owned'), 'mine\n')
+  await fs.chown(path.join(dir, 'etc/sub/owned'), 1234, 5678)
+  await fs.writeFile(path.join(dir, 'suid'), '#!/bin/sh\n')
+  await fs.chmod(path.join(dir, 'suid'), 0o4755)
+  await fs.link(path.join(dir, 'etc/hostname'), path.join(dir, 'etc/hardlink'))
+  await fs.symlink('../etc/hostname', path.join(dir, 'etc/sub/link'))
+  await execa('mknod', ['-m', '0640', path.join(dir, 'null'), 'c', '1', '3'])
+  await execa('setfattr', ['-n', 'user.color', '-v', 'blue', path.join(dir, 'etc/hostname')])
+  await execa('setfattr', ['-n', 'trusted.note', '-v', 'kept', path.join(dir, 'etc/sub')])
+  await execa('touch', ['-h', '-d', '2021-02-03 04:05:06', path.join(dir, 'etc/sub/link')])
+  for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null']) {
+    // eslint-disable-next-line no-await-in-loop
+    await execa('touch', ['-d', '2020-01-02 03:04:05', path.join(dir, file)])
+  }
+}
+
+async function gnuTar(dir: string, output: string, compress?: string): Promise<void> {
+  const args = ['--create', '--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name']
+  await execa('tar', [
+    ...args,
+    ...(compress ? [`--use-compress-program=${compress}`] : []),
+    '-C',
+    dir,
+    '-f',
+    output,
+    '.',
+  ])
+}
+
+async function sha256Of(file: string): Promise<string> {
+  const {stdout} = await execa('sha256sum', [file])
+  return `sha256:${stdout.split(' ')[0]}`
+}
+
+describe('OCI layer archives', () => {
+  let box: Sandbox
+  beforeEach(async function () {
+    requireMounts(this)
+    box = await Sandbox.create()
+  })
+  afterEach(async () => box?.cleanup())
+
+  describe('compressionOf', () => {
+    it('reads OCI and Docker layer media types', () => {
+      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+gzip')).to.equal('gzip')
+      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+zstd')).to.equal('zstd')
+      expect(compressionOf('application/vnd.oci.image.layer.v1.tar')).to.equal('none')
+      expect(compressionOf('application/vnd.docker.image.rootfs.diff.tar.gzip')).to.equal('gzip')
+    })
+
+    it('refuses foreign and unknown layer types in one sentence', () => {
+      expect(() => compressionOf('application/vnd.docker.image.rootfs.foreign.diff.tar.gzip'))
+        .to.throw(WafersError)
+        .with.property('message')
+        .that.matches(/non-distributable \(foreign\) layer/)
+      expect(() => compressionOf('application/vnd.oci.image.layer.v1.tar+lz4')).to.throw(WafersError, /tar\+lz4/)
+    })
+  })
+
+  describe('unpackLayer', () => {
+    for (const [compression, program] of [
+      ['gzip', 'gzip'],
+      ['zstd', 'zstd'],
+      ['none', undefined],
+    ] as const) {
+      it(`unpacks a ${compression} layer with owners, modes, links, devices, xattrs and mtimes`, async () => {
+        const source = path.join(box.root, 'source')
+        const data = path.join(box.root, 'data')
+        const blob = path.join(box.root, 'layer.blob')
+        const tarFile = path.join(box.root, 'layer.tar')
+        await fs.mkdir(source)
+        await fs.mkdir(data)
+        await makeTree(source)
+        await gnuTar(source, tarFile)
+        if (program) await execa(program, ['-c', tarFile], {stdout: {file: blob}})
+        else await fs.copyFile(tarFile, blob)
+        const digest = await sha256Of(blob)
+        const diffId = await sha256Of(tarFile)
+
+        const result = await unpackLayer(createReadStream(blob), data, {
+          compression,
+          expectDiffId: diffId,
+          expectDigest: digest,
+          name: 'the test layer',
+        })
+
+        expect(result).to.deep.equal({diffId, digest, entries: 9})
+        expect(await treeListing(data)).to.deep.equal(await treeListing(source))
+      })
+    }
+
+    it('turns OCI whiteouts into overlayfs whiteouts and opaque directories', async () => {
+      const source = path.join(box.root, 'source')
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(path.join(source, 'gone-from'), {recursive: true})
+      await fs.mkdir(path.join(source, 'hidden'))
+      await fs.writeFile(path.join(source, 'gone-from/.wh.old'), '')
+      await fs.writeFile(path.join(source, 'hidden/.wh..wh..opq'), '')
+      await fs.writeFile(path.join(source, 'hidden/new'), 'new\n')
+      await execa('touch', ['-d', '2020-01-02 03:04:05', path.join(source, 'gone-from'), path.join(source, 'hidden')])
+      await fs.mkdir(data)
+      const tarFile = path.join(box.root, 'layer.tar')
+      await gnuTar(source, tarFile)
+
+      await unpackLayer(createReadStream(tarFile), data, {compression: 'none'})
+
+      expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
+        'gone-from d 0755 0:0 mtime=1577934245',
+        `gone-from/old c 0000 0:0 0:0 mtime=${Math.floor((await fs.lstat(path.join(source, 'gone-from/.wh.old'))).mtimeMs / 1000)}`,
+        `hidden d 0755 0:0 trusted.overlay.opaque=${Buffer.from('y').toString('base64')} mtime=1577934245`,
+        `hidden/new f 0644 0:0 4B sha256:${(await sha256Of(path.join(source, 'hidden/new'))).slice(7)} mtime=${Math.floor((await fs.lstat(path.join(source, 'hidden/new'))).mtimeMs / 1000)}`,
+      ])
+    })
+  })
+
+  describe('hostile layers', () => {
+    /** An uncompressed tar of the given entries, with `content` as file data. */
+    function tarOf(entries: {content?: string; link?: string; name: string; type: '0' | '1' | '2' | '5'}[]): Buffer {
+      const parts: Buffer[] = []
+      for (const entry of entries) {
+        const content = Buffer.from(entry.content ?? '')
+        parts.push(
+          encodeHeader({
+            gid: 0,
+            linkname: entry.link === undefined ? undefined : Buffer.from(entry.link),
+            mode: entry.type === '5' ? 0o755 : 0o644,
+            mtime: 1_600_000_000,
+            name: Buffer.from(entry.name),
+            size: content.length,
+            typeflag: entry.type,
+            uid: 0,
+          }),
+          content,
+          Buffer.alloc((512 - (content.length % 512)) % 512),
+        )
+      }
+
+      return Buffer.concat([...parts, Buffer.alloc(1024)])
+    }
+
+    const cases: {entries: Parameters<typeof tarOf>[0]; refused: string; title: string}[] = [
+      {entries: [{content: 'escaped\n', name: '../x', type: '0'}], refused: '../x', title: 'a ../ path'},
+      {
+        entries: [{content: 'escaped\n', name: 'ok/../../x', type: '0'}],
+        refused: 'ok/../../x',
+        title: 'a .. inside a path',
+      },
+      {entries: [{content: 'escaped\n', name: '/abs', type: '0'}], refused: '/abs', title: 'an absolute path'},
+      {
+        entries: [
+          {link: 'OUTSIDE', name: 'link', type: '2'},
+          {content: 'through the link\n', name: 'link/file', type: '0'},
+        ],
+        refused: 'link/file',
+        title: 'a file through a symlink made by an earlier entry',
+      },
+      {
+        entries: [
+          {link: 'OUTSIDE', name: 'dirlink', type: '2'},
+          {name: 'dirlink/sub/', type: '5'},
+        ],
+        refused: 'dirlink/sub/',
+        title: 'a directory through a symlink made by an earlier entry',
+      },
+      {
+        entries: [{link: '/etc/passwd', name: 'passwd', type: '1'}],
+        refused: 'passwd',
+        title: 'a hard link to /etc/passwd',
+      },
+      {
+        entries: [{link: '../outside/victim', name: 'victim', type: '1'}],
+        refused: 'victim',
+        title: 'a hard link to ../',
+      },
+      {
+        entries: [
+          {link: 'OUTSIDE', name: 'link', type: '2'},
+          {link: 'link/victim', name: 'victim', type: '1'},
+        ],
+        refused: 'victim',
+        title: 'a hard link through a symlink made by an earlier entry',
+      },
+      {
+        entries: [
+          {link: 'OUTSIDE', name: 'link', type: '2'},
+          {content: '', name: 'link/.wh.victim', type: '0'},
+        ],
+        refused: 'link/.wh.victim',
+        title: 'a whiteout through a symlink made by an earlier entry',
+      },
+    ]
+
+    for (const {entries, refused, title} of cases) {
+      it(`refuses ${title}, naming the entry, and writes nothing outside the wafer`, async () => {
+        const outside = path.join(box.root, 'outside')
+        const data = path.join(box.root, 'wafer', 'data')
+        await fs.mkdir(outside)
+        await fs.mkdir(data, {recursive: true})
+        await fs.writeFile(path.join(outside, 'victim'), 'untouched\n')
+        const layer = tarOf(entries.map((entry) => ({...entry, link: entry.link?.replace('OUTSIDE', outside)})))
+        const blob = path.join(box.root, 'hostile.tar.gz')
+        await execa('gzip', ['-c'], {input: layer, stdout: {file: blob}})
+        const before = await snapshot(box.root)
+        const beforeEtc = await snapshot('/etc')
+
+        const error = await unpackLayer(createReadStream(blob), data, {compression: 'gzip', name: 'layer 2 of 3'}).then(
+          () => undefined,
+          (error_: unknown) => error_,
+        )
+
+        expect(error).to.be.instanceOf(WafersError)
+        expect((error as Error).message)
+          .to.include('layer 2 of 3')
+          .and.include(JSON.stringify(refused))
+        const after = await snapshot(box.root)
+        const outsideData = (lines: string[]) => lines.filter((line) => !line.startsWith('wafer/data/'))
+        expect(outsideData(after)).to.deep.equal(outsideData(before))
+        expect(await snapshot('/etc')).to.deep.equal(beforeEtc)
+      })
+    }
+
+    it('refuses a blob whose bytes do not match its digest, naming the layer', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const blob = path.join(box.root, 'layer.tar.gz')
+      const tar = tarOf([{content: 'fine\n', name: 'file', type: '0'}])
+      await execa('gzip', ['-c'], {input: tar, stdout: {file: blob}})
+      const other = `sha256:${'0'.repeat(64)}`
+      let seen = 0
+
+      const error = await unpackLayer(createReadStream(blob), data, {
+        compression: 'gzip',
+        expectDigest: other,
+        name: 'sha256:abc (layer 1 of 1)',
+        onBytes: (n) => (seen = n),
+      }).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.equal(
+        `sha256:abc (layer 1 of 1) does not match its digest ${other}: its bytes hash to ${await sha256Of(blob)}.`,
+      )
+      expect(seen).to.equal((await fs.stat(blob)).size)
+    })
+
+    it('refuses a tar whose diffID does not match, naming the layer', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const blob = path.join(box.root, 'layer.tar.zst')
+      await execa('zstd', ['-c'], {input: tarOf([{content: 'fine\n', name: 'file', type: '0'}]), stdout: {file: blob}})
+
+      const error = await unpackLayer(createReadStream(blob), data, {
+        compression: 'zstd',
+        expectDiffId: `sha256:${'1'.repeat(64)}`,
+        expectDigest: await sha256Of(blob),
+        name: 'layer 3 of 5',
+      }).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.match(/^layer 3 of 5 does not match its diffID sha256:1{64}: /)
+    })
+
+    it('refuses data that is not gzip in one sentence', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const blob = path.join(box.root, 'not-gzip')
+      await fs.writeFile(blob, tarOf([{content: 'plain\n', name: 'file', type: '0'}]))
+
+      const error = await unpackLayer(createReadStream(blob), data, {compression: 'gzip', name: 'layer 1 of 1'}).catch(
+        (error_: unknown) => error_,
+      )
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.equal('layer 1 of 1 is not valid gzip data.')
+    })
+  })
+
+  describe('an image built by umoci', () => {
+    /** The layers of the layout's only image, read as minimally as a test can. */
+    async function readLayout(layout: string): Promise<{diffId: string; digest: string; mediaType: string}[]> {
+      const blob = (digest: string) => path.join(layout, 'blobs', 'sha256', digest.slice('sha256:'.length))
+      const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
+      const manifest = JSON.parse(await fs.readFile(blob(index.manifests[0].digest), 'utf8'))
+      const config = JSON.parse(await fs.readFile(blob(manifest.config.digest), 'utf8'))
+      return manifest.layers.map((layer: {digest: string; mediaType: string}, i: number) => ({
+        diffId: config.rootfs.diff_ids[i],
+        digest: layer.digest,
+        mediaType: layer.mediaType,
+      }))
+    }
+
+    /** Unpacks each layer of the layout into wafers PREFIX0, PREFIX1, ... each on the one before. */
+    async function unpackChain(layout: string, prefix: string): Promise<string[]> {
+      const names: string[] = []
+      for (const [i, layer] of (await readLayout(layout)).entries()) {
+        const name = `${prefix}${i}`
+        // eslint-disable-next-line no-await-in-loop
+        await box.wafer(name, {parent: names.at(-1)})
+        // eslint-disable-next-line no-await-in-loop
+        await unpackLayer(createReadStream(path.join(layout, 'blobs/sha256', layer.digest.slice(7))), box.data(name), {
+          compression: compressionOf(layer.mediaType),
+          expectDiffId: layer.diffId,
+          expectDigest: layer.digest,
+          name: layer.digest,
+        })
+        names.push(name)
+      }
+
+      return names
+    }
+
+    /** Writes an OCI layout holding one image of the given gzip layers (files to move in). */
+    async function writeLayout(layout: string, layers: {diffId: string; digest: string; file: string; size: number}[]) {
+      const blobs = path.join(layout, 'blobs', 'sha256')
+      await fs.mkdir(blobs, {recursive: true})
+      const put = async (text: string) => {
+        const {createHash} = await import('node:crypto')
+        const digest = `sha256:${createHash('sha256').update(text).digest('hex')}`
+        await fs.writeFile(path.join(blobs, digest.slice(7)), text)
+        return {digest, size: Buffer.byteLength(text)}
+      }
+
+      for (const layer of layers) {
+        // eslint-disable-next-line no-await-in-loop
+        await fs.rename(layer.file, path.join(blobs, layer.digest.slice(7)))
+      }
+
+      const config = await put(
+        JSON.stringify({
+          architecture: 'amd64',
+          config: {},
+          os: 'linux',
+          rootfs: {diff_ids: layers.map((layer) => layer.diffId), type: 'layers'},
+        }),
+      )
+      const manifest = await put(
+        JSON.stringify({
+          config: {mediaType: 'application/vnd.oci.image.config.v1+json', ...config},
+          layers: layers.map((layer) => ({
+            digest: layer.digest,
+            mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+            size: layer.size,
+          })),
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          schemaVersion: 2,
+        }),
+      )
+      await fs.writeFile(path.join(layout, 'oci-layout'), JSON.stringify({imageLayoutVersion: '1.0.0'}))
+      await fs.writeFile(
+        path.join(layout, 'index.json'),
+        JSON.stringify({
+          manifests: [
+            {
+              annotations: {'org.opencontainers.image.ref.name': 'packed'},
+              mediaType: 'application/vnd.oci.image.manifest.v1+json',
+              ...manifest,
+            },
+          ],
+          schemaVersion: 2,
+        }),
+      )
+    }
+
+    it('unpacks into chained wafers that stack to what umoci unpack makes, file for file', async () => {
+      const layout = path.join(box.root, 'layout')
+      await makeUmociImage(layout, 'test')
+      const chain = await unpackChain(layout, 'layer')
+      expect(chain).to.have.length(3)
+
+      const stacked = await box.run(['stack', 'image', chain.at(-1)!])
+      expect(stacked.stderr).to.not.match(/error/i)
+      expect(stacked.exitCode).to.equal(0)
+      const bundle = path.join(box.root, 'bundle')
+      await execa('umoci', ['unpack', '--image', `${layout}:test`, bundle])
+
+      const ours = await treeListing(box.stack('image'))
+      expect(ours).to.deep.equal(await treeListing(path.join(bundle, 'rootfs')))
+      // The comparison covers what the image was built to carry.
+      const line = (file: string) => ours.find((entry) => entry.startsWith(`${file} `)) ?? ''
+      const {device, hardLinks, opaque, owned, setuid, symlink, xattrs} = UMOCI_IMAGE_FEATURES
+      expect(line(device)).to.match(/ c 0666 0:0 1:5 /)
+      expect(line(setuid)).to.match(/ f 4755 0:0 /)
+      expect(line(owned)).to.match(/ f 0640 1234:5678 /)
+      expect(line(symlink)).to.include(' -> ../etc/hostname')
+      expect(line(xattrs))
+        .to.include(' security.capability=')
+        .and.include(' trusted.wafers=')
+        .and.include(' user.color=')
+      expect(line(hardLinks[1])).to.include(`links=${hardLinks[0]}`)
+      expect(line(hardLinks[3])).to.include(`links=${hardLinks[2]}`)
+      expect(ours.filter((entry) => entry.startsWith(`${opaque}/`)).map((entry) => entry.split(' ')[0])).to.deep.equal([
+        `${opaque}/new1`,
+      ])
+      for (const gone of UMOCI_IMAGE_FEATURES.deleted) expect(line(gone)).to.equal('')
+      expect(line('gone/file2')).to.not.equal('')
+      expect((await fs.lstat(box.data('layer1', 'gone/file1'))).rdev).to.equal(0)
+      expect((await fs.lstat(box.data('layer1', 'gone/file1'))).isCharacterDevice()).to.equal(true)
+
+      const hostname = await nspawnIn(box.stack('image'), ['/bin/cat', '/etc/hostname'])
+      expect(hostname.stdout.trim()).to.equal('umoci layer 2')
+      expect(hostname.exitCode).to.equal(0)
+    })
+
+    it('packs wafers into reproducible layers that unpack, stack and umoci-unpack to the same tree', async () => {
+      const layout = path.join(box.root, 'layout')
+      await makeUmociImage(layout, 'test')
+      const chain = await unpackChain(layout, 'layer')
+      expect(await isEmptyLayer(box.data('layer0'))).to.equal(false)
+      await box.wafer('empty', {parent: 'layer2'})
+      expect(await isEmptyLayer(box.data('empty'))).to.equal(true)
+
+      const blobs = path.join(box.root, 'blobs')
+      await fs.mkdir(blobs)
+      const packed = []
+      for (const name of chain) {
+        const file = path.join(blobs, name)
+        // eslint-disable-next-line no-await-in-loop
+        const fingerprint = await layerFingerprint(box.data(name))
+        // eslint-disable-next-line no-await-in-loop
+        const result = await packLayer(box.data(name), file)
+        expect(result.mediaType).to.equal('application/vnd.oci.image.layer.v1.tar+gzip')
+        // eslint-disable-next-line no-await-in-loop
+        expect(result.digest).to.equal(await sha256Of(file))
+        // eslint-disable-next-line no-await-in-loop
+        expect(result.size).to.equal((await fs.stat(file)).size)
+        // Packing reads without changing what the fingerprint sees.
+        // eslint-disable-next-line no-await-in-loop
+        expect(await layerFingerprint(box.data(name))).to.equal(fingerprint)
+        // Packing again, also after a new atime on every file, gives the same bytes.
+        // eslint-disable-next-line no-await-in-loop
+        await execa('find', [box.data(name), '-type', 'f', '-exec', 'touch', '-a', '{}', '+'])
+        // eslint-disable-next-line no-await-in-loop
+        const again = await packLayer(box.data(name), `${file}.again`)
+        expect(again).to.deep.equal(result)
+        packed.push({...result, file})
+      }
+
+      // Whiteouts and the opaque directory went back to OCI's .wh. entries.
+      const {stdout: listing2} = await execa('tar', ['-tvzf', packed[1].file])
+      expect(listing2).to.match(/^-\S+ 0\/0 +0 .* gone\/\.wh\.file1$/m)
+      expect(listing2)
+        .to.match(/ \.wh\.gone-dir$/m)
+        .and.match(/ \.wh\.gone-too$/m)
+      const {stdout: listing3} = await execa('tar', ['-tvzf', packed[2].file])
+      expect(listing3.split('\n').map((line) => line.split(' ').at(-1))).to.deep.equal([
+        'opaque/',
+        'opaque/.wh..wh..opq',
+        'opaque/new1',
+      ])
+
+      // A changed file changes the fingerprint.
+      const before = await layerFingerprint(box.data('layer2'))
+      await execa('touch', ['-m', box.data('layer2', 'opaque/new1')])
+      expect(await layerFingerprint(box.data('layer2'))).to.not.equal(before)
+      await execa('touch', ['-m', '-d', '2021-07-08 09:10:11', box.data('layer2', 'opaque/new1')])
+
+      // Unpacked again into fresh wafers, the layers stack to the same tree.
+      await box.run(['stack', 'image', 'layer2']).then((run) => expect(run.exitCode).to.equal(0))
+      const repacked = path.join(box.root, 'repacked')
+      await writeLayout(repacked, packed)
+      const again = await unpackChain(repacked, 'again')
+      await box.run(['stack', 'image-again', again.at(-1)!]).then((run) => expect(run.exitCode).to.equal(0))
+      const original = await treeListing(box.stack('image'))
+      expect(await treeListing(box.stack('image-again'))).to.deep.equal(original)
+
+      // umoci, an implementation independent of ours, reads the packed layers the same.
+      const bundle = path.join(box.root, 'bundle')
+      await execa('umoci', ['unpack', '--image', `${repacked}:packed`, bundle])
+      expect(await treeListing(path.join(bundle, 'rootfs'))).to.deep.equal(original)
+    })
+  })
+})
