@@ -124,7 +124,7 @@ export function buildSteps(locations: Locations, options: BuildOptions): {result
   if (!contextStat.isDirectory()) throw new WafersError(`the build context ${context} is not a directory.`)
   const {containerfile} = readContainerfile(context, options.file)
   const store = new WaferStore(locations.wafers)
-  const builder = new Builder(store, context, containerfile, options)
+  const builder = new Builder(locations, store, context, containerfile, options)
   return {result: builder.result, steps: builder.steps()}
 }
 
@@ -138,6 +138,7 @@ class Builder {
   private stepNumber = 0
 
   constructor(
+    private readonly locations: Locations,
     private readonly store: WaferStore,
     private readonly context: string,
     private readonly file: Containerfile,
@@ -171,7 +172,7 @@ class Builder {
     report: (line: string) => void,
   ): Promise<Omit<BuildStepResult, 'instruction'> | undefined> {
     const {keyword} = instruction
-    if (keyword === 'FROM') return this.from(instruction)
+    if (keyword === 'FROM') return this.from(instruction, report)
     if (keyword === 'ARG' && this.current === undefined) {
       for (const [key, value] of this.argPairs(instruction.args, this.globalArgs)) {
         const given = this.options.buildArgs[key] ?? value
@@ -218,7 +219,10 @@ class Builder {
     })
   }
 
-  private async from(instruction: Instruction): Promise<Omit<BuildStepResult, 'instruction'>> {
+  private async from(
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
     const {rest} = splitFlags(instruction.args, ['platform'], 'FROM')
     const parts = words(rest, this.globalArgs, this.escape)
     if (parts.length !== 1 && !(parts.length === 3 && parts[1].toLowerCase() === 'as')) {
@@ -229,6 +233,7 @@ class Builder {
     const stageName = parts[2]?.toLowerCase()
     const host = {architecture: hostArchitecture(), os: 'linux'}
     let stage: Stage
+    let pulled = false
     const earlier = this.stages.find((s) => s.name !== undefined && s.name === image.toLowerCase())
     if (image === 'scratch') {
       stage = {
@@ -243,7 +248,9 @@ class Builder {
     } else if (earlier) {
       stage = {...structuredClone({...earlier, args: new Map()}), allCached: true, args: new Map(), name: undefined}
     } else {
-      const wafer = await this.baseWafer(image, instruction)
+      const base = await this.baseWafer(image, instruction, report)
+      const wafer = base.wafer
+      pulled = base.pulled
       const chain = await traceAncestry(this.store, wafer)
       const meta = readMeta(this.store.dir(wafer), wafer).image
       stage = {
@@ -261,18 +268,35 @@ class Builder {
     stage.name = stageName
     this.stages.push(stage)
     this.current = stage
-    return {cached: true, wafer: stage.top ?? null}
+    return {cached: !pulled, wafer: stage.top ?? null}
   }
 
-  /** The wafer FROM names: an existing wafer (pulling images comes with `wafers pull`). */
-  private async baseWafer(image: string, instruction: Instruction): Promise<string> {
-    if (isValidName(image) && (await this.store.hasData(image))) return image
-    throw new WafersError(
-      `line ${instruction.line}: FROM ${image}: there is no wafer ${image} in ${this.store.root}.`,
-      {
-        suggestions: ['Name an existing wafer (see wafers list), a stage of this file, or scratch.'],
-      },
-    )
+  /**
+   * The wafer FROM names: an existing wafer, or an image reference `wafers pull` takes, pulled
+   * (into the wafer `wafers pull REF` would make) unless that wafer already holds it.
+   */
+  private async baseWafer(
+    image: string,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<{pulled: boolean; wafer: string}> {
+    if (isValidName(image) && (await this.store.hasData(image))) return {pulled: false, wafer: image}
+    const {pullImage} = await import('./pull.js')
+    try {
+      return await pullImage(this.locations, image, report, this.options.signal)
+    } catch (error) {
+      if (!(error instanceof WafersError)) throw error
+      const wafer = isValidName(image) ? `there is no wafer ${image} in ${this.store.root}, and ` : ''
+      throw new WafersError(
+        `line ${instruction.line}: FROM ${image}: ${wafer}${error.message.replace(/^./, (c) => (wafer ? c.toLowerCase() : c))}`,
+        {
+          exit: error.exit,
+          suggestions: [
+            'Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.',
+          ],
+        },
+      )
+    }
   }
 
   private state(stage: Stage): unknown {

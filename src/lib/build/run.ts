@@ -58,6 +58,9 @@ export async function runInRoot(
   signal?: AbortSignal,
 ): Promise<number> {
   const missing = NSPAWN_MADE.filter((rel) => !exists(path.join(root, rel)))
+  // nspawn refuses a tree without /usr ("does not look like an OS tree"); a minimal image may have
+  // none. It is made for the run and removed with nspawn's other leftovers when still empty.
+  if (missing.includes('usr')) await fs.mkdir(path.join(root, 'usr'), {mode: 0o755})
   const machine = `wafers-build-${randomBytes(6).toString('hex')}`
   const args = [
     '--register=no',
