@@ -230,6 +230,41 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links').sort()).to.deep.equal(wafers)
   })
 
+  it('stops the RUN under way on Ctrl-C, leaving no wafer and nothing mounted for it', async function () {
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nCOPY index.html /\nRUN echo started && sleep 60\n',
+    )
+    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      all: true,
+      env: box.env,
+      reject: false,
+      stdin: 'ignore',
+    })
+    let output = ''
+    await new Promise<void>((resolve) => {
+      child.all?.on('data', (chunk: Buffer) => {
+        output += chunk.toString()
+        if (output.includes('started')) resolve()
+      })
+    })
+    const started = Date.now()
+    child.kill('SIGINT')
+    const result = await child
+    expect(Date.now() - started).to.be.below(20_000)
+    expect(result.exitCode, result.all).to.equal(130)
+    expect(said(String(result.all))).to.include(
+      'interrupted during step 3 (RUN echo started && sleep 60); no wafer was made for it.',
+    )
+    const left = (await fs.readdir(box.wafers)).filter((entry) => entry !== '.links')
+    expect(left).to.have.length(2) // bb and the COPY step
+    const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8'))
+      .split('\n')
+      .filter((line) => line.includes(box.wafers))
+    expect(mounts).to.deep.equal([])
+  })
+
   it('never lets nspawn files into a layer, even where the stack lacks the paths nspawn makes', async function () {
     // busybox has no lib and no etc/resolv.conf: nspawn makes a lib link and a resolv.conf mount point.
     const {json, run} = await build('FROM bb\nRUN cat /etc/resolv.conf > /dev/null && touch /made\n')
