@@ -496,15 +496,19 @@ class Builder {
     }
     const {hooks} = this.options
     if (hooks) await fireHook(hooks, 'wafers:prestack', hookOptions)
-    // Under the store lock, so that no `wafers rm` takes a layer away between the trace and the mount.
-    await withLock(this.store.root, async () => {
+    // No store lock here (it costs a process per step): a `wafers rm` of a layer before the mount
+    // makes the mount fail, and after it the mount makes rm refuse.
+    try {
+      await mountStack(this.store, wafers, mountpoint)
+    } catch (error) {
       for (const wafer of below) {
         // eslint-disable-next-line no-await-in-loop
         if (!(await this.store.hasData(wafer))) throw new WafersError(`wafer ${wafer} was removed meanwhile.`)
       }
 
-      await mountStack(this.store, wafers, mountpoint)
-    })
+      throw error
+    }
+
     try {
       if (hooks) await fireHook(hooks, 'wafers:poststack', hookOptions)
       await fill(mountpoint, data)
