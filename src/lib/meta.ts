@@ -56,6 +56,8 @@ export interface ImageMeta {
 
 /** A wafer made by one step of `wafers build`. */
 export interface BuildMeta {
+  /** The step's history entry (`empty_layer` when it changed no file), as a push would send it. */
+  history?: HistoryEntry[]
   instruction: string
   /** Hash of the parent, instruction, build args and sources: equal keys reuse the wafer. */
   key: string

@@ -267,9 +267,20 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
 
   it('never lets nspawn files into a layer, even where the stack lacks the paths nspawn makes', async function () {
     // busybox has no lib and no etc/resolv.conf: nspawn makes a lib link and a resolv.conf mount point.
-    const {json, run} = await build('FROM bb\nRUN cat /etc/resolv.conf > /dev/null && touch /made\n')
+    const {json, run} = await build('FROM bb\nRUN cat /etc/resolv.conf > /dev/null && touch /made\nRUN true\n')
     expect(run.exitCode, run.stderr).to.equal(0)
     expect(await filesOf(box, json.steps[1].wafer as string)).to.deep.equal(['made'])
+    // A step that changed nothing is an empty wafer, recorded as an empty layer in the history.
+    expect(await filesOf(box, json.steps[2].wafer as string)).to.deep.equal([])
+    const meta = JSON.parse(await fs.readFile(path.join(box.wafers, 'web', 'meta.json'), 'utf8'))
+    expect(meta.image.history).to.deep.equal([
+      {created_by: 'RUN cat /etc/resolv.conf > /dev/null && touch /made'},
+      {created_by: 'RUN true', empty_layer: true},
+    ])
+    const step = JSON.parse(
+      await fs.readFile(path.join(box.wafers, json.steps[2].wafer as string, 'meta.json'), 'utf8'),
+    )
+    expect(step.build.history).to.deep.equal([{created_by: 'RUN true', empty_layer: true}])
   })
 
   it('COPY takes globs, --chown and --chmod, never reads outside the context, and ADD unpacks tarballs', async function () {

@@ -1,4 +1,4 @@
-import {promises as fs, lstatSync} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
@@ -7,7 +7,7 @@ import {WafersError, isErrno} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
 import {withLock} from '../lock.js'
-import {type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
+import {type BuildMeta, type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
 import {isValidName} from '../names.js'
 import {linksFor, mountStack, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
@@ -457,9 +457,14 @@ class Builder {
         await checkUpperFilesystem(this.store.root)
       }
 
+      const build: BuildMeta = {instruction: instruction.text, key}
       await this.store.create(name, parent, {
-        fill: (data) => this.onStack(name, below, data, report, fill),
-        meta: {build: {instruction: instruction.text, key}},
+        fill: async (data) => {
+          await this.onStack(name, below, data, report, fill)
+          // create writes meta.json after fill: the history can say whether the step changed anything.
+          build.history = [historyEntry(instruction.text, data)]
+        },
+        meta: {build},
         parentData: below[0] === undefined ? undefined : this.store.dataDir(below[0]),
       })
     }
@@ -467,7 +472,7 @@ class Builder {
     stage.top = name
     stage.identity = name
     stage.allCached &&= cached
-    stage.history.push({created_by: instruction.text})
+    stage.history.push(historyEntry(instruction.text, this.store.dataDir(name)))
     return {cached: stage.allCached, wafer: name}
   }
 
@@ -699,6 +704,14 @@ async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
   }
 
   return archives
+}
+
+/**
+ * The history entry of a step that made a wafer: `empty_layer` when the step changed nothing, as
+ * `wafers push` sends such a wafer as a history entry without a layer.
+ */
+function historyEntry(text: string, data: string): HistoryEntry {
+  return readdirSync(data).length === 0 ? {created_by: text, empty_layer: true} : {created_by: text}
 }
 
 function interrupted(step: number, text: string): WafersError {
