@@ -230,6 +230,21 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links').sort()).to.deep.equal(wafers)
   })
 
+  it('refuses what it does not support before running any step, naming the line, and changes nothing', async function () {
+    const before = await snapshot(box.wafers)
+    const mount = await build('FROM bb\nRUN touch /x\nRUN --mount=type=cache,target=/c true\n')
+    expect(mount.run.exitCode).to.equal(1)
+    expect(said(mount.run.stderr)).to.include('line 3: RUN --mount is not supported')
+    const health = await build('FROM bb\nRUN touch /x\nHEALTHCHECK CMD true\n')
+    expect(said(health.run.stderr)).to.include('line 3: HEALTHCHECK is not supported by wafers build.')
+    const unknown = await build('FROM bb\nRUN touch /x\nFROB it\n')
+    expect(said(unknown.run.stderr)).to.include('line 3: unknown instruction FROB.')
+    const missing = await box.run(['build', '-t', 'web', '-f', path.join(context, 'Nothing'), context])
+    expect(said(missing.stderr)).to.include(`there is no file ${path.join(context, 'Nothing')}.`)
+    expect(hasStackTrace(missing.stderr)).to.equal(false)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
+
   it('stops the RUN under way on Ctrl-C, leaving no wafer and nothing mounted for it', async function () {
     await fs.writeFile(
       path.join(context, 'Containerfile'),

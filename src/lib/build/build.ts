@@ -123,6 +123,7 @@ export function buildSteps(locations: Locations, options: BuildOptions): {result
 
   if (!contextStat.isDirectory()) throw new WafersError(`the build context ${context} is not a directory.`)
   const {containerfile} = readContainerfile(context, options.file)
+  checkInstructions(containerfile)
   const store = new WaferStore(locations.wafers)
   const builder = new Builder(locations, store, context, containerfile, options)
   return {result: builder.result, steps: builder.steps()}
@@ -134,6 +135,7 @@ class Builder {
   private readonly escape: string
   private readonly globalArgs: Variables = new Map()
   private ignore?: IgnoreRules
+  private overlayChecked = false
   private readonly stages: Stage[] = []
   private stepNumber = 0
 
@@ -175,7 +177,7 @@ class Builder {
     if (keyword === 'FROM') return this.from(instruction, report)
     if (keyword === 'ARG' && this.current === undefined) {
       for (const [key, value] of this.argPairs(instruction.args, this.globalArgs)) {
-        const given = this.options.buildArgs[key] ?? value
+        const given = this.buildArg(key) ?? value
         if (given !== undefined) this.globalArgs.set(key, given)
       }
 
@@ -199,6 +201,11 @@ class Builder {
         return {cached: stage.allCached, wafer: null}
       }
     }
+  }
+
+  /** The value `--build-arg KEY=VALUE` gave, if any. */
+  private buildArg(key: string): string | undefined {
+    return Object.hasOwn(this.options.buildArgs, key) ? this.options.buildArgs[key] : undefined
   }
 
   /** Variables for substitution: the stage's ARGs, overridden by its ENVs. */
@@ -452,9 +459,10 @@ class Builder {
     if (!cached) {
       if (await this.store.exists(name)) name = freshWaferName(key)
       const below = parent === undefined ? [] : await traceAncestry(this.store, parent)
-      if (below.length > 0) {
+      if (below.length > 0 && !this.overlayChecked) {
         await checkOverlayfs()
         await checkUpperFilesystem(this.store.root)
+        this.overlayChecked = true
       }
 
       const build: BuildMeta = {instruction: instruction.text, key}
@@ -535,7 +543,7 @@ class Builder {
     switch (keyword) {
       case 'ARG': {
         for (const [key, value] of this.argPairs(args, vars)) {
-          const given = this.options.buildArgs[key] ?? value ?? this.globalArgs.get(key)
+          const given = this.buildArg(key) ?? value ?? this.globalArgs.get(key)
           if (given === undefined) stage.args.delete(key)
           else stage.args.set(key, given)
         }
@@ -704,6 +712,32 @@ async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
   }
 
   return archives
+}
+
+const FLAGS: Record<string, string[]> = {
+  ADD: ['chown', 'chmod'],
+  COPY: ['chown', 'chmod', 'from'],
+  FROM: ['platform'],
+  RUN: [],
+}
+
+/** Refuses, before anything runs, instructions and flags wafers build does not support, naming the line. */
+function checkInstructions(file: Containerfile): void {
+  for (const instruction of file.instructions) {
+    const {keyword, line} = instruction
+    if (keyword === 'HEALTHCHECK' || keyword === 'ONBUILD') {
+      throw new WafersError(`line ${line}: ${keyword} is not supported by wafers build.`)
+    }
+
+    const allowed = FLAGS[keyword]
+    if (allowed === undefined) continue
+    try {
+      splitFlags(instruction.args, allowed, keyword)
+    } catch (error) {
+      if (error instanceof WafersError) throw new WafersError(`line ${line}: ${error.message}`)
+      throw error
+    }
+  }
 }
 
 /**
