@@ -8,7 +8,8 @@
 // 100-stack rows), after one warm-up run. Peak memory is the largest max RSS of any process of a
 // run, from GNU time. Set WAFERS_BENCH_STACK_MANY to say how to stack many wafers in one call,
 // WAFERS_BENCH_ONLY=ab (say) to run some benchmarks only; the other knobs are just below.
-import {spawnSync} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
+import {createHash} from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -20,8 +21,9 @@ const MANY_RUNS = count('WAFERS_BENCH_MANY_RUNS', 3)
 const MANY = count('WAFERS_BENCH_MANY', 100)
 const DEPTH = count('WAFERS_BENCH_DEPTH', 501)
 const LIST = count('WAFERS_BENCH_LIST', 10_000)
-// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, g build.
-const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcdg'
+const OCI_RUNS = count('WAFERS_BENCH_OCI_RUNS', 3)
+// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, e pull and push, g build.
+const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcdeg'
 // build (g): runs of the slow cold builds, and RUN steps in the per-step file.
 const BUILD_RUNS = count('WAFERS_BENCH_BUILD_RUNS', 3)
 const RUN_STEPS = count('WAFERS_BENCH_RUN_STEPS', 5)
@@ -428,6 +430,198 @@ function list() {
   s.cli('unstack', ...Array.from({length: 10}, (_, i) => name(LIST - 10 + i)))
 }
 
+// (e) pull and push of a one-layer debootstrap bookworm minbase image through a local registry.
+
+/** A debootstrap bookworm minbase root as a tarball: the debian plugin's cache, or made once with debootstrap. */
+function debianRootfs() {
+  const cache = '/var/cache/wafers/debootstrap/rootfs'
+  const cached = fs
+    .readdirSync(cache, {withFileTypes: true})
+    .filter((entry) => entry.isFile() && /^rootfs-.*\.tar$/.test(entry.name))
+    .map((entry) => path.join(cache, entry.name))
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)
+  if (cached.length > 0) return cached[0]
+  const root = path.join(dir, 'debootstrap')
+  must(['debootstrap', '--variant=minbase', 'bookworm', root])
+  const tarball = path.join(dir, 'debootstrap.tar')
+  must(['tar', '--numeric-owner', '--xattrs', '--xattrs-include=*', '-C', root, '-cf', tarball, '.'])
+  fs.rmSync(root, {force: true, recursive: true})
+  return tarball
+}
+
+/** A free loopback port (bound and released by a child node). */
+function freePort() {
+  const script =
+    "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"
+  return Number(must([process.execPath, '-e', script]).stdout.trim())
+}
+
+/** Starts Debian's docker-registry on a fresh port with fresh storage; returns its host and a stop(). */
+function startRegistry(name) {
+  const root = path.join(dir, name)
+  fs.mkdirSync(root, {recursive: true})
+  const port = freePort()
+  const config = path.join(root, 'config.yml')
+  fs.writeFileSync(
+    config,
+    `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${path.join(root, 'storage')}\nhttp:\n  addr: 127.0.0.1:${port}\n`,
+  )
+  const child = spawn('docker-registry', ['serve', config], {stdio: 'ignore'})
+  const probe = `require('net').connect(${port},'127.0.0.1').on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))`
+  for (let i = 0; i < 100 && spawnSync(process.execPath, ['-e', probe]).status !== 0; i++) spawnSync('sleep', ['0.1'])
+  return {
+    host: `127.0.0.1:${port}`,
+    stop() {
+      child.kill('SIGTERM')
+      spawnSync('sleep', ['0.2'])
+      fs.rmSync(root, {force: true, recursive: true})
+    },
+  }
+}
+
+/** sha256 of a file, streamed in chunks. */
+function sha256File(file) {
+  const hash = createHash('sha256')
+  const fd = fs.openSync(file, 'r')
+  const buffer = Buffer.alloc(1 << 20)
+  for (let n; (n = fs.readSync(fd, buffer, 0, buffer.length, null)) > 0;) hash.update(buffer.subarray(0, n))
+  fs.closeSync(fd)
+  return `sha256:${hash.digest('hex')}`
+}
+
+/** The baseline push: `tar -czf` of the data, a layout holding that blob, `skopeo copy` of it. */
+function baselinePush(data, diffId, host, repo) {
+  const layout = path.join(dir, 'baseline-layout')
+  fs.rmSync(layout, {force: true, recursive: true})
+  fs.mkdirSync(path.join(layout, 'blobs', 'sha256'), {recursive: true})
+  const blob = path.join(layout, 'layer.tar.gz')
+  const tar = must(['tar', '--numeric-owner', '--xattrs', '--xattrs-include=*', '-C', data, '-czf', blob, '.'])
+  const started = process.hrtime.bigint()
+  const digest = sha256File(blob)
+  fs.renameSync(blob, path.join(layout, 'blobs', 'sha256', digest.slice(7)))
+  const put = (value) => {
+    const bytes = Buffer.from(JSON.stringify(value))
+    const hex = createHash('sha256').update(bytes).digest('hex')
+    fs.writeFileSync(path.join(layout, 'blobs', 'sha256', hex), bytes)
+    return {digest: `sha256:${hex}`, size: bytes.length}
+  }
+
+  const config = put({architecture: 'amd64', os: 'linux', rootfs: {diff_ids: [diffId], type: 'layers'}})
+  const size = fs.statSync(path.join(layout, 'blobs', 'sha256', digest.slice(7))).size
+  const manifest = put({
+    config: {...config, mediaType: 'application/vnd.oci.image.config.v1+json'},
+    layers: [{digest, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', size}],
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    schemaVersion: 2,
+  })
+  fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}')
+  fs.writeFileSync(
+    path.join(layout, 'index.json'),
+    JSON.stringify({
+      manifests: [
+        {
+          ...manifest,
+          annotations: {'org.opencontainers.image.ref.name': 'x'},
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        },
+      ],
+      schemaVersion: 2,
+    }),
+  )
+  const layoutMs = Number(process.hrtime.bigint() - started) / 1e6
+  const copy = must([
+    'skopeo',
+    'copy',
+    '--quiet',
+    '--dest-tls-verify=false',
+    `oci:${layout}:x`,
+    `docker://${host}/${repo}`,
+  ])
+  return {ms: tar.ms + layoutMs + copy.ms, rss: Math.max(tar.rss, copy.rss)}
+}
+
+function oci() {
+  const missing = ['skopeo', 'docker-registry', 'pigz'].filter((program) => spawnSync('which', [program]).status !== 0)
+  if (missing.length > 0) {
+    notes.push(`pull and push not measured: ${missing.join(', ')} missing.`)
+    return
+  }
+
+  const a = store('oci-push')
+  const rootfs = debianRootfs()
+  a.cli('create', 'deb', '--seed', 'tar', '--', rootfs)
+  const data = path.join(a.wafers, 'deb', 'data')
+  const stats = {baselinePull: series(), baselinePush: series(), pull: series(), push: series(), second: series()}
+  let layerBytes = 0
+  repeat(OCI_RUNS, '(e) pull and push', (warmUp) => {
+    // First push: an empty registry and no packed layer in $WAFERS/.oci.
+    const registry = startRegistry('registry')
+    try {
+      fs.rmSync(path.join(a.wafers, '.oci'), {force: true, recursive: true})
+      const first = a.cli('push', 'deb', `docker://${registry.host}/bench/deb:1`, '--tls-verify=false', '--json')
+      const pushed = JSON.parse(first.stdout)
+      layerBytes = pushed.layers[0].size
+      const second = a.cli('push', 'deb', `docker://${registry.host}/bench/deb:1`, '--tls-verify=false', '--json')
+      if (JSON.parse(second.stdout).layers.some((layer) => layer.made)) throw new Error('the second push packed again')
+
+      // Pull into an empty store, against skopeo copy to a layout plus tar -xzf of its layer.
+      const b = store('oci-pull')
+      fs.rmSync(b.wafers, {force: true, recursive: true})
+      const pull = b.cli('pull', `docker://${registry.host}/bench/deb:1`, 'deb', '--tls-verify=false')
+      const layout = path.join(dir, 'pull-layout')
+      const out = path.join(dir, 'pull-out')
+      for (const target of [layout, out, b.wafers]) fs.rmSync(target, {force: true, recursive: true})
+      fs.mkdirSync(out)
+      const copy = must([
+        'skopeo',
+        'copy',
+        '--quiet',
+        '--src-tls-verify=false',
+        `docker://${registry.host}/bench/deb:1`,
+        `oci:${layout}:x`,
+      ])
+      const blob = path.join(layout, 'blobs', 'sha256', pushed.layers[0].digest.slice(7))
+      const untar = must(['tar', '-xzf', blob, '-C', out])
+      fs.rmSync(out, {force: true, recursive: true})
+      fs.rmSync(layout, {force: true, recursive: true})
+
+      // The baseline push goes to an empty registry of its own.
+      const empty = startRegistry('registry-empty')
+      let baseline
+      try {
+        baseline = baselinePush(data, pushed.layers[0].diffId, empty.host, 'bench/deb:1')
+      } finally {
+        empty.stop()
+      }
+
+      if (warmUp) return
+      stats.push.add(first)
+      stats.second.add(second)
+      stats.pull.add(pull)
+      stats.baselinePull.add(sum([copy, untar]))
+      stats.baselinePush.add(baseline)
+    } finally {
+      registry.stop()
+    }
+  })
+  const size = `${(layerBytes / 2 ** 20).toFixed(0)} MiB layer`
+  row(
+    `\`pull\` of a bookworm minbase image (${size}) vs \`skopeo copy\` + \`tar -xzf\``,
+    stats.pull,
+    stats.baselinePull,
+    {
+      mib: 200,
+      ratio: 1.2,
+      text: '≤ 1.2x, < 200 MiB',
+    },
+  )
+  row(`\`push\` of it to an empty registry vs \`tar -czf\` + \`skopeo copy\``, stats.push, stats.baselinePush, {
+    mib: 200,
+    ratio: 1.2,
+    text: '≤ 1.2x, < 200 MiB',
+  })
+  row('second `push`, nothing changed, vs the first', stats.second, stats.push, {ratio: 0.2, text: '≤ 0.2x'})
+
 // (g) wafers build: a cold Debian build against buildah bud of the same file from the same base; an
 // unchanged 10-step rebuild against one `wafers list`; a RUN step against a bare systemd-nspawn.
 function build() {
@@ -633,6 +827,7 @@ try {
   if (ONLY.includes('b')) depth()
   if (ONLY.includes('c')) many()
   if (ONLY.includes('d')) list()
+  if (ONLY.includes('e')) oci()
   if (ONLY.includes('g')) build()
 } catch (error) {
   process.stderr.write('\n')

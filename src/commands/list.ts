@@ -1,14 +1,14 @@
 import {Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {WaferInfo, diskUsage, mapLimit, readInventory} from '../lib/inventory.js'
+import {WaferInfo, diskUsage, mapLimit, originNote, readInventory} from '../lib/inventory.js'
 import {humanSize, table} from '../lib/render.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
 
 export default class List extends WafersCommand {
   static aliases = ['ls']
 
-  static description = `One line per wafer in $WAFERS: its parent, its depth (the number of wafers in its stack, itself included), whether it is stacked, where, and how much disk its own data takes. STACKED is "yes" for the top of a live stack, "lower" for a wafer that is a read-only layer of someone else's live stack, "no" otherwise; stacks are found in the live mount table, whoever mounted them. A wafer whose ancestry is broken (missing parent, loop) is listed with a note.
+  static description = `One line per wafer in $WAFERS: its parent, its depth (the number of wafers in its stack, itself included), whether it is stacked, where, and how much disk its own data takes. STACKED is "yes" for the top of a live stack, "lower" for a wafer that is a read-only layer of someone else's live stack, "no" otherwise; stacks are found in the live mount table, whoever mounted them. A wafer whose ancestry is broken (missing parent, loop) is listed with a note, and so is where a wafer came from: "image layer" for a wafer that holds one layer of a pulled image, "from REF" for the top wafer a pull made.
 
 Sizes mean reading every file of every wafer, so --json leaves them out unless you ask with --size, and --no-size leaves them out of the table.`
 
@@ -22,7 +22,8 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
     },
     {
       command: '<%= config.bin %> <%= command.id %> --json',
-      description: 'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf} objects:',
+      description:
+        'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf} objects (with layer and image for pulled wafers):',
     },
   ]
 
@@ -59,7 +60,7 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
       wafer.stacked ? 'yes' : wafer.lowerOf.length > 0 ? 'lower' : 'no',
       wafer.mountpoint ?? '-',
       ...(measure ? [humanSize(wafer.size ?? 0)] : []),
-      wafer.problem ?? '',
+      [wafer.problem, originNote(wafer)].filter(Boolean).join('; '),
     ])
     for (const line of table(header, rows)) this.log(line)
     return wafers

@@ -2,7 +2,7 @@ import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
-import {WaferNode, ancestryForest, readInventory} from '../lib/inventory.js'
+import {WaferNode, ancestryForest, originNote, readInventory} from '../lib/inventory.js'
 import {checkName} from '../lib/names.js'
 import {DrawNode, drawTree} from '../lib/render.js'
 import {WaferStore, locationsFromEnv} from '../lib/store.js'
@@ -12,7 +12,7 @@ export default class Tree extends WafersCommand {
     name: Args.string({description: 'Show only this wafer and the wafers built on it.'}),
   }
 
-  static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT". Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note.`
+  static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT". Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note. A wafer that holds one layer of a pulled image is marked "image layer", the top wafer a pull made "from REF".`
 
   static enableJsonFlag = true
 
@@ -49,6 +49,8 @@ function toDrawNode(node: WaferNode): DrawNode {
   if (node.mountpoint !== null) notes.push(`stacked at ${node.mountpoint}`)
   if (node.lowerOf.length > 0) notes.push(`lower layer of ${node.lowerOf.join(', ')}`)
   if (node.problem) notes.push(node.problem)
+  const origin = originNote(node)
+  if (origin) notes.push(origin)
   return {
     children: node.children.map((child) => toDrawNode(child)),
     label: notes.length > 0 ? `${node.name} (${notes.join('; ')})` : node.name,

@@ -3,14 +3,27 @@ import path from 'node:path'
 
 import {isErrno} from './errors.js'
 import {readStoreFile} from './files.js'
+import {readMeta} from './meta.js'
 import type {MountEntry} from './mounts.js'
 import {WaferStore, parseParent} from './store.js'
 import {LiveStack, liveStacks} from './usage.js'
+
+/** The image a wafer's stack was pulled from, as its top wafer's meta.json says. */
+export interface ImageOrigin {
+  architecture: string
+  digest: null | string
+  os: string
+  ref: null | string
+}
 
 /** One wafer as `list` shows it. */
 export interface WaferInfo {
   /** Wafers in its stack, itself included; counted up to where the ancestry breaks. */
   depth: number
+  /** For the top wafer of a pulled image: which image. */
+  image?: ImageOrigin
+  /** For a wafer that holds one image layer: its OCI ChainID. */
+  layer?: string
   /** Mount points of live stacks that use this wafer as a read-only lower layer. */
   lowerOf: string[]
   /** Where it is stacked as the writable top, or null when it is not. */
@@ -55,6 +68,7 @@ export async function readInventory(store: WaferStore, options: {table?: MountEn
       mountpoint: null,
       lowerOf: [],
       ...(problem ? {problem} : {}),
+      ...originOf(store, name),
     })
   }
 
@@ -184,6 +198,30 @@ function readParentOrProblem(store: WaferStore, name: string): {parent?: string;
   }
 }
 
+/** What a wafer's meta.json says it came from (an image layer, an image's top); nothing when it has none or it cannot be read. */
+function originOf(store: WaferStore, name: string): {image?: ImageOrigin; layer?: string} {
+  try {
+    const meta = readMeta(store.dir(name), name)
+    const origin: {image?: ImageOrigin; layer?: string} = {}
+    if (typeof meta.layer?.chainId === 'string') origin.layer = meta.layer.chainId
+    if (meta.image) {
+      const {architecture, digest, os, ref} = meta.image
+      origin.image = {architecture: String(architecture), digest: digest ?? null, os: String(os), ref: ref ?? null}
+    }
+
+    return origin
+  } catch {
+    return {}
+  }
+}
+
+/** A short note on where a wafer came from, for tables and trees: `image layer`, `from REF`. */
+export function originNote(wafer: {image?: ImageOrigin; layer?: string}): string | undefined {
+  if (wafer.image) return `from ${wafer.image.ref ?? 'an image'}`
+  if (wafer.layer) return 'image layer'
+  return undefined
+}
+
 /** Fills in the depth (and any problem) of `start` and of every wafer on its way down, without recursion. */
 function computeDepth(wafers: Map<string, WaferInfo>, start: WaferInfo): void {
   if (start.depth > 0) return
@@ -232,6 +270,8 @@ export interface WaferNode {
   mountpoint: null | string
   lowerOf: string[]
   problem?: string
+  layer?: string
+  image?: ImageOrigin
   children: WaferNode[]
 }
 
@@ -243,9 +283,18 @@ export interface WaferNode {
 export function ancestryForest(inventory: Inventory, name?: string): WaferNode[] {
   const nodes = new Map<string, WaferNode>()
   for (const wafer of inventory.wafers.values()) {
-    const {lowerOf, mountpoint, problem, stacked} = wafer
+    const {image, layer, lowerOf, mountpoint, problem, stacked} = wafer
     // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
-    nodes.set(wafer.name, {name: wafer.name, stacked, mountpoint, lowerOf, ...(problem ? {problem} : {}), children: []})
+    nodes.set(wafer.name, {
+      name: wafer.name,
+      stacked,
+      mountpoint,
+      lowerOf,
+      ...(problem ? {problem} : {}),
+      ...(layer ? {layer} : {}),
+      ...(image ? {image} : {}),
+      children: [],
+    })
   }
 
   const placed = new Set<string>()

@@ -34,8 +34,6 @@ export interface LayerMeta {
   chainId: string
   /** Digest of the uncompressed layer tar (the config's rootfs.diff_ids entry). */
   diffId: string
-  /** layerFingerprint of `data` when the layer was unpacked or packed: a different one means the wafer changed since. */
-  fingerprint?: string
   /** The history entries that belong to this layer (the one that made it, and empty ones after it). */
   history?: HistoryEntry[]
 }

@@ -34,6 +34,7 @@ import {
   skopeoContext,
 } from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
+import {throttled} from './throttle.js'
 
 /** What `pull` was asked to do. */
 export interface PullOptions extends RegistryOptions {
@@ -235,7 +236,13 @@ function makePlan(
  */
 async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Plan> {
   const platform = hostPlatform()
-  let raw = await inspectRaw(context, ref)
+  // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
+  // from an index too); it is used only if it is the one the manifest names.
+  const [first, guess] = await Promise.all([
+    inspectRaw(context, ref),
+    inspectConfig(context, ref).catch(() => undefined),
+  ])
+  let raw = first
   let value = parseJson(raw, `the manifest of ${describe(ref)}`)
   let digest = digestOf(raw)
   if (isIndex(value)) {
@@ -257,7 +264,10 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
 
   const manifest = checkManifest(value, `the manifest of ${describe(ref)}`)
   const source = pinned(ref, digest)
-  const configRaw = await inspectConfig(context, ref, source)
+  const configRaw =
+    guess !== undefined && digestOf(guess) === manifest.config.digest
+      ? guess
+      : await inspectConfig(context, ref, source)
   if (digestOf(configRaw) !== manifest.config.digest) {
     throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
   }
@@ -331,7 +341,7 @@ async function unpackInto(
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<boolean> {
-  const {compressionOf, layerFingerprint, unpackLayer} = await import('./archive.js')
+  const {compressionOf, unpackLayer} = await import('./archive.js')
   const descriptor = plan.manifest.layers[i]
   const layer = layers[i]
   const parent = i === 0 ? undefined : layers[i - 1].wafer
@@ -339,7 +349,7 @@ async function unpackInto(
     layer: {chainId: plan.chain[i], diffId: layer.diffId, ...(plan.history ? {history: plan.history[i]} : {})},
   }
   const what = `layer ${i + 1} (${descriptor.digest}) of ${describe(plan.ref)}`
-  let done = 0
+  const progress = throttled(report)
   try {
     await store.create(layer.wafer, parent, {
       async fill(data) {
@@ -350,12 +360,10 @@ async function unpackInto(
           expectDigest: descriptor.digest,
           name: what,
           onBytes(n) {
-            done += n
-            report(`${humanSize(done)} of ${humanSize(descriptor.size)}`)
+            progress(`${humanSize(n)} of ${humanSize(descriptor.size)}`)
           },
           signal,
         })
-        meta.layer!.fingerprint = await layerFingerprint(data)
       },
       meta,
     })

@@ -13,6 +13,7 @@ import {liveStacks} from '../usage.js'
 import {LayerCache} from './cache.js'
 import {Descriptor, ImageConfigFile, MEDIA, Manifest, hostPlatform} from './image.js'
 import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
+import {throttled} from './throttle.js'
 import {ImageReference, describe, parseReference} from './reference.js'
 import {RegistryOptions, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
@@ -107,7 +108,7 @@ export function pushSteps(
     const layout = path.join(work!.path, 'layout')
     const packs = wafers.map((wafer): Step => ({
       async run(report) {
-        const packed = await packWafer(store, cache, wafer, layout, report, options.signal)
+        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal)
         const meta = readMeta(store.dir(wafer), wafer)
         if (packed === undefined) {
           result.emptyWafers.push(wafer)
@@ -168,14 +169,14 @@ export function pushSteps(
 }
 
 /**
- * Packs wafer `wafer` into the layout at `layout` (a hard link to the cached blob), reusing the
- * cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
+ * Packs wafer `wafer` into the layout in the work dir `work` (a hard link to the cached blob),
+ * reusing the cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
  */
 async function packWafer(
   store: WaferStore,
   cache: LayerCache,
   wafer: string,
-  layout: string,
+  work: string,
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<PushedLayer | undefined> {
@@ -186,13 +187,12 @@ async function packWafer(
   let entry = await cache.lookup(wafer, before)
   const made = entry === undefined
   if (entry === undefined) {
-    const temporary = path.join(path.dirname(cache.blobs), `.pack-${wafer}-${process.pid}-${Date.now()}`)
+    const temporary = path.join(work, `pack-${wafer}`)
     try {
-      let bytes = 0
+      const progress = throttled(report)
       const packed = await packLayer(data, temporary, {
         onBytes(n) {
-          bytes += n
-          report(`${humanSize(bytes)} packed`)
+          progress(`${humanSize(n)} packed`)
         },
         signal,
       })
@@ -207,7 +207,7 @@ async function packWafer(
     }
   }
 
-  const target = blobPath(layout, entry.digest)
+  const target = blobPath(path.join(work, 'layout'), entry.digest)
   await fs.mkdir(path.dirname(target), {recursive: true})
   await fs.link(cache.blob(entry.digest), target).catch((error) => {
     if (!isErrno(error, 'EEXIST')) throw error

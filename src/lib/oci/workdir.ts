@@ -46,7 +46,8 @@ async function removeAbandoned(root: string): Promise<void> {
     const dir = path.join(root, entry)
     // eslint-disable-next-line no-await-in-loop
     const stat = await fs.lstat(dir).catch(() => undefined)
-    if (!stat?.isDirectory()) continue
+    // A directory made in the last minute may not be locked yet by the run that made it.
+    if (!stat?.isDirectory() || Date.now() - stat.mtimeMs < 60_000) continue
     let lock: Lock | undefined
     try {
       // eslint-disable-next-line no-await-in-loop
