@@ -621,6 +621,7 @@ function oci() {
     text: '≤ 1.2x, < 200 MiB',
   })
   row('second `push`, nothing changed, vs the first', stats.second, stats.push, {ratio: 0.2, text: '≤ 0.2x'})
+}
 
 // (g) wafers build: a cold Debian build against buildah bud of the same file from the same base; an
 // unchanged 10-step rebuild against one `wafers list`; a RUN step against a bare systemd-nspawn.

@@ -1,5 +1,6 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
+import {createHash} from 'node:crypto'
 import {createReadStream, promises as fs} from 'node:fs'
 import path from 'node:path'
 
@@ -24,7 +25,12 @@ async function makeTree(dir: string): Promise<void> {
   await execa('setfattr', ['-n', 'user.color', '-v', 'blue', path.join(dir, 'etc/hostname')])
   await execa('setfattr', ['-n', 'trusted.note', '-v', 'kept', path.join(dir, 'etc/sub')])
   await execa('touch', ['-h', '-d', '2021-02-03 04:05:06', path.join(dir, 'etc/sub/link')])
-  for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null']) {
+  // Names and targets longer than ustar's 100 bytes, and a FIFO.
+  await fs.mkdir(path.join(dir, 'long'))
+  await fs.writeFile(path.join(dir, 'long', 'x'.repeat(120)), 'long name\n')
+  await fs.symlink(`../${'y'.repeat(150)}`, path.join(dir, 'long/target'))
+  await execa('mkfifo', ['-m', '0600', path.join(dir, 'fifo')])
+  for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null', 'long', 'fifo']) {
     // eslint-disable-next-line no-await-in-loop
     await execa('touch', ['-d', '2020-01-02 03:04:05', path.join(dir, file)])
   }
@@ -48,6 +54,40 @@ async function sha256Of(file: string): Promise<string> {
   return `sha256:${stdout.split(' ')[0]}`
 }
 
+/** An uncompressed tar of the given entries, with `content` as file data. */
+function tarOf(
+  entries: {
+    content?: string
+    link?: string
+    name: string
+    type: '0' | '1' | '2' | '5'
+    mode?: number
+    uid?: number
+    mtime?: number
+  }[],
+): Buffer {
+  const parts: Buffer[] = []
+  for (const entry of entries) {
+    const content = Buffer.from(entry.content ?? '')
+    parts.push(
+      encodeHeader({
+        gid: 0,
+        linkname: entry.link === undefined ? undefined : Buffer.from(entry.link),
+        mode: entry.mode ?? (entry.type === '5' ? 0o755 : 0o644),
+        mtime: entry.mtime ?? 1_600_000_000,
+        name: Buffer.from(entry.name),
+        size: content.length,
+        typeflag: entry.type,
+        uid: entry.uid ?? 0,
+      }),
+      content,
+      Buffer.alloc((512 - (content.length % 512)) % 512),
+    )
+  }
+
+  return Buffer.concat([...parts, Buffer.alloc(1024)])
+}
+
 describe('OCI layer archives', () => {
   let box: Sandbox
   beforeEach(async function () {
@@ -55,23 +95,6 @@ describe('OCI layer archives', () => {
     box = await Sandbox.create()
   })
   afterEach(async () => box?.cleanup())
-
-  describe('compressionOf', () => {
-    it('reads OCI and Docker layer media types', () => {
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+gzip')).to.equal('gzip')
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar+zstd')).to.equal('zstd')
-      expect(compressionOf('application/vnd.oci.image.layer.v1.tar')).to.equal('none')
-      expect(compressionOf('application/vnd.docker.image.rootfs.diff.tar.gzip')).to.equal('gzip')
-    })
-
-    it('refuses foreign and unknown layer types in one sentence', () => {
-      expect(() => compressionOf('application/vnd.docker.image.rootfs.foreign.diff.tar.gzip'))
-        .to.throw(WafersError)
-        .with.property('message')
-        .that.matches(/non-distributable \(foreign\) layer/)
-      expect(() => compressionOf('application/vnd.oci.image.layer.v1.tar+lz4')).to.throw(WafersError, /tar\+lz4/)
-    })
-  })
 
   describe('unpackLayer', () => {
     for (const [compression, program] of [
@@ -100,10 +123,54 @@ describe('OCI layer archives', () => {
           name: 'the test layer',
         })
 
-        expect(result).to.deep.equal({diffId, digest, entries: 9})
+        expect(result).to.deep.equal({diffId, digest, entries: 13})
         expect(await treeListing(data)).to.deep.equal(await treeListing(source))
       })
     }
+
+    it('refuses a directory that is not empty, touching nothing', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      await fs.writeFile(path.join(data, 'there'), 'before\n')
+      const tar = path.join(box.root, 'layer.tar')
+      await fs.writeFile(tar, tarOf([{content: 'new\n', name: 'there', type: '0'}]))
+
+      const error = await unpackLayer(createReadStream(tar), data, {compression: 'none'}).catch(
+        (error_: unknown) => error_,
+      )
+
+      expect(error)
+        .to.be.instanceOf(WafersError)
+        .with.property('message', `${data} is not empty; a layer unpacks only into a new, empty directory.`)
+      expect(await fs.readFile(path.join(data, 'there'), 'utf8')).to.equal('before\n')
+    })
+
+    it('drops the overlayfs attributes a layer carries and keeps the others', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const tar = path.join(box.root, 'layer.tar')
+      const xattrs: [string, Buffer][] = [
+        ['trusted.overlay.redirect', Buffer.from('/etc')],
+        ['user.keep', Buffer.from('yes')],
+      ]
+      const header = encodeHeader({
+        gid: 0,
+        mode: 0o755,
+        mtime: 1_500_000_000,
+        name: Buffer.from('d/'),
+        size: 0,
+        typeflag: '5',
+        uid: 0,
+        xattrs,
+      })
+      await fs.writeFile(tar, Buffer.concat([header, Buffer.alloc(1024)]))
+
+      await unpackLayer(createReadStream(tar), data, {compression: 'none'})
+
+      expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
+        `d d 0755 0:0 user.keep=${Buffer.from('yes').toString('base64')} mtime=1500000000`,
+      ])
+    })
 
     it('turns OCI whiteouts into overlayfs whiteouts and opaque directories', async () => {
       const source = path.join(box.root, 'source')
@@ -127,33 +194,97 @@ describe('OCI layer archives', () => {
         `hidden/new f 0644 0:0 4B sha256:${(await sha256Of(path.join(source, 'hidden/new'))).slice(7)} mtime=${Math.floor((await fs.lstat(path.join(source, 'hidden/new'))).mtimeMs / 1000)}`,
       ])
     })
+
+    it('marks a directory opaque when its .wh..wh..opq comes before the directory, or alone, or at the root', async () => {
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      const tar = path.join(box.root, 'layer.tar')
+      await fs.writeFile(
+        tar,
+        tarOf([
+          {name: 'late/.wh..wh..opq', type: '0'},
+          {mode: 0o700, mtime: 1_500_000_000, name: 'late/', type: '5', uid: 1234},
+          {content: 'x', mtime: 1_500_000_000, name: 'late/file', type: '0'},
+          {name: 'nodir/.wh..wh..opq', type: '0'},
+          {name: './.wh..wh..opq', type: '0'},
+        ]),
+      )
+
+      const result = await unpackLayer(createReadStream(tar), data, {compression: 'none'})
+
+      const y = Buffer.from('y').toString('base64')
+      expect(result.entries).to.equal(5)
+      const {stdout: rootOpaque} = await execa('getfattr', ['--only-values', '-n', 'trusted.overlay.opaque', data])
+      expect(rootOpaque).to.equal('y')
+      expect(await treeListing(data, {overlayXattrs: true})).to.deep.equal([
+        `late d 0700 1234:0 trusted.overlay.opaque=${y} mtime=1500000000`,
+        `late/file f 0644 0:0 1B sha256:${createHash('sha256').update('x').digest('hex')} mtime=1500000000`,
+        `nodir d 0755 0:0 trusted.overlay.opaque=${y} mtime=1600000000`,
+      ])
+    })
+  })
+
+  describe('packLayer', () => {
+    it('packs a tree that GNU tar and unpackLayer both extract to the same tree', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(source)
+      await makeTree(source)
+      const blob = path.join(box.root, 'layer.tar.gz')
+
+      const packed = await packLayer(source, blob)
+
+      for (const how of ['gnu tar', 'unpackLayer']) {
+        const data = path.join(box.root, how.replace(' ', '-'))
+        // eslint-disable-next-line no-await-in-loop
+        await fs.mkdir(data)
+        // eslint-disable-next-line no-await-in-loop
+        await (how === 'gnu tar'
+          ? execa('tar', ['-xzf', blob, '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', data])
+          : unpackLayer(createReadStream(blob), data, {
+              compression: 'gzip',
+              expectDiffId: packed.diffId,
+              expectDigest: packed.digest,
+            }))
+        // eslint-disable-next-line no-await-in-loop
+        expect(await treeListing(data), how).to.deep.equal(await treeListing(source))
+      }
+
+      const {stdout} = await execa('tar', ['-tzf', blob])
+      expect(stdout.split('\n').slice(0, 4)).to.deep.equal(['etc/', 'etc/hardlink', 'etc/hostname', 'etc/sub/'])
+      const again = await packLayer(source, blob).catch((error: unknown) => error)
+      expect(again)
+        .to.be.instanceOf(WafersError)
+        .with.property('message', `${blob} already exists; packLayer writes a new file.`)
+    })
+
+    it('refuses a directory overlayfs redirected, whose lower files a layer tar cannot hold', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(path.join(source, 'moved'), {recursive: true})
+      await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/old', path.join(source, 'moved')])
+
+      const error = await packLayer(source, path.join(box.root, 'layer.tar.gz')).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.match(
+        /moved carries trusted\.overlay\.redirect: overlayfs wrote it with redirect_dir/,
+      )
+    })
+
+    it('refuses a file named like a whiteout, since no layer could carry it', async () => {
+      const source = path.join(box.root, 'source')
+      await fs.mkdir(source)
+      await fs.writeFile(path.join(source, '.wh.sneaky'), '')
+
+      const error = await packLayer(source, path.join(box.root, 'layer.tar.gz')).catch((error_: unknown) => error_)
+
+      expect(error).to.be.instanceOf(WafersError)
+      expect((error as Error).message).to.equal(
+        `${source}/.wh.sneaky is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
+      )
+    })
   })
 
   describe('hostile layers', () => {
-    /** An uncompressed tar of the given entries, with `content` as file data. */
-    function tarOf(entries: {content?: string; link?: string; name: string; type: '0' | '1' | '2' | '5'}[]): Buffer {
-      const parts: Buffer[] = []
-      for (const entry of entries) {
-        const content = Buffer.from(entry.content ?? '')
-        parts.push(
-          encodeHeader({
-            gid: 0,
-            linkname: entry.link === undefined ? undefined : Buffer.from(entry.link),
-            mode: entry.type === '5' ? 0o755 : 0o644,
-            mtime: 1_600_000_000,
-            name: Buffer.from(entry.name),
-            size: content.length,
-            typeflag: entry.type,
-            uid: 0,
-          }),
-          content,
-          Buffer.alloc((512 - (content.length % 512)) % 512),
-        )
-      }
-
-      return Buffer.concat([...parts, Buffer.alloc(1024)])
-    }
-
     const cases: {entries: Parameters<typeof tarOf>[0]; refused: string; title: string}[] = [
       {entries: [{content: 'escaped\n', name: '../x', type: '0'}], refused: '../x', title: 'a ../ path'},
       {
@@ -329,7 +460,6 @@ describe('OCI layer archives', () => {
       const blobs = path.join(layout, 'blobs', 'sha256')
       await fs.mkdir(blobs, {recursive: true})
       const put = async (text: string) => {
-        const {createHash} = await import('node:crypto')
         const digest = `sha256:${createHash('sha256').update(text).digest('hex')}`
         await fs.writeFile(path.join(blobs, digest.slice(7)), text)
         return {digest, size: Buffer.byteLength(text)}

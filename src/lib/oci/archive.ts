@@ -6,7 +6,7 @@
  */
 import type {Readable} from 'node:stream'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 
 /** How a layer blob is compressed. */
 export type LayerCompression = 'gzip' | 'zstd' | 'none'
@@ -62,6 +62,9 @@ export interface UnpackResult {
   entries: number
 }
 
+/** The message of the error tar-gate throws when GNU tar exits before reading everything. */
+const TAR_STOPPED = 'tar stopped reading'
+
 /** GNU tar, extracting the checked stream on its stdin into `data` with every attribute. */
 function tarExtractArgs(data: string): string[] {
   return [
@@ -73,8 +76,10 @@ function tarExtractArgs(data: string): string[] {
     '--same-permissions',
     '--xattrs',
     '--xattrs-include=*',
+    // overlayfs's own attributes (redirects, origins) in a layer could bend how the stack reads;
+    // only the opaque mark the gate found is set, afterwards.
+    '--xattrs-exclude=trusted.overlay.*',
     '--acls',
-    '--no-overwrite-dir',
     // Directory times and modes are set at the very end, so entries in any order keep them.
     '--delay-directory-restore',
   ]
@@ -109,104 +114,136 @@ export async function unpackLayer(
   const layer = options.name ?? 'the layer'
   const signal = options.signal
   if (signal?.aborted) throw interrupted(layer)
-
-  const tar = execa('tar', tarExtractArgs(data), {
-    buffer: {stderr: true, stdout: false},
-    reject: false,
-    stderr: 'pipe',
-    stdin: 'pipe',
-    stdout: 'ignore',
-  })
-  tar.stdin.on('error', () => {}) // an early exit of tar is reported from its exit status
-  const tarDone = tar.then((result) => result)
-
-  const blobHash = sha256()
-  let bytes = 0
-  const tap = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      blobHash.update(chunk)
-      bytes += chunk.length
-      options.onBytes?.(bytes)
-      callback(null, chunk)
-    },
-  })
-  const tarHash = options.compression === 'none' ? undefined : sha256()
-  const zstd =
-    options.compression === 'zstd'
-      ? execa('zstd', ['--decompress', '--stdout', '--quiet'], {encoding: 'buffer', stderr: 'ignore'})
-      : undefined
-  zstd?.catch(() => {}) // awaited below; this only keeps a failure from going unhandled
-  const decompress =
-    options.compression === 'gzip'
-      ? [zlib.createGunzip({chunkSize: 256 * 1024})]
-      : zstd
-        ? [zstd.duplex({binary: true})]
-        : []
-
-  let gate: Awaited<ReturnType<typeof gateLayer>>
-  let refused: unknown
+  const held = await holdDirectory(data)
   try {
+    if ((await fs.readdir(held.path)).length > 0)
+      throw new WafersError(`${data} is not empty; a layer unpacks only into a new, empty directory.`)
+    return await unpackInto(held.path)
+  } finally {
+    await held.close()
+  }
+
+  async function unpackInto(root: string): Promise<UnpackResult> {
+    const tar = execa('tar', tarExtractArgs(root), {
+      buffer: {stderr: true, stdout: false},
+      reject: false,
+      stderr: 'pipe',
+      stdin: 'pipe',
+      stdout: 'ignore',
+    })
+    tar.stdin.on('error', () => {}) // an early exit of tar is reported from its exit status
+    const tarDone = tar.then((result) => result)
+
+    const blobHash = sha256()
+    let bytes = 0
+    const tap = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        blobHash.update(chunk)
+        bytes += chunk.length
+        options.onBytes?.(bytes)
+        callback(null, chunk)
+      },
+    })
+    const tarHash = options.compression === 'none' ? undefined : sha256()
+    const zstd =
+      options.compression === 'zstd'
+        ? execa('zstd', ['--decompress', '--stdout', '--quiet'], {encoding: 'buffer', stderr: 'ignore'})
+        : undefined
+    zstd?.catch(() => {}) // awaited below; this only keeps a failure from going unhandled
+    const decompress =
+      options.compression === 'gzip'
+        ? [zlib.createGunzip({chunkSize: 256 * 1024})]
+        : zstd
+          ? [zstd.duplex({binary: true})]
+          : []
+
+    let gate: Awaited<ReturnType<typeof gateLayer>>
+    let refused: unknown
     try {
-      // The stages vary with the compression, which pipeline's overloads cannot type.
-      await (pipeline as unknown as (...stages: unknown[]) => Promise<void>)(
-        input,
-        tap,
-        ...decompress,
-        async (source: AsyncIterable<Buffer>) => {
-          try {
-            gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
-          } catch (error) {
-            refused = error // reported before the abort it causes in the stages above
-            throw error
-          }
-        },
-        {signal},
-      )
-      await zstd
+      try {
+        // The stages vary with the compression, which pipeline's overloads cannot type.
+        await (pipeline as unknown as (...stages: unknown[]) => Promise<void>)(
+          input,
+          tap,
+          ...decompress,
+          async (source: AsyncIterable<Buffer>) => {
+            try {
+              gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
+            } catch (error) {
+              refused = error // reported before the abort it causes in the stages above
+              throw error
+            }
+          },
+          {signal},
+        )
+        await zstd
+      } catch (error) {
+        if ((error as Error)?.message === TAR_STOPPED) {
+          throw new WafersError(`${layer} could not be unpacked: ${firstTarError((await tarDone).stderr as string)}`)
+        }
+
+        throw readError(refused ?? error, layer, options.compression, signal)
+      }
+
+      tar.stdin.end()
+      const result = await tarDone
+      if (result.exitCode !== 0) {
+        const why = firstTarError(result.stderr as string)
+        throw new WafersError(`${layer} could not be unpacked: ${why}`)
+      }
     } catch (error) {
-      throw readError(refused ?? error, layer, options.compression, signal)
+      tar.kill()
+      zstd?.kill()
+      await Promise.allSettled([tarDone, zstd])
+      throw error
     }
 
-    tar.stdin.end()
-    const result = await tarDone
-    if (result.exitCode !== 0) {
-      const why = firstTarError(result.stderr as string)
-      throw new WafersError(`${layer} could not be unpacked: ${why}`)
+    const digest = digestOf(blobHash)
+    const diffId = tarHash ? digestOf(tarHash) : digest
+    if (options.expectDigest !== undefined && digest !== options.expectDigest) {
+      throw new WafersError(`${layer} does not match its digest ${options.expectDigest}: its bytes hash to ${digest}.`)
     }
-  } catch (error) {
-    tar.kill()
-    zstd?.kill()
-    await Promise.allSettled([tarDone, zstd])
-    throw error
-  }
 
-  const digest = digestOf(blobHash)
-  const diffId = tarHash ? digestOf(tarHash) : digest
-  if (options.expectDigest !== undefined && digest !== options.expectDigest) {
-    throw new WafersError(`${layer} does not match its digest ${options.expectDigest}: its bytes hash to ${digest}.`)
-  }
-
-  if (options.expectDiffId !== undefined && diffId !== options.expectDiffId) {
-    throw new WafersError(
-      `${layer} does not match its diffID ${options.expectDiffId}: its uncompressed tar hashes to ${diffId}.`,
-    )
-  }
-
-  for (const dir of gate!.opaque) {
-    const file = path.join(data, dir.toString('utf8'))
-    // eslint-disable-next-line no-await-in-loop
-    const stat = await fs.lstat(file)
-    if (!stat.isDirectory()) {
+    if (options.expectDiffId !== undefined && diffId !== options.expectDiffId) {
       throw new WafersError(
-        `${layer} was refused: it marks ${JSON.stringify(dir.toString('utf8'))} opaque, which is not a directory.`,
+        `${layer} does not match its diffID ${options.expectDiffId}: its uncompressed tar hashes to ${diffId}.`,
       )
     }
 
-    // eslint-disable-next-line no-await-in-loop
-    await xattr.setAttribute(file, 'trusted.overlay.opaque', 'y')
-  }
+    for (const dir of gate!.opaque) {
+      // "ROOT/." is the wafer's directory itself; ROOT alone would be the /proc link to it.
+      const file = dir.length === 0 ? `${root}/.` : path.join(root, dir.toString('utf8'))
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(file)
+      if (!stat.isDirectory()) {
+        throw new WafersError(
+          `${layer} was refused: it marks ${JSON.stringify(dir.toString('utf8'))} opaque, which is not a directory.`,
+        )
+      }
 
-  return {diffId, digest, entries: gate!.entries}
+      // eslint-disable-next-line no-await-in-loop
+      await xattr.setAttribute(file, 'trusted.overlay.opaque', 'y')
+    }
+
+    return {diffId, digest, entries: gate!.entries}
+  }
+}
+
+/**
+ * Opens directory `dir` and returns a path naming that very directory for as long as the handle
+ * is open (/proc/PID/fd/N, which GNU tar as a child of ours can use too): a rename or a symlink
+ * put in place of `dir` by someone else midway cannot redirect what follows.
+ */
+async function holdDirectory(dir: string): Promise<{close(): Promise<void>; path: string}> {
+  const {constants, promises: fs} = await import('node:fs')
+  const handle = await fs
+    .open(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+    .catch((error: unknown) => {
+      if (isErrno(error, 'ENOENT')) throw new WafersError(`${dir} does not exist.`)
+      if (isErrno(error, 'ENOTDIR') || isErrno(error, 'ELOOP')) throw new WafersError(`${dir} is not a directory.`)
+      throw error
+    })
+  return {close: () => handle.close(), path: `/proc/${process.pid}/fd/${handle.fd}`}
 }
 
 function interrupted(layer: string): WafersError {
@@ -221,8 +258,6 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   if (compression === 'gzip' && /^Z_|^ERR_ZLIB/.test(code)) return new WafersError(`${layer} is not valid gzip data.`)
   if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
     return new WafersError(`${layer} is not valid zstd data.`)
-  if ((error as Error)?.message === 'tar stopped reading')
-    return new WafersError(`${layer} could not be unpacked: tar stopped early.`)
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
 }
 
@@ -282,60 +317,74 @@ export async function packLayer(
       loadXattr(),
       import('node:fs'),
     ])
-  const file = await fs.open(output, 'wx')
-  const pigz = execa('pigz', ['-6', '-n', '-c'], {
-    buffer: {stderr: true, stdout: false},
-    encoding: 'buffer',
-    reject: false,
-    stdin: 'pipe',
-    stdout: 'pipe',
-  })
-  pigz.stdin.on('error', () => {}) // an early exit of pigz is reported from its exit status
-  const pigzDone = pigz.then((result) => result)
-  const blobHash = sha256()
-  const tarHash = sha256()
-  let size = 0
-  const sink = new Writable({
-    async write(chunk: Buffer, _encoding, callback) {
-      blobHash.update(chunk)
-      size += chunk.length
-      try {
-        await file.write(chunk)
-        callback()
-      } catch (error) {
-        callback(error as Error)
-      }
-    },
-  })
+  const held = await holdDirectory(data)
   try {
-    const writing = pipeline(pigz.stdout, sink)
-    try {
-      await writeLayerTar(data, pigz.stdin, {
-        hash: tarHash,
-        onBytes: options.onBytes,
-        signal: options.signal,
-        stopped: pigzDone,
-        xattr,
-      })
-    } finally {
-      pigz.stdin.end()
-    }
-
-    await writing
-    const result = await pigzDone
-    if (result.exitCode !== 0)
-      throw new WafersError(`compressing the layer of ${data} failed: pigz exited with ${result.exitCode}.`)
-    await file.sync()
-  } catch (error) {
-    pigz.kill()
-    await pigzDone
-    if (error instanceof WafersError) throw error
-    throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
+    return await packHeld()
   } finally {
-    await file.close()
+    await held.close()
   }
 
-  return {diffId: digestOf(tarHash), digest: digestOf(blobHash), mediaType: LAYER_MEDIA_TYPE, size}
+  async function packHeld(): Promise<PackResult> {
+    const file = await fs.open(output, 'wx').catch((error: unknown) => {
+      if (isErrno(error, 'EEXIST')) throw new WafersError(`${output} already exists; packLayer writes a new file.`)
+      throw error
+    })
+    const pigz = execa('pigz', ['-6', '-n', '-c'], {
+      buffer: {stderr: true, stdout: false},
+      encoding: 'buffer',
+      reject: false,
+      stdin: 'pipe',
+      stdout: 'pipe',
+    })
+    pigz.stdin.on('error', () => {}) // an early exit of pigz is reported from its exit status
+    const pigzDone = pigz.then((result) => result)
+    const blobHash = sha256()
+    const tarHash = sha256()
+    let size = 0
+    const sink = new Writable({
+      async write(chunk: Buffer, _encoding, callback) {
+        blobHash.update(chunk)
+        size += chunk.length
+        try {
+          await file.write(chunk)
+          callback()
+        } catch (error) {
+          callback(error as Error)
+        }
+      },
+    })
+    try {
+      const writing = pipeline(pigz.stdout, sink)
+      writing.catch(() => {}) // awaited below; on a failure the error that caused it is reported
+      try {
+        await writeLayerTar(held.path, pigz.stdin, {
+          shownAs: data,
+          hash: tarHash,
+          onBytes: options.onBytes,
+          signal: options.signal,
+          stopped: pigzDone,
+          xattr,
+        })
+      } finally {
+        pigz.stdin.end()
+      }
+
+      await writing
+      const result = await pigzDone
+      if (result.exitCode !== 0)
+        throw new WafersError(`compressing the layer of ${data} failed: pigz exited with ${result.exitCode}.`)
+      await file.sync()
+    } catch (error) {
+      pigz.kill()
+      await pigzDone
+      if (error instanceof WafersError) throw error
+      throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
+    } finally {
+      await file.close()
+    }
+
+    return {diffId: digestOf(tarHash), digest: digestOf(blobHash), mediaType: LAYER_MEDIA_TYPE, size}
+  }
 }
 
 /**

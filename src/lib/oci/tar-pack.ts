@@ -49,12 +49,16 @@ export async function writeLayerTar(
   options: {
     hash: Hash
     onBytes?: (n: number) => void
+    /** How messages name `data` (which may be a /proc/PID/fd path). */
+    shownAs?: string
     signal?: AbortSignal
     stopped: Promise<unknown>
     xattr: XattrBinding
   },
 ): Promise<void> {
   const {hash, signal, xattr} = options
+  const shownRoot = Buffer.from(options.shownAs ?? data)
+  const shown = (file: Buffer) => Buffer.concat([shownRoot, file.subarray(Buffer.byteLength(data))]).toString('utf8')
   const links = new Map<string, Buffer>()
   let read = 0
   let queued: Buffer[] = []
@@ -90,8 +94,17 @@ export async function writeLayerTar(
   }
 
   const attributes = async (file: Buffer): Promise<[string, Buffer][]> => {
-    const path = utf8Path(file)
-    const names = (await xattr.listAttributes(path)).filter((name) => !name.startsWith(OVERLAY_XATTR)).sort()
+    const path = utf8Path(file, shown)
+    const all = await xattr.listAttributes(path)
+    for (const name of ['trusted.overlay.redirect', 'trusted.overlay.metacopy']) {
+      if (all.includes(name)) {
+        throw new WafersError(
+          `${shown(file)} carries ${name}: overlayfs wrote it with redirect_dir or metacopy, whose changes a layer tar cannot hold.`,
+        )
+      }
+    }
+
+    const names = all.filter((name) => !name.startsWith(OVERLAY_XATTR)).sort()
     const pairs: [string, Buffer][] = []
     for (const name of names) {
       // eslint-disable-next-line no-await-in-loop
@@ -107,13 +120,13 @@ export async function writeLayerTar(
     const handle = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
     try {
       const now = await handle.stat({bigint: true})
-      if (!now.isFile() || now.ino !== stat.ino || now.size !== stat.size) changed(file)
+      if (!now.isFile() || now.ino !== stat.ino || now.size !== stat.size) changed(shown(file))
       let left = size
       while (left > 0) {
         const buffer = Buffer.allocUnsafe(Math.min(left, CHUNK))
         // eslint-disable-next-line no-await-in-loop
         const {bytesRead} = await handle.read(buffer, 0, buffer.length, size - left)
-        if (bytesRead === 0) changed(file)
+        if (bytesRead === 0) changed(shown(file))
         left -= bytesRead
         read += bytesRead
         // eslint-disable-next-line no-await-in-loop
@@ -138,8 +151,9 @@ export async function writeLayerTar(
       if (stat.isSocket()) continue
       const whiteout = isWhiteoutStat(stat)
       if (name.subarray(0, WHITEOUT.length).equals(WHITEOUT)) {
-        const shown = Buffer.concat([dir, SLASH, name]).toString('utf8')
-        throw new WafersError(`${shown} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`)
+        throw new WafersError(
+          `${shown(Buffer.concat([dir, SLASH, name]))} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
+        )
       }
 
       children.push({name, stat, tarName: whiteout ? Buffer.concat([WHITEOUT, name]) : name, whiteout})
@@ -167,7 +181,7 @@ export async function writeLayerTar(
       const xattrs = stat.isSymbolicLink() ? [] : await attributes(file)
       if (stat.isDirectory()) {
         // eslint-disable-next-line no-await-in-loop
-        const opaque = (await xattr.getAttribute(utf8Path(file), 'trusted.overlay.opaque'))?.toString() === 'y'
+        const opaque = (await xattr.getAttribute(utf8Path(file, shown), 'trusted.overlay.opaque'))?.toString() === 'y'
         // eslint-disable-next-line no-await-in-loop
         await emit(encodeHeader({...common, name: Buffer.concat([name, SLASH]), size: 0, typeflag: '5', xattrs}))
         if (opaque) {
@@ -218,17 +232,17 @@ export async function writeLayerTar(
   await flush()
 }
 
-function changed(file: Buffer): never {
-  throw new WafersError(
-    `${file.toString('utf8')} changed while it was being packed; pack the wafer when nothing writes to it.`,
-  )
+function changed(file: string): never {
+  throw new WafersError(`${file} changed while it was being packed; pack the wafer when nothing writes to it.`)
 }
 
 /** The path as the xattr binding takes it: a string, so the name must be UTF-8. */
-function utf8Path(file: Buffer): string {
+function utf8Path(file: Buffer, shown: (file: Buffer) => string): string {
   const text = file.toString('utf8')
   if (!Buffer.from(text).equals(file)) {
-    throw new WafersError(`cannot read the extended attributes of ${JSON.stringify(text)}: its name is not UTF-8.`)
+    throw new WafersError(
+      `cannot read the extended attributes of ${JSON.stringify(shown(file))}: its name is not UTF-8.`,
+    )
   }
 
   return text
