@@ -4,6 +4,7 @@ import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/build/build.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
+import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
 import {progressMode, runSteps} from '../lib/progress.js'
 import {locationsFromEnv} from '../lib/store.js'
 
@@ -16,7 +17,7 @@ export default class Build extends WafersCommand {
 
 Steps are cached: a step whose parent, instruction, build args and (for COPY and ADD) source contents are unchanged reuses its wafer, so an unchanged rebuild runs nothing. Building NAME again points it at the new result when NAME holds no files of its own and is not stacked. A failing RUN stops the build, naming the step and its exit code; it leaves no wafer for that step, and the steps before it stay cached.
 
-FROM takes a wafer, an earlier stage (FROM ... AS NAME), or scratch.`
+FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, into the wafer \`wafers pull\` would make, unless that wafer already holds it; --tls-verify, --creds and --authfile are for that pull), an earlier stage (FROM ... AS NAME), or scratch.`
 
   static enableJsonFlag = true
 
@@ -36,23 +37,33 @@ FROM takes a wafer, an earlier stage (FROM ... AS NAME), or scratch.`
   ]
 
   static flags = {
+    authfile: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.authfile}`, helpValue: 'FILE'}),
     'build-arg': Flags.string({
       description: 'Set build arg KEY to VALUE (KEY=VALUE); repeat for more.',
       multiple: true,
       multipleNonGreedy: true,
     }),
+    creds: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.creds}`, helpValue: 'USER:PASS'}),
     file: Flags.string({
       char: 'f',
       description: 'The Containerfile [default: CONTEXT/Containerfile, then CONTEXT/Dockerfile].',
     }),
     'no-cache': Flags.boolean({description: 'Rebuild every step, whatever the cache holds.'}),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
+    'tls-verify': Flags.boolean({
+      allowNo: true,
+      default: true,
+      description: `FROM images: ${REGISTRY_FLAG_HELP.tlsVerify}`,
+    }),
   }
 
   static summary = 'Build a Containerfile into a cached chain of wafers.'
 
+  static usage =
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+
   async run(): Promise<BuildResult> {
-    const {args, flags} = await this.parse(Build)
+    const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
     const buildArgs: Record<string, string> = {}
     for (const pair of flags['build-arg'] ?? []) {
       const eq = pair.indexOf('=')
@@ -70,6 +81,7 @@ FROM takes a wafer, an earlier stage (FROM ... AS NAME), or scratch.`
         hooks: this.hookRunner(),
         name: flags.tag,
         noCache: flags['no-cache'],
+        registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
         signal: interrupt.signal,
       })
       await runSteps(steps, progressMode({json: this.jsonEnabled()}), interrupt.signal)

@@ -9,6 +9,7 @@ import {type HookRunner, fireHook} from '../hooks.js'
 import {withLock} from '../lock.js'
 import {type BuildMeta, type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
 import {isValidName} from '../names.js'
+import type {RegistryOptions} from '../oci/skopeo.js'
 import {linksFor, mountStack, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store.js'
@@ -45,6 +46,8 @@ export interface BuildOptions {
   name: string
   /** Rebuild every step, whatever the cache holds. */
   noCache?: boolean
+  /** How FROM pulls images: `--tls-verify`, `--creds`, `--authfile`. */
+  registry?: RegistryOptions
   /** Aborted on Ctrl-C: the RUN under way is stopped, nothing new starts. */
   signal?: AbortSignal
 }
@@ -290,7 +293,7 @@ class Builder {
     if (isValidName(image) && (await this.store.hasData(image))) return {pulled: false, wafer: image}
     const {pullImage} = await import('./pull.js')
     try {
-      return await pullImage(this.locations, image, report, this.options.signal)
+      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry)
     } catch (error) {
       if (!(error instanceof WafersError)) throw error
       const wafer = isValidName(image) ? `there is no wafer ${image} in ${this.store.root}, and ` : ''

@@ -1,6 +1,7 @@
 import {readMeta} from '../meta.js'
 import {parseReference, defaultName} from '../oci/reference.js'
 import {pullSteps} from '../oci/pull.js'
+import type {RegistryOptions} from '../oci/skopeo.js'
 import type {Locations} from '../store.js'
 import {WaferStore} from '../store.js'
 
@@ -14,6 +15,7 @@ export async function pullImage(
   text: string,
   report: (line: string) => void,
   signal?: AbortSignal,
+  registry: RegistryOptions = {tlsVerify: true},
 ): Promise<{pulled: boolean; wafer: string}> {
   const ref = parseReference(text)
   const name = defaultName(ref)
@@ -22,7 +24,7 @@ export async function pullImage(
     return {pulled: false, wafer: name}
   }
 
-  const pull = pullSteps(locations, text, {name, signal, tlsVerify: true})
+  const pull = pullSteps(locations, text, {...registry, name, signal})
   try {
     for (const step of [pull.resolve]) await step.run(report)
     for (const step of pull.steps()) {
