@@ -400,7 +400,7 @@ class Builder {
       }
     }
 
-    return this.fileStep(stage, instruction, sourcesKey, report, async (root) => {
+    return this.fileStep(stage, instruction, sourcesKey, report, async (root, upper) => {
       const own = {...parseChown(root, flags.chown), chmod}
       if (plan) {
         const archives = add ? await archivesOf(plan) : new Set<string>()
@@ -409,7 +409,7 @@ class Builder {
         for (const archive of archives) {
           report(`unpacking ${path.relative(this.context, archive)}`)
           // eslint-disable-next-line no-await-in-loop
-          await unpackArchive(archive, await mkdirIn(root, target, own))
+          await unpackArchive(archive, root, target, path.join(path.dirname(upper), 'unpack'), own)
         }
 
         return

@@ -1,0 +1,79 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
+
+/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
+const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+
+interface BuildJson {
+  name: string
+  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
+}
+
+/** The store as a tree, without the links directory the first mount makes. */
+async function storeTree(box: Sandbox): Promise<string[]> {
+  return (await snapshot(box.wafers)).filter((line) => !line.startsWith('.links'))
+}
+
+/** Every file under a wafer's data, as paths relative to it. */
+async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
+  return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
+}
+
+describe('wafers build: hostile images and contexts never reach the host (real nspawn, real overlays)', function () {
+  let box: Sandbox
+  let context: string
+  /** A directory on the host, outside the store, that images link to. */
+  let victim: string
+  useSandbox((created) => {
+    box = created
+  })
+
+  beforeEach(async function () {
+    this.timeout(120_000)
+    const seeded = await box.run(['create', 'bb', '--seed', 'busybox'])
+    expect(seeded.exitCode, seeded.stderr).to.equal(0)
+    context = path.join(box.root, 'context')
+    victim = path.join(box.root, 'victim')
+    await fs.mkdir(context, {recursive: true})
+    await fs.mkdir(victim, {recursive: true})
+  })
+
+  const build = async (
+    file: string,
+    ...args: string[]
+  ): Promise<{json: BuildJson; run: Awaited<ReturnType<Sandbox['run']>>}> => {
+    await fs.writeFile(path.join(context, 'Containerfile'), file)
+    const run = await box.run(['build', '-t', 'web', '--json', ...args, context])
+    if (run.exitCode !== 0) run.stderr += JSON.parse(run.stdout).error?.message ?? ''
+    return {json: run.exitCode === 0 ? (JSON.parse(run.stdout) as BuildJson) : {name: '', steps: []}, run}
+  }
+
+  it('ADD unpacks a tarball inside the image even where the image links a directory out to the host', async function () {
+    const tree = path.join(box.root, 'tree')
+    await fs.mkdir(path.join(tree, 'x'), {recursive: true})
+    await fs.writeFile(path.join(tree, 'x', 'pwned'), 'owned\n')
+    // Only the file, no entry for x itself: tar then writes through whatever x is.
+    await execa('tar', ['-cf', path.join(context, 'evil.tar'), '-C', tree, 'x/pwned'])
+    const file = ['FROM bb', `RUN mkdir -p /data && ln -s ${victim} /data/x`, 'ADD evil.tar /data/', ''].join('\n')
+    const {json, run} = await build(file)
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await fs.readdir(victim)).to.deep.equal([])
+    const add = json.steps[2].wafer as string
+    expect(await fs.readFile(box.data(add, 'data', 'x', 'pwned'), 'utf8')).to.equal('owned\n')
+  })
+
+  it("ADD of a tarball tar refuses names the member and tar's reason, and makes nothing", async function () {
+    await fs.writeFile(path.join(box.root, 'f'), 'x\n')
+    await execa('tar', ['-cPf', path.join(context, 'up.tar'), '-C', box.root, '--transform', 's,^,../,', 'f'])
+    const before = await storeTree(box)
+    const {run} = await build('FROM bb\nADD up.tar /data/\n')
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.match(/up\.tar cannot be unpacked: \.\.\/f: Member name contains '\.\.'/)
+    expect(said(run.stderr)).not.to.include('previous errors')
+    expect(await storeTree(box)).to.deep.equal(before)
+  })
+})
