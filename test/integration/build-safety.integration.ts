@@ -76,4 +76,31 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(said(run.stderr)).not.to.include('previous errors')
     expect(await storeTree(box)).to.deep.equal(before)
   })
+  it('keeps what a RUN made at the paths nspawn mounts on, and deletes nothing through links a RUN planted', async function () {
+    await fs.mkdir(path.join(victim, 'journal'))
+    const {json, run} = await build(`FROM bb\nRUN rm -rf /var/log && mkdir -p /var && ln -s ${victim} /var/log\n`)
+    expect(run.exitCode, run.stderr).to.equal(0)
+    // The host directory the image links to is untouched.
+    expect(await fs.readdir(victim)).to.deep.equal(['journal'])
+    expect((await fs.stat(path.join(victim, 'journal'))).isDirectory()).to.equal(true)
+    expect(await fs.readlink(box.data(json.steps[1].wafer as string, 'var', 'log'))).to.equal(victim)
+
+    const file = 'FROM bb\nRUN touch /etc/hostname /etc/machine-id && mkdir -p /var/log/journal /lib64\nRUN true\n'
+    const second = await build(file)
+    expect(second.run.exitCode, second.run.stderr).to.equal(0)
+    const [, touched, nothing] = second.json.steps.map((step) => step.wafer as string)
+    // What the RUN made is all in its layer, though nspawn mounts on some of those paths.
+    const files = await filesOf(box, touched)
+    expect(files).to.include.members(['etc/hostname', 'etc/machine-id', 'lib64', 'var/log/journal'])
+    // And nspawn's own mount points are in no layer.
+    expect(await filesOf(box, nothing)).to.deep.equal([])
+  })
+  it("RUN sees the image's /tmp, not a tmpfs: what COPY put there runs, what RUN writes there stays", async function () {
+    await fs.writeFile(path.join(context, 'inst.sh'), 'echo installed > /opt-made\n')
+    const {json, run} = await build('FROM bb\nCOPY inst.sh /tmp/\nRUN sh /tmp/inst.sh; echo keep > /tmp/keep\n')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const made = json.steps[2].wafer as string
+    expect(await fs.readFile(box.data(made, 'opt-made'), 'utf8')).to.equal('installed\n')
+    expect(await fs.readFile(box.data(made, 'tmp', 'keep'), 'utf8')).to.equal('keep\n')
+  })
 })

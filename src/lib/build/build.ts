@@ -10,7 +10,7 @@ import {withLock} from '../lock.js'
 import {type BuildMeta, type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
 import {isValidName} from '../names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
-import {linksFor, mountStack, unmount} from '../overlay.js'
+import {linksFor, mountStack, overlayOptions, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
@@ -30,7 +30,7 @@ import {
   words,
 } from './parser.js'
 import {containerPath} from './paths.js'
-import {runFailed, runInRoot} from './run.js'
+import {nspawnPlaceholders, runFailed, runInRoot} from './run.js'
 
 /** What `wafers build` is asked to do. */
 export interface BuildOptions {
@@ -336,11 +336,11 @@ class Builder {
     const argv = execForm(rest) ?? [...stage.shell, rest]
     const spec = {argv, env: this.runEnv(stage), user: stage.config.User, workdir: stage.config.WorkingDir}
     const step = this.stepNumber
-    return this.fileStep(stage, instruction, undefined, report, async (root, upper) => {
+    return this.fileStep(stage, instruction, undefined, report, async (root) => {
       if (spec.workdir) await mkdirIn(root, spec.workdir)
       let exitCode: number
       try {
-        exitCode = await runInRoot(root, upper, spec, report, this.options.signal)
+        exitCode = await runInRoot(root, spec, report, this.options.signal)
       } catch (error) {
         if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
         throw error
@@ -455,6 +455,7 @@ class Builder {
     report: (line: string) => void,
     fill: (root: string, upper: string) => Promise<void>,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const forRun = instruction.keyword === 'RUN'
     const key = stepKey({parent: stage.identity, sources, state: this.state(stage), text: instruction.text})
     let name = stepWaferName(key)
     const parent = stage.top
@@ -471,7 +472,7 @@ class Builder {
       const build: BuildMeta = {instruction: instruction.text, key}
       await this.store.create(name, parent, {
         fill: async (data) => {
-          await this.onStack(name, below, data, report, fill)
+          await this.onStack(name, below, data, report, fill, forRun)
           // create writes meta.json after fill: the history can say whether the step changed anything.
           build.history = [historyEntry(instruction.text, data)]
         },
@@ -487,22 +488,35 @@ class Builder {
     return {cached: stage.allCached, wafer: name}
   }
 
-  /** Mounts `below` under the staging `data` privately (inside the staging dir), runs `fill` there, unmounts. */
+  /**
+   * Mounts `below` under the staging `data` privately (inside the staging dir), runs `fill` there,
+   * unmounts. For a RUN (`forNspawn`), the placeholders nspawn needs (see nspawnPlaceholders) lie
+   * between the two, in the staging dir, and are removed before the wafer is renamed into place.
+   */
   private async onStack(
     name: string,
     below: string[],
     data: string,
     report: (line: string) => void,
     fill: (root: string, upper: string) => Promise<void>,
+    forNspawn = false,
   ): Promise<void> {
-    if (below.length === 0) {
+    if (below.length === 0 && !forNspawn) {
       await fill(data, data)
       return
     }
 
     const stage = path.dirname(data)
     const mountpoint = path.join(stage, 'root')
+    const placeholders = path.join(stage, 'nspawn')
     await fs.mkdir(mountpoint)
+    if (forNspawn) {
+      await nspawnPlaceholders(
+        below.map((wafer) => this.store.dataDir(wafer)),
+        placeholders,
+      )
+    }
+
     const wafers = [path.basename(stage), ...below]
     const hookOptions = {
       layers: wafers.map((w) => path.join(this.store.root, w, 'data')),
@@ -515,8 +529,19 @@ class Builder {
     // No store lock here (it costs a process per step): a `wafers rm` of a layer before the mount
     // makes the mount fail, and after it the mount makes rm refuse.
     try {
-      await mountStack(this.store, wafers, mountpoint)
+      if (forNspawn) {
+        const lowers = [path.join('..', path.basename(stage), 'nspawn'), ...(await linksFor(this.store, below))]
+        const {run} = await import('../run.js')
+        await run(
+          'mount',
+          ['-t', 'overlay', '-o', overlayOptions(path.basename(stage), lowers), this.store.linksDir, mountpoint],
+          {
+            cwd: this.store.linksDir,
+          },
+        )
+      } else await mountStack(this.store, wafers, mountpoint)
     } catch (error) {
+      if (forNspawn) await fs.rm(placeholders, {force: true, recursive: true})
       for (const wafer of below) {
         // eslint-disable-next-line no-await-in-loop
         if (!(await this.store.hasData(wafer))) throw new WafersError(`wafer ${wafer} was removed meanwhile.`)
@@ -533,6 +558,7 @@ class Builder {
         await fireHook(hooks, 'wafers:preunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
       await unmount(mountpoint)
       await fs.rmdir(mountpoint)
+      if (forNspawn) await fs.rm(placeholders, {force: true, recursive: true})
       if (hooks)
         await fireHook(hooks, 'wafers:postunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
     }

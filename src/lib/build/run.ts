@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync} from 'node:fs'
+import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -16,51 +16,150 @@ export interface RunSpec {
 }
 
 /**
- * What systemd-nspawn makes in a container's root when it is missing: the base file system
- * (`lib` -> `usr/lib`, ...), the mount points it mounts onto and the files it binds over. Each is
- * removed from the new layer after a RUN when the RUN's stack lacked it before and it is still what
- * nspawn makes (an empty file or directory, a link into usr/).
+ * What systemd-nspawn (as runInRoot starts it) makes in a container's root when it is missing: the
+ * mount points it mounts onto, the resolver file it binds over and the base file system (`bin` ->
+ * `usr/bin`, ...). Only these: a RUN that makes one of them itself (`mkdir /run`) finds it there
+ * and leaves it out of its layer. Directories end
+ * in `/`; a link lists its candidate targets (the first that exists, holding `needs` if given).
  */
-const NSPAWN_MADE = [
-  'bin',
-  'dev',
-  'etc',
-  'etc/hostname',
-  'etc/localtime',
-  'etc/machine-id',
-  'etc/resolv.conf',
-  'lib',
-  'lib32',
-  'lib64',
-  'libx32',
-  'proc',
-  'root',
-  'run',
-  'sbin',
-  'sys',
-  'tmp',
-  'usr',
-  'var',
-  'var/log/journal',
+const NSPAWN_NEEDS: Array<{link?: string[]; mode?: number; needs?: string; rel: string}> = [
+  {mode: 0o755, rel: 'usr/'},
+  {mode: 0o755, rel: 'etc/'},
+  {mode: 0o755, rel: 'var/'},
+  {mode: 0o555, rel: 'dev/'},
+  {mode: 0o555, rel: 'proc/'},
+  {mode: 0o555, rel: 'sys/'},
+  {mode: 0o755, rel: 'run/'},
+  {mode: 0o700, rel: 'root/'},
+  {mode: 0o644, rel: 'etc/resolv.conf'},
+  {link: ['usr/bin'], rel: 'bin'},
+  {link: ['usr/sbin'], rel: 'sbin'},
+  {link: ['usr/lib'], rel: 'lib'},
+  {link: ['usr/lib/x86_64-linux-gnu', 'usr/lib64'], needs: 'ld-linux-x86-64.so.2', rel: 'lib64'},
+  {link: ['usr/lib32'], rel: 'lib32'},
+  {link: ['usr/libx32'], rel: 'libx32'},
 ]
 
 /**
+ * Makes `dir`, a new directory of wafers' own, holding what nspawn needs in a root and the stack
+ * `layers` (data directories, nearest first) lacks. Mounted as the lower layer right under a RUN's
+ * upper, it gives nspawn's mounts existing paths to land on, so nspawn writes nothing into the new
+ * wafer and nothing has to be removed from it afterwards: all the RUN itself makes stays.
+ */
+export async function nspawnPlaceholders(layers: string[], dir: string): Promise<void> {
+  const xattr = await import('@napi-rs/xattr')
+  getAttributeSync = ((xattr as {default?: unknown}).default ?? xattr) as typeof getAttributeSync
+  await fs.mkdir(dir, {mode: 0o755})
+  const made = new Set<string>()
+  const has = (rel: string) => made.has(rel) || lookup(layers, rel) !== 'absent'
+  for (const need of NSPAWN_NEEDS) {
+    const rel = need.rel.replace(/\/$/, '')
+    const parent = path.posix.dirname(rel)
+    if (parent !== '.' && !made.has(parent) && lookup(layers, parent) !== 'dir') continue
+    if (lookup(layers, rel) !== 'absent') continue
+    const file = path.join(dir, rel)
+    // eslint-disable-next-line no-await-in-loop
+    await mirrorParents(layers, dir, parent, made)
+    if (need.link) {
+      const target = need.link.find((t) => has(need.needs ? `${t}/${need.needs}` : t))
+      if (target === undefined) continue
+      // eslint-disable-next-line no-await-in-loop
+      await fs.symlink(target, file)
+    } else if (need.rel.endsWith('/')) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(file)
+      // eslint-disable-next-line no-await-in-loop
+      await fs.chmod(file, need.mode as number)
+    } else {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(file, '', {flag: 'wx', mode: need.mode})
+    }
+
+    made.add(rel)
+  }
+}
+
+/**
+ * Makes the directories above `rel` in `dir` that only the stack has, with the stack's owner, mode
+ * and times: the top layer's directory is the one the merged tree shows.
+ */
+async function mirrorParents(layers: string[], dir: string, rel: string, made: Set<string>): Promise<void> {
+  if (rel === '.' || made.has(rel)) return
+  await mirrorParents(layers, dir, path.posix.dirname(rel), made)
+  const stat = statIn(layers, rel)
+  if (stat === undefined) return
+  const file = path.join(dir, rel)
+  await fs.mkdir(file)
+  await fs.chown(file, stat.uid, stat.gid)
+  await fs.chmod(file, stat.mode & 0o7777)
+  await fs.utimes(file, stat.atime, stat.mtime)
+  made.add(rel)
+}
+
+/** The stat of directory `rel` in the nearest of `layers` that has it (no link followed). */
+function statIn(layers: string[], rel: string): Stats | undefined {
+  for (const layer of layers) {
+    if (lookup([layer], rel) !== 'dir') continue
+    return lstatSync(path.join(layer, rel))
+  }
+
+  return undefined
+}
+
+/**
+ * What `rel` is in the overlay of `layers` (nearest first), read without following any link: a
+ * directory, something else, or absent (never there, or whited out). A path under a link or a
+ * file counts as something else: nothing is put there.
+ */
+function lookup(layers: string[], rel: string): 'absent' | 'dir' | 'other' {
+  const parts = rel.split('/')
+  for (const layer of layers) {
+    let here = layer
+    let hidden = false
+    for (const [index, part] of parts.entries()) {
+      here = path.join(here, part)
+      let stat
+      try {
+        stat = lstatSync(here)
+      } catch (error) {
+        if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) break
+        throw error
+      }
+
+      if (stat.isCharacterDevice() && stat.rdev === 0) return 'absent'
+      if (index === parts.length - 1) return stat.isDirectory() ? 'dir' : 'other'
+      if (!stat.isDirectory()) return 'other'
+      if (isOpaque(here)) hidden = true
+    }
+
+    // A directory of this layer marked opaque hides the layers below it.
+    if (hidden) return 'absent'
+  }
+
+  return 'absent'
+}
+
+let getAttributeSync: {getAttributeSync(file: string, name: string): Buffer | null}
+
+function isOpaque(dir: string): boolean {
+  try {
+    return getAttributeSync.getAttributeSync(dir, 'trusted.overlay.opaque')?.toString() === 'y'
+  } catch {
+    return false
+  }
+}
+
+/**
  * Runs `spec` with systemd-nspawn in the tree mounted at `root` (a private mount of the step's
- * stack, whose writable layer is `upper`), streaming its output lines to `report`. The host's
- * network and resolver are used; what nspawn itself adds to the tree is removed from `upper`
- * afterwards. Returns the exit code (0 on success); throws when nspawn cannot run at all.
+ * stack over nspawnPlaceholders), streaming its output lines to `report`. The host's network and
+ * resolver are used. Returns the exit code (0 on success); throws when nspawn cannot run at all.
  */
 export async function runInRoot(
   root: string,
-  upper: string,
   spec: RunSpec,
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<number> {
-  const missing = NSPAWN_MADE.filter((rel) => !exists(path.join(root, rel)))
-  // nspawn refuses a tree without /usr ("does not look like an OS tree"); a minimal image may have
-  // none. It is made for the run and removed with nspawn's other leftovers when still empty.
-  if (missing.includes('usr')) await fs.mkdir(path.join(root, 'usr'), {mode: 0o755})
   const machine = `wafers-build-${randomBytes(6).toString('hex')}`
   const args = [
     '--register=no',
@@ -85,68 +184,13 @@ export async function runInRoot(
       // nspawn's own complaint about a /run that is not tmpfs (hosts without systemd as PID 1).
       if (!line.startsWith('Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')) report(line)
     },
-    {check: false, package: 'systemd-container'},
+    // /tmp stays the image's (as in Docker), not a tmpfs; /run is nspawn's tmpfs.
+    {check: false, env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'}, package: 'systemd-container'},
     signal,
   ).finally(async () => {
     await fs.rm(path.join('/run/systemd/nspawn/propagate', machine), {force: true, recursive: true}).catch(() => {})
   })
-  await removeNspawnFiles(upper, missing)
   return result.exitCode
-}
-
-/** Removes from `upper` what nspawn made for paths in `missing` (nearest the leaves first). */
-async function removeNspawnFiles(upper: string, missing: string[]): Promise<void> {
-  for (const rel of [...missing].reverse()) {
-    const file = path.join(upper, rel)
-    let stat
-    try {
-      stat = lstatSync(file)
-    } catch (error) {
-      if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) continue
-      throw error
-    }
-
-    if (stat.isSymbolicLink()) {
-      if (/^usr\/[a-z0-9]+$/.test(await fs.readlink(file))) await fs.unlink(file)
-    } else if (stat.isFile()) {
-      if (stat.size === 0) await fs.unlink(file)
-    } else if (stat.isDirectory() && (await fs.readdir(file)).length === 0) await fs.rmdir(file)
-  }
-
-  // A directory copied up only because nspawn put a mount point in it (etc for resolv.conf) is
-  // left empty now; if it is the same as the one below, it is not part of the layer.
-  for (const rel of ['etc', 'var/log', 'var']) {
-    const file = path.join(upper, rel)
-    try {
-      // eslint-disable-next-line no-await-in-loop
-      if (
-        (await fs.readdir(file)).length === 0 &&
-        missing.includes(`${rel === 'etc' ? 'etc/resolv.conf' : 'var/log/journal'}`)
-      ) {
-        // eslint-disable-next-line no-await-in-loop
-        if (!(await isOpaque(file))) await fs.rmdir(file)
-      }
-    } catch (error) {
-      if (!isErrno(error, 'ENOENT') && !isErrno(error, 'ENOTDIR')) throw error
-    }
-  }
-}
-
-async function isOpaque(dir: string): Promise<boolean> {
-  const module = await import('@napi-rs/xattr')
-  const {getAttribute} = ((module as {default?: unknown}).default ?? module) as {
-    getAttribute(file: string, name: string): Promise<Buffer | null>
-  }
-  return (await getAttribute(dir, 'trusted.overlay.opaque').catch(() => null))?.toString() === 'y'
-}
-
-function exists(file: string): boolean {
-  try {
-    lstatSync(file)
-    return true
-  } catch {
-    return false
-  }
 }
 
 /** The error of a RUN that exited non-zero: names the step and the exit code. */
