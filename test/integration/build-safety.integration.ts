@@ -1,5 +1,6 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
+import {createHash} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
@@ -102,5 +103,33 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const made = json.steps[2].wafer as string
     expect(await fs.readFile(box.data(made, 'opt-made'), 'utf8')).to.equal('installed\n')
     expect(await fs.readFile(box.data(made, 'tmp', 'keep'), 'utf8')).to.equal('keep\n')
+  })
+  it('COPY of a link keeps the name as written', async function () {
+    await fs.writeFile(path.join(context, 'real1'), 'real\n')
+    await fs.symlink('real1', path.join(context, 'link'))
+    const {json, run} = await build('FROM bb\nCOPY link /d/\n')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await filesOf(box, json.steps[1].wafer as string)).to.deep.equal(['d', 'd/link'])
+  })
+
+  it('a file name cannot forge the cache key of a COPY', async function () {
+    // site/a and site/b, then one file whose name spells both entries as the old key lines did.
+    const site = path.join(context, 'site')
+    await fs.mkdir(site)
+    await fs.writeFile(path.join(site, 'a'), 'X')
+    await fs.writeFile(path.join(site, 'b'), 'Y')
+    await fs.chmod(path.join(site, 'a'), 0o644)
+    await fs.chmod(path.join(site, 'b'), 0o644)
+    const first = await build('FROM bb\nCOPY site/ /s/\n')
+    expect(first.run.exitCode, first.run.stderr).to.equal(0)
+    await fs.rm(site, {recursive: true})
+    await fs.mkdir(site)
+    const forged = `a 644 ${createHash('sha256').update('X').digest('hex')}\nfile b`
+    await fs.writeFile(path.join(site, forged), 'Y')
+    await fs.chmod(path.join(site, forged), 0o644)
+    const second = await build('FROM bb\nCOPY site/ /s/\n')
+    expect(second.run.exitCode, second.run.stderr).to.equal(0)
+    expect(second.json.steps[1].cached).to.equal(false)
+    expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
   })
 })

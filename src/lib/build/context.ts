@@ -105,6 +105,8 @@ export interface CopyEntry {
   from: string
   /** Whether a source named it (rather than being inside a named directory): ADD unpacks those. */
   named: boolean
+  /** The last component of the source as named (a link keeps its own name, as Docker copies it). */
+  name: string
 }
 
 /** What a COPY/ADD copies: the entries, and whether the destination is a directory. */
@@ -150,14 +152,14 @@ export function planCopy(root: string, sources: string[], dest: string, ignore: 
     }
 
     if (stat.isDirectory()) {
-      entries.push(entryOf(real, '', stat, rel, true))
+      entries.push(entryOf(real, '', stat, rel, true, baseName(source)))
       for (const inner of walk(root, rel, ignore)) {
         const file = path.join(root, inner)
-        entries.push(entryOf(file, path.relative(rel, inner), lstatSync(file), inner, false))
+        entries.push(entryOf(file, path.relative(rel, inner), lstatSync(file), inner, false, path.basename(inner)))
       }
     } else {
-      const target = destIsDir ? path.basename(real) : ''
-      entries.push(entryOf(real, target, stat, rel, true))
+      const name = baseName(source)
+      entries.push(entryOf(real, destIsDir ? name : '', stat, rel, true, name))
     }
   }
 
@@ -167,11 +169,16 @@ export function planCopy(root: string, sources: string[], dest: string, ignore: 
 /** No rules: for COPY --from, whose source is another stage's tree. */
 export const NO_IGNORE = new IgnoreRules()
 
-function entryOf(source: string, rel: string, stat: Stats, from: string, named: boolean): CopyEntry {
+/** The last component of `source` as the Containerfile names it. */
+function baseName(source: string): string {
+  return path.posix.basename(path.posix.normalize(`/${source}`)) || '/'
+}
+
+function entryOf(source: string, rel: string, stat: Stats, from: string, named: boolean, name: string): CopyEntry {
   const kind = stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isFile() ? 'file' : undefined
   if (kind === undefined)
     throw new WafersError(`${from} is not a file, directory or symbolic link; COPY takes only those.`)
-  return {from, kind, mode: stat.mode & 0o7777, mtime: stat.mtime, named, rel, source}
+  return {from, kind, mode: stat.mode & 0o7777, mtime: stat.mtime, name, named, rel, source}
 }
 
 /** Every path under `root/dir` (relative to root, sorted, depth first) that `ignore` keeps; links are not followed. */
@@ -196,12 +203,12 @@ function walk(root: string, dir: string, ignore: IgnoreRules): string[] {
  */
 export async function hashPlan(plan: CopyPlan): Promise<string> {
   const hash = createHash('sha256')
-  hash.update(`dir=${plan.destIsDir}\n`)
+  hash.update(`${JSON.stringify({destIsDir: plan.destIsDir})}\n`)
+  // One JSON line per entry: no file name (which may hold a newline) can forge another entry.
   for (const entry of plan.entries) {
-    hash.update(`${entry.kind} ${entry.rel} ${entry.mode.toString(8)}`)
-    if (entry.kind === 'symlink') hash.update(` -> ${await fs.readlink(entry.source)}`)
-    if (entry.kind === 'file') hash.update(` ${await hashFile(entry.source)}`)
-    hash.update('\n')
+    const link = entry.kind === 'symlink' ? await fs.readlink(entry.source) : null
+    const content = entry.kind === 'file' ? await hashFile(entry.source) : null
+    hash.update(`${JSON.stringify([entry.kind, entry.rel, entry.name, entry.mode, link, content])}\n`)
   }
 
   return hash.digest('hex')

@@ -24,10 +24,7 @@ export async function copyInto(root: string, plan: CopyPlan, dest: string, own: 
   const destIsDir = plan.destIsDir || statOrUndefined(resolveInRoot(root, dest))?.isDirectory() === true
   const target = destIsDir ? await mkdirIn(root, dest, own) : await parentIn(root, dest, own)
   for (const planned of plan.entries) {
-    const entry =
-      destIsDir && planned.rel === '' && planned.kind !== 'dir'
-        ? {...planned, rel: path.basename(planned.source)}
-        : planned
+    const entry = destIsDir && planned.rel === '' && planned.kind !== 'dir' ? {...planned, rel: planned.name} : planned
     const to = entry.rel === '' ? target : resolveInRoot(root, path.join(path.relative(root, target), entry.rel), false)
     if (!isInside(root, to)) throw new WafersError(`${entry.from} would land outside the new wafer.`)
     const mode = own.chmod ?? entry.mode
