@@ -3,6 +3,7 @@ import {execa} from 'execa'
 import {createHash} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
+import {fileURLToPath} from 'node:url'
 
 import {Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
@@ -131,5 +132,50 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(second.run.exitCode, second.run.stderr).to.equal(0)
     expect(second.json.steps[1].cached).to.equal(false)
     expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
+  })
+  it('kill -9 of the build mid-RUN takes nspawn with it; the next build runs fine', async function () {
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
+    )
+    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+    // Output to a file, as to a terminal: no pipe ties nspawn's life to the test.
+    const log = path.join(box.root, 'build.log')
+    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      env: box.env,
+      reject: false,
+      stderr: {append: true, file: log},
+      stdin: 'ignore',
+      stdout: {append: true, file: log},
+    })
+    await fs.writeFile(log, '', {flag: 'a'})
+    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
+      expect(tries).to.be.below(300)
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+
+    child.kill('SIGKILL')
+    await child
+    // Every process whose command line names this sandbox's store (nspawn has it in -D).
+    const survivors = async () => {
+      const found: string[] = []
+      for (const pid of await fs.readdir('/proc')) {
+        if (!/^\d+$/.test(pid)) continue
+        // eslint-disable-next-line no-await-in-loop
+        const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+        if (cmdline.includes(box.wafers)) found.push(cmdline.replaceAll('\0', ' '))
+      }
+
+      return found
+    }
+
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect(await survivors()).to.deep.equal([])
+    await new Promise((resolve) => setTimeout(resolve, 5000))
+    const {stdout} = await execa('find', [box.wafers, '-name', 'late-marker'])
+    expect(stdout).to.equal('')
+    const again = await build('FROM bb\nRUN echo again > /again\n')
+    expect(again.run.exitCode, again.run.stderr).to.equal(0)
   })
 })
