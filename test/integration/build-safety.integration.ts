@@ -178,4 +178,35 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const again = await build('FROM bb\nRUN echo again > /again\n')
     expect(again.run.exitCode, again.run.stderr).to.equal(0)
   })
+  it('refuses re-pointing NAME that another wafer sits on, and rebuilds NAME unchanged though it has files', async function () {
+    const file = 'FROM bb\nRUN echo one > /one\n'
+    expect((await build(file)).run.exitCode).to.equal(0)
+    // Unchanged rebuild of a NAME with files of its own: nothing to re-point, so not refused.
+    await fs.writeFile(box.data('web', 'mine'), 'x\n')
+    const again = await build(file)
+    expect(again.run.exitCode, again.run.stderr).to.equal(0)
+    await fs.rm(box.data('web', 'mine'))
+
+    expect((await box.run(['create', 'kid', 'web'])).exitCode).to.equal(0)
+    const parent = await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')
+    const changed = await build('FROM bb\nRUN echo two > /two\n')
+    expect(changed.run.exitCode).to.equal(1)
+    expect(said(changed.run.stderr)).to.include('wafer web is the parent of kid')
+    expect(await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')).to.equal(parent)
+  })
+
+  it('COPY --from and FROM refuse a wafer whose directory is a link out of the store', async function () {
+    const outside = path.join(box.root, 'outside')
+    await fs.mkdir(path.join(outside, 'data'), {recursive: true})
+    await fs.writeFile(path.join(outside, 'data', 'secret'), 'host secret\n')
+    await fs.symlink(outside, path.join(box.wafers, 'evil'))
+    const copy = await build('FROM bb\nCOPY --from=evil /secret /got\n')
+    expect(copy.run.exitCode).to.equal(1)
+    expect(said(copy.run.stderr)).to.include('line 2: wafer evil is not a directory in')
+    const from = await build('FROM evil\nRUN true\n')
+    expect(from.run.exitCode).to.equal(1)
+    expect(said(from.run.stderr)).to.include('line 1: wafer evil is not a directory in')
+    const {stdout} = await execa('grep', ['-rl', 'host secret', box.wafers], {reject: false})
+    expect(stdout).to.equal('')
+  })
 })

@@ -290,7 +290,11 @@ class Builder {
     instruction: Instruction,
     report: (line: string) => void,
   ): Promise<{pulled: boolean; wafer: string}> {
-    if (isValidName(image) && (await this.store.hasData(image))) return {pulled: false, wafer: image}
+    if (isValidName(image) && (await this.store.hasData(image))) {
+      this.checkRealWafer(image, instruction)
+      return {pulled: false, wafer: image}
+    }
+
     const {pullImage} = await import('./pull.js')
     try {
       return await pullImage(this.locations, image, report, this.options.signal, this.options.registry)
@@ -393,6 +397,7 @@ class Builder {
           throw new WafersError(`line ${instruction.line}: --from=${flags.from} names no earlier stage and no wafer.`)
         }
 
+        this.checkRealWafer(flags.from, instruction)
         fromWafer = flags.from
         sourcesKey = `wafer:${baseIdentity(this.store, await traceAncestry(this.store, fromWafer))}`
       } else {
@@ -685,12 +690,14 @@ class Builder {
       return `Created wafer ${name}${parent ? ` on ${parent}` : ''}`
     }
 
-    await this.checkRepointable(name)
     const dir = this.store.dir(name)
+    // Nothing to re-point: an unchanged rebuild is fine even when NAME holds files of its own.
     const same =
+      readMeta(dir, name).image?.ref?.startsWith('build:') &&
       (await this.store.readParent(name)) === parent &&
       JSON.stringify(readMeta(dir, name).image) === JSON.stringify(image)
     if (same) return `Wafer ${name} is already on ${parent ?? 'nothing'}`
+    await this.checkRepointable(name)
     await withLock(this.store.root, async () => {
       await this.checkRepointable(name)
       if (parent === undefined) await fs.rm(this.store.parentFile(name), {force: true})
@@ -698,6 +705,16 @@ class Builder {
       writeMeta(dir, {...readMeta(dir, name), image})
     })
     return `Pointed wafer ${name} at ${parent ?? 'nothing'}`
+  }
+
+  /** Refuses a wafer whose directory in the store is a symbolic link (it would lead out of the store). */
+  private checkRealWafer(name: string, instruction: Instruction): void {
+    const stat = lstatSync(this.store.dir(name), {throwIfNoEntry: false})
+    if (stat?.isDirectory() !== true || lstatSync(this.store.dataDir(name)).isDirectory() !== true) {
+      throw new WafersError(
+        `line ${instruction.line}: wafer ${name} is not a directory in ${this.store.root} (a link?); it is not used.`,
+      )
+    }
   }
 
   /** Refuses to re-point NAME when it was not made by a build, holds files, or is stacked. */
@@ -721,6 +738,19 @@ class Builder {
       throw new WafersError(
         `wafer ${name} holds changes of its own (${entries.slice(0, 3).join(', ')}${entries.length > 3 ? ', ...' : ''}); rebuilding would put them on another base, so it is left as it is.`,
         {suggestions: [`Give the build another name with -t, or remove ${name} first (wafers rm ${name}).`]},
+      )
+    }
+
+    const children: string[] = []
+    for (const wafer of await this.store.list()) {
+      // eslint-disable-next-line no-await-in-loop
+      if ((await this.store.readParent(wafer)) === name) children.push(wafer)
+    }
+
+    if (children.length > 0) {
+      throw new WafersError(
+        `wafer ${name} is the parent of ${children.join(', ')}; re-pointing it would move ${children.length === 1 ? 'that wafer' : 'those wafers'} onto the new base, so it is left as it is.`,
+        {suggestions: ['Give the build another name with -t.']},
       )
     }
 
