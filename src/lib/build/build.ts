@@ -367,6 +367,13 @@ class Builder {
       instruction.keyword,
     )
     const vars = this.vars(stage)
+    // As Docker does, the flags' values take variables too.
+    for (const flag of ['chown', 'chmod', 'from'] as const) {
+      if (flags[flag] !== undefined) flags[flag] = words(flags[flag] as string, vars, this.escape).join(' ')
+    }
+
+    if (flags.from === '')
+      throw new WafersError(`line ${instruction.line}: --from takes the name of a stage or a wafer.`)
     const exec = execForm(rest)
     const items = exec ? substituteEach(exec, vars, this.escape) : words(rest, vars, this.escape)
     if (items.length < 2)

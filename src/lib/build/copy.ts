@@ -118,6 +118,8 @@ export function parseChown(root: string, spec: string | undefined): {gid: number
   else {
     const row = passwd.find((fields) => fields[0] === user)
     if (!row) throw new WafersError(`--chown: there is no user ${user} in the image's /etc/passwd.`)
+    if (!/^\d+$/.test(row[2] ?? '') || !/^\d+$/.test(row[3] ?? ''))
+      throw new WafersError(`--chown: the image's /etc/passwd row of ${user} has no numeric uid and gid.`)
     uid = Number(row[2])
     gid = Number(row[3])
   }
@@ -127,6 +129,8 @@ export function parseChown(root: string, spec: string | undefined): {gid: number
     else {
       const row = groups.find((fields) => fields[0] === group)
       if (!row) throw new WafersError(`--chown: there is no group ${group} in the image's /etc/group.`)
+      if (!/^\d+$/.test(row[2] ?? ''))
+        throw new WafersError(`--chown: the image's /etc/group row of ${group} has no numeric gid.`)
       gid = Number(row[2])
     }
   }

@@ -116,6 +116,11 @@ function toInstruction(joined: string, line: number): Instruction {
   const word = match?.[1] ?? ''
   const keyword = word.toUpperCase()
   if (!KEYWORDS.has(keyword)) throw new WafersError(`line ${line}: unknown instruction ${word}.`)
+  // A here-document's body would be read as instructions: refused here, naming its line.
+  if (['ADD', 'COPY', 'RUN'].includes(keyword) && /(^|\s)<<-?\s*["']?[A-Za-z_]/.test(match?.[2] ?? '')) {
+    throw new WafersError(`line ${line}: here-documents (<<) in ${keyword} are not supported by wafers build.`)
+  }
+
   return {args: (match?.[2] ?? '').trim(), keyword, line, text: `${keyword} ${(match?.[2] ?? '').trim()}`.trim()}
 }
 
