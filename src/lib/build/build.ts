@@ -29,7 +29,7 @@ import {
   substituteEach,
   words,
 } from './parser.js'
-import {containerPath} from './paths.js'
+import {containerPath, resolveInRoot} from './paths.js'
 import {nspawnPlaceholders, runFailed, runInRoot} from './run.js'
 
 /** What `wafers build` is asked to do. */
@@ -93,7 +93,10 @@ export function readContainerfile(context: string, file?: string): {containerfil
   const candidates =
     file === undefined ? ['Containerfile', 'Dockerfile'].map((f) => path.join(context, f)) : [path.resolve(file)]
   for (const candidate of candidates) {
-    const text = readStoreFile(candidate, candidate, 4 * 1024 * 1024)
+    // The user's own file: a link inside the context is followed, within the context only.
+    const rel = path.relative(context, candidate)
+    const inside = !rel.startsWith('..') && !path.isAbsolute(rel)
+    const text = readStoreFile(inside ? resolveInRoot(context, rel) : candidate, candidate, 4 * 1024 * 1024)
     if (text !== undefined) return {containerfile: parseContainerfile(text), path: candidate}
   }
 
