@@ -23,8 +23,11 @@ const MANY = count('WAFERS_BENCH_MANY', 100)
 const DEPTH = count('WAFERS_BENCH_DEPTH', 501)
 const LIST = count('WAFERS_BENCH_LIST', 10_000)
 const OCI_RUNS = count('WAFERS_BENCH_OCI_RUNS', 3)
-// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, e pull and push.
-const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcde'
+// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, e pull and push, g build.
+const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcdeg'
+// build (g): runs of the slow cold builds, and RUN steps in the per-step file.
+const BUILD_RUNS = count('WAFERS_BENCH_BUILD_RUNS', 3)
+const RUN_STEPS = count('WAFERS_BENCH_RUN_STEPS', 5)
 
 const project = fileURLToPath(new URL('..', import.meta.url))
 const bin = path.join(project, 'bin', 'run.js')
@@ -637,6 +640,190 @@ function oci() {
   row('second `push`, nothing changed, vs the first', stats.second, stats.push, {ratio: 0.2, text: '≤ 0.2x'})
 }
 
+// (g) wafers build: a cold Debian build against buildah bud of the same file from the same base; an
+// unchanged 10-step rebuild against one `wafers list`; a RUN step against a bare systemd-nspawn.
+function build() {
+  if (!manifest().commands?.build) {
+    row('`wafers build` (cold, Debian) vs `buildah bud --isolation chroot`', undefined, undefined, {
+      na: 'n/a (needs `wafers build`)',
+      text: '≤ 1.0x',
+    })
+    return
+  }
+
+  const s = store('build')
+  const plugins = path.join(s.root, 'plugins')
+  const withPlugins = (args) => {
+    const {argv, options} = s.run(args)
+    return must(argv, {env: {...options.env, WAFERS_DATA_DIR: plugins}})
+  }
+
+  withPlugins(['plugins', 'link', '--no-install', path.join(project, 'plugins', 'debian')])
+  process.stderr.write('(g) build: making a bookworm minbase base (from /var/cache/wafers/debootstrap when cached)\n')
+  withPlugins(['create', 'debian', '--seed', 'debootstrap', '--', 'bookworm', '--variant=minbase'])
+
+  // The same base for buildah: the debian wafer's tree as a one-layer OCI image, pulled into
+  // buildah's own vfs storage before anything is timed.
+  const oci = path.join('/tmp', `wafers-bench-oci-${process.pid}`)
+  const buildahRoot = path.join(s.root, 'buildah')
+  const storage = [
+    '--root',
+    path.join(buildahRoot, 'root'),
+    '--runroot',
+    path.join(buildahRoot, 'runroot'),
+    '--storage-driver',
+    'vfs',
+  ]
+  const haveBuildah = exec(['buildah', '--version']).status === 0
+  try {
+    if (haveBuildah) {
+      must(['umoci', 'init', '--layout', oci])
+      must(['umoci', 'new', '--image', `${oci}:base`])
+      const bundle = path.join(s.root, 'bundle')
+      must(['umoci', 'unpack', '--image', `${oci}:base`, bundle])
+      must(['cp', '-a', `${path.join(s.wafers, 'debian', 'data')}/.`, path.join(bundle, 'rootfs')])
+      must(['umoci', 'repack', '--image', `${oci}:base`, bundle])
+      must(['buildah', ...storage, 'pull', '--quiet', `oci:${oci}:base`])
+      must([
+        'buildah',
+        ...storage,
+        'tag',
+        must(['buildah', ...storage, 'images', '-q'])
+          .stdout.trim()
+          .split('\n')[0],
+        'localhost/debian-base',
+      ])
+    }
+
+    const context = path.join(s.root, 'context')
+    fs.mkdirSync(path.join(context, 'app', 'lib'), {recursive: true})
+    for (let i = 0; i < 20; i++)
+      fs.writeFileSync(path.join(context, 'app', 'lib', `m${i}.txt`), `module ${i}\n`.repeat(200))
+    fs.writeFileSync(path.join(context, 'app.conf'), 'port=8080\n')
+    const steps = (from) =>
+      [
+        `FROM ${from}`,
+        'ENV APP_HOME=/opt/app',
+        'COPY app/ /opt/app/',
+        'RUN useradd --create-home --shell /bin/sh app',
+        'COPY app.conf /etc/app.conf',
+        'RUN mkdir -p /var/lib/app && chown app:app /var/lib/app && ls -lR /opt/app > /var/lib/app/listing',
+        'RUN echo built > /opt/app/stamp',
+        '',
+      ].join('\n')
+    fs.writeFileSync(path.join(context, 'Containerfile'), steps('debian'))
+    fs.writeFileSync(path.join(context, 'Buildahfile'), steps('localhost/debian-base'))
+
+    const stats = {buildah: series(), wafers: series()}
+    repeat(BUILD_RUNS, '(g) cold build vs buildah bud', (warmUp) => {
+      const ours = s.cli('build', '-t', 'cold', '--no-cache', context)
+      let theirs
+      if (haveBuildah) {
+        theirs = must([
+          'buildah',
+          ...storage,
+          'bud',
+          '--isolation',
+          'chroot',
+          '--pull=never',
+          '--quiet',
+          '-t',
+          'cold',
+          '-f',
+          path.join(context, 'Buildahfile'),
+          context,
+        ])
+        exec(['buildah', ...storage, 'rmi', '--prune'])
+      }
+
+      if (warmUp) return
+      stats.wafers.add(ours)
+      if (theirs) stats.buildah.add(theirs)
+    })
+    row(
+      '`wafers build --no-cache` of a Debian file (3 RUN, 2 COPY) vs `buildah bud --isolation chroot` (vfs)',
+      stats.wafers,
+      haveBuildah ? stats.buildah : undefined,
+      {ratio: 1, text: '≤ 1.0x'},
+    )
+  } finally {
+    fs.rmSync(oci, {force: true, recursive: true})
+  }
+
+  // An unchanged rebuild of a 10-step file: every step from the cache, against one `wafers list`.
+  // In a store of its own, so that `wafers list` reads only this chain and the busybox base.
+  const r = store('rebuild')
+  r.cli('create', 'bb', '--seed', 'busybox')
+  const ten = path.join(r.root, 'ten')
+  fs.mkdirSync(ten)
+  for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(ten, `f${i}.txt`), `file ${i}\n`)
+  fs.writeFileSync(
+    path.join(ten, 'Containerfile'),
+    [
+      'FROM bb',
+      'ENV A=1',
+      'COPY f0.txt /srv/',
+      'RUN echo one > /srv/one',
+      'WORKDIR /srv',
+      'COPY f1.txt ./',
+      'RUN echo two > two',
+      'LABEL step=8',
+      'COPY f2.txt ./',
+      'RUN echo three > three',
+      '',
+    ].join('\n'),
+  )
+  r.cli('build', '-t', 'ten', ten)
+  const rebuild = {list: series(), wafers: series()}
+  repeat(RUNS, '(g) unchanged 10-step rebuild vs wafers list', (warmUp) => {
+    const ours = r.cli('build', '-t', 'ten', '--json', ten)
+    if (!JSON.parse(ours.stdout).steps.every((step) => step.cached)) throw new Error('the unchanged rebuild ran steps')
+    const list = r.cli('list')
+    if (warmUp) return
+    rebuild.wafers.add(ours)
+    rebuild.list.add(list)
+  })
+  row('`wafers build` of an unchanged 10-step file vs one `wafers list`', rebuild.wafers, rebuild.list, {
+    ratio: 1.5,
+    text: '≤ 1.5x',
+  })
+
+  // Per RUN step: a file of RUN_STEPS `RUN true` less a file with none, per step, against a bare
+  // systemd-nspawn running `true` in the stacked base.
+  const per = path.join(s.root, 'per')
+  fs.mkdirSync(per)
+  fs.writeFileSync(
+    path.join(per, 'Runs'),
+    ['FROM debian', ...Array.from({length: RUN_STEPS}, (_, i) => `RUN true ${i}`), ''].join('\n'),
+  )
+  fs.writeFileSync(path.join(per, 'None'), 'FROM debian\nENV A=1\n')
+  s.cli('stack', 'bare', 'debian')
+  const bareRoot = path.join(s.stacks, 'bare')
+  const step = {nspawn: series(), wafers: series()}
+  repeat(RUNS, `(g) ${RUN_STEPS} RUN steps vs bare systemd-nspawn`, (warmUp) => {
+    const runs = s.cli('build', '-t', 'per', '--no-cache', '-f', path.join(per, 'Runs'), per)
+    const none = s.cli('build', '-t', 'none', '--no-cache', '-f', path.join(per, 'None'), per)
+    const bare = must([
+      'systemd-nspawn',
+      '--register=no',
+      '--keep-unit',
+      '--quiet',
+      '--console=pipe',
+      '-D',
+      bareRoot,
+      'true',
+    ])
+    if (warmUp) return
+    step.wafers.add({ms: (runs.ms - none.ms) / RUN_STEPS, rss: runs.rss})
+    step.nspawn.add(bare)
+  })
+  s.cli('unstack', 'bare')
+  row('one RUN step of `wafers build` vs a bare `systemd-nspawn -D` on the same stack', step.wafers, step.nspawn, {
+    ratio: 1.3,
+    text: '≤ 1.3x',
+  })
+}
+
 function machine() {
   const cpus = os.cpus()
   const load = os
@@ -659,6 +846,7 @@ try {
   if (ONLY.includes('c')) many()
   if (ONLY.includes('d')) list()
   if (ONLY.includes('e')) oci()
+  if (ONLY.includes('g')) build()
 } catch (error) {
   process.stderr.write('\n')
   console.error(`benchmark failed: ${error.message}`)

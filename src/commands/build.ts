@@ -1,0 +1,97 @@
+import {Args, Flags} from '@oclif/core'
+
+import {WafersCommand} from '../command.js'
+import type {BuildResult} from '../lib/build/build.js'
+import {WafersError} from '../lib/errors.js'
+import {interruptSignal} from '../lib/interrupt.js'
+import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
+import {progressMode, runSteps} from '../lib/progress.js'
+import {locationsFromEnv} from '../lib/store.js'
+
+export default class Build extends WafersCommand {
+  static args = {
+    context: Args.string({default: '.', description: 'The build context: the directory COPY and ADD read from.'}),
+  }
+
+  static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver; COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE and SHELL make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends.
+
+Steps are cached: a step whose parent, instruction, build args and (for COPY and ADD) source contents are unchanged reuses its wafer, so an unchanged rebuild runs nothing. Building NAME again points it at the new result when NAME holds no files of its own and is not stacked. A failing RUN stops the build, naming the step and its exit code; it leaves no wafer for that step, and the steps before it stay cached.
+
+FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, into the wafer \`wafers pull\` would make, unless that wafer already holds it; --tls-verify, --creds and --authfile are for that pull), an earlier stage (FROM ... AS NAME), or scratch.`
+
+  static enableJsonFlag = true
+
+  static examples = [
+    {
+      command: '<%= config.bin %> <%= command.id %> -t web .',
+      description: 'Build ./Containerfile (or ./Dockerfile) into wafer web:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> -t web -f web.containerfile --build-arg VERSION=2 src',
+      description: 'Build another file with a build arg, reading COPY sources from src:',
+    },
+    {
+      command: '<%= config.bin %> <%= command.id %> -t web --no-cache --json .',
+      description: 'Rebuild every step and print what each made:',
+    },
+  ]
+
+  static flags = {
+    authfile: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.authfile}`, helpValue: 'FILE'}),
+    'build-arg': Flags.string({
+      description: 'Set build arg KEY to VALUE (KEY=VALUE); repeat for more.',
+      multiple: true,
+      multipleNonGreedy: true,
+    }),
+    creds: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.creds}`, helpValue: 'USER:PASS'}),
+    file: Flags.string({
+      char: 'f',
+      description: 'The Containerfile [default: CONTEXT/Containerfile, then CONTEXT/Dockerfile].',
+    }),
+    'no-cache': Flags.boolean({description: 'Rebuild every step, whatever the cache holds.'}),
+    tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
+    'tls-verify': Flags.boolean({
+      allowNo: true,
+      default: true,
+      description: `FROM images: ${REGISTRY_FLAG_HELP.tlsVerify}`,
+    }),
+  }
+
+  static summary = 'Build a Containerfile into a cached chain of wafers.'
+
+  static usage =
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+
+  async run(): Promise<BuildResult> {
+    const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
+    const buildArgs: Record<string, string> = {}
+    for (const pair of flags['build-arg'] ?? []) {
+      const eq = pair.indexOf('=')
+      if (eq <= 0) throw new WafersError(`--build-arg takes KEY=VALUE, not ${JSON.stringify(pair)}.`, {exit: 2})
+      buildArgs[pair.slice(0, eq)] = pair.slice(eq + 1)
+    }
+
+    const {buildSteps} = await import('../lib/build/build.js')
+    const interrupt = interruptSignal()
+    try {
+      const {result, steps} = buildSteps(locationsFromEnv(), {
+        buildArgs,
+        context: args.context,
+        file: flags.file,
+        hooks: this.hookRunner(),
+        name: flags.tag,
+        noCache: flags['no-cache'],
+        registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
+        signal: interrupt.signal,
+      })
+      await runSteps(steps, progressMode({json: this.jsonEnabled()}), interrupt.signal)
+      const layers = result.steps.filter((step) => step.wafer !== null && !step.instruction.startsWith('FROM '))
+      const made = layers.filter((step) => !step.cached).length
+      const cached = layers.length - made
+      this.log(`built ${result.name}: ${made} wafers made, ${cached} from the cache`)
+      return result
+    } finally {
+      interrupt.dispose()
+    }
+  }
+}

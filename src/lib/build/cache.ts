@@ -1,0 +1,73 @@
+import {createHash, randomBytes} from 'node:crypto'
+import {lstatSync} from 'node:fs'
+
+import {WafersError} from '../errors.js'
+import {readMeta} from '../meta.js'
+import {WaferStore} from '../store.js'
+
+/** Bumped when what a step makes from the same inputs changes, so old cached wafers are not reused. */
+const CACHE_VERSION = 1
+
+/** Everything a step's result depends on. */
+export interface StepKeyInput {
+  /** What the parent is: a step wafer's name, or a base wafer's name and identity. */
+  parent: string
+  /** What the step copies: a digest of its sources, or the stage it copies from. */
+  sources?: string
+  /** The state RUN and COPY see: Env, User, WorkingDir, Shell, build args in scope. */
+  state: unknown
+  /** The instruction as written. */
+  text: string
+}
+
+/** The cache key of a step: a sha256 of everything its result depends on. */
+export function stepKey(input: StepKeyInput): string {
+  return createHash('sha256')
+    .update(JSON.stringify([CACHE_VERSION, input.parent, input.text, input.state, input.sources ?? null]))
+    .digest('hex')
+}
+
+/** The wafer a step with `key` makes: `build-` and 40 hex digits of the key (a machine name). */
+export function stepWaferName(key: string): string {
+  return `build-${key.slice(0, 40)}`
+}
+
+/** A wafer name for a step rebuilt with --no-cache while its cached wafer is kept. */
+export function freshWaferName(key: string): string {
+  return stepWaferName(createHash('sha256').update(key).update(randomBytes(16)).digest('hex'))
+}
+
+/**
+ * Whether wafer `name` is the cached result of the step with `key` on `parent`: it exists, its
+ * meta.json records that key, and its parent is that parent. A wafer under the name that is not
+ * is refused, since the step cannot be made beside it.
+ */
+export async function isCached(
+  store: WaferStore,
+  name: string,
+  key: string,
+  parent: string | undefined,
+): Promise<boolean> {
+  if (!(await store.exists(name))) return false
+  const recorded = readMeta(store.dir(name), name).build?.key
+  const actualParent = await store.readParent(name)
+  if (recorded === key && actualParent === parent && (await store.hasData(name))) return true
+  throw new WafersError(`wafer ${name} is in the way of a build step: it is not that step's cached result.`, {
+    suggestions: [`Remove it with: wafers rm ${name}`],
+  })
+}
+
+/**
+ * What a base wafer (one FROM names) is, for the cache: its chain of wafers with their data
+ * directories' inodes and birth times, so that a wafer removed and made again, or re-pointed, is
+ * not taken for the old one. Build step wafers are named by their key and stand for themselves.
+ */
+export function baseIdentity(store: WaferStore, chain: string[]): string {
+  return chain
+    .map((name) => {
+      if (name.startsWith('build-') && readMeta(store.dir(name), name).build) return name
+      const stat = lstatSync(store.dataDir(name))
+      return `${name}:${stat.ino}:${stat.birthtimeMs}:${stat.ctimeMs}`
+    })
+    .join('/')
+}

@@ -1,0 +1,207 @@
+import {randomBytes} from 'node:crypto'
+import {type Stats, promises as fs, lstatSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import {runStreaming} from '../seed.js'
+
+/** How one RUN step runs. */
+export interface RunSpec {
+  /** The argument vector (exec form, or the shell and its `-c` plus the command line). */
+  argv: string[]
+  /** The environment: the image's Env and the build args in scope, `KEY=VALUE`. */
+  env: string[]
+  user?: string
+  workdir?: string
+}
+
+/**
+ * What systemd-nspawn (as runInRoot starts it) makes in a container's root when it is missing: the
+ * mount points it mounts onto, the resolver file it binds over and the base file system (`bin` ->
+ * `usr/bin`, ...). Only these: a RUN that makes one of them itself (`mkdir /run`) finds it there
+ * and leaves it out of its layer. Directories end
+ * in `/`; a link lists its candidate targets (the first that exists, holding `needs` if given).
+ */
+const NSPAWN_NEEDS: Array<{link?: string[]; mode?: number; needs?: string; rel: string}> = [
+  {mode: 0o755, rel: 'usr/'},
+  {mode: 0o755, rel: 'etc/'},
+  {mode: 0o755, rel: 'var/'},
+  {mode: 0o555, rel: 'dev/'},
+  {mode: 0o555, rel: 'proc/'},
+  {mode: 0o555, rel: 'sys/'},
+  {mode: 0o755, rel: 'run/'},
+  {mode: 0o700, rel: 'root/'},
+  {mode: 0o644, rel: 'etc/resolv.conf'},
+  {link: ['usr/bin'], rel: 'bin'},
+  {link: ['usr/sbin'], rel: 'sbin'},
+  {link: ['usr/lib'], rel: 'lib'},
+  {link: ['usr/lib/x86_64-linux-gnu', 'usr/lib64'], needs: 'ld-linux-x86-64.so.2', rel: 'lib64'},
+  {link: ['usr/lib32'], rel: 'lib32'},
+  {link: ['usr/libx32'], rel: 'libx32'},
+]
+
+/**
+ * Makes `dir`, a new directory of wafers' own, holding what nspawn needs in a root and the stack
+ * `layers` (data directories, nearest first) lacks. Mounted as the lower layer right under a RUN's
+ * upper, it gives nspawn's mounts existing paths to land on, so nspawn writes nothing into the new
+ * wafer and nothing has to be removed from it afterwards: all the RUN itself makes stays.
+ */
+export async function nspawnPlaceholders(layers: string[], dir: string): Promise<void> {
+  const xattr = await import('@napi-rs/xattr')
+  getAttributeSync = ((xattr as {default?: unknown}).default ?? xattr) as typeof getAttributeSync
+  await fs.mkdir(dir, {mode: 0o755})
+  const made = new Set<string>()
+  const has = (rel: string) => made.has(rel) || lookup(layers, rel) !== 'absent'
+  for (const need of NSPAWN_NEEDS) {
+    const rel = need.rel.replace(/\/$/, '')
+    const parent = path.posix.dirname(rel)
+    if (parent !== '.' && !made.has(parent) && lookup(layers, parent) !== 'dir') continue
+    if (lookup(layers, rel) !== 'absent') continue
+    const file = path.join(dir, rel)
+    // eslint-disable-next-line no-await-in-loop
+    await mirrorParents(layers, dir, parent, made)
+    if (need.link) {
+      const target = need.link.find((t) => has(need.needs ? `${t}/${need.needs}` : t))
+      if (target === undefined) continue
+      // eslint-disable-next-line no-await-in-loop
+      await fs.symlink(target, file)
+    } else if (need.rel.endsWith('/')) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(file)
+      // eslint-disable-next-line no-await-in-loop
+      await fs.chmod(file, need.mode as number)
+    } else {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(file, '', {flag: 'wx', mode: need.mode})
+    }
+
+    made.add(rel)
+  }
+}
+
+/**
+ * Makes the directories above `rel` in `dir` that only the stack has, with the stack's owner, mode
+ * and times: the top layer's directory is the one the merged tree shows.
+ */
+async function mirrorParents(layers: string[], dir: string, rel: string, made: Set<string>): Promise<void> {
+  if (rel === '.' || made.has(rel)) return
+  await mirrorParents(layers, dir, path.posix.dirname(rel), made)
+  const stat = statIn(layers, rel)
+  if (stat === undefined) return
+  const file = path.join(dir, rel)
+  await fs.mkdir(file)
+  await fs.chown(file, stat.uid, stat.gid)
+  await fs.chmod(file, stat.mode & 0o7777)
+  await fs.utimes(file, stat.atime, stat.mtime)
+  made.add(rel)
+}
+
+/** The stat of directory `rel` in the nearest of `layers` that has it (no link followed). */
+function statIn(layers: string[], rel: string): Stats | undefined {
+  for (const layer of layers) {
+    if (lookup([layer], rel) !== 'dir') continue
+    return lstatSync(path.join(layer, rel))
+  }
+
+  return undefined
+}
+
+/**
+ * What `rel` is in the overlay of `layers` (nearest first), read without following any link: a
+ * directory, something else, or absent (never there, or whited out). A path under a link or a
+ * file counts as something else: nothing is put there.
+ */
+function lookup(layers: string[], rel: string): 'absent' | 'dir' | 'other' {
+  const parts = rel.split('/')
+  for (const layer of layers) {
+    let here = layer
+    let hidden = false
+    for (const [index, part] of parts.entries()) {
+      here = path.join(here, part)
+      let stat
+      try {
+        stat = lstatSync(here)
+      } catch (error) {
+        if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) break
+        throw error
+      }
+
+      if (stat.isCharacterDevice() && stat.rdev === 0) return 'absent'
+      if (index === parts.length - 1) return stat.isDirectory() ? 'dir' : 'other'
+      if (!stat.isDirectory()) return 'other'
+      if (isOpaque(here)) hidden = true
+    }
+
+    // A directory of this layer marked opaque hides the layers below it.
+    if (hidden) return 'absent'
+  }
+
+  return 'absent'
+}
+
+let getAttributeSync: {getAttributeSync(file: string, name: string): Buffer | null}
+
+function isOpaque(dir: string): boolean {
+  try {
+    return getAttributeSync.getAttributeSync(dir, 'trusted.overlay.opaque')?.toString() === 'y'
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Runs `spec` with systemd-nspawn in the tree mounted at `root` (a private mount of the step's
+ * stack over nspawnPlaceholders), streaming its output lines to `report`. The host's network and
+ * resolver are used. Returns the exit code (0 on success); throws when nspawn cannot run at all.
+ */
+export async function runInRoot(
+  root: string,
+  spec: RunSpec,
+  report: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<number> {
+  const machine = `wafers-build-${randomBytes(6).toString('hex')}`
+  const args = [
+    '--register=no',
+    '--keep-unit',
+    '--quiet',
+    '--console=pipe',
+    `--machine=${machine}`,
+    '--resolv-conf=bind-host',
+    '--timezone=off',
+    '--link-journal=no',
+    '-D',
+    root,
+  ]
+  for (const variable of spec.env) args.push('-E', variable)
+  if (spec.workdir) args.push(`--chdir=${spec.workdir}`)
+  if (spec.user) args.push(`--user=${spec.user}`)
+  args.push('--', ...spec.argv)
+  // When wafers dies, even by SIGKILL, the RUN dies with it: no RUN goes on writing into a staging
+  // dir that the next build removes as abandoned. setpriv (util-linux) has the kernel kill the
+  // unshare it becomes; unshare then kills nspawn, the first process of a PID namespace of its own,
+  // and with it the kernel kills everything in that namespace, the container's processes included.
+  const result = await runStreaming(
+    'setpriv',
+    ['--pdeathsig', 'KILL', '--', 'unshare', '--pid', '--fork', '--kill-child=KILL', '--', 'systemd-nspawn', ...args],
+    (line) => {
+      // nspawn's own complaint about a /run that is not tmpfs (hosts without systemd as PID 1).
+      if (!line.startsWith('Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')) report(line)
+    },
+    // /tmp stays the image's (as in Docker), not a tmpfs; /run is nspawn's tmpfs.
+    {check: false, env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'}, package: 'systemd-container'},
+    signal,
+  ).finally(async () => {
+    await fs.rm(path.join('/run/systemd/nspawn/propagate', machine), {force: true, recursive: true}).catch(() => {})
+  })
+  return result.exitCode
+}
+
+/** The error of a RUN that exited non-zero: names the step and the exit code. */
+export function runFailed(step: number, text: string, exitCode: number): WafersError {
+  return new WafersError(`step ${step} (${short(text)}) failed with exit code ${exitCode}; no wafer was made for it.`)
+}
+
+function short(text: string): string {
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text
+}

@@ -1,0 +1,245 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {createHash} from 'node:crypto'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
+
+/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
+const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+
+interface BuildJson {
+  name: string
+  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
+}
+
+/** The store as a tree, without the links directory the first mount makes. */
+async function storeTree(box: Sandbox): Promise<string[]> {
+  return (await snapshot(box.wafers)).filter((line) => !line.startsWith('.links'))
+}
+
+/** Every file under a wafer's data, as paths relative to it. */
+async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
+  return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
+}
+
+describe('wafers build: hostile images and contexts never reach the host (real nspawn, real overlays)', function () {
+  let box: Sandbox
+  let context: string
+  /** A directory on the host, outside the store, that images link to. */
+  let victim: string
+  useSandbox((created) => {
+    box = created
+  })
+
+  beforeEach(async function () {
+    this.timeout(120_000)
+    const seeded = await box.run(['create', 'bb', '--seed', 'busybox'])
+    expect(seeded.exitCode, seeded.stderr).to.equal(0)
+    context = path.join(box.root, 'context')
+    victim = path.join(box.root, 'victim')
+    await fs.mkdir(context, {recursive: true})
+    await fs.mkdir(victim, {recursive: true})
+  })
+
+  const build = async (
+    file: string,
+    ...args: string[]
+  ): Promise<{json: BuildJson; run: Awaited<ReturnType<Sandbox['run']>>}> => {
+    await fs.writeFile(path.join(context, 'Containerfile'), file)
+    const run = await box.run(['build', '-t', 'web', '--json', ...args, context])
+    if (run.exitCode !== 0) run.stderr += JSON.parse(run.stdout).error?.message ?? ''
+    return {json: run.exitCode === 0 ? (JSON.parse(run.stdout) as BuildJson) : {name: '', steps: []}, run}
+  }
+
+  it('ADD unpacks a tarball inside the image even where the image links a directory out to the host', async function () {
+    const tree = path.join(box.root, 'tree')
+    await fs.mkdir(path.join(tree, 'x'), {recursive: true})
+    await fs.writeFile(path.join(tree, 'x', 'pwned'), 'owned\n')
+    // Only the file, no entry for x itself: tar then writes through whatever x is.
+    await execa('tar', ['-cf', path.join(context, 'evil.tar'), '-C', tree, 'x/pwned'])
+    const file = ['FROM bb', `RUN mkdir -p /data && ln -s ${victim} /data/x`, 'ADD evil.tar /data/', ''].join('\n')
+    const {json, run} = await build(file)
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await fs.readdir(victim)).to.deep.equal([])
+    const add = json.steps[2].wafer as string
+    expect(await fs.readFile(box.data(add, 'data', 'x', 'pwned'), 'utf8')).to.equal('owned\n')
+  })
+
+  it("ADD of a tarball tar refuses names the member and tar's reason, and makes nothing", async function () {
+    await fs.writeFile(path.join(box.root, 'f'), 'x\n')
+    await execa('tar', ['-cPf', path.join(context, 'up.tar'), '-C', box.root, '--transform', 's,^,../,', 'f'])
+    const before = await storeTree(box)
+    const {run} = await build('FROM bb\nADD up.tar /data/\n')
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.match(/up\.tar cannot be unpacked: \.\.\/f: Member name contains '\.\.'/)
+    expect(said(run.stderr)).not.to.include('previous errors')
+    expect(await storeTree(box)).to.deep.equal(before)
+  })
+  it('keeps what a RUN made at the paths nspawn mounts on, and deletes nothing through links a RUN planted', async function () {
+    await fs.mkdir(path.join(victim, 'journal'))
+    const {json, run} = await build(`FROM bb\nRUN rm -rf /var/log && mkdir -p /var && ln -s ${victim} /var/log\n`)
+    expect(run.exitCode, run.stderr).to.equal(0)
+    // The host directory the image links to is untouched.
+    expect(await fs.readdir(victim)).to.deep.equal(['journal'])
+    expect((await fs.stat(path.join(victim, 'journal'))).isDirectory()).to.equal(true)
+    expect(await fs.readlink(box.data(json.steps[1].wafer as string, 'var', 'log'))).to.equal(victim)
+
+    const file = 'FROM bb\nRUN touch /etc/hostname /etc/machine-id && mkdir -p /var/log/journal /lib64\nRUN true\n'
+    const second = await build(file)
+    expect(second.run.exitCode, second.run.stderr).to.equal(0)
+    const [, touched, nothing] = second.json.steps.map((step) => step.wafer as string)
+    // What the RUN made is all in its layer, though nspawn mounts on some of those paths.
+    const files = await filesOf(box, touched)
+    expect(files).to.include.members(['etc/hostname', 'etc/machine-id', 'lib64', 'var/log/journal'])
+    // And nspawn's own mount points are in no layer.
+    expect(await filesOf(box, nothing)).to.deep.equal([])
+  })
+  it("RUN sees the image's /tmp, not a tmpfs: what COPY put there runs, what RUN writes there stays", async function () {
+    await fs.writeFile(path.join(context, 'inst.sh'), 'echo installed > /opt-made\n')
+    const {json, run} = await build('FROM bb\nCOPY inst.sh /tmp/\nRUN sh /tmp/inst.sh; echo keep > /tmp/keep\n')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const made = json.steps[2].wafer as string
+    expect(await fs.readFile(box.data(made, 'opt-made'), 'utf8')).to.equal('installed\n')
+    expect(await fs.readFile(box.data(made, 'tmp', 'keep'), 'utf8')).to.equal('keep\n')
+  })
+  it('COPY of a link keeps the name as written', async function () {
+    await fs.writeFile(path.join(context, 'real1'), 'real\n')
+    await fs.symlink('real1', path.join(context, 'link'))
+    const {json, run} = await build('FROM bb\nCOPY link /d/\n')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await filesOf(box, json.steps[1].wafer as string)).to.deep.equal(['d', 'd/link'])
+  })
+
+  it('a file name cannot forge the cache key of a COPY', async function () {
+    // site/a and site/b, then one file whose name spells both entries as the old key lines did.
+    const site = path.join(context, 'site')
+    await fs.mkdir(site)
+    await fs.writeFile(path.join(site, 'a'), 'X')
+    await fs.writeFile(path.join(site, 'b'), 'Y')
+    await fs.chmod(path.join(site, 'a'), 0o644)
+    await fs.chmod(path.join(site, 'b'), 0o644)
+    const first = await build('FROM bb\nCOPY site/ /s/\n')
+    expect(first.run.exitCode, first.run.stderr).to.equal(0)
+    await fs.rm(site, {recursive: true})
+    await fs.mkdir(site)
+    const forged = `a 644 ${createHash('sha256').update('X').digest('hex')}\nfile b`
+    await fs.writeFile(path.join(site, forged), 'Y')
+    await fs.chmod(path.join(site, forged), 0o644)
+    const second = await build('FROM bb\nCOPY site/ /s/\n')
+    expect(second.run.exitCode, second.run.stderr).to.equal(0)
+    expect(second.json.steps[1].cached).to.equal(false)
+    expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
+  })
+  it('kill -9 of the build mid-RUN takes nspawn with it; the next build runs fine', async function () {
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
+    )
+    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+    // Output to a file, as to a terminal: no pipe ties nspawn's life to the test.
+    const log = path.join(box.root, 'build.log')
+    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      env: box.env,
+      reject: false,
+      stderr: {append: true, file: log},
+      stdin: 'ignore',
+      stdout: {append: true, file: log},
+    })
+    await fs.writeFile(log, '', {flag: 'a'})
+    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
+      expect(tries).to.be.below(300)
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+
+    child.kill('SIGKILL')
+    await child
+    // Every process whose command line names this sandbox's store (nspawn has it in -D).
+    const survivors = async () => {
+      const found: string[] = []
+      for (const pid of await fs.readdir('/proc')) {
+        if (!/^\d+$/.test(pid)) continue
+        // eslint-disable-next-line no-await-in-loop
+        const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+        if (cmdline.includes(box.wafers)) found.push(cmdline.replaceAll('\0', ' '))
+      }
+
+      return found
+    }
+
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect(await survivors()).to.deep.equal([])
+    await new Promise((resolve) => setTimeout(resolve, 5000))
+    const {stdout} = await execa('find', [box.wafers, '-name', 'late-marker'])
+    expect(stdout).to.equal('')
+    const again = await build('FROM bb\nRUN echo again > /again\n')
+    expect(again.run.exitCode, again.run.stderr).to.equal(0)
+  })
+  it('refuses re-pointing NAME that another wafer sits on, and rebuilds NAME unchanged though it has files', async function () {
+    const file = 'FROM bb\nRUN echo one > /one\n'
+    expect((await build(file)).run.exitCode).to.equal(0)
+    // Unchanged rebuild of a NAME with files of its own: nothing to re-point, so not refused.
+    await fs.writeFile(box.data('web', 'mine'), 'x\n')
+    const again = await build(file)
+    expect(again.run.exitCode, again.run.stderr).to.equal(0)
+    await fs.rm(box.data('web', 'mine'))
+
+    expect((await box.run(['create', 'kid', 'web'])).exitCode).to.equal(0)
+    const parent = await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')
+    const changed = await build('FROM bb\nRUN echo two > /two\n')
+    expect(changed.run.exitCode).to.equal(1)
+    expect(said(changed.run.stderr)).to.include('wafer web is the parent of kid')
+    expect(await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')).to.equal(parent)
+  })
+
+  it('COPY --from and FROM refuse a wafer whose directory is a link out of the store', async function () {
+    const outside = path.join(box.root, 'outside')
+    await fs.mkdir(path.join(outside, 'data'), {recursive: true})
+    await fs.writeFile(path.join(outside, 'data', 'secret'), 'host secret\n')
+    await fs.symlink(outside, path.join(box.wafers, 'evil'))
+    const copy = await build('FROM bb\nCOPY --from=evil /secret /got\n')
+    expect(copy.run.exitCode).to.equal(1)
+    expect(said(copy.run.stderr)).to.include('line 2: wafer evil is not a directory in')
+    const from = await build('FROM evil\nRUN true\n')
+    expect(from.run.exitCode).to.equal(1)
+    expect(said(from.run.stderr)).to.include('line 1: wafer evil is not a directory in')
+    const {stdout} = await execa('grep', ['-rl', 'host secret', box.wafers], {reject: false})
+    expect(stdout).to.equal('')
+  })
+  it('expands variables in --chown and --from, and refuses --from=, heredocs and a malformed passwd row clearly', async function () {
+    await fs.writeFile(path.join(context, 'f'), 'f\n')
+    const ok = await build('FROM bb\nARG WHO=1234:4321\nCOPY --chown=$WHO f /owned\n')
+    expect(ok.run.exitCode, ok.run.stderr).to.equal(0)
+    const stat = await fs.stat(box.data(ok.json.steps[2].wafer as string, 'owned'))
+    expect([stat.uid, stat.gid]).to.deep.equal([1234, 4321])
+
+    const before = await storeTree(box)
+    const empty = await build('FROM bb\nCOPY --from= f /y\n')
+    expect(empty.run.exitCode).to.equal(1)
+    expect(said(empty.run.stderr)).to.include('line 2: --from takes the name of a stage or a wafer.')
+    const heredoc = await build('FROM bb\nRUN <<EOF\necho hi\nEOF\n')
+    expect(heredoc.run.exitCode).to.equal(1)
+    expect(said(heredoc.run.stderr)).to.include('line 2: here-documents (<<) in RUN are not supported')
+    expect(await storeTree(box)).to.deep.equal(before)
+
+    const bad = await build("FROM bb\nRUN echo 'odd:x:abc:def::/:/bin/sh' >> /etc/passwd\nCOPY --chown=odd f /o\n")
+    expect(bad.run.exitCode).to.equal(1)
+    expect(said(bad.run.stderr)).to.include("--chown: the image's /etc/passwd row of odd has no numeric uid and gid.")
+  })
+  it('follows a Dockerfile that is a link inside the context, and only inside it', async function () {
+    await fs.mkdir(path.join(context, 'files'))
+    await fs.writeFile(path.join(context, 'files', 'Dockerfile.real'), 'FROM bb\nRUN echo linked > /linked\n')
+    await fs.symlink('files/Dockerfile.real', path.join(context, 'Dockerfile'))
+    const run = await box.run(['build', '-t', 'web', context])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    await fs.rm(path.join(context, 'Dockerfile'))
+    await fs.writeFile(path.join(box.root, 'outside-file'), 'FROM bb\n')
+    await fs.symlink(path.join(box.root, 'outside-file'), path.join(context, 'Dockerfile'))
+    const out = await box.run(['build', '-t', 'web2', context])
+    expect(out.exitCode).to.equal(1)
+    expect(said(out.stderr)).to.include('there is no Containerfile or Dockerfile in')
+  })
+})
