@@ -208,6 +208,14 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     const layers = fresh.json.steps.filter((step) => step.wafer !== null && !step.instruction.startsWith('FROM'))
     expect(layers.every((step) => !step.cached)).to.equal(true)
     expect(layers.map((step) => step.wafer)).to.not.include.members([changed.json.steps[4].wafer])
+
+    // ... and what it made is what the cache holds from then on: a plain build takes the fresh
+    // wafers and leaves NAME on them, not on the stale ones.
+    const after = await build(FILE)
+    expect(after.run.exitCode, after.run.stderr).to.equal(0)
+    expect(after.json.steps.every((step) => step.cached)).to.equal(true)
+    expect(after.json.steps.map((step) => step.wafer)).to.deep.equal(fresh.json.steps.map((step) => step.wafer))
+    expect(await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')).to.equal(`${fresh.json.steps[7].wafer}\n`)
   })
 
   it('stops at a failing RUN, naming it and its exit code, with no wafer for it and the steps before cached', async function () {

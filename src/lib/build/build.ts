@@ -10,12 +10,12 @@ import {withLock} from '../lock.js'
 import {type BuildMeta, type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
 import {isValidName} from '../names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
-import {linksFor, mountStack, overlayOptions, unmount} from '../overlay.js'
+import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
 import {liveStacks} from '../usage.js'
-import {baseIdentity, freshWaferName, isCached, stepKey, stepWaferName} from './cache.js'
+import {baseIdentity, isCached, newestGeneration, stepKey, stepWaferName} from './cache.js'
 import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
 import {copyInto, isArchive, mkdirIn, parseChmod, parseChown, unpackArchive} from './copy.js'
 import {
@@ -472,11 +472,12 @@ class Builder {
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
     const forRun = instruction.keyword === 'RUN'
     const key = stepKey({parent: stage.identity, sources, state: this.state(stage), text: instruction.text})
-    let name = stepWaferName(key)
+    const generation = await newestGeneration(this.store, key)
+    let name = stepWaferName(key, Math.max(generation, 0))
     const parent = stage.top
-    const cached = !this.options.noCache && (await isCached(this.store, name, key, parent))
+    const cached = !this.options.noCache && generation >= 0 && (await isCached(this.store, name, key, parent))
     if (!cached) {
-      if (await this.store.exists(name)) name = freshWaferName(key)
+      if (generation >= 0) name = stepWaferName(key, generation + 1)
       const below = parent === undefined ? [] : await traceAncestry(this.store, parent)
       if (below.length > 0 && !this.overlayChecked) {
         await checkOverlayfs()
@@ -532,9 +533,8 @@ class Builder {
       )
     }
 
-    const wafers = [path.basename(stage), ...below]
     const hookOptions = {
-      layers: wafers.map((w) => path.join(this.store.root, w, 'data')),
+      layers: [data, ...below.map((w) => this.store.dataDir(w))],
       mountpoint,
       name,
       wafers: [name, ...below],
@@ -542,19 +542,22 @@ class Builder {
     const {hooks} = this.options
     if (hooks) await fireHook(hooks, 'wafers:prestack', hookOptions)
     // No store lock here (it costs a process per step): a `wafers rm` of a layer before the mount
-    // makes the mount fail, and after it the mount makes rm refuse.
+    // makes the mount fail, and after it the mount makes rm refuse. The stage is named only through
+    // the descriptor the store holds (`/proc/PID/fd/N`), never by its swappable name in the store, so
+    // its upper, work and placeholder paths are absolute; the wafers below are short links.
     try {
-      if (forNspawn) {
-        const lowers = [path.join('..', path.basename(stage), 'nspawn'), ...(await linksFor(this.store, below))]
-        const {run} = await import('../run.js')
-        await run(
-          'mount',
-          ['-t', 'overlay', '-o', overlayOptions(path.basename(stage), lowers), this.store.linksDir, mountpoint],
-          {
-            cwd: this.store.linksDir,
-          },
+      const lowers = [...(forNspawn ? [placeholders] : []), ...(await linksFor(this.store, below))]
+      const options = `lowerdir=${lowers.join(':')},upperdir=${data},workdir=${path.join(stage, 'work')}`
+      if (options.length > MAX_OPTIONS_LENGTH) {
+        throw new WafersError(
+          `the mount options of step ${name} take ${options.length} bytes, more than ${MAX_OPTIONS_LENGTH}.`,
         )
-      } else await mountStack(this.store, wafers, mountpoint)
+      }
+
+      const {run} = await import('../run.js')
+      await run('mount', ['--no-canonicalize', '-t', 'overlay', '-o', options, this.store.linksDir, mountpoint], {
+        cwd: this.store.linksDir,
+      })
     } catch (error) {
       if (forNspawn) await fs.rm(placeholders, {force: true, recursive: true})
       for (const wafer of below) {

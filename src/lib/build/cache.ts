@@ -1,4 +1,4 @@
-import {createHash, randomBytes} from 'node:crypto'
+import {createHash} from 'node:crypto'
 import {lstatSync} from 'node:fs'
 
 import {WafersError} from '../errors.js'
@@ -27,14 +27,22 @@ export function stepKey(input: StepKeyInput): string {
     .digest('hex')
 }
 
-/** The wafer a step with `key` makes: `build-` and 40 hex digits of the key (a machine name). */
-export function stepWaferName(key: string): string {
-  return `build-${key.slice(0, 40)}`
+/**
+ * The wafer a step with `key` makes: `build-` and 40 hex digits of the key (a machine name).
+ * `--no-cache` makes generation n+1 beside generation n (which may be in use), and a later build
+ * takes the newest generation, so a rebuild forced with --no-cache is what the cache holds next.
+ */
+export function stepWaferName(key: string, generation = 0): string {
+  const id = generation === 0 ? key : createHash('sha256').update(`${key}/${generation}`).digest('hex')
+  return `build-${id.slice(0, 40)}`
 }
 
-/** A wafer name for a step rebuilt with --no-cache while its cached wafer is kept. */
-export function freshWaferName(key: string): string {
-  return stepWaferName(createHash('sha256').update(key).update(randomBytes(16)).digest('hex'))
+/** The newest generation of the step with `key` in the store (see stepWaferName), or -1 for none. */
+export async function newestGeneration(store: WaferStore, key: string): Promise<number> {
+  let generation = -1
+  // eslint-disable-next-line no-await-in-loop
+  while (await store.exists(stepWaferName(key, generation + 1))) generation++
+  return generation
 }
 
 /**
