@@ -4,7 +4,8 @@ import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/build/build.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
-import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
+import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {registryFlags} from '../registry-flags.js'
 import {progressMode, runSteps} from '../lib/progress.js'
 import {locationsFromEnv} from '../lib/store.js'
 
@@ -37,24 +38,18 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
   ]
 
   static flags = {
-    authfile: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.authfile}`, helpValue: 'FILE'}),
+    ...registryFlags('FROM images: '),
     'build-arg': Flags.string({
       description: 'Set build arg KEY to VALUE (KEY=VALUE); repeat for more.',
       multiple: true,
       multipleNonGreedy: true,
     }),
-    creds: Flags.string({description: `FROM images: ${REGISTRY_FLAG_HELP.creds}`, helpValue: 'USER:PASS'}),
     file: Flags.string({
       char: 'f',
       description: 'The Containerfile [default: CONTEXT/Containerfile, then CONTEXT/Dockerfile].',
     }),
     'no-cache': Flags.boolean({description: 'Rebuild every step, whatever the cache holds.'}),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
-    'tls-verify': Flags.boolean({
-      allowNo: true,
-      default: true,
-      description: `FROM images: ${REGISTRY_FLAG_HELP.tlsVerify}`,
-    }),
   }
 
   static summary = 'Build a Containerfile into a cached chain of wafers.'

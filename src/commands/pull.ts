@@ -3,7 +3,8 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
-import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
+import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {registryFlags} from '../registry-flags.js'
 import type {PullResult} from '../lib/oci/pull.js'
 import {progressMode, runSteps} from '../lib/progress.js'
 import {locationsFromEnv} from '../lib/store.js'
@@ -42,9 +43,7 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
   ]
 
   static flags = {
-    authfile: Flags.string({description: REGISTRY_FLAG_HELP.authfile, helpValue: 'FILE'}),
-    creds: Flags.string({description: REGISTRY_FLAG_HELP.creds, helpValue: 'USER:PASS'}),
-    'tls-verify': Flags.boolean({allowNo: true, default: true, description: REGISTRY_FLAG_HELP.tlsVerify}),
+    ...registryFlags(),
   }
 
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'

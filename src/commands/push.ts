@@ -3,7 +3,8 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/interrupt.js'
-import {REGISTRY_FLAG_HELP, tlsVerifyValue} from '../lib/oci/flags.js'
+import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {registryFlags} from '../registry-flags.js'
 import type {PushResult} from '../lib/oci/push.js'
 import {progressMode, runSteps} from '../lib/progress.js'
 import {locationsFromEnv} from '../lib/store.js'
@@ -40,10 +41,8 @@ Layers are reproducible: the same files give the same layer digest on every push
   ]
 
   static flags = {
-    authfile: Flags.string({description: REGISTRY_FLAG_HELP.authfile, helpValue: 'FILE'}),
-    creds: Flags.string({description: REGISTRY_FLAG_HELP.creds, helpValue: 'USER:PASS'}),
+    ...registryFlags(),
     force: Flags.boolean({description: 'Push even when a wafer of the stack is the writable top of a mounted stack.'}),
-    'tls-verify': Flags.boolean({allowNo: true, default: true, description: REGISTRY_FLAG_HELP.tlsVerify}),
   }
 
   static summary = "Push a wafer's stack to a registry as an OCI image, one layer per wafer."

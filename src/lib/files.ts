@@ -14,8 +14,30 @@ export const MAX_STORE_FILE = 1024 * 1024
  * four trips through libuv's thread pool. `what` names the file in errors ("the parent file of wafer x").
  */
 export function readStoreFile(file: string, what: string, max = MAX_STORE_FILE): string | undefined {
-  // O_PATH opens the name itself, not what it names: no device, FIFO or socket is ever opened (an
-  // open can have side effects, such as arming a watchdog), and a symlink is seen, not followed.
+  const opened = openStoreFile(file, what, (size) => {
+    if (size > max) throw new WafersError(`${what} is ${size} bytes, more than the ${max} wafers reads.`)
+  })
+  if (opened === undefined) return undefined
+  try {
+    return readAtMost(opened.fd, what, max, opened.size)
+  } finally {
+    closeSync(opened.fd)
+  }
+}
+
+/**
+ * Opens for reading a file someone else may have planted (in the store, a layout, `$WAFERS/.oci`).
+ * The name is opened with O_PATH|O_NOFOLLOW: no symlink is followed, and no device, FIFO or socket
+ * is ever opened (an open can have side effects, such as arming a watchdog). It must be a regular
+ * file, and `check` judges its size; only then is that very inode reopened through /proc/self/fd,
+ * non-blocking, even if the name was swapped since. Undefined when it does not exist; the caller
+ * closes the descriptor.
+ */
+export function openStoreFile(
+  file: string,
+  what: string,
+  check: (size: number) => void,
+): undefined | {fd: number; size: number} {
   let handle: number
   try {
     handle = openSync(file, O_PATH | constants.O_NOFOLLOW)
@@ -31,14 +53,8 @@ export function readStoreFile(file: string, what: string, max = MAX_STORE_FILE):
     if (stat.isSymbolicLink()) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
     if (stat.isDirectory()) throw new WafersError(`${what} is a directory.`)
     if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
-    if (stat.size > max) throw new WafersError(`${what} is ${stat.size} bytes, more than the ${max} wafers reads.`)
-    // Reopening through /proc reads the very inode checked above, even if the name was swapped since.
-    const fd = openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK)
-    try {
-      return readAtMost(fd, what, max, stat.size)
-    } finally {
-      closeSync(fd)
-    }
+    check(stat.size)
+    return {fd: openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK), size: stat.size}
   } finally {
     closeSync(handle)
   }

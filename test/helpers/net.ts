@@ -1,6 +1,9 @@
 import net from 'node:net'
 
-/** A loopback port nothing listens on (it was just closed), so connecting is refused at once. */
+/**
+ * A loopback port nothing listens on (it was just closed): connecting is refused at once, and a
+ * server a test starts can take it.
+ */
 export async function closedPort(): Promise<number> {
   const server = net.createServer()
   await new Promise<void>((resolve) => {

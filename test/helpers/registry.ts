@@ -4,6 +4,8 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
+import {closedPort} from './net.js'
+
 /** A CNCF distribution registry (Debian's docker-registry) on 127.0.0.1, with its storage in a temp dir. */
 export class Registry {
   private constructor(
@@ -23,7 +25,7 @@ export class Registry {
    */
   static async start(options: {users?: Record<string, string>} = {}): Promise<Registry> {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-registry-'))
-    const port = await freePort()
+    const port = await closedPort()
     const lines = [
       'version: 0.1',
       'log:',
@@ -71,18 +73,6 @@ export class Registry {
     await this.child
     await fs.rm(this.dir, {force: true, recursive: true})
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => {
-    server.listen(0, '127.0.0.1', resolve)
-  })
-  const {port} = server.address() as net.AddressInfo
-  await new Promise((resolve) => {
-    server.close(resolve)
-  })
-  return port
 }
 
 async function answers(port: number): Promise<boolean> {

@@ -1,10 +1,10 @@
 import {createHash} from 'node:crypto'
-import {closeSync, constants, createReadStream, fstatSync, mkdirSync, openSync, readSync} from 'node:fs'
+import {closeSync, createReadStream, mkdirSync, readSync} from 'node:fs'
 import path from 'node:path'
 import {Readable} from 'node:stream'
 
-import {WafersError, isErrno} from '../errors.js'
-import {writeFileAtomic} from '../files.js'
+import {WafersError} from '../errors.js'
+import {openStoreFile, writeFileAtomic} from '../files.js'
 import {
   Descriptor,
   Index,
@@ -33,49 +33,12 @@ export function digestOf(bytes: Buffer | string): string {
   return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
 }
 
-/** O_PATH (Linux): Node's fs.constants does not carry it. */
-const O_PATH = 0o10000000
-
-/**
- * Opens for reading a file someone else may have planted (anything in a layout or in
- * `$WAFERS/.oci`): the name is opened with O_PATH|O_NOFOLLOW, so no symlink is followed and no
- * FIFO, socket or device is ever opened; it must be a regular file, and `check` judges its size;
- * only then is that very inode reopened through /proc/self/fd, non-blocking. Returns the
- * descriptor and the size, or undefined when the file does not exist. The caller closes the fd.
- */
-export function openPlanted(
-  file: string,
-  what: string,
-  check: (size: number) => void,
-): undefined | {fd: number; size: number} {
-  let handle: number
-  try {
-    handle = openSync(file, O_PATH | constants.O_NOFOLLOW)
-  } catch (error) {
-    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
-    if (isErrno(error, 'EACCES') || isErrno(error, 'EPERM'))
-      throw new WafersError(`${what} cannot be read: permission denied.`)
-    throw new WafersError(`${what} cannot be opened (${(error as NodeJS.ErrnoException).code ?? 'unknown error'}).`)
-  }
-
-  try {
-    const stat = fstatSync(handle)
-    if (stat.isSymbolicLink()) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
-    if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
-    check(stat.size)
-    const fd = openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK)
-    return {fd, size: stat.size}
-  } finally {
-    closeSync(handle)
-  }
-}
-
 /**
  * Reads a small file whole: never through a symlink, never opening a FIFO or device, at most
  * `max` bytes (or exactly `size` bytes when given). Undefined when it does not exist.
  */
 export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB, size?: number): Buffer | undefined {
-  const opened = openPlanted(file, what, (actual) => {
+  const opened = openStoreFile(file, what, (actual) => {
     if (size !== undefined && actual !== size)
       throw new WafersError(`${what} is ${actual} bytes, not the ${size} its descriptor says.`)
     if (actual > max) throw new WafersError(`${what} is ${actual} bytes, more than the ${max} wafers reads.`)
@@ -98,11 +61,11 @@ export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB, s
 }
 
 /**
- * A stream of the blob `descriptor` names in the layout at `dir`, opened as openPlanted does: a
+ * A stream of the blob `descriptor` names in the layout at `dir`, opened as openStoreFile does: a
  * regular file of exactly `descriptor.size` bytes, of which never more are read.
  */
 export function openBlob(dir: string, descriptor: Descriptor, what: string): Readable {
-  const opened = openPlanted(blobPath(dir, descriptor.digest), what, (size) => {
+  const opened = openStoreFile(blobPath(dir, descriptor.digest), what, (size) => {
     if (size !== descriptor.size)
       throw new WafersError(`${what} is ${size} bytes, not the ${descriptor.size} its descriptor says.`)
   })
