@@ -40,7 +40,9 @@ export async function lockDirectory(
       status = await flock(fd, ['-x', '-w', String(options.waitSeconds ?? 600)], interrupt.signal)
     }
 
-    if (interrupt.signal.aborted || status.signal) {
+    // A signal matters only when it ended a wait: a lock taken is handed over, and the caller,
+    // which sees the same signal, cleans up what it made (a stage made and locked, say).
+    if (status.code !== 0 && (interrupt.signal.aborted || status.signal)) {
       const signal = (interrupt.signal.reason as NodeJS.Signals | undefined) ?? status.signal!
       throw new WafersError(`interrupted while waiting for the lock on ${dir}; nothing was done.`, {
         exit: EXIT_BY_SIGNAL[signal] ?? 130,

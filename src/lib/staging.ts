@@ -42,7 +42,10 @@ export interface Stage {
 export async function makeStage(root: string, name: string): Promise<Stage> {
   const dir = path.join(root, `${STAGE_PREFIX}${name}-${randomBytes(6).toString('hex')}`)
   await fs.mkdir(dir, {mode: 0o700})
-  const lock = await lockDirectory(dir)
+  const lock = await lockDirectory(dir).catch(async (error: unknown) => {
+    await fs.rmdir(dir).catch(() => {}) // still empty: nothing was put in it
+    throw error
+  })
   if (lock === undefined) throw new WafersError(`cannot lock the staging directory ${dir}.`)
   if (heldInside(root, lock.fd) === undefined) {
     lock.release()
@@ -117,9 +120,29 @@ export async function removeAbandonedStages(root: string): Promise<void> {
  * child that outlived it) still holds its lock: then it stays for a later create to sweep.
  */
 export async function discardStage(root: string, stage: Stage): Promise<void> {
-  const fd = openSync(stage.held, constants.O_RDONLY | constants.O_DIRECTORY)
+  // Our own descriptor of the stage, taken before the lock's is closed; each try reopens it (a
+  // failed try closes the descriptor it was given).
+  const own = openSync(stage.held, constants.O_RDONLY | constants.O_DIRECTORY)
   stage.release()
-  const lock = await tryLockFd(fd)
+  // A program just stopped (tar after Ctrl-C) may hold the lock a moment more while it exits:
+  // wait a little for it, never for long, and never remove what is still held.
+  let lock: Lock | undefined
+  try {
+    for (let attempt = 0; attempt < 40 && lock === undefined; attempt++) {
+      if (attempt > 0) {
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => {
+          setTimeout(resolve, 50)
+        })
+      }
+
+      // eslint-disable-next-line no-await-in-loop
+      lock = await tryLockFd(openSync(`/proc/self/fd/${own}`, constants.O_RDONLY | constants.O_DIRECTORY))
+    }
+  } finally {
+    closeSync(own)
+  }
+
   if (lock === undefined) return
   try {
     await removeHeld(root, stage.dir, lock.fd)
