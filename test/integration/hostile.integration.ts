@@ -399,7 +399,12 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       await fs.mkdir(victim, {mode: 0o700})
       await fs.writeFile(path.join(victim, 'secret'), 'keep\n', {mode: 0o600})
       const creating = box.run(['create', 'slow', '--seed', 'alpha-writer', '--', '40'])
-      await until(async () => (await stages()).length === 1)
+      // Once the stage has its data directory it is made and held (a swap before that is refused
+      // too, with another message: the stage "was moved out of the store as it was made").
+      await until(async () => {
+        const made = await stages()
+        return made.length === 1 && exists(path.join(box.wafers, made[0], 'data'))
+      })
       const [stage] = await stages()
       await fs.rename(path.join(box.wafers, stage), path.join(box.root, 'moved'))
       await fs.symlink(victim, path.join(box.wafers, stage))
