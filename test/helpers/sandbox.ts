@@ -198,3 +198,13 @@ export async function snapshot(dir: string): Promise<string[]> {
 export function hasStackTrace(text: string): boolean {
   return /^\s+at .*:\d+:\d+\)?$/m.test(text)
 }
+
+/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
+export function said(stderr: string): string {
+  return stderr.replaceAll(/ *\n ›\s+/g, ' ')
+}
+
+/** Every file under a wafer's data, as paths relative to it. */
+export async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
+  return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
+}

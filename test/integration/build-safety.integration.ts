@@ -5,10 +5,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+import {filesOf, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
   name: string
@@ -18,11 +15,6 @@ interface BuildJson {
 /** The store as a tree, without the links directory the first mount makes. */
 async function storeTree(box: Sandbox): Promise<string[]> {
   return (await snapshot(box.wafers)).filter((line) => !line.startsWith('.links'))
-}
-
-/** Every file under a wafer's data, as paths relative to it. */
-async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
-  return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
 }
 
 describe('wafers build: hostile images and contexts never reach the host (real nspawn, real overlays)', function () {

@@ -4,19 +4,11 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+import {filesOf, hasStackTrace, nspawnIn, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
   name: string
   steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
-}
-
-/** Every file under a wafer's data, as paths relative to it. */
-async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
-  return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
 }
 
 describe('wafers build: a Containerfile becomes a cached chain of wafers (real nspawn, real overlays)', function () {

@@ -3,13 +3,10 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {Sandbox, hasStackTrace, nspawnIn, requireMounts, snapshot} from '../helpers/sandbox.js'
+import {hasStackTrace, nspawnIn, requireMounts, said, Sandbox, snapshot} from '../helpers/sandbox.js'
 import {closedPort} from '../helpers/net.js'
 
 const plugin = fileURLToPath(new URL('../../plugins/debian', import.meta.url))
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
 
 describe('wafers-plugin-debian-arch, linked as a user would (real debootstrap, real mounts)', function () {
   let box: Sandbox

@@ -7,14 +7,11 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {readMountTable} from '../../src/lib/mounts.js'
-import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {swapInLoop} from '../helpers/swapper.js'
 
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 const fixtures = fileURLToPath(new URL('../fixtures', import.meta.url))
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
 
 const sleep = (ms: number) =>
   new Promise((resolve) => {

@@ -6,10 +6,7 @@ import path from 'node:path'
 
 import {closedPort} from '../helpers/net.js'
 import {Registry} from '../helpers/registry.js'
-import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+import {hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 const sha = (bytes: Buffer | string) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
 

@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Sandbox, hasStackTrace, useSandbox} from '../helpers/sandbox.js'
+import {hasStackTrace, said, Sandbox, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 import {UMOCI_IMAGE_FEATURES, makeUmociImage} from '../helpers/umoci.js'
 
@@ -19,9 +19,6 @@ interface Pulled {
   made: boolean
   name: string
 }
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
 
 describe('oci: pull from OCI layouts', function () {
   this.timeout(300_000)

@@ -5,10 +5,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {readMountTable} from '../../src/lib/mounts.js'
-import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+import {hasStackTrace, requireMounts, said, Sandbox, snapshot} from '../helpers/sandbox.js'
 
 const fixtures = fileURLToPath(new URL('../fixtures', import.meta.url))
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))

@@ -3,10 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-/** stderr as one line: oclif wraps error messages at the terminal width, behind " ›   ". */
-const said = (stderr: string): string => stderr.replaceAll(/ *\n ›\s+/g, ' ')
+import {hasStackTrace, nspawnIn, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 /** setfattr/getfattr come with the attr package; CI installs it, elsewhere xattr checks skip. */
 async function haveXattrTools(context: Mocha.Context): Promise<boolean> {
