@@ -68,8 +68,9 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
 
     const {buildSteps} = await import('../lib/build/build.js')
     const interrupt = interruptSignal()
+    let close: (() => Promise<void>) | undefined
     try {
-      const {result, steps} = buildSteps(locationsFromEnv(), {
+      const build = buildSteps(locationsFromEnv(), {
         buildArgs,
         context: args.context,
         file: flags.file,
@@ -79,6 +80,8 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
         signal: interrupt.signal,
       })
+      close = build.close
+      const {result, steps} = build
       await runSteps(steps, progressMode({json: this.jsonEnabled()}), interrupt.signal)
       const layers = result.steps.filter((step) => step.wafer !== null && !step.instruction.startsWith('FROM '))
       const made = layers.filter((step) => !step.cached).length
@@ -86,6 +89,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       this.log(`built ${result.name}: ${made} wafers made, ${cached} from the cache`)
       return result
     } finally {
+      await close?.().catch(() => {})
       interrupt.dispose()
     }
   }

@@ -66,6 +66,50 @@ export async function makeStage(root: string, name: string): Promise<Stage> {
   }
 }
 
+/**
+ * A staging directory for wafer `name` inside `parent`, a stage this process holds (a build makes
+ * each step's wafer in one): `parent`'s lock covers it, so making it takes no lock and no process,
+ * and a sweeper that finds `parent` abandoned removes it with it. Reached only through its own
+ * descriptor, like any stage.
+ */
+export async function makeStageIn(parent: Stage, name: string): Promise<Stage> {
+  const dir = path.join(parent.held, `${name}-${randomBytes(6).toString('hex')}`)
+  await fs.mkdir(dir, {mode: 0o700})
+  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  let open = true
+  return {
+    dir,
+    fd,
+    held: heldPath(fd),
+    release() {
+      if (open) closeSync(fd)
+      open = false
+    },
+  }
+}
+
+/**
+ * Removes a stage made by makeStageIn that is no longer needed. Something still mounted inside it
+ * keeps it (and its parent stage then stays for a later create to sweep, mounts and all).
+ */
+export async function discardStageIn(stage: Stage): Promise<void> {
+  try {
+    let real: string
+    try {
+      real = readlinkSync(`/proc/self/fd/${stage.fd}`)
+    } catch {
+      return
+    }
+
+    if (mountsUnder(await readMountTable(), real).length > 0) return
+    const entries = await fs.readdir(stage.held)
+    await Promise.all(entries.map((entry) => fs.rm(path.join(stage.held, entry), {force: true, recursive: true})))
+    await fs.rmdir(stage.dir).catch(() => {})
+  } finally {
+    stage.release()
+  }
+}
+
 /** A path that reaches the directory open on `fd` whatever happens to its name (also for children). */
 export function heldPath(fd: number): string {
   return `/proc/${process.pid}/fd/${fd}`

@@ -7,7 +7,7 @@ import {readStoreFile} from './files.js'
 import {withLock} from './lock.js'
 import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'
-import {discardStage, makeStage, removeAbandonedStages} from './staging.js'
+import {type Stage, discardStage, discardStageIn, makeStage, makeStageIn, removeAbandonedStages} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
 export const DEFAULT_STACKS = '/var/lib/machines'
@@ -89,6 +89,11 @@ export interface CreateOptions {
   machineId?: string
   /** The parent's `data`, whose owner and mode the new `data` takes. */
   parentData?: string
+  /**
+   * A stage of openStage's to make the wafer in (a build makes every step's wafer in one), instead
+   * of a stage of its own: saves the locks a stage of its own takes.
+   */
+  within?: Stage
 }
 
 /**
@@ -109,15 +114,7 @@ export class WaferStore {
    */
   async create(name: string, parent: string | undefined, options: CreateOptions = {}): Promise<void> {
     const target = this.dir(name)
-    await makeStoreRoot(this.root)
-    // Sweeping abandoned stages and making ours happen under the store lock, so that no other
-    // create can take ours for abandoned before it is locked.
-    const stage = await withLock(this.root, async () => {
-      await removeAbandonedStages(this.root)
-      return makeStage(this.root, name)
-    }).catch((error: unknown) => {
-      throw asWafersError(error)
-    })
+    const stage = options.within ? await makeStageIn(options.within, name) : await this.openStage(name)
     try {
       // Everything goes through stage.held, the directory made above, never through its name,
       // which anyone who may write to the store can swap for a symlink meanwhile.
@@ -156,7 +153,7 @@ export class WaferStore {
       })
       stage.release()
     } catch (error) {
-      await discardStage(this.root, stage).catch(() => {})
+      await (options.within ? discardStageIn(stage) : discardStage(this.root, stage)).catch(() => {})
       if (error instanceof StageSwapped) {
         throw new WafersError(
           `the staging directory ${error.dir} was replaced by something else while wafer ${name} was made; ${name} was not created.`,
@@ -169,6 +166,23 @@ export class WaferStore {
 
       throw asWafersError(error)
     }
+  }
+
+  /**
+   * A new staging directory in the store, locked until released (or discarded with discardStage):
+   * where create makes a wafer, or where a build makes each of its steps' wafers (create's
+   * `within`). `label` names it (`.create-LABEL-RANDOM`).
+   */
+  async openStage(label: string): Promise<Stage> {
+    await makeStoreRoot(this.root)
+    // Sweeping abandoned stages and making ours happen under the store lock, so that no other
+    // create can take ours for abandoned before it is locked.
+    return withLock(this.root, async () => {
+      await removeAbandonedStages(this.root)
+      return makeStage(this.root, label)
+    }).catch((error: unknown) => {
+      throw asWafersError(error)
+    })
   }
 
   dataDir(name: string): string {

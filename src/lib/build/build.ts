@@ -1,3 +1,4 @@
+import {randomBytes} from 'node:crypto'
 import {promises as fs, lstatSync, readdirSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -12,6 +13,7 @@ import {isValidName} from '../names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
 import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
+import {type Stage as StoreStage, discardStage} from '../staging.js'
 import {Locations, WaferStore} from '../store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
 import {liveStacks} from '../usage.js'
@@ -109,9 +111,13 @@ export function readContainerfile(context: string, file?: string): {containerfil
 /**
  * The steps that build wafer `name` from a Containerfile, one per instruction and a last one that
  * points NAME at the result, and the result they fill in. Checks (root, context, the file's syntax,
- * NAME) run before anything is made.
+ * NAME) run before anything is made. `close` must be called however the steps end: it removes the
+ * build's staging directory.
  */
-export function buildSteps(locations: Locations, options: BuildOptions): {result: BuildResult; steps: Step[]} {
+export function buildSteps(
+  locations: Locations,
+  options: BuildOptions,
+): {close: () => Promise<void>; result: BuildResult; steps: Step[]} {
   checkRoot()
   if (!isValidName(options.name)) {
     throw new WafersError(
@@ -132,7 +138,7 @@ export function buildSteps(locations: Locations, options: BuildOptions): {result
   checkInstructions(containerfile)
   const store = new WaferStore(locations.wafers)
   const builder = new Builder(locations, store, context, containerfile, options)
-  return {result: builder.result, steps: builder.steps()}
+  return {close: async () => builder.close(), result: builder.result, steps: builder.steps()}
 }
 
 class Builder {
@@ -142,6 +148,8 @@ class Builder {
   private readonly globalArgs: Variables = new Map()
   private ignore?: IgnoreRules
   private overlayChecked = false
+  /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
+  private staging?: StoreStage
   private readonly stages: Stage[] = []
   private stepNumber = 0
 
@@ -486,14 +494,16 @@ class Builder {
       }
 
       const build: BuildMeta = {instruction: instruction.text, key}
+      const within = await this.stagingDir()
       await this.store.create(name, parent, {
         fill: async (data) => {
-          await this.onStack(name, below, data, report, fill, forRun)
+          await this.onStack(name, below, data, report, fill, forRun ? within.held : undefined)
           // create writes meta.json after fill: the history can say whether the step changed anything.
           build.history = [historyEntry(instruction.text, data)]
         },
         meta: {build},
         parentData: below[0] === undefined ? undefined : this.store.dataDir(below[0]),
+        within,
       })
     }
 
@@ -506,8 +516,8 @@ class Builder {
 
   /**
    * Mounts `below` under the staging `data` privately (inside the staging dir), runs `fill` there,
-   * unmounts. For a RUN (`forNspawn`), the placeholders nspawn needs (see nspawnPlaceholders) lie
-   * between the two, in the staging dir, and are removed before the wafer is renamed into place.
+   * unmounts. For a RUN, the placeholders nspawn needs (see nspawnPlaceholders) lie between the
+   * two, in a new directory in `scratch` (the build's stage, removed with it when the build ends).
    */
   private async onStack(
     name: string,
@@ -515,8 +525,9 @@ class Builder {
     data: string,
     report: (line: string) => void,
     fill: (root: string, upper: string) => Promise<void>,
-    forNspawn = false,
+    scratch?: string,
   ): Promise<void> {
+    const forNspawn = scratch !== undefined
     if (below.length === 0 && !forNspawn) {
       await fill(data, data)
       return
@@ -524,7 +535,7 @@ class Builder {
 
     const stage = path.dirname(data)
     const mountpoint = path.join(stage, 'root')
-    const placeholders = path.join(stage, 'nspawn')
+    const placeholders = path.join(scratch ?? stage, `nspawn-${randomBytes(6).toString('hex')}`)
     await fs.mkdir(mountpoint)
     if (forNspawn) {
       await nspawnPlaceholders(
@@ -559,7 +570,6 @@ class Builder {
         cwd: this.store.linksDir,
       })
     } catch (error) {
-      if (forNspawn) await fs.rm(placeholders, {force: true, recursive: true})
       for (const wafer of below) {
         // eslint-disable-next-line no-await-in-loop
         if (!(await this.store.hasData(wafer))) throw new WafersError(`wafer ${wafer} was removed meanwhile.`)
@@ -576,7 +586,6 @@ class Builder {
         await fireHook(hooks, 'wafers:preunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
       await unmount(mountpoint)
       await fs.rmdir(mountpoint)
-      if (forNspawn) await fs.rm(placeholders, {force: true, recursive: true})
       if (hooks)
         await fireHook(hooks, 'wafers:postunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
     }
@@ -678,6 +687,19 @@ class Builder {
     }
   }
 
+  /** The build's stage in the store (see `staging`), made when first asked for. */
+  private async stagingDir(): Promise<StoreStage> {
+    this.staging ??= await this.store.openStage(`build-${this.options.name}`)
+    return this.staging
+  }
+
+  /** Removes the build's stage and what is left in it (nspawn's placeholders), however the build ended. */
+  async close(): Promise<void> {
+    const {staging} = this
+    this.staging = undefined
+    if (staging) await discardStage(this.store.root, staging)
+  }
+
   /** Makes NAME an empty wafer on the last stage's top, with the image config; re-points it when it exists. */
   private async finish(): Promise<string> {
     const stage = this.current as Stage
@@ -699,6 +721,7 @@ class Builder {
       await this.store.create(name, parent, {
         meta: {image},
         parentData: parent === undefined ? undefined : this.store.dataDir(parent),
+        within: await this.stagingDir(),
       })
       return `Created wafer ${name}${parent ? ` on ${parent}` : ''}`
     }

@@ -178,12 +178,13 @@ export async function runInRoot(
   if (spec.user) args.push(`--user=${spec.user}`)
   args.push('--', ...spec.argv)
   // When wafers dies, even by SIGKILL, the RUN dies with it: no RUN goes on writing into a staging
-  // dir that the next build removes as abandoned. setpriv (util-linux) has the kernel kill the
-  // unshare it becomes; unshare then kills nspawn, the first process of a PID namespace of its own,
-  // and with it the kernel kills everything in that namespace, the container's processes included.
+  // dir that the next build removes as abandoned. runStreaming starts unshare under setpriv
+  // --pdeathsig, so the kernel kills unshare with wafers; unshare then kills nspawn, the first
+  // process of a PID namespace of its own, and with it the kernel kills everything in that
+  // namespace, the container's processes included.
   const result = await runStreaming(
-    'setpriv',
-    ['--pdeathsig', 'KILL', '--', 'unshare', '--pid', '--fork', '--kill-child=KILL', '--', 'systemd-nspawn', ...args],
+    'unshare',
+    ['--pid', '--fork', '--kill-child=KILL', '--', 'systemd-nspawn', ...args],
     (line) => {
       // nspawn's own complaint about a /run that is not tmpfs (hosts without systemd as PID 1).
       if (!line.startsWith('Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')) report(line)
