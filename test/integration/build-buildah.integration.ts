@@ -31,6 +31,19 @@ const CONTAINERFILE = (base: string) =>
     'RUN /bin/busybox mkdir -p /var/lib/demo && echo "$GREETING from $APP_HOME" > /var/lib/demo/greeting && \\',
     '    /bin/busybox rm /data/owned /gone/file2 && /bin/busybox chmod 700 /srv/app',
     'RUN ["/bin/busybox", "ln", "-s", "/srv/app/run.sh", "/usr/bin/run-app"]',
+    // USER as a name the image lists, as bare numbers, and as a uid it does not list (busybox has
+    // no getent, so nspawn's --user cannot look any of them up: wafers switches to the numbers).
+    'RUN echo app:x:1500:1500::/home/app:/bin/sh >> /etc/passwd && echo app:x:1500: >> /etc/group && \\',
+    '    /bin/busybox mkdir -p /home/app && /bin/busybox chown 1500:1500 /home/app',
+    'USER owner',
+    'RUN echo "$(/bin/busybox id -u):$(/bin/busybox id -g) $HOME" > /tmp/id-owner',
+    'USER app',
+    'RUN echo "$(/bin/busybox id -u):$(/bin/busybox id -g) $HOME" > /home/app/id',
+    'USER 1234:1500',
+    'RUN echo "$(/bin/busybox id -u):$(/bin/busybox id -g) $HOME" > /tmp/id-numbers',
+    'USER 4321',
+    'RUN echo "$(/bin/busybox id -u):$(/bin/busybox id -g) $HOME" > /tmp/id-unknown',
+    'USER root',
     'ADD files.tar.gz /opt/',
     'LABEL org.example.name=demo',
     'CMD ["/usr/bin/run-app"]',
@@ -108,6 +121,13 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(ours).to.deep.equal(theirs)
     expect(ours.some((line) => line.startsWith('var/lib/demo/greeting f'))).to.equal(true)
     expect(ours.some((line) => line.startsWith('data/owned '))).to.equal(false)
+    // Each RUN ran as buildah's did (the listings above compare what they wrote, owners included):
+    // a user the image lists, bare numbers, and a uid it does not list (group 0, home /).
+    const text = async (file: string) => fs.readFile(path.join(box.stack('web'), file), 'utf8')
+    expect(await text('tmp/id-owner')).to.equal('1234:5678 /\n')
+    expect(await text('home/app/id')).to.equal('1500:1500 /home/app\n')
+    expect(await text('tmp/id-numbers')).to.equal('1234:1500 /\n')
+    expect(await text('tmp/id-unknown')).to.equal('4321:0 /\n')
 
     const buildah = JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8'))
     const meta = JSON.parse(await fs.readFile(path.join(box.wafers, 'web', 'meta.json'), 'utf8'))

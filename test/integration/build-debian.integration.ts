@@ -33,6 +33,12 @@ describe('wafers build on a debootstrap base (real apt-get from the host mirror)
         'FROM debian',
         'ENV DEBIAN_FRONTEND=noninteractive',
         'RUN apt-get update && apt-get install -y --no-install-recommends hello && rm -rf /var/lib/apt/lists/*',
+        // A user the image lists runs with its home and supplementary groups (nspawn --user, via the
+        // image's getent).
+        'RUN useradd --create-home --groups audio app',
+        'USER app',
+        'RUN id -un > /home/app/who && id -Gn >> /home/app/who && echo "$HOME" >> /home/app/who',
+        'USER root',
         'CMD ["hello"]',
         '',
       ].join('\n'),
@@ -53,6 +59,10 @@ describe('wafers build on a debootstrap base (real apt-get from the host mirror)
         ),
       ).to.equal(undefined)
     }
+
+    expect(await fs.readFile(box.data(steps[5].wafer as string, 'home', 'app', 'who'), 'utf8')).to.equal(
+      'app\napp audio\n/home/app\n',
+    )
 
     // Unchanged: nothing runs again.
     const again = await box.run(['build', '-t', 'greeter', '--json', context])

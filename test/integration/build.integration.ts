@@ -230,6 +230,16 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links').sort()).to.deep.equal(wafers)
   })
 
+  it('refuses a RUN as a user the image does not list, naming the step and the user, with no wafer for it', async function () {
+    const first = await build('FROM bb\nUSER ghost\nRUN touch /never\n')
+    expect(first.run.exitCode).to.equal(1)
+    expect(said(first.run.stderr)).to.include(
+      "step 3 (RUN touch /never): USER ghost: there is no user ghost in the image's /etc/passwd.",
+    )
+    expect(hasStackTrace(first.run.stderr), first.run.stderr).to.equal(false)
+    expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links')).to.deep.equal(['bb'])
+  })
+
   it('refuses what it does not support before running any step, naming the line, and changes nothing', async function () {
     const before = await snapshot(box.wafers)
     const mount = await build('FROM bb\nRUN touch /x\nRUN --mount=type=cache,target=/c true\n')

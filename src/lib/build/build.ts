@@ -19,7 +19,7 @@ import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
 import {liveStacks} from '../usage.js'
 import {baseIdentity, isCached, newestGeneration, stepKey, stepWaferName} from './cache.js'
 import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
-import {copyInto, isArchive, mkdirIn, parseChmod, parseChown, unpackArchive} from './copy.js'
+import {copyInto, isArchive, mkdirIn, parseChmod, unpackArchive} from './copy.js'
 import {
   type Containerfile,
   type Instruction,
@@ -32,6 +32,7 @@ import {
   words,
 } from './parser.js'
 import {containerPath, resolveInRoot} from './paths.js'
+import {parseChown, runAs} from './users.js'
 import {nspawnPlaceholders, runFailed, runInRoot} from './run.js'
 
 /** What `wafers build` is asked to do. */
@@ -349,13 +350,21 @@ class Builder {
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
     const {rest} = splitFlags(instruction.args, [], 'RUN')
     const argv = execForm(rest) ?? [...stage.shell, rest]
-    const spec = {argv, env: this.runEnv(stage), user: stage.config.User, workdir: stage.config.WorkingDir}
+    const spec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
     const step = this.stepNumber
     return this.fileStep(stage, instruction, undefined, report, async (root) => {
       if (spec.workdir) await mkdirIn(root, spec.workdir)
+      let user
+      try {
+        user = runAs(root, stage.config.User)
+      } catch (error) {
+        if (error instanceof WafersError) throw new WafersError(`step ${step} (${instruction.text}): ${error.message}`)
+        throw error
+      }
+
       let exitCode: number
       try {
-        exitCode = await runInRoot(root, spec, report, this.options.signal)
+        exitCode = await runInRoot(root, {...spec, user}, report, this.options.signal)
       } catch (error) {
         if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
         throw error

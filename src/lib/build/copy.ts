@@ -102,50 +102,6 @@ function isInside(root: string, file: string): boolean {
   return !rel.startsWith('..') && !path.isAbsolute(rel)
 }
 
-/**
- * The numeric owner `--chown=USER[:GROUP]` names, looked up in the image's /etc/passwd and
- * /etc/group (read inside `root` without following links out of it). A user alone takes its
- * primary group.
- */
-export function parseChown(root: string, spec: string | undefined): {gid: number; uid: number} {
-  if (spec === undefined) return {gid: 0, uid: 0}
-  const [user, group] = spec.split(':')
-  const passwd = readTable(root, '/etc/passwd')
-  const groups = readTable(root, '/etc/group')
-  let uid: number
-  let gid: number | undefined
-  if (/^\d+$/.test(user)) uid = Number(user)
-  else {
-    const row = passwd.find((fields) => fields[0] === user)
-    if (!row) throw new WafersError(`--chown: there is no user ${user} in the image's /etc/passwd.`)
-    if (!/^\d+$/.test(row[2] ?? '') || !/^\d+$/.test(row[3] ?? ''))
-      throw new WafersError(`--chown: the image's /etc/passwd row of ${user} has no numeric uid and gid.`)
-    uid = Number(row[2])
-    gid = Number(row[3])
-  }
-
-  if (group !== undefined && group !== '') {
-    if (/^\d+$/.test(group)) gid = Number(group)
-    else {
-      const row = groups.find((fields) => fields[0] === group)
-      if (!row) throw new WafersError(`--chown: there is no group ${group} in the image's /etc/group.`)
-      if (!/^\d+$/.test(row[2] ?? ''))
-        throw new WafersError(`--chown: the image's /etc/group row of ${group} has no numeric gid.`)
-      gid = Number(row[2])
-    }
-  }
-
-  return {gid: gid ?? uid, uid}
-}
-
-function readTable(root: string, file: string): string[][] {
-  const text = readStoreFile(resolveInRoot(root, file), `the image's ${file}`) ?? ''
-  return text
-    .split('\n')
-    .filter((line) => line !== '' && !line.startsWith('#'))
-    .map((line) => line.split(':'))
-}
-
 /** Parses `--chmod=OCTAL`. */
 export function parseChmod(spec: string | undefined): number | undefined {
   if (spec === undefined) return undefined

@@ -4,6 +4,8 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import {runStreaming} from '../seed.js'
+import {staticBusyboxWith} from '../seeders/busybox.js'
+import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
 export interface RunSpec {
@@ -11,9 +13,13 @@ export interface RunSpec {
   argv: string[]
   /** The environment: the image's Env and the build args in scope, `KEY=VALUE`. */
   env: string[]
-  user?: string
+  /** Who runs it (see runAs); root when undefined. */
+  user?: RunAs
   workdir?: string
 }
+
+/** Where a RUN that switches to bare numbers finds the host's static busybox (on nspawn's /run tmpfs). */
+const BUSYBOX_INSIDE = '/run/wafers/busybox'
 
 /**
  * What systemd-nspawn (as runInRoot starts it) makes in a container's root when it is missing: the
@@ -173,10 +179,34 @@ export async function runInRoot(
     '-D',
     root,
   ]
+  let {argv} = spec
+  const {user} = spec
+  if (user !== undefined && 'uid' in user) {
+    // nspawn's --user takes only a user the image lists, with its own groups: a uid it does not list,
+    // or a group given, is switched to by the host's static busybox, bound in read-only on nspawn's
+    // /run tmpfs (so nothing lands in the layer), exec'ing the command in its place.
+    let busybox: string
+    try {
+      busybox = await staticBusyboxWith('nsenter')
+    } catch (error) {
+      const why = error instanceof WafersError ? error.message.replace(/\.$/, '') : String(error)
+      throw new WafersError(
+        `a RUN as uid ${user.uid} and gid ${user.gid} needs the host's static busybox, and ${why}.`,
+        {suggestions: ['Install the busybox-static package.']},
+      )
+    }
+
+    args.push(`--bind-ro=${busybox}:${BUSYBOX_INSIDE}`)
+    args.push('-E', `HOME=${user.home}`, '-E', `USER=${user.name}`, '-E', `LOGNAME=${user.name}`)
+    argv = [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
+  } else if (user !== undefined) {
+    args.push(`--user=${user.name}`)
+  }
+
+  // The image's Env comes last: it wins over the HOME and USER set for a numeric user, as in Docker.
   for (const variable of spec.env) args.push('-E', variable)
   if (spec.workdir) args.push(`--chdir=${spec.workdir}`)
-  if (spec.user) args.push(`--user=${spec.user}`)
-  args.push('--', ...spec.argv)
+  args.push('--', ...argv)
   // When wafers dies, even by SIGKILL, the RUN dies with it: no RUN goes on writing into a staging
   // dir that the next build removes as abandoned. runStreaming starts unshare under setpriv
   // --pdeathsig, so the kernel kills unshare with wafers; unshare then kills nspawn, the first

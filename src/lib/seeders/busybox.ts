@@ -86,6 +86,20 @@ async function listApplets(busybox: string): Promise<string[]> {
   return applets
 }
 
+/**
+ * The host's static busybox with applet `applet`, for running it inside a wafer (a RUN's USER
+ * switch); refuses, saying what to install, when there is none.
+ */
+export async function staticBusyboxWith(applet: string): Promise<string> {
+  const busybox = await findBusybox()
+  await checkStatic(busybox)
+  if (!(await listApplets(busybox)).some((line) => path.basename(line) === applet)) {
+    throw new WafersError(`${busybox} has no ${applet} applet.`, {suggestions: ['Install the busybox-static package.']})
+  }
+
+  return busybox
+}
+
 async function findBusybox(): Promise<string> {
   for (const candidate of BUSYBOX_PATHS) {
     // eslint-disable-next-line no-await-in-loop
