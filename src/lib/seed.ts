@@ -197,7 +197,8 @@ class NoSpaceError extends WafersError {}
 
 /**
  * Runs a program with an argument array, streaming each line it prints to `report`; refuses
- * failures in one sentence with the last thing it said. execa is loaded only when needed.
+ * failures in one sentence with the last thing it said. Node's own spawn: a build starts one per
+ * RUN step, and execa's streaming costs more per start than the step's mount and unmount together.
  */
 export async function runStreaming(
   file: string,
@@ -206,72 +207,70 @@ export async function runStreaming(
   options: SeedRunOptions = {},
   cancel?: AbortSignal,
 ): Promise<SeedRunResult> {
-  const {execa} = await import('execa')
+  const [{spawn}, {createInterface}] = await Promise.all([import('node:child_process'), import('node:readline')])
   const tail: string[] = []
   const program = await findProgram(file, options.env?.PATH ?? process.env.PATH ?? '')
-  if (program === undefined) {
+  const missing = () => {
     const hint = options.package ? `; install the ${options.package} package` : ''
-    throw new WafersError(`${file} is not installed or not on PATH${hint}.`)
+    return new WafersError(`${file} is not installed or not on PATH${hint}.`)
   }
 
+  if (program === undefined) throw missing()
   // The kernel ends the program when wafers ends, however it ends (kill -9 included): setpriv sets
   // its parent-death signal, which Node cannot. It also holds the locks of the stages being filled
   // (an inherited descriptor), as does anything it starts, so no stage is swept while they write.
-  const fds = stagingLockFds()
-  const stopped = new AbortController()
-  const stop = () => stopped.abort()
-  cancel?.addEventListener('abort', stop)
-  if (cancel?.aborted) stopped.abort()
-  let full = false
-  const subprocess = execa(systemProgram('setpriv'), ['--pdeathsig', 'KILL', '--', program, ...args], {
-    all: true,
-    buffer: false,
-    cancelSignal: stopped.signal,
+  const child = spawn(systemProgram('setpriv'), ['--pdeathsig', 'KILL', '--', program, ...args], {
     cwd: options.cwd,
-    env: options.env,
-    reject: false,
-    // execa passes a number as that descriptor, though its types only name it for stdin/out/err.
-    stdio: ['ignore', 'pipe', 'pipe', ...(fds as unknown as Array<'ignore'>)],
+    env: options.env ? {...process.env, ...options.env} : process.env,
+    stdio: ['ignore', 'pipe', 'pipe', ...stagingLockFds()],
   })
-  try {
-    for await (const line of subprocess.iterable({from: 'all'})) {
-      const text = String(line).replace(/\r$/, '')
-      if (NO_SPACE.test(text)) {
-        // One sentence instead of one line per file that could not be written: stop it now.
-        full = true
-        stopped.abort()
-        break
-      }
+  let canceled = false
+  let full = false
+  const stop = () => {
+    canceled = true
+    child.kill('SIGTERM')
+  }
 
-      tail.push(text)
-      if (tail.length > TAIL_LINES) tail.shift()
-      report(text)
+  cancel?.addEventListener('abort', stop)
+  if (cancel?.aborted) stop()
+  const onLine = (line: string) => {
+    if (full) return
+    const text = line.replace(/\r$/, '')
+    if (NO_SPACE.test(text)) {
+      // One sentence instead of one line per file that could not be written: stop it now.
+      full = true
+      child.kill('SIGTERM')
+      return
     }
-  } catch {
-    // A program that could not start ends the stream early; the result below says why.
-  } finally {
-    cancel?.removeEventListener('abort', stop)
+
+    tail.push(text)
+    if (tail.length > TAIL_LINES) tail.shift()
+    report(text)
   }
 
-  const result = await subprocess
+  for (const stream of [child.stdout, child.stderr]) {
+    if (stream) createInterface({crlfDelay: Infinity, input: stream}).on('line', onLine)
+  }
+  const ended = await new Promise<{code: null | number; error?: Error; signal: NodeJS.Signals | null}>((resolve) => {
+    child.once('error', (error) => resolve({code: null, error, signal: null}))
+    child.once('close', (code, signal) => resolve({code, signal}))
+  }).finally(() => cancel?.removeEventListener('abort', stop))
+
   if (full) throw new NoSpaceError(`${file} ran out of space: no space is left on the file system it writes to.`)
-  if (
-    result.code === 'ENOENT' ||
-    (result.failed && result.exitCode === undefined && /ENOENT/.test(result.message ?? ''))
-  ) {
-    const hint = options.package ? `; install the ${options.package} package` : ''
-    throw new WafersError(`${file} is not installed or not on PATH${hint}.`)
+  if (ended.error) {
+    if (isErrno(ended.error, 'ENOENT')) throw missing()
+    throw new WafersError(`${file} could not be started: ${ended.error.message}`)
   }
 
-  if (result.isCanceled) throw new WafersError(`${file} was stopped.`)
-  const exitCode = result.exitCode ?? 1
-  const shortMessage = result.shortMessage ?? 'no output'
-  if (result.failed && options.check !== false) {
-    const said = tail.filter((line) => line.trim() !== '').at(-1) ?? shortMessage
+  if (canceled) throw new WafersError(`${file} was stopped.`)
+  const exitCode = ended.code ?? 1
+  if (exitCode !== 0 && options.check !== false) {
+    const last = ended.signal ? `killed by ${ended.signal}` : 'no output'
+    const said = tail.filter((line) => line.trim() !== '').at(-1) ?? last
     throw new WafersError(`${file} failed (exit code ${exitCode}): ${said.trim()}`)
   }
 
-  return {exitCode: result.failed ? exitCode : 0, tail}
+  return {exitCode, tail}
 }
 
 /** Where program `file` is: itself when it has a slash, else the first executable of that name on `searchPath`. */
