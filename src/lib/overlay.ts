@@ -88,9 +88,13 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
   await run('mount', ['-t', 'overlay', '-o', options, store.linksDir, mountpoint], {cwd: store.linksDir})
 }
 
-/** Unmounts whatever is mounted at `mountpoint` (the top-most mount); lazily detaches it if asked. */
-export async function unmount(mountpoint: string, options: {lazy?: boolean} = {}): Promise<void> {
-  await run('umount', options.lazy ? ['--lazy', mountpoint] : [mountpoint])
+/**
+ * Unmounts whatever is mounted at `mountpoint` (the top-most mount); lazily detaches it if asked.
+ * `held`: the path reaches a directory wafers holds open (`/proc/PID/fd/N/...`) and is given to the
+ * kernel as it is, never resolved to a name in the store that anyone may swap meanwhile.
+ */
+export async function unmount(mountpoint: string, options: {held?: boolean; lazy?: boolean} = {}): Promise<void> {
+  await run('umount', [...(options.held ? ['--no-canonicalize'] : []), ...(options.lazy ? ['--lazy'] : []), mountpoint])
 }
 
 /**

@@ -204,7 +204,7 @@ export async function runStreaming(
   file: string,
   args: string[],
   report: (line: string) => void,
-  options: SeedRunOptions = {},
+  options: SeedRunOptions & {stopSignal?: NodeJS.Signals} = {},
   cancel?: AbortSignal,
 ): Promise<SeedRunResult> {
   const [{spawn}, {createInterface}] = await Promise.all([import('node:child_process'), import('node:readline')])
@@ -226,9 +226,13 @@ export async function runStreaming(
   })
   let canceled = false
   let full = false
+  let killer: NodeJS.Timeout | undefined
+  // `cancel` stops it with `stopSignal` (SIGTERM: a seeder's program may clean up), and with
+  // SIGKILL if it is still there after a grace period (unshare --fork, for one, blocks SIGTERM).
   const stop = () => {
     canceled = true
-    child.kill('SIGTERM')
+    child.kill(options.stopSignal ?? 'SIGTERM')
+    killer ??= setTimeout(() => child.kill('SIGKILL'), 3000)
   }
 
   cancel?.addEventListener('abort', stop)
@@ -254,7 +258,10 @@ export async function runStreaming(
   const ended = await new Promise<{code: null | number; error?: Error; signal: NodeJS.Signals | null}>((resolve) => {
     child.once('error', (error) => resolve({code: null, error, signal: null}))
     child.once('close', (code, signal) => resolve({code, signal}))
-  }).finally(() => cancel?.removeEventListener('abort', stop))
+  }).finally(() => {
+    clearTimeout(killer)
+    cancel?.removeEventListener('abort', stop)
+  })
 
   if (full) throw new NoSpaceError(`${file} ran out of space: no space is left on the file system it writes to.`)
   if (ended.error) {

@@ -33,7 +33,7 @@ import {
 } from './parser.js'
 import {containerPath, resolveInRoot} from './paths.js'
 import {parseChown, runAs} from './users.js'
-import {nspawnPlaceholders, runFailed, runInRoot} from './run.js'
+import {nspawnPlaceholders, runFailed, runInRoot, touchesNspawnPaths} from './run.js'
 
 /** What `wafers build` is asked to do. */
 export interface BuildOptions {
@@ -151,6 +151,8 @@ class Builder {
   private overlayChecked = false
   /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
   private staging?: StoreStage
+  /** The placeholders the last RUN had (in `staging`), and the stack they were made for. */
+  private placeholders?: {below: string[]; dir: string}
   private readonly stages: Stage[] = []
   private stepNumber = 0
 
@@ -465,13 +467,17 @@ class Builder {
     await fs.mkdir(view)
     const ids = await linksFor(this.store, wafers)
     const {run} = await import('../run.js')
-    await run('mount', ['-t', 'overlay', '-o', `ro,lowerdir=${ids.join(':')}`, this.store.linksDir, view], {
-      cwd: this.store.linksDir,
-    })
+    await run(
+      'mount',
+      ['--no-canonicalize', '-t', 'overlay', '-o', `ro,lowerdir=${ids.join(':')}`, this.store.linksDir, view],
+      {
+        cwd: this.store.linksDir,
+      },
+    )
     try {
       await fn(view)
     } finally {
-      await unmount(view)
+      await unmount(view, {held: true})
       await fs.rmdir(view)
     }
   }
@@ -544,13 +550,29 @@ class Builder {
 
     const stage = path.dirname(data)
     const mountpoint = path.join(stage, 'root')
-    const placeholders = path.join(scratch ?? stage, `nspawn-${randomBytes(6).toString('hex')}`)
     await fs.mkdir(mountpoint)
+    let placeholders = ''
     if (forNspawn) {
-      await nspawnPlaceholders(
-        below.map((wafer) => this.store.dataDir(wafer)),
-        placeholders,
-      )
+      // The last RUN's placeholders fit again when all that changed below is new layers on its
+      // stack that hold none of the paths they stand in for (most steps): nothing to look up or make.
+      const last = this.placeholders
+      const added = last === undefined ? -1 : below.length - last.below.length
+      if (
+        last !== undefined &&
+        added >= 0 &&
+        below.slice(added).every((wafer, index) => wafer === last.below[index]) &&
+        !below.slice(0, added).some((wafer) => touchesNspawnPaths(this.store.dataDir(wafer)))
+      ) {
+        placeholders = last.dir
+      } else {
+        placeholders = path.join(scratch ?? stage, `nspawn-${randomBytes(6).toString('hex')}`)
+        await nspawnPlaceholders(
+          below.map((wafer) => this.store.dataDir(wafer)),
+          placeholders,
+        )
+      }
+
+      this.placeholders = {below, dir: placeholders}
     }
 
     const hookOptions = {
@@ -593,7 +615,7 @@ class Builder {
     } finally {
       if (hooks)
         await fireHook(hooks, 'wafers:preunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
-      await unmount(mountpoint)
+      await unmount(mountpoint, {held: true})
       await fs.rmdir(mountpoint)
       if (hooks)
         await fireHook(hooks, 'wafers:postunstack', {mountpoint, name}).catch((error) => report(String(error.message)))

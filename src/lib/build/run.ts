@@ -86,6 +86,23 @@ export async function nspawnPlaceholders(layers: string[], dir: string): Promise
 }
 
 /**
+ * Whether `layer` (one wafer's data) holds anything at a path nspawnPlaceholders looks at, or above
+ * one: if not, putting it on a stack does not change what that stack needs.
+ */
+export function touchesNspawnPaths(layer: string): boolean {
+  const paths = new Set<string>()
+  for (const {rel} of NSPAWN_NEEDS) {
+    for (let at = rel.replace(/\/$/, ''); at !== '.'; at = path.posix.dirname(at)) paths.add(at)
+  }
+
+  // Shallow paths first: a deeper one is looked at only once everything above it is known to be
+  // absent from the layer, so no link in the layer is ever followed.
+  return [...paths]
+    .sort((a, b) => a.split('/').length - b.split('/').length)
+    .some((rel) => lstatSync(path.join(layer, rel), {throwIfNoEntry: false}) !== undefined)
+}
+
+/**
  * Makes the directories above `rel` in `dir` that only the stack has, with the stack's owner, mode
  * and times: the top layer's directory is the one the merged tree shows.
  */
@@ -220,7 +237,8 @@ export async function runInRoot(
       if (!line.startsWith('Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')) report(line)
     },
     // /tmp stays the image's (as in Docker), not a tmpfs; /run is nspawn's tmpfs.
-    {check: false, env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'}, package: 'systemd-container'},
+    // Stopped with SIGKILL: unshare blocks SIGTERM, and its death is what takes nspawn and the RUN.
+    {check: false, env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'}, package: 'systemd-container', stopSignal: 'SIGKILL'},
     signal,
   ).finally(async () => {
     await fs.rm(path.join('/run/systemd/nspawn/propagate', machine), {force: true, recursive: true}).catch(() => {})
