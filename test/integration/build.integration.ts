@@ -290,6 +290,29 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     expect(mounts).to.deep.equal([])
   })
 
+  it('runs a RUN on a stack too deep for nspawn to mount by itself, each layer where it belongs', async function () {
+    // 60 wafers with 64-character names: their full paths take far more than the page of mount
+    // options nspawn could pass; the build then mounts the step itself, through the short links.
+    let parent = 'bb'
+    for (let i = 0; i < 60; i++) {
+      const name = `deep-${String(i).padStart(2, '0')}-${'x'.repeat(56)}`
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(path.join(box.wafers, name, 'data', 'layers'), {recursive: true})
+      // eslint-disable-next-line no-await-in-loop
+      await fs.mkdir(path.join(box.wafers, name, 'work'))
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(path.join(box.wafers, name, 'data', 'layers', String(i)), `${i}\n`)
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(path.join(box.wafers, name, 'parent'), `${parent}\n`)
+      parent = name
+    }
+
+    const {json, run} = await build(`FROM ${parent}\nRUN ls /layers | wc -l > /count\n`)
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await filesOf(box, json.steps[1].wafer as string)).to.deep.equal(['count'])
+    expect((await fs.readFile(box.data(json.steps[1].wafer as string, 'count'), 'utf8')).trim()).to.equal('60')
+  })
+
   it('never lets nspawn files into a layer, even where the stack lacks the paths nspawn makes', async function () {
     // busybox has no lib and no etc/resolv.conf: nspawn makes a lib link and a resolv.conf mount point.
     const {json, run} = await build('FROM bb\nRUN cat /etc/resolv.conf > /dev/null && touch /made\nRUN true\n')

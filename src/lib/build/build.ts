@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync, readdirSync} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync, realpathSync, statSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
@@ -33,7 +33,37 @@ import {
 } from './parser.js'
 import {containerPath, resolveInRoot} from './paths.js'
 import {parseChown, runAs} from './users.js'
-import {nspawnPlaceholders, runFailed, runInRoot, touchesNspawnPaths} from './run.js'
+import {
+  fitsNspawnOverlay,
+  isDirectoryIn,
+  nspawnPlaceholders,
+  type RunSpec,
+  runFailed,
+  runInRoot,
+  touchesNspawnPaths,
+} from './run.js'
+
+/**
+ * The real path of the directory `held` (`/proc/PID/fd/N`) reaches, when the path names that very
+ * directory right now (not a symlink swapped in for it); undefined otherwise.
+ */
+function realPathOfHeld(held: string): string | undefined {
+  try {
+    const real = realpathSync(held)
+    const [now, ours] = [lstatSync(real), statSync(held)]
+    return now.isDirectory() && now.ino === ours.ino && now.dev === ours.dev ? real : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** A RUN that nspawn can run alone, mounting the step's overlay itself (see onStack). */
+interface DirectRun {
+  /** Whether nothing must be looked up or made in the stack (`layers`, nearest first) beforehand. */
+  alone: (layers: string[]) => Promise<boolean>
+  /** Runs the step with nspawn in `root`, `overlay` (lowest first, the upper last) mounted on it. */
+  runIn: (root: string, overlay: string[]) => Promise<void>
+}
 
 /** What `wafers build` is asked to do. */
 export interface BuildOptions {
@@ -151,6 +181,7 @@ class Builder {
   private overlayChecked = false
   /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
   private staging?: StoreStage
+  private nspawnRootMade?: string
   /** The placeholders the last RUN had (in `staging`), and the stack they were made for. */
   private placeholders?: {below: string[]; dir: string}
   private readonly stages: Stage[] = []
@@ -352,21 +383,12 @@ class Builder {
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
     const {rest} = splitFlags(instruction.args, [], 'RUN')
     const argv = execForm(rest) ?? [...stage.shell, rest]
-    const spec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
+    const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
     const step = this.stepNumber
-    return this.fileStep(stage, instruction, undefined, report, async (root) => {
-      if (spec.workdir) await mkdirIn(root, spec.workdir)
-      let user
-      try {
-        user = runAs(root, stage.config.User)
-      } catch (error) {
-        if (error instanceof WafersError) throw new WafersError(`step ${step} (${instruction.text}): ${error.message}`)
-        throw error
-      }
-
+    const runIn = async (root: string, overlay?: string[]) => {
       let exitCode: number
       try {
-        exitCode = await runInRoot(root, {...spec, user}, report, this.options.signal)
+        exitCode = await runInRoot(root, spec, report, this.options.signal, overlay)
       } catch (error) {
         if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
         throw error
@@ -374,7 +396,31 @@ class Builder {
 
       if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
       if (exitCode !== 0) throw runFailed(step, instruction.text, exitCode)
-    })
+    }
+
+    // Whether nspawn can mount the step itself: nothing to look up or make in the stack first (a
+    // USER to find in its /etc/passwd, a WORKDIR it lacks).
+    const alone = async (layers: string[]) =>
+      (stage.config.User ?? '') === '' && (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
+    return this.fileStep(
+      stage,
+      instruction,
+      undefined,
+      report,
+      async (root) => {
+        if (spec.workdir) await mkdirIn(root, spec.workdir)
+        try {
+          spec.user = runAs(root, stage.config.User)
+        } catch (error) {
+          if (error instanceof WafersError)
+            throw new WafersError(`step ${step} (${instruction.text}): ${error.message}`)
+          throw error
+        }
+
+        await runIn(root)
+      },
+      {alone, runIn},
+    )
   }
 
   private async copy(
@@ -492,6 +538,7 @@ class Builder {
     sources: string | undefined,
     report: (line: string) => void,
     fill: (root: string, upper: string) => Promise<void>,
+    direct?: DirectRun,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
     const forRun = instruction.keyword === 'RUN'
     const key = stepKey({parent: stage.identity, sources, state: this.state(stage), text: instruction.text})
@@ -512,7 +559,7 @@ class Builder {
       const within = await this.stagingDir()
       await this.store.create(name, parent, {
         fill: async (data) => {
-          await this.onStack(name, below, data, report, fill, forRun ? within.held : undefined)
+          await this.onStack(name, below, data, report, fill, forRun ? within.held : undefined, direct)
           // create writes meta.json after fill: the history can say whether the step changed anything.
           build.history = [historyEntry(instruction.text, data)]
         },
@@ -541,6 +588,7 @@ class Builder {
     report: (line: string) => void,
     fill: (root: string, upper: string) => Promise<void>,
     scratch?: string,
+    direct?: DirectRun,
   ): Promise<void> {
     const forNspawn = scratch !== undefined
     if (below.length === 0 && !forNspawn) {
@@ -550,7 +598,6 @@ class Builder {
 
     const stage = path.dirname(data)
     const mountpoint = path.join(stage, 'root')
-    await fs.mkdir(mountpoint)
     let placeholders = ''
     if (forNspawn) {
       // The last RUN's placeholders fit again when all that changed below is new layers on its
@@ -573,7 +620,42 @@ class Builder {
       }
 
       this.placeholders = {below, dir: placeholders}
+      const layers = [placeholders, ...below.map((wafer) => this.store.dataDir(wafer))]
+      // No plugin listens to stack events and nothing needs the stack mounted here first: nspawn
+      // mounts the same overlay itself, in its own mount namespace, which ends with it. Two programs
+      // fewer per step (mount, umount), and no mount is left behind however the build ends.
+      // nspawn mounts in a namespace where /proc/PID/fd/N does not lead back to our stage, so it is
+      // given the stage's real path, checked to be the stage held right before nspawn starts.
+      const held = direct && scratch && !this.hasStackHooks() ? [scratch, stage] : []
+      const reals = held.map((dir) => realPathOfHeld(dir))
+      const named = (file: string) => {
+        const index = held.findIndex((dir) => file.startsWith(`${dir}/`))
+        return index === -1 ? file : `${reals[index]}${file.slice(held[index].length)}`
+      }
+
+      const overlay = [...layers, data].map((file) => named(file))
+      overlay.unshift(...overlay.splice(0, layers.length).reverse())
+      if (
+        held.length > 0 &&
+        !reals.includes(undefined) &&
+        fitsNspawnOverlay(overlay) &&
+        (await direct!.alone(layers))
+      ) {
+        try {
+          await direct!.runIn(named(await this.nspawnRoot(scratch!)), overlay)
+        } finally {
+          // nspawn's overlay work directory, beside the upper: gone when nspawn ends well.
+          for (const entry of await fs.readdir(stage)) {
+            // eslint-disable-next-line no-await-in-loop
+            if (entry.startsWith('.#')) await fs.rm(path.join(stage, entry), {force: true, recursive: true})
+          }
+        }
+
+        return
+      }
     }
+
+    await fs.mkdir(mountpoint)
 
     const hookOptions = {
       layers: [data, ...below.map((w) => this.store.dataDir(w))],
@@ -716,6 +798,28 @@ class Builder {
         throw new WafersError(`line ${line}: ${keyword} is not supported by wafers build.`)
       }
     }
+  }
+
+  /** Whether a plugin listens to any stack event: it then sees each step mounted, as a stack is. */
+  private hasStackHooks(): boolean {
+    const {hooks} = this.options
+    return (
+      hooks !== undefined &&
+      (['wafers:prestack', 'wafers:poststack', 'wafers:preunstack', 'wafers:postunstack'] as const).some((event) =>
+        hooks.has(event),
+      )
+    )
+  }
+
+  /** The directory nspawn is given as the root when it mounts a step itself: it only asks for a /usr. */
+  private async nspawnRoot(scratch: string): Promise<string> {
+    const root = path.join(scratch, 'nspawn-root')
+    if (this.nspawnRootMade !== root) {
+      await fs.mkdir(path.join(root, 'usr'), {recursive: true})
+      this.nspawnRootMade = root
+    }
+
+    return root
   }
 
   /** The build's stage in the store (see `staging`), made when first asked for. */

@@ -3,6 +3,7 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {MAX_OPTIONS_LENGTH} from '../overlay.js'
 import {runStreaming} from '../seed.js'
 import {staticBusyboxWith} from '../seeders/busybox.js'
 import type {RunAs} from './users.js'
@@ -53,8 +54,7 @@ const NSPAWN_NEEDS: Array<{link?: string[]; mode?: number; needs?: string; rel: 
  * wafer and nothing has to be removed from it afterwards: all the RUN itself makes stays.
  */
 export async function nspawnPlaceholders(layers: string[], dir: string): Promise<void> {
-  const xattr = await import('@napi-rs/xattr')
-  getAttributeSync = ((xattr as {default?: unknown}).default ?? xattr) as typeof getAttributeSync
+  await loadXattr()
   await fs.mkdir(dir, {mode: 0o755})
   const made = new Set<string>()
   const has = (rel: string) => made.has(rel) || lookup(layers, rel) !== 'absent'
@@ -162,11 +162,38 @@ function lookup(layers: string[], rel: string): 'absent' | 'dir' | 'other' {
   return 'absent'
 }
 
-let getAttributeSync: {getAttributeSync(file: string, name: string): Buffer | null}
+type Xattr = {getAttributeSync(file: string, name: string): Buffer | null}
+let getAttributeSync: undefined | Xattr
+
+async function loadXattr(): Promise<void> {
+  if (getAttributeSync) return
+  const xattr = await import('@napi-rs/xattr')
+  getAttributeSync = ((xattr as {default?: unknown}).default ?? xattr) as Xattr
+}
+
+/**
+ * Whether `dir` (a path in the container) is a directory in the overlay of `layers` (nearest
+ * first), reached through no link.
+ */
+export async function isDirectoryIn(layers: string[], dir: string): Promise<boolean> {
+  await loadXattr()
+  const rel = path.posix.normalize(`/${dir}`).slice(1)
+  return rel === '' || lookup(layers, rel) === 'dir'
+}
+
+/**
+ * Whether nspawn can mount an overlay of `paths` (lowest first, the upper last) itself: no path
+ * holds a character its option syntax or overlayfs's would take for a separator, and the options
+ * fit in the page the kernel takes them in, with room for nspawn to spell the paths its own way.
+ */
+export function fitsNspawnOverlay(paths: string[]): boolean {
+  if (paths.some((file) => /[:,\\\s]/.test(file))) return false
+  return paths.reduce((length, file) => length + file.length + 1, 0) + 512 < MAX_OPTIONS_LENGTH
+}
 
 function isOpaque(dir: string): boolean {
   try {
-    return getAttributeSync.getAttributeSync(dir, 'trusted.overlay.opaque')?.toString() === 'y'
+    return getAttributeSync?.getAttributeSync(dir, 'trusted.overlay.opaque')?.toString() === 'y'
   } catch {
     return false
   }
@@ -182,6 +209,7 @@ export async function runInRoot(
   spec: RunSpec,
   report: (line: string) => void,
   signal?: AbortSignal,
+  overlay?: string[],
 ): Promise<number> {
   const machine = `wafers-build-${randomBytes(6).toString('hex')}`
   const args = [
@@ -195,6 +223,8 @@ export async function runInRoot(
     '--link-journal=no',
     '-D',
     root,
+    // nspawn mounts the overlay on the container's root before anything else it mounts.
+    ...(overlay ? [`--overlay=${overlay.join(':')}:/`] : []),
   ]
   let {argv} = spec
   const {user} = spec
