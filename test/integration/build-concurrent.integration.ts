@@ -66,6 +66,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
   let box: Sandbox
   let context: string
   let gate: Gate
+  let started: ResultPromise[] = []
   useSandbox((created) => {
     box = created
   })
@@ -81,6 +82,10 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
   })
 
   afterEach(async function () {
+    // A test that failed midway leaves no build running into the next one (or keeping mocha alive).
+    for (const child of started) child.kill('SIGKILL')
+    await Promise.all(started)
+    started = []
     await gate?.close()
   })
 
@@ -99,6 +104,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
       reject: false,
       stdin: 'ignore',
     })
+    started.push(child)
     child.all?.on('data', (chunk: Buffer) => {
       output += chunk.toString()
     })
