@@ -177,6 +177,26 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     expect(mounts).to.deep.equal([])
   })
 
+  it('takes a step wafer another build made meanwhile without the lock, and discards its own staging', async function () {
+    this.timeout(180_000)
+    await containerfile()
+    const first = start('--json')
+    await until('the first RUN is under way', () => gate.requests === 1)
+    // As if the other build took no lock (an older wafers, or its lock removed): it is not waited for.
+    const locks = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.step-'))
+    expect(locks).to.have.length(1)
+    await fs.rmdir(path.join(box.wafers, locks[0]))
+    const b = json(await start('--json').child)
+    expect(gate.requests, 'RUNs that ran').to.equal(2)
+    gate.release()
+    const a = json(await first.child)
+    expect(a.steps.map((step) => step.wafer)).to.deep.equal(b.steps.map((step) => step.wafer))
+    expect(await stampOf(a.steps[1].wafer)).to.equal('request 2\n')
+    const list = await box.run(['list', '--json'])
+    expect((JSON.parse(list.stdout) as Array<{name: string}>).map((wafer) => wafer.name)).to.have.length(4)
+    expect(await leftovers()).to.deep.equal([])
+  })
+
   it('says it waits; when the first build fails the RUN, the second runs it itself and fails the same way', async function () {
     this.timeout(180_000)
     await containerfile(' && exit 3')
