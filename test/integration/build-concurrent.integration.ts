@@ -197,6 +197,33 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     expect(await leftovers()).to.deep.equal([])
   })
 
+  it('refuses a step lock that is a symlink or a FIFO, following and opening neither', async function () {
+    this.timeout(180_000)
+    await containerfile()
+    const first = start()
+    await until('the first RUN is under way', () => gate.requests === 1)
+    const [name] = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.step-'))
+    first.child.kill('SIGKILL')
+    await first.child
+    const lock = path.join(box.wafers, name)
+    const outside = path.join(box.root, 'outside')
+    await fs.mkdir(outside)
+    await fs.rmdir(lock)
+    await fs.symlink(outside, lock)
+    const refused = `${lock}, the lock of a build step, is not a real directory (a symlink or something else); wafers neither follows nor opens it.`
+    const linked = await box.run(['build', '-t', 'web', context])
+    expect(linked.exitCode).to.equal(1)
+    expect(said(linked.stderr)).to.include(refused)
+    expect((await fs.lstat(lock)).isSymbolicLink()).to.equal(true)
+    expect(await fs.readdir(outside)).to.deep.equal([])
+    await fs.unlink(lock)
+    await execa('mkfifo', [lock])
+    const fifo = await box.run(['build', '-t', 'web', context])
+    expect(fifo.exitCode).to.equal(1)
+    expect(said(fifo.stderr)).to.include(refused)
+    expect(gate.requests, 'RUNs that ran').to.equal(1)
+  })
+
   it('says it waits; when the first build fails the RUN, the second runs it itself and fails the same way', async function () {
     this.timeout(180_000)
     await containerfile(' && exit 3')

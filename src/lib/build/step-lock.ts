@@ -51,7 +51,7 @@ export async function lockStep(root: string, key: string, onWait: () => void): P
     if (lock === undefined) {
       if (lstatSync(dir, {throwIfNoEntry: false}) === undefined) continue // removed before we opened it
       throw new WafersError(
-        `${dir}, the lock of a build step, is not a real directory (a link?); wafers does not follow it.`,
+        `${dir}, the lock of a build step, is not a real directory (a symlink or something else); wafers neither follows nor opens it.`,
         {suggestions: [`Remove it (rm ${dir}) and build again.`]},
       )
     }
