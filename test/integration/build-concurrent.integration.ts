@@ -6,6 +6,7 @@ import type net from 'node:net'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
+import {lockDirectory} from '../../src/lib/lock.js'
 import {said, Sandbox, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
@@ -98,7 +99,8 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
 
   const start = (...args: string[]): Running => {
     let output = ''
-    const child = execa(process.execPath, [bin, 'build', '-t', 'web', ...args, context], {
+    const tag = args.includes('-t') ? [] : ['-t', 'web']
+    const child = execa(process.execPath, [bin, 'build', ...tag, ...args, context], {
       all: true,
       env: box.env,
       reject: false,
@@ -129,7 +131,12 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
    * Whether a build waits for a step lock: a flock(1) of it waits (-w) on a `.step-*` directory of
    * this store. Seen from outside, so that it works for a build with --json too, which prints no progress.
    */
-  const someoneWaits = async (): Promise<boolean> => {
+  const someoneWaits = async (): Promise<boolean> =>
+    (await waitersOn((dir) => dir.startsWith(path.join(box.wafers, '.step-')))) > 0
+
+  /** How many flock(1)s wait (-w) for a lock on a directory `which` picks. */
+  const waitersOn = async (which: (dir: string) => boolean): Promise<number> => {
+    let waiters = 0
     for (const pid of await fs.readdir('/proc')) {
       if (!/^\d+$/.test(pid)) continue
       // eslint-disable-next-line no-await-in-loop
@@ -137,10 +144,10 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
       if (!cmdline[0]?.endsWith('flock') || !cmdline.includes('-w')) continue
       // eslint-disable-next-line no-await-in-loop
       const locked = await fs.readlink(`/proc/${pid}/fd/3`).catch(() => '')
-      if (locked.startsWith(path.join(box.wafers, '.step-'))) return true
+      if (which(locked)) waiters++
     }
 
-    return false
+    return waiters
   }
 
   /** The store's own entries besides the links: what a build must not leave behind. */
@@ -222,6 +229,31 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     expect(fifo.exitCode).to.equal(1)
     expect(said(fifo.stderr)).to.include(refused)
     expect(gate.requests, 'RUNs that ran').to.equal(1)
+  })
+
+  it('two builds making the same NAME at once both succeed: the second finds NAME as it would make it', async function () {
+    this.timeout(180_000)
+    await containerfile()
+    gate.release()
+    json(await start('--json', '-t', 'first').child)
+    // Every step is cached now; the store lock, held here, stops both builds in the create of NAME,
+    // after each saw that NAME does not exist yet.
+    const store = await lockDirectory(box.wafers)
+    let a: BuildJson
+    let b: BuildJson
+    try {
+      const [first, second] = [start('--json'), start('--json')]
+      await until('both builds wait to create web', async () => (await waitersOn((dir) => dir === box.wafers)) === 2)
+      store?.release()
+      ;[a, b] = [json(await first.child), json(await second.child)]
+    } finally {
+      store?.release()
+    }
+
+    expect(a.steps.map((step) => step.wafer)).to.deep.equal(b.steps.map((step) => step.wafer))
+    expect(await fs.readFile(path.join(box.wafers, 'web', 'parent'), 'utf8')).to.equal(`${a.steps[2].wafer}\n`)
+    expect(gate.requests, 'RUNs that ran').to.equal(1)
+    expect(await leftovers()).to.deep.equal([])
   })
 
   it('says it waits; when the first build fails the RUN, the second runs it itself and fails the same way', async function () {
