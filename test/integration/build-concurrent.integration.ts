@@ -154,6 +154,10 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
   const leftovers = async (): Promise<string[]> =>
     (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.') && entry !== '.links')
 
+  /** Mounts under the store: a build leaves none. */
+  const mountsLeft = async (): Promise<string[]> =>
+    (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((line) => line.includes(box.wafers))
+
   const stampOf = async (wafer: null | string | undefined): Promise<string> =>
     fs.readFile(box.data(wafer as string, 'stamp'), 'utf8')
 
@@ -180,8 +184,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     const names = (JSON.parse(list.stdout) as Array<{name: string}>).map((wafer) => wafer.name)
     expect(names.sort()).to.deep.equal(['bb', a.steps[1].wafer, a.steps[2].wafer, 'web'].sort())
     expect(await leftovers()).to.deep.equal([])
-    const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(box.wafers))
-    expect(mounts).to.deep.equal([])
+    expect(await mountsLeft()).to.deep.equal([])
   })
 
   it('takes a step wafer another build made meanwhile without the lock, and discards its own staging', async function () {
@@ -199,6 +202,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     const a = json(await first.child)
     expect(a.steps.map((step) => step.wafer)).to.deep.equal(b.steps.map((step) => step.wafer))
     expect(await stampOf(a.steps[1].wafer)).to.equal('request 2\n')
+    expect(await mountsLeft()).to.deep.equal([])
     const list = await box.run(['list', '--json'])
     expect((JSON.parse(list.stdout) as Array<{name: string}>).map((wafer) => wafer.name)).to.have.length(4)
     expect(await leftovers()).to.deep.equal([])
