@@ -161,7 +161,7 @@ export class WaferStore {
       }
 
       if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTEMPTY')) {
-        throw new WafersError(`wafer ${name} was created by someone else meanwhile.`)
+        throw new WaferExistsError(name)
       }
 
       throw asWafersError(error)
@@ -255,6 +255,13 @@ export class WaferStore {
 
   workDir(name: string): string {
     return path.join(this.dir(name), 'work')
+  }
+}
+
+/** What create throws when the wafer appeared while it was being made (another command made it). */
+export class WaferExistsError extends WafersError {
+  constructor(readonly wafer: string) {
+    super(`wafer ${wafer} was created by someone else meanwhile.`)
   }
 }
 

@@ -14,7 +14,7 @@ import type {RegistryOptions} from '../oci/skopeo.js'
 import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../overlay.js'
 import type {Step} from '../steps.js'
 import {type Stage as StoreStage, discardStage} from '../staging.js'
-import {Locations, WaferStore} from '../store.js'
+import {Locations, WaferExistsError, WaferStore} from '../store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
 import {liveStacks} from '../usage.js'
 import {baseIdentity, isCached, newestGeneration, stepKey, stepWaferName} from './cache.js'
@@ -32,7 +32,6 @@ import {
   words,
 } from './parser.js'
 import {containerPath, resolveInRoot} from './paths.js'
-import {parseChown, runAs} from './users.js'
 import {
   fitsNspawnOverlay,
   isDirectoryIn,
@@ -42,6 +41,8 @@ import {
   runInRoot,
   touchesNspawnPaths,
 } from './run.js'
+import {type StepLock, lockStep, removeAbandonedStepLocks} from './step-lock.js'
+import {parseChown, runAs} from './users.js'
 
 /**
  * The real path of the directory `held` (`/proc/PID/fd/N`) reaches, when the path names that very
@@ -185,6 +186,7 @@ class Builder {
   /** The placeholders the last RUN had (in `staging`), and the stack they were made for. */
   private placeholders?: {below: string[]; dir: string}
   private readonly stages: Stage[] = []
+  private stepLocksSwept = false
   private stepNumber = 0
 
   constructor(
@@ -540,33 +542,18 @@ class Builder {
     fill: (root: string, upper: string) => Promise<void>,
     direct?: DirectRun,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
-    const forRun = instruction.keyword === 'RUN'
     const key = stepKey({parent: stage.identity, sources, state: this.state(stage), text: instruction.text})
-    const generation = await newestGeneration(this.store, key)
-    let name = stepWaferName(key, Math.max(generation, 0))
     const parent = stage.top
-    const cached = !this.options.noCache && generation >= 0 && (await isCached(this.store, name, key, parent))
+    let {cached, name} = await this.cachedStep(key, parent)
     if (!cached) {
-      if (generation >= 0) name = stepWaferName(key, generation + 1)
-      const below = parent === undefined ? [] : await traceAncestry(this.store, parent)
-      if (below.length > 0 && !this.overlayChecked) {
-        await checkOverlayfs()
-        await checkUpperFilesystem(this.store.root)
-        this.overlayChecked = true
+      // Another build of the same step waits here for this one, and then finds it cached.
+      const lock = await this.lockStep(key, instruction, report)
+      try {
+        ;({cached, name} = await this.cachedStep(key, parent))
+        if (!cached) await this.makeStep(name, key, parent, instruction, report, fill, direct)
+      } finally {
+        lock.release()
       }
-
-      const build: BuildMeta = {instruction: instruction.text, key}
-      const within = await this.stagingDir()
-      await this.store.create(name, parent, {
-        fill: async (data) => {
-          await this.onStack(name, below, data, report, fill, forRun ? within.held : undefined, direct)
-          // create writes meta.json after fill: the history can say whether the step changed anything.
-          build.history = [historyEntry(instruction.text, data)]
-        },
-        meta: {build},
-        parentData: below[0] === undefined ? undefined : this.store.dataDir(below[0]),
-        within,
-      })
     }
 
     stage.top = name
@@ -574,6 +561,84 @@ class Builder {
     stage.allCached &&= cached
     stage.history.push(historyEntry(instruction.text, this.store.dataDir(name)))
     return {cached: stage.allCached, wafer: name}
+  }
+
+  /**
+   * The wafer of the step with `key` on `parent`, and whether it is cached: the newest generation
+   * when it is that step's result (see isCached), else the name of the next generation to make
+   * (always that one under --no-cache).
+   */
+  private async cachedStep(key: string, parent: string | undefined): Promise<{cached: boolean; name: string}> {
+    const generation = await newestGeneration(this.store, key)
+    const newest = stepWaferName(key, Math.max(generation, 0))
+    if (!this.options.noCache && generation >= 0 && (await isCached(this.store, newest, key, parent))) {
+      return {cached: true, name: newest}
+    }
+
+    return {cached: false, name: generation >= 0 ? stepWaferName(key, generation + 1) : newest}
+  }
+
+  /** Takes the lock of the step with `key` (see lockStep), saying so when another build holds it. */
+  private async lockStep(key: string, instruction: Instruction, report: (line: string) => void): Promise<StepLock> {
+    const step = this.stepNumber
+    if (!this.stepLocksSwept) {
+      await removeAbandonedStepLocks(this.store.root)
+      this.stepLocksSwept = true
+    }
+
+    try {
+      return await lockStep(this.store.root, key, () => report('waiting for another build making this step'))
+    } catch (error) {
+      if (error instanceof WafersError && error.exit !== 1) {
+        throw new WafersError(
+          `interrupted during step ${step} (${instruction.text}) while waiting for another build making it; no wafer was made for it.`,
+          {exit: error.exit},
+        )
+      }
+
+      throw error
+    }
+  }
+
+  /**
+   * Makes wafer `name`, the step with `key` on `parent`, by running `fill` on the stack below. When
+   * another build made the same wafer meanwhile (one that took no step lock), that wafer is the
+   * step's result as well, and this build's own staging is discarded.
+   */
+  private async makeStep(
+    name: string,
+    key: string,
+    parent: string | undefined,
+    instruction: Instruction,
+    report: (line: string) => void,
+    fill: (root: string, upper: string) => Promise<void>,
+    direct?: DirectRun,
+  ): Promise<void> {
+    const below = parent === undefined ? [] : await traceAncestry(this.store, parent)
+    if (below.length > 0 && !this.overlayChecked) {
+      await checkOverlayfs()
+      await checkUpperFilesystem(this.store.root)
+      this.overlayChecked = true
+    }
+
+    const build: BuildMeta = {instruction: instruction.text, key}
+    const within = await this.stagingDir()
+    try {
+      await this.store.create(name, parent, {
+        fill: async (data) => {
+          const scratch = instruction.keyword === 'RUN' ? within.held : undefined
+          await this.onStack(name, below, data, report, fill, scratch, direct)
+          // create writes meta.json after fill: the history can say whether the step changed anything.
+          build.history = [historyEntry(instruction.text, data)]
+        },
+        meta: {build},
+        parentData: below[0] === undefined ? undefined : this.store.dataDir(below[0]),
+        within,
+      })
+    } catch (error) {
+      if (error instanceof WaferExistsError && (await isCached(this.store, name, key, parent))) return
+      throw error
+    }
   }
 
   /**
@@ -853,12 +918,17 @@ class Builder {
     }
 
     if (!(await this.store.exists(name))) {
-      await this.store.create(name, parent, {
-        meta: {image},
-        parentData: parent === undefined ? undefined : this.store.dataDir(parent),
-        within: await this.stagingDir(),
-      })
-      return `Created wafer ${name}${parent ? ` on ${parent}` : ''}`
+      try {
+        await this.store.create(name, parent, {
+          meta: {image},
+          parentData: parent === undefined ? undefined : this.store.dataDir(parent),
+          within: await this.stagingDir(),
+        })
+        return `Created wafer ${name}${parent ? ` on ${parent}` : ''}`
+      } catch (error) {
+        // Another build of NAME made it meanwhile: from here on, as if it had been there before.
+        if (!(error instanceof WaferExistsError)) throw error
+      }
     }
 
     const dir = this.store.dir(name)
