@@ -128,11 +128,12 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
   }
 
   /**
-   * Whether a build waits for a step lock: a flock(1) of it waits (-w) on a `.step-*` directory of
-   * this store. Seen from outside, so that it works for a build with --json too, which prints no progress.
+   * Whether the second build has come to the step's claim: it makes its staging directory right
+   * before it claims the step, so two builds' staging directories are there. Seen from outside, so
+   * that it works for a build with --json too, which prints no progress.
    */
   const someoneWaits = async (): Promise<boolean> =>
-    (await waitersOn((dir) => dir.startsWith(path.join(box.wafers, '.step-')))) > 0
+    (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-build-')).length > 1
 
   /** How many flock(1)s wait (-w) for a lock on a directory `which` picks. */
   const waitersOn = async (which: (dir: string) => boolean): Promise<number> => {
@@ -195,7 +196,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     // As if the other build took no lock (an older wafers, or its lock removed): it is not waited for.
     const locks = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.step-'))
     expect(locks).to.have.length(1)
-    await fs.rmdir(path.join(box.wafers, locks[0]))
+    await fs.unlink(path.join(box.wafers, locks[0]))
     const b = json(await start('--json').child)
     expect(gate.requests, 'RUNs that ran').to.equal(2)
     gate.release()
@@ -208,7 +209,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     expect(await leftovers()).to.deep.equal([])
   })
 
-  it('refuses a step lock that is a symlink or a FIFO, following and opening neither', async function () {
+  it('refuses a step claim that links elsewhere or is a FIFO, following and opening neither', async function () {
     this.timeout(180_000)
     await containerfile()
     const first = start()
@@ -219,9 +220,9 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     const lock = path.join(box.wafers, name)
     const outside = path.join(box.root, 'outside')
     await fs.mkdir(outside)
-    await fs.rmdir(lock)
+    await fs.unlink(lock)
     await fs.symlink(outside, lock)
-    const refused = `${lock}, the lock of a build step, is not a real directory (a symlink or something else); wafers neither follows nor opens it.`
+    const refused = `${lock}, the claim of a build step, is not a link to a build's staging directory; wafers neither follows nor opens it.`
     const linked = await box.run(['build', '-t', 'web', context])
     expect(linked.exitCode).to.equal(1)
     expect(said(linked.stderr)).to.include(refused)

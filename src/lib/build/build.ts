@@ -581,13 +581,22 @@ class Builder {
   /** Takes the lock of the step with `key` (see lockStep), saying so when another build holds it. */
   private async lockStep(key: string, instruction: Instruction, report: (line: string) => void): Promise<StepLock> {
     const step = this.stepNumber
+    // The build's stage is what the claim names (alive while it is locked); making it swept the
+    // stages of builds that died, so the claims naming those can go now.
+    const within = await this.stagingDir()
     if (!this.stepLocksSwept) {
-      await removeAbandonedStepLocks(this.store.root)
+      removeAbandonedStepLocks(this.store.root)
       this.stepLocksSwept = true
     }
 
     try {
-      return await lockStep(this.store.root, key, () => report('waiting for another build making this step'))
+      return await lockStep(
+        this.store.root,
+        key,
+        path.basename(within.dir),
+        () => report('waiting for another build making this step'),
+        this.options.signal,
+      )
     } catch (error) {
       if (error instanceof WafersError && error.exit !== 1) {
         throw new WafersError(

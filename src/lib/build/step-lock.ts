@@ -1,107 +1,153 @@
-import {promises as fs, fstatSync, lstatSync, rmdirSync} from 'node:fs'
+import {randomBytes} from 'node:crypto'
+import {constants, lstatSync, openSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {type Lock, lockDirectory, tryLockDirectory} from '../lock.js'
+import {WafersError, isErrno} from '../errors.js'
+import {tryLockFd} from '../lock.js'
 
 /**
- * How the names of step locks begin: `$WAFERS/.step-KEY`. A name that starts with a dot is no
+ * How the names of step claims begin: `$WAFERS/.step-KEY`. A name that starts with a dot is no
  * wafer name, so `wafers list`, `tree` and the stage sweeper (which takes only `.create-*`) pass it by.
  */
-const STEP_LOCK_PREFIX = '.step-'
+const STEP_PREFIX = '.step-'
 
-/**
- * How long a build waits for another one making the same step: as long as that build may run a
- * step (an apt-get of half an hour is nothing unusual). The kernel drops the lock the moment the
- * other build ends, however it ends, so a wait never outlives it; Ctrl-C ends a wait at once.
- */
-const WAIT_SECONDS = 7 * 24 * 3600
+/** What a claim points at: a build's staging directory, directly in the store. */
+const CLAIMANT = /^\.create-[\w.-]+$/
 
-/** Taking the lock again after its holder removed it is normal; this many times in a row is not. */
-const MAX_TRIES = 100
+/** How often a waiting build looks again, and how many looks between asking whether the claimant lives. */
+const POLL_MS = 100
+const LIVENESS_EVERY = 10
 
-/** A held step lock; release() removes its directory (while still holding it) and lets the next build in. */
+/** A held step claim; release() removes it and lets the next build in. */
 export interface StepLock {
   release(): void
 }
 
 /**
- * Takes the lock of the step with cache key `key` in store `root`, so that two builds never make
- * the same step at once: the second waits (calling `onWait` once) until the first is done, and then
- * finds the step in the cache. The lock is a flock on the directory `.step-KEY`, made when missing,
- * opened without following a symlink, and removed by whoever releases it; a lock taken on a
- * directory that was removed (or replaced) meanwhile is not the lock, so it is taken again.
+ * Claims the step with cache key `key` in store `root` for the build whose staging directory (a
+ * `.create-*` entry of the store, locked as long as that build lives) is named `stage`, so that two
+ * builds never make the same step at once: the second waits (calling `onWait` once) until the first
+ * is done, and then finds the step in the cache.
+ *
+ * The claim is a symlink `.step-KEY` -> the claimant's stage name, made with symlink(2), which
+ * fails when the name is taken: claiming costs no lock and no process. The link is only ever read,
+ * never followed; the claimant lives while its stage is locked (flock: the kernel's word, in any
+ * PID namespace), asked only while waiting. A claim whose claimant died is taken over. `signal`
+ * (Ctrl-C) ends a wait with an error saying nothing was done.
  */
-export async function lockStep(root: string, key: string, onWait: () => void): Promise<StepLock> {
-  const dir = path.join(root, `${STEP_LOCK_PREFIX}${key.slice(0, 40)}`)
-  let waited = false
-  const waiting = () => {
-    if (!waited) onWait()
-    waited = true
+export async function lockStep(
+  root: string,
+  key: string,
+  stage: string,
+  onWait: () => void,
+  signal?: AbortSignal,
+): Promise<StepLock> {
+  const claim = path.join(root, `${STEP_PREFIX}${key.slice(0, 40)}`)
+  const held: StepLock = {
+    release() {
+      try {
+        if (readlinkSync(claim) === stage) unlinkSync(claim)
+      } catch {
+        // Gone already, or not a link: nothing of ours to remove.
+      }
+    },
   }
-
-  for (let tries = 0; tries < MAX_TRIES; tries++) {
-    // mkdir never follows a symlink at the last component: one there is EEXIST, refused below.
-    // eslint-disable-next-line no-await-in-loop
-    await fs.mkdir(dir, {mode: 0o700}).catch((error: unknown) => {
-      if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
-    })
-    // eslint-disable-next-line no-await-in-loop
-    const lock = await lockDirectory(dir, {onWait: waiting, waitSeconds: WAIT_SECONDS})
-    if (lock === undefined) {
-      if (lstatSync(dir, {throwIfNoEntry: false}) === undefined) continue // removed before we opened it
-      throw new WafersError(
-        `${dir}, the lock of a build step, is not a real directory (a symlink or something else); wafers neither follows nor opens it.`,
-        {suggestions: [`Remove it (rm ${dir}) and build again.`]},
-      )
+  let waited = false
+  for (let looks = 0; ; looks++) {
+    try {
+      symlinkSync(stage, claim)
+      return held
+    } catch (error) {
+      if (!isErrno(error, 'EEXIST')) throw error
     }
 
-    if (names(dir, lock)) {
-      return {
-        release() {
-          // Removed while held, so nobody can take it between the check and the removal but someone
-          // swapping names in the store, and rmdir removes only an empty directory, never a link.
-          try {
-            if (names(dir, lock)) rmdirSync(dir)
-          } catch {
-            // Not empty (someone put something in it) or gone: left for the sweep, or alone.
-          } finally {
-            lock.release()
-          }
-        },
+    const holder = claimantOf(claim)
+    if (holder === stage) return held
+    if (holder !== undefined && (looks % LIVENESS_EVERY !== 0 || (await lives(root, holder)))) {
+      if (!waited) onWait()
+      waited = true
+      if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => {
+        setTimeout(resolve, POLL_MS)
+      })
+      if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
+      continue
+    }
+
+    // Its claimant is gone (killed): take the claim over in one rename, then look whose it is.
+    if (holder !== undefined) {
+      const mine = `${claim}.${randomBytes(6).toString('hex')}`
+      symlinkSync(stage, mine)
+      try {
+        if (claimantOf(claim) === holder) renameSync(mine, claim)
+      } finally {
+        try {
+          unlinkSync(mine)
+        } catch {
+          // Renamed into place.
+        }
       }
     }
-
-    lock.release()
   }
-
-  throw new WafersError(`the lock of a build step, ${dir}, keeps being replaced; something else is changing the store.`)
 }
 
 /**
- * Removes step locks nobody holds (their build was killed before it could remove them), so they
- * never pile up in the store; one held by a live build, or that is not a real directory, stays.
+ * The stage a claim names; undefined when the claim vanished meanwhile. Anything but a symlink to a
+ * `.create-*` name (something else put there) is refused, never followed or opened.
  */
-export async function removeAbandonedStepLocks(root: string): Promise<void> {
-  const entries = await fs.readdir(root).catch(() => [] as string[])
-  for (const entry of entries.filter((name) => name.startsWith(STEP_LOCK_PREFIX))) {
-    const dir = path.join(root, entry)
-    // eslint-disable-next-line no-await-in-loop
-    const lock = await tryLockDirectory(dir)
-    if (lock === undefined) continue
-    try {
-      if (names(dir, lock)) rmdirSync(dir)
-    } catch {
-      // Not empty (not ours to empty) or gone: left alone.
-    } finally {
-      lock.release()
-    }
+function claimantOf(claim: string): string | undefined {
+  let target: string
+  try {
+    target = readlinkSync(claim)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return undefined
+    if (!isErrno(error, 'EINVAL')) throw error
+    target = ''
   }
+
+  if (CLAIMANT.test(target)) return target
+  throw new WafersError(
+    `${claim}, the claim of a build step, is not a link to a build's staging directory; wafers neither follows nor opens it.`,
+    {suggestions: [`Remove it (rm ${claim}) and build again.`]},
+  )
 }
 
-/** Whether `dir` still names the directory `lock` holds (not removed, not swapped for another). */
-function names(dir: string, lock: Lock): boolean {
-  const now = lstatSync(dir, {throwIfNoEntry: false})
-  const held = fstatSync(lock.fd)
-  return now !== undefined && now.isDirectory() && now.ino === held.ino && now.dev === held.dev
+/** Whether the build whose stage is `name` in `root` still runs: its stage is there and locked. */
+async function lives(root: string, name: string): Promise<boolean> {
+  let fd: number
+  try {
+    fd = openSync(path.join(root, name), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  } catch {
+    return false // removed (its build ended or was swept), or not a directory of a build's
+  }
+
+  const lock = await tryLockFd(fd)
+  lock?.release()
+  return lock === undefined
+}
+
+/**
+ * Removes step claims whose claimant's stage is gone (a build killed before it could remove its
+ * claim, its stage swept since), so that they never pile up in the store. Call it after the sweep.
+ */
+export function removeAbandonedStepLocks(root: string): void {
+  let entries: string[]
+  try {
+    entries = readdirSync(root).filter((name) => name.startsWith(STEP_PREFIX))
+  } catch {
+    return
+  }
+
+  for (const entry of entries) {
+    const claim = path.join(root, entry)
+    try {
+      const target = readlinkSync(claim)
+      if (CLAIMANT.test(target) && lstatSync(path.join(root, target), {throwIfNoEntry: false}) === undefined) {
+        unlinkSync(claim)
+      }
+    } catch {
+      // Not a link (not ours), or gone: left alone.
+    }
+  }
 }
