@@ -2,8 +2,8 @@ import {Command, Errors} from '@oclif/core'
 
 import {WafersError, describeSystemError} from './lib/errors.js'
 import type {HookRunner} from './lib/hooks.js'
-import {BatchOutcome, batchError} from './lib/progress.js'
-import {SeedPlan, collectSeeders, findSeeder} from './lib/seed.js'
+import {SeedPlan, collectSeeders, findSeeder} from './lib/seed/seed.js'
+import {BatchOutcome, batchError} from './lib/ui/progress.js'
 
 /**
  * The base of every wafers command: turns errors from src/lib into oclif's one-sentence errors
@@ -56,7 +56,7 @@ export abstract class WafersCommand extends Command {
 
   /** Runs `fn` holding the store lock on `dir`, saying on stderr when it has to wait for it. */
   protected async locked<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-    const {withLock} = await import('./lib/lock.js')
+    const {withLock} = await import('./lib/store/lock.js')
     return withLock(dir, fn, () => this.logToStderr(`waiting for another wafers command to finish with ${dir}...`))
   }
 

@@ -3,13 +3,13 @@ import type {Hook} from '@oclif/core'
 
 import type {WafersHooks} from './lib/hooks.js'
 
-export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/ancestry.js'
-export {type Change, type DiffEntry, diffWafer} from './lib/diff.js'
+export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/store/ancestry.js'
+export {type Change, type DiffEntry, diffWafer} from './lib/store/diff.js'
 export {WafersError} from './lib/errors.js'
-export {MAX_STORE_FILE, readStoreFile, writeFileAtomic} from './lib/files.js'
-export {type Inventory, type WaferInfo, readInventory} from './lib/inventory.js'
-export {withLock} from './lib/lock.js'
-export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mounts.js'
+export {MAX_STORE_FILE, readStoreFile, writeFileAtomic} from './lib/store/files.js'
+export {type Inventory, type WaferInfo, readInventory} from './lib/store/inventory.js'
+export {withLock} from './lib/store/lock.js'
+export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mount/mounts.js'
 export {
   type BuildMeta,
   type HistoryEntry,
@@ -20,8 +20,8 @@ export {
   type WaferMeta,
   readMeta,
   writeMeta,
-} from './lib/meta.js'
-export {MAX_NAME_LENGTH, NAME_RULE_TEXT, checkName, isValidName} from './lib/names.js'
+} from './lib/store/meta.js'
+export {MAX_NAME_LENGTH, NAME_RULE_TEXT, checkName, isValidName} from './lib/store/names.js'
 export {
   type StackOptions,
   type StackResult,
@@ -29,10 +29,10 @@ export {
   type UnstackResult,
   stackSteps,
   unstack,
-} from './lib/stack.js'
-export type {Step} from './lib/steps.js'
-export {DEFAULT_STACKS, DEFAULT_WAFERS, type Locations, WaferStore, locationsFromEnv} from './lib/store.js'
-export {type LiveStack, liveStacks, stackConflicts} from './lib/usage.js'
+} from './lib/mount/stack.js'
+export type {Step} from './lib/ui/steps.js'
+export {DEFAULT_STACKS, DEFAULT_WAFERS, type Locations, WaferStore, locationsFromEnv} from './lib/store/store.js'
+export {type LiveStack, liveStacks, stackConflicts} from './lib/mount/usage.js'
 export type {
   HookOutcome,
   HookRunner,
@@ -45,7 +45,7 @@ export type {
   WafersHookEvent,
   WafersHooks,
 } from './lib/hooks.js'
-export {type SeederEntry} from './lib/seed.js'
+export {type SeederEntry} from './lib/seed/seed.js'
 
 // The events plugins implement, typed for oclif: `const hook: Hook<'wafers:seeders'> = ...` in a
 // plugin gets the options and return type below.

@@ -3,11 +3,11 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/build/build.js'
 import {WafersError} from '../lib/errors.js'
-import {interruptSignal} from '../lib/interrupt.js'
+import {interruptSignal} from '../lib/ui/interrupt.js'
 import {tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
-import {progressMode, runSteps} from '../lib/progress.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {progressMode, runSteps} from '../lib/ui/progress.js'
+import {locationsFromEnv} from '../lib/store/store.js'
 
 export default class Build extends WafersCommand {
   static args = {

@@ -1,10 +1,10 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {CreateResult, createSteps} from '../lib/create.js'
-import {progressMode, runSteps} from '../lib/progress.js'
-import {splitSeederArgs} from '../lib/seed.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {splitSeederArgs} from '../lib/seed/seed.js'
+import {CreateResult, createSteps} from '../lib/store/create.js'
+import {locationsFromEnv} from '../lib/store/store.js'
+import {progressMode, runSteps} from '../lib/ui/progress.js'
 
 export default class Create extends WafersCommand {
   static args = {

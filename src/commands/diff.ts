@@ -1,9 +1,9 @@
 import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {CHANGE_LETTERS, DiffEntry, diffWafer} from '../lib/diff.js'
-import {checkName} from '../lib/names.js'
-import {WaferStore, locationsFromEnv} from '../lib/store.js'
+import {CHANGE_LETTERS, DiffEntry, diffWafer} from '../lib/store/diff.js'
+import {checkName} from '../lib/store/names.js'
+import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
 
 export default class Diff extends WafersCommand {
   static args = {

@@ -1,8 +1,8 @@
 import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {BootResult, disable, systemdDirsFromEnv} from '../lib/boot.js'
-import {checkName} from '../lib/names.js'
+import {BootResult, disable, systemdDirsFromEnv} from '../lib/mount/boot.js'
+import {checkName} from '../lib/store/names.js'
 
 export default class Disable extends WafersCommand {
   static args = {

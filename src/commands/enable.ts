@@ -2,8 +2,8 @@ import {Args} from '@oclif/core'
 import path from 'node:path'
 
 import {WafersCommand} from '../command.js'
-import {BootResult, enable, systemdDirsFromEnv} from '../lib/boot.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {BootResult, enable, systemdDirsFromEnv} from '../lib/mount/boot.js'
+import {locationsFromEnv} from '../lib/store/store.js'
 
 export default class Enable extends WafersCommand {
   static args = {

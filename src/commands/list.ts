@@ -1,9 +1,9 @@
 import {Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {WaferInfo, diskUsage, mapLimit, originNote, readInventory} from '../lib/inventory.js'
-import {humanSize, table} from '../lib/render.js'
-import {WaferStore, locationsFromEnv} from '../lib/store.js'
+import {WaferInfo, diskUsage, mapLimit, originNote, readInventory} from '../lib/store/inventory.js'
+import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
+import {humanSize, table} from '../lib/ui/render.js'
 
 export default class List extends WafersCommand {
   static aliases = ['ls']

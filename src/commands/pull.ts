@@ -2,12 +2,12 @@ import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
-import {interruptSignal} from '../lib/interrupt.js'
+import {interruptSignal} from '../lib/ui/interrupt.js'
 import {tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
 import type {PullResult} from '../lib/oci/pull.js'
-import {progressMode, runSteps} from '../lib/progress.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {progressMode, runSteps} from '../lib/ui/progress.js'
+import {locationsFromEnv} from '../lib/store/store.js'
 
 export default class Pull extends WafersCommand {
   static args = {

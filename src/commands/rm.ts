@@ -1,10 +1,10 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {confirm} from '../lib/confirm.js'
 import {WafersError} from '../lib/errors.js'
-import {RemoveResult, planRemoval, removeWafers} from '../lib/remove.js'
-import {WaferStore, locationsFromEnv} from '../lib/store.js'
+import {RemoveResult, planRemoval, removeWafers} from '../lib/store/remove.js'
+import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
+import {confirm} from '../lib/ui/confirm.js'
 
 export default class Rm extends WafersCommand {
   static args = {

@@ -1,5 +1,5 @@
 import {WafersCommand} from '../command.js'
-import {collectSeeders} from '../lib/seed.js'
+import {collectSeeders} from '../lib/seed/seed.js'
 
 /** One seeder, as `wafers seeders --json` lists it. */
 export interface SeederListing {

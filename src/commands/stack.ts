@@ -2,15 +2,15 @@ import {Args, Flags} from '@oclif/core'
 import {mkdir} from 'node:fs/promises'
 
 import {WafersCommand} from '../command.js'
-import {chownRisk, systemdDirsFromEnv} from '../lib/boot.js'
 import {WafersError} from '../lib/errors.js'
-import {interruptSignal} from '../lib/interrupt.js'
-import {childless, readInventory} from '../lib/inventory.js'
-import {BatchOutcome, progressMode, runBatch, runSteps} from '../lib/progress.js'
-import {plural} from '../lib/render.js'
-import {splitSeederArgs} from '../lib/seed.js'
-import {StackResult, stackSteps} from '../lib/stack.js'
-import {WaferStore, locationsFromEnv} from '../lib/store.js'
+import {chownRisk, systemdDirsFromEnv} from '../lib/mount/boot.js'
+import {StackResult, stackSteps} from '../lib/mount/stack.js'
+import {splitSeederArgs} from '../lib/seed/seed.js'
+import {childless, readInventory} from '../lib/store/inventory.js'
+import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
+import {interruptSignal} from '../lib/ui/interrupt.js'
+import {BatchOutcome, progressMode, runBatch, runSteps} from '../lib/ui/progress.js'
+import {plural} from '../lib/ui/render.js'
 
 /** What `stack --name/--all --json` prints: one entry per stack, with its result or error. */
 export type StackManyResult = Array<(StackResult & {error?: undefined}) | {error: string; name: string}>

@@ -2,10 +2,10 @@ import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
-import {WaferNode, ancestryForest, originNote, readInventory} from '../lib/inventory.js'
-import {checkName} from '../lib/names.js'
-import {DrawNode, drawTree} from '../lib/render.js'
-import {WaferStore, locationsFromEnv} from '../lib/store.js'
+import {WaferNode, ancestryForest, originNote, readInventory} from '../lib/store/inventory.js'
+import {checkName} from '../lib/store/names.js'
+import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
+import {DrawNode, drawTree} from '../lib/ui/render.js'
 
 export default class Tree extends WafersCommand {
   static args = {

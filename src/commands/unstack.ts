@@ -1,11 +1,11 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {interruptSignal} from '../lib/interrupt.js'
-import {checkName} from '../lib/names.js'
-import {BatchOutcome} from '../lib/progress.js'
-import {UnstackResult, unstack} from '../lib/stack.js'
-import {locationsFromEnv} from '../lib/store.js'
+import {UnstackResult, unstack} from '../lib/mount/stack.js'
+import {checkName} from '../lib/store/names.js'
+import {locationsFromEnv} from '../lib/store/store.js'
+import {interruptSignal} from '../lib/ui/interrupt.js'
+import {BatchOutcome} from '../lib/ui/progress.js'
 
 export default class Unstack extends WafersCommand {
   static args = {

@@ -6,7 +6,7 @@ import type net from 'node:net'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {lockDirectory} from '../../src/lib/lock.js'
+import {lockDirectory} from '../../src/lib/store/lock.js'
 import {said, Sandbox, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {

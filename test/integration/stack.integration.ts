@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {overlayLayers, readMountTable} from '../../src/lib/mounts.js'
+import {overlayLayers, readMountTable} from '../../src/lib/mount/mounts.js'
 import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers stack and unstack (real overlay mounts)', function () {
@@ -388,8 +388,8 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
   describe('live stacks from the mount table', function () {
     it('finds stacks mounted by wafers, by hand with absolute paths, and bind-mounted bases', async function () {
-      const {liveStacks} = await import('../../src/lib/usage.js')
-      const {WaferStore} = await import('../../src/lib/store.js')
+      const {liveStacks} = await import('../../src/lib/mount/usage.js')
+      const {WaferStore} = await import('../../src/lib/store/store.js')
       await box.wafer('base')
       await box.wafer('mid', {parent: 'base'})
       await box.wafer('hand', {parent: 'base'})

@@ -3,20 +3,27 @@ import {promises as fs, lstatSync, readdirSync, realpathSync, statSync} from 'no
 import os from 'node:os'
 import path from 'node:path'
 
-import {traceAncestry} from '../ancestry.js'
+import {traceAncestry} from '../store/ancestry.js'
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile, writeFileAtomic} from '../files.js'
+import {readStoreFile, writeFileAtomic} from '../store/files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
-import {withLock} from '../lock.js'
-import {type BuildMeta, type HistoryEntry, type ImageConfig, type ImageMeta, readMeta, writeMeta} from '../meta.js'
-import {isValidName} from '../names.js'
+import {withLock} from '../store/lock.js'
+import {
+  type BuildMeta,
+  type HistoryEntry,
+  type ImageConfig,
+  type ImageMeta,
+  readMeta,
+  writeMeta,
+} from '../store/meta.js'
+import {isValidName} from '../store/names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
-import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../overlay.js'
-import type {Step} from '../steps.js'
-import {type Stage as StoreStage, discardStage} from '../staging.js'
-import {Locations, WaferExistsError, WaferStore} from '../store.js'
+import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../mount/overlay.js'
+import type {Step} from '../ui/steps.js'
+import {type Stage as StoreStage, discardStage} from '../store/staging.js'
+import {Locations, WaferExistsError, WaferStore} from '../store/store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
-import {liveStacks} from '../usage.js'
+import {liveStacks} from '../mount/usage.js'
 import {baseIdentity, isCached, newestGeneration, stepKey, stepWaferName} from './cache.js'
 import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
 import {copyInto, isArchive, mkdirIn, parseChmod, unpackArchive} from './copy.js'

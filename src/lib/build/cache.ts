@@ -2,8 +2,8 @@ import {createHash} from 'node:crypto'
 import {lstatSync} from 'node:fs'
 
 import {WafersError} from '../errors.js'
-import {readMeta} from '../meta.js'
-import {WaferStore} from '../store.js'
+import {readMeta} from '../store/meta.js'
+import {WaferStore} from '../store/store.js'
 
 /** Bumped when what a step makes from the same inputs changes, so old cached wafers are not reused. */
 const CACHE_VERSION = 1

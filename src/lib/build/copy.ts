@@ -2,7 +2,7 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../files.js'
+import {readStoreFile} from '../store/files.js'
 import type {CopyPlan} from './context.js'
 import {resolveInRoot} from './paths.js'
 

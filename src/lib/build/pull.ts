@@ -1,9 +1,9 @@
-import {readMeta} from '../meta.js'
+import {readMeta} from '../store/meta.js'
 import {parseReference, defaultName} from '../oci/reference.js'
 import {pullSteps} from '../oci/pull.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
-import type {Locations} from '../store.js'
-import {WaferStore} from '../store.js'
+import type {Locations} from '../store/store.js'
+import {WaferStore} from '../store/store.js'
 
 /**
  * The wafer holding image `text` (any reference `wafers pull` takes), pulled into the wafer

@@ -3,9 +3,9 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {MAX_OPTIONS_LENGTH} from '../overlay.js'
-import {runStreaming} from '../seed.js'
-import {staticBusyboxWith} from '../seeders/busybox.js'
+import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
+import {runStreaming} from '../seed/seed.js'
+import {staticBusyboxWith} from '../seed/seeders/busybox.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */

@@ -3,7 +3,7 @@ import {constants, lstatSync, openSync, readdirSync, readlinkSync, renameSync, s
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {tryLockFd} from '../lock.js'
+import {tryLockFd} from '../store/lock.js'
 
 /**
  * How the names of step claims begin: `$WAFERS/.step-KEY`. A name that starts with a dot is no

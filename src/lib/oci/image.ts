@@ -1,5 +1,5 @@
 import {WafersError} from '../errors.js'
-import type {HistoryEntry, ImageConfig} from '../meta.js'
+import type {HistoryEntry, ImageConfig} from '../store/meta.js'
 
 /** Media types wafers reads and writes (OCI, and Docker's schema 2, which registries still serve). */
 export const MEDIA = {

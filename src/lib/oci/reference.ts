@@ -1,7 +1,7 @@
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {MAX_NAME_LENGTH, isValidName} from '../names.js'
+import {MAX_NAME_LENGTH, isValidName} from '../store/names.js'
 
 /** The skopeo transports wafers pulls from and pushes to. */
 export type Transport = 'docker' | 'docker-archive' | 'oci' | 'oci-archive'

@@ -3,7 +3,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {Lock, lockDirectory} from '../lock.js'
+import {Lock, lockDirectory} from '../store/lock.js'
 
 /** `$WAFERS/.oci`: wafers' own OCI files (the push cache, temporary layouts); not a wafer name. */
 export function ociDir(wafers: string): string {

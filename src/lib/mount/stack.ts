@@ -1,0 +1,316 @@
+import {promises as fs, statSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import {HookRunner, fireHook, firePostHook, stackHookSteps} from '../hooks.js'
+import {SeedPlan, checkSeedTarget, createTitle} from '../seed/seed.js'
+import {traceAncestry} from '../store/ancestry.js'
+import {createWafer} from '../store/create.js'
+import {checkName} from '../store/names.js'
+import {Locations, WaferStore, isDirectory} from '../store/store.js'
+import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
+import {plural} from '../ui/render.js'
+import type {Step} from '../ui/steps.js'
+import {MountEntry, mountAt, readMountTable} from './mounts.js'
+import {checkLinksDir, mountStack, unmount} from './overlay.js'
+import {ProcessUse, processesUsing} from './processes.js'
+import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from './usage.js'
+
+/** What `stack` did, as `--json` prints it. */
+export interface StackResult {
+  /** Whether it was already mounted, so nothing was done. */
+  alreadyStacked: boolean
+  /** Whether the top wafer was created by this call. */
+  created: boolean
+  /** The `data` directories of the stack, top first. */
+  layers: string[]
+  mountpoint: string
+  name: string
+  /** The top wafer's parent, or null for a base wafer. */
+  parent: null | string
+  /** The wafer names of the stack, top first. */
+  wafers: string[]
+}
+
+/** How to stack. */
+export interface StackOptions {
+  /** Stack even when a wafer would be both a writable top and a lower layer (overlayfs forbids it). */
+  force?: boolean
+  /** Runs plugins' prestack and poststack hooks around the mount. */
+  hooks?: HookRunner
+  /** The seeder that fills a new base wafer. */
+  seed?: SeedPlan
+  /** Called with each warning that --force let pass. */
+  warn?: (message: string) => void
+}
+
+/** How to unstack. */
+export interface UnstackOptions {
+  /** Runs plugins' preunstack and postunstack hooks around the unmount. */
+  hooks?: HookRunner
+  /** Detach a busy stack anyway (`umount --lazy`): it goes away once its last user leaves. */
+  lazy?: boolean
+}
+
+/** What `unstack` did for one name. */
+export interface UnstackResult {
+  mountpoint: string
+  name: string
+  /** False when nothing was stacked there. */
+  unstacked: boolean
+}
+
+/**
+ * The mount point of stack `name`, with symlinks in `$STACKS` resolved as the mount table shows
+ * them.
+ */
+export async function mountpointOf(locations: Locations, name: string): Promise<string> {
+  checkName(name)
+  try {
+    return path.join(await fs.realpath(locations.stacks), name)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return path.join(locations.stacks, name)
+    throw error
+  }
+}
+
+/**
+ * The steps that stack wafer `name` (creating it on `parent` first if it does not exist) and the
+ * result they fill in. Every check runs in the first step, before anything is created or mounted.
+ */
+export function stackSteps(
+  locations: Locations,
+  name: string,
+  parent?: string,
+  options: StackOptions = {},
+): {result: StackResult; steps: Step[]} {
+  const store = new WaferStore(locations.wafers)
+  const result: StackResult = {
+    alreadyStacked: false,
+    created: false,
+    layers: [],
+    mountpoint: path.join(locations.stacks, name),
+    name,
+    parent: parent ?? null,
+    wafers: [],
+  }
+  let exists = false
+  const count = () => plural(result.wafers.length, 'wafer')
+
+  const trace: Step = {
+    async run() {
+      checkName(name)
+      checkRoot()
+      if (parent !== undefined) checkName(parent, 'parent name')
+      result.mountpoint = await mountpointOf(locations, name)
+      exists = await store.exists(name)
+      checkSeedTarget(options.seed, name, exists, parent)
+      if (exists) {
+        if (!(await store.hasData(name))) {
+          throw new WafersError(`wafer ${name} has no data directory at ${store.dataDir(name)}.`)
+        }
+
+        const recorded = await store.readParent(name)
+        if (parent !== undefined && parent !== recorded) {
+          const actual = recorded === undefined ? 'is a base wafer with no parent' : `has parent ${recorded}`
+          throw new WafersError(`wafer ${name} already exists and ${actual}, not ${parent}.`)
+        }
+
+        result.parent = recorded ?? null
+      } else if (parent === undefined && options.seed === undefined) {
+        throw new WafersError(`wafer ${name} not found in ${store.root}.`, {
+          suggestions: [`Give a parent to create it: wafers stack ${name} PARENT`],
+        })
+      }
+
+      result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
+      result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
+      const table = await readMountTable()
+      const mounted = mountAt(table, result.mountpoint)
+      if (mounted) await checkStackOf(store, name, mounted)
+      result.alreadyStacked = mounted !== undefined
+      if (!result.alreadyStacked) {
+        await checkMountpoint(result.mountpoint)
+        await checkWorkDir(store.workDir(name))
+        checkLinksDir(store)
+        if (result.wafers.length > 1) {
+          await checkOverlayfs()
+          await checkUpperFilesystem(store.root)
+        }
+
+        // Stacks the table does not show count too: one detached with --lazy that a container still
+        // runs in, one mounted in another mount namespace, or one kept only by a file a process
+        // still has open (looked for when the host's open files are few enough to stat quickly).
+        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table}))
+        const live = [...(await liveStacks(store, table)), ...hidden]
+        const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
+        if (conflicts.length > 0) {
+          const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
+          if (!options.force) {
+            throw new WafersError(message, {
+              suggestions: ['Unstack those stacks first, or pass --force to stack anyway.'],
+            })
+          }
+
+          options.warn?.(`${message} Stacking anyway (--force); changes below a mounted top are undefined.`)
+        }
+      }
+      return `Traced ${count()}: ${result.wafers.join(' <- ')}`
+    },
+    title: `Trace the ancestry of ${name}`,
+  }
+
+  const create: Step = {
+    async run(report) {
+      await createWafer(store, name, parent, result.wafers.slice(1), options.seed, report)
+      result.created = true
+    },
+    skip: () => (exists ? `Wafer ${name} exists` : undefined),
+    title: createTitle(name, parent, options.seed),
+  }
+
+  const check: Step = {
+    async run() {
+      // Synchronous like the ancestry trace (see readParent in store.ts): one per layer.
+      for (const data of result.layers) {
+        const stat = statSync(data)
+        if (!stat.isDirectory()) throw new WafersError(`${data} is not a directory.`)
+      }
+
+      if (result.wafers.length > 1) await fs.mkdir(store.workDir(name), {recursive: true})
+      return `Checked ${plural(result.layers.length, 'layer')}`
+    },
+    skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+    title: 'Check the layers',
+  }
+
+  const mount: Step = {
+    async run() {
+      await fs.mkdir(locations.stacks, {recursive: true})
+      const made = await mkdirIfMissing(result.mountpoint)
+      try {
+        await mountStack(store, result.wafers, result.mountpoint)
+      } catch (error) {
+        if (made) await fs.rmdir(result.mountpoint).catch(() => {})
+        throw error
+      }
+
+      return `Mounted ${count()} at ${result.mountpoint}`
+    },
+    skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+    title: `Mount the stack at ${path.join(locations.stacks, name)}`,
+  }
+
+  const hooks = stackHookSteps(
+    options.hooks,
+    () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
+    async () => {
+      await unmount(result.mountpoint)
+      await fs.rmdir(result.mountpoint).catch(() => {})
+    },
+    () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+  )
+  return {result, steps: [trace, ...hooks.pre, create, check, mount, ...hooks.post]}
+}
+
+/** Unstacks `name`: unmounts `$STACKS/NAME` and removes its empty directory. Wafer data is untouched. */
+export async function unstack(
+  locations: Locations,
+  name: string,
+  options: UnstackOptions = {},
+): Promise<UnstackResult> {
+  const mountpoint = await mountpointOf(locations, name)
+  checkRoot()
+  const table = await readMountTable()
+  const mounted = mountAt(table, mountpoint)
+  if (mounted === undefined) {
+    // Nothing to remove: an empty directory here may be a stack's mount point in another mount
+    // namespace, and rmdir would detach it there (Linux 3.18 and later).
+    return {mountpoint, name, unstacked: false}
+  }
+  await checkStackOf(new WaferStore(locations.wafers), name, mounted)
+  if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
+  // A container in its own mount namespace keeps the stack busy without making umount fail, so
+  // look for roots and working directories in it first (cheap): unmounting under a container would
+  // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
+  const ownDevice = mounted.fstype === 'overlay'
+  if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
+  try {
+    await unmount(mountpoint, {lazy: options.lazy})
+  } catch (error) {
+    refuseBusy(name, mountpoint, await processesUsing(mountpoint, {openFiles: true, ownDevice}))
+    throw error
+  }
+
+  await fs.rmdir(mountpoint).catch(() => {})
+  if (options.hooks) {
+    const remount = async () => {
+      const store = new WaferStore(locations.wafers)
+      await fs.mkdir(mountpoint, {recursive: true})
+      await mountStack(store, await traceAncestry(store, name), mountpoint)
+    }
+
+    await firePostHook(options.hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
+  }
+
+  return {mountpoint, name, unstacked: true}
+}
+
+/**
+ * Refuses to treat what is mounted at a stack's mount point as wafer `name`'s stack when it is
+ * something else (a tmpfs, another wafer's stack): stack would call it done, unstack would unmount
+ * it.
+ */
+async function checkStackOf(store: WaferStore, name: string, mounted: MountEntry): Promise<void> {
+  const stack = (await liveStacks(store, [mounted])).find((live) => live.mountpoint === mounted.mountpoint)
+  if (stack?.top === name) return
+  const what = stack?.top === undefined ? `${mounted.fstype} from ${mounted.source}` : `the stack of wafer ${stack.top}`
+  throw new WafersError(`${mounted.mountpoint} has ${what} mounted, not a stack of wafer ${name}; unmount it first.`)
+}
+
+/** Refuses to unstack a stack that `users` keep busy, naming them. */
+function refuseBusy(name: string, mountpoint: string, users: ProcessUse[]): void {
+  if (users.length === 0) return
+  const list = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+  throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
+    suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
+  })
+}
+
+/** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */
+async function checkMountpoint(mountpoint: string): Promise<void> {
+  let stat
+  try {
+    stat = await fs.lstat(mountpoint)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return
+    throw error
+  }
+
+  if (stat.isSymbolicLink()) throw new WafersError(`mount point ${mountpoint} is a symbolic link; remove it first.`)
+  if (!stat.isDirectory()) throw new WafersError(`mount point ${mountpoint} exists and is not a directory.`)
+  if ((await fs.readdir(mountpoint)).length > 0) {
+    throw new WafersError(`mount point ${mountpoint} is not empty; stacking there would hide its files.`)
+  }
+}
+
+/** Refuses a `work` that is there but not a directory (it could not be used or made). */
+async function checkWorkDir(work: string): Promise<void> {
+  const there = await fs.lstat(work).then(
+    () => true,
+    () => false,
+  )
+  if (there && !(await isDirectory(work))) {
+    throw new WafersError(`${work} is not a directory; overlayfs needs it as scratch space.`)
+  }
+}
+
+async function mkdirIfMissing(dir: string): Promise<boolean> {
+  try {
+    await fs.mkdir(dir)
+    return true
+  } catch (error) {
+    if (isErrno(error, 'EEXIST')) return false
+    throw error
+  }
+}

@@ -1,0 +1,108 @@
+import {closeSync, constants, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync} from 'node:fs'
+import {randomBytes} from 'node:crypto'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+
+/** The largest store file wafers reads whole (parent, meta.json): a hostile one cannot exhaust memory. */
+export const MAX_STORE_FILE = 1024 * 1024
+
+/**
+ * Reads a small file that someone else may have planted, as text: never through a symlink, never
+ * blocking on a FIFO or device, never more than `max` bytes. Undefined when it does not exist.
+ * Synchronous on purpose: listing 10,000 wafers reads as many tiny files, and each async read is
+ * four trips through libuv's thread pool. `what` names the file in errors ("the parent file of wafer x").
+ */
+export function readStoreFile(file: string, what: string, max = MAX_STORE_FILE): string | undefined {
+  const opened = openStoreFile(file, what, (size) => {
+    if (size > max) throw new WafersError(`${what} is ${size} bytes, more than the ${max} wafers reads.`)
+  })
+  if (opened === undefined) return undefined
+  try {
+    return readAtMost(opened.fd, what, max, opened.size)
+  } finally {
+    closeSync(opened.fd)
+  }
+}
+
+/**
+ * Opens for reading a file someone else may have planted (in the store, a layout, `$WAFERS/.oci`).
+ * The name is opened with O_PATH|O_NOFOLLOW: no symlink is followed, and no device, FIFO or socket
+ * is ever opened (an open can have side effects, such as arming a watchdog). It must be a regular
+ * file, and `check` judges its size; only then is that very inode reopened through /proc/self/fd,
+ * non-blocking, even if the name was swapped since. Undefined when it does not exist; the caller
+ * closes the descriptor.
+ */
+export function openStoreFile(
+  file: string,
+  what: string,
+  check: (size: number) => void,
+): undefined | {fd: number; size: number} {
+  let handle: number
+  try {
+    handle = openSync(file, O_PATH | constants.O_NOFOLLOW)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
+    if (isErrno(error, 'EACCES') || isErrno(error, 'EPERM'))
+      throw new WafersError(`${what} cannot be read: permission denied.`)
+    throw new WafersError(`${what} cannot be opened (${errnoCode(error)}).`)
+  }
+
+  try {
+    const stat = fstatSync(handle)
+    if (stat.isSymbolicLink()) throw new WafersError(`${what} is a symlink; wafers does not follow it.`)
+    if (stat.isDirectory()) throw new WafersError(`${what} is a directory.`)
+    if (!stat.isFile()) throw new WafersError(`${what} is not a regular file.`)
+    check(stat.size)
+    return {fd: openSync(`/proc/self/fd/${handle}`, constants.O_RDONLY | constants.O_NONBLOCK), size: stat.size}
+  } finally {
+    closeSync(handle)
+  }
+}
+
+/** O_PATH (Linux): Node's fs.constants does not carry it. */
+const O_PATH = 0o10000000
+
+function readAtMost(fd: number, what: string, max: number, size: number): string {
+  const buffer = Buffer.alloc(Math.min(max + 1, Math.max(size + 1, 4096)))
+  let length = 0
+  for (;;) {
+    const n = readSync(fd, buffer, length, buffer.length - length, null)
+    if (n === 0) break
+    length += n
+    if (length > max) throw new WafersError(`${what} is more than the ${max} bytes wafers reads.`)
+    if (length === buffer.length) break
+  }
+
+  return buffer.subarray(0, length).toString('utf8')
+}
+
+function errnoCode(error: unknown): string {
+  return (error as NodeJS.ErrnoException).code ?? 'unknown error'
+}
+
+/**
+ * Replaces `file` with `content` atomically: written to an exclusive, unpredictable temporary name
+ * beside it (never through a symlink), then renamed over it.
+ */
+export function writeFileAtomic(file: string, content: string | Buffer, mode = 0o644): void {
+  const temporary = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`)
+  const fd = openSync(temporary, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode)
+  try {
+    const bytes = typeof content === 'string' ? Buffer.from(content) : content
+    let written = 0
+    while (written < bytes.length) written += writeSync(fd, bytes, written)
+  } catch (error) {
+    closeSync(fd)
+    unlinkSync(temporary)
+    throw error
+  }
+
+  closeSync(fd)
+  try {
+    renameSync(temporary, file)
+  } catch (error) {
+    unlinkSync(temporary)
+    throw error
+  }
+}
