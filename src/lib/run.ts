@@ -1,7 +1,7 @@
 import {accessSync, constants} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from './errors.js'
+import {WafersError, asWafersError, isErrno} from './errors.js'
 
 /** What a program printed, once it succeeded. */
 export interface RunResult {
@@ -27,7 +27,7 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
       reject(
         isErrno(error, 'ENOENT')
           ? new WafersError(`${file} is not installed or not on PATH.`)
-          : new WafersError(`${file} could not be started: ${error.message}`),
+          : (asWafersError(error) as Error),
       )
     })
     child.on('close', (code, signal) => {

@@ -208,3 +208,15 @@ export function said(stderr: string): string {
 export async function filesOf(box: Sandbox, wafer: string): Promise<string[]> {
   return (await snapshot(box.data(wafer))).map((line) => line.split(' ')[0])
 }
+
+/**
+ * Seeds wafer `name` with the host's busybox (a root nspawn can run, offline) and makes an empty
+ * build context directory in the sandbox; returns the context's path. Fails the test when seeding fails.
+ */
+export async function busyboxBase(box: Sandbox, name = 'bb'): Promise<string> {
+  const seeded = await box.run(['create', name, '--seed', 'busybox'])
+  if (seeded.exitCode !== 0) throw new Error(`seeding ${name} failed: ${seeded.stderr}`)
+  const context = path.join(box.root, 'context')
+  await fs.mkdir(context, {recursive: true})
+  return context
+}

@@ -7,7 +7,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {lockDirectory} from '../../src/lib/store/lock.js'
-import {said, Sandbox, useSandbox} from '../helpers/sandbox.js'
+import {busyboxBase, said, Sandbox, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
   name: string
@@ -74,10 +74,7 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
 
   beforeEach(async function () {
     this.timeout(120_000)
-    const seeded = await box.run(['create', 'bb', '--seed', 'busybox'])
-    expect(seeded.exitCode, seeded.stderr).to.equal(0)
-    context = path.join(box.root, 'context')
-    await fs.mkdir(context)
+    context = await busyboxBase(box)
     gate = new Gate()
     await gate.listen()
   })

@@ -5,7 +5,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {filesOf, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {busyboxBase, filesOf, hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
   name: string
@@ -28,11 +28,8 @@ describe('wafers build: hostile images and contexts never reach the host (real n
 
   beforeEach(async function () {
     this.timeout(120_000)
-    const seeded = await box.run(['create', 'bb', '--seed', 'busybox'])
-    expect(seeded.exitCode, seeded.stderr).to.equal(0)
-    context = path.join(box.root, 'context')
+    context = await busyboxBase(box)
     victim = path.join(box.root, 'victim')
-    await fs.mkdir(context, {recursive: true})
     await fs.mkdir(victim, {recursive: true})
   })
 
@@ -125,6 +122,34 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(second.json.steps[1].cached).to.equal(false)
     expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
   })
+  it('a RUN writes only into its wafer even when someone who may write to the store swaps the build staging directory as nspawn starts', async function () {
+    this.timeout(120_000)
+    // Anyone may write to this store: nspawn must then never be handed a path through it.
+    await fs.chmod(box.wafers, 0o777)
+    const attacker = execa(
+      process.execPath,
+      [
+        fileURLToPath(new URL('../fixtures/swap-stage.mjs', import.meta.url)),
+        box.wafers,
+        victim,
+        path.join(box.root, 'evil'),
+      ],
+      {reject: false},
+    )
+    const {json, run} = await build('FROM bb\nRUN sleep 1 && echo made > /made\n')
+    const {stdout} = await attacker
+    expect(stdout.trim(), 'the attacker saw nspawn start').to.not.equal('no nspawn')
+    // The swap races nspawn; what decides it is that nspawn is given no path through the store.
+    const args = JSON.parse(stdout) as string[]
+    expect(args.filter((arg) => arg.includes(box.wafers))).to.deep.equal([])
+    expect(await fs.readdir(victim)).to.deep.equal([])
+    if (run.exitCode === 0) {
+      expect(await fs.readFile(box.data(json.steps[1].wafer as string, 'made'), 'utf8')).to.equal('made\n')
+    } else {
+      expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
+    }
+  })
+
   it('kill -9 of the build mid-RUN takes nspawn with it; the next build runs fine', async function () {
     await fs.writeFile(
       path.join(context, 'Containerfile'),

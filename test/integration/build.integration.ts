@@ -4,7 +4,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {filesOf, hasStackTrace, nspawnIn, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {busyboxBase, filesOf, hasStackTrace, nspawnIn, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BuildJson {
   name: string
@@ -20,9 +20,7 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
 
   beforeEach(async function () {
     this.timeout(120_000)
-    const seeded = await box.run(['create', 'bb', '--seed', 'busybox'])
-    expect(seeded.exitCode, seeded.stderr).to.equal(0)
-    context = path.join(box.root, 'context')
+    context = await busyboxBase(box)
     await fs.mkdir(path.join(context, 'site', 'deep'), {recursive: true})
     await fs.writeFile(path.join(context, 'index.html'), '<h1>hi</h1>\n')
     await fs.writeFile(path.join(context, 'site', 'a.css'), 'a{}\n')
@@ -228,6 +226,14 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     expect(plain.stderr).to.include('about to fail')
     expect(plain.stderr).to.match(/\[2\/4\] COPY index.html \/ \(cached\)/)
     expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links').sort()).to.deep.equal(wafers)
+  })
+
+  it('stops a RUN that says its file system is full, in one sentence, even when it would go on', async function () {
+    this.timeout(60_000) // the RUN would sleep for ten minutes: only being stopped ends it in time
+    const {run} = await build('FROM bb\nRUN echo "cp: No space left on device" && sleep 600\n')
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include('the RUN ran out of space: no space is left on the file system it writes to.')
+    expect((await fs.readdir(box.wafers)).filter((entry) => entry !== '.links')).to.deep.equal(['bb'])
   })
 
   it('refuses a RUN as a user the image does not list, naming the step and the user, with no wafer for it', async function () {

@@ -1,13 +1,13 @@
-import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync, readdirSync, realpathSync, statSync} from 'node:fs'
+import {createHash, randomBytes} from 'node:crypto'
+import {type Stats, promises as fs, lstatSync, readdirSync, realpathSync, statSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
 import {traceAncestry} from '../store/ancestry.js'
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, asWafersError, isErrno} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../store/files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
-import {withLock} from '../store/lock.js'
+import {tryLockDirectory, withLock} from '../store/lock.js'
 import {
   type BuildMeta,
   type HistoryEntry,
@@ -18,6 +18,7 @@ import {
 } from '../store/meta.js'
 import {isValidName} from '../store/names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
+import {mountsUnder, readMountTable} from '../mount/mounts.js'
 import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../mount/overlay.js'
 import type {Step} from '../ui/steps.js'
 import {type Stage as StoreStage, discardStage} from '../store/staging.js'
@@ -62,6 +63,63 @@ function realPathOfHeld(held: string): string | undefined {
     return now.isDirectory() && now.ino === ours.ino && now.dev === ours.dev ? real : undefined
   } catch {
     return undefined
+  }
+}
+
+/** Where builds mount their steps when nspawn does not (see Builder.privateMountpoint). */
+const PRIVATE_MOUNTS = '/run/wafers'
+
+/**
+ * Unmounts and removes what builds of store `root` that are no longer running (their stage gone,
+ * or no longer locked) left in `dir` (their directories of mount points, named like their stages).
+ */
+async function sweepMountpoints(root: string, dir: string): Promise<void> {
+  for (const entry of await fs.readdir(dir)) {
+    const stage = path.join(root, entry)
+    if (lstatSync(stage, {throwIfNoEntry: false})?.isDirectory()) {
+      // eslint-disable-next-line no-await-in-loop
+      const lock = await tryLockDirectory(stage)
+      if (lock === undefined) continue // its build still runs
+      lock.release()
+    }
+
+    const left = path.join(dir, entry)
+    // eslint-disable-next-line no-await-in-loop
+    for (const {mountpoint} of mountsUnder(await readMountTable(), left).reverse()) {
+      // eslint-disable-next-line no-await-in-loop
+      await unmount(mountpoint, {lazy: true}).catch(() => {})
+    }
+
+    // eslint-disable-next-line no-await-in-loop
+    for (const step of await fs.readdir(left).catch(() => [] as string[]))
+      await fs.rmdir(path.join(left, step)).catch(() => {})
+    // eslint-disable-next-line no-await-in-loop
+    await fs.rmdir(left).catch(() => {})
+  }
+}
+
+/**
+ * Whether only root can rename or replace entries of directory `dir`: it and every directory above
+ * it (real paths) belong to root and are writable by nobody else, or are sticky (/tmp) above an
+ * entry that belongs to root. Anyone else who could would be able to swap a name wafers hands to a
+ * program that resolves it later (nspawn's --overlay) for a symlink to anywhere on the host.
+ */
+function onlyRootRenames(dir: string): boolean {
+  let real: string
+  try {
+    real = realpathSync(dir)
+  } catch {
+    return false
+  }
+
+  let child: Stats | undefined
+  for (let at = real; ; at = path.dirname(at)) {
+    const stat = lstatSync(at)
+    const othersWrite = (stat.mode & 0o022) !== 0
+    if (stat.uid !== 0) return false
+    if (othersWrite && !((stat.mode & 0o1000) !== 0 && child !== undefined && child.uid === 0)) return false
+    if (at === path.dirname(at)) return true
+    child = stat
   }
 }
 
@@ -190,6 +248,9 @@ class Builder {
   /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
   private staging?: StoreStage
   private nspawnRootMade?: string
+  /** Where this build mounts its steps (see privateMountpoint), made when first needed. */
+  private runDir?: string
+  private storeOnlyRoot?: boolean
   /** The placeholders the last RUN had (in `staging`), and the stack they were made for. */
   private placeholders?: {below: string[]; dir: string}
   private readonly stages: Stage[] = []
@@ -678,7 +739,6 @@ class Builder {
     }
 
     const stage = path.dirname(data)
-    const mountpoint = path.join(stage, 'root')
     let placeholders = ''
     if (forNspawn) {
       // The last RUN's placeholders fit again when all that changed below is new layers on its
@@ -707,7 +767,7 @@ class Builder {
       // fewer per step (mount, umount), and no mount is left behind however the build ends.
       // nspawn mounts in a namespace where /proc/PID/fd/N does not lead back to our stage, so it is
       // given the stage's real path, checked to be the stage held right before nspawn starts.
-      const held = direct && scratch && !this.hasStackHooks() ? [scratch, stage] : []
+      const held = direct && scratch && !this.hasStackHooks() && this.onlyRootRenames() ? [scratch, stage] : []
       const reals = held.map((dir) => realPathOfHeld(dir))
       const named = (file: string) => {
         const index = held.findIndex((dir) => file.startsWith(`${dir}/`))
@@ -736,8 +796,7 @@ class Builder {
       }
     }
 
-    await fs.mkdir(mountpoint)
-
+    const mountpoint = await this.privateMountpoint()
     const hookOptions = {
       layers: [data, ...below.map((w) => this.store.dataDir(w))],
       mountpoint,
@@ -881,6 +940,15 @@ class Builder {
     }
   }
 
+  /**
+   * Whether nobody but root can rename what is in the store (see onlyRootRenames): only then may
+   * nspawn be given the stage by its name, since nobody else can swap that name under it.
+   */
+  private onlyRootRenames(): boolean {
+    this.storeOnlyRoot ??= onlyRootRenames(this.store.root)
+    return this.storeOnlyRoot
+  }
+
   /** Whether a plugin listens to any stack event: it then sees each step mounted, as a stack is. */
   private hasStackHooks(): boolean {
     const {hooks} = this.options
@@ -903,6 +971,39 @@ class Builder {
     return root
   }
 
+  /**
+   * A new empty directory to mount a step on, outside the store: under PRIVATE_MOUNTS, which only
+   * root may write to, so that no name on the way to it can be swapped by someone who may write to
+   * the store (nspawn, given the step's root, resolves that path by name). One directory per store
+   * (its real path hashed) and build (its stage's name); the first use sweeps what builds of this
+   * store killed before they could unmount (their stage no longer locked) left there.
+   */
+  private async privateMountpoint(): Promise<string> {
+    if (this.runDir === undefined) {
+      const staging = await this.stagingDir()
+      const id = createHash('sha256').update(realpathSync(this.store.root)).digest('hex').slice(0, 16)
+      const dir = path.join(PRIVATE_MOUNTS, id)
+      for (const made of [PRIVATE_MOUNTS, dir]) {
+        // eslint-disable-next-line no-await-in-loop
+        await fs.mkdir(made, {mode: 0o700}).catch((error: unknown) => {
+          if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
+        })
+        const stat = lstatSync(made)
+        if (!stat.isDirectory() || stat.uid !== 0 || (stat.mode & 0o022) !== 0) {
+          throw new WafersError(`${made} is not a directory only root may write to; wafers mounts build steps there.`)
+        }
+      }
+
+      await sweepMountpoints(this.store.root, dir)
+      this.runDir = path.join(dir, path.basename(staging.dir))
+      await fs.mkdir(this.runDir, {mode: 0o700})
+    }
+
+    const mountpoint = path.join(this.runDir, `step-${randomBytes(6).toString('hex')}`)
+    await fs.mkdir(mountpoint)
+    return mountpoint
+  }
+
   /** The build's stage in the store (see `staging`), made when first asked for. */
   private async stagingDir(): Promise<StoreStage> {
     this.staging ??= await this.store.openStage(`build-${this.options.name}`)
@@ -911,8 +1012,13 @@ class Builder {
 
   /** Removes the build's stage and what is left in it (nspawn's placeholders), however the build ended. */
   async close(): Promise<void> {
-    const {staging} = this
+    const {runDir, staging} = this
     this.staging = undefined
+    this.runDir = undefined
+    if (runDir) {
+      await fs.rmdir(runDir).catch(() => {})
+      await fs.rmdir(path.dirname(runDir)).catch(() => {}) // when no other build of the store uses it
+    }
     if (staging) await discardStage(this.store.root, staging)
   }
 

@@ -268,7 +268,13 @@ export async function runInRoot(
     },
     // /tmp stays the image's (as in Docker), not a tmpfs; /run is nspawn's tmpfs.
     // Stopped with SIGKILL: unshare blocks SIGTERM, and its death is what takes nspawn and the RUN.
-    {check: false, env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'}, package: 'systemd-container', stopSignal: 'SIGKILL'},
+    {
+      check: false,
+      env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      name: 'the RUN',
+      package: 'systemd-container',
+      stopSignal: 'SIGKILL',
+    },
     signal,
   ).finally(async () => {
     await fs.rm(path.join('/run/systemd/nspawn/propagate', machine), {force: true, recursive: true}).catch(() => {})

@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {constants, lstatSync, openSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, asWafersError, isErrno} from '../errors.js'
 import {tryLockFd} from '../store/lock.js'
 
 /**
@@ -33,7 +33,9 @@ export interface StepLock {
  * fails when the name is taken: claiming costs no lock and no process. The link is only ever read,
  * never followed; the claimant lives while its stage is locked (flock: the kernel's word, in any
  * PID namespace), asked only while waiting. A claim whose claimant died is taken over. `signal`
- * (Ctrl-C) ends a wait with an error saying nothing was done.
+ * (Ctrl-C) ends a wait with an error saying nothing was done. Two builds taking over the same dead
+ * claim at the same instant may both make the step: the second to finish then finds the wafer made
+ * and takes it (see makeStep), so that costs time, never a wrong result.
  */
 export async function lockStep(
   root: string,
@@ -58,7 +60,7 @@ export async function lockStep(
       symlinkSync(stage, claim)
       return held
     } catch (error) {
-      if (!isErrno(error, 'EEXIST')) throw error
+      if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
     }
 
     const holder = claimantOf(claim)
@@ -78,7 +80,12 @@ export async function lockStep(
     // Its claimant is gone (killed): take the claim over in one rename, then look whose it is.
     if (holder !== undefined) {
       const mine = `${claim}.${randomBytes(6).toString('hex')}`
-      symlinkSync(stage, mine)
+      try {
+        symlinkSync(stage, mine)
+      } catch (error) {
+        throw asWafersError(error)
+      }
+
       try {
         if (claimantOf(claim) === holder) renameSync(mine, claim)
       } finally {

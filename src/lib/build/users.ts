@@ -52,6 +52,7 @@ export function runAs(root: string, spec: string | undefined): RunAs | undefined
 
   const gid = findGroup(root, group, what)
   const uid = account?.uid ?? Number(user)
+  if (uid === 0 && gid === 0) return undefined
   return {gid, home: account?.home ?? '/', name: account?.name ?? user, uid}
 }
 

@@ -1,7 +1,7 @@
 import {constants, promises as fs, realpathSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, asWafersError, isErrno} from '../errors.js'
 import type {HookRunner, SeedContext, SeedRunOptions, SeedRunResult, Seeder} from '../hooks.js'
 import {oneLine} from '../hooks.js'
 import {mountsUnder, readMountTable} from '../mount/mounts.js'
@@ -204,10 +204,10 @@ export async function runStreaming(
   file: string,
   args: string[],
   report: (line: string) => void,
-  options: SeedRunOptions & {stopSignal?: NodeJS.Signals} = {},
+  options: SeedRunOptions & {name?: string; stopSignal?: NodeJS.Signals} = {},
   cancel?: AbortSignal,
 ): Promise<SeedRunResult> {
-  const [{spawn}, {createInterface}] = await Promise.all([import('node:child_process'), import('node:readline')])
+  const {spawn} = await import('node:child_process')
   const tail: string[] = []
   const program = await findProgram(file, options.env?.PATH ?? process.env.PATH ?? '')
   const missing = () => {
@@ -227,12 +227,16 @@ export async function runStreaming(
   let canceled = false
   let full = false
   let killer: NodeJS.Timeout | undefined
-  // `cancel` stops it with `stopSignal` (SIGTERM: a seeder's program may clean up), and with
-  // SIGKILL if it is still there after a grace period (unshare --fork, for one, blocks SIGTERM).
-  const stop = () => {
-    canceled = true
+  // Stopped with `stopSignal` (SIGTERM: a seeder's program may clean up), and with SIGKILL if it
+  // is still there after a grace period (unshare --fork, for one, blocks SIGTERM).
+  const halt = () => {
     child.kill(options.stopSignal ?? 'SIGTERM')
     killer ??= setTimeout(() => child.kill('SIGKILL'), 3000)
+  }
+
+  const stop = () => {
+    canceled = true
+    halt()
   }
 
   cancel?.addEventListener('abort', stop)
@@ -243,7 +247,7 @@ export async function runStreaming(
     if (NO_SPACE.test(text)) {
       // One sentence instead of one line per file that could not be written: stop it now.
       full = true
-      child.kill('SIGTERM')
+      halt()
       return
     }
 
@@ -252,8 +256,19 @@ export async function runStreaming(
     report(text)
   }
 
+  // Lines end at \n only (a progress bar's lone \r does not end one), as the tail has always counted them.
   for (const stream of [child.stdout, child.stderr]) {
-    if (stream) createInterface({crlfDelay: Infinity, input: stream}).on('line', onLine)
+    let partial = ''
+    stream?.setEncoding('utf8')
+    stream?.on('data', (chunk: string) => {
+      const lines = (partial + chunk).split('\n')
+      partial = lines.pop() ?? ''
+      for (const line of lines) onLine(line)
+    })
+    stream?.on('end', () => {
+      if (partial !== '') onLine(partial)
+      partial = ''
+    })
   }
   const ended = await new Promise<{code: null | number; error?: Error; signal: NodeJS.Signals | null}>((resolve) => {
     child.once('error', (error) => resolve({code: null, error, signal: null}))
@@ -263,10 +278,11 @@ export async function runStreaming(
     cancel?.removeEventListener('abort', stop)
   })
 
-  if (full) throw new NoSpaceError(`${file} ran out of space: no space is left on the file system it writes to.`)
+  const name = options.name ?? file
+  if (full) throw new NoSpaceError(`${name} ran out of space: no space is left on the file system it writes to.`)
   if (ended.error) {
     if (isErrno(ended.error, 'ENOENT')) throw missing()
-    throw new WafersError(`${file} could not be started: ${ended.error.message}`)
+    throw asWafersError(ended.error)
   }
 
   if (canceled) throw new WafersError(`${file} was stopped.`)
