@@ -1,7 +1,7 @@
 import {accessSync, constants} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, asWafersError, isErrno} from './errors.js'
+import {WafersError} from './errors.js'
 
 /** What a program printed, once it succeeded. */
 export interface RunResult {
@@ -11,41 +11,21 @@ export interface RunResult {
 
 /**
  * Runs a program with an argument array (never a shell) and returns its output; a failure
- * becomes one sentence naming the program and what it said. For the short programs wafers runs
- * on every stack and build step (mount, umount): node's own spawn, since loading execa takes
- * longer than the mount itself; programs whose output streams go through execa (seed.ts).
+ * becomes one sentence naming the program and what it said. execa is loaded only when needed.
  */
 export async function run(file: string, args: string[], options: {cwd?: string} = {}): Promise<RunResult> {
-  const {spawn} = await import('node:child_process')
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, {cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe']})
-    const stdout: Buffer[] = []
-    const stderr: Buffer[] = []
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk))
-    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk))
-    child.on('error', (error) => {
-      reject(
-        isErrno(error, 'ENOENT')
-          ? new WafersError(`${file} is not installed or not on PATH.`)
-          : (asWafersError(error) as Error),
-      )
-    })
-    child.on('close', (code, signal) => {
-      const out = {
-        stderr: Buffer.concat(stderr).toString().trimEnd(),
-        stdout: Buffer.concat(stdout).toString().trimEnd(),
-      }
-      if (code === 0) {
-        resolve(out)
-        return
-      }
+  const {execa} = await import('execa')
+  const result = await execa(file, args, {cwd: options.cwd, reject: false, stdin: 'ignore'})
+  if (result.failed) {
+    const said = `${result.stderr || result.stdout || result.shortMessage}`.trim().split('\n').at(-1)
+    if (result.code === 'ENOENT') {
+      throw new WafersError(`${file} is not installed or not on PATH.`)
+    }
 
-      const said = (out.stderr || out.stdout || (signal ? `killed by ${signal}` : `exit code ${code}`))
-        .split('\n')
-        .at(-1)
-      reject(new WafersError(`${file} failed: ${said?.trim()}`))
-    })
-  })
+    throw new WafersError(`${file} failed: ${said}`)
+  }
+
+  return {stderr: result.stderr, stdout: result.stdout}
 }
 
 /** Where the system keeps the programs wafers itself relies on (flock, setpriv), whatever PATH says. */
