@@ -195,6 +195,45 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const again = await build('FROM bb\nRUN echo again > /again\n')
     expect(again.run.exitCode, again.run.stderr).to.equal(0)
   })
+  it('kill -9 of a build that mounted its step itself (a store others may write to): the next build unmounts what it left', async function () {
+    this.timeout(120_000)
+    await fs.chmod(box.wafers, 0o777)
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
+    )
+    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+    const log = path.join(box.root, 'build.log')
+    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      env: box.env,
+      reject: false,
+      stderr: {append: true, file: log},
+      stdin: 'ignore',
+      stdout: {append: true, file: log},
+    })
+    await fs.writeFile(log, '', {flag: 'a'})
+    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
+      expect(tries).to.be.below(300)
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+
+    // The step is mounted here, in this namespace, on a directory under /run/wafers.
+    const stepMounts = async () =>
+      (await fs.readFile('/proc/self/mountinfo', 'utf8'))
+        .split('\n')
+        .filter((line) => line.includes(' /run/wafers/') && line.includes(box.wafers))
+    expect(await stepMounts()).to.have.length(1)
+    child.kill('SIGKILL')
+    await child
+    await new Promise((resolve) => setTimeout(resolve, 5000))
+    const {stdout} = await execa('find', [box.wafers, '-name', 'late-marker'])
+    expect(stdout, 'the RUN died with the build').to.equal('')
+    const again = await build('FROM bb\nRUN echo again > /again\n')
+    expect(again.run.exitCode, again.run.stderr).to.equal(0)
+    expect(await stepMounts(), "the killed build's mount is gone").to.deep.equal([])
+  })
+
   it('refuses re-pointing NAME that another wafer sits on, and rebuilds NAME unchanged though it has files', async function () {
     const file = 'FROM bb\nRUN echo one > /one\n'
     expect((await build(file)).run.exitCode).to.equal(0)
