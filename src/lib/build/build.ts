@@ -251,7 +251,10 @@ class Builder {
   /** Where this build mounts its steps (see privateMountpoint), made when first needed. */
   private runDir?: string
   private storeOnlyRoot?: boolean
-  /** The placeholders the last RUN had (in `staging`), and the stack they were made for. */
+  /**
+   * The placeholders the last RUN had (in `staging`), and the stack they were made for: each
+   * layer's name and data directory inode, nearest first.
+   */
   private placeholders?: {below: string[]; dir: string}
   private readonly stages: Stage[] = []
   private stepLocksSwept = false
@@ -745,10 +748,13 @@ class Builder {
       // stack that hold none of the paths they stand in for (most steps): nothing to look up or make.
       const last = this.placeholders
       const added = last === undefined ? -1 : below.length - last.below.length
+      // A layer is the same one when its name and its data directory's inode are (not removed and
+      // made again under that name meanwhile).
+      const layerIds = below.map((wafer) => `${wafer}:${lstatSync(this.store.dataDir(wafer)).ino}`)
       if (
         last !== undefined &&
         added >= 0 &&
-        below.slice(added).every((wafer, index) => wafer === last.below[index]) &&
+        layerIds.slice(added).every((id, index) => id === last.below[index]) &&
         !below.slice(0, added).some((wafer) => touchesNspawnPaths(this.store.dataDir(wafer)))
       ) {
         placeholders = last.dir
@@ -760,7 +766,7 @@ class Builder {
         )
       }
 
-      this.placeholders = {below, dir: placeholders}
+      this.placeholders = {below: layerIds, dir: placeholders}
       const layers = [placeholders, ...below.map((wafer) => this.store.dataDir(wafer))]
       // No plugin listens to stack events and nothing needs the stack mounted here first: nspawn
       // mounts the same overlay itself, in its own mount namespace, which ends with it. Two programs
