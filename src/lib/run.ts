@@ -17,7 +17,12 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
   const {execa} = await import('execa')
   const result = await execa(file, args, {cwd: options.cwd, reject: false, stdin: 'ignore'})
   if (result.failed) {
-    const said = `${result.stderr || result.stdout || result.shortMessage}`.trim().split('\n').at(-1)
+    // mount(8) ends with a pointer to dmesg after the reason: the reason is the line to keep.
+    const said = `${result.stderr || result.stdout || result.shortMessage}`
+      .trim()
+      .split('\n')
+      .filter((line) => !line.includes('dmesg(1) may have more information'))
+      .at(-1)
     if (result.code === 'ENOENT') {
       throw new WafersError(`${file} is not installed or not on PATH.`)
     }

@@ -140,7 +140,8 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const {stdout} = await attacker
     expect(stdout.trim(), 'the attacker saw nspawn start').to.not.equal('no nspawn')
     // The swap races nspawn; what decides it is that nspawn is given no path through the store.
-    const args = JSON.parse(stdout) as string[]
+    const {args, swapped} = JSON.parse(stdout) as {args: string[]; swapped: number}
+    expect(swapped, 'stages swapped').to.be.above(0)
     expect(args.filter((arg) => arg.includes(box.wafers))).to.deep.equal([])
     expect(await fs.readdir(victim)).to.deep.equal([])
     if (run.exitCode === 0) {
@@ -232,6 +233,12 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const again = await build('FROM bb\nRUN echo again > /again\n')
     expect(again.run.exitCode, again.run.stderr).to.equal(0)
     expect(await stepMounts(), "the killed build's mount is gone").to.deep.equal([])
+    // Nothing of either build is left under /run/wafers (nspawn's lock files included).
+    const id = createHash('sha256')
+      .update(await fs.realpath(box.wafers))
+      .digest('hex')
+      .slice(0, 16)
+    expect(await fs.readdir(path.join('/run/wafers', id)).catch(() => [])).to.deep.equal([])
   })
 
   it('refuses re-pointing NAME that another wafer sits on, and rebuilds NAME unchanged though it has files', async function () {

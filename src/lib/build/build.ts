@@ -91,8 +91,15 @@ async function sweepMountpoints(root: string, dir: string): Promise<void> {
     }
 
     // eslint-disable-next-line no-await-in-loop
-    for (const step of await fs.readdir(left).catch(() => [] as string[]))
-      await fs.rmdir(path.join(left, step)).catch(() => {})
+    for (const step of await fs.readdir(left).catch(() => [] as string[])) {
+      const file = path.join(left, step)
+      // Mount points, and lock files a killed nspawn left beside them (regular files only).
+      // eslint-disable-next-line no-await-in-loop
+      if (step.startsWith('.#') && lstatSync(file).isFile()) await fs.unlink(file).catch(() => {})
+      // eslint-disable-next-line no-await-in-loop
+      else await fs.rmdir(file).catch(() => {})
+    }
+
     // eslint-disable-next-line no-await-in-loop
     await fs.rmdir(left).catch(() => {})
   }
@@ -810,12 +817,12 @@ class Builder {
       wafers: [name, ...below],
     }
     const {hooks} = this.options
-    if (hooks) await fireHook(hooks, 'wafers:prestack', hookOptions)
     // No store lock here (it costs a process per step): a `wafers rm` of a layer before the mount
     // makes the mount fail, and after it the mount makes rm refuse. The stage is named only through
     // the descriptor the store holds (`/proc/PID/fd/N`), never by its swappable name in the store, so
     // its upper, work and placeholder paths are absolute; the wafers below are short links.
     try {
+      if (hooks) await fireHook(hooks, 'wafers:prestack', hookOptions)
       const lowers = [...(forNspawn ? [placeholders] : []), ...(await linksFor(this.store, below))]
       const options = `lowerdir=${lowers.join(':')},upperdir=${data},workdir=${path.join(stage, 'work')}`
       if (options.length > MAX_OPTIONS_LENGTH) {
@@ -829,6 +836,7 @@ class Builder {
         cwd: this.store.linksDir,
       })
     } catch (error) {
+      await fs.rmdir(mountpoint).catch(() => {})
       for (const wafer of below) {
         // eslint-disable-next-line no-await-in-loop
         if (!(await this.store.hasData(wafer))) throw new WafersError(`wafer ${wafer} was removed meanwhile.`)
@@ -987,32 +995,67 @@ class Builder {
   private async privateMountpoint(): Promise<string> {
     if (this.runDir === undefined) {
       const staging = await this.stagingDir()
-      const id = createHash('sha256').update(realpathSync(this.store.root)).digest('hex').slice(0, 16)
-      const dir = path.join(PRIVATE_MOUNTS, id)
-      for (const made of [PRIVATE_MOUNTS, dir]) {
+      // Another build's close() may remove the store's directory in between: make it again.
+      for (let tries = 0; this.runDir === undefined; tries++) {
+        // eslint-disable-next-line no-await-in-loop
+        const dir = await this.privateMountsDir(true)
+        const runDir = path.join(dir, path.basename(staging.dir))
+        // eslint-disable-next-line no-await-in-loop
+        await fs.mkdir(runDir, {mode: 0o700}).then(
+          () => {
+            this.runDir = runDir
+          },
+          (error: unknown) => {
+            if (!isErrno(error, 'ENOENT') || tries >= 3) throw asWafersError(error)
+          },
+        )
+      }
+    }
+
+    const mountpoint = path.join(this.runDir, `step-${randomBytes(6).toString('hex')}`)
+    await fs.mkdir(mountpoint).catch((error: unknown) => {
+      throw asWafersError(error)
+    })
+    return mountpoint
+  }
+
+  /**
+   * This store's directory under PRIVATE_MOUNTS (made when `make`), refused unless only root may
+   * write to it and to every directory above it.
+   */
+  private async privateMountsDir(make: boolean): Promise<string> {
+    const id = createHash('sha256').update(realpathSync(this.store.root)).digest('hex').slice(0, 16)
+    const dir = path.join(PRIVATE_MOUNTS, id)
+    for (const made of [PRIVATE_MOUNTS, dir]) {
+      if (make) {
         // eslint-disable-next-line no-await-in-loop
         await fs.mkdir(made, {mode: 0o700}).catch((error: unknown) => {
           if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
         })
-        const stat = lstatSync(made)
-        if (!stat.isDirectory() || stat.uid !== 0 || (stat.mode & 0o022) !== 0) {
-          throw new WafersError(`${made} is not a directory only root may write to; wafers mounts build steps there.`)
-        }
       }
 
-      await sweepMountpoints(this.store.root, dir)
-      this.runDir = path.join(dir, path.basename(staging.dir))
-      await fs.mkdir(this.runDir, {mode: 0o700})
+      const stat = lstatSync(made, {throwIfNoEntry: false})
+      if (stat === undefined && !make) return dir
+      if (!stat?.isDirectory() || stat.uid !== 0 || (stat.mode & 0o022) !== 0 || !onlyRootRenames(made)) {
+        throw new WafersError(`${made} is not a directory only root may write to; wafers mounts build steps there.`, {
+          suggestions: [`Remove it (it holds nothing wafers needs) and build again: rm -r ${made}`],
+        })
+      }
     }
 
-    const mountpoint = path.join(this.runDir, `step-${randomBytes(6).toString('hex')}`)
-    await fs.mkdir(mountpoint)
-    return mountpoint
+    return dir
   }
 
   /** The build's stage in the store (see `staging`), made when first asked for. */
   private async stagingDir(): Promise<StoreStage> {
-    this.staging ??= await this.store.openStage(`build-${this.options.name}`)
+    if (this.staging === undefined) {
+      // What killed builds left mounted goes first: making the stage sweeps their stages, and a
+      // stage must not be deleted while a step of it is still mounted.
+      const dir = await this.privateMountsDir(false)
+      if (lstatSync(dir, {throwIfNoEntry: false})) await sweepMountpoints(this.store.root, dir)
+      this.staging = await this.store.openStage(`build-${this.options.name}`)
+    }
+
     return this.staging
   }
 

@@ -270,7 +270,8 @@ export async function runInRoot(
     // Stopped with SIGKILL: unshare blocks SIGTERM, and its death is what takes nspawn and the RUN.
     {
       check: false,
-      env: {SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's alone.
+      env: {SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
       name: 'the RUN',
       package: 'systemd-container',
       stopSignal: 'SIGKILL',
