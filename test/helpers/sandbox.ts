@@ -220,3 +220,25 @@ export async function busyboxBase(box: Sandbox, name = 'bb'): Promise<string> {
   await fs.mkdir(context, {recursive: true})
   return context
 }
+
+/** What `wafers build --json` prints. */
+export interface BuildJson {
+  name: string
+  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
+}
+
+/**
+ * Writes `file` as CONTEXT/Containerfile and builds it into wafer `web` with --json. A failure's
+ * message, which oclif prints as JSON on stdout, is added to stderr, where a user reads it.
+ */
+export async function buildWeb(
+  box: Sandbox,
+  context: string,
+  file: string,
+  ...args: string[]
+): Promise<{json: BuildJson; run: Run}> {
+  await fs.writeFile(path.join(context, 'Containerfile'), file)
+  const run = await box.run(['build', '-t', 'web', '--json', ...args, context])
+  if (run.exitCode !== 0) run.stderr += JSON.parse(run.stdout).error?.message ?? ''
+  return {json: run.exitCode === 0 ? (JSON.parse(run.stdout) as BuildJson) : {name: '', steps: []}, run}
+}

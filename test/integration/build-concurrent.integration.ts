@@ -7,12 +7,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {lockDirectory} from '../../src/lib/store/lock.js'
-import {busyboxBase, said, Sandbox, useSandbox} from '../helpers/sandbox.js'
-
-interface BuildJson {
-  name: string
-  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
-}
+import {type BuildJson, busyboxBase, said, Sandbox, useSandbox} from '../helpers/sandbox.js'
 
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 

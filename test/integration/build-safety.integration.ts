@@ -5,12 +5,17 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {busyboxBase, filesOf, hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-interface BuildJson {
-  name: string
-  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
-}
+import {
+  type BuildJson,
+  buildWeb,
+  busyboxBase,
+  filesOf,
+  hasStackTrace,
+  said,
+  Sandbox,
+  snapshot,
+  useSandbox,
+} from '../helpers/sandbox.js'
 
 /** The store as a tree, without the links directory the first mount makes. */
 async function storeTree(box: Sandbox): Promise<string[]> {
@@ -33,14 +38,38 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     await fs.mkdir(victim, {recursive: true})
   })
 
-  const build = async (
-    file: string,
-    ...args: string[]
-  ): Promise<{json: BuildJson; run: Awaited<ReturnType<Sandbox['run']>>}> => {
-    await fs.writeFile(path.join(context, 'Containerfile'), file)
-    const run = await box.run(['build', '-t', 'web', '--json', ...args, context])
-    if (run.exitCode !== 0) run.stderr += JSON.parse(run.stdout).error?.message ?? ''
-    return {json: run.exitCode === 0 ? (JSON.parse(run.stdout) as BuildJson) : {name: '', steps: []}, run}
+  const build = async (file: string, ...args: string[]) => buildWeb(box, context, file, ...args)
+
+  /**
+   * Starts a build whose RUN says it has begun, sleeps 4 s and then marks /late-marker; resolves
+   * once it has begun. Output goes to a file, as to a terminal: no pipe ties nspawn's life to the test.
+   */
+  const buildUntilBegun = async () => {
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
+    )
+    const log = path.join(box.root, 'build.log')
+    const child = execa(
+      process.execPath,
+      [fileURLToPath(new URL('../../bin/run.js', import.meta.url)), 'build', '-t', 'web', context],
+      {
+        env: box.env,
+        reject: false,
+        stderr: {append: true, file: log},
+        stdin: 'ignore',
+        stdout: {append: true, file: log},
+      },
+    )
+    await fs.writeFile(log, '', {flag: 'a'})
+    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
+      expect(tries).to.be.below(300)
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+
+    // In an object: the subprocess is a promise, which returning it would wait for.
+    return {child}
   }
 
   it('ADD unpacks a tarball inside the image even where the image links a directory out to the host', async function () {
@@ -152,30 +181,11 @@ describe('wafers build: hostile images and contexts never reach the host (real n
   })
 
   it('kill -9 of the build mid-RUN takes nspawn with it; the next build runs fine', async function () {
-    await fs.writeFile(
-      path.join(context, 'Containerfile'),
-      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
-    )
-    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
-    // Output to a file, as to a terminal: no pipe ties nspawn's life to the test.
-    const log = path.join(box.root, 'build.log')
-    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
-      env: box.env,
-      reject: false,
-      stderr: {append: true, file: log},
-      stdin: 'ignore',
-      stdout: {append: true, file: log},
-    })
-    await fs.writeFile(log, '', {flag: 'a'})
-    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
-      expect(tries).to.be.below(300)
-      // eslint-disable-next-line no-await-in-loop
-      await new Promise((resolve) => setTimeout(resolve, 100))
-    }
+    const {child} = await buildUntilBegun()
 
     child.kill('SIGKILL')
     await child
-    // Every process whose command line names this sandbox's store (nspawn has it in -D).
+    // Every process whose command line names this sandbox's store (nspawn has it in --overlay).
     const survivors = async () => {
       const found: string[] = []
       for (const pid of await fs.readdir('/proc')) {
@@ -199,25 +209,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
   it('kill -9 of a build that mounted its step itself (a store others may write to): the next build unmounts what it left', async function () {
     this.timeout(120_000)
     await fs.chmod(box.wafers, 0o777)
-    await fs.writeFile(
-      path.join(context, 'Containerfile'),
-      'FROM bb\nRUN echo be""gun && sleep 4 && touch /late-marker\n',
-    )
-    const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
-    const log = path.join(box.root, 'build.log')
-    const child = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
-      env: box.env,
-      reject: false,
-      stderr: {append: true, file: log},
-      stdin: 'ignore',
-      stdout: {append: true, file: log},
-    })
-    await fs.writeFile(log, '', {flag: 'a'})
-    for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
-      expect(tries).to.be.below(300)
-      // eslint-disable-next-line no-await-in-loop
-      await new Promise((resolve) => setTimeout(resolve, 100))
-    }
+    const {child} = await buildUntilBegun()
 
     // The step is mounted here, in this namespace, on a directory under /run/wafers.
     const stepMounts = async () =>

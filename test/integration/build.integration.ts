@@ -4,12 +4,18 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {busyboxBase, filesOf, hasStackTrace, nspawnIn, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
-
-interface BuildJson {
-  name: string
-  steps: Array<{cached: boolean; instruction: string; wafer: null | string}>
-}
+import {
+  type BuildJson,
+  buildWeb,
+  busyboxBase,
+  filesOf,
+  hasStackTrace,
+  nspawnIn,
+  said,
+  Sandbox,
+  snapshot,
+  useSandbox,
+} from '../helpers/sandbox.js'
 
 describe('wafers build: a Containerfile becomes a cached chain of wafers (real nspawn, real overlays)', function () {
   let box: Sandbox
@@ -30,16 +36,7 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     await fs.writeFile(path.join(context, '.dockerignore'), '*.key\n**/*.log\n')
   })
 
-  const build = async (
-    file: string,
-    ...args: string[]
-  ): Promise<{json: BuildJson; run: Awaited<ReturnType<Sandbox['run']>>}> => {
-    await fs.writeFile(path.join(context, 'Containerfile'), file)
-    const run = await box.run(['build', '-t', 'web', '--json', ...args, context])
-    // With --json, oclif prints an error as JSON on stdout: take its message to stderr, where a user reads it.
-    if (run.exitCode !== 0) run.stderr += JSON.parse(run.stdout).error?.message ?? ''
-    return {json: run.exitCode === 0 ? (JSON.parse(run.stdout) as BuildJson) : {name: '', steps: []}, run}
-  }
+  const build = async (file: string, ...args: string[]) => buildWeb(box, context, file, ...args)
 
   const FILE = [
     '# syntax=docker/dockerfile:1',

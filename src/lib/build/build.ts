@@ -7,7 +7,7 @@ import {traceAncestry} from '../store/ancestry.js'
 import {WafersError, asWafersError, isErrno} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../store/files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
-import {tryLockDirectory, withLock} from '../store/lock.js'
+import {withLock} from '../store/lock.js'
 import {
   type BuildMeta,
   type HistoryEntry,
@@ -21,7 +21,7 @@ import type {RegistryOptions} from '../oci/skopeo.js'
 import {mountsUnder, readMountTable} from '../mount/mounts.js'
 import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../mount/overlay.js'
 import type {Step} from '../ui/steps.js'
-import {type Stage as StoreStage, discardStage} from '../store/staging.js'
+import {type Stage as StoreStage, discardStage, stageHeld} from '../store/staging.js'
 import {Locations, WaferExistsError, WaferStore} from '../store/store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
 import {liveStacks} from '../mount/usage.js'
@@ -75,13 +75,8 @@ const PRIVATE_MOUNTS = '/run/wafers'
  */
 async function sweepMountpoints(root: string, dir: string): Promise<void> {
   for (const entry of await fs.readdir(dir)) {
-    const stage = path.join(root, entry)
-    if (lstatSync(stage, {throwIfNoEntry: false})?.isDirectory()) {
-      // eslint-disable-next-line no-await-in-loop
-      const lock = await tryLockDirectory(stage)
-      if (lock === undefined) continue // its build still runs
-      lock.release()
-    }
+    // eslint-disable-next-line no-await-in-loop
+    if (await stageHeld(root, entry)) continue // its build still runs
 
     const left = path.join(dir, entry)
     // eslint-disable-next-line no-await-in-loop

@@ -1,9 +1,9 @@
 import {randomBytes} from 'node:crypto'
-import {constants, lstatSync, openSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
+import {lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {tryLockFd} from '../store/lock.js'
+import {stageHeld} from '../store/staging.js'
 
 /**
  * How the names of step claims begin: `$WAFERS/.step-KEY`. A name that starts with a dot is no
@@ -65,7 +65,7 @@ export async function lockStep(
 
     const holder = claimantOf(claim)
     if (holder === stage) return held
-    if (holder !== undefined && (looks % LIVENESS_EVERY !== 0 || (await lives(root, holder)))) {
+    if (holder !== undefined && (looks % LIVENESS_EVERY !== 0 || (await stageHeld(root, holder)))) {
       if (!waited) onWait()
       waited = true
       if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
@@ -118,20 +118,6 @@ function claimantOf(claim: string): string | undefined {
     `${claim}, the claim of a build step, is not a link to a build's staging directory; wafers neither follows nor opens it.`,
     {suggestions: [`Remove it (rm ${claim}) and build again.`]},
   )
-}
-
-/** Whether the build whose stage is `name` in `root` still runs: its stage is there and locked. */
-async function lives(root: string, name: string): Promise<boolean> {
-  let fd: number
-  try {
-    fd = openSync(path.join(root, name), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
-  } catch {
-    return false // removed (its build ended or was swept), or not a directory of a build's
-  }
-
-  const lock = await tryLockFd(fd)
-  lock?.release()
-  return lock === undefined
 }
 
 /**

@@ -110,6 +110,23 @@ export async function discardStageIn(stage: Stage): Promise<void> {
   }
 }
 
+/**
+ * Whether stage `name` in store `root` belongs to a create or build that still runs: it is a real
+ * directory there (opened without following a link) whose lock someone holds, in any PID namespace.
+ */
+export async function stageHeld(root: string, name: string): Promise<boolean> {
+  let fd: number
+  try {
+    fd = openSync(path.join(root, name), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  } catch {
+    return false // removed (its command ended or it was swept), or not a directory of ours
+  }
+
+  const lock = await tryLockFd(fd)
+  lock?.release()
+  return lock === undefined
+}
+
 /** A path that reaches the directory open on `fd` whatever happens to its name (also for children). */
 export function heldPath(fd: number): string {
   return `/proc/${process.pid}/fd/${fd}`
