@@ -151,6 +151,25 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(second.json.steps[1].cached).to.equal(false)
     expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
   })
+  it('refuses to mount steps under a /run/wafers that is a link, following it never', async function () {
+    // A /run of this test's own (the suite runs in a private mount namespace), with /run/wafers a
+    // link to a directory on the host; a store anyone may write to, so wafers mounts the step itself.
+    await fs.chmod(box.wafers, 0o777)
+    const target = path.join(box.root, 'run-target')
+    await fs.mkdir(target)
+    await execa('mount', ['-t', 'tmpfs', 'tmpfs', '/run'])
+    try {
+      await fs.symlink(target, '/run/wafers')
+      const {run} = await build('FROM bb\nRUN touch /x\n')
+      expect(run.exitCode).to.equal(1)
+      expect(said(run.stderr)).to.include('/run/wafers is not a directory only root may write to')
+      expect(hasStackTrace(run.stderr), run.stderr).to.equal(false)
+      expect(await fs.readdir(target)).to.deep.equal([])
+    } finally {
+      await execa('umount', ['--lazy', '/run'])
+    }
+  })
+
   it('a RUN writes only into its wafer even when someone who may write to the store swaps the build staging directory as nspawn starts', async function () {
     this.timeout(120_000)
     // Anyone may write to this store: nspawn must then never be handed a path through it.
