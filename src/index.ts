@@ -4,12 +4,12 @@ import type {Hook} from '@oclif/core'
 import type {WafersHooks} from './lib/hooks.js'
 
 export {MAX_LOWER_LAYERS, MAX_STACK_DEPTH, findMachineId, traceAncestry} from './lib/store/ancestry.js'
-export {type Change, type DiffEntry, diffWafer} from './lib/store/diff.js'
+export {type Change, type DiffEntry, diffWafer} from './lib/ops/diff.js'
 export {WafersError} from './lib/errors.js'
-export {MAX_STORE_FILE, readStoreFile, writeFileAtomic} from './lib/store/files.js'
-export {type Inventory, type WaferInfo, readInventory} from './lib/store/inventory.js'
+export {MAX_STORE_FILE, readStoreFile, writeFileAtomic} from './lib/host/files.js'
+export {type Inventory, type WaferInfo, readInventory} from './lib/ops/inventory.js'
 export {withLock} from './lib/store/lock.js'
-export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/mount/mounts.js'
+export {type MountEntry, type OverlayLayers, mountAt, overlayLayers, readMountTable} from './lib/host/mounts.js'
 export {
   type BuildMeta,
   type HistoryEntry,
@@ -29,8 +29,8 @@ export {
   type UnstackResult,
   stackSteps,
   unstack,
-} from './lib/mount/stack.js'
-export type {Step} from './lib/ui/steps.js'
+} from './lib/ops/stack.js'
+export type {Step} from './lib/steps.js'
 export {DEFAULT_STACKS, DEFAULT_WAFERS, type Locations, WaferStore, locationsFromEnv} from './lib/store/store.js'
 export {type LiveStack, liveStacks, stackConflicts} from './lib/mount/usage.js'
 export type {

@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import type {BuildResult} from '../lib/build/build.js'
+import type {BuildResult} from '../lib/builder/build.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {tlsVerifyValue} from '../lib/oci/flags.js'
@@ -66,7 +66,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       buildArgs[pair.slice(0, eq)] = pair.slice(eq + 1)
     }
 
-    const {buildSteps} = await import('../lib/build/build.js')
+    const {buildSteps} = await import('../lib/builder/build.js')
     const interrupt = interruptSignal()
     let close: (() => Promise<void>) | undefined
     try {

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {splitSeederArgs} from '../lib/seed/seed.js'
-import {CreateResult, createSteps} from '../lib/store/create.js'
+import {CreateResult, createSteps} from '../lib/ops/create.js'
 import {locationsFromEnv} from '../lib/store/store.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 

@@ -1,7 +1,7 @@
 import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {CHANGE_LETTERS, DiffEntry, diffWafer} from '../lib/store/diff.js'
+import {CHANGE_LETTERS, DiffEntry, diffWafer} from '../lib/ops/diff.js'
 import {checkName} from '../lib/store/names.js'
 import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
 

@@ -1,7 +1,7 @@
 import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {BootResult, disable, systemdDirsFromEnv} from '../lib/mount/boot.js'
+import {BootResult, disable, systemdDirsFromEnv} from '../lib/ops/enable.js'
 import {checkName} from '../lib/store/names.js'
 
 export default class Disable extends WafersCommand {

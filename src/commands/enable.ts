@@ -2,7 +2,7 @@ import {Args} from '@oclif/core'
 import path from 'node:path'
 
 import {WafersCommand} from '../command.js'
-import {BootResult, enable, systemdDirsFromEnv} from '../lib/mount/boot.js'
+import {BootResult, enable, systemdDirsFromEnv} from '../lib/ops/enable.js'
 import {locationsFromEnv} from '../lib/store/store.js'
 
 export default class Enable extends WafersCommand {

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {WaferInfo, diskUsage, mapLimit, originNote, readInventory} from '../lib/store/inventory.js'
+import {WaferInfo, diskUsage, mapLimit, originNote, readInventory} from '../lib/ops/inventory.js'
 import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
 import {humanSize, table} from '../lib/ui/render.js'
 

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
-import {RemoveResult, planRemoval, removeWafers} from '../lib/store/remove.js'
+import {RemoveResult, planRemoval, removeWafers} from '../lib/ops/remove.js'
 import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
 import {confirm} from '../lib/ui/confirm.js'
 

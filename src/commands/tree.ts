@@ -2,7 +2,7 @@ import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
-import {WaferNode, ancestryForest, originNote, readInventory} from '../lib/store/inventory.js'
+import {WaferNode, ancestryForest, originNote, readInventory} from '../lib/ops/inventory.js'
 import {checkName} from '../lib/store/names.js'
 import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
 import {DrawNode, drawTree} from '../lib/ui/render.js'

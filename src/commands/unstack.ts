@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
-import {UnstackResult, unstack} from '../lib/mount/stack.js'
+import {UnstackResult, unstack} from '../lib/ops/stack.js'
 import {checkName} from '../lib/store/names.js'
 import {locationsFromEnv} from '../lib/store/store.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'

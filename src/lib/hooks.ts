@@ -1,5 +1,5 @@
 import {WafersError} from './errors.js'
-import type {Step} from './ui/steps.js'
+import type {Step} from './steps.js'
 
 /** How a seeder runs a program: its output lines stream to the seeder's progress. */
 export interface SeedRunOptions {

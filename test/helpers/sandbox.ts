@@ -5,7 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {MountEntry, mountAt, readMountTable} from '../../src/lib/mount/mounts.js'
+import {MountEntry, mountAt, readMountTable} from '../../src/lib/host/mounts.js'
 
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 

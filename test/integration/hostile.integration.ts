@@ -6,7 +6,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {readMountTable} from '../../src/lib/mount/mounts.js'
+import {readMountTable} from '../../src/lib/host/mounts.js'
 import {hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {swapInLoop} from '../helpers/swapper.js'
 

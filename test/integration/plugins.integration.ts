@@ -4,7 +4,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {readMountTable} from '../../src/lib/mount/mounts.js'
+import {readMountTable} from '../../src/lib/host/mounts.js'
 import {hasStackTrace, requireMounts, said, Sandbox, snapshot} from '../helpers/sandbox.js'
 
 const fixtures = fileURLToPath(new URL('../fixtures', import.meta.url))

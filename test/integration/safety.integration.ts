@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {readMountTable} from '../../src/lib/mount/mounts.js'
+import {readMountTable} from '../../src/lib/host/mounts.js'
 import {Sandbox, hasStackTrace, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface BadInput {

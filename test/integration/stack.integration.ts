@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {overlayLayers, readMountTable} from '../../src/lib/mount/mounts.js'
+import {overlayLayers, readMountTable} from '../../src/lib/host/mounts.js'
 import {Sandbox, hasStackTrace, nspawnIn, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers stack and unstack (real overlay mounts)', function () {

@@ -3,7 +3,7 @@ import {promises as fs, lstatSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {run} from '../run.js'
+import {run} from '../host/run.js'
 import {MAX_LOWER_LAYERS} from '../store/ancestry.js'
 import {WaferStore} from '../store/store.js'
 

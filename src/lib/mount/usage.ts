@@ -2,10 +2,10 @@ import {promises as fs, lstatSync, readdirSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from '../errors.js'
-import {MountEntry, overlayLayers, readMountTable} from './mounts.js'
+import {MountEntry, overlayLayers, readMountTable} from '../host/mounts.js'
 import {isValidName} from '../store/names.js'
-import {HiddenUse, hiddenUses} from './processes.js'
-import {readStoreFile} from '../store/files.js'
+import {HiddenUse, hiddenUses} from '../host/processes.js'
+import {readStoreFile} from '../host/files.js'
 import {WaferStore, parseParent} from '../store/store.js'
 
 /** A stack of this store's wafers that is mounted right now, by wafers, by hand or by the bash tool. */

@@ -2,7 +2,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile, writeFileAtomic} from '../store/files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {checkDigest} from './image.js'
 import {ociDir} from './workdir.js'
 

@@ -4,7 +4,7 @@ import path from 'node:path'
 import {Readable} from 'node:stream'
 
 import {WafersError} from '../errors.js'
-import {openStoreFile, writeFileAtomic} from '../store/files.js'
+import {openStoreFile, writeFileAtomic} from '../host/files.js'
 import {
   Descriptor,
   Index,

@@ -5,9 +5,9 @@ import {WafersError} from '../errors.js'
 import {HistoryEntry, type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
 import {humanSize} from '../ui/render.js'
-import type {Step} from '../ui/steps.js'
+import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
-import {checkRoot} from '../system.js'
+import {checkRoot} from '../host/system.js'
 import {chainIds, layerWaferName} from './chain.js'
 import {
   Descriptor,
@@ -341,7 +341,7 @@ async function unpackInto(
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<boolean> {
-  const {compressionOf, unpackLayer} = await import('./archive.js')
+  const {compressionOf, unpackLayer} = await import('../layer/archive.js')
   const descriptor = plan.manifest.layers[i]
   const layer = layers[i]
   const parent = i === 0 ? undefined : layers[i - 1].wafer

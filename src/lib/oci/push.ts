@@ -6,9 +6,9 @@ import {WafersError, isErrno} from '../errors.js'
 import {type HistoryEntry, type ImageMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
 import {humanSize} from '../ui/render.js'
-import type {Step} from '../ui/steps.js'
+import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
-import {checkRoot} from '../system.js'
+import {checkRoot} from '../host/system.js'
 import {liveStacks} from '../mount/usage.js'
 import {LayerCache} from './cache.js'
 import {Descriptor, ImageConfigFile, MEDIA, Manifest, hostPlatform} from './image.js'
@@ -184,7 +184,7 @@ async function packWafer(
   report: (line: string) => void,
   signal?: AbortSignal,
 ): Promise<PushedLayer | undefined> {
-  const {isEmptyLayer, layerFingerprint, packLayer} = await import('./archive.js')
+  const {isEmptyLayer, layerFingerprint, packLayer} = await import('../layer/archive.js')
   const data = store.dataDir(wafer)
   if (await isEmptyLayer(data)) return undefined
   const before = await layerFingerprint(data)

@@ -2,7 +2,7 @@ import {spawn} from 'node:child_process'
 import {closeSync, constants, lstatSync, openSync} from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
-import {systemProgram} from '../run.js'
+import {systemProgram} from '../host/run.js'
 
 /** A held lock; release() lets the next waiter in. */
 export interface Lock {

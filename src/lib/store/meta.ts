@@ -1,7 +1,7 @@
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {readStoreFile, writeFileAtomic} from './files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 
 /** The file beside `data`, `work` and `parent` that says where a wafer came from; optional. */
 export const META_FILE = 'meta.json'

@@ -3,8 +3,8 @@ import {closeSync, constants, promises as fs, lstatSync, openSync, readlinkSync,
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {mountsUnder, readMountTable} from '../mount/mounts.js'
-import {run} from '../run.js'
+import {mountsUnder, readMountTable} from '../host/mounts.js'
+import {run} from '../host/run.js'
 import {Lock, lockDirectory, tryLockDirectory, tryLockFd} from './lock.js'
 
 /** How the names of staging directories begin: `.create-NAME-RANDOM`. */

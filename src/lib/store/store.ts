@@ -3,7 +3,7 @@ import {fchmodSync, fstatSync, promises as fs, lstatSync, realpathSync, statSync
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {readStoreFile} from './files.js'
+import {readStoreFile} from '../host/files.js'
 import {withLock} from './lock.js'
 import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'

@@ -1,5 +1,5 @@
 import {WafersError} from '../errors.js'
-import type {Step} from './steps.js'
+import type {Step} from '../steps.js'
 
 /** How progress is shown: a live task list, plain lines, or nothing (for --json). */
 export type ProgressMode = 'interactive' | 'plain' | 'silent'

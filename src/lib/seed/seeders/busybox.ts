@@ -4,7 +4,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../../errors.js'
 import type {Seeder} from '../../hooks.js'
-import {run} from '../../run.js'
+import {run} from '../../host/run.js'
 
 /** Where Debian's busybox-static (and most distributions) put busybox. */
 export const BUSYBOX_PATHS = ['/bin/busybox', '/usr/bin/busybox', '/sbin/busybox', '/usr/sbin/busybox']

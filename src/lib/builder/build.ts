@@ -5,7 +5,7 @@ import path from 'node:path'
 
 import {traceAncestry} from '../store/ancestry.js'
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {readStoreFile, writeFileAtomic} from '../store/files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
 import {withLock} from '../store/lock.js'
 import {
@@ -18,12 +18,12 @@ import {
 } from '../store/meta.js'
 import {isValidName} from '../store/names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
-import {mountsUnder, readMountTable} from '../mount/mounts.js'
+import {mountsUnder, readMountTable} from '../host/mounts.js'
 import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../mount/overlay.js'
-import type {Step} from '../ui/steps.js'
+import type {Step} from '../steps.js'
 import {type Stage as StoreStage, discardStage, stageHeld} from '../store/staging.js'
 import {Locations, WaferExistsError, WaferStore} from '../store/store.js'
-import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../system.js'
+import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../host/system.js'
 import {liveStacks} from '../mount/usage.js'
 import {baseIdentity, isCached, newestGeneration, stepKey, stepWaferName} from './cache.js'
 import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
@@ -587,7 +587,7 @@ class Builder {
     const view = path.join(path.dirname(beside), 'from')
     await fs.mkdir(view)
     const ids = await linksFor(this.store, wafers)
-    const {run} = await import('../run.js')
+    const {run} = await import('../host/run.js')
     await run(
       'mount',
       ['--no-canonicalize', '-t', 'overlay', '-o', `ro,lowerdir=${ids.join(':')}`, this.store.linksDir, view],
@@ -826,7 +826,7 @@ class Builder {
         )
       }
 
-      const {run} = await import('../run.js')
+      const {run} = await import('../host/run.js')
       await run('mount', ['--no-canonicalize', '-t', 'overlay', '-o', options, this.store.linksDir, mountpoint], {
         cwd: this.store.linksDir,
       })

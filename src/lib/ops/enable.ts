@@ -3,10 +3,10 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import {traceAncestry} from '../store/ancestry.js'
-import {readStoreFile, writeFileAtomic} from '../store/files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {checkName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
-import {checkRoot} from '../system.js'
+import {checkRoot} from '../host/system.js'
 
 /** Where systemd reads units and nspawn settings; overridable so tests write into temp dirs. */
 export interface SystemdDirs {

@@ -2,11 +2,11 @@ import {existsSync, promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from '../errors.js'
-import type {MountEntry} from '../mount/mounts.js'
+import type {MountEntry} from '../host/mounts.js'
 import {LiveStack, liveStacks} from '../mount/usage.js'
-import {readStoreFile} from './files.js'
-import {META_FILE, readMeta} from './meta.js'
-import {WaferStore, parseParent} from './store.js'
+import {readStoreFile} from '../host/files.js'
+import {META_FILE, readMeta} from '../store/meta.js'
+import {WaferStore, parseParent} from '../store/store.js'
 
 /** The image a wafer's stack was pulled from, as its top wafer's meta.json says. */
 export interface ImageOrigin {

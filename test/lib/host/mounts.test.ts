@@ -1,6 +1,6 @@
 import {expect} from 'chai'
 
-import {overlayOptionLayers, parseMountInfo} from '../../../src/lib/mount/mounts.js'
+import {overlayOptionLayers, parseMountInfo} from '../../../src/lib/host/mounts.js'
 
 const MOUNTINFO = [
   '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',

@@ -2,7 +2,7 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../store/files.js'
+import {readStoreFile} from '../host/files.js'
 import type {CopyPlan} from './context.js'
 import {resolveInRoot} from './paths.js'
 
@@ -241,7 +241,7 @@ async function mergeTree(root: string, dir: string, from: string, rel: string): 
 
       if (stat.isFile()) await fs.copyFile(source, to, 0)
       else {
-        const {run} = await import('../run.js')
+        const {run} = await import('../host/run.js')
         await run('cp', ['--archive', '--no-target-directory', '--', source, to])
       }
 

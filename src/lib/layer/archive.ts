@@ -8,7 +8,7 @@ import {closeSync, constants, fchmodSync, futimesSync, openSync} from 'node:fs'
 import type {Readable} from 'node:stream'
 
 import {WafersError, isErrno} from '../errors.js'
-import {quote} from './tar-gate.js'
+import {quote} from './tar/gate.js'
 
 /** How a layer blob is compressed. */
 export type LayerCompression = 'gzip' | 'zstd' | 'none'
@@ -105,7 +105,7 @@ export async function unpackLayer(
       import('node:stream/promises'),
       import('node:stream'),
       import('node:zlib'),
-      import('./tar-gate.js'),
+      import('./tar/gate.js'),
       import('./digest.js'),
       loadXattr(),
       import('node:fs'),
@@ -351,7 +351,7 @@ export async function packLayer(
       import('execa'),
       import('node:stream/promises'),
       import('node:stream'),
-      import('./tar-pack.js'),
+      import('./tar/writer.js'),
       import('./digest.js'),
       loadXattr(),
       import('node:fs'),

@@ -12,7 +12,7 @@ import {
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {systemProgram} from '../run.js'
+import {systemProgram} from './run.js'
 import {type MountEntry, overlayOptionLayers, parseMountInfo} from './mounts.js'
 
 /** A process that keeps a directory busy. */

@@ -4,8 +4,8 @@ import {createHash} from 'node:crypto'
 import {Writable} from 'node:stream'
 
 import {WafersError} from '../../../src/lib/errors.js'
-import {compressionOf} from '../../../src/lib/oci/archive.js'
-import {gateLayer} from '../../../src/lib/oci/tar-gate.js'
+import {compressionOf} from '../../../src/lib/layer/archive.js'
+import {gateLayer} from '../../../src/lib/layer/tar/gate.js'
 import {
   BLOCK,
   EntryHeader,
@@ -14,7 +14,7 @@ import {
   parseHeader,
   parsePax,
   paxRecord,
-} from '../../../src/lib/oci/tar-header.js'
+} from '../../../src/lib/layer/tar/header.js'
 
 /** Runs the gate over `tar` cut into the given chunk sizes; what it passed on, and what it found. */
 async function gate(tar: Buffer, cuts: number[] = []) {

@@ -3,7 +3,7 @@ import {promises as fs} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
-import {chownRisk, quoteArg, systemdDirsFromEnv, unitText} from '../../../src/lib/mount/boot.js'
+import {chownRisk, quoteArg, systemdDirsFromEnv, unitText} from '../../../src/lib/ops/enable.js'
 
 describe('boot units', function () {
   it('defaults to /etc/systemd/system and /etc/systemd/nspawn, overridden from the environment', function () {

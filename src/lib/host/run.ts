@@ -1,7 +1,7 @@
 import {accessSync, constants} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from './errors.js'
+import {WafersError} from '../errors.js'
 
 /** What a program printed, once it succeeded. */
 export interface RunResult {

@@ -1,6 +1,6 @@
 import {promises as fs} from 'node:fs'
 
-import {WafersError, isErrno} from './errors.js'
+import {WafersError, isErrno} from '../errors.js'
 
 /** statfs magic numbers of file systems overlayfs cannot use for an upper layer. */
 const UNFIT_UPPERS: Record<number, string> = {

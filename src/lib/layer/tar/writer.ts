@@ -4,8 +4,8 @@ import type {Hash} from 'node:crypto'
 import {once} from 'node:events'
 import type {Writable} from 'node:stream'
 
-import {WafersError} from '../errors.js'
-import {BLOCK, encodeHeader, padded} from './tar-header.js'
+import {WafersError} from '../../errors.js'
+import {BLOCK, encodeHeader, padded} from './header.js'
 
 const OVERLAY_XATTR = 'trusted.overlay.'
 const SLASH = Buffer.from('/')

@@ -1,7 +1,7 @@
 import {expect} from 'chai'
 
-import {IgnoreRules, globRegex} from '../../../src/lib/build/context.js'
-import {execForm, keyValues, parseContainerfile, splitFlags, words} from '../../../src/lib/build/parser.js'
+import {IgnoreRules, globRegex} from '../../../src/lib/builder/context.js'
+import {execForm, keyValues, parseContainerfile, splitFlags, words} from '../../../src/lib/builder/parser.js'
 
 describe('build: Containerfile parsing', function () {
   it('joins continuations, drops comments (inside continuations too) and reads directives', function () {

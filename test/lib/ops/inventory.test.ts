@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import {PassThrough} from 'node:stream'
 
-import {ancestryForest, descendants, readInventory} from '../../../src/lib/store/inventory.js'
+import {ancestryForest, descendants, readInventory} from '../../../src/lib/ops/inventory.js'
 import {WaferStore} from '../../../src/lib/store/store.js'
 import {confirm} from '../../../src/lib/ui/confirm.js'
 import {drawTree, humanSize, table} from '../../../src/lib/ui/render.js'

@@ -1,7 +1,7 @@
 import {lstatSync} from 'node:fs'
 
 import {WafersError} from '../errors.js'
-import {readStoreFile} from '../store/files.js'
+import {readStoreFile} from '../host/files.js'
 import {resolveInRoot} from './paths.js'
 
 /** A user of the image, as its /etc/passwd has it. */

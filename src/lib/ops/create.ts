@@ -1,10 +1,10 @@
 import {WafersError} from '../errors.js'
 import {SeedPlan, checkSeedTarget, createTitle, seed} from '../seed/seed.js'
-import {checkRoot} from '../system.js'
-import type {Step} from '../ui/steps.js'
-import {findMachineId, traceAncestry} from './ancestry.js'
-import {checkName} from './names.js'
-import {Locations, WaferStore} from './store.js'
+import {checkRoot} from '../host/system.js'
+import type {Step} from '../steps.js'
+import {findMachineId, traceAncestry} from '../store/ancestry.js'
+import {checkName} from '../store/names.js'
+import {Locations, WaferStore} from '../store/store.js'
 
 /** What `create` did, as `--json` prints it. */
 export interface CreateResult {

@@ -3,9 +3,9 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {traceAncestry} from './ancestry.js'
+import {traceAncestry} from '../store/ancestry.js'
 import {compare, mapLimit} from './inventory.js'
-import {WaferStore} from './store.js'
+import {WaferStore} from '../store/store.js'
 
 /** How a path differs from the wafers below: as `docker diff`'s A, C and D. */
 export type Change = 'added' | 'changed' | 'deleted'

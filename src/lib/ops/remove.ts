@@ -3,15 +3,15 @@ import {promises as fs, lstatSync, readdirSync, rmdirSync, unlinkSync} from 'nod
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {mountsUnder, readMountTable} from '../mount/mounts.js'
+import {mountsUnder, readMountTable} from '../host/mounts.js'
 import {checkLinksDir} from '../mount/overlay.js'
 import {hiddenWaferUses, liveStacks} from '../mount/usage.js'
-import {checkRoot} from '../system.js'
+import {checkRoot} from '../host/system.js'
 import {plural} from '../ui/render.js'
 import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
-import {checkName} from './names.js'
-import {removeStaging} from './staging.js'
-import {Locations, WaferStore} from './store.js'
+import {checkName} from '../store/names.js'
+import {removeStaging} from '../store/staging.js'
+import {Locations, WaferStore} from '../store/store.js'
 
 /** What `rm` removed, as `--json` prints it. */
 export interface RemoveResult {

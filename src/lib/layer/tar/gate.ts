@@ -2,8 +2,8 @@ import type {Hash} from 'node:crypto'
 import {once} from 'node:events'
 import type {Writable} from 'node:stream'
 
-import {WafersError} from '../errors.js'
-import {BLOCK, RawHeader, encodeHeader, isZeroBlock, padded, parseHeader, parsePax} from './tar-header.js'
+import {WafersError} from '../../errors.js'
+import {BLOCK, RawHeader, encodeHeader, isZeroBlock, padded, parseHeader, parsePax} from './header.js'
 
 /** What the gate saw in a layer, for the steps after GNU tar has extracted it. */
 export interface GateResult {

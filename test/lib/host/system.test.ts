@@ -3,7 +3,7 @@ import {promises as fs} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
-import {checkOverlayfs, checkUpperFilesystem} from '../../src/lib/system.js'
+import {checkOverlayfs, checkUpperFilesystem} from '../../../src/lib/host/system.js'
 
 describe('system checks', function () {
   let dir: string

@@ -3,7 +3,7 @@ import {createReadStream, promises as fs, lstatSync, readdirSync, type Stats} fr
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../store/files.js'
+import {readStoreFile} from '../host/files.js'
 import {resolveInRoot} from './paths.js'
 
 /** One `.dockerignore` pattern, compiled. */
