@@ -6,6 +6,7 @@ import {WafersError, isErrno} from '../errors.js'
 import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
 import {runStreaming} from '../seed/seed.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
+import {withoutUserNamespaces} from './no-userns.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
@@ -18,6 +19,78 @@ export interface RunSpec {
   user?: RunAs
   workdir?: string
 }
+
+/**
+ * The capabilities a RUN keeps, as buildah's chroot isolation keeps them (containers.conf's
+ * default_capabilities): what dpkg, apt, rpm and useradd use to unpack files with their owners and
+ * modes, set file capabilities and switch users. Without a user namespace the RUN is the host's
+ * root, so everything else goes: CAP_SYS_ADMIN (mounting a fresh procfs or sysfs and writing the
+ * host's sysctls), CAP_MKNOD (opening the host's disk), CAP_DAC_READ_SEARCH (open_by_handle_at
+ * reaches any host file), CAP_SYS_BOOT (kexec), CAP_NET_RAW (sniffing the host's network, which the
+ * RUN shares), CAP_LINUX_IMMUTABLE (files in the wafer nobody can remove) and the rest nspawn grants.
+ */
+export const RUN_CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SETFCAP',
+  'CAP_SETGID',
+  'CAP_SETPCAP',
+  'CAP_SETUID',
+  'CAP_SYS_CHROOT',
+]
+
+/**
+ * Every capability systemd-nspawn 252 knows (`systemd-nspawn --capability=help`): all but
+ * RUN_CAPABILITIES are dropped, not just nspawn's defaults, so a later nspawn that grants more by
+ * default grants a RUN nothing more.
+ */
+const ALL_CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_DAC_READ_SEARCH',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETPCAP',
+  'CAP_LINUX_IMMUTABLE',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_NET_BROADCAST',
+  'CAP_NET_ADMIN',
+  'CAP_NET_RAW',
+  'CAP_IPC_LOCK',
+  'CAP_IPC_OWNER',
+  'CAP_SYS_MODULE',
+  'CAP_SYS_RAWIO',
+  'CAP_SYS_CHROOT',
+  'CAP_SYS_PTRACE',
+  'CAP_SYS_PACCT',
+  'CAP_SYS_ADMIN',
+  'CAP_SYS_BOOT',
+  'CAP_SYS_NICE',
+  'CAP_SYS_RESOURCE',
+  'CAP_SYS_TIME',
+  'CAP_SYS_TTY_CONFIG',
+  'CAP_MKNOD',
+  'CAP_LEASE',
+  'CAP_AUDIT_WRITE',
+  'CAP_AUDIT_CONTROL',
+  'CAP_SETFCAP',
+  'CAP_MAC_OVERRIDE',
+  'CAP_MAC_ADMIN',
+  'CAP_SYSLOG',
+  'CAP_WAKE_ALARM',
+  'CAP_BLOCK_SUSPEND',
+  'CAP_AUDIT_READ',
+  'CAP_PERFMON',
+  'CAP_BPF',
+  'CAP_CHECKPOINT_RESTORE',
+]
 
 /** Where a RUN that switches to bare numbers finds the host's static busybox (on nspawn's /run tmpfs). */
 const BUSYBOX_INSIDE = '/run/wafers/busybox'
@@ -221,6 +294,9 @@ export async function runInRoot(
     '--resolv-conf=bind-host',
     '--timezone=off',
     '--link-journal=no',
+    // The bounding set: it holds for the RUN, whatever user it switches to and whatever setuid
+    // program it runs, and for everything it starts.
+    `--drop-capability=${ALL_CAPABILITIES.filter((cap) => !RUN_CAPABILITIES.includes(cap)).join(',')}`,
     '-D',
     root,
     // nspawn mounts the overlay on the container's root before anything else it mounts.
@@ -259,9 +335,20 @@ export async function runInRoot(
   // --pdeathsig, so the kernel kills unshare with wafers; unshare then kills nspawn, the first
   // process of a PID namespace of its own, and with it the kernel kills everything in that
   // namespace, the container's processes included.
-  const result = await runStreaming(
+  // The filter is installed before nspawn starts, so nothing nspawn starts escapes it; nspawn itself
+  // makes no user namespace (no --private-users).
+  const [program, programArgs] = withoutUserNamespaces([
     'unshare',
-    ['--pid', '--fork', '--kill-child=KILL', '--', 'systemd-nspawn', ...args],
+    '--pid',
+    '--fork',
+    '--kill-child=KILL',
+    '--',
+    'systemd-nspawn',
+    ...args,
+  ])
+  const result = await runStreaming(
+    program,
+    programArgs,
     (line) => {
       // nspawn's own complaint about a /run that is not tmpfs (hosts without systemd as PID 1).
       if (!line.startsWith('Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')) report(line)
@@ -273,7 +360,7 @@ export async function runInRoot(
       // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's alone.
       env: {SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
       name: 'the RUN',
-      package: 'systemd-container',
+      package: 'perl-base',
       stopSignal: 'SIGKILL',
     },
     signal,
