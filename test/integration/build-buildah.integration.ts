@@ -31,6 +31,8 @@ const CONTAINERFILE = (base: string) =>
     'RUN /bin/busybox mkdir -p /var/lib/demo && echo "$GREETING from $APP_HOME" > /var/lib/demo/greeting && \\',
     '    /bin/busybox rm /data/owned /gone/file2 && /bin/busybox chmod 700 /srv/app',
     'RUN ["/bin/busybox", "ln", "-s", "/srv/app/run.sh", "/usr/bin/run-app"]',
+    // What a RUN may do: the capabilities it holds and may ever get back.
+    "RUN /bin/busybox grep -E '^Cap(Eff|Bnd)' /proc/self/status > /tmp/caps",
     // USER as a name the image lists, as bare numbers, and as a uid it does not list (busybox has
     // no getent, so nspawn's --user cannot look any of them up: wafers switches to the numbers).
     'RUN echo app:x:1500:1500::/home/app:/bin/sh >> /etc/passwd && echo app:x:1500: >> /etc/group && \\',
@@ -128,6 +130,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(await text('home/app/id')).to.equal('1500:1500 /home/app\n')
     expect(await text('tmp/id-numbers')).to.equal('1234:1500 /\n')
     expect(await text('tmp/id-unknown')).to.equal('4321:0 /\n')
+    expect(await text('tmp/caps')).to.equal(await fs.readFile(path.join(bundle, 'rootfs', 'tmp', 'caps'), 'utf8'))
 
     const buildah = JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8'))
     const meta = JSON.parse(await fs.readFile(path.join(box.wafers, 'web', 'meta.json'), 'utf8'))

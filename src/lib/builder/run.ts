@@ -25,11 +25,11 @@ export interface RunSpec {
  * default_capabilities): what dpkg, apt, rpm and useradd use to unpack files with their owners and
  * modes, set file capabilities and switch users. Without a user namespace the RUN is the host's
  * root, so everything else goes: CAP_SYS_ADMIN (mounting a fresh procfs or sysfs and writing the
- * host's sysctls), CAP_MKNOD (opening the host's disk), CAP_DAC_READ_SEARCH (open_by_handle_at
+ * host's sysctls), CAP_MKNOD (a node for the host's disk), CAP_DAC_READ_SEARCH (open_by_handle_at
  * reaches any host file), CAP_SYS_BOOT (kexec), CAP_NET_RAW (sniffing the host's network, which the
  * RUN shares), CAP_LINUX_IMMUTABLE (files in the wafer nobody can remove) and the rest nspawn grants.
  */
-export const RUN_CAPABILITIES = [
+const RUN_CAPABILITIES = [
   'CAP_CHOWN',
   'CAP_DAC_OVERRIDE',
   'CAP_FOWNER',
