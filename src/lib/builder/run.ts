@@ -357,8 +357,9 @@ export async function runInRoot(
     // Stopped with SIGKILL: unshare blocks SIGTERM, and its death is what takes nspawn and the RUN.
     {
       check: false,
-      // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's alone.
-      env: {SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's
+      // alone. And no perl complaint about the host's locale among the RUN's lines.
+      env: {PERL_BADLANG: '0', SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
       name: 'the RUN',
       package: 'perl-base',
       stopSignal: 'SIGKILL',
