@@ -19,7 +19,8 @@ import {
 import {isValidName} from '../store/names.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
-import {MAX_OPTIONS_LENGTH, linksFor, unmount} from '../mount/overlay.js'
+import {MAX_OPTIONS_LENGTH, unmount} from '../mount/overlay.js'
+import {linksFor} from '../store/links.js'
 import type {Step} from '../steps.js'
 import {type Stage as StoreStage, discardStage, stageHeld} from '../store/staging.js'
 import {Locations, WaferExistsError, WaferStore} from '../store/store.js'
@@ -49,7 +50,7 @@ import {
   runInRoot,
   touchesNspawnPaths,
 } from './run.js'
-import {type StepLock, lockStep, removeAbandonedStepLocks} from './step-lock.js'
+import {type StepLock, lockStep, removeAbandonedStepLocks} from './claims.js'
 import {parseChown, runAs} from './users.js'
 
 /**

@@ -5,17 +5,8 @@ import {Readable} from 'node:stream'
 
 import {WafersError} from '../errors.js'
 import {openStoreFile, writeFileAtomic} from '../host/files.js'
-import {
-  Descriptor,
-  Index,
-  MEDIA,
-  Manifest,
-  Platform,
-  checkDigest,
-  checkManifest,
-  isIndex,
-  selectPlatform,
-} from './image.js'
+import {Descriptor, Index, MEDIA, Manifest, checkDigest, checkManifest, isIndex, selectPlatform} from './image.js'
+import type {Platform} from './platform.js'
 
 /** The largest manifest, index or config wafers reads (they are JSON; a hostile one cannot exhaust memory). */
 export const MAX_JSON_BLOB = 8 * 1024 * 1024

@@ -15,13 +15,11 @@ import {
   Manifest,
   checkConfig,
   checkManifest,
-  checkPlatform,
   historyPerLayer,
-  hostPlatform,
   isIndex,
-  platformText,
   selectPlatform,
 } from './image.js'
+import {checkPlatform, hostPlatform, platformText} from './platform.js'
 import {blobPath, digestOf, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
