@@ -79,3 +79,22 @@ export function baseIdentity(store: WaferStore, chain: string[]): string {
     })
     .join('/')
 }
+/**
+ * The wafer of the step with `key` on `parent`, and whether it is cached: the newest generation
+ * when it is that step's result (see isCached), else the name of the next generation to make
+ * (always that one under --no-cache).
+ */
+export async function probeStep(
+  store: WaferStore,
+  key: string,
+  parent: string | undefined,
+  noCache = false,
+): Promise<{cached: boolean; name: string}> {
+  const generation = await newestGeneration(store, key)
+  const newest = stepWaferName(key, Math.max(generation, 0))
+  if (!noCache && generation >= 0 && (await isCached(store, newest, key, parent))) {
+    return {cached: true, name: newest}
+  }
+
+  return {cached: false, name: generation >= 0 ? stepWaferName(key, generation + 1) : newest}
+}
