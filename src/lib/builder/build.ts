@@ -4,7 +4,6 @@
  * Builder's (evaluate.ts).
  */
 import {lstatSync} from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -129,17 +128,4 @@ function checkInstructions(file: Containerfile): void {
       throw error
     }
   }
-}
-
-/** The host's architecture as OCI names it. */
-export function hostArchitecture(): string {
-  const names: Record<string, string> = {
-    arm: 'arm',
-    arm64: 'arm64',
-    ia32: '386',
-    ppc64: 'ppc64le',
-    s390x: 's390x',
-    x64: 'amd64',
-  }
-  return names[os.arch()] ?? os.arch()
 }

@@ -7,12 +7,13 @@ import {lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
+import {hostPlatform} from '../oci/platform.js'
 import type {Step} from '../steps.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
 import {isValidName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
-import {type BuildOptions, type BuildResult, type BuildStepResult, hostArchitecture} from './build.js'
+import type {BuildOptions, BuildResult, BuildStepResult} from './build.js'
 import {baseIdentity} from './cache.js'
 import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
 import {copyInto, isArchive, mkdirIn, parseChmod, unpackArchive} from './copy.js'
@@ -173,7 +174,7 @@ export class Builder {
 
     const [image] = parts
     const stageName = parts[2]?.toLowerCase()
-    const host = {architecture: hostArchitecture(), os: 'linux'}
+    const host = hostPlatform()
     let stage: Stage
     let pulled = false
     const earlier = this.stages.find((s) => s.name !== undefined && s.name === image.toLowerCase())

@@ -1,3 +1,7 @@
+/**
+ * Platforms: the host's as OCI names it (one place for pull, push and build), how one is written,
+ * and the check that an image is for this machine.
+ */
 import {WafersError} from '../errors.js'
 import type {ImageConfigFile} from './image.js'
 
@@ -8,21 +12,22 @@ export interface Platform {
   variant?: string
 }
 
-/** The OCI architecture name of the machine wafers runs on. */
+/** How OCI names the architectures Node names differently (`process.arch`: x64, ia32, ...). */
+const OCI_ARCHITECTURES: Record<string, string> = {
+  ia32: '386',
+  mipsel: 'mipsle',
+  ppc64: 'ppc64le',
+  x64: 'amd64',
+}
+
+/** The OCI name of Node's architecture `arch` (`x64` is `amd64`); the names both share pass as they are. */
+export function ociArchitecture(arch: string): string {
+  return Object.hasOwn(OCI_ARCHITECTURES, arch) ? OCI_ARCHITECTURES[arch] : arch
+}
+
+/** The platform of the machine wafers runs on, as OCI names it (`linux/amd64`); pull, push and build use it. */
 export function hostPlatform(): Platform {
-  const architectures: Record<string, string> = {
-    arm: 'arm',
-    arm64: 'arm64',
-    ia32: '386',
-    loong64: 'loong64',
-    mips: 'mips',
-    mipsel: 'mipsle',
-    ppc64: 'ppc64le',
-    riscv64: 'riscv64',
-    s390x: 's390x',
-    x64: 'amd64',
-  }
-  return {architecture: architectures[process.arch] ?? process.arch, os: 'linux'}
+  return {architecture: ociArchitecture(process.arch), os: 'linux'}
 }
 
 /** `linux/amd64`, `linux/arm/v7`. */
