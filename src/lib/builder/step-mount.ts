@@ -10,9 +10,9 @@ import {type Stats, promises as fs, lstatSync, realpathSync, statSync} from 'nod
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {type HookRunner, fireHook} from '../hooks.js'
+import {type HookRunner, fireHook, stackHookSteps} from '../hooks.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
-import {MAX_OPTIONS_LENGTH, unmount} from '../mount/overlay.js'
+import {mountOverlay, unmount} from '../mount/overlay.js'
 import {linksFor} from '../store/links.js'
 import {type Stage as StoreStage, stageHeld} from '../store/staging.js'
 import {WaferStore} from '../store/store.js'
@@ -147,14 +147,7 @@ export class StepMounts {
     const view = path.join(path.dirname(beside), 'from')
     await fs.mkdir(view)
     const ids = await linksFor(this.store, wafers)
-    const {run} = await import('../host/run.js')
-    await run(
-      'mount',
-      ['--no-canonicalize', '-t', 'overlay', '-o', `ro,lowerdir=${ids.join(':')}`, this.store.linksDir, view],
-      {
-        cwd: this.store.linksDir,
-      },
-    )
+    await mountOverlay(this.store, {lower: ids}, view, {held: true, what: `the view of ${wafers[0]}`})
     try {
       await fn(view)
     } finally {
@@ -251,25 +244,23 @@ export class StepMounts {
       name,
       wafers: [name, ...below],
     }
-    const {hooks} = this
+    // The stack hooks run as `wafers stack` runs them; a poststack failure is undone by the unmount below.
+    const hookSteps = stackHookSteps(
+      this.hooks,
+      () => hookOptions,
+      async () => {},
+      () => undefined,
+    )
     // No store lock here (it costs a process per step): a `wafers rm` of a layer before the mount
     // makes the mount fail, and after it the mount makes rm refuse. The stage is named only through
     // the descriptor the store holds (`/proc/PID/fd/N`), never by its swappable name in the store, so
     // its upper, work and placeholder paths are absolute; the wafers below are short links.
     try {
-      if (hooks) await fireHook(hooks, 'wafers:prestack', hookOptions)
-      const lowers = [...(forNspawn ? [placeholders] : []), ...(await linksFor(this.store, below))]
-      const options = `lowerdir=${lowers.join(':')},upperdir=${data},workdir=${path.join(stage, 'work')}`
-      if (options.length > MAX_OPTIONS_LENGTH) {
-        throw new WafersError(
-          `the mount options of step ${name} take ${options.length} bytes, more than ${MAX_OPTIONS_LENGTH}.`,
-        )
-      }
-
-      const {run} = await import('../host/run.js')
-      await run('mount', ['--no-canonicalize', '-t', 'overlay', '-o', options, this.store.linksDir, mountpoint], {
-        cwd: this.store.linksDir,
-      })
+      // eslint-disable-next-line no-await-in-loop
+      for (const step of hookSteps.pre) await step.run(report)
+      const lower = [...(forNspawn ? [placeholders] : []), ...(await linksFor(this.store, below))]
+      const upper = {data, work: path.join(stage, 'work')}
+      await mountOverlay(this.store, {lower, upper}, mountpoint, {held: true, what: `step ${name}`})
     } catch (error) {
       await fs.rmdir(mountpoint).catch(() => {})
       for (const wafer of below) {
@@ -280,8 +271,10 @@ export class StepMounts {
       throw error
     }
 
+    const {hooks} = this
     try {
-      if (hooks) await fireHook(hooks, 'wafers:poststack', hookOptions)
+      // eslint-disable-next-line no-await-in-loop
+      for (const step of hookSteps.post) await step.run(report)
       await fill(mountpoint, data)
     } finally {
       if (hooks)

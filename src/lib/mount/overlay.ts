@@ -1,3 +1,7 @@
+/**
+ * Building and running an overlay mount: its options (one page at most), the one mount(8) call
+ * that stack and the builder's steps share, and unmounting.
+ */
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -9,12 +13,53 @@ import {WaferStore} from '../store/store.js'
 /** The kernel copies mount options into one page, terminating NUL included. */
 export const MAX_OPTIONS_LENGTH = 4095
 
+/** The layers of an overlay mount: paths relative to the store's links directory (its short links), or absolute. */
+export interface OverlayMount {
+  /** The lower layers, nearest first. */
+  lower: string[]
+  /** The writable upper layer and overlayfs's work directory beside it; without, the mount is read-only. */
+  upper?: {data: string; work: string}
+}
+
+/** The options of an overlay mount of `layers`: `lowerdir=A:B,upperdir=U,workdir=W`, or `ro,lowerdir=A:B`. */
+export function overlayMountOptions(layers: OverlayMount): string {
+  const lowerdir = `lowerdir=${layers.lower.join(':')}`
+  return layers.upper ? `${lowerdir},upperdir=${layers.upper.data},workdir=${layers.upper.work}` : `ro,${lowerdir}`
+}
+
 /**
- * The overlay mount options for `names` (top first), relative to the links directory:
- * `lowerdir=ID:ID...,upperdir=../TOP/data,workdir=../TOP/work`.
+ * The layers of wafer `top`'s stack on the short links `lowerIds` (nearest first), relative to the
+ * links directory: `../TOP/data` is the upper, `../TOP/work` overlayfs's work directory.
  */
-export function overlayOptions(top: string, lowerIds: string[]): string {
-  return `lowerdir=${lowerIds.join(':')},upperdir=${path.join('..', top, 'data')},workdir=${path.join('..', top, 'work')}`
+export function stackLayers(top: string, lowerIds: string[]): OverlayMount {
+  return {lower: lowerIds, upper: {data: path.join('..', top, 'data'), work: path.join('..', top, 'work')}}
+}
+
+/**
+ * Mounts an overlay of `layers` at `mountpoint`, refusing options longer than the page the kernel
+ * takes them in (naming `what`). The mount's source and working directory is the store's links
+ * directory, so that relative layer paths are its short links and the mount table shows where
+ * they lead (see mounts.ts). `held`: the paths reach directories wafers holds open
+ * (`/proc/PID/fd/N/...`) and go to the kernel as they are, never resolved by mount(8).
+ */
+export async function mountOverlay(
+  store: WaferStore,
+  layers: OverlayMount,
+  mountpoint: string,
+  options: {held?: boolean; what: string},
+): Promise<void> {
+  const text = overlayMountOptions(layers)
+  if (text.length > MAX_OPTIONS_LENGTH) {
+    throw new WafersError(
+      `the mount options of ${options.what} take ${text.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
+    )
+  }
+
+  await run(
+    'mount',
+    [...(options.held ? ['--no-canonicalize'] : []), '-t', 'overlay', '-o', text, store.linksDir, mountpoint],
+    {cwd: store.linksDir},
+  )
 }
 
 /**
@@ -33,16 +78,7 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
     throw new WafersError(`overlayfs mounts at most ${MAX_LOWER_LAYERS} lower layers; ${top} has ${lowers.length}.`)
   }
 
-  const options = overlayOptions(top, await linksFor(store, lowers))
-  if (options.length > MAX_OPTIONS_LENGTH) {
-    throw new WafersError(
-      `the mount options of ${top} take ${options.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
-    )
-  }
-
-  // The source names the links directory, so that the relative layer paths in the mount table
-  // can be resolved by anyone reading it (see mounts.ts).
-  await run('mount', ['-t', 'overlay', '-o', options, store.linksDir, mountpoint], {cwd: store.linksDir})
+  await mountOverlay(store, stackLayers(top, await linksFor(store, lowers)), mountpoint, {what: top})
 }
 
 /**
