@@ -5,7 +5,6 @@
 import {promises as fs, readdirSync} from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
-import {writeFileAtomic} from '../host/files.js'
 import {liveStacks} from '../mount/usage.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {withLock} from '../store/lock.js'
@@ -67,8 +66,7 @@ export async function finishBuild(
   await checkRepointable(store, name)
   await withLock(store.root, async () => {
     await checkRepointable(store, name)
-    if (parent === undefined) await fs.rm(store.parentFile(name), {force: true})
-    else writeFileAtomic(store.parentFile(name), `${parent}\n`)
+    await store.writeParent(name, parent)
     writeMeta(dir, {...readMeta(dir, name), image})
   })
   return `Pointed wafer ${name} at ${parent ?? 'nothing'}`
