@@ -137,4 +137,3 @@ export function hiddenStacks(uses: HiddenUse[]): LiveStack[] {
     .filter((use) => use.kind !== 'files')
     .map((use) => ({lowers: use.wafers.slice(1), mountpoint: '', top: use.top, where: use.where}))
 }
-

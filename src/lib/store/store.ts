@@ -10,6 +10,7 @@ import {checkName, isValidName} from './names.js'
 import {type Stage, discardStage, discardStageIn, makeStage, makeStageIn, removeAbandonedStages} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
+/** Where machinectl and systemd-nspawn@.service look for containers, and so where stacks go by default. */
 export const DEFAULT_STACKS = '/var/lib/machines'
 
 /** Where wafers live and where stacks are mounted. */
