@@ -3,9 +3,10 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {runStreaming} from '../host/run.js'
 import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
-import {runStreaming} from '../seed/seed.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
+import {stagingLockFds} from '../store/staging.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
@@ -272,6 +273,8 @@ export async function runInRoot(
       check: false,
       // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's alone.
       env: {SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      // The locks of the stages being filled: no stage is swept while the RUN writes into it.
+      inherit: stagingLockFds(),
       name: 'the RUN',
       package: 'systemd-container',
       stopSignal: 'SIGKILL',
