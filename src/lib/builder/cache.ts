@@ -1,3 +1,7 @@
+/**
+ * The build cache: what a step's result depends on (its key), the wafer it is kept in, and the
+ * probe that finds it there, or the name to make it under.
+ */
 import {createHash} from 'node:crypto'
 import {lstatSync} from 'node:fs'
 

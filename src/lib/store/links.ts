@@ -1,3 +1,7 @@
+/**
+ * The store's short links (`.links/ID -> ../NAME/data`, as Docker's `l/`): how 500 lower layers fit
+ * in the one page of mount options the kernel takes.
+ */
 import {createHash} from 'node:crypto'
 import {promises as fs, lstatSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
