@@ -4,7 +4,8 @@ import {readFileSync} from 'node:fs'
 import type {HookOutcome, HookRunner, Seeder, WafersHookEvent} from '../../src/lib/hooks.js'
 import {HookError, fireHook, firePostHook, stackHookSteps} from '../../src/lib/hooks.js'
 import {hasInterpreter} from '../../src/lib/seed/seeders/busybox.js'
-import {collectSeeders, findSeeder, runStreaming, splitSeederArgs} from '../../src/lib/seed/seed.js'
+import {runStreaming} from '../../src/lib/host/run.js'
+import {collectSeeders, findSeeder, splitSeederArgs} from '../../src/lib/seed/seed.js'
 
 /** A runner whose plugins answer each event as given: a result, or an Error to throw. */
 function fakeRunner(

@@ -15,7 +15,7 @@ import {
 import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
 import type {SeedRunOptions} from '../../src/lib/hooks.js'
-import {runStreaming} from '../../src/lib/seed/seed.js'
+import {runStreaming} from '../../src/lib/host/run.js'
 import {closedPort} from '../helpers/net.js'
 
 describe('wafers-plugin-debian-arch', function () {

@@ -1,3 +1,7 @@
+/**
+ * The build cache: what a step's result depends on (its key), the wafer it is kept in, and the
+ * probe that finds it there, or the name to make it under.
+ */
 import {createHash} from 'node:crypto'
 import {lstatSync} from 'node:fs'
 
@@ -78,4 +82,23 @@ export function baseIdentity(store: WaferStore, chain: string[]): string {
       return `${name}:${stat.ino}:${stat.birthtimeMs}:${stat.ctimeMs}`
     })
     .join('/')
+}
+/**
+ * The wafer of the step with `key` on `parent`, and whether it is cached: the newest generation
+ * when it is that step's result (see isCached), else the name of the next generation to make
+ * (always that one under --no-cache).
+ */
+export async function probeStep(
+  store: WaferStore,
+  key: string,
+  parent: string | undefined,
+  noCache = false,
+): Promise<{cached: boolean; name: string}> {
+  const generation = await newestGeneration(store, key)
+  const newest = stepWaferName(key, Math.max(generation, 0))
+  if (!noCache && generation >= 0 && (await isCached(store, newest, key, parent))) {
+    return {cached: true, name: newest}
+  }
+
+  return {cached: false, name: generation >= 0 ? stepWaferName(key, generation + 1) : newest}
 }

@@ -3,9 +3,10 @@ import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {runStreaming} from '../host/run.js'
 import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
-import {runStreaming} from '../seed/seed.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
+import {stagingLockFds} from '../store/staging.js'
 import {withoutUserNamespaces} from './no-userns.js'
 import type {RunAs} from './users.js'
 
@@ -360,6 +361,8 @@ export async function runInRoot(
       // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's
       // alone. And no perl complaint about the host's locale among the RUN's lines.
       env: {PERL_BADLANG: '0', SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      // The locks of the stages being filled: no stage is swept while the RUN writes into it.
+      inherit: stagingLockFds(),
       name: 'the RUN',
       package: 'perl-base',
       stopSignal: 'SIGKILL',

@@ -1,3 +1,7 @@
+/**
+ * Files wafers did not make (in the store, a layout, /proc): read small and whole without following
+ * a symlink or blocking on a FIFO, and written atomically.
+ */
 import {closeSync, constants, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync} from 'node:fs'
 import {randomBytes} from 'node:crypto'
 import path from 'node:path'
@@ -19,9 +23,48 @@ export function readStoreFile(file: string, what: string, max = MAX_STORE_FILE):
   })
   if (opened === undefined) return undefined
   try {
-    return readAtMost(opened.fd, what, max, opened.size)
+    const bytes = readUpTo(opened.fd, max + 1, opened.size + 1)
+    if (bytes.length > max) throw new WafersError(`${what} is more than the ${max} bytes wafers reads.`)
+    return bytes.toString('utf8')
   } finally {
     closeSync(opened.fd)
+  }
+}
+
+/**
+ * Reads a small file whole, as readStoreFile opens it: at most `max` bytes (or exactly `size`
+ * bytes when given), and never more than its size when opened, should it grow meanwhile.
+ * Undefined when it does not exist.
+ */
+export function readSmallFile(file: string, what: string, max: number, size?: number): Buffer | undefined {
+  const opened = openStoreFile(file, what, (actual) => {
+    if (size !== undefined && actual !== size)
+      throw new WafersError(`${what} is ${actual} bytes, not the ${size} its descriptor says.`)
+    if (actual > max) throw new WafersError(`${what} is ${actual} bytes, more than the ${max} wafers reads.`)
+  })
+  if (opened === undefined) return undefined
+  try {
+    return readUpTo(opened.fd, opened.size, opened.size)
+  } finally {
+    closeSync(opened.fd)
+  }
+}
+
+/**
+ * The first `max` bytes of a /proc file as text (its size says 0: it is read to its end), opened as
+ * readStoreFile opens a file; undefined when it cannot be read (the process is gone, say).
+ */
+export function readProcFile(file: string, max = 4096): string | undefined {
+  try {
+    const opened = openStoreFile(file, file, () => {})
+    if (opened === undefined) return undefined
+    try {
+      return readUpTo(opened.fd, max, 0).toString('utf8')
+    } finally {
+      closeSync(opened.fd)
+    }
+  } catch {
+    return undefined
   }
 }
 
@@ -63,18 +106,23 @@ export function openStoreFile(
 /** O_PATH (Linux): Node's fs.constants does not carry it. */
 const O_PATH = 0o10000000
 
-function readAtMost(fd: number, what: string, max: number, size: number): string {
-  const buffer = Buffer.alloc(Math.min(max + 1, Math.max(size + 1, 4096)))
+/** At most `limit` bytes from `fd`, read to its end; `size` is what it is expected to hold, to read it in one go. */
+function readUpTo(fd: number, limit: number, size: number): Buffer {
+  let buffer = Buffer.alloc(Math.min(limit, Math.max(size, 4096)))
   let length = 0
-  for (;;) {
+  while (length < limit) {
+    if (length === buffer.length) {
+      const grown = Buffer.alloc(Math.min(limit, buffer.length * 2))
+      buffer.copy(grown)
+      buffer = grown
+    }
+
     const n = readSync(fd, buffer, length, buffer.length - length, null)
     if (n === 0) break
     length += n
-    if (length > max) throw new WafersError(`${what} is more than the ${max} bytes wafers reads.`)
-    if (length === buffer.length) break
   }
 
-  return buffer.subarray(0, length).toString('utf8')
+  return buffer.subarray(0, length)
 }
 
 function errnoCode(error: unknown): string {

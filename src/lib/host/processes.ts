@@ -3,7 +3,6 @@ import {
   type StatsFs,
   promises as fs,
   lstatSync,
-  readFileSync,
   readdirSync,
   readlinkSync,
   statSync,
@@ -12,6 +11,7 @@ import {
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
+import {readProcFile} from './files.js'
 import {systemProgram} from './run.js'
 import {type MountEntry, overlayOptionLayers, parseMountInfo} from './mounts.js'
 
@@ -138,7 +138,7 @@ export async function hiddenUses(
   const namespaces = new Map<string, number>()
   const commands = new Map<number, string>()
   const commandOf = (pid: number) => {
-    if (!commands.has(pid)) commands.set(pid, readSmall(`/proc/${pid}/comm`)?.trim() ?? '?')
+    if (!commands.has(pid)) commands.set(pid, readProcFile(`/proc/${pid}/comm`)?.trim() ?? '?')
     return {command: commands.get(pid)!, pid}
   }
 
@@ -216,7 +216,7 @@ export async function hiddenUses(
 
   findPinned(options.table, '')
   for (const [namespace, pid] of namespaces) {
-    const text = readSmall(`/proc/${pid}/mountinfo`, 16 * 1024 * 1024)
+    const text = readProcFile(`/proc/${pid}/mountinfo`, 16 * 1024 * 1024)
     if (text === undefined || readlinkOrUndefined(`/proc/${pid}/ns/mnt`) !== namespace) continue
     const entries = parseMountInfo(text)
     findPinned(entries, `/proc/${pid}/root`)
@@ -422,15 +422,5 @@ function readdirOrEmpty(dir: string): string[] {
     return readdirSync(dir)
   } catch {
     return []
-  }
-}
-
-/** A /proc file's text (never blocking: /proc files are not FIFOs), or undefined. */
-function readSmall(file: string, max = 4096): string | undefined {
-  try {
-    const text = readFileSync(file, 'utf8')
-    return text.length > max ? text.slice(0, max) : text
-  } catch {
-    return undefined
   }
 }

@@ -1,63 +1,65 @@
-import {createHash} from 'node:crypto'
-import {promises as fs, lstatSync, readlinkSync} from 'node:fs'
+/**
+ * Building and running an overlay mount: its options (one page at most), the one mount(8) call
+ * that stack and the builder's steps share, and unmounting.
+ */
 import path from 'node:path'
 
-import {WafersError, asWafersError, isErrno} from '../errors.js'
+import {WafersError} from '../errors.js'
 import {run} from '../host/run.js'
 import {MAX_LOWER_LAYERS} from '../store/ancestry.js'
+import {linksFor} from '../store/links.js'
 import {WaferStore} from '../store/store.js'
 
 /** The kernel copies mount options into one page, terminating NUL included. */
 export const MAX_OPTIONS_LENGTH = 4095
 
-const LINK_LENGTH = 5
-const LINK_ALPHABET = '0123456789abcdefghijklmnopqrstuv'
+/** The layers of an overlay mount: paths relative to the store's links directory (its short links), or absolute. */
+export interface OverlayMount {
+  /** The lower layers, nearest first. */
+  lower: string[]
+  /** The writable upper layer and overlayfs's work directory beside it; without, the mount is read-only. */
+  upper?: {data: string; work: string}
+}
+
+/** The options of an overlay mount of `layers`: `lowerdir=A:B,upperdir=U,workdir=W`, or `ro,lowerdir=A:B`. */
+export function overlayMountOptions(layers: OverlayMount): string {
+  const lowerdir = `lowerdir=${layers.lower.join(':')}`
+  return layers.upper ? `${lowerdir},upperdir=${layers.upper.data},workdir=${layers.upper.work}` : `ro,${lowerdir}`
+}
 
 /**
- * The short link of wafer `name` in the store's links directory (`.links/ID -> ../NAME/data`),
- * made if missing. IDs are derived from the name, probing on collision, so finding a link costs
- * one readlink; like Docker's `l/` links they keep 500 lower layers inside one page of options.
+ * The layers of wafer `top`'s stack on the short links `lowerIds` (nearest first), relative to the
+ * links directory: `../TOP/data` is the upper, `../TOP/work` overlayfs's work directory.
  */
-export async function linkFor(store: WaferStore, name: string): Promise<string> {
-  const target = path.join('..', name, 'data')
-  for (let attempt = 0; ; attempt++) {
-    const id = linkId(name, attempt)
-    const link = path.join(store.linksDir, id)
-    try {
-      // Synchronous like the ancestry trace (see readParent in store.ts): 500 of these per deep stack.
-      if (readlinkSync(link) === target) return id
-      continue
-    } catch (error) {
-      if (!isErrno(error, 'ENOENT')) throw error
-    }
+export function stackLayers(top: string, lowerIds: string[]): OverlayMount {
+  return {lower: lowerIds, upper: {data: path.join('..', top, 'data'), work: path.join('..', top, 'work')}}
+}
 
-    try {
-      // eslint-disable-next-line no-await-in-loop
-      await fs.symlink(target, link)
-      return id
-    } catch (error) {
-      // Another wafers made a link with this ID meanwhile: read it again on the next round.
-      if (!isErrno(error, 'EEXIST')) throw error
-      attempt--
-    }
+/**
+ * Mounts an overlay of `layers` at `mountpoint`, refusing options longer than the page the kernel
+ * takes them in (naming `what`). The mount's source and working directory is the store's links
+ * directory, so that relative layer paths are its short links and the mount table shows where
+ * they lead (see mounts.ts). `held`: the paths reach directories wafers holds open
+ * (`/proc/PID/fd/N/...`) and go to the kernel as they are, never resolved by mount(8).
+ */
+export async function mountOverlay(
+  store: WaferStore,
+  layers: OverlayMount,
+  mountpoint: string,
+  options: {held?: boolean; what: string},
+): Promise<void> {
+  const text = overlayMountOptions(layers)
+  if (text.length > MAX_OPTIONS_LENGTH) {
+    throw new WafersError(
+      `the mount options of ${options.what} take ${text.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
+    )
   }
-}
 
-/**
- * The overlay mount options for `names` (top first), relative to the links directory:
- * `lowerdir=ID:ID...,upperdir=../TOP/data,workdir=../TOP/work`.
- */
-export function overlayOptions(top: string, lowerIds: string[]): string {
-  return `lowerdir=${lowerIds.join(':')},upperdir=${path.join('..', top, 'data')},workdir=${path.join('..', top, 'work')}`
-}
-
-/** The short links of `names` (lower wafers, nearest first), made where missing. */
-export async function linksFor(store: WaferStore, names: string[]): Promise<string[]> {
-  await makeLinksDir(store)
-  const ids = []
-  // eslint-disable-next-line no-await-in-loop
-  for (const name of names) ids.push(await linkFor(store, name))
-  return ids
+  await run(
+    'mount',
+    [...(options.held ? ['--no-canonicalize'] : []), '-t', 'overlay', '-o', text, store.linksDir, mountpoint],
+    {cwd: store.linksDir},
+  )
 }
 
 /**
@@ -76,16 +78,7 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
     throw new WafersError(`overlayfs mounts at most ${MAX_LOWER_LAYERS} lower layers; ${top} has ${lowers.length}.`)
   }
 
-  const options = overlayOptions(top, await linksFor(store, lowers))
-  if (options.length > MAX_OPTIONS_LENGTH) {
-    throw new WafersError(
-      `the mount options of ${top} take ${options.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
-    )
-  }
-
-  // The source names the links directory, so that the relative layer paths in the mount table
-  // can be resolved by anyone reading it (see mounts.ts).
-  await run('mount', ['-t', 'overlay', '-o', options, store.linksDir, mountpoint], {cwd: store.linksDir})
+  await mountOverlay(store, stackLayers(top, await linksFor(store, lowers)), mountpoint, {what: top})
 }
 
 /**
@@ -95,37 +88,4 @@ export async function mountStack(store: WaferStore, names: string[], mountpoint:
  */
 export async function unmount(mountpoint: string, options: {held?: boolean; lazy?: boolean} = {}): Promise<void> {
   await run('umount', [...(options.held ? ['--no-canonicalize'] : []), ...(options.lazy ? ['--lazy'] : []), mountpoint])
-}
-
-/**
- * Makes the store's links directory if missing, and refuses one that is not a real directory: a
- * `.links` symlinked elsewhere would have stack write its links, and mount the stack, out there.
- */
-export async function makeLinksDir(store: WaferStore): Promise<void> {
-  try {
-    await fs.mkdir(store.linksDir)
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) {
-      throw new WafersError(`${store.linksDir} cannot be made: the store ${store.root} does not exist.`)
-    }
-
-    if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
-  }
-
-  checkLinksDir(store)
-}
-
-/** Refuses a `.links` that is there but is a symlink or not a directory. */
-export function checkLinksDir(store: WaferStore): void {
-  const stat = lstatSync(store.linksDir, {throwIfNoEntry: false})
-  if (stat === undefined || stat.isDirectory()) return
-  const what = stat.isSymbolicLink() ? 'a symlink' : 'not a directory'
-  throw new WafersError(`${store.linksDir} is ${what}; wafers keeps its links only in a real directory there.`)
-}
-
-function linkId(name: string, attempt: number): string {
-  const digest = createHash('sha256').update(`${name}\0${attempt}`).digest()
-  let id = ''
-  for (let i = 0; i < LINK_LENGTH; i++) id += LINK_ALPHABET[digest[i] % LINK_ALPHABET.length]
-  return id
 }

@@ -5,8 +5,7 @@ import {isErrno} from '../errors.js'
 import {MountEntry, overlayLayers, readMountTable} from '../host/mounts.js'
 import {isValidName} from '../store/names.js'
 import {HiddenUse, hiddenUses} from '../host/processes.js'
-import {readStoreFile} from '../host/files.js'
-import {WaferStore, parseParent} from '../store/store.js'
+import {WaferStore} from '../store/store.js'
 
 /** A stack of this store's wafers that is mounted right now, by wafers, by hand or by the bash tool. */
 export interface LiveStack {
@@ -101,9 +100,9 @@ export async function hiddenWaferUses(
       ancestry(name) {
         const below: string[] = []
         try {
-          for (let next = readParentSync(store, name); next !== undefined && !below.includes(next);) {
+          for (let next = store.readParentSync(name); next !== undefined && !below.includes(next);) {
             below.push(next)
-            next = readParentSync(store, next)
+            next = store.readParentSync(next)
           }
         } catch {
           // An ancestry that cannot be traced further: the wafers found so far.
@@ -137,10 +136,4 @@ export function hiddenStacks(uses: HiddenUse[]): LiveStack[] {
   return uses
     .filter((use) => use.kind !== 'files')
     .map((use) => ({lowers: use.wafers.slice(1), mountpoint: '', top: use.top, where: use.where}))
-}
-
-function readParentSync(store: WaferStore, name: string): string | undefined {
-  // readParent is synchronous inside (readStoreFile); this keeps the walk free of promises.
-  const text = readStoreFile(store.parentFile(name), `the parent file of wafer ${name}`)
-  return text === undefined ? undefined : parseParent(name, text)
 }

@@ -1,21 +1,12 @@
-import {createHash} from 'node:crypto'
-import {closeSync, createReadStream, mkdirSync, readSync} from 'node:fs'
+import {closeSync, createReadStream, mkdirSync} from 'node:fs'
 import path from 'node:path'
 import {Readable} from 'node:stream'
 
 import {WafersError} from '../errors.js'
-import {openStoreFile, writeFileAtomic} from '../host/files.js'
-import {
-  Descriptor,
-  Index,
-  MEDIA,
-  Manifest,
-  Platform,
-  checkDigest,
-  checkManifest,
-  isIndex,
-  selectPlatform,
-} from './image.js'
+import {openStoreFile, readSmallFile, writeFileAtomic} from '../host/files.js'
+import {digestOf, sha256} from '../layer/digest.js'
+import {Descriptor, Index, MEDIA, Manifest, checkDigest, checkManifest, isIndex, selectPlatform} from './image.js'
+import type {Platform} from './platform.js'
 
 /** The largest manifest, index or config wafers reads (they are JSON; a hostile one cannot exhaust memory). */
 export const MAX_JSON_BLOB = 8 * 1024 * 1024
@@ -26,38 +17,6 @@ export const REF_NAME = 'org.opencontainers.image.ref.name'
 /** Where blob `digest` lives in the OCI layout at `dir`; refuses digests that are not sha256. */
 export function blobPath(dir: string, digest: string): string {
   return path.join(dir, 'blobs', 'sha256', checkDigest(digest, 'a blob').slice(7))
-}
-
-/** `bytes` as a sha256 digest string. */
-export function digestOf(bytes: Buffer | string): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`
-}
-
-/**
- * Reads a small file whole: never through a symlink, never opening a FIFO or device, at most
- * `max` bytes (or exactly `size` bytes when given). Undefined when it does not exist.
- */
-export function readSmallFile(file: string, what: string, max = MAX_JSON_BLOB, size?: number): Buffer | undefined {
-  const opened = openStoreFile(file, what, (actual) => {
-    if (size !== undefined && actual !== size)
-      throw new WafersError(`${what} is ${actual} bytes, not the ${size} its descriptor says.`)
-    if (actual > max) throw new WafersError(`${what} is ${actual} bytes, more than the ${max} wafers reads.`)
-  })
-  if (opened === undefined) return undefined
-  try {
-    // Never more than the size checked: a file that grows meanwhile is read only that far.
-    const buffer = Buffer.alloc(opened.size)
-    let length = 0
-    while (length < buffer.length) {
-      const n = readSync(opened.fd, buffer, length, buffer.length - length, null)
-      if (n === 0) break
-      length += n
-    }
-
-    return buffer.subarray(0, length)
-  } finally {
-    closeSync(opened.fd)
-  }
 }
 
 /**
@@ -100,7 +59,7 @@ export function readJsonBlob(
 ): {raw: Buffer; value: Record<string, unknown>} {
   const raw = readSmallFile(blobPath(dir, descriptor.digest), what, MAX_JSON_BLOB, descriptor.size)
   if (raw === undefined) throw new WafersError(`${what} (${descriptor.digest}) is missing from the layout ${dir}.`)
-  if (digestOf(raw) !== descriptor.digest)
+  if (digestOf(sha256().update(raw)) !== descriptor.digest)
     throw new WafersError(`${what} does not match its digest ${descriptor.digest}.`)
   return {raw, value: parseJson(raw, what)}
 }
@@ -108,8 +67,8 @@ export function readJsonBlob(
 /** The index.json of the OCI layout at `dir`; refuses a directory that is not one. */
 export function readLayoutIndex(dir: string): Index {
   const what = `the OCI layout ${dir}`
-  const marker = readSmallFile(path.join(dir, 'oci-layout'), `the oci-layout file of ${dir}`)
-  const raw = readSmallFile(path.join(dir, 'index.json'), `the index.json of ${dir}`)
+  const marker = readSmallFile(path.join(dir, 'oci-layout'), `the oci-layout file of ${dir}`, MAX_JSON_BLOB)
+  const raw = readSmallFile(path.join(dir, 'index.json'), `the index.json of ${dir}`, MAX_JSON_BLOB)
   if (marker === undefined || raw === undefined)
     throw new WafersError(`${what} does not exist or is not an OCI image layout (no oci-layout or index.json).`)
   const index = parseJson(raw, `the index.json of ${dir}`) as unknown as Index
@@ -163,7 +122,7 @@ export function findLayoutImage(dir: string, tag: string | undefined, platform: 
 /** Writes a JSON blob into the layout at `dir`; returns its descriptor. */
 export function writeJsonBlob(dir: string, value: unknown, mediaType: string): Descriptor {
   const raw = Buffer.from(JSON.stringify(value))
-  const digest = digestOf(raw)
+  const digest = digestOf(sha256().update(raw))
   mkdirSync(path.join(dir, 'blobs', 'sha256'), {recursive: true})
   writeFileAtomic(blobPath(dir, digest), raw)
   return {digest, mediaType, size: raw.length}

@@ -2,9 +2,10 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
+import {digestOf, sha256} from '../layer/digest.js'
 import {HistoryEntry, type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
-import {humanSize} from '../ui/render.js'
+import {humanSize, plural} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
@@ -15,14 +16,12 @@ import {
   Manifest,
   checkConfig,
   checkManifest,
-  checkPlatform,
   historyPerLayer,
-  hostPlatform,
   isIndex,
-  platformText,
   selectPlatform,
 } from './image.js'
-import {blobPath, digestOf, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
+import {checkPlatform, hostPlatform, platformText} from './platform.js'
+import {blobPath, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
   RegistryOptions,
@@ -244,7 +243,7 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
   ])
   let raw = first
   let value = parseJson(raw, `the manifest of ${describe(ref)}`)
-  let digest = digestOf(raw)
+  let digest = digestOf(sha256().update(raw))
   if (isIndex(value)) {
     const chosen: Descriptor = selectPlatform(value, platform, `the image index of ${describe(ref)}`)
     if (ref.transport !== 'docker') {
@@ -254,7 +253,7 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
     }
 
     raw = await inspectRaw(context, ref, pinned(ref, chosen.digest))
-    digest = digestOf(raw)
+    digest = digestOf(sha256().update(raw))
     if (digest !== chosen.digest)
       throw new WafersError(`the manifest of ${describe(ref)} does not match its digest ${chosen.digest}.`)
     value = parseJson(raw, `the manifest of ${describe(ref)}`)
@@ -265,10 +264,10 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
   const manifest = checkManifest(value, `the manifest of ${describe(ref)}`)
   const source = pinned(ref, digest)
   const configRaw =
-    guess !== undefined && digestOf(guess) === manifest.config.digest
+    guess !== undefined && digestOf(sha256().update(guess)) === manifest.config.digest
       ? guess
       : await inspectConfig(context, ref, source)
-  if (digestOf(configRaw) !== manifest.config.digest) {
+  if (digestOf(sha256().update(configRaw)) !== manifest.config.digest) {
     throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
   }
 
@@ -415,8 +414,4 @@ async function checkTarget(
   throw new WafersError(`wafer ${name} already exists and holds ${what}, not ${image}.`, {
     suggestions: [`Pull into another name (wafers pull ${image} NAME), or remove it first (wafers rm ${name}).`],
   })
-}
-
-function plural(count: number, one: string): string {
-  return `${count} ${count === 1 ? one : `${one}s`}`
 }

@@ -55,8 +55,8 @@ export function checkRegistryOptions(options: RegistryOptions): void {
   }
 }
 
-/** The flags for one side of a copy (`src`, `dest`) or for inspect (no side). */
-function registryFlags(context: SkopeoContext, side: '' | 'dest-' | 'src-'): string[] {
+/** skopeo's registry arguments for one side of a copy (`src`, `dest`) or for inspect (no side). */
+function skopeoRegistryArgs(context: SkopeoContext, side: '' | 'dest-' | 'src-'): string[] {
   const flags: string[] = []
   if (!context.options.tlsVerify) flags.push(`--${side}tls-verify=false`)
   if (context.authfile !== undefined) flags.push(`--${side}authfile`, context.authfile)
@@ -90,7 +90,7 @@ async function skopeo(context: SkopeoContext, args: string[], ref: ImageReferenc
 
 /** The raw manifest or index REF names (`skopeo inspect --raw`). */
 export async function inspectRaw(context: SkopeoContext, ref: ImageReference, skopeoRef = ref.skopeo): Promise<string> {
-  return skopeo(context, ['inspect', '--raw', ...registryFlags(context, ''), skopeoRef], ref, 'reading')
+  return skopeo(context, ['inspect', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef], ref, 'reading')
 }
 
 /** The raw image config of REF (`skopeo inspect --config --raw`). */
@@ -99,7 +99,12 @@ export async function inspectConfig(
   ref: ImageReference,
   skopeoRef = ref.skopeo,
 ): Promise<string> {
-  return skopeo(context, ['inspect', '--config', '--raw', ...registryFlags(context, ''), skopeoRef], ref, 'reading')
+  return skopeo(
+    context,
+    ['inspect', '--config', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef],
+    ref,
+    'reading',
+  )
 }
 
 /** Copies the image at `source` into the OCI layout directory `layout` (tagged `image`). */
@@ -111,7 +116,7 @@ export async function copyToLayout(
 ): Promise<void> {
   await skopeo(
     context,
-    ['copy', '--quiet', ...registryFlags(context, 'src-'), source, `oci:${layout}:image`],
+    ['copy', '--quiet', ...skopeoRegistryArgs(context, 'src-'), source, `oci:${layout}:image`],
     ref,
     'downloading',
   )
@@ -131,7 +136,7 @@ export async function copyFromLayout(
       '--quiet',
       '--digestfile',
       digestFile,
-      ...registryFlags(context, 'dest-'),
+      ...skopeoRegistryArgs(context, 'dest-'),
       `oci:${layout}:image`,
       ref.skopeo,
     ],
@@ -227,7 +232,7 @@ async function explain(context: SkopeoContext, stderr: string, ref: ImageReferen
 /** Whether the registry has the repository at all (a missing tag and a missing repository both say "manifest unknown"). */
 async function repositoryExists(context: SkopeoContext, ref: ImageReference): Promise<boolean> {
   const {execa} = await import('execa')
-  const result = await execa('skopeo', ['list-tags', ...registryFlags(context, ''), `docker://${ref.name}`], {
+  const result = await execa('skopeo', ['list-tags', ...skopeoRegistryArgs(context, ''), `docker://${ref.name}`], {
     reject: false,
     stdin: 'ignore',
   })

@@ -5,7 +5,7 @@ import {WafersError, isErrno} from '../errors.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {checkName} from '../store/names.js'
-import {Locations, WaferStore} from '../store/store.js'
+import {DEFAULT_STACKS, Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
 
 /** Where systemd reads units and nspawn settings; overridable so tests write into temp dirs. */
@@ -219,9 +219,6 @@ function escapePath(dir: string): string {
   return escapeSpecifiers(dir.replaceAll('\\', '\\\\').replaceAll(' ', '\\x20'))
 }
 
-/** Where machinectl and systemd-nspawn@.service look for containers. */
-export const MACHINES_DIR = '/var/lib/machines'
-
 /**
  * A warning when machinectl could start the stack at `mountpoint` with -U and chown it all (it is
  * directly in /var/lib/machines, and no trusted NAME.nspawn turns user namespacing off); undefined
@@ -230,7 +227,7 @@ export const MACHINES_DIR = '/var/lib/machines'
 export async function chownRisk(
   dirs: SystemdDirs,
   mountpoint: string,
-  machines = MACHINES_DIR,
+  machines = DEFAULT_STACKS,
 ): Promise<string | undefined> {
   if (path.dirname(mountpoint) !== machines) return undefined
   const name = path.basename(mountpoint)

@@ -4,9 +4,8 @@ import path from 'node:path'
 import {isErrno} from '../errors.js'
 import type {MountEntry} from '../host/mounts.js'
 import {LiveStack, liveStacks} from '../mount/usage.js'
-import {readStoreFile} from '../host/files.js'
 import {META_FILE, readMeta} from '../store/meta.js'
-import {WaferStore, parseParent} from '../store/store.js'
+import {WaferStore} from '../store/store.js'
 
 /** The image a wafer's stack was pulled from, as its top wafer's meta.json says. */
 export interface ImageOrigin {
@@ -191,8 +190,8 @@ export async function mapLimit<T, R>(items: T[], limit: number, work: (item: T) 
  */
 function readParentOrProblem(store: WaferStore, name: string): {parent?: string; problem?: string} {
   try {
-    const text = readStoreFile(store.parentFile(name), `the parent file of wafer ${name}`)
-    return text === undefined ? {} : {parent: parseParent(name, text)}
+    const parent = store.readParentSync(name)
+    return parent === undefined ? {} : {parent}
   } catch (error) {
     return {problem: (error as Error).message.replace(/\.$/, '')}
   }

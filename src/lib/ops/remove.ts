@@ -4,7 +4,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
-import {checkLinksDir} from '../mount/overlay.js'
+import {checkLinksDir} from '../store/links.js'
 import {hiddenWaferUses, liveStacks} from '../mount/usage.js'
 import {checkRoot} from '../host/system.js'
 import {plural} from '../ui/render.js'

@@ -12,7 +12,8 @@ import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../host/system.js
 import {plural} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {MountEntry, mountAt, readMountTable} from '../host/mounts.js'
-import {checkLinksDir, mountStack, unmount} from '../mount/overlay.js'
+import {mountStack, unmount} from '../mount/overlay.js'
+import {checkLinksDir} from '../store/links.js'
 import {ProcessUse, processesUsing} from '../host/processes.js'
 import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
 

@@ -3,13 +3,14 @@ import {fchmodSync, fstatSync, promises as fs, lstatSync, realpathSync, statSync
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../host/files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {withLock} from './lock.js'
 import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'
 import {type Stage, discardStage, discardStageIn, makeStage, makeStageIn, removeAbandonedStages} from './staging.js'
 
 export const DEFAULT_WAFERS = '/var/lib/wafers'
+/** Where machinectl and systemd-nspawn@.service look for containers, and so where stacks go by default. */
 export const DEFAULT_STACKS = '/var/lib/machines'
 
 /** Where wafers live and where stacks are mounted. */
@@ -239,6 +240,11 @@ export class WaferStore {
    * Accepts the bash tool's format (one name, trailing newline optional).
    */
   async readParent(name: string): Promise<string | undefined> {
+    return this.readParentSync(name)
+  }
+
+  /** readParent, for walks that read thousands of parent files and want no promise per file. */
+  readParentSync(name: string): string | undefined {
     // Synchronous on purpose: tracing a deep stack reads 500 parent files one after another, and
     // a promise-based read makes four trips through libuv's thread pool (open, stat, read, close).
     // Sync reads (here, in isDirectory, and for links and layer checks) make `wafers stack` of a
@@ -246,6 +252,15 @@ export class WaferStore {
     // never blocks on a FIFO and never reads more than a megabyte.
     const text = readStoreFile(this.parentFile(name), `the parent file of wafer ${name}`)
     return text === undefined ? undefined : parseParent(name, text)
+  }
+
+  /**
+   * Points wafer `name` at `parent` (a base wafer when undefined), replacing its `parent` file
+   * atomically. The caller holds the store lock and has checked that nothing is stacked on it.
+   */
+  async writeParent(name: string, parent: string | undefined): Promise<void> {
+    if (parent === undefined) await fs.rm(this.parentFile(name), {force: true})
+    else writeFileAtomic(this.parentFile(name), `${checkName(parent)}\n`)
   }
 
   /** Removes what creates killed midway left behind (see staging.ts); takes the store lock. */

@@ -1,3 +1,7 @@
+/**
+ * Step claims: how two builds of one store never make the same step at once (the second waits,
+ * then finds it in the cache), without a lock file or a process per step.
+ */
 import {randomBytes} from 'node:crypto'
 import {lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
@@ -19,7 +23,7 @@ const POLL_MS = 100
 const LIVENESS_EVERY = 10
 
 /** A held step claim; release() removes it and lets the next build in. */
-export interface StepLock {
+export interface StepClaim {
   release(): void
 }
 
@@ -37,15 +41,15 @@ export interface StepLock {
  * claim at the same instant may both make the step: the second to finish then finds the wafer made
  * and takes it (see makeStep), so that costs time, never a wrong result.
  */
-export async function lockStep(
+export async function claimStep(
   root: string,
   key: string,
   stage: string,
   onWait: () => void,
   signal?: AbortSignal,
-): Promise<StepLock> {
+): Promise<StepClaim> {
   const claim = path.join(root, `${STEP_PREFIX}${key.slice(0, 40)}`)
-  const held: StepLock = {
+  const held: StepClaim = {
     release() {
       try {
         if (readlinkSync(claim) === stage) unlinkSync(claim)
@@ -124,7 +128,7 @@ function claimantOf(claim: string): string | undefined {
  * Removes step claims whose claimant's stage is gone (a build killed before it could remove its
  * claim, its stage swept since), so that they never pile up in the store. Call it after the sweep.
  */
-export function removeAbandonedStepLocks(root: string): void {
+export function removeAbandonedClaims(root: string): void {
   let entries: string[]
   try {
     entries = readdirSync(root).filter((name) => name.startsWith(STEP_PREFIX))

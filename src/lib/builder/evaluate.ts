@@ -1,0 +1,529 @@
+/**
+ * The dispatch of `wafers build` (moby's evaluator and dispatchers): the step loop over the
+ * Containerfile's instructions, and one handler per instruction (FROM, RUN, COPY and ADD, and the
+ * metadata ones), which keep the stages' state and hand steps that make a wafer to StepWafers.
+ */
+import {lstatSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError} from '../errors.js'
+import {hostPlatform} from '../oci/platform.js'
+import type {Step} from '../steps.js'
+import {traceAncestry} from '../store/ancestry.js'
+import {type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
+import {isValidName} from '../store/names.js'
+import {Locations, WaferStore} from '../store/store.js'
+import type {BuildOptions, BuildResult, BuildStepResult} from './build.js'
+import {baseIdentity} from './cache.js'
+import {IgnoreRules, NO_IGNORE, type CopyPlan, hashPlan, planCopy} from './context.js'
+import {copyInto, isArchive, mkdirIn, parseChmod, unpackArchive} from './copy.js'
+import {finishBuild} from './finish.js'
+import {StepWafers} from './internals.js'
+import {
+  type Containerfile,
+  type Instruction,
+  type Variables,
+  execForm,
+  keyValues,
+  splitFlags,
+  substituteEach,
+  words,
+} from './parser.js'
+import {containerPath} from './paths.js'
+import {isDirectoryIn, type RunSpec, runFailed, runInRoot} from './run.js'
+import type {DirectRun} from './step-mount.js'
+import {parseChown, runAs} from './users.js'
+
+/** One stage (`FROM ... [AS name]` and what follows) while it is being built. */
+interface Stage {
+  /** Whether every step of it so far came from the cache. */
+  allCached: boolean
+  /** ARGs declared in the stage, with their values. */
+  args: Map<string, string>
+  /** Whether the stage set CMD itself (an ENTRYPOINT then keeps it). */
+  cmdSet?: boolean
+  config: ImageConfig
+  history: HistoryEntry[]
+  /** What the top wafer is, for cache keys. */
+  identity: string
+  image: {architecture: string; os: string; variant?: string}
+  name?: string
+  shell: string[]
+  /** The stage's top wafer so far; undefined while it is empty (FROM scratch). */
+  top?: string
+}
+
+const DEFAULT_SHELL = ['/bin/sh', '-c']
+
+/** One build of a Containerfile: its instructions as steps, and the stages they build. */
+export class Builder {
+  readonly result: BuildResult
+  private current?: Stage
+  private readonly escape: string
+  private readonly globalArgs: Variables = new Map()
+  private ignore?: IgnoreRules
+  private readonly stages: Stage[] = []
+  private stepNumber = 0
+  private readonly wafers: StepWafers
+
+  constructor(
+    private readonly locations: Locations,
+    private readonly store: WaferStore,
+    private readonly context: string,
+    private readonly file: Containerfile,
+    private readonly options: BuildOptions,
+  ) {
+    this.escape = file.escape
+    this.result = {name: options.name, steps: []}
+    this.wafers = new StepWafers(store, options)
+  }
+
+  /** Removes the build's stage and what is left in it, however the build ended. */
+  async close(): Promise<void> {
+    await this.wafers.close()
+  }
+
+  steps(): Step[] {
+    const total = this.file.instructions.length
+    const steps: Step[] = this.file.instructions.map((instruction, index) => ({
+      run: async (report) => {
+        this.stepNumber = index + 1
+        const outcome = await this.runInstruction(instruction, report)
+        if (outcome) this.result.steps.push({instruction: instruction.text, ...outcome})
+        const what = outcome?.cached ? ' (cached)' : ''
+        return `[${index + 1}/${total}] ${instruction.text}${what}`
+      },
+      title: `[${index + 1}/${total}] ${instruction.text}`,
+    }))
+    steps.push({
+      run: async () =>
+        finishBuild(this.store, this.options.name, this.context, this.current as Stage, async () =>
+          this.wafers.stagingDir(),
+        ),
+      title: `Point wafer ${this.options.name} at the result`,
+    })
+    return steps
+  }
+
+  private async runInstruction(
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'> | undefined> {
+    const {keyword} = instruction
+    if (keyword === 'FROM') return this.from(instruction, report)
+    if (keyword === 'ARG' && this.current === undefined) {
+      for (const [key, value] of this.argPairs(instruction.args, this.globalArgs)) {
+        const given = this.buildArg(key) ?? value
+        if (given !== undefined) this.globalArgs.set(key, given)
+      }
+
+      return {cached: true, wafer: null}
+    }
+
+    const stage = this.current as Stage
+    switch (keyword) {
+      case 'ADD':
+      case 'COPY': {
+        return this.copy(stage, instruction, report)
+      }
+
+      case 'RUN': {
+        return this.run(stage, instruction, report)
+      }
+
+      default: {
+        this.metadata(stage, instruction)
+        stage.history.push({created_by: instruction.text, empty_layer: true})
+        return {cached: stage.allCached, wafer: null}
+      }
+    }
+  }
+
+  /** The value `--build-arg KEY=VALUE` gave, if any. */
+  private buildArg(key: string): string | undefined {
+    return Object.hasOwn(this.options.buildArgs, key) ? this.options.buildArgs[key] : undefined
+  }
+
+  /** Variables for substitution: the stage's ARGs, overridden by its ENVs. */
+  private vars(stage: Stage): Variables {
+    const vars = new Map(stage.args)
+    for (const entry of stage.config.Env ?? []) {
+      const eq = entry.indexOf('=')
+      if (eq > 0) vars.set(entry.slice(0, eq), entry.slice(eq + 1))
+    }
+
+    return vars
+  }
+
+  private argPairs(args: string, vars: Variables): Array<[string, string | undefined]> {
+    return words(args, vars, this.escape).map((word) => {
+      const eq = word.indexOf('=')
+      return eq === -1 ? [word, undefined] : [word.slice(0, eq), word.slice(eq + 1)]
+    })
+  }
+
+  private async from(
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {rest} = splitFlags(instruction.args, ['platform'], 'FROM')
+    const parts = words(rest, this.globalArgs, this.escape)
+    if (parts.length !== 1 && !(parts.length === 3 && parts[1].toLowerCase() === 'as')) {
+      throw new WafersError(`line ${instruction.line}: FROM takes an image and optionally AS NAME.`)
+    }
+
+    const [image] = parts
+    const stageName = parts[2]?.toLowerCase()
+    const host = hostPlatform()
+    let stage: Stage
+    let pulled = false
+    const earlier = this.stages.find((s) => s.name !== undefined && s.name === image.toLowerCase())
+    if (image === 'scratch') {
+      stage = {
+        allCached: true,
+        args: new Map(),
+        config: {},
+        history: [],
+        identity: 'scratch',
+        image: host,
+        shell: DEFAULT_SHELL,
+      }
+    } else if (earlier) {
+      stage = {...structuredClone({...earlier, args: new Map()}), allCached: true, args: new Map(), name: undefined}
+    } else {
+      const base = await this.baseWafer(image, instruction, report)
+      const wafer = base.wafer
+      pulled = base.pulled
+      const chain = await traceAncestry(this.store, wafer)
+      const meta = readMeta(this.store.dir(wafer), wafer).image
+      stage = {
+        allCached: true,
+        args: new Map(),
+        config: structuredClone(meta?.config ?? {}),
+        history: structuredClone(meta?.history ?? []),
+        identity: baseIdentity(this.store, chain),
+        image: meta ? {architecture: meta.architecture, os: meta.os, variant: meta.variant} : host,
+        shell: DEFAULT_SHELL,
+        top: wafer,
+      }
+    }
+
+    stage.name = stageName
+    this.stages.push(stage)
+    this.current = stage
+    return {cached: !pulled, wafer: stage.top ?? null}
+  }
+
+  /**
+   * The wafer FROM names: an existing wafer, or an image reference `wafers pull` takes, pulled
+   * (into the wafer `wafers pull REF` would make) unless that wafer already holds it.
+   */
+  private async baseWafer(
+    image: string,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<{pulled: boolean; wafer: string}> {
+    if (isValidName(image) && (await this.store.hasData(image))) {
+      checkRealWafer(this.store, image, instruction)
+      return {pulled: false, wafer: image}
+    }
+
+    const {pullImage} = await import('./pull.js')
+    try {
+      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry)
+    } catch (error) {
+      if (!(error instanceof WafersError)) throw error
+      const wafer = isValidName(image) ? `there is no wafer ${image} in ${this.store.root}, and ` : ''
+      throw new WafersError(
+        `line ${instruction.line}: FROM ${image}: ${wafer}${error.message.replace(/^./, (c) => (wafer ? c.toLowerCase() : c))}`,
+        {
+          exit: error.exit,
+          suggestions: [
+            'Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.',
+          ],
+        },
+      )
+    }
+  }
+
+  private state(stage: Stage): unknown {
+    return {
+      args: [...stage.args.entries()].sort(),
+      env: stage.config.Env ?? [],
+      shell: stage.shell,
+      user: stage.config.User ?? '',
+      workdir: stage.config.WorkingDir ?? '',
+    }
+  }
+
+  /** The environment a RUN sees: the image's Env and the build args in scope that Env does not set. */
+  private runEnv(stage: Stage): string[] {
+    const env = [...(stage.config.Env ?? [])]
+    const set = new Set(env.map((entry) => entry.split('=')[0]))
+    for (const [key, value] of stage.args) if (!set.has(key)) env.push(`${key}=${value}`)
+    return env
+  }
+
+  private async run(
+    stage: Stage,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {rest} = splitFlags(instruction.args, [], 'RUN')
+    const argv = execForm(rest) ?? [...stage.shell, rest]
+    const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
+    const step = this.stepNumber
+    const runIn = async (root: string, overlay?: string[]) => {
+      let exitCode: number
+      try {
+        exitCode = await runInRoot(root, spec, report, this.options.signal, overlay)
+      } catch (error) {
+        if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
+        throw error
+      }
+
+      if (this.options.signal?.aborted) throw interrupted(step, instruction.text)
+      if (exitCode !== 0) throw runFailed(step, instruction.text, exitCode)
+    }
+
+    // Whether nspawn can mount the step itself: nothing to look up or make in the stack first (a
+    // USER to find in its /etc/passwd, a WORKDIR it lacks).
+    const alone = async (layers: string[]) =>
+      (stage.config.User ?? '') === '' && (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
+    return this.fileStep(
+      stage,
+      instruction,
+      undefined,
+      report,
+      async (root) => {
+        if (spec.workdir) await mkdirIn(root, spec.workdir)
+        try {
+          spec.user = runAs(root, stage.config.User)
+        } catch (error) {
+          if (error instanceof WafersError)
+            throw new WafersError(`step ${step} (${instruction.text}): ${error.message}`)
+          throw error
+        }
+
+        await runIn(root)
+      },
+      {alone, runIn},
+    )
+  }
+
+  private async copy(
+    stage: Stage,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const add = instruction.keyword === 'ADD'
+    const {flags, rest} = splitFlags(
+      instruction.args,
+      add ? ['chown', 'chmod'] : ['chown', 'chmod', 'from'],
+      instruction.keyword,
+    )
+    const vars = this.vars(stage)
+    // As Docker does, the flags' values take variables too.
+    for (const flag of ['chown', 'chmod', 'from'] as const) {
+      if (flags[flag] !== undefined) flags[flag] = words(flags[flag] as string, vars, this.escape).join(' ')
+    }
+
+    if (flags.from === '')
+      throw new WafersError(`line ${instruction.line}: --from takes the name of a stage or a wafer.`)
+    const exec = execForm(rest)
+    const items = exec ? substituteEach(exec, vars, this.escape) : words(rest, vars, this.escape)
+    if (items.length < 2)
+      throw new WafersError(`line ${instruction.line}: ${instruction.keyword} takes SOURCE... DEST.`)
+    const sources = items.slice(0, -1)
+    const dest = items.at(-1) as string
+    const remote = sources.find((source) => /^[a-z]+:\/\//i.test(source) || source.startsWith('git@'))
+    if (remote)
+      throw new WafersError(
+        `line ${instruction.line}: ${instruction.keyword} of a URL (${remote}) is not supported; download it in a RUN step.`,
+      )
+    const chmod = parseChmod(flags.chmod)
+    const target = containerPath(dest, stage.config.WorkingDir) + (dest.endsWith('/') ? '/' : '')
+
+    let plan: CopyPlan | undefined
+    let sourcesKey: string
+    let fromStage: Stage | undefined
+    let fromWafer: string | undefined
+    if (flags.from === undefined) {
+      this.ignore ??= IgnoreRules.load(this.context)
+      plan = planCopy(this.context, sources, target, this.ignore, 'the build context')
+      sourcesKey = await hashPlan(plan)
+    } else {
+      const name = flags.from.toLowerCase()
+      fromStage = this.stages.find((s) => s.name === name) ?? this.stages[Number(flags.from)]
+      if (fromStage === undefined) {
+        if (!isValidName(flags.from) || !(await this.store.hasData(flags.from))) {
+          throw new WafersError(`line ${instruction.line}: --from=${flags.from} names no earlier stage and no wafer.`)
+        }
+
+        checkRealWafer(this.store, flags.from, instruction)
+        fromWafer = flags.from
+        sourcesKey = `wafer:${baseIdentity(this.store, await traceAncestry(this.store, fromWafer))}`
+      } else {
+        sourcesKey = `stage:${fromStage.identity}`
+      }
+    }
+
+    return this.fileStep(stage, instruction, sourcesKey, report, async (root, upper) => {
+      const own = {...parseChown(root, flags.chown), chmod}
+      if (plan) {
+        const archives = add ? await archivesOf(plan) : new Set<string>()
+        const copied = {...plan, entries: plan.entries.filter((entry) => !archives.has(entry.source))}
+        if (copied.entries.length > 0) await copyInto(root, copied, target, own)
+        for (const archive of archives) {
+          report(`unpacking ${path.relative(this.context, archive)}`)
+          // eslint-disable-next-line no-await-in-loop
+          await unpackArchive(archive, root, target, path.join(path.dirname(upper), 'unpack'), own)
+        }
+
+        return
+      }
+
+      const top = fromStage?.top ?? fromWafer
+      if (top === undefined) throw new WafersError(`line ${instruction.line}: stage ${flags.from} is empty.`)
+      await this.wafers.mounts.withView(root, await traceAncestry(this.store, top), async (view) => {
+        await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, own)
+      })
+    })
+  }
+
+  /** A step that makes a wafer (see StepWafers.make), its cache key taken from the stage's state. */
+  private async fileStep(
+    stage: Stage,
+    instruction: Instruction,
+    sources: string | undefined,
+    report: (line: string) => void,
+    fill: (root: string, upper: string) => Promise<void>,
+    direct?: DirectRun,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    return this.wafers.make(
+      stage,
+      {direct, fill, instruction, number: this.stepNumber, sources, state: this.state(stage)},
+      report,
+    )
+  }
+
+  private metadata(stage: Stage, instruction: Instruction): void {
+    const {args, keyword, line} = instruction
+    const vars = this.vars(stage)
+    const config = stage.config
+    const shellOrExec = (): string[] => execForm(args) ?? [...stage.shell, args]
+    switch (keyword) {
+      case 'ARG': {
+        for (const [key, value] of this.argPairs(args, vars)) {
+          const given = this.buildArg(key) ?? value ?? this.globalArgs.get(key)
+          if (given === undefined) stage.args.delete(key)
+          else stage.args.set(key, given)
+        }
+
+        break
+      }
+
+      case 'CMD': {
+        config.Cmd = shellOrExec()
+        stage.cmdSet = true
+        break
+      }
+
+      case 'ENTRYPOINT': {
+        config.Entrypoint = shellOrExec()
+        // As Docker does: an ENTRYPOINT drops the CMD the base image had.
+        if (!stage.cmdSet) delete config.Cmd
+        break
+      }
+
+      case 'ENV': {
+        const env = [...(config.Env ?? [])]
+        for (const [key, value] of keyValues(args, vars, this.escape, true)) {
+          const index = env.findIndex((entry) => entry.startsWith(`${key}=`))
+          if (index === -1) env.push(`${key}=${value}`)
+          else env[index] = `${key}=${value}`
+          vars.set(key, value)
+        }
+
+        config.Env = env
+        break
+      }
+
+      case 'EXPOSE': {
+        config.ExposedPorts ??= {}
+        for (const port of words(args, vars, this.escape)) {
+          config.ExposedPorts[port.includes('/') ? port : `${port}/tcp`] = {}
+        }
+
+        break
+      }
+
+      case 'LABEL': {
+        config.Labels ??= {}
+        for (const [key, value] of keyValues(args, vars, this.escape)) config.Labels[key] = value
+        break
+      }
+
+      case 'MAINTAINER': {
+        break
+      }
+
+      case 'SHELL': {
+        const shell = execForm(args)
+        if (!shell || shell.length === 0)
+          throw new WafersError(`line ${line}: SHELL takes a JSON array, such as ["/bin/bash", "-c"].`)
+        stage.shell = shell
+        break
+      }
+
+      case 'STOPSIGNAL': {
+        config.StopSignal = words(args, vars, this.escape).join(' ')
+        break
+      }
+
+      case 'USER': {
+        config.User = words(args, vars, this.escape).join(' ')
+        break
+      }
+
+      case 'VOLUME': {
+        config.Volumes ??= {}
+        for (const volume of execForm(args) ?? words(args, vars, this.escape)) config.Volumes[volume] = {}
+        break
+      }
+
+      case 'WORKDIR': {
+        config.WorkingDir = containerPath(words(args, vars, this.escape).join(' '), config.WorkingDir)
+        break
+      }
+
+      default: {
+        throw new WafersError(`line ${line}: ${keyword} is not supported by wafers build.`)
+      }
+    }
+  }
+}
+
+/** Refuses a wafer whose directory in the store is a symbolic link (it would lead out of the store). */
+function checkRealWafer(store: WaferStore, name: string, instruction: Instruction): void {
+  const stat = lstatSync(store.dir(name), {throwIfNoEntry: false})
+  if (stat?.isDirectory() !== true || lstatSync(store.dataDir(name)).isDirectory() !== true) {
+    throw new WafersError(
+      `line ${instruction.line}: wafer ${name} is not a directory in ${store.root} (a link?); it is not used.`,
+    )
+  }
+}
+
+async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
+  const archives = new Set<string>()
+  for (const entry of plan.entries) {
+    // eslint-disable-next-line no-await-in-loop
+    if (entry.named && entry.kind === 'file' && (await isArchive(entry.source))) archives.add(entry.source)
+  }
+
+  return archives
+}
+
+function interrupted(step: number, text: string): WafersError {
+  return new WafersError(`interrupted during step ${step} (${text}); no wafer was made for it.`, {exit: 130})
+}
