@@ -55,6 +55,7 @@ export async function inSid(
   command: string[],
   env: Record<string, string> = {},
 ): Promise<{exitCode: number; stderr: string; stdout: string}> {
-  const run = await execa('chroot', [SID_ROOT, ...command], {env, reject: false, stdin: 'ignore'})
+  // A machine that waits for input would hang the test: nothing here runs for minutes.
+  const run = await execa('chroot', [SID_ROOT, ...command], {env, reject: false, stdin: 'ignore', timeout: 120_000})
   return {exitCode: run.exitCode ?? -1, stderr: String(run.stderr), stdout: String(run.stdout)}
 }

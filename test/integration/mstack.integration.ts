@@ -6,6 +6,7 @@ import path from 'node:path'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {SID_ROOT, enterableSid, inSid} from '../helpers/systemd.js'
 import {treeListing} from '../helpers/tree.js'
+import {makeUmociImage} from '../helpers/umoci.js'
 
 // Overlay markers are hidden by the mount that reads them and shown by the other (wafers' mounts
 // read trusted.overlay.*, systemd's user.overlay.*): the trees are compared without either.
@@ -155,6 +156,67 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     expect(said(depth.stderr)).to.include('missing')
     await fs.access(path.join(box.stacks, 'nope.mstack')).then(
       () => expect.fail('a refused stack left its .mstack'),
+      () => {},
+    )
+  })
+})
+
+describe('image settings for systemd-nspawn -M (systemd 262 from Debian sid)', function () {
+  this.timeout(900_000)
+  let box: Sandbox
+  let leave: (() => Promise<void>) | undefined
+  useSandbox((made) => {
+    box = made
+  })
+  afterEach(async () => {
+    await leave?.()
+  })
+
+  it('pull writes NAME.nspawn, and systemd-nspawn -M NAME runs the image command with its environment and working directory', async () => {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'v1')
+    await execa('umoci', [
+      'config', '--image', `${layout}:v1`,
+      '--config.entrypoint', '/bin/sh', '--config.entrypoint', '-c',
+      '--config.cmd', 'echo "$GREETING from $PWD"; echo "two words" > /data/ran',
+      '--config.env', 'GREETING=hello world', '--config.env', 'PATH=/bin:/usr/bin',
+      '--config.workingdir', '/data', '--config.user', 'root', '--config.stopsignal', 'SIGQUIT',
+    ])
+    const pulled = await box.run(['pull', `oci:${layout}:v1`, 'img'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    const settings = await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')
+    expect(settings).to.include('[Exec]').and.include('Environment="GREETING=hello world"').and.include('KillSignal=SIGQUIT')
+    expect((await box.run(['stack', 'img', '--mstack'])).exitCode).to.equal(0)
+
+    leave = await enterableSid([box.root])
+    await execa('mount', ['--bind', box.stacks, path.join(SID_ROOT, 'var/lib/machines')])
+    const ran = await inSid(['systemd-nspawn', '--register=no', '--keep-unit', '--quiet', '-M', 'img'])
+    expect(ran.exitCode, ran.stderr).to.equal(0)
+    expect(ran.stdout.trim()).to.equal('hello world from /data')
+    expect(await fs.readFile(box.data('img', 'data', 'ran'), 'utf8')).to.equal('two words\n')
+
+    const skipped = await box.run(['pull', '--no-settings', `oci:${layout}:v1`, 'other'])
+    expect(skipped.exitCode, skipped.stderr).to.equal(0)
+    await fs.access(path.join(box.stacks, 'other.nspawn')).then(
+      () => expect.fail('--no-settings wrote other.nspawn'),
+      () => {},
+    )
+  })
+
+  it('never replaces a NAME.nspawn the user wrote, and rm takes away only the one wafers wrote', async () => {
+    const layout = path.join(box.root, 'layout')
+    await makeUmociImage(layout, 'v1')
+    await fs.mkdir(box.stacks, {recursive: true})
+    await fs.writeFile(path.join(box.stacks, 'mine.nspawn'), '[Exec]\nParameters=/bin/true\n')
+    const refused = await box.run(['pull', `oci:${layout}:v1`, 'mine'])
+    expect(refused.exitCode).to.not.equal(0)
+    expect(said(refused.stderr)).to.include(`${path.join(box.stacks, 'mine.nspawn')} is not one wafers wrote; it is left as it is.`)
+    expect(await fs.readFile(path.join(box.stacks, 'mine.nspawn'), 'utf8')).to.equal('[Exec]\nParameters=/bin/true\n')
+
+    expect((await box.run(['pull', `oci:${layout}:v1`, 'img'])).exitCode).to.equal(0)
+    expect((await box.run(['rm', '--yes', 'img'])).exitCode).to.equal(0)
+    await fs.access(path.join(box.stacks, 'img.nspawn')).then(
+      () => expect.fail('rm left img.nspawn'),
       () => {},
     )
   })
