@@ -49,6 +49,9 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       description: 'The Containerfile [default: CONTEXT/Containerfile, then CONTEXT/Dockerfile].',
     }),
     'no-cache': Flags.boolean({description: 'Rebuild every step, whatever the cache holds.'}),
+    'no-settings': Flags.boolean({
+      description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
+    }),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
   }
 
@@ -83,6 +86,11 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       close = build.close
       const {result, steps} = build
       await runSteps(steps, progressMode({json: this.jsonEnabled()}), interrupt.signal)
+      if (!flags['no-settings']) {
+        const {writeImageSettings} = await import('../lib/ops/settings.js')
+        await writeImageSettings(locationsFromEnv(), result.name)
+      }
+
       const layers = result.steps.filter((step) => step.wafer !== null && !step.instruction.startsWith('FROM '))
       const made = layers.filter((step) => !step.cached).length
       const cached = layers.length - made

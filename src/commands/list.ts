@@ -38,8 +38,9 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
 
   async run(): Promise<WaferInfo[]> {
     const {flags} = await this.parse(List)
-    const store = new WaferStore(locationsFromEnv().wafers)
-    const wafers = [...(await readInventory(store)).wafers.values()]
+    const locations = locationsFromEnv()
+    const store = new WaferStore(locations.wafers)
+    const wafers = [...(await readInventory(store, {stacks: locations.stacks})).wafers.values()]
     const measure = flags.size ?? !this.jsonEnabled()
     if (measure) {
       const sizes = await mapLimit(wafers, 4, async (wafer) => diskUsage(store.dataDir(wafer.name)))

@@ -23,7 +23,9 @@ export default class Pull extends WafersCommand {
 
   static description = `Each layer of the image becomes one wafer (named layer-<ChainID>, on the wafer of the layer below), so images that share layers share wafers and only layers not yet here are downloaded and unpacked. NAME is a new empty wafer on top that keeps the image's config (Env, Entrypoint, Cmd, WorkingDir, User, Labels), ready for \`wafers stack NAME\`. From a multi-architecture image, the one for this machine is taken.
 
-Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date; a NAME that holds anything else is refused.`
+Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date; a NAME that holds anything else is refused.
+
+The image's entrypoint and command, environment, user, working directory and stop signal are written to $STACKS/NAME.nspawn, where systemd-nspawn -M NAME and machinectl read them, so the machine runs the image as podman run would (--no-settings skips it; a NAME.nspawn you wrote is never replaced).`
 
   static enableJsonFlag = true
 
@@ -44,6 +46,9 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
 
   static flags = {
     ...registryFlags(),
+    'no-settings': Flags.boolean({
+      description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
+    }),
   }
 
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
@@ -78,6 +83,11 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
     } finally {
       interrupt.dispose()
       await dispose()
+    }
+
+    if (!flags['no-settings']) {
+      const {writeImageSettings} = await import('../lib/ops/settings.js')
+      await writeImageSettings(locationsFromEnv(), result.name)
     }
 
     const made = result.layers.filter((layer) => layer.made).length

@@ -73,7 +73,11 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
         )
       }
 
-      return removeWafers(store, now)
+      const removed = await removeWafers(store, now)
+      // The image settings wafers wrote for a removed wafer go with it; a user's own stay.
+      const {removeSettings} = await import('../lib/ops/settings.js')
+      for (const name of removed.removed) await removeSettings(locations.stacks, name) // eslint-disable-line no-await-in-loop
+      return removed
     })
     for (const name of result.removed) this.log(`removed ${name}`)
     return result

@@ -27,6 +27,8 @@ If NAME does not exist and PARENT is given, NAME is created first ($WAFERS/NAME/
 
 A wafer may be the writable top of one mounted stack or a lower layer of any number of them, never both: overlayfs's behaviour is undefined when a lower layer changes under it. Stacking that would break this is refused, naming the stacks in the way, unless --force. Mounted stacks are read from the live mount table, so stacks mounted by hand count too.
 
+With --mstack nothing is mounted: wafers writes $STACKS/NAME.mstack (systemd.mstack(7), systemd 260 and later), links to the wafers' directories that systemd-nspawn -M NAME, systemd-mstack --mount or a unit's RootMStack= mount themselves when a machine starts; it survives a reboot with no unit, and no mount outlives wafers. Every check the mount makes it makes too; unstack removes it. Plugins' stack hooks do not run for it (nothing is mounted).
+
 Stack many at once with --name (repeatable) or --all; each failure is reported by name and the others still go on. Ctrl-C finishes the stack under way and starts no other.
 
 The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wafer" for a base alone); progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
@@ -53,6 +55,10 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
       description: 'Use other directories and print the result as JSON:',
     },
     {
+      command: '<%= config.bin %> <%= command.id %> web --mstack',
+      description: 'Write $STACKS/web.mstack for systemd (260+) to mount when the machine starts:',
+    },
+    {
       command: '<%= config.bin %> <%= command.id %> tiny --seed busybox',
       description: "Create base wafer tiny from the host's busybox and stack it:",
     },
@@ -62,6 +68,9 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
     all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name']}),
     force: Flags.boolean({
       description: 'Stack even if a wafer would be a writable top and a lower layer at once (unsafe).',
+    }),
+    mstack: Flags.boolean({
+      description: 'Write $STACKS/NAME.mstack for systemd 260+ to mount, instead of mounting now.',
     }),
     name: Flags.string({
       char: 'n',
@@ -83,6 +92,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
     const options = {
       force: flags.force,
       hooks: this.hookRunner(),
+      mstack: flags.mstack,
       seed: await this.seedPlan(flags.seed, seederArgs),
       warn: (message: string) => this.warn(message),
     }
@@ -116,7 +126,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
           })
         }
 
-        const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers))) : (flags.name ?? [])
+        const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers), {stacks: locations.stacks})) : (flags.name ?? [])
         const plans = [
           ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
           ...names.map((name) => ({name, parent: undefined})),

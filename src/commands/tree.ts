@@ -29,9 +29,10 @@ export default class Tree extends WafersCommand {
 
   async run(): Promise<WaferNode[]> {
     const {args} = await this.parse(Tree)
-    const store = new WaferStore(locationsFromEnv().wafers)
+    const locations = locationsFromEnv()
+    const store = new WaferStore(locations.wafers)
     if (args.name !== undefined) checkName(args.name)
-    const inventory = await readInventory(store)
+    const inventory = await readInventory(store, {stacks: locations.stacks})
     if (args.name !== undefined && !inventory.wafers.has(args.name)) {
       throw new WafersError(`wafer ${args.name} not found in ${store.root}.`)
     }

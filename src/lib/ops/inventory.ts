@@ -2,7 +2,8 @@ import {existsSync, promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from '../errors.js'
-import type {MountEntry} from '../host/mounts.js'
+import {type MountEntry, readMountTable} from '../host/mounts.js'
+import {declaredAsLive, declaredStacks, mountedMstacks} from '../mount/mstack.js'
 import {LiveStack, liveStacks} from '../mount/usage.js'
 import {META_FILE, readMeta} from '../store/meta.js'
 import {WaferStore} from '../store/store.js'
@@ -52,7 +53,14 @@ export interface Inventory {
  * table, so that it stays fast for tens of thousands of wafers. Never throws for a broken
  * wafer: its `problem` says what is wrong.
  */
-export async function readInventory(store: WaferStore, options: {table?: MountEntry[]} = {}): Promise<Inventory> {
+export async function readInventory(
+  store: WaferStore,
+  options: {
+    /** $STACKS, whose `.mstack` directories count as stacks (systemd mounts them when it likes). */
+    stacks?: string
+    table?: MountEntry[]
+  } = {},
+): Promise<Inventory> {
   const names = await store.list()
   const parents = names.map((name) => readParentOrProblem(store, name))
   const wafers = new Map<string, WaferInfo>()
@@ -81,7 +89,13 @@ export async function readInventory(store: WaferStore, options: {table?: MountEn
 
   for (const wafer of wafers.values()) computeDepth(wafers, wafer)
 
-  const stacks = await liveStacks(store, options.table)
+  const table = options.table ?? (await readMountTable())
+  const declared = options.stacks === undefined ? [] : declaredStacks(store, options.stacks)
+  const stacks = [
+    ...(await liveStacks(store, table)),
+    ...mountedMstacks(declared, table),
+    ...declaredAsLive(declared),
+  ]
   for (const stack of stacks) {
     const top = stack.top === undefined ? undefined : wafers.get(stack.top)
     if (top && !top.stacked) {

@@ -33,7 +33,7 @@ export async function planRemoval(
   checkRoot()
   const store = new WaferStore(locations.wafers)
   const stacks = await fs.realpath(locations.stacks).catch(() => locations.stacks)
-  const inventory = await readInventory(store)
+  const inventory = await readInventory(store, {stacks})
   const asked = new Set(names)
   const targets = new Set<string>()
   for (const name of asked) {
@@ -218,7 +218,9 @@ async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> 
 function refuseInUse(wafer: WaferInfo, asked: Set<string>, stacks: string): void {
   // A stack in $STACKS comes down with unstack; one mounted elsewhere by hand, with umount.
   const takeDown = (mountpoint: string) =>
-    path.dirname(mountpoint) === stacks ? `wafers unstack ${path.basename(mountpoint)}` : `umount ${mountpoint}`
+    path.dirname(mountpoint) === stacks
+      ? `wafers unstack ${path.basename(mountpoint).replace(/\.mstack$/, '')}`
+      : `umount ${mountpoint}`
   const who = asked.has(wafer.name) ? `wafer ${wafer.name}` : `wafer ${wafer.name}, in the subtree to remove,`
   if (wafer.mountpoint !== null) {
     throw new WafersError(`${who} is stacked at ${wafer.mountpoint}; unstack it first.`, {

@@ -10,12 +10,14 @@ import {checkName} from '../store/names.js'
 import {Locations, WaferStore, isDirectory} from '../store/store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../host/system.js'
 import {plural} from '../ui/render.js'
+import {syncOpaqueForms} from '../layer/markers.js'
 import type {Step} from '../steps.js'
 import {MountEntry, mountAt, readMountTable} from '../host/mounts.js'
 import {mountStack, unmount} from '../mount/overlay.js'
 import {checkLinksDir} from '../store/links.js'
 import {ProcessUse, processesUsing} from '../host/processes.js'
 import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
+import {type DeclaredStack, declaredAsLive, declaredStacks, mountedMstacks, mstackPath, readMstack, removeMstack, writeMstack} from '../mount/mstack.js'
 
 /** What `stack` did, as `--json` prints it. */
 export interface StackResult {
@@ -39,6 +41,11 @@ export interface StackOptions {
   force?: boolean
   /** Runs plugins' prestack and poststack hooks around the mount. */
   hooks?: HookRunner
+  /**
+   * Write `$STACKS/NAME.mstack` (systemd.mstack(7)) for systemd to mount when a machine starts,
+   * instead of mounting the stack now.
+   */
+  mstack?: boolean
   /** The seeder that fills a new base wafer. */
   seed?: SeedPlan
   /** Called with each warning that --force let pass. */
@@ -90,7 +97,7 @@ export function stackSteps(
     alreadyStacked: false,
     created: false,
     layers: [],
-    mountpoint: path.join(locations.stacks, name),
+    mountpoint: options.mstack ? mstackPath(locations.stacks, name) : path.join(locations.stacks, name),
     name,
     parent: parent ?? null,
     wafers: [],
@@ -103,7 +110,8 @@ export function stackSteps(
       checkName(name)
       checkRoot()
       if (parent !== undefined) checkName(parent, 'parent name')
-      result.mountpoint = await mountpointOf(locations, name)
+      const mountpoint = await mountpointOf(locations, name)
+      result.mountpoint = options.mstack ? `${mountpoint}.mstack` : mountpoint
       exists = await store.exists(name)
       checkSeedTarget(options.seed, name, exists, parent)
       if (exists) {
@@ -127,11 +135,22 @@ export function stackSteps(
       result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
       result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
       const table = await readMountTable()
-      const mounted = mountAt(table, result.mountpoint)
-      if (mounted) await checkStackOf(store, name, mounted)
-      result.alreadyStacked = mounted !== undefined
+      const declared = declaredStacks(store, locations.stacks)
+      if (options.mstack) {
+        result.alreadyStacked = await checkMstackTarget(store, name, mountpoint, result.mountpoint, result.wafers, table)
+      } else {
+        const mounted = mountAt(table, result.mountpoint)
+        if (mounted) await checkStackOf(store, name, mounted)
+        result.alreadyStacked = mounted !== undefined
+        if (!result.alreadyStacked && declared.some((stack) => stack.top === name)) {
+          throw new WafersError(
+            `${name} is stacked as ${mstackPath(locations.stacks, name)} for systemd to mount; unstack it first to mount it here.`,
+          )
+        }
+      }
+
       if (!result.alreadyStacked) {
-        await checkMountpoint(result.mountpoint)
+        if (!options.mstack) await checkMountpoint(result.mountpoint)
         await checkWorkDir(store.workDir(name))
         checkLinksDir(store)
         if (result.wafers.length > 1) {
@@ -143,7 +162,13 @@ export function stackSteps(
         // runs in, one mounted in another mount namespace, or one kept only by a file a process
         // still has open (looked for when the host's open files are few enough to stat quickly).
         const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table}))
-        const live = [...(await liveStacks(store, table)), ...hidden]
+        const own = options.mstack ? [] : declared.filter((stack) => stack.top !== name)
+        const live = [
+          ...(await liveStacks(store, table)),
+          ...hidden,
+          ...declaredAsLive(options.mstack ? declared : own),
+          ...mountedMstacks(declared, table),
+        ]
         const conflicts = stackConflicts(live, result.wafers, result.mountpoint)
         if (conflicts.length > 0) {
           const message = `stacking ${name} would make a wafer both a writable top and a lower layer, which overlayfs does not allow: ${conflicts.join('; ')}.`
@@ -187,6 +212,18 @@ export function stackSteps(
 
   const mount: Step = {
     async run() {
+      if (options.mstack) {
+        // systemd's mounts read only user.overlay.* markers: give every opaque directory that form.
+        let synced = 0
+        for (const data of result.layers) synced += await syncOpaqueForms(data) // eslint-disable-line no-await-in-loop
+        await writeMstack(store, locations.stacks, result.wafers)
+        const note = synced > 0 ? `; ${plural(synced, 'opaque directory', 'opaque directories')} given systemd's marker` : ''
+        return `Wrote ${result.mountpoint} (${count()}) for systemd to mount${note}`
+      }
+
+      // A machine systemd ran on this wafer's .mstack marked its copy-ups in the user form only.
+      if (result.wafers.length > 1) await syncOpaqueForms(store.dataDir(name))
+
       await fs.mkdir(locations.stacks, {recursive: true})
       const made = await mkdirIfMissing(result.mountpoint)
       try {
@@ -199,10 +236,13 @@ export function stackSteps(
       return `Mounted ${count()} at ${result.mountpoint}`
     },
     skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
-    title: `Mount the stack at ${path.join(locations.stacks, name)}`,
+    title: options.mstack
+      ? `Write ${mstackPath(locations.stacks, name)}`
+      : `Mount the stack at ${path.join(locations.stacks, name)}`,
   }
 
-  const hooks = stackHookSteps(
+  // Nothing is mounted for a .mstack, so there is no stack for plugins' hooks to see or undo.
+  const hooks = options.mstack ? {post: [], pre: []} : stackHookSteps(
     options.hooks,
     () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
     async () => {
@@ -225,6 +265,9 @@ export async function unstack(
   const table = await readMountTable()
   const mounted = mountAt(table, mountpoint)
   if (mounted === undefined) {
+    const store = new WaferStore(locations.wafers)
+    const declared = readMstack(store, `${mountpoint}.mstack`)
+    if (declared?.top === name) return unstackMstack(store, name, declared, table)
     // Nothing to remove: an empty directory here may be a stack's mount point in another mount
     // namespace, and rmdir would detach it there (Linux 3.18 and later).
     return {mountpoint, name, unstacked: false}
@@ -244,6 +287,9 @@ export async function unstack(
   }
 
   await fs.rmdir(mountpoint).catch(() => {})
+  // The copy-ups made while it was mounted carry the kernel's (trusted) form of opaque markers
+  // only; systemd's .mstack mounts read the user form.
+  if (ownDevice) await syncOpaqueForms(new WaferStore(locations.wafers).dataDir(name))
   if (options.hooks) {
     const remount = async () => {
       const store = new WaferStore(locations.wafers)
@@ -255,6 +301,25 @@ export async function unstack(
   }
 
   return {mountpoint, name, unstacked: true}
+}
+
+/** Removes the `.mstack` of `name`, unless systemd has it mounted now. */
+async function unstackMstack(
+  store: WaferStore,
+  name: string,
+  declared: DeclaredStack,
+  table: MountEntry[],
+): Promise<UnstackResult> {
+  const mounted = mountedMstacks([declared], table)
+  if (mounted.length > 0) {
+    throw new WafersError(
+      `stack ${name} (${declared.path}) is mounted by systemd at ${mounted.map((stack) => stack.mountpoint).join(', ')}; it stays.`,
+      {suggestions: [`Stop the machine first: machinectl stop ${name}`]},
+    )
+  }
+
+  await removeMstack(declared.path)
+  return {mountpoint: declared.path, name, unstacked: true}
 }
 
 /**
@@ -276,6 +341,37 @@ function refuseBusy(name: string, mountpoint: string, users: ProcessUse[]): void
   throw new WafersError(`stack ${name} at ${mountpoint} is in use by ${list}; it stays mounted.`, {
     suggestions: ['Stop those processes, or pass --lazy to detach the stack anyway.'],
   })
+}
+
+/**
+ * Whether `NAME.mstack` at `target` already stacks exactly `wafers` (true: nothing to do); refuses
+ * one that stacks something else or that wafers did not write, and a stack of NAME mounted at
+ * `mountpoint` (systemd would find two machines of one name).
+ */
+async function checkMstackTarget(
+  store: WaferStore,
+  name: string,
+  mountpoint: string,
+  target: string,
+  wafers: string[],
+  table: MountEntry[],
+): Promise<boolean> {
+  if (mountAt(table, mountpoint)) {
+    throw new WafersError(`${name} is mounted at ${mountpoint}; unstack it first to stack it as ${target}.`)
+  }
+
+  const stat = await fs.lstat(target).catch(() => undefined)
+  if (stat === undefined) return false
+  const declared = stat.isDirectory() ? readMstack(store, target) : undefined
+  if (declared === undefined) {
+    throw new WafersError(`${target} exists and is not a stack wafers wrote for this store; move it away first.`)
+  }
+
+  const same = declared.top === name && declared.lowers.join('/') === wafers.slice(1).join('/')
+  if (same) return true
+  throw new WafersError(
+    `${target} stacks ${[declared.top, ...declared.lowers].join(' <- ')}, not ${wafers.join(' <- ')}; unstack ${name} first.`,
+  )
 }
 
 /** Refuses a mount point that is a symlink, not a directory, or a directory with something in it. */

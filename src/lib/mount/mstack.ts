@@ -1,0 +1,192 @@
+/**
+ * Stacks as systemd mounts them itself (systemd.mstack(7), systemd 260 and later): a directory
+ * `$STACKS/NAME.mstack/` whose `layer@N` entries are the lower layers, bottom first (N sorts by
+ * version), and whose `rw` is the writable top (its `data` the upper, its `work` the scratch).
+ * A wafer's directory already is such an `rw`, and its ancestry the `layer@` list, so wafers writes
+ * links only: `layer@0 -> $WAFERS/BASE/data` ... `rw -> $WAFERS/NAME`. Nothing is mounted until
+ * systemd-nspawn, `systemd-mstack --mount` or a unit's RootMStack= mounts it, always with
+ * `userxattr`: those mounts read only `user.overlay.*` markers (see layer/whiteouts.ts).
+ */
+import {randomBytes} from 'node:crypto'
+import {promises as fs, lstatSync, readdirSync, readlinkSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError, isErrno} from '../errors.js'
+import type {MountEntry} from '../host/mounts.js'
+import {isValidName} from '../store/names.js'
+import type {WaferStore} from '../store/store.js'
+import type {LiveStack} from './usage.js'
+
+/** The suffix systemd looks for. */
+export const MSTACK_SUFFIX = '.mstack'
+
+/** The `.mstack` directory of stack `name` in `stacks`. */
+export function mstackPath(stacks: string, name: string): string {
+  return path.join(stacks, `${name}${MSTACK_SUFFIX}`)
+}
+
+/** A `.mstack` directory found in $STACKS whose layers are this store's wafers. */
+export interface DeclaredStack {
+  /** The wafers below the top, nearest first (as LiveStack has them). */
+  lowers: string[]
+  /** The `.mstack` directory. */
+  path: string
+  /** The wafer whose directory is `rw`. */
+  top: string
+}
+
+/** The entry name of lower layer `index` (0 is the bottom). */
+function layerEntry(index: number): string {
+  return `layer@${index}`
+}
+
+/**
+ * Writes `$STACKS/NAME.mstack` for `wafers` (top first): links only, made under a hidden name and
+ * renamed into place, so a reader never sees half of one. Refuses when something is there.
+ */
+export async function writeMstack(store: WaferStore, stacks: string, wafers: string[]): Promise<string> {
+  const [top, ...lowers] = wafers
+  const target = mstackPath(stacks, top)
+  if (lstatSync(target, {throwIfNoEntry: false}) !== undefined) {
+    throw new WafersError(`${target} already exists; unstack ${top} first.`)
+  }
+
+  await fs.mkdir(stacks, {recursive: true})
+  const staging = path.join(stacks, `.${top}${MSTACK_SUFFIX}-${randomBytes(4).toString('hex')}`)
+  await fs.mkdir(staging, {mode: 0o755})
+  try {
+    const bottomFirst = [...lowers].reverse()
+    for (const [index, wafer] of bottomFirst.entries()) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.symlink(store.dataDir(wafer), path.join(staging, layerEntry(index)))
+    }
+
+    await fs.mkdir(store.workDir(top), {recursive: true})
+    await fs.symlink(store.dir(top), path.join(staging, 'rw'))
+    await fs.rename(staging, target)
+  } catch (error) {
+    await fs.rm(staging, {force: true, recursive: true})
+    if (isErrno(error, 'ENOTEMPTY') || isErrno(error, 'EEXIST')) {
+      throw new WafersError(`${target} appeared meanwhile; unstack ${top} first.`)
+    }
+
+    throw error
+  }
+
+  return target
+}
+
+/**
+ * Reads `.mstack` directory `dir` without following anything in it: the wafer each link names in
+ * `store`, or undefined when it is not a stack of this store's wafers (made by hand for other
+ * roots, or not by wafers).
+ */
+export function readMstack(store: WaferStore, dir: string): DeclaredStack | undefined {
+  const root = store.root
+  const waferOfLink = (link: string, suffix: string[]): string | undefined => {
+    let target: string
+    try {
+      target = readlinkSync(link)
+    } catch {
+      return undefined
+    }
+
+    const parts = path.relative(root, target).split(path.sep)
+    if (parts.length !== 1 + suffix.length || parts[0] === '..' || !isValidName(parts[0])) return undefined
+    return suffix.every((part, i) => parts[i + 1] === part) ? parts[0] : undefined
+  }
+
+  let entries: string[]
+  try {
+    entries = readdirSync(dir)
+  } catch {
+    return undefined
+  }
+
+  const top = entries.includes('rw') ? waferOfLink(path.join(dir, 'rw'), []) : undefined
+  if (top === undefined) return undefined
+  const layers = entries
+    .map((entry) => /^layer@(\d+)$/.exec(entry))
+    .filter((match) => match !== null)
+    .sort((a, b) => Number(a[1]) - Number(b[1]))
+  const lowers: string[] = []
+  for (const match of layers) {
+    const wafer = waferOfLink(path.join(dir, match[0]), ['data'])
+    if (wafer === undefined) return undefined
+    lowers.unshift(wafer)
+  }
+
+  return {lowers, path: dir, top}
+}
+
+/** Every `.mstack` in `stacks` that stacks this store's wafers, in name order. */
+export function declaredStacks(store: WaferStore, stacks: string): DeclaredStack[] {
+  let entries: string[]
+  try {
+    entries = readdirSync(stacks)
+  } catch {
+    return []
+  }
+
+  const found: DeclaredStack[] = []
+  for (const entry of entries.sort()) {
+    if (!entry.endsWith(MSTACK_SUFFIX) || !isValidName(entry.slice(0, -MSTACK_SUFFIX.length))) continue
+    const dir = path.join(stacks, entry)
+    if (!lstatSync(dir, {throwIfNoEntry: false})?.isDirectory()) continue
+    const declared = readMstack(store, dir)
+    if (declared) found.push(declared)
+  }
+
+  return found
+}
+
+/**
+ * The declared stacks that systemd has mounted right now, as live stacks: systemd mounts each
+ * layer by file descriptor through temporary directories, so its mount table line names only the
+ * `.mstack` it came from, as the mount's source.
+ */
+export function mountedMstacks(declared: DeclaredStack[], table: MountEntry[]): LiveStack[] {
+  const live: LiveStack[] = []
+  for (const entry of table) {
+    if (entry.fstype !== 'overlay' || !entry.source.endsWith(MSTACK_SUFFIX)) continue
+    const stack = declared.find((one) => path.basename(one.path) === path.basename(entry.source))
+    if (stack) live.push({lowers: stack.lowers, mountpoint: entry.mountpoint, top: stack.top})
+  }
+
+  return live
+}
+
+/**
+ * The declared stacks as stackConflicts takes them: a `.mstack` names a writable top that systemd
+ * may mount at any time, so it counts as stacked, at its own path.
+ */
+export function declaredAsLive(declared: DeclaredStack[]): LiveStack[] {
+  return declared.map((stack) => ({lowers: stack.lowers, mountpoint: stack.path, top: stack.top}))
+}
+
+/**
+ * Removes `.mstack` directory `dir` that readMstack read as a stack of this store: only the links
+ * wafers writes (`layer@N`, `rw`), then the directory; anything else someone put there is left,
+ * and said.
+ */
+export async function removeMstack(dir: string): Promise<void> {
+  for (const entry of readdirSync(dir)) {
+    if (entry !== 'rw' && !/^layer@\d+$/.test(entry)) continue
+    const file = path.join(dir, entry)
+    if (!lstatSync(file).isSymbolicLink()) continue
+    // eslint-disable-next-line no-await-in-loop
+    await fs.unlink(file)
+  }
+
+  try {
+    await fs.rmdir(dir)
+  } catch (error) {
+    if (isErrno(error, 'ENOTEMPTY')) {
+      throw new WafersError(
+        `${dir} holds more than wafers wrote (${readdirSync(dir).join(', ')}); its layer links are gone, the rest is left.`,
+      )
+    }
+
+    throw error
+  }
+}
