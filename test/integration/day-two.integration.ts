@@ -1,0 +1,216 @@
+import {expect} from 'chai'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {Sandbox, busyboxBase, buildWeb, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {makeUmociImage} from '../helpers/umoci.js'
+
+interface PruneJson {
+  bytes: number
+  dryRun: boolean
+  items: Array<{kind: string; name: string; path?: string; size: number}>
+  notes: string[]
+}
+
+describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)', function () {
+  let box: Sandbox
+  useSandbox((created) => {
+    box = created
+  })
+
+  async function ok(args: string[], env: Record<string, string> = {}): Promise<string> {
+    const run = await box.run(args, env)
+    expect(run.exitCode, `wafers ${args.join(' ')}: ${run.stderr}`).to.equal(0)
+    expect(hasStackTrace(run.stderr)).to.equal(false)
+    return run.stdout
+  }
+
+  async function names(): Promise<string[]> {
+    return (JSON.parse(await ok(['list', '--json'])) as Array<{name: string}>).map((wafer) => wafer.name)
+  }
+
+  async function pullImage(name: string): Promise<string> {
+    const layout = path.join(box.root, 'layout')
+    if (!(await fs.stat(layout).catch(() => undefined))) await makeUmociImage(layout, 'test')
+    await ok(['pull', `oci:${layout}:test`, name])
+    return layout
+  }
+
+  describe('prune', function () {
+    it('removes the layers of an image no wafer uses and old build generations, with sizes; --dry-run changes nothing', async function () {
+      await pullImage('image')
+      const context = await busyboxBase(box)
+      await fs.writeFile(path.join(context, 'f'), 'copied\n')
+      const first = await buildWeb(box, context, 'FROM bb\nCOPY f /f\n')
+      expect(first.run.exitCode, first.run.stderr).to.equal(0)
+      const layers = (await names()).filter((name) => name.startsWith('layer-'))
+      expect(layers).to.have.length(3)
+
+      // Everything is used: the image's layers by image, the build step by web.
+      expect(JSON.parse(await ok(['prune', '--dry-run', '--json'])).items).to.deep.equal([])
+      await ok(['rm', '--yes', 'image'])
+      const again = await buildWeb(box, context, 'FROM bb\nCOPY f /f\n', '--no-cache')
+      expect(again.run.exitCode, again.run.stderr).to.equal(0)
+      const oldStep = first.json.steps[1].wafer!
+      const newStep = again.json.steps[1].wafer!
+      expect(newStep).to.not.equal(oldStep)
+
+      const before = await snapshot(box.wafers)
+      const dry = JSON.parse(await ok(['prune', '--dry-run', '--json'])) as PruneJson
+      expect(dry.dryRun).to.equal(true)
+      expect(dry.items.map((item) => `${item.kind} ${item.name}`).sort()).to.deep.equal(
+        [`build ${oldStep}`, ...layers.map((name) => `layer ${name}`)].sort(),
+      )
+      // The bottom layer holds busybox (about 1 MB or more): its size is counted.
+      expect(Math.max(...dry.items.map((item) => item.size))).to.be.greaterThan(500_000)
+      expect(dry.bytes).to.equal(dry.items.reduce((sum, item) => sum + item.size, 0))
+      expect(await snapshot(box.wafers)).to.deep.equal(before)
+      const table = await ok(['prune', '--dry-run'])
+      expect(table).to.match(/^KIND +NAME +SIZE$/m)
+      expect(table).to.match(/would remove 4 items, \d/)
+
+      const done = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+      expect(done.dryRun).to.equal(false)
+      expect(done.items.map((item) => item.name).sort()).to.deep.equal(dry.items.map((item) => item.name).sort())
+      expect((await names()).sort()).to.deep.equal(['bb', newStep, 'web'].sort())
+      // web still stacks, with what its step copied.
+      await ok(['stack', 'web'])
+      expect(await fs.readFile(box.stack('web', 'f'), 'utf8')).to.equal('copied\n')
+      await ok(['unstack', 'web'])
+      expect(await ok(['prune'])).to.equal('nothing to prune')
+    })
+
+    it('leaves alone layers that a stack, even one mounted by hand in another namespace, still uses', async function () {
+      await pullImage('image')
+      const layers = (await names()).filter((name) => name.startsWith('layer-'))
+      await ok(['rm', '--yes', 'image'])
+      // A read-only stack of the two upper layers, mounted by hand.
+      const {execa} = await import('execa')
+      const chain = JSON.parse(await ok(['list', '--json'])) as Array<{depth: number; name: string}>
+      const [upper, middle] = chain.sort((a, b) => b.depth - a.depth).map((wafer) => wafer.name)
+      await box.mountByHand(path.join(box.root, 'by-hand'), [upper, middle])
+      const dry = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+      expect(dry.items).to.deep.equal([])
+      expect((await names()).sort()).to.deep.equal([...layers].sort())
+      await execa('umount', [path.join(box.root, 'by-hand')])
+
+      // In another mount namespace, where this one's mount table does not show it.
+      const other = execa('unshare', [
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `mount -t overlay overlay -o lowerdir=${box.data(upper)}:${box.data(middle)} ${path.join(box.root, 'by-hand')} && echo up && cd ${path.join(box.root, 'by-hand')} && exec sleep 30`,
+      ])
+      await new Promise<void>((resolve, reject) => {
+        other.stdout?.on('data', () => resolve())
+        other.catch((error: Error) => reject(error))
+      })
+      try {
+        const held = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+        expect(held.items).to.deep.equal([])
+      } finally {
+        other.kill('SIGKILL')
+        await other.catch(() => {})
+      }
+
+      const freed = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+      expect(freed.items.map((item) => item.name).sort()).to.deep.equal([...layers].sort())
+      expect(await names()).to.deep.equal([])
+    })
+
+    it('never breaks a pull that runs at the same time: the pull ends with every layer of its image', async function () {
+      const layout = await pullImage('image')
+      for (let round = 0; round < 4; round++) {
+        // eslint-disable-next-line no-await-in-loop
+        await ok(['rm', '--yes', round === 0 ? 'image' : `again${round - 1}`])
+        const pull = box.run(['pull', `oci:${layout}:test`, `again${round}`, '--json'])
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => {
+          setTimeout(resolve, round * 150)
+        })
+        const pruned = box.run(['prune', '--json'])
+        // eslint-disable-next-line no-await-in-loop
+        const [pulled, prunedRun] = await Promise.all([pull, pruned])
+        expect(pulled.exitCode, pulled.stderr).to.equal(0)
+        expect(prunedRun.exitCode, prunedRun.stderr).to.equal(0)
+        const layers = (JSON.parse(pulled.stdout) as {layers: Array<{wafer: string}>}).layers.map(
+          (layer) => layer.wafer,
+        )
+        // eslint-disable-next-line no-await-in-loop
+        const now = await names()
+        expect(now).to.include.members([...layers, `again${round}`])
+        // eslint-disable-next-line no-await-in-loop
+        await ok(['stack', `again${round}`])
+        // eslint-disable-next-line no-await-in-loop
+        expect(await fs.readFile(box.stack(`again${round}`, 'etc/hostname'), 'utf8')).to.equal('umoci layer 2\n')
+        // eslint-disable-next-line no-await-in-loop
+        await ok(['unstack', `again${round}`])
+      }
+    })
+
+    it('leaves image layers alone while a pull holds its work directory, and says so', async function () {
+      await pullImage('image')
+      await ok(['rm', '--yes', 'image'])
+      const work = path.join(box.wafers, '.oci', 'tmp', 'pull-held')
+      await fs.mkdir(work, {recursive: true})
+      const {execa} = await import('execa')
+      // -o: flock itself holds the lock, so that killing it releases it.
+      const holder = execa('flock', ['-o', work, 'sleep', '30'], {stdio: 'ignore'})
+      await new Promise((resolve) => {
+        setTimeout(resolve, 300)
+      })
+      try {
+        const run = await box.run(['prune'])
+        expect(run.exitCode, run.stderr).to.equal(0)
+        expect(run.stdout).to.equal('nothing to prune')
+        expect(run.stderr).to.include('image layer wafers were left alone: a pull is running')
+      } finally {
+        holder.kill('SIGKILL')
+        await holder.catch(() => {})
+      }
+
+      expect(JSON.parse(await ok(['prune', '--json'])).items).to.have.length(3)
+    })
+
+    it('empties the push cache of wafers that are gone, and the caches plugins offer', async function () {
+      await box.wafer('mine', {files: {'etc/mine': 'mine\n'}})
+      await ok(['push', 'mine', `oci:${path.join(box.root, 'out')}:v1`])
+      await box.wafer('kept', {files: {'etc/kept': 'kept\n'}})
+      await ok(['push', 'kept', `oci:${path.join(box.root, 'out')}:v2`])
+      const blobs = path.join(box.wafers, '.oci', 'blobs', 'sha256')
+      expect(await fs.readdir(blobs)).to.have.length(2)
+      await ok(['rm', '--yes', 'mine'])
+
+      const fixture = fileURLToPath(new URL('../fixtures/plugin-alpha', import.meta.url))
+      await ok(['plugins', 'link', '--no-install', fixture])
+      const downloads = path.join(box.root, 'downloads')
+      await fs.mkdir(downloads)
+      await fs.writeFile(path.join(downloads, 'big.deb'), 'x'.repeat(50_000))
+      const env = {WAFERS_TEST_PRUNE_DIR: downloads}
+
+      const dry = JSON.parse(await ok(['prune', '--dry-run', '--json'], env)) as PruneJson
+      expect(dry.items.map((item) => item.name).sort()).to.deep.equal(
+        [
+          'alpha download cache',
+          'push cache entry of mine',
+          dry.items.find((item) => item.name.startsWith('push cache blob'))!.name,
+        ].sort(),
+      )
+      expect(dry.items.find((item) => item.name === 'alpha download cache')).to.include({path: downloads, size: 50_000})
+      expect(await fs.readdir(downloads)).to.deep.equal(['big.deb'])
+
+      await ok(['prune'], env)
+      expect(await fs.stat(downloads).catch(() => undefined)).to.equal(undefined)
+      expect(await fs.readdir(path.join(box.wafers, '.oci', 'layers'))).to.deep.equal(['kept.json'])
+      expect(await fs.readdir(blobs)).to.have.length(1)
+      // kept's cached layer is still used: pushing it again packs nothing new.
+      const again = JSON.parse(await ok(['push', 'kept', `oci:${path.join(box.root, 'out')}:v3`, '--json'])) as {
+        layers: Array<{made: boolean}>
+      }
+      expect(again.layers.map((layer) => layer.made)).to.deep.equal([false])
+    })
+  })
+})
