@@ -4,6 +4,7 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {Sandbox, busyboxBase, buildWeb, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
 
 interface PruneJson {
@@ -211,6 +212,79 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
         layers: Array<{made: boolean}>
       }
       expect(again.layers.map((layer) => layer.made)).to.deep.equal([false])
+    })
+  })
+
+  /** The wafers of a pulled image, top (its layer 3) first. */
+  async function imageLayers(name: string): Promise<string[]> {
+    const wafers = JSON.parse(await ok(['list', '--json'])) as Array<{depth: number; layer?: string; name: string}>
+    const layers = wafers.filter((wafer) => wafer.layer !== undefined).sort((a, b) => b.depth - a.depth)
+    expect(layers, `the layers under ${name}`).to.have.length(3)
+    return layers.map((wafer) => wafer.name)
+  }
+
+  describe('cp', function () {
+    it('makes a sibling with a copy of the data: owners, modes, xattrs, overlay attributes, hard links, whiteouts', async function () {
+      await pullImage('image')
+      const [three, two] = await imageLayers('image')
+      // image is stacked: its layers are read-only lower layers, which may be copied.
+      await ok(['stack', 'image'])
+      for (const [src, dst] of [
+        [three, 'copy3'],
+        [two, 'copy2'],
+      ]) {
+        // eslint-disable-next-line no-await-in-loop
+        const result = JSON.parse(await ok(['cp', src, dst, '--json']))
+        // eslint-disable-next-line no-await-in-loop
+        const parent = (await fs.readFile(path.join(box.wafers, src, 'parent'), 'utf8')).trim()
+        expect(result).to.deep.equal({name: dst, parent, source: src})
+        // eslint-disable-next-line no-await-in-loop
+        expect((await fs.readFile(path.join(box.wafers, dst, 'parent'), 'utf8')).trim()).to.equal(parent)
+        // eslint-disable-next-line no-await-in-loop
+        const [original, copy] = await Promise.all(
+          [src, dst].map((name) => treeListing(box.data(name), {overlayXattrs: true})),
+        )
+        expect(copy).to.deep.equal(original)
+        // eslint-disable-next-line no-await-in-loop
+        const [dirA, dirB] = await Promise.all([src, dst].map((name) => fs.stat(box.data(name))))
+        expect([dirB.mode, dirB.uid, dirB.gid]).to.deep.equal([dirA.mode, dirA.uid, dirA.gid])
+      }
+
+      // What the layers carry really is there: layer 2 has whiteouts (0:0 devices), layer 3 an opaque directory.
+      const whiteouts = (await treeListing(box.data('copy2')))
+        .filter((line) => /^\S+ c \S+ \d+:\d+ 0:0\b/.test(line))
+        .map((line) => line.split(' ')[0])
+      expect(whiteouts).to.include.members(['gone-too', 'gone/file1'])
+      expect((await treeListing(box.data('copy3'), {overlayXattrs: true})).join('\n')).to.include(
+        'trusted.overlay.opaque',
+      )
+
+      // A copy of the image's top keeps its config, and stacks the same.
+      await ok(['unstack', 'image'])
+      await ok(['cp', 'image', 'image2'])
+      const meta = JSON.parse(await fs.readFile(path.join(box.wafers, 'image2', 'meta.json'), 'utf8'))
+      expect(meta.image.ref).to.include('oci:')
+      await ok(['stack', 'image2'])
+      expect(await fs.readFile(box.stack('image2', 'etc/hostname'), 'utf8')).to.equal('umoci layer 2\n')
+    })
+
+    it('refuses a DST that exists and an SRC that is stacked, changing nothing', async function () {
+      await box.wafer('base', {files: {'etc/os': 'base\n'}})
+      await box.wafer('top', {files: {'etc/top': 'top\n'}, parent: 'base'})
+      await box.wafer('other', {parent: 'base'})
+      await ok(['stack', 'top'])
+      const before = await snapshot(box.wafers)
+      const exists = await box.run(['cp', 'base', 'other'])
+      expect(exists.exitCode).to.equal(1)
+      expect(said(exists.stderr)).to.include('wafer other already exists')
+      const stacked = await box.run(['cp', 'top', 'top-copy'])
+      expect(stacked.exitCode).to.equal(1)
+      expect(said(stacked.stderr)).to.include(`wafer top is stacked at ${box.stack('top')}`)
+      expect(said(stacked.stderr)).to.include('unstack it first')
+      const missing = await box.run(['cp', 'nope', 'x'])
+      expect(said(missing.stderr)).to.include('wafer nope not found')
+      for (const run of [exists, stacked, missing]) expect(hasStackTrace(run.stderr)).to.equal(false)
+      expect(await snapshot(box.wafers)).to.deep.equal(before)
     })
   })
 })

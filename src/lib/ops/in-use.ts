@@ -12,6 +12,8 @@ import {Inventory} from './inventory.js'
 /** One way a wafer is in use right now, in words that finish "wafer NAME ...". */
 export interface WaferUse {
   how: string
+  /** `top`: its data is a stack's writable layer (or its files are open); `lower`: read-only under one. */
+  role: 'lower' | 'top'
   wafer: string
 }
 
@@ -25,16 +27,17 @@ export async function usesOf(store: WaferStore, inventory: Inventory, names: Ite
   const found: WaferUse[] = []
   for (const name of wanted) {
     const wafer = inventory.wafers.get(name)
-    if (wafer?.mountpoint) found.push({how: `is stacked at ${wafer.mountpoint}`, wafer: name})
+    if (wafer?.mountpoint) found.push({how: `is stacked at ${wafer.mountpoint}`, role: 'top', wafer: name})
     for (const mountpoint of wafer?.lowerOf ?? []) {
-      found.push({how: `is a lower layer of the stack at ${mountpoint}`, wafer: name})
+      found.push({how: `is a lower layer of the stack at ${mountpoint}`, role: 'lower', wafer: name})
     }
   }
 
   for (const use of await hiddenWaferUses(store, {openFiles: true})) {
     for (const name of use.wafers.filter((wafer) => wanted.has(wafer))) {
-      const how = use.kind === 'files' ? 'through' : use.top === name ? 'as the top of' : 'as a layer of'
-      found.push({how: `is still in use ${how} ${use.where}`, wafer: name})
+      const top = use.kind === 'files' || use.top === name
+      const how = use.kind === 'files' ? 'through' : top ? 'as the top of' : 'as a layer of'
+      found.push({how: `is still in use ${how} ${use.where}`, role: top ? 'top' : 'lower', wafer: name})
     }
   }
 
