@@ -287,4 +287,79 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect(await snapshot(box.wafers)).to.deep.equal(before)
     })
   })
+
+  describe('mv', function () {
+    /** base <- mid <- {top, side}, base holding a file the others show. */
+    async function chain(): Promise<void> {
+      await box.wafer('base', {files: {'etc/os': 'base\n'}})
+      await box.wafer('mid', {files: {'etc/mid': 'mid\n'}, parent: 'base'})
+      await box.wafer('top', {parent: 'mid'})
+      await box.wafer('side', {parent: 'mid'})
+    }
+
+    const parentOf = async (name: string) => fs.readFile(path.join(box.wafers, name, 'parent'), 'utf8')
+
+    it('renames a wafer and re-points every child at the new name', async function () {
+      await chain()
+      await ok(['stack', 'top'])
+      await ok(['unstack', 'top'])
+      const result = JSON.parse(await ok(['mv', 'mid', 'middle', '--json']))
+      expect(result).to.deep.equal({children: ['side', 'top'], from: 'mid', to: 'middle'})
+      expect(await parentOf('top')).to.equal('middle\n')
+      expect(await parentOf('side')).to.equal('middle\n')
+      expect(await parentOf('middle')).to.equal('base')
+      expect(await fs.readFile(box.data('middle', 'etc/mid'), 'utf8')).to.equal('mid\n')
+      expect(await names()).to.deep.equal(['base', 'middle', 'side', 'top'])
+      // No short link is left pointing at the old name.
+      for (const link of await fs.readdir(path.join(box.wafers, '.links'))) {
+        // eslint-disable-next-line no-await-in-loop
+        expect(await fs.readlink(path.join(box.wafers, '.links', link))).to.not.equal('../mid/data')
+      }
+
+      await ok(['stack', 'top'])
+      expect(await fs.readFile(box.stack('top', 'etc/os'), 'utf8')).to.equal('base\n')
+      expect(await fs.readFile(box.stack('top', 'etc/mid'), 'utf8')).to.equal('mid\n')
+      const refused = await box.run(['mv', 'base', 'b2'])
+      expect(refused.exitCode).to.equal(1)
+      expect(said(refused.stderr)).to.include(`wafer base is a lower layer of the stack at ${box.stack('top')}`)
+    })
+
+    it('refuses while anything below or above it is stacked, and a NEW that exists, changing nothing', async function () {
+      await chain()
+      await ok(['stack', 'side'])
+      const before = await snapshot(box.wafers)
+      for (const [name, expected] of [
+        ['base', `wafer base is a lower layer of the stack at ${box.stack('side')}`],
+        ['mid', `wafer mid is a lower layer of the stack at ${box.stack('side')}`],
+        ['side', `wafer side is stacked at ${box.stack('side')}`],
+      ]) {
+        // eslint-disable-next-line no-await-in-loop
+        const run = await box.run(['mv', name, `${name}-new`])
+        expect(run.exitCode, name).to.equal(1)
+        expect(said(run.stderr)).to.include(expected)
+        expect(said(run.stderr)).to.include('nothing was changed')
+        expect(hasStackTrace(run.stderr)).to.equal(false)
+      }
+
+      // top is not stacked, but the wafers below it are lower layers of side's stack.
+      const above = await box.run(['mv', 'top', 'top-new'])
+      expect(above.exitCode).to.equal(1)
+      expect(said(above.stderr)).to.include(`is a lower layer of the stack at ${box.stack('side')}`)
+      const taken = await box.run(['mv', 'top', 'side'])
+      expect(said(taken.stderr)).to.include('wafer side already exists')
+      expect(await snapshot(box.wafers)).to.deep.equal(before)
+    })
+
+    it('finishes a rename a crash cut short when run again', async function () {
+      await chain()
+      // What a crash right after the first step leaves: the directory renamed, the children not.
+      await fs.rename(path.join(box.wafers, 'mid'), path.join(box.wafers, 'middle'))
+      const broken = JSON.parse(await ok(['list', '--json'])) as Array<{name: string; problem?: string}>
+      expect(broken.find((wafer) => wafer.name === 'top')?.problem).to.include('its parent mid does not exist')
+      expect(await ok(['mv', 'mid', 'middle'])).to.equal('renamed mid to middle (2 children re-pointed)')
+      expect(await parentOf('top')).to.equal('middle\n')
+      await ok(['stack', 'top'])
+      expect(await fs.readFile(box.stack('top', 'etc/os'), 'utf8')).to.equal('base\n')
+    })
+  })
 })

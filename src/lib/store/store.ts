@@ -3,7 +3,7 @@ import {fchmodSync, fstatSync, promises as fs, lstatSync, realpathSync, statSync
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../host/files.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {withLock} from './lock.js'
 import {type WaferMeta, writeMeta} from './meta.js'
 import {checkName, isValidName} from './names.js'
@@ -246,6 +246,14 @@ export class WaferStore {
     // never blocks on a FIFO and never reads more than a megabyte.
     const text = readStoreFile(this.parentFile(name), `the parent file of wafer ${name}`)
     return text === undefined ? undefined : parseParent(name, text)
+  }
+
+  /**
+   * Points wafer `name` at `parent` atomically (a temporary file renamed over its parent file, never
+   * through a symlink): a reader sees the old parent or the new one, never half a name.
+   */
+  writeParent(name: string, parent: string): void {
+    writeFileAtomic(this.parentFile(name), `${checkName(parent)}\n`)
   }
 
   /** Removes what creates killed midway left behind (see staging.ts); takes the store lock. */
