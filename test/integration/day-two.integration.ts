@@ -362,4 +362,62 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect(await fs.readFile(box.stack('top', 'etc/os'), 'utf8')).to.equal('base\n')
     })
   })
+
+  describe('flatten', function () {
+    it("makes a base wafer of a stack's merged view: no whiteouts, no overlay attributes, capabilities and hard links kept", async function () {
+      await pullImage('image')
+      await box.wafer('mine', {files: {'etc/mine': 'mine\n'}, parent: 'image'})
+      const result = JSON.parse(await ok(['flatten', 'mine', 'flat', '--json']))
+      expect(result.name).to.equal('flat')
+      expect(result.wafers).to.have.length(5)
+      expect(await fs.stat(path.join(box.wafers, 'flat', 'parent')).catch(() => undefined)).to.equal(undefined)
+      const flat = await treeListing(box.data('flat'), {overlayXattrs: true})
+
+      // The same as what the stack shows a container (mounted the usual way, by wafers stack).
+      await ok(['stack', 'mine'])
+      expect(flat).to.deep.equal(await treeListing(box.stack('mine')))
+      await ok(['unstack', 'mine'])
+      expect(flat.join('\n')).to.not.include('trusted.overlay')
+      expect(flat.filter((line) => /^\S+ c \S+ \d+:\d+ 0:0\b/.test(line))).to.deep.equal([])
+      for (const gone of ['gone/file1', 'gone-too', 'gone-dir', 'opaque/old1']) {
+        // eslint-disable-next-line no-await-in-loop
+        expect(await fs.lstat(box.data('flat', gone)).catch(() => undefined), gone).to.equal(undefined)
+      }
+
+      // Read back with other tools: getfattr sees the file capability, stat the hard links and owner.
+      const {execa} = await import('execa')
+      const attrs = await execa('getfattr', ['-d', '-m', '-', '--absolute-names', box.data('flat', 'data/xattr-file')])
+      expect(attrs.stdout).to.include('security.capability=')
+      const [a, b] = await Promise.all(['data/hl-a', 'data/hl-b'].map((file) => fs.stat(box.data('flat', file))))
+      expect(a.ino).to.equal(b.ino)
+      expect((await fs.stat(box.data('flat', 'data/owned'))).uid).to.equal(1234)
+      expect(await fs.readFile(box.data('flat', 'etc/mine'), 'utf8')).to.equal('mine\n')
+
+      // It stacks alone, and keeps the image config.
+      expect(JSON.parse(await fs.readFile(path.join(box.wafers, 'flat', 'meta.json'), 'utf8')).image.ref).to.include(
+        'oci:',
+      )
+      await ok(['stack', 'flat'])
+      expect(await fs.readFile(box.stack('flat', 'etc/hostname'), 'utf8')).to.equal('umoci layer 2\n')
+    })
+
+    it('flattens a base wafer alone, and refuses a stack with a writable top and a NEW that exists', async function () {
+      await box.wafer('base', {files: {'etc/os': 'base\n'}})
+      await box.wafer('top', {files: {'etc/top': 'top\n'}, parent: 'base'})
+      await ok(['flatten', 'base', 'base-flat'])
+      expect(await treeListing(box.data('base-flat'))).to.deep.equal(await treeListing(box.data('base')))
+      await ok(['stack', 'top'])
+      const before = await snapshot(box.wafers)
+      const stacked = await box.run(['flatten', 'top', 'top-flat'])
+      expect(stacked.exitCode).to.equal(1)
+      expect(said(stacked.stderr)).to.include(`wafer top is stacked at ${box.stack('top')}`)
+      expect(said(stacked.stderr)).to.include('unstack it first')
+      const taken = await box.run(['flatten', 'base', 'top'])
+      expect(said(taken.stderr)).to.include('wafer top already exists')
+      for (const run of [stacked, taken]) expect(hasStackTrace(run.stderr)).to.equal(false)
+      expect(await snapshot(box.wafers)).to.deep.equal(before)
+      // Nothing of the private mount is left in the store.
+      expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-'))).to.deep.equal([])
+    })
+  })
 })
