@@ -3,6 +3,7 @@ import {Args} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {FlattenResult, flattenWafer} from '../lib/ops/flatten.js'
 import {locationsFromEnv} from '../lib/store/store.js'
+import {plural} from '../lib/ui/render.js'
 
 export default class Flatten extends WafersCommand {
   static args = {
@@ -29,7 +30,7 @@ The stack is mounted read-only in a private directory of the store while it is c
   async run(): Promise<FlattenResult> {
     const {args} = await this.parse(Flatten)
     const result = await flattenWafer(locationsFromEnv(), args.name, args.new)
-    this.log(`flattened ${result.source} (${result.wafers.length} wafers) into base wafer ${result.name}`)
+    this.log(`flattened ${result.source} (${plural(result.wafers.length, 'wafer')}) into base wafer ${result.name}`)
     return result
   }
 }

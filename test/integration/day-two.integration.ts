@@ -420,4 +420,95 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-'))).to.deep.equal([])
     })
   })
+
+  describe('export', function () {
+    it('writes the merged view as a root file system tarball GNU tar and podman import read back file for file', async function () {
+      this.timeout(300_000)
+      await pullImage('image')
+      await box.wafer('mine', {files: {'etc/mine': 'mine\n'}, parent: 'image'})
+      await ok(['stack', 'mine'])
+      const view = await treeListing(box.stack('mine'))
+      await ok(['unstack', 'mine'])
+      const {execa} = await import('execa')
+      for (const file of ['mine.tar', 'mine.tar.gz', 'mine.tar.zst']) {
+        const tarball = path.join(box.root, file)
+        // eslint-disable-next-line no-await-in-loop
+        const result = JSON.parse(await ok(['export', 'mine', tarball, '--json']))
+        // eslint-disable-next-line no-await-in-loop
+        const size = (await fs.stat(tarball)).size
+        expect(result).to.deep.include({bytes: size, file: tarball, name: 'mine'})
+        expect(result.wafers).to.have.length(5)
+        const into = path.join(box.root, `x-${file}`)
+        // eslint-disable-next-line no-await-in-loop
+        await fs.mkdir(into)
+        // eslint-disable-next-line no-await-in-loop
+        await execa('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-xpf', tarball, '-C', into])
+        // eslint-disable-next-line no-await-in-loop
+        expect(await treeListing(into, {overlayXattrs: true}), file).to.deep.equal(view)
+        // eslint-disable-next-line no-await-in-loop
+        const listing = (await execa('tar', ['-tvf', tarball])).stdout
+        expect(listing).to.not.match(/^c.* 0,0 /m)
+        expect(listing).to.include('./etc/mine')
+      }
+
+      // The same tarball on stdout, byte for byte.
+      const streamed = await execa(
+        process.execPath,
+        [fileURLToPath(new URL('../../bin/run.js', import.meta.url)), 'export', 'mine', '-'],
+        {
+          encoding: 'buffer',
+          env: box.env,
+          stdin: 'ignore',
+        },
+      )
+      expect(Buffer.compare(Buffer.from(streamed.stdout), await fs.readFile(path.join(box.root, 'mine.tar')))).to.equal(
+        0,
+      )
+
+      // podman takes it as an image, and shows the same files.
+      const podman = [
+        '--root',
+        path.join(box.root, 'podman'),
+        '--runroot',
+        path.join(box.root, 'podman-run'),
+        '--storage-driver',
+        'vfs',
+      ]
+      await execa('podman', [...podman, 'import', path.join(box.root, 'mine.tar.zst'), 'localhost/wafers-export:1'])
+      const mounted = (await execa('podman', [...podman, 'image', 'mount', 'localhost/wafers-export:1'])).stdout.trim()
+      try {
+        expect(await treeListing(mounted)).to.deep.equal(view)
+      } finally {
+        await execa('podman', [...podman, 'image', 'unmount', 'localhost/wafers-export:1'], {reject: false})
+      }
+
+      // Nothing of the private mount is left in the store, and no temporary file beside the tarballs.
+      expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-'))).to.deep.equal([])
+      expect((await fs.readdir(box.root)).filter((entry) => entry.endsWith('.tmp'))).to.deep.equal([])
+    })
+
+    it('refuses a writable stack, an existing FILE without --force and an unknown ending, leaving nothing', async function () {
+      await box.wafer('base', {files: {'etc/os': 'base\n'}})
+      await box.wafer('top', {files: {'etc/top': 'top\n'}, parent: 'base'})
+      const tarball = path.join(box.root, 'top.tar')
+      await fs.writeFile(tarball, 'keep me')
+      const exists = await box.run(['export', 'top', tarball])
+      expect(exists.exitCode).to.equal(1)
+      expect(said(exists.stderr)).to.include(`${tarball} already exists; nothing was exported`)
+      expect(await fs.readFile(tarball, 'utf8')).to.equal('keep me')
+      const ending = await box.run(['export', 'top', path.join(box.root, 'top.zip')])
+      expect(said(ending.stderr)).to.include('does not end in .tar')
+      await ok(['stack', 'top'])
+      const stacked = await box.run(['export', 'top', path.join(box.root, 'other.tar')])
+      expect(stacked.exitCode).to.equal(1)
+      expect(said(stacked.stderr)).to.include(`wafer top is stacked at ${box.stack('top')}`)
+      for (const run of [exists, ending, stacked]) expect(hasStackTrace(run.stderr)).to.equal(false)
+      expect((await fs.readdir(box.root)).sort()).to.deep.equal(['stacks', 'top.tar', 'wafers'])
+      expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.'))).to.deep.equal(['.links'])
+      await ok(['unstack', 'top'])
+      await ok(['export', 'top', tarball, '--force'])
+      const {execa} = await import('execa')
+      expect((await execa('tar', ['-tf', tarball])).stdout.split('\n')).to.include.members(['./etc/os', './etc/top'])
+    })
+  })
 })

@@ -23,6 +23,20 @@ export async function withMergedView<T>(
   scratch: string,
   fn: (root: string) => Promise<T>,
 ): Promise<T> {
+  const view = await mountMergedView(store, names, scratch)
+  try {
+    return await fn(view.root)
+  } finally {
+    await view.unmount()
+  }
+}
+
+/** The merged view of withMergedView, mounted until `unmount()`, for a caller that must release a lock in between. */
+export async function mountMergedView(
+  store: WaferStore,
+  names: string[],
+  scratch: string,
+): Promise<{root: string; unmount(): Promise<void>}> {
   if (names.length > MAX_LOWER_LAYERS) {
     throw new WafersError(
       `overlayfs mounts at most ${MAX_LOWER_LAYERS} read-only layers; ${names[0]} has ${names.length}.`,
@@ -34,25 +48,36 @@ export async function withMergedView<T>(
   // A lower-only overlay takes two layers at least: a base wafer alone goes on an empty one.
   const empty = path.join(scratch, 'empty')
   if (names.length === 1) await fs.mkdir(empty)
-  const lowers = [...(await linksFor(store, names)), ...(names.length === 1 ? [empty] : [])]
-  const options = `ro,lowerdir=${lowers.join(':')}`
-  if (options.length > MAX_OPTIONS_LENGTH) {
-    throw new WafersError(
-      `the mount options of ${names[0]}'s stack take ${options.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
-    )
-  }
-
-  await run('mount', ['--no-canonicalize', '-t', 'overlay', '-o', options, store.linksDir, merged], {
-    cwd: store.linksDir,
-  })
-  try {
-    return await fn(merged)
-  } finally {
-    await run('umount', ['--no-canonicalize', merged]).catch(async () =>
-      run('umount', ['--no-canonicalize', '--lazy', merged]).catch(() => {}),
-    )
+  const tidy = async () => {
     await fs.rmdir(merged).catch(() => {})
     if (names.length === 1) await fs.rmdir(empty).catch(() => {})
+  }
+
+  try {
+    const lowers = [...(await linksFor(store, names)), ...(names.length === 1 ? [empty] : [])]
+    const options = `ro,lowerdir=${lowers.join(':')}`
+    if (options.length > MAX_OPTIONS_LENGTH) {
+      throw new WafersError(
+        `the mount options of ${names[0]}'s stack take ${options.length} bytes, more than the kernel's ${MAX_OPTIONS_LENGTH}.`,
+      )
+    }
+
+    await run('mount', ['--no-canonicalize', '-t', 'overlay', '-o', options, store.linksDir, merged], {
+      cwd: store.linksDir,
+    })
+  } catch (error) {
+    await tidy()
+    throw error
+  }
+
+  return {
+    root: merged,
+    async unmount() {
+      await run('umount', ['--no-canonicalize', merged]).catch(async () =>
+        run('umount', ['--no-canonicalize', '--lazy', merged]).catch(() => {}),
+      )
+      await tidy()
+    },
   }
 }
 
