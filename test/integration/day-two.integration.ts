@@ -152,6 +152,38 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       }
     })
 
+    it('leaves build steps alone while a build runs, and removes them once it is done', async function () {
+      this.timeout(300_000)
+      const context = await busyboxBase(box)
+      await fs.writeFile(path.join(context, 'f'), 'copied\n')
+      const first = await buildWeb(box, context, 'FROM bb\nCOPY f /f\n')
+      expect(first.run.exitCode, first.run.stderr).to.equal(0)
+      const again = await buildWeb(box, context, 'FROM bb\nCOPY f /f\n', '--no-cache')
+      expect(again.run.exitCode, again.run.stderr).to.equal(0)
+      const orphan = first.json.steps[1].wafer!
+      // A build whose RUN step takes a while: its stage is held all along.
+      const slow = buildWeb(box, context, 'FROM bb\nRUN sleep 4\n')
+      for (let i = 0; i < 100; i++) {
+        // eslint-disable-next-line no-await-in-loop
+        if ((await fs.readdir(box.wafers)).some((entry) => entry.startsWith('.create-build-'))) break
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => {
+          setTimeout(resolve, 100)
+        })
+      }
+
+      const during = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+      expect(during.notes).to.include('build step wafers were left alone: a build is running')
+      expect(during.items).to.deep.equal([])
+      expect(await names()).to.include(orphan)
+      const built = await slow
+      expect(built.run.exitCode, built.run.stderr).to.equal(0)
+      const after = JSON.parse(await ok(['prune', '--json'])) as PruneJson
+      expect(after.notes).to.deep.equal([])
+      expect(after.items.map((item) => item.name).sort()).to.deep.equal([orphan, again.json.steps[1].wafer!].sort())
+      expect((await names()).sort()).to.deep.equal(['bb', built.json.steps[1].wafer!, 'web'].sort())
+    })
+
     it('leaves image layers alone while a pull holds its work directory, and says so', async function () {
       await pullImage('image')
       await ok(['rm', '--yes', 'image'])
