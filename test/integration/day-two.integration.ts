@@ -529,12 +529,16 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect(said(exists.stderr)).to.include(`${tarball} already exists; nothing was exported`)
       expect(await fs.readFile(tarball, 'utf8')).to.equal('keep me')
       const ending = await box.run(['export', 'top', path.join(box.root, 'top.zip')])
+      const missing = await box.run(['export', 'nope', path.join(box.root, 'nope.tar')], {
+        WAFERS: path.join(box.root, 'no-store'),
+      })
+      expect(said(missing.stderr)).to.include('wafer nope not found')
       expect(said(ending.stderr)).to.include('does not end in .tar')
       await ok(['stack', 'top'])
       const stacked = await box.run(['export', 'top', path.join(box.root, 'other.tar')])
       expect(stacked.exitCode).to.equal(1)
       expect(said(stacked.stderr)).to.include(`wafer top is stacked at ${box.stack('top')}`)
-      for (const run of [exists, ending, stacked]) expect(hasStackTrace(run.stderr)).to.equal(false)
+      for (const run of [exists, ending, missing, stacked]) expect(hasStackTrace(run.stderr)).to.equal(false)
       expect((await fs.readdir(box.root)).sort()).to.deep.equal(['stacks', 'top.tar', 'wafers'])
       expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.'))).to.deep.equal(['.links'])
       await ok(['unstack', 'top'])

@@ -70,6 +70,8 @@ export async function exportWafer(
     })
   }
 
+  // Asked before the stage is made, which would make a missing store: bad input changes nothing.
+  if (!(await store.hasData(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
   const stage = await store.openStage(`export-${name}`)
   try {
     const {view, wafers} = await withLock(store.root, async () => {
