@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
+import {systemdDirsFromEnv} from '../lib/ops/enable.js'
 import {MoveResult, moveSummary, moveWafer} from '../lib/ops/move.js'
 import {locationsFromEnv} from '../lib/store/store.js'
 
@@ -10,7 +11,7 @@ export default class Mv extends WafersCommand {
     new: Args.string({description: 'Its new name; must not exist yet.', required: true}),
   }
 
-  static description = `Renames wafer OLD to NEW and points every wafer built on it at NEW (each parent file replaced atomically). It refuses, changing nothing, while OLD, a wafer below it or a wafer built on it is stacked or a lower layer of a stack (in any mount namespace), or while a create or build is making a wafer on OLD.
+  static description = `Renames wafer OLD to NEW and points every wafer built on it at NEW (each parent file replaced atomically). It refuses, changing nothing, while OLD, a wafer below it or a wafer built on it is stacked or a lower layer of a stack (in any mount namespace), while a create or build is making a wafer on OLD, or while wafers enable stacks OLD at boot (disable it first).
 
 A rename interrupted midway (a crash, kill -9) leaves OLD renamed and some children still naming OLD: run the same wafers mv OLD NEW again to finish it.`
 
@@ -28,7 +29,7 @@ A rename interrupted midway (a crash, kill -9) leaves OLD renamed and some child
 
   async run(): Promise<MoveResult> {
     const {args} = await this.parse(Mv)
-    const result = await moveWafer(locationsFromEnv(), args.old, args.new)
+    const result = await moveWafer(locationsFromEnv(), args.old, args.new, {units: systemdDirsFromEnv().units})
     this.log(moveSummary(result))
     return result
   }

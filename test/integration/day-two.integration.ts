@@ -380,6 +380,19 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       const taken = await box.run(['mv', 'top', 'side'])
       expect(said(taken.stderr)).to.include('wafer side already exists')
       expect(await snapshot(box.wafers)).to.deep.equal(before)
+
+      // A wafer enable stacks at boot keeps its name until it is disabled.
+      await ok(['unstack', 'side'])
+      const env = {WAFERS_NSPAWN_DIR: path.join(box.root, 'nspawn'), WAFERS_UNIT_DIR: path.join(box.root, 'units')}
+      await ok(['enable', 'side'], env)
+      const enabled = await box.run(['mv', 'side', 'side-new'], env)
+      expect(enabled.exitCode).to.equal(1)
+      expect(said(enabled.stderr)).to.include(
+        `wafer side is stacked at boot by ${path.join(box.root, 'units', 'wafers-stack-side.service')}`,
+      )
+      expect(await names()).to.include('side')
+      await ok(['disable', 'side'], env)
+      await ok(['mv', 'side', 'side-new'], env)
     })
 
     it('finishes a rename a crash cut short when run again', async function () {

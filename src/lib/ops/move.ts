@@ -10,6 +10,7 @@ import {Locations, WaferStore} from '../store/store.js'
 import {plural} from '../ui/render.js'
 import {inFlight, refuseInUse} from './in-use.js'
 import {Inventory, descendants, readInventory} from './inventory.js'
+import {unitName} from './enable.js'
 import {linksByTarget} from './remove.js'
 
 /** What `mv` did, as `--json` prints it. */
@@ -23,7 +24,8 @@ export interface MoveResult {
 /**
  * Renames wafer `from` to `to` and re-points every child's parent file at `to`. Refused while
  * `from`, anything below it or anything built on it is in use (stacked, a lower layer, in any
- * mount namespace) or a create or build is making a wafer on it; runs under the store lock.
+ * mount namespace), a create or build is making a wafer on it, or `wafers enable` stacks it at
+ * boot (a unit in `options.units`); runs under the store lock.
  *
  * The order is crash-safe: first the wafer's directory is renamed (one rename(2): before it
  * nothing changed, after it `to` is the whole wafer), then each child's parent file is replaced
@@ -31,7 +33,12 @@ export interface MoveResult {
  * `from`; running the same `wafers mv FROM TO` again finds `from` gone, `to` there and those
  * children, and finishes re-pointing them.
  */
-export async function moveWafer(locations: Locations, from: string, to: string): Promise<MoveResult> {
+export async function moveWafer(
+  locations: Locations,
+  from: string,
+  to: string,
+  options: {units?: string} = {},
+): Promise<MoveResult> {
   checkName(from)
   checkName(to)
   checkRoot()
@@ -47,6 +54,14 @@ export async function moveWafer(locations: Locations, from: string, to: string):
     if (from === to) throw new WafersError(`wafer ${from} already has that name; nothing was changed.`)
     if (await store.exists(to))
       throw new WafersError(`wafer ${to} already exists in ${store.root}; nothing was renamed.`)
+    // A boot unit names the wafer it stacks: renamed, it would stack nothing at the next boot.
+    const unit = options.units === undefined ? undefined : path.join(options.units, unitName(from))
+    if (unit !== undefined && lstatSync(unit, {throwIfNoEntry: false}) !== undefined) {
+      throw new WafersError(`wafer ${from} is stacked at boot by ${unit}; nothing was renamed.`, {
+        suggestions: [`wafers disable ${from}, then wafers mv ${from} ${to} and wafers enable ${to}`],
+      })
+    }
+
     const chain = await traceAncestry(store, from)
     await refuseInUse(store, inventory, [...chain, ...descendants(inventory, from)], `cannot rename ${from}`)
     if ((await inFlight(store)).parents.includes(from)) {
