@@ -51,8 +51,11 @@ export interface PruneOptions {
  * Removes what nothing uses: image layer wafers (`layer-...`) and build step wafers (`build-...`)
  * that no other wafer is built on and no stack, build or pull uses, then the caches handed in and
  * those plugins name through `wafers:prune`. Everything is decided and removed under the store lock,
- * under which every pull, push and build registers before it looks for wafers to reuse: so what
- * one of them may still use is never removed.
+ * under which every pull and push registers (its work directory) before it looks for wafers to
+ * reuse, and a build when it opens its stage. A build opens its stage at its first step that is
+ * not cached, so a build whose every step is cached is not seen: if prune removes a step it has
+ * just found, its store.create of NAME fails in one sentence (the parent is checked under the
+ * lock); opening the stage before the first cache probe, in builder/, would close that gap.
  */
 export async function prune(locations: Locations, options: PruneOptions = {}): Promise<PruneResult> {
   checkRoot()
