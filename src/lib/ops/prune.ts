@@ -54,8 +54,9 @@ export interface PruneOptions {
  * under which every pull and push registers (its work directory) before it looks for wafers to
  * reuse, and a build when it opens its stage. A build opens its stage at its first step that is
  * not cached, so a build whose every step is cached is not seen: if prune removes a step it has
- * just found, its store.create of NAME fails in one sentence (the parent is checked under the
- * lock); opening the stage before the first cache probe, in builder/, would close that gap.
+ * just found, a new NAME fails in one sentence (create checks the parent under the lock), but an
+ * existing NAME is re-pointed at the removed step. Opening the stage before the first cache probe,
+ * in builder/, would close that gap.
  */
 export async function prune(locations: Locations, options: PruneOptions = {}): Promise<PruneResult> {
   checkRoot()
