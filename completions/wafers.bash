@@ -13,7 +13,9 @@ _wafers_complete_names() {
   if ((COMP_CWORD >= 2)) && [[ $cur != -* ]]; then
     case ${COMP_WORDS[1]} in
       unstack) dir=${STACKS:-/var/lib/machines} ;;
-      stack | diff | rm | tree | enable | disable) dir=${WAFERS:-/var/lib/wafers} ;;
+      stack | diff | rm | tree | enable | disable | cp | mv | flatten) dir=${WAFERS:-/var/lib/wafers} ;;
+      # The wafer, then the tarball: a file name, which the shell's default completion offers.
+      export) ((COMP_CWORD == 2)) && dir=${WAFERS:-/var/lib/wafers} ;;
     esac
     if [[ -n $dir ]]; then
       for entry in "$dir"/*/; do

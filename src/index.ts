@@ -36,6 +36,7 @@ export {type LiveStack, liveStacks, stackConflicts} from './lib/mount/usage.js'
 export type {
   HookOutcome,
   HookRunner,
+  PruneCandidate,
   SeedContext,
   SeedRunOptions,
   SeedRunResult,
@@ -64,3 +65,5 @@ export type PoststackHook = Hook<'wafers:poststack'>
 export type PreunstackHook = Hook<'wafers:preunstack'>
 /** A plugin's `wafers:postunstack` handler: a throw fails the command and mounts the stack again. */
 export type PostunstackHook = Hook<'wafers:postunstack'>
+/** A plugin's `wafers:prune` handler: returns what of its own (caches) `wafers prune` may delete. */
+export type PruneHook = Hook<'wafers:prune'>

@@ -60,6 +60,13 @@ describe('shell completion', function () {
     expect(await complete(['wafers', 'rm', 'we'], env)).to.deep.equal(['web', 'web-db'])
     expect(await complete(['wafers', 'diff', ''], env)).to.deep.equal(['base', 'web', 'web-db'])
     expect(await complete(['wafers', 'unstack', ''], env)).to.deep.equal(['web'])
+    for (const verb of ['cp', 'mv', 'flatten', 'export']) {
+      // eslint-disable-next-line no-await-in-loop
+      expect(await complete(['wafers', verb, 'we'], env), verb).to.deep.equal(['web', 'web-db'])
+    }
+
+    // export's second argument is the tarball: no wafer names there.
+    expect(await complete(['wafers', 'export', 'web', 'we'], env)).to.deep.equal([])
     expect(await complete(['wafers', 'rm', '--r'], env)).to.deep.equal(['--recursive'])
     expect(await complete(['wafers', 'di'], env)).to.deep.equal(['diff', 'disable'])
   })

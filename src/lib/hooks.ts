@@ -70,6 +70,22 @@ export interface UnstackHookOptions {
 }
 
 /**
+ * Something a plugin may delete to free disk space (a seeder's download cache), as a
+ * `wafers:prune` handler returns a list of. `wafers prune --dry-run` lists it without calling
+ * `remove`. A plugin names only what no running seeder of its own uses.
+ */
+export interface PruneCandidate {
+  /** What it is, in a few words ("debootstrap cache of bookworm"). */
+  name: string
+  /** The file or directory it is. */
+  path: string
+  /** Deletes it; a throw is reported and prune goes on with the rest. */
+  remove(): Promise<void>
+  /** Bytes it takes on disk. */
+  size: number
+}
+
+/**
  * The events plugins implement, as oclif hook events (`oclif.hooks` in a plugin's package.json).
  * Each plugin's handlers run in parallel with other plugins'; a throw from a `pre` hook refuses the
  * step, a throw from a `post` hook undoes it.
@@ -78,6 +94,7 @@ export interface WafersHooks {
   'wafers:poststack': {options: StackHookOptions; return: void}
   'wafers:postunstack': {options: UnstackHookOptions; return: void}
   'wafers:prestack': {options: StackHookOptions; return: void}
+  'wafers:prune': {options: Record<string, never>; return: PruneCandidate[]}
   'wafers:preunstack': {options: UnstackHookOptions; return: void}
   'wafers:seeders': {options: Record<string, never>; return: Seeder[]}
 }
@@ -104,7 +121,7 @@ export interface HookRunner {
  * Fires `event` and throws one sentence naming every plugin whose handler threw; `after` is added
  * to it (say, what was undone).
  */
-export async function fireHook<E extends Exclude<WafersHookEvent, 'wafers:seeders'>>(
+export async function fireHook<E extends Exclude<WafersHookEvent, 'wafers:prune' | 'wafers:seeders'>>(
   runner: HookRunner,
   event: E,
   options: WafersHooks[E]['options'],

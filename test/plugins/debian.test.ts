@@ -14,6 +14,7 @@ import {
 } from '../../plugins/debian/src/apt-sources.js'
 import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
+import {RootfsCache} from '../../plugins/debian/src/rootfs-cache.js'
 import type {SeedRunOptions} from '../../src/lib/hooks.js'
 import {runStreaming} from '../../src/lib/host/run.js'
 import {closedPort} from '../helpers/net.js'
@@ -201,6 +202,27 @@ Components: main
 
     it('refuses -C without a config file', function () {
       expect(() => pacstrapArgs('/t', ['-C'])).to.throw("pacstrap's -C needs a value")
+    })
+  })
+
+  describe('wafers:prune', function () {
+    it('offers finished cached root file systems with their sizes, never a partial one or a symlink, and deletes one when asked', async function () {
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-rootfs-cache-'))
+      try {
+        await fs.writeFile(path.join(dir, 'rootfs-a-1.tar'), 'x'.repeat(10_000))
+        await fs.writeFile(path.join(dir, 'rootfs-b-2.tar.1234abcd.partial'), 'being written')
+        await fs.symlink('/etc/passwd', path.join(dir, 'rootfs-c-3.tar'))
+        const candidates = await new RootfsCache(dir).prunable()
+        expect(candidates.map(({name, path: file}) => ({file, name}))).to.deep.equal([
+          {file: path.join(dir, 'rootfs-a-1.tar'), name: 'debootstrap root file system rootfs-a-1.tar'},
+        ])
+        expect(candidates[0].size).to.be.at.least(10_000)
+        await candidates[0].remove()
+        expect((await fs.readdir(dir)).sort()).to.deep.equal(['rootfs-b-2.tar.1234abcd.partial', 'rootfs-c-3.tar'])
+        expect(await new RootfsCache(path.join(dir, 'missing')).prunable()).to.deep.equal([])
+      } finally {
+        await fs.rm(dir, {force: true, recursive: true})
+      }
     })
   })
 })

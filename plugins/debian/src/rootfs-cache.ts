@@ -2,7 +2,7 @@ import {createHash, randomBytes} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import type {SeedContext} from 'wafers'
+import type {PruneCandidate, SeedContext} from 'wafers'
 
 /** How root file systems are packed and unpacked: numeric owners, modes, links, xattrs, ACLs. */
 const TAR_OPTIONS = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls']
@@ -62,5 +62,30 @@ export class RootfsCache {
       if (name.startsWith(entry.prefix) && name.endsWith('.tar') && file !== entry.file)
         await fs.rm(file, {force: true})
     }
+  }
+
+  /**
+   * The cached root file systems, for `wafers prune`: finished tarballs only (a seed writes a
+   * `.partial` and renames it when done), each deleted by its name. A seed unpacking one meanwhile
+   * keeps reading the file it opened, so none is ever in the way of a running seed.
+   */
+  async prunable(): Promise<PruneCandidate[]> {
+    const entries = await fs.readdir(this.dir).catch(() => [] as string[])
+    const candidates: PruneCandidate[] = []
+    for (const name of entries.sort()) {
+      if (!name.endsWith('.tar')) continue
+      const file = path.join(this.dir, name)
+      // eslint-disable-next-line no-await-in-loop
+      const stat = await fs.lstat(file).catch(() => undefined)
+      if (!stat?.isFile()) continue
+      candidates.push({
+        name: `debootstrap root file system ${name}`,
+        path: file,
+        remove: () => fs.unlink(file),
+        size: stat.blocks * 512,
+      })
+    }
+
+    return candidates
   }
 }

@@ -69,6 +69,9 @@ export class StepWafers {
     const {direct, fill, instruction, sources, state} = step
     const key = stepKey({parent: stage.identity, sources, state, text: instruction.text})
     const parent = stage.top
+    // The build holds its stage from its first step, cached or not, so that prune, which keeps the
+    // build- wafers while any build holds one, never removes a step this build is about to take.
+    await this.stagingDir()
     let {cached, name} = await probeStep(this.store, key, parent, this.options.noCache)
     if (!cached) {
       // Another build of the same step waits here for this one, and then finds it cached.

@@ -4,7 +4,10 @@ import path from 'node:path'
 import {WafersError, isErrno} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {checkDigest} from './image.js'
-import {ociDir} from './workdir.js'
+import type {PruneCandidate} from '../hooks.js'
+import {isValidName} from '../store/names.js'
+import type {CacheSource} from '../ops/prune.js'
+import {ociDir, workDirsHeld} from './workdir.js'
 
 /** A packed layer of one wafer, as push made it: valid only while the wafer's fingerprint is the same. */
 export interface CachedLayer {
@@ -73,5 +76,63 @@ export class LayerCache {
   async store(name: string, entry: CachedLayer, file: string): Promise<void> {
     await fs.rename(file, this.blob(entry.digest))
     writeFileAtomic(path.join(this.entries, `${name}.json`), `${JSON.stringify(entry)}\n`, 0o600)
+  }
+}
+
+/**
+ * For prune: the push cache's entries of wafers that no longer exist (or are being pruned) and the
+ * blobs no remaining entry names. Nothing while a push runs: it may be writing a blob whose entry
+ * comes next. Only regular files are ever deleted, each by its own name (unlink follows no link).
+ */
+export function pushCacheSource(wafers: string): CacheSource {
+  return async (remaining) => {
+    if (await workDirsHeld(wafers, 'push')) {
+      return {candidates: [], notes: ['the push cache was left alone: a push is running']}
+    }
+
+    const cache = new LayerCache(wafers)
+    const candidates: PruneCandidate[] = []
+    const named = new Set<string>()
+    const fileCandidate = (file: string, name: string, blocks: number): PruneCandidate => ({
+      name,
+      path: file,
+      remove: () => fs.unlink(file),
+      size: blocks * 512,
+    })
+    const regularFiles = async (dir: string) => {
+      if (!(await fs.lstat(dir).catch(() => undefined))?.isDirectory()) return []
+      const found: Array<{blocks: number; entry: string; file: string}> = []
+      for (const entry of (await fs.readdir(dir)).sort()) {
+        const file = path.join(dir, entry)
+        // eslint-disable-next-line no-await-in-loop
+        const stat = await fs.lstat(file).catch(() => undefined)
+        if (stat?.isFile()) found.push({blocks: stat.blocks, entry, file})
+      }
+
+      return found
+    }
+
+    if (!(await fs.lstat(ociDir(wafers)).catch(() => undefined))?.isDirectory()) return {candidates}
+    for (const {blocks, entry, file} of await regularFiles(cache.entries)) {
+      const name = entry.replace(/\.json$/, '')
+      if (entry.endsWith('.json') && isValidName(name) && remaining.has(name)) {
+        try {
+          const text = readStoreFile(file, `the cached layer of wafer ${name}`)
+          if (text !== undefined) named.add(checkDigest((JSON.parse(text) as CachedLayer).digest, 'a cached layer'))
+          continue
+        } catch {
+          // An entry that cannot be read is of no use to push either.
+        }
+      }
+
+      candidates.push(fileCandidate(file, `push cache entry of ${name}`, blocks))
+    }
+
+    for (const {blocks, entry, file} of await regularFiles(cache.blobs)) {
+      if (named.has(`sha256:${entry}`)) continue
+      candidates.push(fileCandidate(file, `push cache blob ${entry.slice(0, 12)}`, blocks))
+    }
+
+    return {candidates}
   }
 }

@@ -113,12 +113,14 @@ export function pullSteps(
       const name = checkName(options.name ?? defaultName(ref))
       result.name = name
       result.ref = ref.skopeo
+      // Held until the pull ends, from before it looks for layer wafers to reuse: prune leaves
+      // image layer wafers alone while one is held (see workDirsHeld).
+      work = await makeWorkDir(store.root, 'pull')
       if (ref.transport === 'oci') {
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
       } else {
-        work = await makeWorkDir(store.root, 'pull')
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
         plan = await inspect(context, ref)

@@ -3,7 +3,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {Lock, lockDirectory} from '../store/lock.js'
+import {Lock, lockDirectory, tryLockDirectory, withLock} from '../store/lock.js'
 
 /** `$WAFERS/.oci`: wafers' own OCI files (the push cache, temporary layouts); not a wafer name. */
 export function ociDir(wafers: string): string {
@@ -69,10 +69,14 @@ async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: 
     if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
   }
 
-  await removeAbandoned(root)
-  const dir = path.join(root, `${kind}-${randomBytes(6).toString('hex')}`)
-  await fs.mkdir(dir, {mode: 0o700})
-  const lock = await lockDirectory(dir)
+  // Made and locked under the store lock: prune decides under it whether a pull or push runs (see
+  // workDirsHeld), so a run that begins while prune works waits, and looks at the store after it.
+  const {dir, lock} = await withLock(wafers, async () => {
+    await removeAbandoned(root)
+    const dir = path.join(root, `${kind}-${randomBytes(6).toString('hex')}`)
+    await fs.mkdir(dir, {mode: 0o700})
+    return {dir, lock: await lockDirectory(dir)}
+  })
   return {
     async dispose() {
       await fs.rm(dir, {force: true, recursive: true})
@@ -114,4 +118,24 @@ async function removeAbandoned(root: string): Promise<void> {
     await fs.rm(dir, {force: true, recursive: true}).catch(() => {})
     lock?.release()
   }
+}
+
+/**
+ * Whether a pull or push (`kind`) runs now against the store in `wafers`: one of its work
+ * directories is locked. Asked under the store lock, the answer holds until that is released.
+ */
+export async function workDirsHeld(wafers: string, kind: 'pull' | 'push'): Promise<boolean> {
+  const root = path.join(ociDir(wafers), 'tmp')
+  for (const entry of await fs.readdir(root).catch(() => [] as string[])) {
+    if (!entry.startsWith(`${kind}-`)) continue
+    const dir = path.join(root, entry)
+    // eslint-disable-next-line no-await-in-loop
+    if (!(await fs.lstat(dir).catch(() => undefined))?.isDirectory()) continue
+    // eslint-disable-next-line no-await-in-loop
+    const lock = await tryLockDirectory(dir)
+    if (lock === undefined) return true
+    lock.release()
+  }
+
+  return false
 }

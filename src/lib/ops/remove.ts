@@ -194,7 +194,7 @@ async function removeTrash(store: WaferStore): Promise<void> {
 }
 
 /** The short links in `.links`, grouped by what they point at (`../NAME/data`). */
-async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> {
+export async function linksByTarget(store: WaferStore): Promise<Map<string, string[]>> {
   const byTarget = new Map<string, string[]>()
   checkLinksDir(store)
   let ids: string[]
