@@ -4,6 +4,7 @@ import path from 'node:path'
 import {Readable} from 'node:stream'
 
 import {WafersError} from '../errors.js'
+import type {LayerCompression} from '../layer/archive.js'
 import {openStoreFile, writeFileAtomic} from '../host/files.js'
 import {
   Descriptor,
@@ -76,6 +77,26 @@ export function openBlob(dir: string, descriptor: Descriptor, what: string): Rea
   }
 
   return createReadStream('', {end: opened.size - 1, fd: opened.fd, highWaterMark: 1024 * 1024, start: 0})
+}
+
+/**
+ * The compression blob `descriptor` really has, from its first bytes, where they show gzip or zstd
+ * or neither; `said` (from its media type) when it is empty. skopeo's docker-archive source calls
+ * every layer gzip, compressed or not; the diffID check still proves what was unpacked.
+ */
+export function blobCompression(dir: string, descriptor: Descriptor, said: LayerCompression, what: string): LayerCompression {
+  const opened = openStoreFile(blobPath(dir, descriptor.digest), what, () => {})
+  if (opened === undefined) return said
+  try {
+    const head = Buffer.alloc(4)
+    const n = readSync(opened.fd, head, 0, 4, 0)
+    if (n === 0) return said
+    if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip'
+    if (n === 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd'
+    return 'none'
+  } finally {
+    closeSync(opened.fd)
+  }
 }
 
 /** Parses JSON `bytes`, refusing what is not an object in one sentence. */

@@ -1,13 +1,14 @@
-import {promises as fs} from 'node:fs'
+import {closeSync, promises as fs, fstatSync, openSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 import {HistoryEntry, type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
 import {humanSize} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
+import {MAX_LOWER_LAYERS} from '../store/ancestry.js'
 import {chainIds, layerWaferName} from './chain.js'
 import {
   Descriptor,
@@ -22,7 +23,16 @@ import {
   platformText,
   selectPlatform,
 } from './image.js'
-import {blobPath, digestOf, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
+import {
+  MAX_JSON_BLOB,
+  blobCompression,
+  blobPath,
+  digestOf,
+  findLayoutImage,
+  openBlob,
+  parseJson,
+  readJsonBlob,
+} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
   RegistryOptions,
@@ -83,6 +93,8 @@ interface Plan {
   digest: string
   history?: HistoryEntry[][]
   manifest: Manifest
+  /** The size of the manifest as read, for bounding what skopeo writes. */
+  manifestSize?: number
   present: boolean[]
   ref: ImageReference
 }
@@ -119,6 +131,7 @@ export function pullSteps(
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
       } else {
+        if (ref.transport === 'oci-archive' || ref.transport === 'docker-archive') checkArchive(ref)
         work = await makeWorkDir(store.root, 'pull')
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
@@ -204,6 +217,35 @@ export function pullSteps(
   }
 }
 
+/** O_PATH (Linux): opens a name without opening the file, so a FIFO never blocks and a device is never touched. */
+const O_PATH = 0o10000000
+
+/**
+ * Refuses an archive path that is not a regular file (a FIFO would hang skopeo for ever, a device
+ * be read without end), looking at it through O_PATH, which never opens the file for reading.
+ * The path is the user's own: a symlink there is followed.
+ */
+function checkArchive(ref: ImageReference): void {
+  let fd: number
+  try {
+    fd = openSync(ref.path!, O_PATH)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) throw new WafersError(`${ref.path} does not exist.`)
+    throw new WafersError(`${ref.path} cannot be opened (${(error as NodeJS.ErrnoException).code}).`)
+  }
+
+  try {
+    const stat = fstatSync(fd)
+    if (stat.isDirectory()) throw new WafersError(`${ref.path} is a directory, not an archive file.`)
+    if (!stat.isFile()) {
+      const kind = stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : 'a device'
+      throw new WafersError(`${ref.path} is ${kind}, not a regular file; wafers reads archives only from regular files.`)
+    }
+  } finally {
+    closeSync(fd)
+  }
+}
+
 function makePlan(
   ref: ImageReference,
   manifest: Manifest,
@@ -212,6 +254,7 @@ function makePlan(
   blobs: string,
   copyFrom?: string,
 ): Plan {
+  checkDepth(manifest, describe(ref))
   const what = `the config of ${describe(ref)}`
   const config = checkConfig(rawConfig, manifest.layers.length, what)
   checkPlatform(config, hostPlatform(), describe(ref))
@@ -255,24 +298,37 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
 
     raw = await inspectRaw(context, ref, pinned(ref, chosen.digest))
     digest = digestOf(raw)
-    if (digest !== chosen.digest)
-      throw new WafersError(`the manifest of ${describe(ref)} does not match its digest ${chosen.digest}.`)
+    checkDigestOf(`the manifest of ${describe(ref)}`, chosen.digest, digest)
     value = parseJson(raw, `the manifest of ${describe(ref)}`)
-  } else if (ref.digest !== undefined && ref.digest !== digest) {
-    throw new WafersError(`the manifest of ${describe(ref)} does not match its digest.`)
+  } else if (ref.digest !== undefined) {
+    checkDigestOf(`the manifest of ${describe(ref)}`, ref.digest, digest)
   }
 
   const manifest = checkManifest(value, `the manifest of ${describe(ref)}`)
+  checkDepth(manifest, describe(ref))
   const source = pinned(ref, digest)
   const configRaw =
     guess !== undefined && digestOf(guess) === manifest.config.digest
       ? guess
       : await inspectConfig(context, ref, source)
-  if (digestOf(configRaw) !== manifest.config.digest) {
-    throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
-  }
+  checkDigestOf(`the config of ${describe(ref)}`, manifest.config.digest, digestOf(configRaw))
+  const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+  plan.manifestSize = raw.length
+  return plan
+}
 
-  return makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+/** Refuses `got` when it is not the digest `want` that `what` was asked for by, naming both. */
+function checkDigestOf(what: string, want: string, got: string): void {
+  if (got !== want) throw new WafersError(`${what} does not match its digest: asked for ${want}, got ${got}.`)
+}
+
+/** Refuses, before anything is unpacked, an image with more layers than a stack of wafers can hold. */
+function checkDepth(manifest: Manifest, image: string): void {
+  if (manifest.layers.length > MAX_LOWER_LAYERS) {
+    throw new WafersError(
+      `${image} has ${manifest.layers.length} layers, more than the ${MAX_LOWER_LAYERS} a stack can hold (overlayfs mounts at most ${MAX_LOWER_LAYERS} lower layers).`,
+    )
+  }
 }
 
 /**
@@ -314,7 +370,10 @@ async function download(
     report(`${humanSize(Math.min(bytes, total))} of ${humanSize(total)}`)
   }, 500)
   try {
-    await copyToLayout(context, plan.ref, plan.copyFrom!, layout)
+    const missing = plan.manifest.layers.filter((_, i) => !plan.present[i])
+    // Besides layers, skopeo writes the config and a manifest it may have converted (a little longer).
+    const others = Math.max(plan.manifest.config.size, 2 * (plan.manifestSize ?? MAX_JSON_BLOB) + 4096)
+    await copyToLayout(context, plan.ref, plan.copyFrom!, layout, missing, others)
   } finally {
     clearInterval(timer)
   }
@@ -324,7 +383,15 @@ async function download(
   const same =
     copied.layers.length === plan.manifest.layers.length &&
     copied.layers.every((layer, i) => layer.digest === plan.manifest.layers[i].digest)
-  if (!same) throw new WafersError(`${describe(plan.ref)} changed while it was downloaded; pull it again.`)
+  if (!same) {
+    const at = copied.layers.findIndex((layer, i) => layer.digest !== plan.manifest.layers[i]?.digest)
+    throw new WafersError(
+      at === -1 || at >= plan.manifest.layers.length
+        ? `${describe(plan.ref)} changed while it was downloaded: ${copied.layers.length} layers came, not ${plan.manifest.layers.length}; pull it again.`
+        : `${describe(plan.ref)} changed while it was downloaded: layer ${at + 1} is ${copied.layers[at].digest}, not ${plan.manifest.layers[at].digest}; pull it again.`,
+    )
+  }
+
   plan.manifest = copied
 }
 
@@ -355,7 +422,7 @@ async function unpackInto(
       async fill(data) {
         const input = openBlob(plan.blobs, descriptor, what)
         await unpackLayer(input, data, {
-          compression: compressionOf(descriptor.mediaType),
+          compression: blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
           expectDiffId: layer.diffId,
           expectDigest: descriptor.digest,
           name: what,

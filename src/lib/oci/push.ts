@@ -154,7 +154,7 @@ export function pushSteps(
         writeLayoutIndex(layout, writeJsonBlob(layout, manifest, MEDIA.ociManifest), 'image')
         report(`copying to ${describe(ref)}`)
         const context = await skopeoContext(options, ref, work!.path, options.signal)
-        result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'))
+        result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'), manifest.layers)
         return `Pushed ${describe(ref)} (${result.digest})`
       },
       title: `Push ${text}`,

@@ -5,7 +5,7 @@ import {WafersError, asWafersError, isErrno} from '../errors.js'
 import type {HookRunner, SeedContext, SeedRunOptions, SeedRunResult, Seeder} from '../hooks.js'
 import {oneLine} from '../hooks.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
-import {systemProgram} from '../host/run.js'
+import {diesWithUs} from '../host/run.js'
 import {isValidName} from '../store/names.js'
 import {stagingLockFds} from '../store/staging.js'
 
@@ -217,10 +217,10 @@ export async function runStreaming(
   }
 
   if (program === undefined) throw missing()
-  // The kernel ends the program when wafers ends, however it ends (kill -9 included): setpriv sets
-  // its parent-death signal, which Node cannot. It also holds the locks of the stages being filled
+  // The kernel ends the program when wafers ends (diesWithUs). It also holds the locks of the stages being filled
   // (an inherited descriptor), as does anything it starts, so no stage is swept while they write.
-  const child = spawn(systemProgram('setpriv'), ['--pdeathsig', 'KILL', '--', program, ...args], {
+  const wrapped = diesWithUs(program, args)
+  const child = spawn(wrapped.file, wrapped.args, {
     cwd: options.cwd,
     env: options.env ? {...process.env, ...options.env} : process.env,
     stdio: ['ignore', 'pipe', 'pipe', ...stagingLockFds()],
