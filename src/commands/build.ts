@@ -77,7 +77,12 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         hooks: this.hookRunner(),
         name: flags.tag,
         noCache: flags['no-cache'],
-        registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify'], ...timeoutOptions(flags)},
+        registry: {
+          authfile: flags.authfile,
+          creds: flags.creds,
+          tlsVerify: flags['tls-verify'],
+          ...timeoutOptions(flags),
+        },
         signal: interrupt.signal,
       })
       close = build.close

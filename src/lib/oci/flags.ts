@@ -40,10 +40,10 @@ export function parseDuration(text: string | undefined, flag: string): number | 
 }
 
 /** The time-out flags pull, push and build take, as RegistryOptions carries them. */
-export function timeoutOptions(flags: {
-  'command-timeout'?: string
-  'idle-timeout'?: string
-}): {commandTimeout?: number; idleTimeout?: number} {
+export function timeoutOptions(flags: {'command-timeout'?: string; 'idle-timeout'?: string}): {
+  commandTimeout?: number
+  idleTimeout?: number
+} {
   return {
     commandTimeout: parseDuration(flags['command-timeout'], '--command-timeout'),
     idleTimeout: parseDuration(flags['idle-timeout'], '--idle-timeout'),

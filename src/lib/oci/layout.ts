@@ -84,7 +84,12 @@ export function openBlob(dir: string, descriptor: Descriptor, what: string): Rea
  * or neither; `said` (from its media type) when it is empty. skopeo's docker-archive source calls
  * every layer gzip, compressed or not; the diffID check still proves what was unpacked.
  */
-export function blobCompression(dir: string, descriptor: Descriptor, said: LayerCompression, what: string): LayerCompression {
+export function blobCompression(
+  dir: string,
+  descriptor: Descriptor,
+  said: LayerCompression,
+  what: string,
+): LayerCompression {
   const opened = openStoreFile(blobPath(dir, descriptor.digest), what, () => {})
   if (opened === undefined) return said
   try {

@@ -239,7 +239,9 @@ function checkArchive(ref: ImageReference): void {
     if (stat.isDirectory()) throw new WafersError(`${ref.path} is a directory, not an archive file.`)
     if (!stat.isFile()) {
       const kind = stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : 'a device'
-      throw new WafersError(`${ref.path} is ${kind}, not a regular file; wafers reads archives only from regular files.`)
+      throw new WafersError(
+        `${ref.path} is ${kind}, not a regular file; wafers reads archives only from regular files.`,
+      )
     }
   } finally {
     closeSync(fd)
@@ -373,7 +375,7 @@ async function download(
     const missing = plan.manifest.layers.filter((_, i) => !plan.present[i])
     // Besides layers, skopeo writes the config and a manifest it may have converted (a little longer).
     const others = Math.max(plan.manifest.config.size, 2 * (plan.manifestSize ?? MAX_JSON_BLOB) + 4096)
-    await copyToLayout(context, plan.ref, plan.copyFrom!, layout, missing, others)
+    await copyToLayout(context, plan.ref, plan.copyFrom!, layout, plan.manifest.layers, missing, others)
   } finally {
     clearInterval(timer)
   }

@@ -1,4 +1,4 @@
-import {promises as fs, readFileSync} from 'node:fs'
+import {promises as fs, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -74,8 +74,10 @@ function registryFlags(context: SkopeoContext, side: '' | 'dest-' | 'src-'): str
 
 /** The bounds of one skopeo run, besides the time-outs of its context. */
 interface Bounds {
-  /** The layers being copied, to name the one a failure is about. */
+  /** The image's layers, to name the one a failure is about ("layer 2 of 3"). */
   layers?: Descriptor[]
+  /** The layers not (yet) copied whole: after a failure, the one it is about is among them. */
+  pending?: () => Descriptor[]
   /** The largest file skopeo may write (RLIMIT_FSIZE): a blob that grows past it is cut off by the kernel. */
   maxFile?: number
   /** The most bytes skopeo may print (a manifest or config). */
@@ -145,7 +147,11 @@ async function skopeo(
       if (io === undefined) return
       const now = Date.now()
       if (bounds.maxRead !== undefined && io.read > bounds.maxRead) {
-        stop(new WafersError(`${other} sent more than ${humanBytes(bounds.maxRead)} while ${verb} ${image}, more than it can hold; gave up.`))
+        stop(
+          new WafersError(
+            `${other} sent more than ${humanBytes(bounds.maxRead)} while ${verb} ${image}, more than it can hold; gave up.`,
+          ),
+        )
       } else if (io.read + io.written - mark.bytes >= IDLE_BYTES) {
         mark = {at: now, bytes: io.read + io.written}
       } else if (now - mark.at >= idleTimeout) {
@@ -193,7 +199,9 @@ async function skopeo(
 }
 
 function timedOut(verb: string, image: string, ms: number): WafersError {
-  return new WafersError(`${verb} ${image} took longer than ${duration(ms)}; gave up (--command-timeout ${duration(ms)}).`)
+  return new WafersError(
+    `${verb} ${image} took longer than ${duration(ms)}; gave up (--command-timeout ${duration(ms)}).`,
+  )
 }
 
 /** The bytes process `pid` (a child not yet reaped, so the number is still its own) has read and written so far. */
@@ -247,7 +255,7 @@ export async function inspectConfig(
  * Copies the image at `source` into the OCI layout directory `layout` (tagged `image`), keeping
  * every layer blob as it is (an uncompressed layer stays uncompressed, so its digest is the one
  * the manifest names). From a registry, no file skopeo writes can grow past the largest of
- * `layers` (the ones to download) and `others` (the config and manifest it writes, at most), so a
+ * `missing` (the layers to download, of all `layers`) and `others` (the config and manifest it writes, at most), so a
  * blob longer than its descriptor says is cut off there.
  */
 export async function copyToLayout(
@@ -256,11 +264,20 @@ export async function copyToLayout(
   source: string,
   layout: string,
   layers: Descriptor[],
+  missing: Descriptor[],
   others: number,
 ): Promise<void> {
-  const largest = Math.max(others, ...layers.map((layer) => layer.size))
-  const total = layers.reduce((sum, layer) => sum + layer.size, 0)
+  const largest = Math.max(others, ...missing.map((layer) => layer.size))
+  const total = missing.reduce((sum, layer) => sum + layer.size, 0)
   const network = ref.transport === 'docker'
+  const pending = () =>
+    missing.filter((layer) => {
+      try {
+        return statSync(path.join(layout, 'blobs', 'sha256', layer.digest.slice(7))).size !== layer.size
+      } catch {
+        return true
+      }
+    })
   await skopeo(
     context,
     [
@@ -277,6 +294,7 @@ export async function copyToLayout(
       layers,
       maxFile: network ? largest + 1 : undefined,
       maxRead: network ? 2 * total + 4 * MAX_JSON_BLOB : undefined,
+      pending,
     },
   )
 }
@@ -359,9 +377,18 @@ async function explain(
     )
   }
 
-  if (/file too large/.test(raw) && run.maxFile !== undefined) {
+  const huge = /exceeded maximum allowed size of (\d+) bytes/.exec(raw)
+  if (huge) {
     return new WafersError(
-      `${layers.length === 1 ? layer(layers[0].digest) : 'a layer'} of ${image} is larger than its descriptor says (${host ? `the registry ${host}` : 'the source'} sent more than ${run.maxFile - 1} bytes); gave up.`,
+      `${host ? `the registry ${host}` : 'the source'} sent more than ${humanBytes(Number(huge[1]))} for the manifest or config of ${image}, the most skopeo reads; gave up.`,
+      {suggestions: debug},
+    )
+  }
+
+  if (/file too large/.test(raw) && run.maxFile !== undefined) {
+    const pending = run.pending?.() ?? layers
+    return new WafersError(
+      `${pending.length === 1 ? layer(pending[0].digest) : 'a layer'} of ${image} is larger than its descriptor says (${host ? `the registry ${host}` : 'the source'} sent more than ${run.maxFile - 1} bytes); gave up.`,
       {suggestions: debug},
     )
   }
