@@ -126,8 +126,9 @@ export function readJsonBlob(
 ): {raw: Buffer; value: Record<string, unknown>} {
   const raw = readSmallFile(blobPath(dir, descriptor.digest), what, MAX_JSON_BLOB, descriptor.size)
   if (raw === undefined) throw new WafersError(`${what} (${descriptor.digest}) is missing from the layout ${dir}.`)
-  if (digestOf(raw) !== descriptor.digest)
-    throw new WafersError(`${what} does not match its digest ${descriptor.digest}.`)
+  const digest = digestOf(raw)
+  if (digest !== descriptor.digest)
+    throw new WafersError(`${what} does not match its digest ${descriptor.digest}: its bytes hash to ${digest}.`)
   return {raw, value: parseJson(raw, what)}
 }
 
