@@ -379,12 +379,12 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       )
     })
 
-    it('refuses a FIFO or device as an archive, in a pull and in FROM, without opening it', async function () {
+    it('refuses a FIFO or device as an archive, in a pull, in FROM and as a push destination, without opening it', async function () {
       const fifo = path.join(box.root, 'image.tar')
       await execa('mkfifo', [fifo])
       await refused(
         ['pull', `oci-archive:${fifo}`],
-        /image\.tar is a FIFO, not a regular file; wafers reads archives only from regular files\./,
+        /image\.tar is a FIFO, not a regular file; wafers reads and writes archives only as regular files\./,
       )
       await refused(['pull', `docker-archive:${fifo}`], /image\.tar is a FIFO, not a regular file/)
       await refused(['pull', 'docker-archive:/dev/zero'], /\/dev\/zero is a device, not a regular file/)
@@ -392,6 +392,8 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       await fs.mkdir(context)
       await fs.writeFile(path.join(context, 'Containerfile'), `FROM oci-archive:${fifo}\n`)
       await refused(['build', '-t', 'web', context], /image\.tar is a FIFO, not a regular file/)
+      await box.wafer('mine', {files: {'etc/mine': 'mine\n'}})
+      await refused(['push', 'mine', `docker-archive:${fifo}`], /image\.tar is a FIFO, not a regular file/)
     })
 
     it('refuses an image with more layers than a stack can hold before unpacking any', async function () {

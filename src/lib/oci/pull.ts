@@ -1,7 +1,7 @@
-import {closeSync, promises as fs, fstatSync, openSync} from 'node:fs'
+import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError} from '../errors.js'
 import {HistoryEntry, type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
 import {humanSize} from '../ui/render.js'
@@ -37,6 +37,7 @@ import {ImageReference, defaultName, describe, parseReference, pinned} from './r
 import {
   RegistryOptions,
   SkopeoContext,
+  checkArchivePath,
   checkRegistryOptions,
   copyToLayout,
   inspectConfig,
@@ -131,7 +132,7 @@ export function pullSteps(
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
       } else {
-        if (ref.transport === 'oci-archive' || ref.transport === 'docker-archive') checkArchive(ref)
+        checkArchivePath(ref)
         work = await makeWorkDir(store.root, 'pull')
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
@@ -217,37 +218,6 @@ export function pullSteps(
   }
 }
 
-/** O_PATH (Linux): opens a name without opening the file, so a FIFO never blocks and a device is never touched. */
-const O_PATH = 0o10000000
-
-/**
- * Refuses an archive path that is not a regular file (a FIFO would hang skopeo for ever, a device
- * be read without end), looking at it through O_PATH, which never opens the file for reading.
- * The path is the user's own: a symlink there is followed.
- */
-function checkArchive(ref: ImageReference): void {
-  let fd: number
-  try {
-    fd = openSync(ref.path!, O_PATH)
-  } catch (error) {
-    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) throw new WafersError(`${ref.path} does not exist.`)
-    throw new WafersError(`${ref.path} cannot be opened (${(error as NodeJS.ErrnoException).code}).`)
-  }
-
-  try {
-    const stat = fstatSync(fd)
-    if (stat.isDirectory()) throw new WafersError(`${ref.path} is a directory, not an archive file.`)
-    if (!stat.isFile()) {
-      const kind = stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : 'a device'
-      throw new WafersError(
-        `${ref.path} is ${kind}, not a regular file; wafers reads archives only from regular files.`,
-      )
-    }
-  } finally {
-    closeSync(fd)
-  }
-}
-
 function makePlan(
   ref: ImageReference,
   manifest: Manifest,
@@ -283,11 +253,20 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
   const platform = hostPlatform()
   // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
   // from an index too); it is used only if it is the one the manifest names.
-  const [first, guess] = await Promise.all([
-    inspectRaw(context, ref),
-    inspectConfig(context, ref).catch(() => undefined),
-  ])
-  let raw = first
+  // Stopped when the manifest cannot be read: a build goes on, and must not leave it running.
+  const guessing = new AbortController()
+  const signals = [guessing.signal, ...(context.signal ? [context.signal] : [])]
+  const guessed = inspectConfig({...context, signal: AbortSignal.any(signals)}, ref).catch(() => undefined)
+  let raw: Buffer
+  try {
+    raw = await inspectRaw(context, ref)
+  } catch (error) {
+    guessing.abort()
+    await guessed
+    throw error
+  }
+
+  const guess = await guessed
   let value = parseJson(raw, `the manifest of ${describe(ref)}`)
   let digest = digestOf(raw)
   if (isIndex(value)) {

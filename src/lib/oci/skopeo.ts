@@ -1,7 +1,7 @@
-import {promises as fs, readFileSync, statSync} from 'node:fs'
+import {closeSync, promises as fs, fstatSync, openSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 import {diesWithUs, findOnPath, systemProgram} from '../host/run.js'
 import type {Descriptor} from './image.js'
 import {MAX_JSON_BLOB} from './layout.js'
@@ -51,6 +51,43 @@ export async function skopeoContext(
     mode: 0o600,
   })
   return {authfile, dir, options, signal}
+}
+
+/** O_PATH (Linux): opens a name without opening the file, so a FIFO never blocks and a device is never touched. */
+const O_PATH = 0o10000000
+
+/**
+ * Refuses an `oci-archive:` or `docker-archive:` path that is not a regular file (a FIFO would
+ * hang skopeo for ever, a device be read or written without end), looking at it through O_PATH,
+ * which never opens the file itself. The path is the user's own: a symlink there is followed.
+ * With `mayBeMissing` (a push writes the archive), a path that does not exist yet passes.
+ */
+export function checkArchivePath(ref: ImageReference, mayBeMissing = false): void {
+  if (ref.transport !== 'oci-archive' && ref.transport !== 'docker-archive') return
+  let fd: number
+  try {
+    fd = openSync(ref.path!, O_PATH)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) {
+      if (mayBeMissing) return
+      throw new WafersError(`${ref.path} does not exist.`)
+    }
+
+    throw new WafersError(`${ref.path} cannot be opened (${(error as NodeJS.ErrnoException).code}).`)
+  }
+
+  try {
+    const stat = fstatSync(fd)
+    if (stat.isDirectory()) throw new WafersError(`${ref.path} is a directory, not an archive file.`)
+    if (!stat.isFile()) {
+      const kind = stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : 'a device'
+      throw new WafersError(
+        `${ref.path} is ${kind}, not a regular file; wafers reads and writes archives only as regular files.`,
+      )
+    }
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /** Refuses registry options that cannot work, before anything is done. */
@@ -321,7 +358,7 @@ export async function copyFromLayout(
     ],
     ref,
     'pushing to',
-    {layers, maxRead: ref.transport === 'docker' ? 2 * total + 4 * MAX_JSON_BLOB : undefined},
+    {layers, maxRead: ref.transport === 'docker' ? 4 * total + 4 * MAX_JSON_BLOB : undefined},
   )
   return (await fs.readFile(digestFile, 'utf8')).trim()
 }
