@@ -396,6 +396,37 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       await refused(['push', 'mine', `docker-archive:${fifo}`], /image\.tar is a FIFO, not a regular file/)
     })
 
+    it('removes the $WAFERS a refused pull made, and nothing else, however late it is refused', async function () {
+      // The config's first diffID is wrong: the refusal comes while layer 1 is unpacked.
+      const bad = path.join(box.root, 'bad')
+      await fs.cp(layout, bad, {recursive: true})
+      const index = JSON.parse(await fs.readFile(path.join(bad, 'index.json'), 'utf8'))
+      const blob = (digest: string) => path.join(bad, 'blobs', 'sha256', digest.slice(7))
+      const manifest = JSON.parse(await fs.readFile(blob(index.manifests[0].digest), 'utf8'))
+      const config = JSON.parse(await fs.readFile(blob(manifest.config.digest), 'utf8'))
+      config.rootfs.diff_ids[0] = `sha256:${'1'.repeat(64)}`
+      const configBytes = JSON.stringify(config)
+      manifest.config = {...manifest.config, digest: sha(configBytes), size: Buffer.byteLength(configBytes)}
+      await fs.writeFile(blob(manifest.config.digest), configBytes)
+      const manifestBytes = JSON.stringify(manifest)
+      index.manifests[0] = {...index.manifests[0], digest: sha(manifestBytes), size: Buffer.byteLength(manifestBytes)}
+      await fs.writeFile(blob(index.manifests[0].digest), manifestBytes)
+      await fs.writeFile(path.join(bad, 'index.json'), JSON.stringify(index))
+      const archive = path.join(box.root, 'bad.tar')
+      await execa('skopeo', ['copy', '-q', `oci:${bad}:test`, `oci-archive:${archive}:test`])
+      const besides = await fs.readdir(box.root)
+      fake = await FakeRegistry.start(bad, 'test', 'honest')
+      for (const ref of [`oci:${bad}:test`, `oci-archive:${archive}:test`, `${fake.host}/u/bad:test`]) {
+        // eslint-disable-next-line no-await-in-loop
+        await refused(
+          ['pull', ref, 'x', '--tls-verify=false'],
+          /layer 1 \(sha256:[0-9a-f]{64}\) of .* does not match its diffID sha256:1{64}/,
+        )
+        // eslint-disable-next-line no-await-in-loop
+        expect(await fs.readdir(box.root)).to.deep.equal(besides)
+      }
+    })
+
     it('refuses an image with more layers than a stack can hold before unpacking any', async function () {
       const deep = path.join(box.root, 'deep')
       const blobs = path.join(deep, 'blobs', 'sha256')

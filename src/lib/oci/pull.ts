@@ -1,4 +1,4 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -119,8 +119,13 @@ export function pullSteps(
   let plan: Plan | undefined
   const layout = () => path.join(work!.path, 'layout')
 
+  // What this pull makes of $WAFERS and its parents, to remove again if it is refused.
+  let created: string[] = []
+  let finished = false
+
   const resolve: Step = {
     async run(report) {
+      created = missingDirs(store.root)
       checkRoot()
       checkRegistryOptions(options)
       const ref = parseReference(text)
@@ -201,6 +206,7 @@ export function pullSteps(
           ...(current.config.variant ? {variant: current.config.variant} : {}),
         }
         await store.create(result.name, result.layers.at(-1)?.wafer, {meta: {image}})
+        finished = true
         return `Made ${result.name} on ${result.layers.at(-1)?.wafer ?? 'nothing (the image has no layers)'}`
       },
       title: `Make wafer ${result.name}`,
@@ -211,6 +217,19 @@ export function pullSteps(
   return {
     async dispose() {
       await work?.dispose()
+      // rmdir: only what is still empty (layers kept for the next pull keep $WAFERS), never a link.
+      if (!finished) {
+        for (const dir of created) {
+          // eslint-disable-next-line no-await-in-loop
+          if (
+            !(await fs.rmdir(dir).then(
+              () => true,
+              () => false,
+            ))
+          )
+            break
+        }
+      }
     },
     resolve,
     result,
@@ -296,6 +315,17 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
   const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
   plan.manifestSize = raw.length
   return plan
+}
+
+/** `dir` and those of its parents that do not exist yet, deepest first. */
+function missingDirs(dir: string): string[] {
+  const missing: string[] = []
+  for (let at = path.resolve(dir); at !== path.dirname(at); at = path.dirname(at)) {
+    if (lstatSync(at, {throwIfNoEntry: false}) !== undefined) break
+    missing.push(at)
+  }
+
+  return missing
 }
 
 /** Refuses `got` when it is not the digest `want` that `what` was asked for by, naming both. */

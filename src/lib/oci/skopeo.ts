@@ -186,7 +186,7 @@ async function skopeo(
       if (bounds.maxRead !== undefined && io.read > bounds.maxRead) {
         stop(
           new WafersError(
-            `${other} sent more than ${humanBytes(bounds.maxRead)} while ${verb} ${image}, more than it can hold; gave up.`,
+            `${other} sent more than ${humanBytes(bounds.maxRead)} while ${verb} ${image}, more than the image's manifest, config and layers take; gave up.`,
           ),
         )
       } else if (io.read + io.written - mark.bytes >= IDLE_BYTES) {
@@ -292,8 +292,8 @@ export async function inspectConfig(
  * Copies the image at `source` into the OCI layout directory `layout` (tagged `image`), keeping
  * every layer blob as it is (an uncompressed layer stays uncompressed, so its digest is the one
  * the manifest names). From a registry, no file skopeo writes can grow past the largest of
- * `missing` (the layers to download, of all `layers`) and `others` (the config and manifest it writes, at most), so a
- * blob longer than its descriptor says is cut off there.
+ * `missing` (the layers to download, of all `layers`) and `others` (the most the config and the
+ * manifest it writes take), so a blob longer than its descriptor says is cut off there.
  */
 export async function copyToLayout(
   context: SkopeoContext,
