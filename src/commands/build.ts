@@ -4,7 +4,7 @@ import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/builder/build.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
-import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 import {locationsFromEnv} from '../lib/store/store.js'
@@ -80,7 +80,12 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         hooks: this.hookRunner(),
         name: flags.tag,
         noCache: flags['no-cache'],
-        registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
+        registry: {
+          authfile: flags.authfile,
+          creds: flags.creds,
+          tlsVerify: flags['tls-verify'],
+          ...timeoutOptions(flags),
+        },
         signal: interrupt.signal,
       })
       close = build.close

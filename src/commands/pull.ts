@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
-import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
 import type {PullResult} from '../lib/oci/pull.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
@@ -66,6 +66,7 @@ The image's entrypoint and command, environment, user, working directory and sto
       name: args.name,
       signal: interrupt.signal,
       tlsVerify: flags['tls-verify'],
+      ...timeoutOptions(flags),
     })
     try {
       await runSteps([resolve], mode, interrupt.signal)

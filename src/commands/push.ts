@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
-import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
 import type {PushResult} from '../lib/oci/push.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
@@ -61,6 +61,7 @@ Layers are reproducible: the same files give the same layer digest on every push
       force: flags.force,
       signal: interrupt.signal,
       tlsVerify: flags['tls-verify'],
+      ...timeoutOptions(flags),
       warn: (message) => this.warn(message),
     })
     try {

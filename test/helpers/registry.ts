@@ -67,6 +67,44 @@ export class Registry {
     throw new Error(`docker-registry did not start on ${registry.host}: ${(await child).stderr}`)
   }
 
+  /**
+   * Uploads the image tagged `tag` in the OCI layout `layout` to `repository:tag` through the
+   * distribution API itself, every blob and the manifest byte for byte (skopeo would recompress an
+   * uncompressed layer on the way).
+   */
+  async pushLayout(layout: string, tag: string, repository: string): Promise<void> {
+    const base = `http://${this.host}/v2/${repository}`
+    const blob = (digest: string) => fs.readFile(path.join(layout, 'blobs', 'sha256', digest.slice(7)))
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as {
+      manifests: Array<{annotations?: Record<string, string>; digest: string; mediaType: string}>
+    }
+    const top = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)
+    if (!top) throw new Error(`no tag ${tag} in ${layout}`)
+    const raw = await blob(top.digest)
+    const manifest = JSON.parse(raw.toString()) as {config: {digest: string}; layers: Array<{digest: string}>}
+    for (const digest of [manifest.config.digest, ...manifest.layers.map((layer) => layer.digest)]) {
+      // eslint-disable-next-line no-await-in-loop
+      const started = await fetch(`${base}/blobs/uploads/`, {method: 'POST'})
+      if (started.status !== 202) throw new Error(`upload of ${digest} refused: ${started.status}`)
+      const location = new URL(started.headers.get('location')!, `http://${this.host}`)
+      location.searchParams.set('digest', digest)
+      // eslint-disable-next-line no-await-in-loop
+      const put = await fetch(location, {
+        body: await blob(digest),
+        headers: {'Content-Type': 'application/octet-stream'},
+        method: 'PUT',
+      })
+      if (put.status !== 201) throw new Error(`upload of ${digest} failed: ${put.status} ${await put.text()}`)
+    }
+
+    const put = await fetch(`${base}/manifests/${tag}`, {
+      body: raw,
+      headers: {'Content-Type': top.mediaType},
+      method: 'PUT',
+    })
+    if (put.status !== 201) throw new Error(`manifest upload failed: ${put.status} ${await put.text()}`)
+  }
+
   /** Stops the registry and deletes its storage. */
   async stop(): Promise<void> {
     this.child.kill('SIGTERM')

@@ -3,6 +3,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import {readStoreFile} from '../host/files.js'
+import {diesWithUs, findOnPath} from '../host/run.js'
 import type {CopyPlan} from './context.js'
 import {resolveInRoot} from './paths.js'
 
@@ -144,20 +145,17 @@ export async function unpackArchive(
   await fs.mkdir(scratch, {mode: 0o700})
   try {
     const {execa} = await import('execa')
-    const result = await execa(
-      'tar',
-      [
-        '--extract',
-        `--file=${file}`,
-        `--directory=${scratch}`,
-        '--same-owner',
-        '--preserve-permissions',
-        '--xattrs',
-        '--xattrs-include=*',
-        '--no-overwrite-dir',
-      ],
-      {reject: false, stdin: 'ignore'},
-    )
+    const tar = diesWithUs(findOnPath('tar') ?? 'tar', [
+      '--extract',
+      `--file=${file}`,
+      `--directory=${scratch}`,
+      '--same-owner',
+      '--preserve-permissions',
+      '--xattrs',
+      '--xattrs-include=*',
+      '--no-overwrite-dir',
+    ])
+    const result = await execa(tar.file, tar.args, {reject: false, stdin: 'ignore'})
     if (result.exitCode !== 0) {
       const said = String(result.stderr ?? '')
         .split('\n')

@@ -12,7 +12,7 @@ import path from 'node:path'
 
 import {WafersError} from '../errors.js'
 import {readProcFile} from './files.js'
-import {systemProgram} from './run.js'
+import {diesWithUs, systemProgram} from './run.js'
 import {type MountEntry, overlayOptionLayers, parseMountInfo} from './mounts.js'
 
 /** A process that keeps a directory busy. */
@@ -314,15 +314,16 @@ export async function hiddenUses(
 async function pinnedMountTable(file: string, namespace: string): Promise<MountEntry[]> {
   try {
     const {execa} = await import('execa')
-    const {stdout} = await execa(
-      systemProgram('nsenter'),
-      [`--mount=${file}`, systemProgram('cat'), '/proc/self/mountinfo'],
-      {
-        maxBuffer: 64 * 1024 * 1024,
-        stdin: 'ignore',
-        timeout: 10_000,
-      },
-    )
+    const command = diesWithUs(systemProgram('nsenter'), [
+      `--mount=${file}`,
+      systemProgram('cat'),
+      '/proc/self/mountinfo',
+    ])
+    const {stdout} = await execa(command.file, command.args, {
+      maxBuffer: 64 * 1024 * 1024,
+      stdin: 'ignore',
+      timeout: 10_000,
+    })
     return parseMountInfo(stdout)
   } catch {
     throw new WafersError(

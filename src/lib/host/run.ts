@@ -1,4 +1,4 @@
-import {accessSync, constants, promises as fs} from 'node:fs'
+import {accessSync, constants, promises as fs, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
@@ -16,7 +16,10 @@ export interface RunResult {
  */
 export async function run(file: string, args: string[], options: {cwd?: string} = {}): Promise<RunResult> {
   const {execa} = await import('execa')
-  const result = await execa(file, args, {cwd: options.cwd, reject: false, stdin: 'ignore'})
+  const program = findOnPath(file)
+  if (program === undefined) throw new WafersError(`${file} is not installed or not on PATH.`)
+  const child = diesWithUs(program, args)
+  const result = await execa(child.file, child.args, {cwd: options.cwd, reject: false, stdin: 'ignore'})
   if (result.failed) {
     // mount(8) ends with a pointer to dmesg after the reason: the reason is the line to keep.
     const said = `${result.stderr || result.stdout || result.shortMessage}`
@@ -32,6 +35,42 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
   }
 
   return {stderr: result.stderr, stdout: result.stdout}
+}
+
+/**
+ * The command line that runs `program` (an absolute path, see findOnPath) so that the kernel kills
+ * it when wafers ends, however wafers ends (kill -9 included): setpriv sets its parent-death signal,
+ * which Node cannot, then execs the program in the same process. Every program wafers starts goes
+ * through this, so none is left writing into the store after wafers is gone. `prefix` runs between
+ * the two (prlimit, say), exec'ing in turn.
+ */
+export function diesWithUs(program: string, args: string[], prefix: string[] = []): {args: string[]; file: string} {
+  return {args: ['--pdeathsig', 'KILL', '--', ...prefix, program, ...args], file: systemProgram('setpriv')}
+}
+
+/**
+ * The absolute path of executable `file` on `searchPath` (PATH by default), or `file` itself when
+ * it names a path; undefined when there is none. Resolved before the start, since a program run
+ * through diesWithUs that is missing would only show as setpriv's failure.
+ */
+export function findOnPath(file: string, searchPath = process.env.PATH ?? ''): string | undefined {
+  const candidates = file.includes('/')
+    ? [file]
+    : searchPath
+        .split(':')
+        .filter((dir) => dir !== '')
+        .map((dir) => path.join(dir, file))
+  for (const candidate of candidates) {
+    try {
+      if (!statSync(candidate).isFile()) continue
+      accessSync(candidate, constants.X_OK)
+      return path.resolve(candidate)
+    } catch {
+      // Not here.
+    }
+  }
+
+  return undefined
 }
 
 /** Where the system keeps the programs wafers itself relies on (flock, setpriv), whatever PATH says. */
@@ -86,10 +125,11 @@ export async function runStreaming(
   }
 
   if (program === undefined) throw missing()
-  // The kernel ends the program when wafers ends, however it ends (kill -9 included): setpriv sets
-  // its parent-death signal, which Node cannot. It also holds the descriptors in `inherit` (the
-  // locks of the stages being filled), as does anything it starts, so no stage is swept while they write.
-  const child = spawn(systemProgram('setpriv'), ['--pdeathsig', 'KILL', '--', program, ...args], {
+  // The kernel ends the program when wafers ends (diesWithUs). It also holds the descriptors in
+  // `inherit` (the locks of the stages being filled), as does anything it starts, so no stage is
+  // swept while they write.
+  const wrapped = diesWithUs(program, args)
+  const child = spawn(wrapped.file, wrapped.args, {
     cwd: options.cwd,
     env: options.env ? {...process.env, ...options.env} : process.env,
     stdio: ['ignore', 'pipe', 'pipe', ...(options.inherit ?? [])],

@@ -1,9 +1,10 @@
-import {closeSync, createReadStream, mkdirSync} from 'node:fs'
+import {closeSync, createReadStream, mkdirSync, readSync} from 'node:fs'
 import path from 'node:path'
 import {Readable} from 'node:stream'
 
 import {WafersError} from '../errors.js'
 import {openStoreFile, readSmallFile, writeFileAtomic} from '../host/files.js'
+import type {LayerCompression} from '../layer/archive.js'
 import {digestOf, sha256} from '../layer/digest.js'
 import {Descriptor, Index, MEDIA, Manifest, checkDigest, checkManifest, isIndex, selectPlatform} from './image.js'
 import type {Platform} from './platform.js'
@@ -37,6 +38,31 @@ export function openBlob(dir: string, descriptor: Descriptor, what: string): Rea
   return createReadStream('', {end: opened.size - 1, fd: opened.fd, highWaterMark: 1024 * 1024, start: 0})
 }
 
+/**
+ * The compression blob `descriptor` really has, from its first bytes, where they show gzip or zstd
+ * or neither; `said` (from its media type) when it is empty. skopeo's docker-archive source calls
+ * every layer gzip, compressed or not; the diffID check still proves what was unpacked.
+ */
+export function blobCompression(
+  dir: string,
+  descriptor: Descriptor,
+  said: LayerCompression,
+  what: string,
+): LayerCompression {
+  const opened = openStoreFile(blobPath(dir, descriptor.digest), what, () => {})
+  if (opened === undefined) return said
+  try {
+    const head = Buffer.alloc(4)
+    const n = readSync(opened.fd, head, 0, 4, 0)
+    if (n === 0) return said
+    if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip'
+    if (n === 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd'
+    return 'none'
+  } finally {
+    closeSync(opened.fd)
+  }
+}
+
 /** Parses JSON `bytes`, refusing what is not an object in one sentence. */
 export function parseJson(bytes: Buffer | string, what: string): Record<string, unknown> {
   let value: unknown
@@ -59,8 +85,9 @@ export function readJsonBlob(
 ): {raw: Buffer; value: Record<string, unknown>} {
   const raw = readSmallFile(blobPath(dir, descriptor.digest), what, MAX_JSON_BLOB, descriptor.size)
   if (raw === undefined) throw new WafersError(`${what} (${descriptor.digest}) is missing from the layout ${dir}.`)
-  if (digestOf(sha256().update(raw)) !== descriptor.digest)
-    throw new WafersError(`${what} does not match its digest ${descriptor.digest}.`)
+  const digest = digestOf(sha256().update(raw))
+  if (digest !== descriptor.digest)
+    throw new WafersError(`${what} does not match its digest ${descriptor.digest}: its bytes hash to ${digest}.`)
   return {raw, value: parseJson(raw, what)}
 }
 

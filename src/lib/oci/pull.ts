@@ -1,4 +1,4 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -9,6 +9,7 @@ import {humanSize, plural} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
+import {MAX_LOWER_LAYERS} from '../store/ancestry.js'
 import {chainIds, layerWaferName} from './chain.js'
 import {
   Descriptor,
@@ -21,11 +22,12 @@ import {
   selectPlatform,
 } from './image.js'
 import {checkPlatform, hostPlatform, platformText} from './platform.js'
-import {blobPath, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
+import {MAX_JSON_BLOB, blobCompression, blobPath, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
   RegistryOptions,
   SkopeoContext,
+  checkArchivePath,
   checkRegistryOptions,
   copyToLayout,
   inspectConfig,
@@ -82,6 +84,8 @@ interface Plan {
   digest: string
   history?: HistoryEntry[][]
   manifest: Manifest
+  /** The size of the manifest as read, for bounding what skopeo writes. */
+  manifestSize?: number
   present: boolean[]
   ref: ImageReference
 }
@@ -105,8 +109,13 @@ export function pullSteps(
   let plan: Plan | undefined
   const layout = () => path.join(work!.path, 'layout')
 
+  // What this pull makes of $WAFERS and its parents, to remove again if it is refused.
+  let created: string[] = []
+  let finished = false
+
   const resolve: Step = {
     async run(report) {
+      created = missingDirs(store.root)
       checkRoot()
       checkRegistryOptions(options)
       const ref = parseReference(text)
@@ -121,6 +130,7 @@ export function pullSteps(
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
       } else {
+        checkArchivePath(ref)
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
         plan = await inspect(context, ref)
@@ -188,6 +198,7 @@ export function pullSteps(
           ...(current.config.variant ? {variant: current.config.variant} : {}),
         }
         await store.create(result.name, result.layers.at(-1)?.wafer, {meta: {image}})
+        finished = true
         return `Made ${result.name} on ${result.layers.at(-1)?.wafer ?? 'nothing (the image has no layers)'}`
       },
       title: `Make wafer ${result.name}`,
@@ -198,6 +209,19 @@ export function pullSteps(
   return {
     async dispose() {
       await work?.dispose()
+      // rmdir: only what is still empty (layers kept for the next pull keep $WAFERS), never a link.
+      if (!finished) {
+        for (const dir of created) {
+          // eslint-disable-next-line no-await-in-loop
+          if (
+            !(await fs.rmdir(dir).then(
+              () => true,
+              () => false,
+            ))
+          )
+            break
+        }
+      }
     },
     resolve,
     result,
@@ -213,6 +237,7 @@ function makePlan(
   blobs: string,
   copyFrom?: string,
 ): Plan {
+  checkDepth(manifest, describe(ref))
   const what = `the config of ${describe(ref)}`
   const config = checkConfig(rawConfig, manifest.layers.length, what)
   checkPlatform(config, hostPlatform(), describe(ref))
@@ -239,11 +264,20 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
   const platform = hostPlatform()
   // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
   // from an index too); it is used only if it is the one the manifest names.
-  const [first, guess] = await Promise.all([
-    inspectRaw(context, ref),
-    inspectConfig(context, ref).catch(() => undefined),
-  ])
-  let raw = first
+  // Stopped when the manifest cannot be read: a build goes on, and must not leave it running.
+  const guessing = new AbortController()
+  const signals = [guessing.signal, ...(context.signal ? [context.signal] : [])]
+  const guessed = inspectConfig({...context, signal: AbortSignal.any(signals)}, ref).catch(() => undefined)
+  let raw: Buffer
+  try {
+    raw = await inspectRaw(context, ref)
+  } catch (error) {
+    guessing.abort()
+    await guessed
+    throw error
+  }
+
+  const guess = await guessed
   let value = parseJson(raw, `the manifest of ${describe(ref)}`)
   let digest = digestOf(sha256().update(raw))
   if (isIndex(value)) {
@@ -256,24 +290,48 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
 
     raw = await inspectRaw(context, ref, pinned(ref, chosen.digest))
     digest = digestOf(sha256().update(raw))
-    if (digest !== chosen.digest)
-      throw new WafersError(`the manifest of ${describe(ref)} does not match its digest ${chosen.digest}.`)
+    checkDigestOf(`the manifest of ${describe(ref)}`, chosen.digest, digest)
     value = parseJson(raw, `the manifest of ${describe(ref)}`)
-  } else if (ref.digest !== undefined && ref.digest !== digest) {
-    throw new WafersError(`the manifest of ${describe(ref)} does not match its digest.`)
+  } else if (ref.digest !== undefined) {
+    checkDigestOf(`the manifest of ${describe(ref)}`, ref.digest, digest)
   }
 
   const manifest = checkManifest(value, `the manifest of ${describe(ref)}`)
+  checkDepth(manifest, describe(ref))
   const source = pinned(ref, digest)
   const configRaw =
     guess !== undefined && digestOf(sha256().update(guess)) === manifest.config.digest
       ? guess
       : await inspectConfig(context, ref, source)
-  if (digestOf(sha256().update(configRaw)) !== manifest.config.digest) {
-    throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
+  checkDigestOf(`the config of ${describe(ref)}`, manifest.config.digest, digestOf(sha256().update(configRaw)))
+  const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+  plan.manifestSize = raw.length
+  return plan
+}
+
+/** `dir` and those of its parents that do not exist yet, deepest first. */
+function missingDirs(dir: string): string[] {
+  const missing: string[] = []
+  for (let at = path.resolve(dir); at !== path.dirname(at); at = path.dirname(at)) {
+    if (lstatSync(at, {throwIfNoEntry: false}) !== undefined) break
+    missing.push(at)
   }
 
-  return makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+  return missing
+}
+
+/** Refuses `got` when it is not the digest `want` that `what` was asked for by, naming both. */
+function checkDigestOf(what: string, want: string, got: string): void {
+  if (got !== want) throw new WafersError(`${what} does not match its digest: asked for ${want}, got ${got}.`)
+}
+
+/** Refuses, before anything is unpacked, an image with more layers than a stack of wafers can hold. */
+function checkDepth(manifest: Manifest, image: string): void {
+  if (manifest.layers.length > MAX_LOWER_LAYERS) {
+    throw new WafersError(
+      `${image} has ${manifest.layers.length} layers, more than the ${MAX_LOWER_LAYERS} a stack can hold (overlayfs mounts at most ${MAX_LOWER_LAYERS} lower layers).`,
+    )
+  }
 }
 
 /**
@@ -315,7 +373,10 @@ async function download(
     report(`${humanSize(Math.min(bytes, total))} of ${humanSize(total)}`)
   }, 500)
   try {
-    await copyToLayout(context, plan.ref, plan.copyFrom!, layout)
+    const missing = plan.manifest.layers.filter((_, i) => !plan.present[i])
+    // Besides layers, skopeo writes the config and a manifest it may have converted (a little longer).
+    const others = Math.max(plan.manifest.config.size, 2 * (plan.manifestSize ?? MAX_JSON_BLOB) + 4096)
+    await copyToLayout(context, plan.ref, plan.copyFrom!, layout, plan.manifest.layers, missing, others)
   } finally {
     clearInterval(timer)
   }
@@ -325,7 +386,15 @@ async function download(
   const same =
     copied.layers.length === plan.manifest.layers.length &&
     copied.layers.every((layer, i) => layer.digest === plan.manifest.layers[i].digest)
-  if (!same) throw new WafersError(`${describe(plan.ref)} changed while it was downloaded; pull it again.`)
+  if (!same) {
+    const at = copied.layers.findIndex((layer, i) => layer.digest !== plan.manifest.layers[i]?.digest)
+    throw new WafersError(
+      at === -1 || at >= plan.manifest.layers.length
+        ? `${describe(plan.ref)} changed while it was downloaded: ${copied.layers.length} layers came, not ${plan.manifest.layers.length}; pull it again.`
+        : `${describe(plan.ref)} changed while it was downloaded: layer ${at + 1} is ${copied.layers[at].digest}, not ${plan.manifest.layers[at].digest}; pull it again.`,
+    )
+  }
+
   plan.manifest = copied
 }
 
@@ -356,7 +425,7 @@ async function unpackInto(
       async fill(data) {
         const input = openBlob(plan.blobs, descriptor, what)
         await unpackLayer(input, data, {
-          compression: compressionOf(descriptor.mediaType),
+          compression: blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
           expectDiffId: layer.diffId,
           expectDigest: descriptor.digest,
           name: what,

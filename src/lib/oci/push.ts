@@ -16,7 +16,7 @@ import {hostPlatform} from './platform.js'
 import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
 import {throttled} from './throttle.js'
 import {ImageReference, describe, parseReference} from './reference.js'
-import {RegistryOptions, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
+import {RegistryOptions, checkArchivePath, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
 
 /** What `push` was asked to do. */
@@ -80,6 +80,7 @@ export function pushSteps(
       checkRoot()
       checkRegistryOptions(options)
       ref = parseReference(text)
+      checkArchivePath(ref, true)
       result.ref = ref.skopeo
       if (!(await store.exists(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
       wafers = (await traceAncestry(store, name)).reverse()
@@ -155,7 +156,7 @@ export function pushSteps(
         writeLayoutIndex(layout, writeJsonBlob(layout, manifest, MEDIA.ociManifest), 'image')
         report(`copying to ${describe(ref)}`)
         const context = await skopeoContext(options, ref, work!.path, options.signal)
-        result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'))
+        result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'), manifest.layers)
         return `Pushed ${describe(ref)} (${result.digest})`
       },
       title: `Push ${text}`,

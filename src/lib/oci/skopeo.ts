@@ -1,7 +1,10 @@
-import {promises as fs} from 'node:fs'
+import {closeSync, promises as fs, fstatSync, openSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
+import {diesWithUs, findOnPath, systemProgram} from '../host/run.js'
+import type {Descriptor} from './image.js'
+import {MAX_JSON_BLOB} from './layout.js'
 import {ImageReference, describe} from './reference.js'
 
 /** How to reach a registry: the flags pull and push share with skopeo and podman. */
@@ -10,6 +13,10 @@ export interface RegistryOptions {
   authfile?: string
   /** `USER:PASS` (`--creds`). */
   creds?: string
+  /** The longest one skopeo run may take, in ms (`--command-timeout`); none when undefined. */
+  commandTimeout?: number
+  /** How long, in ms, the other side may move less than 1 KiB before wafers gives up (`--idle-timeout`); 60 s when undefined. */
+  idleTimeout?: number
   /** false for a registry on plain HTTP or with a certificate nobody signed (`--tls-verify=false`). */
   tlsVerify: boolean
 }
@@ -18,6 +25,8 @@ export interface RegistryOptions {
 export interface SkopeoContext {
   /** An auth file holding `--creds`, written by writeCredentials, if any. */
   authfile?: string
+  /** A private directory for skopeo's temporary files (its TMPDIR), removed with the pull or push. */
+  dir: string
   options: RegistryOptions
   signal?: AbortSignal
 }
@@ -33,7 +42,7 @@ export async function skopeoContext(
   dir: string,
   signal?: AbortSignal,
 ): Promise<SkopeoContext> {
-  if (options.creds === undefined) return {authfile: options.authfile, options, signal}
+  if (options.creds === undefined) return {authfile: options.authfile, dir, options, signal}
   const auth = Buffer.from(options.creds).toString('base64')
   // Docker Hub answers under several names; the others are named as written.
   const hosts = ref.host === 'docker.io' ? ['docker.io', 'registry-1.docker.io', 'index.docker.io'] : [ref.host ?? '']
@@ -41,7 +50,44 @@ export async function skopeoContext(
   await fs.writeFile(authfile, JSON.stringify({auths: Object.fromEntries(hosts.map((host) => [host, {auth}]))}), {
     mode: 0o600,
   })
-  return {authfile, options, signal}
+  return {authfile, dir, options, signal}
+}
+
+/** O_PATH (Linux): opens a name without opening the file, so a FIFO never blocks and a device is never touched. */
+const O_PATH = 0o10000000
+
+/**
+ * Refuses an `oci-archive:` or `docker-archive:` path that is not a regular file (a FIFO would
+ * hang skopeo for ever, a device be read or written without end), looking at it through O_PATH,
+ * which never opens the file itself. The path is the user's own: a symlink there is followed.
+ * With `mayBeMissing` (a push writes the archive), a path that does not exist yet passes.
+ */
+export function checkArchivePath(ref: ImageReference, mayBeMissing = false): void {
+  if (ref.transport !== 'oci-archive' && ref.transport !== 'docker-archive') return
+  let fd: number
+  try {
+    fd = openSync(ref.path!, O_PATH)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) {
+      if (mayBeMissing) return
+      throw new WafersError(`${ref.path} does not exist.`)
+    }
+
+    throw new WafersError(`${ref.path} cannot be opened (${(error as NodeJS.ErrnoException).code}).`)
+  }
+
+  try {
+    const stat = fstatSync(fd)
+    if (stat.isDirectory()) throw new WafersError(`${ref.path} is a directory, not an archive file.`)
+    if (!stat.isFile()) {
+      const kind = stat.isFIFO() ? 'a FIFO' : stat.isSocket() ? 'a socket' : 'a device'
+      throw new WafersError(
+        `${ref.path} is ${kind}, not a regular file; wafers reads and writes archives only as regular files.`,
+      )
+    }
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /** Refuses registry options that cannot work, before anything is done. */
@@ -63,62 +109,230 @@ function skopeoRegistryArgs(context: SkopeoContext, side: '' | 'dest-' | 'src-')
   return flags
 }
 
-/** Runs skopeo with an argument array; a failure becomes one sentence about `ref` (see explain). */
-async function skopeo(context: SkopeoContext, args: string[], ref: ImageReference, verb: string): Promise<string> {
-  const {execa} = await import('execa')
-  const result = await execa('skopeo', args, {
-    cancelSignal: context.signal,
-    encoding: 'utf8',
-    maxBuffer: 64 * 1024 * 1024,
-    reject: false,
-    stdin: 'ignore',
-  })
-  if (result.isCanceled || context.signal?.aborted)
-    throw new WafersError(`interrupted while ${verb} ${describe(ref)}.`, {exit: 130})
-  if (result.failed) {
-    if (result.code === 'ENOENT') {
-      throw new WafersError('skopeo is not installed; install the skopeo package.', {
-        suggestions: ['apt-get install skopeo'],
-      })
-    }
+/** The bounds of one skopeo run, besides the time-outs of its context. */
+interface Bounds {
+  /** The image's layers, to name the one a failure is about ("layer 2 of 3"). */
+  layers?: Descriptor[]
+  /** The layers not (yet) copied whole: after a failure, the one it is about is among them. */
+  pending?: () => Descriptor[]
+  /** The largest file skopeo may write (RLIMIT_FSIZE): a blob that grows past it is cut off by the kernel. */
+  maxFile?: number
+  /** The most bytes skopeo may print (a manifest or config). */
+  maxOutput?: number
+  /** The most bytes skopeo may read in all, from the network and files: an endless answer is cut off. */
+  maxRead?: number
+  /** Fail without explaining (a question whose failure is an answer). */
+  plain?: boolean
+  /** What skopeo prints, for a sentence about an answer too large ("the manifest of IMAGE"). */
+  what?: string
+}
 
-    throw await explain(context, result.stderr || result.shortMessage || '', ref)
+/** Less than this many bytes moved in --idle-timeout is no progress (a registry answering a byte a second is stuck). */
+const IDLE_BYTES = 1024
+
+/** The idle time-out when none is given. */
+export const DEFAULT_IDLE_TIMEOUT = 60_000
+
+/**
+ * Runs skopeo with an argument array and returns exactly the bytes it printed (a manifest's final
+ * newline is part of what its digest covers). The run dies with wafers (diesWithUs), keeps its
+ * temporary files in the context's private directory, and is stopped when it moves less than 1 KiB
+ * in the idle time-out, outlasts the command time-out, or reads or writes more than `bounds`
+ * allow. A failure or a bound hit becomes one sentence about `ref` (see explain).
+ */
+async function skopeo(
+  context: SkopeoContext,
+  args: string[],
+  ref: ImageReference,
+  verb: string,
+  bounds: Bounds = {},
+): Promise<Buffer> {
+  const {execa} = await import('execa')
+  const program = findOnPath('skopeo')
+  if (program === undefined) {
+    throw new WafersError('skopeo is not installed; install the skopeo package.', {
+      suggestions: ['apt-get install skopeo'],
+    })
   }
 
-  return result.stdout
+  const {commandTimeout} = context.options
+  const idleTimeout = context.options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT
+  const argv = [...(commandTimeout === undefined ? [] : [`--command-timeout=${commandTimeout}ms`]), ...args]
+  const limit = bounds.maxFile === undefined ? [] : [systemProgram('prlimit'), `--fsize=${bounds.maxFile}`, '--']
+  const command = diesWithUs(program, argv, limit)
+  const child = execa(command.file, command.args, {
+    cancelSignal: context.signal,
+    encoding: 'buffer',
+    env: {TMPDIR: context.dir},
+    maxBuffer: {stderr: 1024 * 1024, stdout: bounds.maxOutput ?? 1024 * 1024},
+    reject: false,
+    stdin: 'ignore',
+    stripFinalNewline: false,
+  })
+  let stopped: undefined | WafersError
+  const stop = (error: WafersError) => {
+    stopped ??= error
+    child.kill('SIGKILL')
+  }
+
+  const image = describe(ref)
+  const other = ref.host === undefined ? 'skopeo' : `the registry ${ref.host}`
+  let mark = {at: Date.now(), bytes: 0}
+  const watch = setInterval(
+    () => {
+      const io = childIo(child.pid)
+      if (io === undefined) return
+      const now = Date.now()
+      if (bounds.maxRead !== undefined && io.read > bounds.maxRead) {
+        stop(
+          new WafersError(
+            `${other} sent more than ${humanBytes(bounds.maxRead)} while ${verb} ${image}, more than the image's manifest, config and layers take; gave up.`,
+          ),
+        )
+      } else if (io.read + io.written - mark.bytes >= IDLE_BYTES) {
+        mark = {at: now, bytes: io.read + io.written}
+      } else if (now - mark.at >= idleTimeout) {
+        stop(
+          new WafersError(
+            `${other} moved less than 1 KiB in ${duration(idleTimeout)} while ${verb} ${image}; gave up (--idle-timeout ${duration(idleTimeout)}).`,
+          ),
+        )
+      }
+    },
+    Math.max(50, Math.min(500, idleTimeout / 4)),
+  )
+  // skopeo's own --command-timeout ends it; this is for a skopeo that does not.
+  const deadline =
+    commandTimeout === undefined
+      ? undefined
+      : setTimeout(() => stop(timedOut(verb, image, commandTimeout)), commandTimeout + 5000)
+  let result
+  try {
+    result = await child
+  } finally {
+    clearInterval(watch)
+    clearTimeout(deadline)
+  }
+
+  if (result.isCanceled || context.signal?.aborted)
+    throw new WafersError(`interrupted while ${verb} ${image}.`, {exit: 130})
+  if (stopped) throw stopped
+  const stderr = Buffer.from(result.stderr).toString('utf8')
+  if (process.env.DEBUG) process.stderr.write(`skopeo ${argv.join(' ')}\n${stderr}`)
+  if (result.isMaxBuffer) {
+    throw new WafersError(
+      `${bounds.what ?? `what skopeo printed for ${image}`} is larger than the ${humanBytes(bounds.maxOutput ?? 1024 * 1024)} wafers reads.`,
+    )
+  }
+
+  if (result.failed) {
+    if (commandTimeout !== undefined && /context deadline exceeded/.test(stderr))
+      throw timedOut(verb, image, commandTimeout)
+    if (bounds.plain) throw new WafersError(`skopeo failed while ${verb} ${image}.`)
+    throw await explain(context, stderr || result.shortMessage || '', ref, {...bounds, argv})
+  }
+
+  return Buffer.from(result.stdout)
 }
 
-/** The raw manifest or index REF names (`skopeo inspect --raw`). */
-export async function inspectRaw(context: SkopeoContext, ref: ImageReference, skopeoRef = ref.skopeo): Promise<string> {
-  return skopeo(context, ['inspect', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef], ref, 'reading')
+function timedOut(verb: string, image: string, ms: number): WafersError {
+  return new WafersError(
+    `${verb} ${image} took longer than ${duration(ms)}; gave up (--command-timeout ${duration(ms)}).`,
+  )
 }
 
-/** The raw image config of REF (`skopeo inspect --config --raw`). */
+/** The bytes process `pid` (a child not yet reaped, so the number is still its own) has read and written so far. */
+function childIo(pid: number | undefined): undefined | {read: number; written: number} {
+  if (pid === undefined) return undefined
+  try {
+    const text = readFileSync(`/proc/${pid}/io`, 'utf8')
+    const read = Number(/^rchar: (\d+)$/m.exec(text)?.[1] ?? 0)
+    const written = Number(/^wchar: (\d+)$/m.exec(text)?.[1] ?? 0)
+    return {read, written}
+  } catch {
+    return undefined
+  }
+}
+
+/** `ms` as skopeo's durations read: 2s, 1500ms, 5m. */
+export function duration(ms: number): string {
+  if (ms % 60_000 === 0 && ms >= 60_000) return `${ms / 60_000}m`
+  if (ms % 1000 === 0) return `${ms / 1000}s`
+  return `${ms}ms`
+}
+
+function humanBytes(n: number): string {
+  if (n >= 1024 * 1024 && n % (1024 * 1024) === 0) return `${n / (1024 * 1024)} MiB`
+  return `${n} bytes`
+}
+
+/** The raw manifest or index REF names (`skopeo inspect --raw`), byte for byte. */
+export async function inspectRaw(context: SkopeoContext, ref: ImageReference, skopeoRef = ref.skopeo): Promise<Buffer> {
+  return skopeo(context, ['inspect', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef], ref, 'reading', {
+    maxOutput: MAX_JSON_BLOB,
+    maxRead: ref.transport === 'docker' ? 3 * MAX_JSON_BLOB : undefined,
+    what: `the manifest of ${describe(ref)}`,
+  })
+}
+
+/** The raw image config of REF (`skopeo inspect --config --raw`), byte for byte. */
 export async function inspectConfig(
   context: SkopeoContext,
   ref: ImageReference,
   skopeoRef = ref.skopeo,
-): Promise<string> {
-  return skopeo(
-    context,
-    ['inspect', '--config', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef],
-    ref,
-    'reading',
-  )
+): Promise<Buffer> {
+  return skopeo(context, ['inspect', '--config', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef], ref, 'reading', {
+    maxOutput: MAX_JSON_BLOB,
+    maxRead: ref.transport === 'docker' ? 3 * MAX_JSON_BLOB : undefined,
+    what: `the config of ${describe(ref)}`,
+  })
 }
 
-/** Copies the image at `source` into the OCI layout directory `layout` (tagged `image`). */
+/**
+ * Copies the image at `source` into the OCI layout directory `layout` (tagged `image`), keeping
+ * every layer blob as it is (an uncompressed layer stays uncompressed, so its digest is the one
+ * the manifest names). From a registry, no file skopeo writes can grow past the largest of
+ * `missing` (the layers to download, of all `layers`) and `others` (the most the config and the
+ * manifest it writes take), so a blob longer than its descriptor says is cut off there.
+ */
 export async function copyToLayout(
   context: SkopeoContext,
   ref: ImageReference,
   source: string,
   layout: string,
+  layers: Descriptor[],
+  missing: Descriptor[],
+  others: number,
 ): Promise<void> {
+  const largest = Math.max(others, ...missing.map((layer) => layer.size))
+  const total = missing.reduce((sum, layer) => sum + layer.size, 0)
+  const network = ref.transport === 'docker'
+  const pending = () =>
+    missing.filter((layer) => {
+      try {
+        return statSync(path.join(layout, 'blobs', 'sha256', layer.digest.slice(7))).size !== layer.size
+      } catch {
+        return true
+      }
+    })
   await skopeo(
     context,
-    ['copy', '--quiet', ...skopeoRegistryArgs(context, 'src-'), source, `oci:${layout}:image`],
+    [
+      'copy',
+      '--quiet',
+      '--dest-oci-accept-uncompressed-layers',
+      ...skopeoRegistryArgs(context, 'src-'),
+      source,
+      `oci:${layout}:image`,
+    ],
     ref,
     'downloading',
+    {
+      layers,
+      maxFile: network ? largest + 1 : undefined,
+      maxRead: network ? 2 * total + 4 * MAX_JSON_BLOB : undefined,
+      pending,
+    },
   )
 }
 
@@ -128,7 +342,9 @@ export async function copyFromLayout(
   layout: string,
   ref: ImageReference,
   digestFile: string,
+  layers: Descriptor[] = [],
 ): Promise<string> {
+  const total = layers.reduce((sum, layer) => sum + layer.size, 0)
   await skopeo(
     context,
     [
@@ -142,6 +358,7 @@ export async function copyFromLayout(
     ],
     ref,
     'pushing to',
+    {layers, maxRead: ref.transport === 'docker' ? 4 * total + 4 * MAX_JSON_BLOB : undefined},
   )
   return (await fs.readFile(digestFile, 'utf8')).trim()
 }
@@ -154,22 +371,65 @@ export async function copyFromLayout(
  * `v401` or a repository `denied` is not mistaken for an answer. skopeo's own text is never shown
  * unless DEBUG is set.
  */
-async function explain(context: SkopeoContext, stderr: string, ref: ImageReference): Promise<WafersError> {
+async function explain(
+  context: SkopeoContext,
+  stderr: string,
+  ref: ImageReference,
+  run: Bounds & {argv: string[]},
+): Promise<WafersError> {
   const raw = stderr
     .split('\n')
     .map((line) => /msg="((?:[^"\\]|\\.)*)"/.exec(line)?.[1]?.replaceAll('\\"', '"') ?? line)
     .filter((line) => line.trim() !== '')
     .join(' ')
   let text = raw
+  const image = describe(ref)
+  const host = ref.host ?? ''
   const names = [ref.skopeo, ref.text, ref.path, ref.name, ref.repository, ref.tag, ref.digest]
   for (const name of names.filter((n): n is string => Boolean(n)).sort((x, y) => y.length - x.length))
     text = text.replaceAll(name, '\u0000')
-  const image = describe(ref)
-  const host = ref.host ?? ''
   const said = (pattern: RegExp) => pattern.test(text)
   const status = (code: number, phrase: string) =>
     new RegExp(`status code( from registry)?:? ${code}\\b|\\b${code} \\(?${phrase}\\b|\\bHTTP ${code}\\b`, 'i')
-  const debug = process.env.DEBUG ? [`skopeo said: ${raw}`] : []
+  const debug = process.env.DEBUG ? [`skopeo ${run.argv.join(' ')} said: ${raw}`] : []
+  const layers = run.layers ?? []
+  const layer = (digest: string) => {
+    const i = layers.findIndex((one) => one.digest === digest)
+    return i === -1 ? `the blob ${digest}` : `layer ${i + 1} of ${layers.length} (${digest})`
+  }
+
+  const mismatch = /expected (sha256:[0-9a-f]{64}), got (sha256:[0-9a-f]{64})/.exec(raw)
+  if (mismatch) {
+    return new WafersError(
+      `${layer(mismatch[1])} of ${image} does not match its digest: the manifest says ${mismatch[1]}, ${host ? `the registry ${host}` : 'the source'} sent ${mismatch[2]}.`,
+      {suggestions: debug},
+    )
+  }
+
+  const size = /[Ss]ize mismatch when copying (sha256:[0-9a-f]{64}), expected (\d+), got (\d+)/.exec(raw)
+  if (size) {
+    return new WafersError(
+      `${layer(size[1])} of ${image} is ${size[3]} bytes, not the ${size[2]} its descriptor says.`,
+      {suggestions: debug},
+    )
+  }
+
+  const huge = /exceeded maximum allowed size of (\d+) bytes/.exec(raw)
+  if (huge) {
+    return new WafersError(
+      `${host ? `the registry ${host}` : 'the source'} sent more than ${humanBytes(Number(huge[1]))} for the manifest or config of ${image}, the most skopeo reads; gave up.`,
+      {suggestions: debug},
+    )
+  }
+
+  if (/file too large/.test(raw) && run.maxFile !== undefined) {
+    const pending = run.pending?.() ?? layers
+    return new WafersError(
+      `${pending.length === 1 ? layer(pending[0].digest) : 'a layer'} of ${image} is larger than its descriptor says (${host ? `the registry ${host}` : 'the source'} sent more than ${run.maxFile - 1} bytes); gave up.`,
+      {suggestions: debug},
+    )
+  }
+
   const reach =
     /(connection refused|no such host|i\/o timeout|network is unreachable|no route to host|connection reset by peer|TLS handshake timeout)/.exec(
       text,
@@ -231,10 +491,11 @@ async function explain(context: SkopeoContext, stderr: string, ref: ImageReferen
 
 /** Whether the registry has the repository at all (a missing tag and a missing repository both say "manifest unknown"). */
 async function repositoryExists(context: SkopeoContext, ref: ImageReference): Promise<boolean> {
-  const {execa} = await import('execa')
-  const result = await execa('skopeo', ['list-tags', ...skopeoRegistryArgs(context, ''), `docker://${ref.name}`], {
-    reject: false,
-    stdin: 'ignore',
-  })
-  return !result.failed
+  return skopeo(context, ['list-tags', ...skopeoRegistryArgs(context, ''), `docker://${ref.name}`], ref, 'reading', {
+    maxOutput: MAX_JSON_BLOB,
+    plain: true,
+  }).then(
+    () => true,
+    () => false,
+  )
 }

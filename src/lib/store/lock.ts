@@ -2,7 +2,7 @@ import {spawn} from 'node:child_process'
 import {closeSync, constants, lstatSync, openSync} from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
-import {systemProgram} from '../host/run.js'
+import {diesWithUs, systemProgram} from '../host/run.js'
 
 /** A held lock; release() lets the next waiter in. */
 export interface Lock {
@@ -139,7 +139,8 @@ function flock(
   stop?: AbortSignal,
 ): Promise<{code: null | number; signal: NodeJS.Signals | null}> {
   return new Promise((resolve, reject) => {
-    const child = spawn(systemProgram('flock'), [...args, '3'], {stdio: ['ignore', 'ignore', 'ignore', fd]})
+    const command = diesWithUs(systemProgram('flock'), [...args, '3'])
+    const child = spawn(command.file, command.args, {stdio: ['ignore', 'ignore', 'ignore', fd]})
     const kill = () => child.kill('SIGKILL')
     if (stop?.aborted) kill()
     stop?.addEventListener('abort', kill)
