@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 
 import {traceAncestry} from '../store/ancestry.js'
-import {WafersError, asWafersError, isErrno} from '../errors.js'
+import {WafersError, asWafersError, isErrno, quote} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {type HookRunner, fireHook} from '../hooks.js'
 import {withLock} from '../store/lock.js'
@@ -220,7 +220,7 @@ export function buildSteps(
   checkRoot()
   if (!isValidName(options.name)) {
     throw new WafersError(
-      `${JSON.stringify(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`,
+      `${quote(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`,
     )
   }
 

@@ -1,4 +1,4 @@
-import {WafersError} from '../errors.js'
+import {WafersError, quote} from '../errors.js'
 
 /** The registry flags pull and push share, spelled as skopeo and podman spell them. */
 export const REGISTRY_FLAG_HELP = {
@@ -17,6 +17,6 @@ export function tlsVerifyValue(argv: string[]): string[] {
     if (!match) return arg
     if (match[1] === 'false') return '--no-tls-verify'
     if (match[1] === 'true') return '--tls-verify'
-    throw new WafersError(`--tls-verify takes true or false, not ${JSON.stringify(match[1])}.`)
+    throw new WafersError(`--tls-verify takes true or false, not ${quote(match[1])}.`)
   })
 }
