@@ -23,7 +23,9 @@ export default class Pull extends WafersCommand {
 
   static description = `Each layer of the image becomes one wafer (named layer-<ChainID>, on the wafer of the layer below), so images that share layers share wafers and only layers not yet here are downloaded and unpacked. NAME is a new empty wafer on top that keeps the image's config (Env, Entrypoint, Cmd, WorkingDir, User, Labels), ready for \`wafers stack NAME\`. From a multi-architecture image, the one for this machine is taken.
 
-Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date; a NAME that holds anything else is refused.`
+Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date. When the tag has moved since NAME was pulled, NAME is re-pointed at the new image (its new layers pulled, the ones it shares with the old kept), if nothing would see the change: NAME has no files of its own but its machine id and no wafers built on it; --replace re-points it even so (keeping its files), and re-points a NAME that holds another image. A NAME that is stacked or in use is never re-pointed, and a NAME not made by pull or build is refused. Layers of the old image stay until removed with wafers rm.
+
+The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafers stack NAME PARENT\` gives one.`
 
   static enableJsonFlag = true
 
@@ -44,11 +46,16 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
 
   static flags = {
     ...registryFlags(),
+    replace: Flags.boolean({
+      description:
+        'Re-point NAME at this image even when it holds another one, has files of its own (kept) or wafers built on it (which then see the new image). Never while it is stacked.',
+    }),
   }
 
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
 
-  static usage = '<%= command.id %> REF [NAME] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+  static usage =
+    '<%= command.id %> REF [NAME] [--replace] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<PullResult> {
     const {args, flags} = await this.parse(Pull, tlsVerifyValue(this.argv))
@@ -59,8 +66,10 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
       authfile: flags.authfile,
       creds: flags.creds,
       name: args.name,
+      replace: flags.replace,
       signal: interrupt.signal,
       tlsVerify: flags['tls-verify'],
+      warn: (message) => this.warn(message),
     })
     try {
       await runSteps([resolve], mode, interrupt.signal)
@@ -82,7 +91,9 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
 
     const made = result.layers.filter((layer) => layer.made).length
     this.log(
-      result.made
+      result.replaced !== undefined
+        ? `pulled ${args.ref} into ${result.name}, which held ${result.replaced} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
+        : result.made
         ? `pulled ${args.ref} into ${result.name} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
         : `${result.name} is up to date with ${args.ref} (${result.digest})`,
     )
