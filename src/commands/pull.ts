@@ -4,7 +4,7 @@ import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {tlsVerifyValue} from '../lib/oci/flags.js'
-import {registryFlags} from '../registry-flags.js'
+import {policyFlags, registryFlags} from '../registry-flags.js'
 import type {PullResult} from '../lib/oci/pull.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 import {locationsFromEnv} from '../lib/store/store.js'
@@ -25,6 +25,8 @@ export default class Pull extends WafersCommand {
 
 Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date. When the tag has moved since NAME was pulled, NAME is re-pointed at the new image (its new layers pulled, the ones it shares with the old kept), if nothing would see the change: NAME has no files of its own but its machine id and no wafers built on it; --replace re-points it even so (keeping its files), and re-points a NAME that holds another image. A NAME that is stacked or in use is never re-pointed, and a NAME not made by pull or build is refused. Layers of the old image stay until removed with wafers rm.
 
+Images are accepted as the containers trust policy says (/etc/containers/policy.json, or --policy FILE; signatures are looked up where the registries.d files say, /etc/containers/registries.d or --registries.d DIR), for every transport; a refused image is one sentence and leaves nothing behind.
+
 The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafers stack NAME PARENT\` gives one.`
 
   static enableJsonFlag = true
@@ -39,6 +41,11 @@ The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafe
       description: 'Pull from a registry on plain HTTP into wafer web:',
     },
     {
+      command:
+        '<%= config.bin %> <%= command.id %> --tls-verify=false --policy /etc/wafers/policy.json --registries.d /etc/wafers/registries.d 127.0.0.1:5000/web:1.2',
+      description: 'Pull only what a trust policy accepts (signed images, say):',
+    },
+    {
       command: '<%= config.bin %> <%= command.id %> oci:/srv/images/app:latest app',
       description: 'Pull from an OCI layout directory:',
     },
@@ -46,6 +53,7 @@ The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafe
 
   static flags = {
     ...registryFlags(),
+    ...policyFlags(),
     replace: Flags.boolean({
       description:
         'Re-point NAME at this image even when it holds another one, has files of its own (kept) or wafers built on it (which then see the new image). Never while it is stacked.',
@@ -55,7 +63,7 @@ The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafe
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
 
   static usage =
-    '<%= command.id %> REF [NAME] [--replace] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> REF [NAME] [--replace] [--policy FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<PullResult> {
     const {args, flags} = await this.parse(Pull, tlsVerifyValue(this.argv))
@@ -69,6 +77,7 @@ The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafe
       replace: flags.replace,
       signal: interrupt.signal,
       tlsVerify: flags['tls-verify'],
+      trust: {policy: flags.policy, registriesD: flags['registries.d']},
       warn: (message) => this.warn(message),
     })
     try {

@@ -7,6 +7,16 @@ export const REGISTRY_FLAG_HELP = {
   tlsVerify: 'Require HTTPS and a trusted certificate; --tls-verify=false for a registry on plain HTTP.',
 } as const
 
+/** The trust flags of pull and push, spelled as skopeo 1.9 spells them. */
+export const TRUST_FLAG_HELP = {
+  policy: 'Accept images as this containers trust policy says (default: /etc/containers/policy.json).',
+  registriesD:
+    'Read the registries.d files of this directory: where signatures are looked up (pull) or stored (push).',
+  signBy: 'Sign the image with the GPG key of this fingerprint (GNUPGHOME holds the keyring).',
+  signBySigstorePrivateKey: 'Sign the image with the sigstore private key in this file.',
+  signPassphraseFile: 'Read the passphrase of the signing key from this file.',
+} as const
+
 /**
  * Lets `--tls-verify=false` through, as skopeo and podman spell it: oclif's boolean flags take no
  * value, so `--tls-verify=false` becomes `--no-tls-verify` (hidden) and `--tls-verify=true` the flag alone.

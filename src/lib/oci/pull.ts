@@ -9,6 +9,7 @@ import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
 import {findMachineId} from '../store/ancestry.js'
+import {readStoreFile} from '../host/files.js'
 import {chainIds, layerWaferName} from './chain.js'
 import {
   Descriptor,
@@ -126,6 +127,14 @@ export function pullSteps(
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
+        // A layout is read directly, never through skopeo: a policy that may refuse it is asked
+        // through a copy of its manifest and config alone (every layer a placeholder).
+        if (policyMayRefuse(options.trust?.policy, 'oci')) {
+          work = await makeWorkDir(store.root, 'pull')
+          context = await skopeoContext(options, ref, work.path, options.signal)
+          report(`checking ${describe(ref)} against the trust policy`)
+          await download(context, {...plan, copyFrom: ref.skopeo, present: plan.present.map(() => true)}, layout(), () => {})
+        }
       } else {
         work = await makeWorkDir(store.root, 'pull')
         context = await skopeoContext(options, ref, work.path, options.signal)
@@ -169,7 +178,8 @@ export function pullSteps(
         current.blobs = layout()
         return `Downloaded ${plural(missing.length, 'layer')} (${humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))})`
       },
-      skip: () => (current.copyFrom === undefined || missing.length === 0 ? 'nothing to download' : undefined),
+      // Run even with nothing to download: the copy is where skopeo checks the trust policy.
+      skip: () => (current.copyFrom === undefined ? 'nothing to download' : undefined),
       title: `Download ${plural(missing.length, 'new layer')} of ${describe(current.ref)}`,
     }
     const layers = current.manifest.layers.map((descriptor, i): Step => {
@@ -537,6 +547,27 @@ async function repoint(
       )
     }
   })
+}
+
+/**
+ * Whether the containers trust policy `file` (default /etc/containers/policy.json) might refuse an
+ * image of `transport`: anything but a policy that accepts anything there. A policy that cannot
+ * be read might refuse: skopeo then says why.
+ */
+function policyMayRefuse(file: string | undefined, transport: string): boolean {
+  const acceptsAll = (requirements: unknown) =>
+    Array.isArray(requirements) &&
+    requirements.length > 0 &&
+    requirements.every((entry) => (entry as {type?: unknown})?.type === 'insecureAcceptAnything')
+  try {
+    const text = readStoreFile(file ?? '/etc/containers/policy.json', 'the trust policy')
+    if (text === undefined) return true
+    const policy = JSON.parse(text) as {default?: unknown; transports?: Record<string, Record<string, unknown>>}
+    const scopes = Object.values(policy.transports?.[transport] ?? {})
+    return !acceptsAll(policy.default) || !scopes.every((scope) => acceptsAll(scope))
+  } catch {
+    return true
+  }
 }
 
 function plural(count: number, one: string): string {

@@ -16,7 +16,7 @@ import {Descriptor, ImageConfigFile, MEDIA, Manifest, hostPlatform} from './imag
 import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
 import {throttled} from './throttle.js'
 import {ImageReference, describe, parseReference} from './reference.js'
-import {RegistryOptions, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
+import {RegistryOptions, checkRegistryOptions, checkSigningKey, copyFromLayout, skopeoContext} from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
 
 /** What `push` was asked to do. */
@@ -80,6 +80,7 @@ export function pushSteps(
       checkRoot()
       checkRegistryOptions(options)
       ref = parseReference(text)
+      await checkSigningKey(options)
       result.ref = ref.skopeo
       if (!(await store.exists(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
       wafers = (await traceAncestry(store, name)).reverse()
