@@ -35,7 +35,10 @@ export function signFlags() {
       exclusive: ['sign-by-sigstore-private-key'],
       helpValue: 'FINGERPRINT',
     }),
-    'sign-by-sigstore-private-key': Flags.string({description: TRUST_FLAG_HELP.signBySigstorePrivateKey, helpValue: 'FILE'}),
+    'sign-by-sigstore-private-key': Flags.string({
+      description: TRUST_FLAG_HELP.signBySigstorePrivateKey,
+      helpValue: 'FILE',
+    }),
     'sign-passphrase-file': Flags.string({description: TRUST_FLAG_HELP.signPassphraseFile, helpValue: 'FILE'}),
   }
 }

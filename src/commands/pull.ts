@@ -103,8 +103,8 @@ The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafe
       result.replaced !== undefined
         ? `pulled ${args.ref} into ${result.name}, which held ${result.replaced} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
         : result.made
-        ? `pulled ${args.ref} into ${result.name} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
-        : `${result.name} is up to date with ${args.ref} (${result.digest})`,
+          ? `pulled ${args.ref} into ${result.name} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
+          : `${result.name} is up to date with ${args.ref} (${result.digest})`,
     )
     return result
   }

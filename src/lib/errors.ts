@@ -35,7 +35,9 @@ export function shown(text: string): string {
 /** `text` for a message, quoted as JSON and cut to its first 200 characters (with `…`) when longer. */
 export function quote(text: string): string {
   const chars = [...text]
-  return chars.length > SHOWN_LENGTH ? `${JSON.stringify(chars.slice(0, SHOWN_LENGTH).join(''))}…` : JSON.stringify(text)
+  return chars.length > SHOWN_LENGTH
+    ? `${JSON.stringify(chars.slice(0, SHOWN_LENGTH).join(''))}…`
+    : JSON.stringify(text)
 }
 
 /** True when a Node system error carries the given code (ENOENT, EEXIST, ...). */

@@ -46,7 +46,12 @@ async function upload(registry: Registry, layout: string, tag: string, repo: str
   // umoci ends its JSON with a newline, which wafers' reading of `skopeo inspect --raw` loses (being
   // fixed apart from this test): the same JSON without it.
   await editConfig(layout, tag, (config) => config)
-  await execa('skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout}:${tag}`, `docker://${registry.host}/${repo}`])
+  await execa('skopeo', [
+    'copy',
+    '--dest-tls-verify=false',
+    `oci:${layout}:${tag}`,
+    `docker://${registry.host}/${repo}`,
+  ])
   return `docker://${registry.host}/${repo}`
 }
 
@@ -58,7 +63,11 @@ function sha256(data: Buffer | string): string {
  * Rewrites the config of `layout:tag` (made by umoci) by `edit`, with the manifest and index.json
  * pointing at the new blobs, as a hostile or careless image builder could write it.
  */
-async function editConfig(layout: string, tag: string, edit: (config: Record<string, unknown>) => unknown): Promise<void> {
+async function editConfig(
+  layout: string,
+  tag: string,
+  edit: (config: Record<string, unknown>) => unknown,
+): Promise<void> {
   const blob = (digest: string) => path.join(layout, 'blobs', 'sha256', digest.slice(7))
   const write = async (data: string) => {
     await fs.writeFile(blob(sha256(data)), data)
@@ -110,8 +119,13 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
     expect(one.exitCode, one.stderr).to.equal(0)
     const two = await pull(ref, 'two')
     expect(two.exitCode, two.stderr).to.equal(0)
-    const ids = await Promise.all(['one', 'two'].map((name) => fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')))
-    for (const id of ids) expect(id).to.match(/^[\da-f]{32}\n$/).and.not.equal(HOST_ID)
+    const ids = await Promise.all(
+      ['one', 'two'].map((name) => fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')),
+    )
+    for (const id of ids)
+      expect(id)
+        .to.match(/^[\da-f]{32}\n$/)
+        .and.not.equal(HOST_ID)
     expect(ids[0]).to.not.equal(ids[1])
     // Stacked, the container sees its own id over the image's.
     expect((await box.run(['stack', 'one'])).exitCode).to.equal(0)
@@ -187,7 +201,11 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
   it('refuses configs whose fields have odd types, naming the field, and makes nothing', async function () {
     await umociImage(layout, 'v1', {'srv/one': '1\n'})
     const cases: Array<[string, (config: Record<string, unknown>) => unknown, string]> = [
-      ['env', (config) => ({...config, config: {...(config.config as object), Env: 5}}), 'config.Env that is not a list of strings'],
+      [
+        'env',
+        (config) => ({...config, config: {...(config.config as object), Env: 5}}),
+        'config.Env that is not a list of strings',
+      ],
       ['cmd', (config) => ({...config, config: {Cmd: [1, 2]}}), 'config.Cmd that is not a list of strings'],
       ['string', (config) => ({...config, config: 'x'}), 'a config field that is not an object'],
       ['workdir', (config) => ({...config, config: {WorkingDir: ['/']}}), 'config.WorkingDir that is not a string'],
@@ -231,6 +249,9 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
       expect(run.stderr.length).to.be.below(2000)
     }
 
-    expect(said(deep.stderr)).to.include(`${'a/'.repeat(90)}`).and.include('…').and.not.include('a/'.repeat(101))
+    expect(said(deep.stderr))
+      .to.include(`${'a/'.repeat(90)}`)
+      .and.include('…')
+      .and.not.include('a/'.repeat(101))
   })
 })

@@ -95,8 +95,7 @@ describe('oci: push to and pull from a real registry', function () {
     const stacked = await other.run(['stack', 'app'])
     expect(stacked.exitCode, stacked.stderr).to.equal(0)
     // The pulled top has an etc of its own for its machine id, made now (so with another mtime).
-    const withoutEtc = async (dir: string) =>
-      (await treeListing(dir, noId)).filter((line) => !line.startsWith('etc '))
+    const withoutEtc = async (dir: string) => (await treeListing(dir, noId)).filter((line) => !line.startsWith('etc '))
     expect(await withoutEtc(other.stack('app'))).to.deep.equal(await withoutEtc(box.stack('top')))
     const ran = await nspawnIn(other.stack('app'), [
       '/bin/sh',

@@ -32,12 +32,19 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
     other = await Sandbox.create()
     trust = path.join(box.root, 'trust')
     await fs.mkdir(path.join(trust, 'gnupg'), {mode: 0o700, recursive: true})
-    await execa('gpg', ['--batch', '--passphrase', '', '--quick-gen-key', 'wafers test <test@127.0.0.1>', 'ed25519', 'sign', 'never'], {
-      env: gpgEnv(),
-    })
+    await execa(
+      'gpg',
+      ['--batch', '--passphrase', '', '--quick-gen-key', 'wafers test <test@127.0.0.1>', 'ed25519', 'sign', 'never'],
+      {
+        env: gpgEnv(),
+      },
+    )
     const keys = await execa('gpg', ['--list-keys', '--with-colons'], {env: gpgEnv()})
     fingerprint = /^fpr:+([\dA-F]{40}):/m.exec(keys.stdout)![1]
-    await fs.writeFile(path.join(trust, 'key.gpg'), (await execa('gpg', ['--export', fingerprint], {encoding: 'buffer', env: gpgEnv()})).stdout)
+    await fs.writeFile(
+      path.join(trust, 'key.gpg'),
+      (await execa('gpg', ['--export', fingerprint], {encoding: 'buffer', env: gpgEnv()})).stdout,
+    )
     // Signatures live in a lookaside directory, as registries.d says for this registry.
     await fs.mkdir(path.join(trust, 'registries.d'))
     await fs.mkdir(path.join(trust, 'sigs'))
@@ -77,16 +84,39 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
   it('pushes signed with --sign-by; a signed image pulls, an unsigned one is refused in one sentence, leaving nothing', async function () {
     const signed = `${registry.host}/trust/signed:1`
     const push = await box.run(
-      ['push', 'app', signed, '--tls-verify=false', '--sign-by', fingerprint, '--registries.d', path.join(trust, 'registries.d')],
+      [
+        'push',
+        'app',
+        signed,
+        '--tls-verify=false',
+        '--sign-by',
+        fingerprint,
+        '--registries.d',
+        path.join(trust, 'registries.d'),
+      ],
       gpgEnv(),
     )
     expect(push.exitCode, push.stderr).to.equal(0)
     // skopeo itself, with the same policy, accepts what push signed.
-    await execa('skopeo', [...policy(), 'copy', '--remove-signatures', '--src-tls-verify=false', `docker://${signed}`, `oci:${path.join(box.root, 'check')}:x`])
+    await execa('skopeo', [
+      ...policy(),
+      'copy',
+      '--remove-signatures',
+      '--src-tls-verify=false',
+      `docker://${signed}`,
+      `oci:${path.join(box.root, 'check')}:x`,
+    ])
 
     // The same image copied by skopeo to another repository, without its signature.
     const bare = `${registry.host}/trust/bare:1`
-    await execa('skopeo', ['copy', '--src-tls-verify=false', '--dest-tls-verify=false', '--remove-signatures', `docker://${signed}`, `docker://${bare}`])
+    await execa('skopeo', [
+      'copy',
+      '--src-tls-verify=false',
+      '--dest-tls-verify=false',
+      '--remove-signatures',
+      `docker://${signed}`,
+      `docker://${bare}`,
+    ])
     const unsigned = bare
 
     const before = await snapshot(other.root)
@@ -100,7 +130,12 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
 
     const ok = await other.run(['pull', signed, 'web', '--tls-verify=false', '--json', ...policy()])
     expect(ok.exitCode, ok.stdout).to.equal(0)
-    expect(await fs.readFile(other.data((JSON.parse(ok.stdout) as {layers: Array<{wafer: string}>}).layers[0].wafer, 'srv', 'hello'), 'utf8')).to.equal('hello\n')
+    expect(
+      await fs.readFile(
+        other.data((JSON.parse(ok.stdout) as {layers: Array<{wafer: string}>}).layers[0].wafer, 'srv', 'hello'),
+        'utf8',
+      ),
+    ).to.equal('hello\n')
 
     // Every layer of bare is already here: the policy is still asked, and still refuses.
     const wafers = await snapshot(other.wafers)
@@ -119,23 +154,49 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
     expect(await snapshot(other.root)).to.deep.equal(before)
 
     // A missing policy file is one sentence too.
-    const missing = await other.run(['pull', `oci:${path.join(box.root, 'layout')}:v1`, '--policy', path.join(trust, 'nope.json')])
+    const missing = await other.run([
+      'pull',
+      `oci:${path.join(box.root, 'layout')}:v1`,
+      '--policy',
+      path.join(trust, 'nope.json'),
+    ])
     expect(missing.exitCode).to.equal(1)
     expect(said(missing.stderr)).to.include('--policy').and.include('there is no such file')
     expect(await snapshot(other.root)).to.deep.equal(before)
   })
 
-  it('says so when the signing key is not there, pushing nothing', async function () {
+  it('refuses a GPG key not in the keyring and a file that is no sigstore key, pushing nothing', async function () {
     const ref = `${registry.host}/trust/nokey:1`
     const push = await box.run(
-      ['push', 'app', ref, '--tls-verify=false', '--sign-by', '0123456789ABCDEF0123456789ABCDEF01234567', '--registries.d', path.join(trust, 'registries.d')],
+      [
+        'push',
+        'app',
+        ref,
+        '--tls-verify=false',
+        '--sign-by',
+        '0123456789ABCDEF0123456789ABCDEF01234567',
+        '--registries.d',
+        path.join(trust, 'registries.d'),
+      ],
       gpgEnv(),
     )
     expect(push.exitCode).to.equal(1)
-    expect(said(push.stderr)).to.include(
-      'the GPG key 0123456789ABCDEF0123456789ABCDEF01234567 is not a secret key in the keyring',
-    ).and.include('nothing was pushed')
+    expect(said(push.stderr))
+      .to.include('the GPG key 0123456789ABCDEF0123456789ABCDEF01234567 is not a secret key in the keyring')
+      .and.include('nothing was pushed')
     expect(hasStackTrace(push.stderr)).to.equal(false)
+    // A sigstore key that is not one: refused before anything is sent too.
+    await fs.writeFile(path.join(trust, 'not-a-key'), 'not a key\n')
+    const sigstore = await box.run([
+      'push',
+      'app',
+      ref,
+      '--tls-verify=false',
+      '--sign-by-sigstore-private-key',
+      path.join(trust, 'not-a-key'),
+    ])
+    expect(sigstore.exitCode).to.equal(1)
+    expect(said(sigstore.stderr)).to.include('is not a sigstore private key').and.include('nothing was pushed')
     const inspect = await execa('skopeo', ['inspect', '--tls-verify=false', `docker://${ref}`], {reject: false})
     expect(inspect.exitCode).to.not.equal(0)
   })

@@ -219,9 +219,7 @@ export function buildSteps(
 ): {close: () => Promise<void>; result: BuildResult; steps: Step[]} {
   checkRoot()
   if (!isValidName(options.name)) {
-    throw new WafersError(
-      `${quote(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`,
-    )
+    throw new WafersError(`${quote(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`)
   }
 
   const context = path.resolve(options.context)

@@ -63,9 +63,7 @@ export function parseContainerfile(text: string): Containerfile {
     seen.add(key)
     if (key === 'escape') {
       if (match[2] !== '\\' && match[2] !== '`') {
-        throw new WafersError(
-          `line ${index + 1}: the escape directive takes \\ or \`, not ${quote(match[2])}.`,
-        )
+        throw new WafersError(`line ${index + 1}: the escape directive takes \\ or \`, not ${quote(match[2])}.`)
       }
 
       escape = match[2]

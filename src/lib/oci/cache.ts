@@ -77,6 +77,10 @@ export class LayerCache {
   /** Records `entry` as wafer `name`'s layer, its blob moved in from `file`. */
   async store(name: string, entry: CachedLayer, file: string): Promise<void> {
     await fs.rename(file, this.blob(entry.digest))
-    writeFileAtomic(path.join(this.entries, `${name}.json`), `${JSON.stringify({...entry, format: CACHE_FORMAT})}\n`, 0o600)
+    writeFileAtomic(
+      path.join(this.entries, `${name}.json`),
+      `${JSON.stringify({...entry, format: CACHE_FORMAT})}\n`,
+      0o600,
+    )
   }
 }

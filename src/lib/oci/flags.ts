@@ -10,8 +10,7 @@ export const REGISTRY_FLAG_HELP = {
 /** The trust flags of pull and push, spelled as skopeo 1.9 spells them. */
 export const TRUST_FLAG_HELP = {
   policy: 'Accept images as this containers trust policy says (default: /etc/containers/policy.json).',
-  registriesD:
-    'Read the registries.d files of this directory: where signatures are looked up (pull) or stored (push).',
+  registriesD: 'Read the registries.d files of this directory: where signatures are looked up (pull) or stored (push).',
   signBy: 'Sign the image with the GPG key of this fingerprint (GNUPGHOME holds the keyring).',
   signBySigstorePrivateKey: 'Sign the image with the sigstore private key in this file.',
   signPassphraseFile: 'Read the passphrase of the signing key from this file.',

@@ -83,7 +83,9 @@ const DIGEST = /^sha256:[\da-f]{64}$/
 /** Refuses a digest wafers cannot check or that could name a path: only `sha256:` and 64 hex digits. */
 export function checkDigest(digest: unknown, what: string): string {
   if (typeof digest !== 'string' || !DIGEST.test(digest)) {
-    throw new WafersError(`${what} has ${typeof digest === 'string' ? `the digest ${quote(digest)}` : 'no digest'}; wafers takes sha256 digests only.`)
+    throw new WafersError(
+      `${what} has ${typeof digest === 'string' ? `the digest ${quote(digest)}` : 'no digest'}; wafers takes sha256 digests only.`,
+    )
   }
 
   return digest

@@ -133,7 +133,12 @@ export function pullSteps(
           work = await makeWorkDir(store.root, 'pull')
           context = await skopeoContext(options, ref, work.path, options.signal)
           report(`checking ${describe(ref)} against the trust policy`)
-          await download(context, {...plan, copyFrom: ref.skopeo, present: plan.present.map(() => true)}, layout(), () => {})
+          await download(
+            context,
+            {...plan, copyFrom: ref.skopeo, present: plan.present.map(() => true)},
+            layout(),
+            () => {},
+          )
         }
       } else {
         work = await makeWorkDir(store.root, 'pull')

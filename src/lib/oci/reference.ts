@@ -96,9 +96,7 @@ function parseLocal(text: string, transport: 'oci' | 'oci-archive', rest: string
   const file = colon === -1 ? rest : rest.slice(0, colon)
   const tag = colon === -1 ? undefined : rest.slice(colon + 1)
   if (file === '')
-    throw new WafersError(
-      `image reference ${quote(text)} names no ${transport === 'oci' ? 'directory' : 'file'}.`,
-    )
+    throw new WafersError(`image reference ${quote(text)} names no ${transport === 'oci' ? 'directory' : 'file'}.`)
   if (tag !== undefined && !TAG.test(tag)) {
     throw new WafersError(`image reference ${quote(text)} has an invalid tag ${quote(tag)}.`)
   }

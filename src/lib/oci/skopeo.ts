@@ -2,6 +2,7 @@ import {lstatSync, promises as fs, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, quote} from '../errors.js'
+import {readStoreFile} from '../host/files.js'
 import {ImageReference, describe} from './reference.js'
 
 /** How to reach a registry: the flags pull and push share with skopeo and podman. */
@@ -92,11 +93,25 @@ export function checkRegistryOptions(options: RegistryOptions): void {
  * skopeo writes the image first and signs it after, so its own refusal comes with the image already sent.
  */
 export async function checkSigningKey(options: RegistryOptions): Promise<void> {
+  const sigstore = options.trust?.signBySigstorePrivateKey
+  if (sigstore !== undefined) {
+    const text = readStoreFile(sigstore, `the sigstore key ${sigstore}`, 64 * 1024) ?? ''
+    if (!/^-----BEGIN ENCRYPTED (SIGSTORE|COSIGN) PRIVATE KEY-----$/m.test(text)) {
+      throw new WafersError(
+        `${sigstore} is not a sigstore private key (an ENCRYPTED SIGSTORE PRIVATE KEY PEM file); nothing was pushed.`,
+      )
+    }
+  }
+
   const key = options.trust?.signBy
   if (key === undefined) return
   const {execa} = await import('execa')
-  const listed = await execa('gpg', ['--batch', '--with-colons', '--list-secret-keys', key], {reject: false, stdin: 'ignore'})
-  if (listed.code === 'ENOENT') throw new WafersError('--sign-by needs gpg, which is not installed; install the gpg package.')
+  const listed = await execa('gpg', ['--batch', '--with-colons', '--list-secret-keys', key], {
+    reject: false,
+    stdin: 'ignore',
+  })
+  if (listed.code === 'ENOENT')
+    throw new WafersError('--sign-by needs gpg, which is not installed; install the gpg package.')
   if (listed.failed) {
     throw new WafersError(
       `the GPG key ${key} is not a secret key in the keyring (${process.env.GNUPGHOME ?? '~/.gnupg'}), so push cannot sign with it; nothing was pushed.`,
@@ -183,7 +198,15 @@ export async function copyToLayout(
   await skopeo(
     context,
     // The policy is checked on the source whatever the destination; an OCI layout cannot hold signatures.
-    [...trustFlags(context, true), 'copy', '--quiet', '--remove-signatures', ...registryFlags(context, 'src-'), source, `oci:${layout}:image`],
+    [
+      ...trustFlags(context, true),
+      'copy',
+      '--quiet',
+      '--remove-signatures',
+      ...registryFlags(context, 'src-'),
+      source,
+      `oci:${layout}:image`,
+    ],
     ref,
     'downloading',
   )
@@ -313,18 +336,28 @@ function trustRefusal(context: SkopeoContext, text: string, image: string): Wafe
 
   if (/Source image rejected|rejected by policy/.test(text)) {
     let why = 'it does not accept it'
-    if (/signature was required, but no signature exists/.test(text)) why = 'it requires a signature and the image has none'
+    if (/signature was required, but no signature exists/.test(text))
+      why = 'it requires a signature and the image has none'
     else if (/is rejected by policy/.test(text)) why = 'it rejects images from there'
     else if (/[Ss]ignature|GPG|key/.test(text)) why = 'no signature of the image is by a key it trusts'
     return new WafersError(`${policy} refuses ${image}: ${why}; nothing was pulled.`, {
-      suggestions: ['Pull a signed image, or give another policy with --policy FILE (and --registries.d DIR for where signatures are).'],
+      suggestions: [
+        'Pull a signed image, or give another policy with --policy FILE (and --registries.d DIR for where signatures are).',
+      ],
     })
   }
 
   if (trust.signBy !== undefined || trust.signBySigstorePrivateKey !== undefined) {
     if (/gpg|passphrase|private key|secret key|creating signature|signing/i.test(text)) {
-      const key = trust.signBy === undefined ? `the sigstore key ${trust.signBySigstorePrivateKey}` : `the GPG key ${trust.signBy}`
-      return new WafersError(`cannot sign ${image} with ${key}: it is missing, or wants a passphrase (--sign-passphrase-file FILE).`)
+      const key =
+        trust.signBy === undefined
+          ? `the sigstore key ${trust.signBySigstorePrivateKey}`
+          : `the GPG key ${trust.signBy}`
+      // skopeo sends the image first and signs it after.
+      return new WafersError(
+        `${image} was pushed but not signed: ${key} could not be used (a wrong or missing passphrase?).`,
+        {suggestions: ['Give the passphrase with --sign-passphrase-file FILE and push again.']},
+      )
     }
   }
 
