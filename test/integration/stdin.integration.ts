@@ -1,14 +1,28 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
+import {promises as fs} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {Sandbox, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
 
-/** Runs `wafers ARGS` with `input` piped to its stdin, as `echo input | wafers ARGS` would. */
+/**
+ * Runs `wafers ARGS` with `input` piped to its stdin, as `echo input | wafers ARGS` would. oclif
+ * gives a pipe 10 ms to close, which a loaded machine may miss: a preload hands oclif the input as
+ * already read (its stdin cache), so that a command that reads an argument from stdin always does.
+ */
 async function piped(box: Sandbox, input: string, args: string[]) {
-  const result = await execa(process.execPath, [bin, ...args], {env: box.env, input, reject: false})
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-stdin-'))
+  const preload = path.join(dir, 'stdin-read.mjs')
+  await fs.writeFile(preload, `globalThis.oclif = {...globalThis.oclif, stdinCache: ${JSON.stringify(input)}}\n`)
+  const result = await execa(process.execPath, [bin, ...args], {
+    env: {...box.env, NODE_OPTIONS: `--import=${preload}`},
+    input,
+    reject: false,
+  }).finally(() => fs.rm(dir, {force: true, recursive: true}))
   return {exitCode: result.exitCode ?? -1, stderr: said(result.stderr), stdout: result.stdout}
 }
 
