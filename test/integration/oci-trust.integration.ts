@@ -145,7 +145,7 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
     expect(await snapshot(other.wafers)).to.deep.equal(wafers)
   })
 
-  it('refuses by the policy an OCI layout, which is read without skopeo, and says so of a missing policy file', async function () {
+  it('checks an OCI layout, read without skopeo, by the policy too, and says so of a missing policy file', async function () {
     const before = await snapshot(other.root)
     const layout = await other.run(['pull', `oci:${path.join(box.root, 'layout')}:v1`, ...policy()])
     expect(layout.exitCode).to.equal(1)
@@ -163,6 +163,22 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
     expect(missing.exitCode).to.equal(1)
     expect(said(missing.stderr)).to.include('--policy').and.include('there is no such file')
     expect(await snapshot(other.root)).to.deep.equal(before)
+
+    // A policy that accepts layouts lets it through, and a layout pulled so is the image.
+    await fs.writeFile(
+      path.join(trust, 'layouts.json'),
+      JSON.stringify({default: [{type: 'reject'}], transports: {oci: {'': [{type: 'insecureAcceptAnything'}]}}}),
+    )
+    const accepted = await other.run([
+      'pull',
+      `oci:${path.join(box.root, 'layout')}:v1`,
+      'app',
+      '--policy',
+      path.join(trust, 'layouts.json'),
+    ])
+    expect(accepted.exitCode, accepted.stderr).to.equal(0)
+    expect((await other.run(['stack', 'app'])).exitCode).to.equal(0)
+    expect(await fs.readFile(other.stack('app', 'srv', 'hello'), 'utf8')).to.equal('hello\n')
   })
 
   it('refuses a GPG key not in the keyring and a file that is no sigstore key, pushing nothing', async function () {

@@ -181,11 +181,15 @@ export function pullSteps(
       async run(report) {
         await download(context!, current, layout(), report)
         current.blobs = layout()
+        if (missing.length === 0) return `Checked ${describe(current.ref)}: every layer is already here`
         return `Downloaded ${plural(missing.length, 'layer')} (${humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))})`
       },
       // Run even with nothing to download: the copy is where skopeo checks the trust policy.
       skip: () => (current.copyFrom === undefined ? 'nothing to download' : undefined),
-      title: `Download ${plural(missing.length, 'new layer')} of ${describe(current.ref)}`,
+      title:
+        missing.length === 0
+          ? `Check ${describe(current.ref)} against the trust policy`
+          : `Download ${plural(missing.length, 'new layer')} of ${describe(current.ref)}`,
     }
     const layers = current.manifest.layers.map((descriptor, i): Step => {
       const layer = result.layers[i]
@@ -557,7 +561,7 @@ async function repoint(
 /**
  * Whether the containers trust policy `file` (default /etc/containers/policy.json) might refuse an
  * image of `transport`: anything but a policy that accepts anything there. A policy that cannot
- * be read might refuse: skopeo then says why.
+ * be read (a symlink, not JSON) might refuse: skopeo then says why. No default policy file: no.
  */
 function policyMayRefuse(file: string | undefined, transport: string): boolean {
   const acceptsAll = (requirements: unknown) =>
@@ -566,7 +570,8 @@ function policyMayRefuse(file: string | undefined, transport: string): boolean {
     requirements.every((entry) => (entry as {type?: unknown})?.type === 'insecureAcceptAnything')
   try {
     const text = readStoreFile(file ?? '/etc/containers/policy.json', 'the trust policy')
-    if (text === undefined) return true
+    // No policy on this machine and none given: nothing to honour (a --policy FILE is there: checked before).
+    if (text === undefined) return file !== undefined
     const policy = JSON.parse(text) as {default?: unknown; transports?: Record<string, Record<string, unknown>>}
     const scopes = Object.values(policy.transports?.[transport] ?? {})
     return !acceptsAll(policy.default) || !scopes.every((scope) => acceptsAll(scope))
