@@ -464,17 +464,17 @@ async function checkTarget(
   const held = meta.image
     ? `the image ${meta.image.ref ?? 'pulled earlier'} (${meta.image.digest ?? 'no digest'})`
     : 'a wafer not pulled from an image'
-  const other = [`Pull into another name (wafers pull ${ref.text} NAME)`]
+  const other = `pull into another name (wafers pull ${ref.text} NAME)`
   if (!meta.image) {
     throw new WafersError(`wafer ${name} already exists and holds ${held}, not ${image}.`, {
-      suggestions: [`${other[0]}, or remove it first (wafers rm ${name}).`],
+      suggestions: [`${other[0].toUpperCase()}${other.slice(1)}, or remove it first (wafers rm ${name}).`],
     })
   }
 
   const moved = meta.image.ref === ref.skopeo
   if (!moved && !options.replace) {
     throw new WafersError(`wafer ${name} already exists and holds ${held}, not ${image}.`, {
-      suggestions: [`${other[0]}, or add --replace to re-point ${name} at ${image}.`],
+      suggestions: [`Add --replace to re-point ${name} at ${image}, or ${other}.`],
     })
   }
 
@@ -485,13 +485,13 @@ async function checkTarget(
     if (children.length > 0) {
       throw new WafersError(
         `${why}, and ${children.join(', ')} ${children.length === 1 ? 'is' : 'are'} built on ${name}: re-pointing it would change what ${children.length === 1 ? 'it sees' : 'they see'}.`,
-        {suggestions: [`Add --replace to re-point ${name} anyway, or ${other[0].toLowerCase()}.`]},
+        {suggestions: [`Add --replace to re-point ${name} anyway, or ${other}.`]},
       )
     }
 
     if (own) {
       throw new WafersError(`${why}, and ${name} has files of its own, which would then lie on the new image.`, {
-        suggestions: [`Add --replace to re-point ${name} with its files, or ${other[0].toLowerCase()}.`],
+        suggestions: [`Add --replace to re-point ${name} with its files, or ${other}.`],
       })
     }
   }
@@ -542,7 +542,13 @@ async function repoint(
   const {writeMeta} = await import('../store/meta.js')
   await withLock(store.root, async () => {
     await refuseRepointInUse(store, name, '')
-    const {children} = await repointEffects(store, name)
+    const {children, own} = await repointEffects(store, name)
+    if (!options.replace && (children.length > 0 || own)) {
+      throw new WafersError(`wafer ${name} got children or files of its own meanwhile; it was not re-pointed.`, {
+        suggestions: ['Pull again to see why, or add --replace.'],
+      })
+    }
+
     if (parent !== undefined && !(await store.hasData(parent))) {
       throw new WafersError(`wafer ${parent} was removed meanwhile; ${name} was not changed.`)
     }
