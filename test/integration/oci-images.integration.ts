@@ -188,6 +188,22 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
     expect(said(replaced.stderr)).to.include('kid, built on it, sees it too')
     expect((await box.run(['stack', 'kid'])).exitCode).to.equal(0)
     expect(await fs.readFile(box.stack('kid', 'srv', 'three'), 'utf8')).to.equal('3\n')
+    expect((await box.run(['unstack', 'kid'])).exitCode).to.equal(0)
+    expect((await box.run(['rm', '--yes', 'kid'])).exitCode).to.equal(0)
+
+    // Files of its own would lie on the new image: refused unless --replace, which keeps them.
+    await umociImage(layout, 'v4', {'srv/four': '4\n'}, 'v3')
+    await upload(registry, layout, 'v4', 'moved/app:1')
+    await fs.writeFile(box.data('app', 'mine'), 'mine\n')
+    const own = await box.run(['pull', '--tls-verify=false', ref, 'app'])
+    expect(own.exitCode).to.equal(1)
+    expect(said(own.stderr)).to.include('app has files of its own').and.include('--replace')
+    const kept = await pull(ref, 'app', '--replace')
+    expect(kept.exitCode, kept.stderr).to.equal(0)
+    expect((await box.run(['stack', 'app'])).exitCode).to.equal(0)
+    expect(await fs.readFile(box.stack('app', 'mine'), 'utf8')).to.equal('mine\n')
+    expect(await fs.readFile(box.stack('app', 'srv', 'four'), 'utf8')).to.equal('4\n')
+    expect((await box.run(['unstack', 'app'])).exitCode).to.equal(0)
 
     // Another image into app: refused, naming --replace; nothing changed.
     const other = await upload(registry, layout, 'v1', 'moved/other:1')
