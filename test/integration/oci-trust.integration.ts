@@ -1,6 +1,7 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 
 import {Registry} from '../helpers/registry.js'
@@ -30,8 +31,8 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
 
   beforeEach(async function () {
     other = await Sandbox.create()
-    trust = path.join(box.root, 'trust')
-    await fs.mkdir(path.join(trust, 'gnupg'), {mode: 0o700, recursive: true})
+    trust = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-trust-'))
+    await fs.mkdir(path.join(trust, 'gnupg'), {mode: 0o700})
     await execa(
       'gpg',
       ['--batch', '--passphrase', '', '--quick-gen-key', 'wafers test <test@127.0.0.1>', 'ed25519', 'sign', 'never'],
@@ -77,6 +78,9 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
 
   afterEach(async function () {
     await other?.cleanup()
+    // The agent gpg started for the key's home would outlive the test.
+    await execa('gpgconf', ['--kill', 'gpg-agent'], {env: gpgEnv(), reject: false})
+    await fs.rm(trust, {force: true, recursive: true})
   })
 
   const policy = () => ['--policy', path.join(trust, 'policy.json'), '--registries.d', path.join(trust, 'registries.d')]
