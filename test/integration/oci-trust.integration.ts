@@ -42,10 +42,9 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
     )
     const keys = await execa('gpg', ['--list-keys', '--with-colons'], {env: gpgEnv()})
     fingerprint = /^fpr:+([\dA-F]{40}):/m.exec(keys.stdout)![1]
-    await fs.writeFile(
-      path.join(trust, 'key.gpg'),
-      (await execa('gpg', ['--export', fingerprint], {encoding: 'buffer', env: gpgEnv()})).stdout,
-    )
+    const exported = (await execa('gpg', ['--export', fingerprint], {encoding: 'buffer', env: gpgEnv()})).stdout
+    expect(exported.length, 'the exported public key').to.be.above(0)
+    await fs.writeFile(path.join(trust, 'key.gpg'), exported)
     // Signatures live in a lookaside directory, as registries.d says for this registry.
     await fs.mkdir(path.join(trust, 'registries.d'))
     await fs.mkdir(path.join(trust, 'sigs'))
