@@ -1,9 +1,13 @@
-import {Command, Errors} from '@oclif/core'
+import {Command, Errors, Interfaces} from '@oclif/core'
 
 import {WafersError, describeSystemError} from './lib/errors.js'
 import type {HookRunner} from './lib/hooks.js'
 import {SeedPlan, collectSeeders, findSeeder} from './lib/seed/seed.js'
 import {BatchOutcome, batchError} from './lib/ui/progress.js'
+
+/** oclif's FlagOutput and ArgOutput, which it does not export. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Output = {[name: string]: any}
 
 /**
  * The base of every wafers command: turns errors from src/lib into oclif's one-sentence errors
@@ -22,6 +26,24 @@ export abstract class WafersCommand extends Command {
     }
 
     process.stdout.write(`${JSON.stringify(json, null, 2)}\n`)
+  }
+
+  /**
+   * Parses as oclif does, except that a missing argument is never read from stdin: oclif fills a
+   * missing argument with whatever is piped in, so `echo kid | wafers rm --yes` removed kid, and a
+   * command in a `while read` loop took the loop's input. A command that wants stdin says so (`-`).
+   */
+  protected async parse<F extends Output, B extends Output, A extends Output>(
+    options?: Interfaces.Input<F, B, A>,
+    argv?: string[],
+  ): Promise<Interfaces.ParserOutput<F, B, A>> {
+    const input = options ?? (this.ctor as unknown as Interfaces.Input<F, B, A>)
+    const args = Object.fromEntries(
+      Object.entries(input.args ?? {}).map(([name, arg]) => [name, {...arg, ignoreStdin: true}]),
+    ) as typeof input.args
+    // oclif spreads a command class, which copies its own statics only: keep the inherited ones it reads.
+    const {baseFlags, enableJsonFlag, flags, strict} = input
+    return super.parse({...input, args, baseFlags, enableJsonFlag, flags, strict}, argv)
   }
 
   protected async catch(error: Error & {exitCode?: number}): Promise<unknown> {

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/builder/build.js'
-import {WafersError} from '../lib/errors.js'
+import {WafersError, quote} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
 import {registryFlags} from '../registry-flags.js'
@@ -65,7 +65,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
     const buildArgs: Record<string, string> = {}
     for (const pair of flags['build-arg'] ?? []) {
       const eq = pair.indexOf('=')
-      if (eq <= 0) throw new WafersError(`--build-arg takes KEY=VALUE, not ${JSON.stringify(pair)}.`, {exit: 2})
+      if (eq <= 0) throw new WafersError(`--build-arg takes KEY=VALUE, not ${quote(pair)}.`, {exit: 2})
       buildArgs[pair.slice(0, eq)] = pair.slice(eq + 1)
     }
 

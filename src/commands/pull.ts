@@ -4,7 +4,7 @@ import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
-import {registryFlags} from '../registry-flags.js'
+import {policyFlags, registryFlags} from '../registry-flags.js'
 import type {PullResult} from '../lib/oci/pull.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 import {locationsFromEnv} from '../lib/store/store.js'
@@ -23,7 +23,11 @@ export default class Pull extends WafersCommand {
 
   static description = `Each layer of the image becomes one wafer (named layer-<ChainID>, on the wafer of the layer below), so images that share layers share wafers and only layers not yet here are downloaded and unpacked. NAME is a new empty wafer on top that keeps the image's config (Env, Entrypoint, Cmd, WorkingDir, User, Labels), ready for \`wafers stack NAME\`. From a multi-architecture image, the one for this machine is taken.
 
-Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date; a NAME that holds anything else is refused.
+Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date. When the tag has moved since NAME was pulled, NAME is re-pointed at the new image (its new layers pulled, the ones it shares with the old kept), if nothing would see the change: NAME has no files of its own but its machine id and no wafers built on it; --replace re-points it even so (keeping its files), and re-points a NAME that holds another image. A NAME that is stacked or in use is never re-pointed, and a NAME not made by pull or build is refused. Layers of the old image stay until removed with wafers rm.
+
+Images are accepted as the containers trust policy says (/etc/containers/policy.json, or --policy FILE; signatures are looked up where the registries.d files say, /etc/containers/registries.d or --registries.d DIR), for every transport; a refused image is one sentence and leaves nothing behind.
+
+The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafers stack NAME PARENT\` gives one.
 
 The image's entrypoint and command, environment, user, working directory and stop signal are written to $STACKS/NAME.nspawn, where systemd-nspawn -M NAME and machinectl read them, so the machine runs the image as podman run would (--no-settings skips it; a NAME.nspawn you wrote is never replaced).`
 
@@ -39,6 +43,11 @@ The image's entrypoint and command, environment, user, working directory and sto
       description: 'Pull from a registry on plain HTTP into wafer web:',
     },
     {
+      command:
+        '<%= config.bin %> <%= command.id %> --tls-verify=false --policy /etc/wafers/policy.json --registries.d /etc/wafers/registries.d 127.0.0.1:5000/web:1.2',
+      description: 'Pull only what a trust policy accepts (signed images, say):',
+    },
+    {
       command: '<%= config.bin %> <%= command.id %> oci:/srv/images/app:latest app',
       description: 'Pull from an OCI layout directory:',
     },
@@ -49,11 +58,17 @@ The image's entrypoint and command, environment, user, working directory and sto
     'no-settings': Flags.boolean({
       description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
     }),
+    ...policyFlags(),
+    replace: Flags.boolean({
+      description:
+        'Re-point NAME at this image even when it holds another one, has files of its own (kept) or wafers built on it (which then see the new image). Never while it is stacked.',
+    }),
   }
 
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
 
-  static usage = '<%= command.id %> REF [NAME] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+  static usage =
+    '<%= command.id %> REF [NAME] [--replace] [--policy FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<PullResult> {
     const {args, flags} = await this.parse(Pull, tlsVerifyValue(this.argv))
@@ -64,9 +79,12 @@ The image's entrypoint and command, environment, user, working directory and sto
       authfile: flags.authfile,
       creds: flags.creds,
       name: args.name,
+      replace: flags.replace,
       signal: interrupt.signal,
       tlsVerify: flags['tls-verify'],
       ...timeoutOptions(flags),
+      trust: {policy: flags.policy, registriesD: flags['registries.d']},
+      warn: (message) => this.warn(message),
     })
     try {
       await runSteps([resolve], mode, interrupt.signal)
@@ -93,9 +111,11 @@ The image's entrypoint and command, environment, user, working directory and sto
 
     const made = result.layers.filter((layer) => layer.made).length
     this.log(
-      result.made
-        ? `pulled ${args.ref} into ${result.name} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
-        : `${result.name} is up to date with ${args.ref} (${result.digest})`,
+      result.replaced !== undefined
+        ? `pulled ${args.ref} into ${result.name}, which held ${result.replaced} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
+        : result.made
+          ? `pulled ${args.ref} into ${result.name} (${result.layers.length} layers, ${made} new): stack it with \`wafers stack ${result.name}\``
+          : `${result.name} is up to date with ${args.ref} (${result.digest})`,
     )
     return result
   }

@@ -7,11 +7,37 @@ export class WafersError extends Error {
   readonly exit: number
 
   constructor(message: string, options: {exit?: number; suggestions?: string[]} = {}) {
-    super(message)
+    super(cutLongWords(message))
     this.name = 'WafersError'
     this.exit = options.exit ?? 1
-    this.suggestions = options.suggestions ?? []
+    this.suggestions = (options.suggestions ?? []).map((line) => cutLongWords(line))
   }
+}
+
+/**
+ * `text` with every word (a run without spaces) far longer than SHOWN_LENGTH cut as shown() cuts
+ * it: in a sentence, such a word is a name or a path from the user or a store, which no one reads
+ * whole. The margin lets a quote()d name (200 characters, quotes and `…`) through untouched.
+ */
+function cutLongWords(text: string): string {
+  return text.replaceAll(new RegExp(`\\S{${SHOWN_LENGTH + 12},}`, 'gu'), (word) => shown(word))
+}
+
+/** How many characters of a name or path a message shows. */
+export const SHOWN_LENGTH = 200
+
+/** `text` for a message: cut to its first 200 characters (with `…`) when longer. */
+export function shown(text: string): string {
+  const chars = [...text]
+  return chars.length > SHOWN_LENGTH ? `${chars.slice(0, SHOWN_LENGTH).join('')}…` : text
+}
+
+/** `text` for a message, quoted as JSON and cut to its first 200 characters (with `…`) when longer. */
+export function quote(text: string): string {
+  const chars = [...text]
+  return chars.length > SHOWN_LENGTH
+    ? `${JSON.stringify(chars.slice(0, SHOWN_LENGTH).join(''))}…`
+    : JSON.stringify(text)
 }
 
 /** True when a Node system error carries the given code (ENOENT, EEXIST, ...). */
@@ -45,11 +71,11 @@ export function describeSystemError(error: unknown): string | undefined {
   const {code, dest, path: file, syscall} = error as NodeJS.ErrnoException & {dest?: string}
   if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return undefined
   if (code === 'ENOENT' && syscall === 'mkdir' && file !== undefined) {
-    return `${file} cannot be made: the directory it would be in does not exist.`
+    return `${shown(file)} cannot be made: the directory it would be in does not exist.`
   }
   const what = SYSTEM_ERRORS[code] ?? `failed (${code})`
   if (file === undefined) return `a file operation ${what.replace(/^cannot be \w+: /, 'failed: ')}.`
-  const where = dest === undefined ? file : `${file} (to ${dest})`
+  const where = dest === undefined ? shown(file) : `${shown(file)} (to ${shown(dest)})`
   return `${where} ${what}.`
 }
 

@@ -6,7 +6,7 @@
 import {lstatSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, quote} from '../errors.js'
 import {readStoreFile} from '../host/files.js'
 import type {HookRunner} from '../hooks.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
@@ -83,9 +83,7 @@ export function buildSteps(
 ): {close: () => Promise<void>; result: BuildResult; steps: Step[]} {
   checkRoot()
   if (!isValidName(options.name)) {
-    throw new WafersError(
-      `${JSON.stringify(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`,
-    )
+    throw new WafersError(`${quote(options.name)} is not a valid wafer name (letters, digits, -, _, ., at most 64).`)
   }
 
   const context = path.resolve(options.context)

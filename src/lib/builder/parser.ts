@@ -1,4 +1,4 @@
-import {WafersError} from '../errors.js'
+import {WafersError, quote} from '../errors.js'
 
 /** One instruction of a Containerfile, as written (continuations joined, comments dropped). */
 export interface Instruction {
@@ -63,9 +63,7 @@ export function parseContainerfile(text: string): Containerfile {
     seen.add(key)
     if (key === 'escape') {
       if (match[2] !== '\\' && match[2] !== '`') {
-        throw new WafersError(
-          `line ${index + 1}: the escape directive takes \\ or \`, not ${JSON.stringify(match[2])}.`,
-        )
+        throw new WafersError(`line ${index + 1}: the escape directive takes \\ or \`, not ${quote(match[2])}.`)
       }
 
       escape = match[2]
@@ -259,7 +257,7 @@ export function keyValues(args: string, vars: Variables, escape = '\\', legacy =
 
   return words(args, vars, escape).map((word) => {
     const eq = word.indexOf('=')
-    if (eq <= 0) throw new WafersError(`expected KEY=VALUE, got ${JSON.stringify(word)}.`)
+    if (eq <= 0) throw new WafersError(`expected KEY=VALUE, got ${quote(word)}.`)
     return [word.slice(0, eq), word.slice(eq + 1)]
   })
 }

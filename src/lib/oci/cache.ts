@@ -12,11 +12,16 @@ import {ociDir, workDirsHeld} from './workdir.js'
 /** A packed layer of one wafer, as push made it: valid only while the wafer's fingerprint is the same. */
 export interface CachedLayer {
   diffId: string
+  /** CACHE_FORMAT when the blob was stored; another value is never reused. */
+  format?: number
   digest: string
   fingerprint: string
   mediaType: string
   size: number
 }
+
+/** Bumped when push writes other bytes for the same wafer (2: machine ids emptied), so older blobs are not reused. */
+const CACHE_FORMAT = 2
 
 /**
  * Packed layers of wafers, so that pushing an unchanged wafer again packs nothing:
@@ -61,7 +66,7 @@ export class LayerCache {
       const text = readStoreFile(path.join(this.entries, `${name}.json`), `the cached layer of wafer ${name}`)
       if (text === undefined) return undefined
       entry = JSON.parse(text) as CachedLayer
-      if (entry.fingerprint !== fingerprint) return undefined
+      if (entry.fingerprint !== fingerprint || entry.format !== CACHE_FORMAT) return undefined
       checkDigest(entry.digest, 'a cached layer')
       checkDigest(entry.diffId, 'a cached layer')
     } catch {
@@ -75,7 +80,11 @@ export class LayerCache {
   /** Records `entry` as wafer `name`'s layer, its blob moved in from `file`. */
   async store(name: string, entry: CachedLayer, file: string): Promise<void> {
     await fs.rename(file, this.blob(entry.digest))
-    writeFileAtomic(path.join(this.entries, `${name}.json`), `${JSON.stringify(entry)}\n`, 0o600)
+    writeFileAtomic(
+      path.join(this.entries, `${name}.json`),
+      `${JSON.stringify({...entry, format: CACHE_FORMAT})}\n`,
+      0o600,
+    )
   }
 }
 

@@ -1,4 +1,4 @@
-import {WafersError} from '../errors.js'
+import {WafersError, quote, shown} from '../errors.js'
 import type {HistoryEntry, ImageConfig} from '../store/meta.js'
 import {type Platform, platformText} from './platform.js'
 
@@ -55,7 +55,9 @@ const DIGEST = /^sha256:[\da-f]{64}$/
 /** Refuses a digest wafers cannot check or that could name a path: only `sha256:` and 64 hex digits. */
 export function checkDigest(digest: unknown, what: string): string {
   if (typeof digest !== 'string' || !DIGEST.test(digest)) {
-    throw new WafersError(`${what} has the digest ${JSON.stringify(digest)}; wafers takes sha256 digests only.`)
+    throw new WafersError(
+      `${what} has ${typeof digest === 'string' ? `the digest ${quote(digest)}` : 'no digest'}; wafers takes sha256 digests only.`,
+    )
   }
 
   return digest
@@ -63,7 +65,7 @@ export function checkDigest(digest: unknown, what: string): string {
 
 function checkDescriptor(value: unknown, what: string): Descriptor {
   const descriptor = value as Descriptor
-  if (typeof descriptor !== 'object' || descriptor === null || typeof descriptor.mediaType !== 'string') {
+  if (!isObject(descriptor) || typeof descriptor.mediaType !== 'string') {
     throw new WafersError(`${what} is not a valid descriptor.`)
   }
 
@@ -86,25 +88,32 @@ export function checkManifest(value: unknown, what: string): Manifest {
     throw new WafersError(`${what} is not an OCI or Docker schema 2 image manifest.`)
   }
 
+  if (manifest.mediaType !== undefined && typeof manifest.mediaType !== 'string')
+    throw new WafersError(`${what} has a mediaType that is not a string.`)
+  if (manifest.annotations !== undefined && !isObject(manifest.annotations))
+    throw new WafersError(`${what} has annotations that are not an object.`)
   checkDescriptor(manifest.config, `the config of ${what}`)
   if (!Array.isArray(manifest.layers)) throw new WafersError(`${what} lists no layers.`)
   for (const [i, layer] of manifest.layers.entries()) checkDescriptor(layer, `layer ${i + 1} of ${what}`)
   return manifest
 }
 
-/** Checks a parsed image config: architecture, os, and one diff_id per layer. */
+/**
+ * Checks a parsed image config once, as it is read: architecture, os, one sha256 diff_id per layer,
+ * and the type of every field wafers uses (Env, Cmd, Entrypoint: lists of strings; WorkingDir, User,
+ * StopSignal: strings; Labels: strings by name; history: a list of entries). A refusal names the
+ * field. Fields that are null, as Docker writes them, are left out of what it returns.
+ */
 export function checkConfig(value: unknown, layers: number, what: string): ImageConfigFile {
-  const config = value as ImageConfigFile
-  if (
-    typeof config !== 'object' ||
-    config === null ||
-    typeof config.architecture !== 'string' ||
-    typeof config.os !== 'string'
-  ) {
+  if (!isObject(value)) throw new WafersError(`${what} is not an image config: it is not a JSON object.`)
+  const config = value as unknown as ImageConfigFile
+  if (typeof config.architecture !== 'string' || typeof config.os !== 'string') {
     throw new WafersError(`${what} is not an image config: it has no architecture or os.`)
   }
 
-  const diffIds = config.rootfs?.diff_ids
+  for (const field of ['variant', 'author', 'created'] as const) checkString(config[field], field, what)
+  if (!isObject(config.rootfs)) throw new WafersError(`${what} has no rootfs object.`)
+  const diffIds = config.rootfs.diff_ids
   if (!Array.isArray(diffIds) || diffIds.length !== layers) {
     throw new WafersError(
       `${what} lists ${Array.isArray(diffIds) ? diffIds.length : 'no'} diff_ids for ${layers} layers.`,
@@ -112,9 +121,79 @@ export function checkConfig(value: unknown, layers: number, what: string): Image
   }
 
   for (const [i, diffId] of diffIds.entries()) checkDigest(diffId, `diff_id ${i + 1} of ${what}`)
-  if (config.history !== undefined && !Array.isArray(config.history))
-    throw new WafersError(`${what} has an invalid history.`)
-  return config
+  const checked: ImageConfigFile = {...config}
+  if (config.history === undefined || config.history === null) delete checked.history
+  else checked.history = checkHistory(config.history, what)
+  if (config.config === undefined || config.config === null) delete checked.config
+  else checked.config = checkRunConfig(config.config, what)
+  return checked
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function checkString(value: unknown, field: string, what: string): void {
+  if (value !== undefined && value !== null && typeof value !== 'string') {
+    throw new WafersError(`${what} has a ${field} that is not a string.`)
+  }
+}
+
+function checkHistory(value: unknown, what: string): HistoryEntry[] {
+  if (!Array.isArray(value)) throw new WafersError(`${what} has a history that is not a list.`)
+  return value.map((entry: unknown, i) => {
+    if (!isObject(entry)) throw new WafersError(`${what} has a history entry ${i + 1} that is not an object.`)
+    for (const field of ['author', 'comment', 'created', 'created_by'])
+      checkString(entry[field], `history entry ${i + 1} ${field}`, what)
+    if (entry.empty_layer !== undefined && entry.empty_layer !== null && typeof entry.empty_layer !== 'boolean') {
+      throw new WafersError(`${what} has a history entry ${i + 1} whose empty_layer is not true or false.`)
+    }
+
+    return entry as HistoryEntry
+  })
+}
+
+/** The `config` object of an image config (Env, Cmd, ...), its fields checked, nulls left out. */
+function checkRunConfig(value: unknown, what: string): ImageConfig {
+  if (!isObject(value)) throw new WafersError(`${what} has a config field that is not an object.`)
+  const result: Record<string, unknown> = {}
+  for (const [field, entry] of Object.entries(value)) {
+    if (entry === null) continue
+    const bad = (type: string) => new WafersError(`${what} has a config.${shown(field)} that is not ${type}.`)
+    switch (field) {
+      case 'Cmd':
+      case 'Entrypoint':
+      case 'Env': {
+        if (!Array.isArray(entry) || entry.some((item) => typeof item !== 'string')) throw bad('a list of strings')
+        break
+      }
+
+      case 'StopSignal':
+      case 'User':
+      case 'WorkingDir': {
+        if (typeof entry !== 'string') throw bad('a string')
+        break
+      }
+
+      case 'Labels': {
+        if (!isObject(entry) || Object.values(entry).some((item) => typeof item !== 'string'))
+          throw bad('an object of strings')
+        break
+      }
+
+      case 'ExposedPorts':
+      case 'Volumes': {
+        if (!isObject(entry)) throw bad('an object')
+        break
+      }
+
+      default:
+    }
+
+    result[field] = entry
+  }
+
+  return result as ImageConfig
 }
 
 /**
@@ -122,7 +201,8 @@ export function checkConfig(value: unknown, layers: number, what: string): Image
  * (and variant, when both say one). Refuses in one sentence naming what the index has instead.
  */
 export function selectPlatform(index: Index, platform: Platform, what: string): Descriptor {
-  const manifests = (index.manifests ?? []).map((entry, i) => checkDescriptor(entry, `entry ${i + 1} of ${what}`))
+  if (!Array.isArray(index.manifests)) throw new WafersError(`${what} has a manifests field that is not a list.`)
+  const manifests = index.manifests.map((entry, i) => checkDescriptor(entry, `entry ${i + 1} of ${what}`))
   const fits = manifests.filter(
     (entry) => entry.platform?.os === platform.os && entry.platform?.architecture === platform.architecture,
   )

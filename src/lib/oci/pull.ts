@@ -1,7 +1,7 @@
 import {promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, shown} from '../errors.js'
 import {digestOf, sha256} from '../layer/digest.js'
 import {HistoryEntry, type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
@@ -9,7 +9,8 @@ import {humanSize, plural} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
-import {MAX_LOWER_LAYERS} from '../store/ancestry.js'
+import {MAX_LOWER_LAYERS, findMachineId} from '../store/ancestry.js'
+import {readStoreFile} from '../host/files.js'
 import {chainIds, layerWaferName} from './chain.js'
 import {
   Descriptor,
@@ -41,7 +42,11 @@ import {throttled} from './throttle.js'
 export interface PullOptions extends RegistryOptions {
   /** The wafer to make on top of the layers; default: the repository's last path component. */
   name?: string
+  /** Re-point NAME at this image even when it holds another image, has files of its own or children. */
+  replace?: boolean
   signal?: AbortSignal
+  /** Called with a warning the user should see (a re-pointed top with children). */
+  warn?: (message: string) => void
 }
 
 /** One layer of a pulled image and the wafer that holds it. */
@@ -71,6 +76,8 @@ export interface PullResult {
   os: string
   /** The reference, as skopeo reads it. */
   ref: string
+  /** When NAME held another image and now sits on this one: the manifest digest it held. */
+  replaced?: string
 }
 
 /** Everything known about the image once its manifest and config are read. */
@@ -107,6 +114,7 @@ export function pullSteps(
   let work: WorkDir | undefined
   let context: SkopeoContext | undefined
   let plan: Plan | undefined
+  let target: Target = {state: 'absent'}
   const layout = () => path.join(work!.path, 'layout')
 
   // What this pull makes of $WAFERS and its parents, to remove again if it is refused.
@@ -129,6 +137,19 @@ export function pullSteps(
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
         plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
+        // A layout is read directly, never through skopeo: a policy that may refuse it is asked
+        // through a copy of its manifest and config alone (every layer a placeholder).
+        if (policyMayRefuse(options.trust?.policy, 'oci')) {
+          work = await makeWorkDir(store.root, 'pull')
+          context = await skopeoContext(options, ref, work.path, options.signal)
+          report(`checking ${describe(ref)} against the trust policy`)
+          await download(
+            context,
+            {...plan, copyFrom: ref.skopeo, present: plan.present.map(() => true)},
+            layout(),
+            () => {},
+          )
+        }
       } else {
         checkArchivePath(ref)
         context = await skopeoContext(options, ref, work.path, options.signal)
@@ -151,13 +172,15 @@ export function pullSteps(
         })
       }
 
-      const upToDate = await checkTarget(store, name, plan.digest, names.at(-1), describe(ref))
+      target = await checkTarget(store, ref, name, plan.digest, names.at(-1), options)
+      const upToDate = target.state === 'current'
       result.made = !upToDate
+      if (target.state === 'repoint') result.replaced = target.held.digest ?? ''
       const fresh = plan.present.filter((present) => !present).length
       if (upToDate) return `${name} is up to date with ${describe(ref)}`
       return `Read ${describe(ref)}: ${platformText(plan.config)}, ${plural(plan.chain.length, 'layer')}, ${fresh} new`
     },
-    title: `Read image ${text}`,
+    title: `Read image ${shown(text)}`,
   }
 
   const steps = (): Step[] => {
@@ -168,10 +191,15 @@ export function pullSteps(
       async run(report) {
         await download(context!, current, layout(), report)
         current.blobs = layout()
+        if (missing.length === 0) return `Checked ${describe(current.ref)}: every layer is already here`
         return `Downloaded ${plural(missing.length, 'layer')} (${humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))})`
       },
-      skip: () => (current.copyFrom === undefined || missing.length === 0 ? 'nothing to download' : undefined),
-      title: `Download ${plural(missing.length, 'new layer')} of ${describe(current.ref)}`,
+      // Run even with nothing to download: the copy is where skopeo checks the trust policy.
+      skip: () => (current.copyFrom === undefined ? 'nothing to download' : undefined),
+      title:
+        missing.length === 0
+          ? `Check ${describe(current.ref)} against the trust policy`
+          : `Download ${plural(missing.length, 'new layer')} of ${describe(current.ref)}`,
     }
     const layers = current.manifest.layers.map((descriptor, i): Step => {
       const layer = result.layers[i]
@@ -197,11 +225,26 @@ export function pullSteps(
           ref: current.ref.skopeo,
           ...(current.config.variant ? {variant: current.config.variant} : {}),
         }
-        await store.create(result.name, result.layers.at(-1)?.wafer, {meta: {image}})
+        const parent = result.layers.at(-1)?.wafer
+        if (target.state === 'repoint') {
+          const was = target.held
+          await repoint(store, result.name, parent, {...readMeta(store.dir(result.name), result.name), image}, options)
+          finished = true
+          return `Re-pointed ${result.name} from ${was.digest ?? 'an image'} to ${image.digest} on ${parent ?? 'nothing'}`
+        }
+
+        // Like `stack NAME PARENT`: the new top gets its own machine id, so that two containers of
+        // one image never share the one of the machine that pushed it.
+        const below = result.layers.map((layer) => store.dataDir(layer.wafer)).reverse()
+        await store.create(result.name, parent, {
+          machineId: await findMachineId(below),
+          meta: {image},
+          parentData: below[0],
+        })
         finished = true
         return `Made ${result.name} on ${result.layers.at(-1)?.wafer ?? 'nothing (the image has no layers)'}`
       },
-      title: `Make wafer ${result.name}`,
+      title: target.state === 'repoint' ? `Re-point wafer ${result.name}` : `Make wafer ${result.name}`,
     }
     return [fetch, ...layers, top]
   }
@@ -465,24 +508,150 @@ async function layerPresent(
   return true
 }
 
+/** What pulling into NAME does: make it, nothing (it holds this image), or re-point it at this image. */
+type Target = {held: ImageMeta; state: 'repoint'} | {state: 'absent'} | {state: 'current'}
+
 /**
- * Whether NAME already holds this image (true: nothing to do). Refuses a NAME that exists and
- * holds something else: pulling never replaces a wafer someone may have built on.
+ * What pulling `ref` (manifest `digest`, top layer wafer `top`) into NAME does. A NAME that holds
+ * the image this reference named before (a moved tag) is re-pointed at the new one when nothing
+ * sees the change: no files of its own but its machine id, no children; with `replace`, also
+ * then, and a NAME that holds another image. Refuses, changing nothing, a NAME not made from an
+ * image, and one that is stacked or otherwise in use (re-pointing it would change the layers
+ * under a mounted overlay), naming why.
  */
 async function checkTarget(
   store: WaferStore,
+  ref: ImageReference,
   name: string,
   digest: string,
   top: string | undefined,
-  image: string,
-): Promise<boolean> {
-  if (!(await store.exists(name))) return false
+  options: PullOptions,
+): Promise<Target> {
+  if (!(await store.exists(name))) return {state: 'absent'}
   const meta = readMeta(store.dir(name), name)
-  if (meta.image?.digest === digest && (await store.readParent(name)) === top) return true
-  const what = meta.image
+  if (meta.image?.digest === digest && (await store.readParent(name)) === top) return {state: 'current'}
+  const image = describe(ref)
+  const held = meta.image
     ? `the image ${meta.image.ref ?? 'pulled earlier'} (${meta.image.digest ?? 'no digest'})`
     : 'a wafer not pulled from an image'
-  throw new WafersError(`wafer ${name} already exists and holds ${what}, not ${image}.`, {
-    suggestions: [`Pull into another name (wafers pull ${image} NAME), or remove it first (wafers rm ${name}).`],
+  const other = `pull into another name (wafers pull ${ref.text} NAME)`
+  if (!meta.image) {
+    throw new WafersError(`wafer ${name} already exists and holds ${held}, not ${image}.`, {
+      suggestions: [`${other[0].toUpperCase()}${other.slice(1)}, or remove it first (wafers rm ${name}).`],
+    })
+  }
+
+  const moved = meta.image.ref === ref.skopeo
+  if (!moved && !options.replace) {
+    throw new WafersError(`wafer ${name} already exists and holds ${held}, not ${image}.`, {
+      suggestions: [`Add --replace to re-point ${name} at ${image}, or ${other}.`],
+    })
+  }
+
+  const why = moved ? `${image} now names ${digest}, not the ${meta.image.digest ?? 'image'} ${name} holds` : ''
+  await refuseRepointInUse(store, name, why)
+  if (!options.replace) {
+    const {children, own} = await repointEffects(store, name)
+    if (children.length > 0) {
+      throw new WafersError(
+        `${why}, and ${children.join(', ')} ${children.length === 1 ? 'is' : 'are'} built on ${name}: re-pointing it would change what ${children.length === 1 ? 'it sees' : 'they see'}.`,
+        {suggestions: [`Add --replace to re-point ${name} anyway, or ${other}.`]},
+      )
+    }
+
+    if (own) {
+      throw new WafersError(`${why}, and ${name} has files of its own, which would then lie on the new image.`, {
+        suggestions: [`Add --replace to re-point ${name} with its files, or ${other}.`],
+      })
+    }
+  }
+
+  return {held: meta.image, state: 'repoint'}
+}
+
+/** Refuses to re-point NAME while any stack uses it (mounted, detached but in use, in another namespace). */
+async function refuseRepointInUse(store: WaferStore, name: string, why: string): Promise<void> {
+  const {hiddenWaferUses, liveStacks} = await import('../mount/usage.js')
+  const prefix = why === '' ? `${name} holds another image` : why
+  const stack = (await liveStacks(store)).find((live) => live.top === name || live.lowers.includes(name))
+  if (stack) {
+    throw new WafersError(`${prefix}, but ${name} is stacked at ${stack.mountpoint}; nothing was changed.`, {
+      suggestions: [`Unstack it first (wafers unstack ${stack.top ?? name}), then pull again.`],
+    })
+  }
+
+  const use = (await hiddenWaferUses(store)).find((candidate) => candidate.wafers.includes(name))
+  if (use) {
+    throw new WafersError(`${prefix}, but ${name} is still in use through ${use.where}; nothing was changed.`)
+  }
+}
+
+/** What re-pointing NAME would show: the wafers built on it, and whether it has files other than its machine id. */
+async function repointEffects(store: WaferStore, name: string): Promise<{children: string[]; own: boolean}> {
+  const {readInventory} = await import('../ops/inventory.js')
+  const {isEmptyLayer} = await import('../layer/archive.js')
+  const {onlyMachineId} = await import('./machine-id.js')
+  const children = (await readInventory(store)).children.get(name) ?? []
+  const data = store.dataDir(name)
+  return {children, own: !(await isEmptyLayer(data)) && !(await onlyMachineId(data))}
+}
+
+/**
+ * Makes NAME sit on `parent` with `meta`, under the store lock, checking again that no stack uses
+ * it; with children, says so through `warn`. Its own files (and machine id) stay.
+ */
+async function repoint(
+  store: WaferStore,
+  name: string,
+  parent: string | undefined,
+  meta: WaferMeta,
+  options: PullOptions,
+): Promise<void> {
+  const {withLock} = await import('../store/lock.js')
+  const {writeFileAtomic} = await import('../host/files.js')
+  const {writeMeta} = await import('../store/meta.js')
+  await withLock(store.root, async () => {
+    await refuseRepointInUse(store, name, '')
+    const {children, own} = await repointEffects(store, name)
+    if (!options.replace && (children.length > 0 || own)) {
+      throw new WafersError(`wafer ${name} got children or files of its own meanwhile; it was not re-pointed.`, {
+        suggestions: ['Pull again to see why, or add --replace.'],
+      })
+    }
+
+    if (parent !== undefined && !(await store.hasData(parent))) {
+      throw new WafersError(`wafer ${parent} was removed meanwhile; ${name} was not changed.`)
+    }
+
+    writeMeta(store.dir(name), meta)
+    if (parent === undefined) await fs.rm(store.parentFile(name), {force: true})
+    else writeFileAtomic(store.parentFile(name), `${parent}\n`)
+    if (children.length > 0) {
+      options.warn?.(
+        `${name} now sits on the new image; ${children.join(', ')}, built on it, see${children.length === 1 ? 's' : ''} it too (--replace).`,
+      )
+    }
   })
+}
+
+/**
+ * Whether the containers trust policy `file` (default /etc/containers/policy.json) might refuse an
+ * image of `transport`: anything but a policy that accepts anything there. A policy that cannot
+ * be read (a symlink, not JSON) might refuse: skopeo then says why. No default policy file: no.
+ */
+function policyMayRefuse(file: string | undefined, transport: string): boolean {
+  const acceptsAll = (requirements: unknown) =>
+    Array.isArray(requirements) &&
+    requirements.length > 0 &&
+    requirements.every((entry) => (entry as {type?: unknown})?.type === 'insecureAcceptAnything')
+  try {
+    const text = readStoreFile(file ?? '/etc/containers/policy.json', 'the trust policy')
+    // No policy on this machine and none given: nothing to honour (a --policy FILE is there: checked before).
+    if (text === undefined) return file !== undefined
+    const policy = JSON.parse(text) as {default?: unknown; transports?: Record<string, Record<string, unknown>>}
+    const scopes = Object.values(policy.transports?.[transport] ?? {})
+    return !acceptsAll(policy.default) || !scopes.every((scope) => acceptsAll(scope))
+  } catch {
+    return true
+  }
 }

@@ -2,7 +2,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {traceAncestry} from '../store/ancestry.js'
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, isErrno, shown} from '../errors.js'
 import {type HistoryEntry, type ImageMeta, readMeta} from '../store/meta.js'
 import {checkName} from '../store/names.js'
 import {humanSize} from '../ui/render.js'
@@ -11,12 +11,20 @@ import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
 import {liveStacks} from '../mount/usage.js'
 import {LayerCache} from './cache.js'
+import {blankMachineId, hasMachineId, onlyMachineId} from './machine-id.js'
 import {Descriptor, ImageConfigFile, MEDIA, Manifest} from './image.js'
 import {hostPlatform} from './platform.js'
 import {blobPath, writeJsonBlob, writeLayoutIndex} from './layout.js'
 import {throttled} from './throttle.js'
 import {ImageReference, describe, parseReference} from './reference.js'
-import {RegistryOptions, checkArchivePath, checkRegistryOptions, copyFromLayout, skopeoContext} from './skopeo.js'
+import {
+  RegistryOptions,
+  checkArchivePath,
+  checkRegistryOptions,
+  checkSigningKey,
+  copyFromLayout,
+  skopeoContext,
+} from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
 
 /** What `push` was asked to do. */
@@ -81,6 +89,7 @@ export function pushSteps(
       checkRegistryOptions(options)
       ref = parseReference(text)
       checkArchivePath(ref, true)
+      await checkSigningKey(options)
       result.ref = ref.skopeo
       if (!(await store.exists(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
       wafers = (await traceAncestry(store, name)).reverse()
@@ -159,7 +168,7 @@ export function pushSteps(
         result.digest = await copyFromLayout(context, layout, ref, path.join(work!.path, 'digest'), manifest.layers)
         return `Pushed ${describe(ref)} (${result.digest})`
       },
-      title: `Push ${text}`,
+      title: `Push ${shown(text)}`,
     }
     return [...packs, upload]
   }
@@ -188,12 +197,13 @@ async function packWafer(
 ): Promise<PushedLayer | undefined> {
   const {isEmptyLayer, layerFingerprint, packLayer} = await import('../layer/archive.js')
   const data = store.dataDir(wafer)
-  if (await isEmptyLayer(data)) return undefined
+  if ((await isEmptyLayer(data)) || (await onlyMachineId(data))) return undefined
   const before = await layerFingerprint(data)
   let entry = await cache.lookup(wafer, before)
   const made = entry === undefined
   if (entry === undefined) {
     const temporary = path.join(work, `pack-${wafer}`)
+    const blanked = path.join(work, `blank-${wafer}`)
     try {
       const progress = throttled(report)
       const packed = await packLayer(data, temporary, {
@@ -207,9 +217,15 @@ async function packWafer(
       }
 
       entry = {...packed, fingerprint: before}
-      await cache.store(wafer, entry, temporary)
+      if (await hasMachineId(data)) {
+        entry = {...entry, ...(await blankMachineId(temporary, blanked))}
+        await cache.store(wafer, entry, blanked)
+      } else {
+        await cache.store(wafer, entry, temporary)
+      }
     } finally {
       await fs.rm(temporary, {force: true})
+      await fs.rm(blanked, {force: true})
     }
   }
 

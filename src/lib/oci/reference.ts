@@ -1,6 +1,6 @@
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, quote, shown} from '../errors.js'
 import {MAX_NAME_LENGTH, isValidName} from '../store/names.js'
 
 /** The skopeo transports wafers pulls from and pushes to. */
@@ -41,21 +41,21 @@ export function parseReference(text: string): ImageReference {
   if (scheme === 'oci' || scheme === 'oci-archive') return parseLocal(text, scheme, match![2])
   if (scheme === 'docker-archive') {
     const file = match![2]
-    if (file === '') throw new WafersError(`image reference ${JSON.stringify(text)} names no file.`)
+    if (file === '') throw new WafersError(`image reference ${quote(text)} names no file.`)
     return {path: path.resolve(file), skopeo: `docker-archive:${path.resolve(file)}`, text, transport: 'docker-archive'}
   }
 
   if (scheme !== undefined && !text.includes('/') && TAG.test(match![2])) return parseDocker(text, text) // busybox:1.36
   if (scheme === undefined || text.includes('/')) return parseDocker(text, text)
   throw new WafersError(
-    `image reference ${JSON.stringify(text)} has an unknown transport ${scheme}:; use docker://, oci:, oci-archive: or docker-archive:.`,
+    `image reference ${quote(text)} has an unknown transport ${scheme}:; use docker://, oci:, oci-archive: or docker-archive:.`,
   )
 }
 
 function parseDocker(text: string, rest: string): ImageReference {
   const bad = () =>
     new WafersError(
-      `image reference ${JSON.stringify(text)} is not valid; write it as [docker://]HOST/REPO:TAG or @sha256:DIGEST.`,
+      `image reference ${quote(text)} is not valid; write it as [docker://]HOST/REPO:TAG or @sha256:DIGEST.`,
     )
   let name = rest
   let digest: string | undefined
@@ -96,11 +96,9 @@ function parseLocal(text: string, transport: 'oci' | 'oci-archive', rest: string
   const file = colon === -1 ? rest : rest.slice(0, colon)
   const tag = colon === -1 ? undefined : rest.slice(colon + 1)
   if (file === '')
-    throw new WafersError(
-      `image reference ${JSON.stringify(text)} names no ${transport === 'oci' ? 'directory' : 'file'}.`,
-    )
+    throw new WafersError(`image reference ${quote(text)} names no ${transport === 'oci' ? 'directory' : 'file'}.`)
   if (tag !== undefined && !TAG.test(tag)) {
-    throw new WafersError(`image reference ${JSON.stringify(text)} has an invalid tag ${JSON.stringify(tag)}.`)
+    throw new WafersError(`image reference ${quote(text)} has an invalid tag ${quote(tag)}.`)
   }
 
   const absolute = path.resolve(file)
@@ -120,8 +118,8 @@ export function pinned(ref: ImageReference, digest: string): string {
 
 /** How the user would read the image: `HOST/REPO:TAG` for a registry, the reference otherwise. */
 export function describe(ref: ImageReference): string {
-  if (ref.transport !== 'docker') return ref.text
-  return `${ref.host}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag}`}`
+  if (ref.transport !== 'docker') return shown(ref.text)
+  return shown(`${ref.host}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag}`}`)
 }
 
 /**

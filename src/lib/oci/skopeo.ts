@@ -1,7 +1,8 @@
-import {closeSync, promises as fs, fstatSync, openSync, readFileSync, statSync} from 'node:fs'
+import {closeSync, promises as fs, fstatSync, lstatSync, openSync, readFileSync, statSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, isErrno, quote} from '../errors.js'
+import {readStoreFile} from '../host/files.js'
 import {diesWithUs, findOnPath, systemProgram} from '../host/run.js'
 import type {Descriptor} from './image.js'
 import {MAX_JSON_BLOB} from './layout.js'
@@ -19,6 +20,22 @@ export interface RegistryOptions {
   idleTimeout?: number
   /** false for a registry on plain HTTP or with a certificate nobody signed (`--tls-verify=false`). */
   tlsVerify: boolean
+  /** Trust: see TrustOptions. */
+  trust?: TrustOptions
+}
+
+/** Which images a pull accepts and how a push signs, as skopeo's flags of the same names say. */
+export interface TrustOptions {
+  /** A containers-policy.json (`--policy FILE`); default: skopeo's, /etc/containers/policy.json. */
+  policy?: string
+  /** A registries.d directory (`--registries.d DIR`): where signatures are looked up and stored. */
+  registriesD?: string
+  /** A GPG key fingerprint to sign pushed images with (`--sign-by`). */
+  signBy?: string
+  /** A sigstore private key file to sign pushed images with (`--sign-by-sigstore-private-key`). */
+  signBySigstorePrivateKey?: string
+  /** The passphrase of the signing key (`--sign-passphrase-file`). */
+  signPassphraseFile?: string
 }
 
 /** What one skopeo run needs besides its arguments. */
@@ -99,6 +116,75 @@ export function checkRegistryOptions(options: RegistryOptions): void {
   if (options.creds !== undefined && options.creds.indexOf(':') < 1) {
     throw new WafersError('--creds takes USER:PASS, with a colon between the user and the password.')
   }
+
+  const trust = options.trust ?? {}
+  const files: Array<[string | undefined, string]> = [
+    [trust.policy, '--policy'],
+    [trust.signBySigstorePrivateKey, '--sign-by-sigstore-private-key'],
+    [trust.signPassphraseFile, '--sign-passphrase-file'],
+  ]
+  for (const [file, flag] of files) {
+    if (file !== undefined && !lstatSync(file, {throwIfNoEntry: false})?.isFile())
+      throw new WafersError(`${flag} ${file}: there is no such file.`)
+  }
+
+  if (trust.registriesD !== undefined && !statSync(trust.registriesD, {throwIfNoEntry: false})?.isDirectory())
+    throw new WafersError(`--registries.d ${trust.registriesD}: there is no such directory.`)
+  if (trust.signBy !== undefined && !/^[\dA-Fa-f]{16,40}$/.test(trust.signBy))
+    throw new WafersError(`--sign-by takes a GPG key fingerprint (hex digits), not ${quote(trust.signBy)}.`)
+}
+
+/**
+ * Refuses a `--sign-by` key that GPG does not have as a secret key, before anything is pushed:
+ * skopeo writes the image first and signs it after, so its own refusal comes with the image already sent.
+ */
+export async function checkSigningKey(options: RegistryOptions): Promise<void> {
+  const sigstore = options.trust?.signBySigstorePrivateKey
+  if (sigstore !== undefined) {
+    const text = readStoreFile(sigstore, `the sigstore key ${sigstore}`, 64 * 1024) ?? ''
+    if (!/^-----BEGIN ENCRYPTED (SIGSTORE|COSIGN) PRIVATE KEY-----$/m.test(text)) {
+      throw new WafersError(
+        `${sigstore} is not a sigstore private key (an ENCRYPTED SIGSTORE PRIVATE KEY PEM file); nothing was pushed.`,
+      )
+    }
+  }
+
+  const key = options.trust?.signBy
+  if (key === undefined) return
+  const {execa} = await import('execa')
+  const listed = await execa('gpg', ['--batch', '--with-colons', '--list-secret-keys', key], {
+    reject: false,
+    stdin: 'ignore',
+  })
+  if (listed.code === 'ENOENT')
+    throw new WafersError('--sign-by needs gpg, which is not installed; install the gpg package.')
+  if (listed.failed) {
+    throw new WafersError(
+      `the GPG key ${key} is not a secret key in the keyring (${process.env.GNUPGHOME ?? '~/.gnupg'}), so push cannot sign with it; nothing was pushed.`,
+    )
+  }
+}
+
+/** skopeo's own flags (before the command) for trust: a policy to check sources by, where signatures are. */
+function trustFlags(context: SkopeoContext, checkSource: boolean): string[] {
+  const trust = context.options.trust ?? {}
+  const flags: string[] = []
+  // A push copies from wafers' own layout, made a moment ago: no policy speaks for it.
+  if (!checkSource) flags.push('--insecure-policy')
+  else if (trust.policy !== undefined) flags.push('--policy', trust.policy)
+  if (trust.registriesD !== undefined) flags.push('--registries.d', trust.registriesD)
+  return flags
+}
+
+/** skopeo copy's signing flags for a push. */
+function signFlags(context: SkopeoContext): string[] {
+  const trust = context.options.trust ?? {}
+  const flags: string[] = []
+  if (trust.signBy !== undefined) flags.push('--sign-by', trust.signBy)
+  if (trust.signBySigstorePrivateKey !== undefined)
+    flags.push('--sign-by-sigstore-private-key', trust.signBySigstorePrivateKey)
+  if (trust.signPassphraseFile !== undefined) flags.push('--sign-passphrase-file', trust.signPassphraseFile)
+  return flags
 }
 
 /** skopeo's registry arguments for one side of a copy (`src`, `dest`) or for inspect (no side). */
@@ -317,9 +403,12 @@ export async function copyToLayout(
     })
   await skopeo(
     context,
+    // The policy is checked on the source whatever the destination; an OCI layout cannot hold signatures.
     [
+      ...trustFlags(context, true),
       'copy',
       '--quiet',
+      '--remove-signatures',
       '--dest-oci-accept-uncompressed-layers',
       ...skopeoRegistryArgs(context, 'src-'),
       source,
@@ -348,10 +437,12 @@ export async function copyFromLayout(
   await skopeo(
     context,
     [
+      ...trustFlags(context, false),
       'copy',
       '--quiet',
       '--digestfile',
       digestFile,
+      ...signFlags(context),
       ...skopeoRegistryArgs(context, 'dest-'),
       `oci:${layout}:image`,
       ref.skopeo,
@@ -435,6 +526,8 @@ async function explain(
       text,
     )
   if (reach) return new WafersError(`cannot reach the registry ${host}: ${reach[1]}.`)
+  const refused = trustRefusal(context, text, image)
+  if (refused) return refused
   if (said(/server gave HTTP response to HTTPS client/)) {
     return new WafersError(`the registry ${host} speaks plain HTTP, not HTTPS.`, {
       suggestions: ['Add --tls-verify=false to use it anyway.'],
@@ -487,6 +580,47 @@ async function explain(
   return new WafersError(`skopeo could not read or write ${image}; set DEBUG=1 to see what it said.`, {
     suggestions: debug,
   })
+}
+
+/**
+ * The trust policy's refusal of an image, or a signing failure, in one sentence; undefined for
+ * anything else. skopeo says "Source image rejected: REASON" for a policy refusal.
+ */
+function trustRefusal(context: SkopeoContext, text: string, image: string): WafersError | undefined {
+  const trust = context.options.trust ?? {}
+  const policy = `the trust policy ${trust.policy ?? '/etc/containers/policy.json'}`
+  if (/Error loading trust policy|[Ii]nvalid policy/.test(text)) {
+    return new WafersError(`${policy} cannot be read or is not a valid policy.`)
+  }
+
+  if (/Source image rejected|rejected by policy/.test(text)) {
+    let why = 'it does not accept it'
+    if (/signature was required, but no signature exists/.test(text))
+      why = 'it requires a signature and the image has none'
+    else if (/is rejected by policy/.test(text)) why = 'it rejects images from there'
+    else if (/[Ss]ignature|GPG|key/.test(text)) why = 'no signature of the image is by a key it trusts'
+    return new WafersError(`${policy} refuses ${image}: ${why}; nothing was pulled.`, {
+      suggestions: [
+        'Pull a signed image, or give another policy with --policy FILE (and --registries.d DIR for where signatures are).',
+      ],
+    })
+  }
+
+  if (trust.signBy !== undefined || trust.signBySigstorePrivateKey !== undefined) {
+    if (/gpg|passphrase|private key|secret key|creating signature|signing/i.test(text)) {
+      const key =
+        trust.signBy === undefined
+          ? `the sigstore key ${trust.signBySigstorePrivateKey}`
+          : `the GPG key ${trust.signBy}`
+      // skopeo sends the image first and signs it after.
+      return new WafersError(
+        `${image} was pushed but not signed: ${key} could not be used (a wrong or missing passphrase?).`,
+        {suggestions: ['Give the passphrase with --sign-passphrase-file FILE and push again.']},
+      )
+    }
+  }
+
+  return undefined
 }
 
 /** Whether the registry has the repository at all (a missing tag and a missing repository both say "manifest unknown"). */

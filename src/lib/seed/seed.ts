@@ -1,7 +1,7 @@
 import {promises as fs, realpathSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError, isErrno, quote} from '../errors.js'
 import type {HookRunner, SeedContext, Seeder} from '../hooks.js'
 import {oneLine} from '../hooks.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
@@ -61,7 +61,7 @@ export function findSeeder(seeders: SeederEntry[], name: string): SeederEntry {
 
   const names = [...new Set(seeders.map((entry) => entry.name))]
   const known = names.length === 0 ? 'there are none' : `there are ${names.join(', ')}`
-  throw new WafersError(`there is no seeder ${JSON.stringify(name)}; ${known}.`, {
+  throw new WafersError(`there is no seeder ${quote(name)}; ${known}.`, {
     suggestions: ['See them all with: wafers seeders', 'Add more with: wafers plugins install PLUGIN'],
   })
 }

@@ -1,4 +1,4 @@
-import {WafersError} from '../errors.js'
+import {WafersError, quote} from '../errors.js'
 
 /** The longest wafer name, as for machine names under /var/lib/machines. */
 export const MAX_NAME_LENGTH = 64
@@ -17,7 +17,7 @@ export function isValidName(name: string): boolean {
 /** Returns `name` when it is valid; otherwise throws one sentence naming the rule. */
 export function checkName(name: string, what = 'wafer name'): string {
   if (!isValidName(name)) {
-    throw new WafersError(`${what} ${JSON.stringify(name)} is not valid: use ${NAME_RULE_TEXT}.`)
+    throw new WafersError(`${what} ${quote(name)} is not valid: use ${NAME_RULE_TEXT}.`)
   }
 
   return name
