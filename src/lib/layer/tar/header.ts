@@ -213,7 +213,8 @@ export function encodeHeader(entry: EntryHeader): Buffer {
   if (!fits(entry.uid, 7)) records.push(paxRecord('uid', String(entry.uid)))
   if (!fits(entry.gid, 7)) records.push(paxRecord('gid', String(entry.gid)))
   if (!fits(entry.size, 11)) records.push(paxRecord('size', String(entry.size)))
-  if (entry.mtimeNs || !fits(entry.mtime, 11)) records.push(paxRecord('mtime', paxTime(entry.mtime, entry.mtimeNs ?? 0)))
+  if (entry.mtimeNs || !fits(entry.mtime, 11))
+    records.push(paxRecord('mtime', paxTime(entry.mtime, entry.mtimeNs ?? 0)))
 
   for (const [name, value] of entry.xattrs ?? []) records.push(paxRecord(`SCHILY.xattr.${name}`, value))
   const ustar = headerBlock({

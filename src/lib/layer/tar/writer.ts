@@ -116,7 +116,11 @@ export async function writeLayerTar(
       } else if (packed.action === 'refuse') {
         throw new WafersError(
           `${shown(file)} carries ${name}: overlayfs wrote it with redirect_dir or metacopy, whose changes a layer tar cannot hold.`,
-          {suggestions: ['Copy the file onto itself in a stack with those features off (cp -a), or leave the wafer out of the push.']},
+          {
+            suggestions: [
+              'Copy the file onto itself in a stack with those features off (cp -a), or leave the wafer out of the push.',
+            ],
+          },
         )
       } else if (packed.action === 'keep') {
         const value = xattr.getAttributeSync(path, name)
@@ -173,7 +177,9 @@ export async function writeLayerTar(
       }
 
       if (name.subarray(0, WHITEOUT.length).equals(WHITEOUT)) {
-        throw new WafersError(`${shown(file)} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`)
+        throw new WafersError(
+          `${shown(file)} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
+        )
       }
 
       const whiteout = isWhiteout(stat)
