@@ -20,12 +20,15 @@ const WHITEOUT = Buffer.from(WHITEOUT_PREFIX)
 const OPAQUE = Buffer.from(OPAQUE_WHITEOUT)
 /**
  * Headers and file contents are gathered into buffers of this size, file data read straight into
- * them: one hash update and one write to the compressor per batch, not one per entry. Sized so
- * pigz (which reads its input in 128 KiB blocks for its threads) is never kept waiting.
+ * them: one hash update and one write to the compressor per batch, not one per entry.
  */
-const BATCH = 4 * 1024 * 1024
-/** Bytes the compressor may have queued before the walk waits for it to catch up. */
-const QUEUED = 2 * BATCH
+const BATCH = 1024 * 1024
+/**
+ * Batches written to the compressor and not yet taken by it before the walk waits. The walk is
+ * synchronous between batches, and only a turn of the event loop moves queued bytes into the
+ * pipe: the walk yields after each batch, and this many in flight keep pigz busy meanwhile.
+ */
+const IN_FLIGHT = 8
 
 /** One directory entry, looked at before its directory's entries are sorted and written. */
 interface Child {
@@ -76,23 +79,47 @@ export async function writeLayerTar(
 
   let batch = Buffer.allocUnsafeSlow(BATCH)
   let used = 0
+  let inFlight = 0
+  let shipped = false
+  let taken: (() => void) | undefined
   const ship = (): void => {
     if (used === 0) return
     const part = batch.subarray(0, used)
     batch = Buffer.allocUnsafeSlow(BATCH)
     used = 0
     hash.update(part)
-    sink.write(part)
+    inFlight++
+    shipped = true
+    sink.write(part, () => {
+      inFlight--
+      taken?.()
+    })
   }
 
   const stopped = options.stopped.then(() => {
     throw new WafersError('the compressor stopped early.')
   })
   stopped.catch(() => {}) // raced below only while waiting; never left unhandled
-  /** Waits while the compressor has more than QUEUED bytes to read. */
+  /**
+   * After a batch went out: lets the event loop move it into the pipe, and waits while more than
+   * IN_FLIGHT batches are queued. Costs nothing when no batch went out since the last call.
+   */
   const settle = async (): Promise<void> => {
-    // A destroyed sink never drains: the compressor's exit is what ends the wait then.
-    if (sink.destroyed || sink.writableLength > QUEUED) await Promise.race([once(sink, 'drain'), stopped])
+    if (!shipped) return
+    shipped = false
+    // A destroyed sink takes nothing more: the compressor's exit is what ends the wait then.
+    if (sink.destroyed) await stopped
+    while (inFlight > IN_FLIGHT) {
+      // eslint-disable-next-line no-await-in-loop
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          taken = resolve
+        }),
+        stopped,
+      ])
+    }
+
+    await new Promise(setImmediate)
   }
 
   const put = (bytes: Buffer): void => {
