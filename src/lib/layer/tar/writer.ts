@@ -1,12 +1,11 @@
 /**
- * Writes a wafer's data as a reproducible layer tar: the pack half of the layer format (the unpack
- * half reads tars through gate.ts). What each overlayfs marker becomes is decided in whiteouts.ts
- * (names) and xattrs.ts (attributes); this file only walks and encodes.
+ * Writes a wafer's data as a reproducible layer tar: the pack half of the layer format. What each
+ * overlayfs marker becomes is decided in whiteouts.ts (names) and xattrs.ts (attributes); this
+ * file only walks and encodes.
  */
 import type {BigIntStats} from 'node:fs'
 import {closeSync, constants, fstatSync, lstatSync, openSync, readSync, readdirSync, readlinkSync} from 'node:fs'
 import type {Hash} from 'node:crypto'
-import {once} from 'node:events'
 import type {Writable} from 'node:stream'
 
 import {WafersError} from '../../errors.js'
@@ -145,7 +144,7 @@ export async function writeLayerTar(
           `${shown(file)} carries ${name}: overlayfs wrote it with redirect_dir or metacopy, whose changes a layer tar cannot hold.`,
           {
             suggestions: [
-              'Copy the file onto itself in a stack with those features off (cp -a), or leave the wafer out of the push.',
+              'Make a full copy of it in a stack mounted without redirect_dir and metacopy (cp -a, then rename the copy over it), and push again.',
             ],
           },
         )
