@@ -1,5 +1,6 @@
 import {getAttributeSync} from '@napi-rs/xattr'
 import {expect} from 'chai'
+import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
@@ -166,6 +167,32 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       expect(json.map((entry: {change: string}) => entry.change[0].toUpperCase())).to.deep.equal(
         expected.map((line) => line[0]),
       )
+    })
+
+    it('reads an opaque directory a userxattr mount made (user.overlay.opaque) as the kernel does', async function () {
+      await box.wafer('base', {files: {'opt/dir/a': 'a\n', 'opt/dir/b': 'b\n'}})
+      await box.wafer('child', {parent: 'base', work: true})
+      const mounted = path.join(box.root, 'userxattr')
+      await fs.mkdir(mounted)
+      const layers = `lowerdir=${box.data('base')},upperdir=${box.data('child')},workdir=${path.join(box.wafers, 'child', 'work')}`
+      await execa('mount', ['-t', 'overlay', 'overlay', '-o', `${layers},userxattr`, mounted])
+      try {
+        await fs.rm(path.join(mounted, 'opt', 'dir'), {recursive: true})
+        await fs.mkdir(path.join(mounted, 'opt', 'dir'))
+        await fs.writeFile(path.join(mounted, 'opt', 'dir', 'fresh'), 'f\n')
+      } finally {
+        await execa('umount', [mounted])
+      }
+
+      expect(getAttributeSync(box.data('child', 'opt', 'dir'), 'user.overlay.opaque')?.toString()).to.equal('y')
+      expect(getAttributeSync(box.data('child', 'opt', 'dir'), 'trusted.overlay.opaque')).to.equal(null)
+      expect((await ok(['diff', 'child'])).split('\n')).to.deep.equal([
+        'C /opt',
+        'C /opt/dir',
+        'D /opt/dir/a',
+        'D /opt/dir/b',
+        'A /opt/dir/fresh',
+      ])
     })
 
     it('compares with the merged wafers below: a deletion lower down counts, a base adds everything', async function () {

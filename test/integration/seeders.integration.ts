@@ -81,6 +81,44 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
     expect(await fs.readFile(path.join(box.wafers, 'base', 'parent')).catch(() => 'none')).to.equal('none')
   })
 
+  it('dir escapes the overlay attributes it copies: the wafer, and its pushed layer, carry them as data', async function () {
+    if (!(await haveXattrTools(this))) return
+    const source = path.join(box.root, 'tree')
+    await fs.mkdir(path.join(source, 'hidden'), {recursive: true})
+    await fs.writeFile(path.join(source, 'moved'), 'x')
+    await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(source, 'hidden')])
+    await execa('setfattr', ['-n', 'user.overlay.redirect', '-v', '/elsewhere', path.join(source, 'moved')])
+    const run = await box.run(['create', 'base', '--seed', 'dir', '--', source])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const dump = async (file: string) =>
+      (await execa('getfattr', ['--absolute-names', '-d', '-m', '-', file])).stdout
+        .split('\n')
+        .slice(1)
+        .join(' ')
+        .trim()
+    expect(await dump(box.data('base', 'hidden'))).to.equal('trusted.overlay.overlay.opaque="y"')
+    expect(await dump(box.data('base', 'moved'))).to.equal('user.overlay.overlay.redirect="/elsewhere"')
+    // Pushed, the attributes travel under their own names, and no .wh..wh..opq hides what a pull puts below.
+    const out = path.join(box.root, 'out')
+    const push = await box.run(['push', 'base', `oci:${out}:v1`])
+    expect(push.exitCode, push.stderr).to.equal(0)
+    const script = `
+import json, os, sys, tarfile
+blob = lambda d: os.path.join(sys.argv[1], 'blobs', *d.split(':'))
+index = json.load(open(os.path.join(sys.argv[1], 'index.json')))
+manifest = json.load(open(blob(index['manifests'][0]['digest'])))
+with tarfile.open(blob(manifest['layers'][0]['digest'])) as tar:
+    for m in tar:
+        print(m.name, *sorted(f'{k[13:]}={v}' for k, v in m.pax_headers.items() if k.startswith('SCHILY.xattr.')))
+`
+    const {stdout} = await execa('python3', ['-c', script, out])
+    expect(stdout.split('\n')).to.deep.equal([
+      '.',
+      'hidden trusted.overlay.opaque=y',
+      'moved user.overlay.redirect=/elsewhere',
+    ])
+  })
+
   it('tar unpacks a rootfs tarball keeping numeric owners, modes, symlinks, hard links and xattrs', async function () {
     const xattrs = await haveXattrTools(this)
     const source = path.join(box.root, 'tree')

@@ -4,6 +4,8 @@ import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import {runStreaming} from '../host/run.js'
+import {loadXattr} from '../host/xattr.js'
+import {lookup} from '../layer/lookup.js'
 import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
 import {stagingLockFds} from '../store/staging.js'
@@ -131,12 +133,12 @@ export async function nspawnPlaceholders(layers: string[], dir: string): Promise
   await loadXattr()
   await fs.mkdir(dir, {mode: 0o755})
   const made = new Set<string>()
-  const has = (rel: string) => made.has(rel) || lookup(layers, rel) !== 'absent'
+  const has = (rel: string) => made.has(rel) || lookup(layers, rel).kind !== 'none'
   for (const need of NSPAWN_NEEDS) {
     const rel = need.rel.replace(/\/$/, '')
     const parent = path.posix.dirname(rel)
-    if (parent !== '.' && !made.has(parent) && lookup(layers, parent) !== 'dir') continue
-    if (lookup(layers, rel) !== 'absent') continue
+    if (parent !== '.' && !made.has(parent) && lookup(layers, parent).kind !== 'dir') continue
+    if (lookup(layers, rel).kind !== 'none') continue
     const file = path.join(dir, rel)
     // eslint-disable-next-line no-await-in-loop
     await mirrorParents(layers, dir, parent, made)
@@ -193,56 +195,10 @@ async function mirrorParents(layers: string[], dir: string, rel: string, made: S
   made.add(rel)
 }
 
-/** The stat of directory `rel` in the nearest of `layers` that has it (no link followed). */
+/** The stat of directory `rel` as the stack `layers` shows it: its nearest layer's (no link followed). */
 function statIn(layers: string[], rel: string): Stats | undefined {
-  for (const layer of layers) {
-    if (lookup([layer], rel) !== 'dir') continue
-    return lstatSync(path.join(layer, rel))
-  }
-
-  return undefined
-}
-
-/**
- * What `rel` is in the overlay of `layers` (nearest first), read without following any link: a
- * directory, something else, or absent (never there, or whited out). A path under a link or a
- * file counts as something else: nothing is put there.
- */
-function lookup(layers: string[], rel: string): 'absent' | 'dir' | 'other' {
-  const parts = rel.split('/')
-  for (const layer of layers) {
-    let here = layer
-    let hidden = false
-    for (const [index, part] of parts.entries()) {
-      here = path.join(here, part)
-      let stat
-      try {
-        stat = lstatSync(here)
-      } catch (error) {
-        if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) break
-        throw error
-      }
-
-      if (stat.isCharacterDevice() && stat.rdev === 0) return 'absent'
-      if (index === parts.length - 1) return stat.isDirectory() ? 'dir' : 'other'
-      if (!stat.isDirectory()) return 'other'
-      if (isOpaque(here)) hidden = true
-    }
-
-    // A directory of this layer marked opaque hides the layers below it.
-    if (hidden) return 'absent'
-  }
-
-  return 'absent'
-}
-
-type Xattr = {getAttributeSync(file: string, name: string): Buffer | null}
-let getAttributeSync: undefined | Xattr
-
-async function loadXattr(): Promise<void> {
-  if (getAttributeSync) return
-  const xattr = await import('@napi-rs/xattr')
-  getAttributeSync = ((xattr as {default?: unknown}).default ?? xattr) as Xattr
+  const below = lookup(layers, rel)
+  return below.kind === 'dir' ? lstatSync(below.dirs[0]) : undefined
 }
 
 /**
@@ -252,7 +208,7 @@ async function loadXattr(): Promise<void> {
 export async function isDirectoryIn(layers: string[], dir: string): Promise<boolean> {
   await loadXattr()
   const rel = path.posix.normalize(`/${dir}`).slice(1)
-  return rel === '' || lookup(layers, rel) === 'dir'
+  return rel === '' || lookup(layers, rel).kind === 'dir'
 }
 
 /**
@@ -263,14 +219,6 @@ export async function isDirectoryIn(layers: string[], dir: string): Promise<bool
 export function fitsNspawnOverlay(paths: string[]): boolean {
   if (paths.some((file) => /[:,\\\s]/.test(file))) return false
   return paths.reduce((length, file) => length + file.length + 1, 0) + 512 < MAX_OPTIONS_LENGTH
-}
-
-function isOpaque(dir: string): boolean {
-  try {
-    return getAttributeSync?.getAttributeSync(dir, 'trusted.overlay.opaque')?.toString() === 'y'
-  } catch {
-    return false
-  }
 }
 
 /**

@@ -9,6 +9,7 @@ export interface Xattr {
   listAttributes(file: string): Promise<string[]>
   listAttributesSync(file: string): string[]
   removeAttribute(file: string, name: string): Promise<void>
+  removeAttributeSync(file: string, name: string): void
   setAttribute(file: string, name: string, value: Buffer | string): Promise<void>
   setAttributeSync(file: string, name: string, value: Uint8Array | string): void
 }

@@ -50,11 +50,6 @@ export async function syncOpaqueForms(data: string): Promise<number> {
   return changed
 }
 
-/** Whether directory `dir` is opaque in either form. */
-export function isOpaqueSync(xattr: Xattr, dir: string): boolean {
-  return OVERLAY_FORMS.some((form) => isOpaqueValue(xattr.getAttributeSync(dir, opaqueAttribute(form))))
-}
-
 function syncOne(xattr: Xattr, dir: string): number {
   const marked = OVERLAY_FORMS.filter((form) => isOpaqueValue(xattr.getAttributeSync(dir, opaqueAttribute(form))))
   if (marked.length === 0 || marked.length === OVERLAY_FORMS.length) return 0

@@ -1,8 +1,10 @@
-import type {Stats} from 'node:fs'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError} from '../errors.js'
+import {loadXattr} from '../host/xattr.js'
+import {isOpaqueDir, lookup} from '../layer/lookup.js'
+import {isWhiteout} from '../layer/whiteouts.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {compare, mapLimit} from './inventory.js'
 import {WaferStore} from '../store/store.js'
@@ -19,15 +21,11 @@ export interface DiffEntry {
 /** The letter `docker diff` prints for each kind of change. */
 export const CHANGE_LETTERS: Record<Change, string> = {added: 'A', changed: 'C', deleted: 'D'}
 
-const OPAQUE = 'trusted.overlay.opaque'
-
-/** What the merged wafers below show at one path. */
-type Below = {dirs: string[]; kind: 'dir'} | {kind: 'none'} | {kind: 'other'}
-
 /**
  * What wafer `name` changes relative to the stack of wafers below it, read from its data the way
  * overlayfs reads an upper layer: a whiteout (character device 0/0) deletes, an opaque directory
- * (xattr trusted.overlay.opaque = "y") hides everything below it, anything else adds or changes.
+ * (xattr trusted.overlay.opaque or user.overlay.opaque = "y") hides everything below it, anything
+ * else adds or changes.
  * A directory that holds changes and exists below is itself "changed", as in `docker diff`.
  * Reads only the wafer's files and the paths they name below, so works stacked or not.
  */
@@ -43,8 +41,7 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
 
   if (!(await store.hasData(name))) throw new WafersError(`wafer ${name} not found in ${store.root}.`)
   const chain = await traceAncestry(store, name)
-  const {getAttribute} = await loadXattr()
-  const isOpaque = async (dir: string) => (await getAttribute(dir, OPAQUE))?.toString() === 'y'
+  await loadXattr()
   const entries: DiffEntry[] = []
 
   async function walk(upper: string, rel: string, lowers: string[]): Promise<void> {
@@ -53,7 +50,7 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
       const file = path.join(upper, entry)
       const inStack = `${rel}/${entry}`
       const stat = await fs.lstat(file)
-      const below = await lookup(lowers, entry, isOpaque)
+      const below = lookup(lowers, entry)
       if (isWhiteout(stat)) {
         if (below.kind !== 'none') entries.push({path: inStack, change: 'deleted'})
         return
@@ -62,7 +59,7 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
       entries.push({path: inStack, change: below.kind === 'none' ? 'added' : 'changed'})
       if (!stat.isDirectory()) return
       const dirsBelow = below.kind === 'dir' ? below.dirs : []
-      if (dirsBelow.length > 0 && (await isOpaque(file))) {
+      if (dirsBelow.length > 0 && isOpaqueDir(file)) {
         const here = new Set(await fs.readdir(file))
         for (const hidden of await visibleNames(dirsBelow)) {
           if (!here.has(hidden)) entries.push({path: `${inStack}/${hidden}`, change: 'deleted'})
@@ -83,37 +80,6 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
   return entries.sort((a, b) => compare(key(a), key(b)))
 }
 
-/** Whether a directory entry is an overlayfs whiteout: a character device with number 0/0. */
-export function isWhiteout(stat: Stats): boolean {
-  return stat.isCharacterDevice() && stat.rdev === 0
-}
-
-/**
- * What `entry` is in the merged view of `lowers` (directories at one path, nearest first), as
- * overlayfs looks it up: a whiteout or a non-directory ends the search, an opaque directory ends
- * it after itself.
- */
-async function lookup(lowers: string[], entry: string, isOpaque: (dir: string) => Promise<boolean>): Promise<Below> {
-  const dirs: string[] = []
-  for (const lower of lowers) {
-    const file = path.join(lower, entry)
-    // eslint-disable-next-line no-await-in-loop
-    const stat = await lstatOrUndefined(file)
-    if (stat === undefined) continue
-    if (isWhiteout(stat)) break
-    if (!stat.isDirectory()) {
-      if (dirs.length === 0) return {kind: 'other'}
-      break
-    }
-
-    dirs.push(file)
-    // eslint-disable-next-line no-await-in-loop
-    if (await isOpaque(file)) break
-  }
-
-  return dirs.length > 0 ? {dirs, kind: 'dir'} : {kind: 'none'}
-}
-
 /** The names the merged directories `dirs` (nearest first) show: whiteouts hide the ones below. */
 async function visibleNames(dirs: string[]): Promise<string[]> {
   const seen = new Map<string, boolean>()
@@ -128,19 +94,4 @@ async function visibleNames(dirs: string[]): Promise<string[]> {
   }
 
   return [...seen].filter(([, visible]) => visible).map(([entry]) => entry)
-}
-
-async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(file)
-  } catch (error) {
-    if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR')) return undefined
-    throw error
-  }
-}
-
-/** The xattr binding, loaded only by the commands that read attributes. */
-async function loadXattr(): Promise<{getAttribute(file: string, name: string): Promise<Buffer | null>}> {
-  const module = await import('@napi-rs/xattr')
-  return (module as unknown as {default?: typeof module}).default ?? module
 }

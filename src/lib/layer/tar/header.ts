@@ -124,6 +124,19 @@ export function padded(size: number): number {
   return Math.ceil(size / BLOCK) * BLOCK
 }
 
+/**
+ * A time as pax writes it: the exact decimal of `seconds` + `ns` / 10^9 (integers, never a float
+ * printed), its fraction without trailing zeros, with a minus sign before 1970.
+ */
+export function paxTime(seconds: number, ns: number): string {
+  const total = BigInt(seconds) * 1_000_000_000n + BigInt(ns)
+  const sign = total < 0n ? '-' : ''
+  const abs = total < 0n ? -total : total
+  const fraction = abs % 1_000_000_000n
+  const decimals = fraction === 0n ? '' : `.${String(fraction).padStart(9, '0').replace(/0+$/, '')}`
+  return `${sign}${abs / 1_000_000_000n}${decimals}`
+}
+
 /** What one entry of a layer is, to write it as one header (plus a pax header when needed). */
 export interface EntryHeader {
   name: Buffer
@@ -133,7 +146,7 @@ export interface EntryHeader {
   gid: number
   size: number
   mtime: number
-  /** Nanoseconds past `mtime`, written as a pax mtime when not zero. */
+  /** Nanoseconds past `mtime` (0 to 999,999,999), written as a pax mtime when not zero. */
   mtimeNs?: number
   linkname?: Buffer
   devmajor?: number
@@ -196,14 +209,12 @@ export function encodeHeader(entry: EntryHeader): Buffer {
     records.push(paxRecord('hdrcharset', 'BINARY'))
   if (long(entry.name)) records.push(paxRecord('path', entry.name))
   if (long(linkname)) records.push(paxRecord('linkpath', linkname))
-  const fits = (value: number, digits: number) => value.toString(8).length <= digits
+  const fits = (value: number, digits: number) => value >= 0 && value.toString(8).length <= digits
   if (!fits(entry.uid, 7)) records.push(paxRecord('uid', String(entry.uid)))
   if (!fits(entry.gid, 7)) records.push(paxRecord('gid', String(entry.gid)))
   if (!fits(entry.size, 11)) records.push(paxRecord('size', String(entry.size)))
-  if (entry.mtimeNs || !fits(entry.mtime, 11)) {
-    const ns = entry.mtimeNs ? '.' + String(entry.mtimeNs).padStart(9, '0').replace(/0+$/, '') : ''
-    records.push(paxRecord('mtime', `${entry.mtime}${ns}`))
-  }
+  if (entry.mtimeNs || !fits(entry.mtime, 11))
+    records.push(paxRecord('mtime', paxTime(entry.mtime, entry.mtimeNs ?? 0)))
 
   for (const [name, value] of entry.xattrs ?? []) records.push(paxRecord(`SCHILY.xattr.${name}`, value))
   const ustar = headerBlock({

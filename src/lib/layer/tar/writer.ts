@@ -1,23 +1,33 @@
+/**
+ * Writes a wafer's data as a reproducible layer tar: the pack half of the layer format. What each
+ * overlayfs marker becomes is decided in whiteouts.ts (names) and xattrs.ts (attributes); this
+ * file only walks and encodes.
+ */
 import type {BigIntStats} from 'node:fs'
-import {constants, promises as fs} from 'node:fs'
+import {closeSync, constants, fstatSync, lstatSync, openSync, readSync, readdirSync, readlinkSync} from 'node:fs'
 import type {Hash} from 'node:crypto'
-import {once} from 'node:events'
 import type {Writable} from 'node:stream'
 
 import {WafersError} from '../../errors.js'
-import {BLOCK, encodeHeader, padded} from './header.js'
+import {loadXattr} from '../../host/xattr.js'
+import {OPAQUE_WHITEOUT, WHITEOUT_PREFIX, isOpaqueValue, isWhiteout, major, minor} from '../whiteouts.js'
+import {packedAttribute} from '../xattrs.js'
+import {BLOCK, type EntryHeader, encodeHeader, padded} from './header.js'
 
-const OVERLAY_XATTR = 'trusted.overlay.'
 const SLASH = Buffer.from('/')
-const WHITEOUT = Buffer.from('.wh.')
-const OPAQUE = Buffer.from('.wh..wh..opq')
-/** Files up to this size are read in one go; larger ones in chunks of it. */
-const CHUNK = 1024 * 1024
-
-export interface XattrBinding {
-  getAttribute(file: string, name: string): Promise<Buffer | null>
-  listAttributes(file: string): Promise<string[]>
-}
+const WHITEOUT = Buffer.from(WHITEOUT_PREFIX)
+const OPAQUE = Buffer.from(OPAQUE_WHITEOUT)
+/**
+ * Headers and file contents are gathered into buffers of this size, file data read straight into
+ * them: one hash update and one write to the compressor per batch, not one per entry.
+ */
+const BATCH = 1024 * 1024
+/**
+ * Batches written to the compressor and not yet taken by it before the walk waits. The walk is
+ * synchronous between batches, and only a turn of the event loop moves queued bytes into the
+ * pipe: the walk yields after each batch, and this many in flight keep pigz busy meanwhile.
+ */
+const IN_FLIGHT = 8
 
 /** One directory entry, looked at before its directory's entries are sorted and written. */
 interface Child {
@@ -29,19 +39,22 @@ interface Child {
   whiteout: boolean
 }
 
-/** True for what overlayfs writes as a whiteout: a character device 0/0. */
-export function isWhiteoutStat(stat: {isCharacterDevice(): boolean; rdev: number | bigint}): boolean {
-  return stat.isCharacterDevice() && Number(stat.rdev) === 0
+/** What the pack makes of a file's attributes: the ones the layer carries, and its opaque mark. */
+interface Attributes {
+  opaque: boolean
+  xattrs: [string, Buffer][]
 }
 
 /**
  * Writes the files under `data` to `sink` as a tar, the same bytes for the same content: entries
  * depth first, each directory's entries sorted bytewise by their tar name (an opaque directory's
- * `.wh..wh..opq` first), numeric owners without names, mode with setuid/setgid/sticky, mtime
- * (sub-second through pax), no atime or ctime, xattrs as pax SCHILY.xattr.* sorted by name
- * (trusted.overlay.* left out), hard links to the first path in that order. Overlayfs whiteouts
- * become `.wh.NAME` entries and opaque directories get their `.wh..wh..opq`. Sockets are left
- * out, as GNU tar does. Every byte written also goes into `hash`.
+ * `.wh..wh..opq` first), numeric owners without names, mode with setuid/setgid/sticky, mtime to
+ * the nearest microsecond (sub-second through pax, as exact decimals), no atime or ctime, xattrs
+ * as pax SCHILY.xattr.* sorted by the name they are packed as (xattrs.ts packedAttribute), hard
+ * links to the first path in that order. Overlayfs whiteouts become `.wh.NAME` entries and opaque
+ * directories (either attribute form) get their `.wh..wh..opq`. A socket, a name starting with
+ * `.wh.`, a redirect or a metacopy is refused with a WafersError naming the file. Every byte
+ * written also goes into `hash`.
  */
 export async function writeLayerTar(
   data: string,
@@ -52,110 +65,150 @@ export async function writeLayerTar(
     /** How messages name `data` (which may be a /proc/PID/fd path). */
     shownAs?: string
     signal?: AbortSignal
+    /** Settles when the compressor exits: a walk waiting for it to drain stops then. */
     stopped: Promise<unknown>
-    xattr: XattrBinding
   },
 ): Promise<void> {
-  const {hash, signal, xattr} = options
+  const {hash, signal} = options
+  const xattr = await loadXattr()
   const shownRoot = Buffer.from(options.shownAs ?? data)
   const shown = (file: Buffer) => Buffer.concat([shownRoot, file.subarray(Buffer.byteLength(data))]).toString('utf8')
   const links = new Map<string, Buffer>()
   let read = 0
-  let queued: Buffer[] = []
-  let queuedBytes = 0
 
-  const flush = async (): Promise<void> => {
-    if (queued.length === 0) return
-    const parts = queued
-    queued = []
-    queuedBytes = 0
-    sink.cork()
-    let room = true
-    for (const part of parts) {
-      hash.update(part)
-      room = sink.write(part)
-    }
+  let batch = Buffer.allocUnsafeSlow(BATCH)
+  let used = 0
+  let inFlight = 0
+  let shipped = false
+  let taken: (() => void) | undefined
+  const ship = (): void => {
+    if (used === 0) return
+    const part = batch.subarray(0, used)
+    batch = Buffer.allocUnsafeSlow(BATCH)
+    used = 0
+    hash.update(part)
+    inFlight++
+    shipped = true
+    sink.write(part, () => {
+      inFlight--
+      taken?.()
+    })
+  }
 
-    sink.uncork()
-    if (!room) {
+  const stopped = options.stopped.then(() => {
+    throw new WafersError('the compressor stopped early.')
+  })
+  stopped.catch(() => {}) // raced below only while waiting; never left unhandled
+  /**
+   * After a batch went out: lets the event loop move it into the pipe, and waits while more than
+   * IN_FLIGHT batches are queued. Costs nothing when no batch went out since the last call.
+   */
+  const settle = async (): Promise<void> => {
+    if (!shipped) return
+    shipped = false
+    // A destroyed sink takes nothing more: the compressor's exit is what ends the wait then.
+    if (sink.destroyed) await stopped
+    while (inFlight > IN_FLIGHT) {
+      // eslint-disable-next-line no-await-in-loop
       await Promise.race([
-        once(sink, 'drain'),
-        options.stopped.then(() => {
-          throw new WafersError('the compressor stopped early.')
+        new Promise<void>((resolve) => {
+          taken = resolve
         }),
+        stopped,
       ])
     }
+
+    await new Promise(setImmediate)
   }
 
-  const emit = async (part: Buffer): Promise<void> => {
-    queued.push(part)
-    queuedBytes += part.length
-    if (queuedBytes >= CHUNK) await flush()
+  const put = (bytes: Buffer): void => {
+    let offset = 0
+    while (offset < bytes.length) {
+      if (used === BATCH) ship()
+      const n = bytes.copy(batch, used, offset)
+      used += n
+      offset += n
+    }
   }
 
-  const attributes = async (file: Buffer): Promise<[string, Buffer][]> => {
+  const attributes = (file: Buffer): Attributes => {
     const path = utf8Path(file, shown)
-    const all = await xattr.listAttributes(path)
-    for (const name of ['trusted.overlay.redirect', 'trusted.overlay.metacopy']) {
-      if (all.includes(name)) {
+    const xattrs: [string, Buffer][] = []
+    let opaque = false
+    for (const name of xattr.listAttributesSync(path)) {
+      const packed = packedAttribute(name)
+      if (packed.action === 'opaque') {
+        opaque ||= isOpaqueValue(xattr.getAttributeSync(path, name))
+      } else if (packed.action === 'refuse') {
         throw new WafersError(
           `${shown(file)} carries ${name}: overlayfs wrote it with redirect_dir or metacopy, whose changes a layer tar cannot hold.`,
+          {
+            suggestions: [
+              'Make a full copy of it in a stack mounted without redirect_dir and metacopy (cp -a, then rename the copy over it), and push again.',
+            ],
+          },
         )
+      } else if (packed.action === 'keep') {
+        const value = xattr.getAttributeSync(path, name)
+        if (value !== null) xattrs.push([packed.name, value])
       }
     }
 
-    const names = all.filter((name) => !name.startsWith(OVERLAY_XATTR)).sort()
-    const pairs: [string, Buffer][] = []
-    for (const name of names) {
-      // eslint-disable-next-line no-await-in-loop
-      const value = await xattr.getAttribute(path, name)
-      if (value !== null) pairs.push([name, value])
-    }
-
-    return pairs
+    xattrs.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return {opaque, xattrs}
   }
 
-  const writeFile = async (file: Buffer, stat: BigIntStats): Promise<void> => {
+  /** Copies the content of regular file `file` (whose lstat was `stat`) into the tar, padded. */
+  const writeContent = async (file: Buffer, stat: BigIntStats): Promise<void> => {
     const size = Number(stat.size)
-    const handle = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
     try {
-      const now = await handle.stat({bigint: true})
+      const now = fstatSync(fd, {bigint: true})
       if (!now.isFile() || now.ino !== stat.ino || now.size !== stat.size) changed(shown(file))
       let left = size
       while (left > 0) {
-        const buffer = Buffer.allocUnsafe(Math.min(left, CHUNK))
-        // eslint-disable-next-line no-await-in-loop
-        const {bytesRead} = await handle.read(buffer, 0, buffer.length, size - left)
+        if (used === BATCH) {
+          ship()
+          // eslint-disable-next-line no-await-in-loop
+          await settle()
+        }
+
+        const bytesRead = readSync(fd, batch, used, Math.min(left, BATCH - used), size - left)
         if (bytesRead === 0) changed(shown(file))
+        used += bytesRead
         left -= bytesRead
         read += bytesRead
-        // eslint-disable-next-line no-await-in-loop
-        await emit(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))
       }
     } finally {
-      await handle.close()
+      closeSync(fd)
     }
 
-    if (size % BLOCK !== 0) await emit(Buffer.alloc(padded(size) - size))
+    put(zeros(padded(size) - size))
     options.onBytes?.(read)
   }
 
+  /** Writes the entries in directory `dir` (`rel` in the tar; undefined for the root). */
   const walk = async (dir: Buffer, rel: Buffer | undefined): Promise<void> => {
     if (signal?.aborted) throw new WafersError('packing was interrupted.')
-    const names = (await fs.readdir(dir, {encoding: 'buffer'})) as Buffer[]
     const children: Child[] = []
-    for (const name of names) {
+    for (const name of readdirSync(dir, {encoding: 'buffer'})) {
       const file = Buffer.concat([dir, SLASH, name])
-      // eslint-disable-next-line no-await-in-loop
-      const stat = await fs.lstat(file, {bigint: true})
-      if (stat.isSocket()) continue
-      const whiteout = isWhiteoutStat(stat)
+      const stat = lstatSync(file, {bigint: true})
+      if (stat.isSocket()) {
+        throw new WafersError(`${shown(file)} is a socket, which a layer tar cannot carry.`, {
+          suggestions: [
+            'Remove it from the wafer and push again: the program that listens on it makes it anew when it starts.',
+          ],
+        })
+      }
+
       if (name.subarray(0, WHITEOUT.length).equals(WHITEOUT)) {
         throw new WafersError(
-          `${shown(Buffer.concat([dir, SLASH, name]))} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
+          `${shown(file)} is named like an OCI whiteout (.wh.*), which no layer can carry as a file.`,
         )
       }
 
+      const whiteout = isWhiteout(stat)
       children.push({name, stat, tarName: whiteout ? Buffer.concat([WHITEOUT, name]) : name, whiteout})
     }
 
@@ -164,107 +217,92 @@ export async function writeLayerTar(
       const file = Buffer.concat([dir, SLASH, child.name])
       const name = rel ? Buffer.concat([rel, SLASH, child.tarName]) : child.tarName
       const {stat} = child
-      const common = {
-        gid: Number(stat.gid),
-        mode: Number(stat.mode),
-        mtime: Number(stat.mtimeNs / 1_000_000_000n),
-        mtimeNs: Number(stat.mtimeNs % 1_000_000_000n),
-        uid: Number(stat.uid),
-      }
+      const common = commonFields(stat)
       if (child.whiteout) {
+        put(encodeHeader({...common, name, size: 0, typeflag: '0'}))
+      } else if (stat.isDirectory()) {
+        const {opaque, xattrs} = attributes(file)
+        put(encodeHeader({...common, name: Buffer.concat([name, SLASH]), size: 0, typeflag: '5', xattrs}))
+        if (opaque) put(opaqueMarker(common, Buffer.concat([name, SLASH, OPAQUE])))
         // eslint-disable-next-line no-await-in-loop
-        await emit(encodeHeader({...common, name, size: 0, typeflag: '0'}))
-        continue
-      }
-
-      // eslint-disable-next-line no-await-in-loop
-      const xattrs = stat.isSymbolicLink() ? [] : await attributes(file)
-      if (stat.isDirectory()) {
-        // eslint-disable-next-line no-await-in-loop
-        const opaque = (await xattr.getAttribute(utf8Path(file, shown), 'trusted.overlay.opaque'))?.toString() === 'y'
-        // eslint-disable-next-line no-await-in-loop
-        await emit(encodeHeader({...common, name: Buffer.concat([name, SLASH]), size: 0, typeflag: '5', xattrs}))
-        if (opaque) {
-          const marker = Buffer.concat([name, SLASH, OPAQUE])
-          // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, mode: common.mode & 0o777, name: marker, size: 0, typeflag: '0'}))
-        }
-
+        await settle()
         // eslint-disable-next-line no-await-in-loop
         await walk(file, name)
       } else if (stat.isSymbolicLink()) {
-        // eslint-disable-next-line no-await-in-loop
-        const target = (await fs.readlink(file, {encoding: 'buffer'})) as Buffer
-        // eslint-disable-next-line no-await-in-loop
-        await emit(encodeHeader({...common, linkname: target, name, size: 0, typeflag: '2'}))
+        put(encodeHeader({...common, linkname: readlinkSync(file, {encoding: 'buffer'}), name, size: 0, typeflag: '2'}))
       } else {
         const key = `${stat.dev}:${stat.ino}`
         const first = stat.nlink > 1n ? links.get(key) : undefined
         if (first) {
-          // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, linkname: first, name, size: 0, typeflag: '1'}))
+          put(encodeHeader({...common, linkname: first, name, size: 0, typeflag: '1'}))
           continue
         }
 
         if (stat.nlink > 1n) links.set(key, name)
+        const {xattrs} = attributes(file)
         const devices = {devmajor: major(stat.rdev), devminor: minor(stat.rdev)}
         if (stat.isFile()) {
+          put(encodeHeader({...common, name, size: Number(stat.size), typeflag: '0', xattrs}))
           // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, name, size: Number(stat.size), typeflag: '0', xattrs}))
-          // eslint-disable-next-line no-await-in-loop
-          await writeFile(file, stat)
+          await writeContent(file, stat)
         } else if (stat.isCharacterDevice()) {
-          // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, ...devices, name, size: 0, typeflag: '3', xattrs}))
+          put(encodeHeader({...common, ...devices, name, size: 0, typeflag: '3', xattrs}))
         } else if (stat.isBlockDevice()) {
-          // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, ...devices, name, size: 0, typeflag: '4', xattrs}))
+          put(encodeHeader({...common, ...devices, name, size: 0, typeflag: '4', xattrs}))
         } else if (stat.isFIFO()) {
-          // eslint-disable-next-line no-await-in-loop
-          await emit(encodeHeader({...common, name, size: 0, typeflag: '6', xattrs}))
+          put(encodeHeader({...common, name, size: 0, typeflag: '6', xattrs}))
         }
       }
+
+      // eslint-disable-next-line no-await-in-loop
+      await settle()
     }
   }
 
-  const root = Buffer.from(data)
   // "DATA/." is the directory itself even when DATA is a /proc/PID/fd link to it.
   const self = Buffer.from(`${data}/.`)
   // The root as "./", first: its mode, owner, mtime and attributes come back when it is pulled.
-  const rootStat = await fs.lstat(self, {bigint: true})
-  await emit(
-    encodeHeader({
-      gid: Number(rootStat.gid),
-      mode: Number(rootStat.mode),
-      mtime: Number(rootStat.mtimeNs / 1_000_000_000n),
-      mtimeNs: Number(rootStat.mtimeNs % 1_000_000_000n),
-      name: Buffer.from('./'),
-      size: 0,
-      typeflag: '5',
-      uid: Number(rootStat.uid),
-      xattrs: await attributes(self),
-    }),
-  )
-  if ((await xattr.getAttribute(utf8Path(self, shown), 'trusted.overlay.opaque'))?.toString() === 'y') {
-    // The wafer itself is opaque (it came from a layer that said so): say so first, as the layer did.
-    const stat = await fs.lstat(self, {bigint: true})
-    const mtime = Number(stat.mtimeNs / 1_000_000_000n)
-    await emit(
-      encodeHeader({
-        gid: Number(stat.gid),
-        mode: Number(stat.mode) & 0o777,
-        mtime,
-        name: OPAQUE,
-        size: 0,
-        typeflag: '0',
-        uid: Number(stat.uid),
-      }),
-    )
-  }
+  const rootStat = lstatSync(self, {bigint: true})
+  const root = commonFields(rootStat)
+  const {opaque, xattrs} = attributes(self)
+  put(encodeHeader({...root, name: Buffer.from('./'), size: 0, typeflag: '5', xattrs}))
+  // The wafer itself is opaque (it came from a layer that said so): say so first, as the layer did.
+  if (opaque) put(opaqueMarker(root, OPAQUE))
+  await walk(Buffer.from(data), undefined)
+  put(zeros(2 * BLOCK))
+  ship()
+}
 
-  await walk(root, undefined)
-  await emit(Buffer.alloc(2 * BLOCK))
-  await flush()
+/** The header fields every entry takes from its lstat: owner, mode, and the time packed. */
+function commonFields(stat: BigIntStats): Pick<EntryHeader, 'gid' | 'mode' | 'mtime' | 'mtimeNs' | 'uid'> {
+  return {gid: Number(stat.gid), mode: Number(stat.mode), ...packedTime(stat.mtimeNs), uid: Number(stat.uid)}
+}
+
+/**
+ * A modification time in nanoseconds as the tar carries it: rounded to the nearest microsecond,
+ * as whole seconds (floored) and the nanoseconds past them. Microseconds are what an unpack can
+ * set exactly again (Node's utimes takes a double), so a time that went through a pull and a push
+ * comes back to the same value on every later push.
+ */
+export function packedTime(ns: bigint): {mtime: number; mtimeNs: number} {
+  const micro = floorDiv(ns + 500n, 1000n)
+  const seconds = floorDiv(micro, 1_000_000n)
+  return {mtime: Number(seconds), mtimeNs: Number(micro - seconds * 1_000_000n) * 1000}
+}
+
+function floorDiv(a: bigint, b: bigint): bigint {
+  const q = a / b
+  return a % b !== 0n && a < 0n !== b < 0n ? q - 1n : q
+}
+
+/** The `.wh..wh..opq` entry of an opaque directory, with the directory's owner, permissions and time. */
+function opaqueMarker(common: ReturnType<typeof commonFields>, name: Buffer): Buffer {
+  return encodeHeader({...common, mode: common.mode & 0o777, name, size: 0, typeflag: '0'})
+}
+
+const ZEROS = Buffer.alloc(2 * BLOCK)
+function zeros(n: number): Buffer {
+  return ZEROS.subarray(0, n)
 }
 
 function changed(file: string): never {
@@ -281,16 +319,4 @@ function utf8Path(file: Buffer, shown: (file: Buffer) => string): string {
   }
 
   return text
-}
-
-/** The major number of a Linux device number (glibc's gnu_dev_major). */
-export function major(rdev: bigint | number): number {
-  const dev = BigInt(rdev)
-  return Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n))
-}
-
-/** The minor number of a Linux device number (glibc's gnu_dev_minor). */
-export function minor(rdev: bigint | number): number {
-  const dev = BigInt(rdev)
-  return Number((dev & 0xffn) | ((dev >> 12n) & 0xffffff00n))
 }
