@@ -140,7 +140,6 @@ export function pullSteps(
         // A layout is read directly, never through skopeo: a policy that may refuse it is asked
         // through a copy of its manifest and config alone (every layer a placeholder).
         if (policyMayRefuse(options.trust?.policy, 'oci')) {
-          work = await makeWorkDir(store.root, 'pull')
           context = await skopeoContext(options, ref, work.path, options.signal)
           report(`checking ${describe(ref)} against the trust policy`)
           await download(
