@@ -39,8 +39,14 @@ export class IgnoreRules {
   }
 
   /** Whether `rel` (a path relative to the context) is left out: the last rule matching it or a parent wins. */
+  /** Whether some `!` rule may keep a path inside a directory that is itself left out. */
+  get hasExceptions(): boolean {
+    return this.rules.some((rule) => !rule.exclude)
+  }
+
   ignores(rel: string): boolean {
-    if (this.rules.length === 0) return false
+    // The context itself is always sent, as Docker sends it: `*` with `!keep` leaves `.` with keep in it.
+    if (this.rules.length === 0 || rel === '' || rel === '.') return false
     const parents: string[] = []
     const parts = rel.split('/')
     for (let i = 1; i <= parts.length; i++) parents.push(parts.slice(0, i).join('/'))
@@ -184,13 +190,23 @@ function entryOf(source: string, rel: string, stat: Stats, from: string, named: 
 /** Every path under `root/dir` (relative to root, sorted, depth first) that `ignore` keeps; links are not followed. */
 function walk(root: string, dir: string, ignore: IgnoreRules): string[] {
   const out: string[] = []
-  const visit = (rel: string) => {
+  // A directory left out is still looked into when a `!` rule may keep something inside it (as
+  // Docker does); it is then sent only for what it holds that is kept.
+  const visit = (rel: string): boolean => {
+    let kept = false
     for (const name of readdirSync(path.join(root, rel)).sort()) {
       const child = rel === '' ? name : `${rel}/${name}`
-      if (ignore.ignores(child)) continue
+      const ignored = ignore.ignores(child)
+      const isDir = lstatSync(path.join(root, child)).isDirectory()
+      if (ignored && !(isDir && ignore.hasExceptions)) continue
+      const at = out.length
       out.push(child)
-      if (lstatSync(path.join(root, child)).isDirectory()) visit(child)
+      const inner = isDir ? visit(child) : false
+      if (ignored && !inner) out.splice(at)
+      else kept = true
     }
+
+    return kept
   }
 
   visit(dir)

@@ -124,6 +124,8 @@ export class StepMounts {
    * be deleted while a step of it is still mounted.
    */
   async sweep(): Promise<void> {
+    // A store not made yet (a first build FROM scratch) has nothing mounted of its own.
+    if (lstatSync(this.store.root, {throwIfNoEntry: false}) === undefined) return
     const dir = await this.privateMountsDir(false)
     if (lstatSync(dir, {throwIfNoEntry: false})) await sweepMountpoints(this.store.root, dir)
   }
