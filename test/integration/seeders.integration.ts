@@ -176,7 +176,7 @@ describe('seeders: dir, tar and busybox fill a new base wafer', function () {
       await fs.writeFile(tarball, 'this is not a tarball\n')
       await expectRefusal(
         ['create', 'base', '--seed', 'tar', '--', tarball],
-        'seeder tar (wafers) failed: tar failed (exit code 2)',
+        `seeder tar (wafers) failed: ${tarball} is not a valid tar: the archive is cut short at its start`,
       )
     })
 

@@ -601,3 +601,112 @@ function lstatOrUndefined(file: Buffer) {
     throw error
   }
 }
+
+/** How a tarball on disk is compressed, from its first bytes. */
+export type TarballCompression = 'bzip2' | 'gzip' | 'none' | 'xz' | 'zstd'
+
+/** The compression a tarball's first bytes say, or 'none'. */
+export function compressionByMagic(head: Buffer): TarballCompression {
+  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip'
+  if (head.subarray(0, 3).toString('latin1') === 'BZh') return 'bzip2'
+  if (head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return 'xz'
+  if (head.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return 'zstd'
+  return 'none'
+}
+
+const PROGRAMS: Record<'bzip2' | 'xz' | 'zstd', {args: string[]; package: string}> = {
+  bzip2: {args: ['-dc'], package: 'bzip2'},
+  xz: {args: ['-dc'], package: 'xz-utils'},
+  zstd: {args: ['-dc', '--quiet'], package: 'zstd'},
+}
+
+/**
+ * Unpacks the tarball `file` (plain, gzip, bzip2, xz or zstd, told by its first bytes) into the
+ * existing directory `dir` with unpackTar: an ordinary tarball, not a layer (`.wh.` names are
+ * kept as they are). `file` must be a regular file; it is read without following a symlink.
+ */
+export async function unpackTarball(
+  file: string,
+  dir: string,
+  options: Omit<UnpackTarOptions, 'layer' | 'name'> & {name?: string},
+): Promise<UnpackTarResult> {
+  const [{promises: fs}, {pipeline}, zlib, path] = await Promise.all([
+    import('node:fs'),
+    import('node:stream/promises'),
+    import('node:zlib'),
+    import('node:path'),
+  ])
+  const name = options.name ?? path.basename(file)
+  const handle = await fs
+    .open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    .catch((error: unknown) => {
+      if (isErrno(error, 'ENOENT')) throw new WafersError(`${file} does not exist.`)
+      if (isErrno(error, 'ELOOP')) throw new WafersError(`${file} is a symbolic link; give the tarball itself.`)
+      throw error
+    })
+  try {
+    if (!(await handle.stat()).isFile()) throw new WafersError(`${file} is not a regular file.`)
+    const head = Buffer.alloc(6)
+    await handle.read(head, 0, 6, 0)
+    const compression = compressionByMagic(head)
+    const input = handle.createReadStream({autoClose: false, start: 0})
+    let result: UnpackTarResult | undefined
+    let refused: unknown
+    const sink = async (source: AsyncIterable<Buffer>) => {
+      try {
+        result = await unpackTar(source, dir, {...options, layer: false, name})
+      } catch (error) {
+        refused = error
+        throw error
+      }
+    }
+
+    if (compression === 'none' || compression === 'gzip') {
+      try {
+        await (compression === 'gzip' ? pipeline(input, zlib.createGunzip({chunkSize: 256 * 1024}), sink) : pipeline(input, sink))
+      } catch (error) {
+        if (refused) throw refused
+        const code = (error as NodeJS.ErrnoException)?.code ?? ''
+        if (/^Z_|^ERR_ZLIB/.test(code)) throw new WafersError(`${name} is not valid gzip data.`)
+        throw error
+      }
+
+      return result!
+    }
+
+    const {execa} = await import('execa')
+    const program = PROGRAMS[compression]
+    const child = execa(compression, program.args, {
+      buffer: {stderr: true, stdout: false},
+      encoding: 'buffer',
+      reject: false,
+      stderr: 'pipe',
+      stdin: 'pipe',
+      stdout: 'pipe',
+    })
+    child.stdin.on('error', () => {})
+    const feeding = pipeline(input, child.stdin).catch(() => {})
+    try {
+      await sink(child.stdout as AsyncIterable<Buffer>)
+    } catch (error) {
+      // A tar cut short may be the decompressor stopping at bad data: it has exited, and says so.
+      const ended = /cut short|is empty/.test((error as Error)?.message ?? '')
+      if (!ended) child.kill()
+      await Promise.allSettled([child, feeding])
+      if (ended && (await child).exitCode !== 0 && (await child).code !== 'ENOENT')
+        throw new WafersError(`${name} is not valid ${compression} data.`)
+      if ((await child).code === 'ENOENT')
+        throw new WafersError(`${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`)
+      throw error
+    }
+
+    await feeding
+    const done = await child
+    if (done.code === 'ENOENT')
+      throw new WafersError(`${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`)
+    if (done.exitCode !== 0) throw new WafersError(`${name} is not valid ${compression} data.`)
+    return result!
+  } finally {
+    await handle.close()
+  }
+}

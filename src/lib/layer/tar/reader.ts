@@ -19,9 +19,9 @@
 import type {Hash} from 'node:crypto'
 
 import {WafersError} from '../../errors.js'
-import {whiteoutKind, WHITEOUT_PREFIX} from '../whiteouts.js'
+import {WHITEOUT_PREFIX, whiteoutKind} from '../whiteouts.js'
+import {BLOCK, padded} from './header.js'
 
-export const BLOCK = 512
 const SLASH = Buffer.from('/')
 /** Names in refusals are cut to this many characters (a name may be a megabyte long). */
 const SHOWN_NAME = 200
@@ -174,7 +174,7 @@ class Bytes {
   }
 }
 
-interface Header {
+export interface Header {
   name: Buffer
   mode: number
   uid: number
@@ -231,7 +231,7 @@ function isZero(block: Buffer): boolean {
 }
 
 /** Decodes a header block, or says in a few words why it cannot be read one way only. */
-function parseHeader(block: Buffer): Header | string {
+export function parseHeader(block: Buffer): Header | string {
   if (!checksumMatches(block)) return 'a header has a wrong checksum'
   const magic = block.toString('latin1', 257, 265)
   const posix = magic === 'ustar\u000000'
@@ -413,16 +413,22 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   const walkChain = (parentPath: Buffer): {blocker?: TreeNode; kept: number} => {
     // The longest prefix of whole components shared with the previous chain (binary search:
     // prefix equality is monotone in the number of components).
-    let lo = 0
-    let hi = chainEnds.length
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1
-      const end = chainEnds[mid - 1]
-      const same =
+    const same = (components: number): boolean => {
+      const end = chainEnds[components - 1]
+      return (
         end <= parentPath.length &&
         (end === parentPath.length || parentPath[end] === 0x2f) &&
         parentPath.compare(chainPath, 0, end, 0, end) === 0
-      if (same) lo = mid
+      )
+    }
+
+    let lo = 0
+    let hi = chainEnds.length
+    // The common case, a tree listed in order: the whole previous chain is kept (one compare).
+    if (hi > 0 && same(hi)) lo = hi
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1
+      if (same(mid)) lo = mid
       else hi = mid - 1
     }
 
@@ -733,9 +739,4 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
 
 function endsWith(buffer: Buffer, suffix: string): boolean {
   return buffer.length >= suffix.length && buffer.toString('latin1', buffer.length - suffix.length) === suffix
-}
-
-/** Rounds a data size up to whole blocks. */
-export function padded(size: number): number {
-  return Math.ceil(size / BLOCK) * BLOCK
 }
