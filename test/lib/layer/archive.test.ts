@@ -66,12 +66,13 @@ const entry = fc.record({
     size: fc.constant(0),
     typeflag: fc.constant('0'),
     uid: fc.nat({max: 3_000_000}),
-    xattrs: fc.array(
+    // Names unique, as on a file: a pax header that sets a key twice is refused.
+    xattrs: fc.uniqueArray(
       fc.tuple(
         fc.stringMatching(/^user\.[a-z]{1,10}$/),
         fc.uint8Array({maxLength: 40}).map((bytes) => Buffer.from(bytes)),
       ),
-      {maxLength: 2},
+      {maxLength: 2, selector: ([name]) => name},
     ),
   }),
 })

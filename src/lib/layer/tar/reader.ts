@@ -250,10 +250,11 @@ export function parseHeader(block: Buffer): Header | string {
     devmajor: numeric(block, 329, 8),
     devminor: numeric(block, 337, 8),
     gid: numeric(block, 116, 8),
-    linkname,
+    // Copies: the block may be part of the caller's chunk, and names outlive it.
+    linkname: Buffer.from(linkname),
     mode: numeric(block, 100, 8),
     mtime: numeric(block, 136, 12),
-    name,
+    name: Buffer.from(name),
     size: numeric(block, 124, 12),
     typeflag: String.fromCharCode(block[156]),
     uid: numeric(block, 108, 8),
@@ -342,7 +343,7 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   let entries = 0
   let lastShown = ''
   /** The previous entry's parent path (normalised) and the node of each of its components. */
-  let chainPath = Buffer.alloc(0)
+  let chainPath: Buffer = Buffer.alloc(0)
   const chain: TreeNode[] = [root]
   /** chainEnds[i]: the byte offset in chainPath where component i (chain[i + 1]) ends. */
   const chainEnds: number[] = []
@@ -377,32 +378,57 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
    */
   const normalise = (raw: Buffer, what: string, entryRaw: Buffer): Buffer => {
     if (raw.length === 0) refuse(entryRaw, `has an empty ${what}`)
-    if (raw.includes(0)) refuse(entryRaw, `has a NUL byte in its ${what}`)
     if (raw[0] === 0x2f) refuse(entryRaw, `has an absolute ${what}, which would land outside`)
+    // One pass over the bytes: a name is clean when no component is empty, "." or ".." (past a
+    // leading "./" and trailing slashes, which every reader drops).
+    let clean = true
     let start = 0
     while (raw[start] === 0x2e && raw[start + 1] === 0x2f) {
       start += 2
       while (raw[start] === 0x2f) start++
     }
 
-    let end = raw.length
-    while (end > start && raw[end - 1] === 0x2f) end--
-    let name = raw.subarray(start, end)
-    if (name.length === 1 && name[0] === 0x2e) name = Buffer.alloc(0)
-    const clean =
-      name.indexOf('//') === -1 &&
-      name.indexOf('/./') === -1 &&
-      name.indexOf('/../') === -1 &&
-      !(name.length >= 2 && name[0] === 0x2e && name[1] === 0x2e && (name.length === 2 || name[2] === 0x2f)) &&
-      !endsWith(name, '/..') &&
-      !endsWith(name, '/.')
+    let length = raw.length
+    while (length > start && raw[length - 1] === 0x2f) length--
+    if (length === start + 1 && raw[start] === 0x2e) return Buffer.alloc(0)
+    const first = start
+    // A deep tree listed in order repeats the previous entry's parent path: it was checked then.
+    const known = chainPath.length
+    if (
+      what === 'name' &&
+      known > 0 &&
+      length > first + known &&
+      raw[first + known] === 0x2f &&
+      raw.compare(chainPath, 0, known, first, first + known) === 0
+    )
+      start = first + known + 1
+    for (let i = start; i <= length; i++) {
+      const byte = i === length ? 0x2f : raw[i]
+      if (byte === 0) refuse(entryRaw, `has a NUL byte in its ${what}`)
+      if (byte !== 0x2f) continue
+      const size = i - start
+      if (size === 0 || (size === 1 && raw[start] === 0x2e)) clean = false
+      else if (size === 2 && raw[start] === 0x2e && raw[start + 1] === 0x2e)
+        refuse(entryRaw, `has ".." in its ${what}, which could land outside`)
+      start = i + 1
+    }
+
+    if (raw.indexOf(0, length) !== -1) refuse(entryRaw, `has a NUL byte in its ${what}`)
+    const name = raw.subarray(first, length)
     if (clean) return name
     const parts = name
       .toString('latin1')
       .split('/')
       .filter((part) => part !== '' && part !== '.')
-    if (parts.includes('..')) refuse(entryRaw, `has ".." in its ${what}, which could land outside`)
     return Buffer.from(parts.join('/'), 'latin1')
+  }
+
+  /** Where in `parentPath` the components the previous entry's chain already checked end. */
+  const known = (parentPath: Buffer): number => {
+    const length = chainPath.length
+    if (length === 0 || parentPath.length < length || parentPath.compare(chainPath, 0, length, 0, length) !== 0) return 0
+    if (parentPath.length === length) return length
+    return parentPath[length] === 0x2f ? length + 1 : 0
   }
 
   /**
@@ -456,7 +482,8 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
       offset = slash + 1
     }
 
-    chainPath = Buffer.from(parentPath)
+    // Names are the reader's own copies (see parseHeader), so the path can be kept as it is.
+    chainPath = parentPath
     return {kept}
   }
 
@@ -610,10 +637,7 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     // Whiteouts are read from the name alone, whatever the entry's type.
     let moot = false
     if (options.layer && name.length > 0) {
-      if (parentPath.includes(WHITEOUT_PREFIX)) {
-        for (const part of parentPath.toString('latin1').split('/'))
-          if (whiteoutKind(part) !== 'plain') refuse(raw, 'has a whiteout name in the middle of its path')
-      }
+      if (hasWhiteoutComponent(parentPath, known(parentPath))) refuse(raw, 'has a whiteout name in the middle of its path')
 
       const kind = whiteoutKind(base)
       if (kind === 'aufs') {
@@ -737,6 +761,13 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   }
 }
 
-function endsWith(buffer: Buffer, suffix: string): boolean {
-  return buffer.length >= suffix.length && buffer.toString('latin1', buffer.length - suffix.length) === suffix
+
+/** Whether a component of `path` starts with ".wh." (one pass, no copies). */
+function hasWhiteoutComponent(path: Buffer, from: number): boolean {
+  for (let i = from; i + 3 < path.length; i++) {
+    if ((i === 0 || path[i - 1] === 0x2f) && path[i] === 0x2e && path[i + 1] === 0x77 && path[i + 2] === 0x68 && path[i + 3] === 0x2e)
+      return true
+  }
+
+  return false
 }
