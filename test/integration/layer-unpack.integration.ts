@@ -53,7 +53,15 @@ function rawTar(specs: Spec[]): Buffer {
     ])
     if (pax.length > 0) {
       parts.push(
-        encodeHeader({gid: 0, mode: 0o644, mtime: 0, name: Buffer.from('PaxHeader'), size: pax.length, typeflag: 'x', uid: 0}),
+        encodeHeader({
+          gid: 0,
+          mode: 0o644,
+          mtime: 0,
+          name: Buffer.from('PaxHeader'),
+          size: pax.length,
+          typeflag: 'x',
+          uid: 0,
+        }),
         pad(pax),
       )
     }
@@ -144,9 +152,12 @@ async function canaryState(dir: string): Promise<string[]> {
   const visit = async (file: string, rel: string): Promise<void> => {
     const stat = await fs.lstat(file, {bigint: true})
     const names = (await listAttributes(file)).sort()
-    const values = await Promise.all(names.map(async (name) => `${name}=${(await getAttribute(file, name))?.toString('hex')}`))
+    const values = await Promise.all(
+      names.map(async (name) => `${name}=${(await getAttribute(file, name))?.toString('hex')}`),
+    )
     out.push(`${rel} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid} ${stat.mtimeNs} ${values.join(',')}`)
-    if (stat.isDirectory()) for (const name of (await fs.readdir(file)).sort()) await visit(path.join(file, name), `${rel}/${name}`)
+    if (stat.isDirectory())
+      for (const name of (await fs.readdir(file)).sort()) await visit(path.join(file, name), `${rel}/${name}`)
   }
 
   await visit(dir, '.')
@@ -184,7 +195,9 @@ describe('layer unpack: one reader, one writer', function () {
     const storeBefore = await wafersIn(box)
     const run = await box.run(['pull', `oci:${layout}:v1`, 'image'])
     expect(run.exitCode, run.stderr).to.equal(1)
-    const sentence = said(run.stderr).replace(/^\s*›?\s*Error:\s*/, '').trim()
+    const sentence = said(run.stderr)
+      .replace(/^\s*›?\s*Error:\s*/, '')
+      .trim()
     if (typeof message === 'string') expect(sentence).to.include(message)
     else expect(sentence).to.match(message)
     expect(sentence.split(/\.\s/).length, 'one sentence').to.be.at.most(2)
@@ -200,7 +213,10 @@ describe('layer unpack: one reader, one writer', function () {
         {name: 'a/victim/.wh..wh..opq'},
         {link: canary, name: 'a', type: '2'},
       ])
-      await pullRefused([layer], 'its entry "a/victim/" has a malformed pax header (a pax record has blanks in its key)')
+      await pullRefused(
+        [layer],
+        'its entry "a/victim/" has a malformed pax header (a pax record has blanks in its key)',
+      )
     })
 
     it('a pax size=0 record that would desynchronise readers over a hidden 1 TiB sparse file', async () => {
@@ -214,14 +230,20 @@ describe('layer unpack: one reader, one writer', function () {
 
     it('a GNU sparse file of 1 TiB', async () => {
       const layer = rawTar([
-        {name: 'huge', pax: Buffer.concat([paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.realsize', '1099511627776')])},
+        {
+          name: 'huge',
+          pax: Buffer.concat([paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.realsize', '1099511627776')]),
+        },
       ])
       await pullRefused([layer], 'its entry "huge" is a sparse file, which wafers does not unpack')
     })
 
     it('a path through a symlink to the host made by an earlier entry', async () => {
       const canary = path.join(box.root, 'canary')
-      const layer = rawTar([{link: canary, name: 'a', type: '2'}, {mode: 0o777, name: 'a/victim/', type: '5'}])
+      const layer = rawTar([
+        {link: canary, name: 'a', type: '2'},
+        {mode: 0o777, name: 'a/victim/', type: '5'},
+      ])
       await pullRefused([layer], 'its entry "a/victim/" lands through the symlink "a" made by an earlier entry')
     })
 
@@ -252,6 +274,32 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
       expect(d).to.include('user.kept=')
       expect(d).not.to.match(/ trusted\.overlay\.opaque=/)
     })
+  })
+
+  it('ADD follows a symlinked directory of the image within it, as a chrooted tar would', async () => {
+    const context = path.join(box.root, 'context')
+    await fs.mkdir(context)
+    await fs.mkdir(box.wafers, {recursive: true})
+    await python(
+      `import tarfile, io, sys
+with tarfile.open(sys.argv[1], 'w') as t:
+    for name in ['usr', 'usr/lib']:
+        d = tarfile.TarInfo(name); d.type = tarfile.DIRTYPE; d.mode = 0o755; t.addfile(d)
+    l = tarfile.TarInfo('lib'); l.type = tarfile.SYMTYPE; l.linkname = '/usr/lib'; t.addfile(l)
+with tarfile.open(sys.argv[2], 'w') as t:
+    f = tarfile.TarInfo('lib/extra.so'); f.size = 3; t.addfile(f, io.BytesIO(b'so\\n'))`,
+      path.join(context, 'base.tar'),
+      path.join(context, 'more.tar'),
+    )
+    const {json, run} = await buildWeb(box, context, 'FROM scratch\nADD base.tar /\nADD more.tar /\n')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const top = json.steps.at(-1)!.wafer!
+    expect(await treeListing(box.data(top))).to.satisfy((lines: string[]) =>
+      lines.some((line) => line.startsWith('usr/lib/extra.so f ')),
+    )
+    expect((await fs.lstat(path.join(box.data(top), 'lib')).catch(() => undefined))?.isDirectory() ?? false).to.equal(
+      false,
+    )
   })
 
   describe('what other unpackers do', () => {
@@ -358,7 +406,15 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
       let name = ''
       for (let i = 0; i < 10_000; i++) {
         name += 'd/'
-        yield encodeHeader({gid: 0, mode: 0o750, mtime: 1_500_000_000, name: Buffer.from(name), size: 0, typeflag: '5', uid: 0})
+        yield encodeHeader({
+          gid: 0,
+          mode: 0o750,
+          mtime: 1_500_000_000,
+          name: Buffer.from(name),
+          size: 0,
+          typeflag: '5',
+          uid: 0,
+        })
       }
 
       yield Buffer.alloc(2 * BLOCK)
@@ -385,7 +441,10 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
     await execa('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', store])
     const blob = path.join(box.root, 'bomb.tar.gz')
     const gzip = createGzip()
-    const writing = (await import('node:stream/promises')).pipeline(gzip, (await import('node:fs')).createWriteStream(blob))
+    const writing = (await import('node:stream/promises')).pipeline(
+      gzip,
+      (await import('node:fs')).createWriteStream(blob),
+    )
     const size = 200 * 1024 * 1024
     gzip.write(encodeHeader({gid: 0, mode: 0o644, mtime: 0, name: Buffer.from('zeros'), size, typeflag: '0', uid: 0}))
     const mib = Buffer.alloc(1024 * 1024)
@@ -406,13 +465,27 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
   })
 
   it('reads every tar as GNU tar and tarfile both do, and refuses where they disagree (property)', async function () {
-    const names = fc.constantFrom('a', 'b', 'a/b', './a', 'a/', 'c/d/e', 'x'.repeat(120), `${'y'.repeat(60)}/${'z'.repeat(60)}`)
+    const names = fc.constantFrom(
+      'a',
+      'b',
+      'a/b',
+      './a',
+      'a/',
+      'c/d/e',
+      'x'.repeat(120),
+      `${'y'.repeat(60)}/${'z'.repeat(60)}`,
+    )
     // Pax records as written right, and as readers read two ways: extra blanks, no '=', a wrong
     // length, a duplicate key.
     const record = fc.oneof(
-      {arbitrary: fc.tuple(fc.constantFrom('path', 'linkpath', 'mtime', 'comment', 'size', 'SCHILY.xattr.user.a', 'uid'), names).map(
-        ([key, value]) => paxRecord(key, key === 'mtime' || key === 'uid' ? '12' : key === 'size' ? '0' : value),
-      ), weight: 6},
+      {
+        arbitrary: fc
+          .tuple(fc.constantFrom('path', 'linkpath', 'mtime', 'comment', 'size', 'SCHILY.xattr.user.a', 'uid'), names)
+          .map(([key, value]) =>
+            paxRecord(key, key === 'mtime' || key === 'uid' ? '12' : key === 'size' ? '0' : value),
+          ),
+        weight: 6,
+      },
       names.map((value) => sized(`  path=${value}\n`)),
       names.map((value) => sized(` path${value}\n`)),
       names.map((value) => sized(` path =${value}\n`)),
@@ -425,13 +498,17 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
       content: fc.constantFrom('', 'data\n'),
       link: fc.oneof(names, target),
       name: names,
-      pax: fc.option(fc.array(record, {maxLength: 3, minLength: 1}).map((records) => Buffer.concat(records)), {
-        freq: 2,
-        nil: undefined,
-      }),
+      pax: fc.option(
+        fc.array(record, {maxLength: 3, minLength: 1}).map((records) => Buffer.concat(records)),
+        {
+          freq: 2,
+          nil: undefined,
+        },
+      ),
       type: fc.constantFrom('0', '0', '0', '5', '5', '2', '1'),
     })
-    const tars = fc.sample(fc.array(spec, {maxLength: 5, minLength: 1}), {numRuns: 100, seed: 4242})
+    const tars = fc
+      .sample(fc.array(spec, {maxLength: 5, minLength: 1}), {numRuns: 100, seed: 4242})
       .map((specs) => rawTar(specs.map((s) => ({...s, content: s.type === '0' ? s.content : ''}))))
     const dir = path.join(box.root, 'tars')
     await fs.mkdir(dir)

@@ -143,5 +143,14 @@ export async function unpackArchive(
 ): Promise<void> {
   const {unpackTarball} = await import('../layer/unpack.js')
   const target = await mkdirIn(root, dest, own)
-  await unpackTarball(file, target, {keepExisting: true, name: path.basename(file)})
+  const inImage = path.posix.join('/', path.relative(root, target))
+  await unpackTarball(file, target, {
+    keepExisting: true,
+    name: path.basename(file),
+    // A symlinked directory of the image (/lib -> usr/lib) is followed within the image, as ADD does.
+    resolveExisting(rel) {
+      const resolved = resolveInRoot(root, path.posix.join(inImage, rel))
+      return isInside(root, resolved) && statOrUndefined(resolved)?.isDirectory() ? resolved : undefined
+    },
+  })
 }

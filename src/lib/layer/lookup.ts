@@ -36,7 +36,7 @@ function at(fd: number, name?: Buffer): Buffer {
 export function lookup(lowers: readonly string[], relPath: Buffer | string): Found | undefined {
   const rel = typeof relPath === 'string' ? Buffer.from(relPath) : relPath
   const parts: Buffer[] = []
-  for (let offset = 0; offset < rel.length; ) {
+  for (let offset = 0; offset < rel.length;) {
     let slash = rel.indexOf(0x2f, offset)
     if (slash === -1) slash = rel.length
     if (slash > offset) parts.push(rel.subarray(offset, slash))

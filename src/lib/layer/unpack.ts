@@ -65,6 +65,13 @@ export interface UnpackTarOptions {
   lowers?: readonly string[]
   /** Directories that were there before keep their owner, mode and time (ADD into an image). */
   keepExisting?: boolean
+  /**
+   * For a tar unpacked into an image (ADD): where a symlink that was there before the tar (not
+   * one an entry made) leads, given its path relative to `dir`, as an existing directory's path
+   * that no symlink leads out of the image from; undefined to refuse the entry. Without it such a
+   * symlink is refused.
+   */
+  resolveExisting?: (relPath: string) => string | undefined
   /** Every byte of the tar (the diffID). */
   hash?: Hash
   signal?: AbortSignal
@@ -167,6 +174,8 @@ class Writer {
   private readonly whiteouts = new Map<string, {dirFd: number; name: Buffer}>()
   private temp = 0
   private rootListed = false
+  /** The entry being written, for messages. */
+  private current?: TarEntry
 
   constructor(
     private readonly rootFd: number,
@@ -191,7 +200,8 @@ class Writer {
       if (fd >= 0 && fd !== this.rootFd) closeSync(fd)
     }
 
-    for (let i = this.fds.length; i < chain.length; i++) this.fds.push(this.openChild(this.fdAt(i - 1, chain), chain[i]))
+    for (let i = this.fds.length; i < chain.length; i++)
+      this.fds.push(this.openChild(this.fdAt(i - 1, chain), chain[i]))
     return this.fdAt(chain.length - 1, chain)
   }
 
@@ -220,8 +230,23 @@ class Writer {
       this.window()
       return fd
     } catch (error) {
+      // O_NOFOLLOW|O_DIRECTORY on a symlink fails with ENOTDIR (or ELOOP): lstat tells.
+      const link = (isErrno(error, 'ELOOP') || isErrno(error, 'ENOTDIR')) && lstatOrUndefined(file)?.isSymbolicLink()
+      if (link && this.options.resolveExisting && node.meta === undefined) {
+        // A symlink of the image, not of the tar: followed as the image would follow it.
+        const resolved = this.options.resolveExisting(relOf(node).toString('utf8'))
+        if (resolved !== undefined) {
+          const fd = openSync(resolved, DIR_FLAGS)
+          this.window()
+          return fd
+        }
+      }
+
       if (isErrno(error, 'ELOOP') || isErrno(error, 'ENOTDIR'))
-        this.refuse(node, 'lands through a symlink or a file that is already there, which wafers does not follow')
+        this.refuse(
+          this.current ?? node,
+          `lands through ${quote(pathOf(node))}, a symlink or file that was there before, which wafers does not follow`,
+        )
       if (!isErrno(error, 'ENOENT')) throw error
     }
 
@@ -257,6 +282,7 @@ class Writer {
   }
 
   async write(entry: TarEntry): Promise<void> {
+    this.current = entry
     // Every entry, moot ones too, so the open directories follow the reader's chain.
     const parentFd = this.parentOf(entry)
     if (entry.moot) return
@@ -441,7 +467,11 @@ class Writer {
   }
 
   /** A device, FIFO or whiteout device made by a child process in the held directory. */
-  private mknod(parentFd: number, name: Buffer, entry: {devmajor: number; devminor: number; mode: number; type: string}): void {
+  private mknod(
+    parentFd: number,
+    name: Buffer,
+    entry: {devmajor: number; devminor: number; mode: number; type: string},
+  ): void {
     // A child names our directory as /proc/<our pid>/fd/N; a name that is not UTF-8 is made under
     // a temporary one and renamed (arguments are strings).
     const plain = Buffer.from(name.toString('utf8')).equals(name) && !name.includes(0x0a)
@@ -453,14 +483,28 @@ class Writer {
         ? ['mkfifo', ['-m', mode, '--', target]]
         : [
             'mknod',
-            ['-m', mode, '--', target, entry.type === 'block' ? 'b' : 'c', String(entry.devmajor), String(entry.devminor)],
+            [
+              '-m',
+              mode,
+              '--',
+              target,
+              entry.type === 'block' ? 'b' : 'c',
+              String(entry.devmajor),
+              String(entry.devminor),
+            ],
           ]
     const result = spawnSync(command, args as string[], {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
     if (result.error && isErrno(result.error, 'ENOENT'))
       throw new WafersError(`unpacking ${this.options.name} needs ${command}, which is not on PATH: install coreutils.`)
     if (result.status !== 0) {
-      const said = (result.stderr ?? '').trim().split('\n')[0]?.replace(/^[a-z]+: /, '') ?? ''
-      throw new WafersError(`${this.options.name} could not be unpacked: ${command} of ${quote(name.toString('utf8'))} failed: ${said}.`)
+      const said =
+        (result.stderr ?? '')
+          .trim()
+          .split('\n')[0]
+          ?.replace(/^[a-z]+: /, '') ?? ''
+      throw new WafersError(
+        `${this.options.name} could not be unpacked: ${command} of ${quote(name.toString('utf8'))} failed: ${said}.`,
+      )
     }
 
     if (!plain) renameSync(at(parentFd, made), at(parentFd, name))
@@ -536,7 +580,14 @@ class Writer {
    * children's is the same as after, since opening a child writes nothing into the parent.
    */
   finish(): void {
-    const root: TreeNode = this.rootNode ?? {children: 0, depth: 0, id: 0, kind: 'dir', name: Buffer.alloc(0), parent: undefined}
+    const root: TreeNode = this.rootNode ?? {
+      children: 0,
+      depth: 0,
+      id: 0,
+      kind: 'dir',
+      name: Buffer.alloc(0),
+      parent: undefined,
+    }
     // A layer that does not list "./" gives its top what the layers below have (or the default).
     if (!this.rootListed && this.options.layer) this.implicitMeta(this.rootFd, root)
 
@@ -663,7 +714,9 @@ export async function unpackTarball(
 
     if (compression === 'none' || compression === 'gzip') {
       try {
-        await (compression === 'gzip' ? pipeline(input, zlib.createGunzip({chunkSize: 256 * 1024}), sink) : pipeline(input, sink))
+        await (compression === 'gzip'
+          ? pipeline(input, zlib.createGunzip({chunkSize: 256 * 1024}), sink)
+          : pipeline(input, sink))
       } catch (error) {
         if (refused) throw refused
         const code = (error as NodeJS.ErrnoException)?.code ?? ''
@@ -696,14 +749,18 @@ export async function unpackTarball(
       if (ended && (await child).exitCode !== 0 && (await child).code !== 'ENOENT')
         throw new WafersError(`${name} is not valid ${compression} data.`)
       if ((await child).code === 'ENOENT')
-        throw new WafersError(`${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`)
+        throw new WafersError(
+          `${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`,
+        )
       throw error
     }
 
     await feeding
     const done = await child
     if (done.code === 'ENOENT')
-      throw new WafersError(`${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`)
+      throw new WafersError(
+        `${name} is ${compression}-compressed: install the ${program.package} package, ${compression} is not on PATH.`,
+      )
     if (done.exitCode !== 0) throw new WafersError(`${name} is not valid ${compression} data.`)
     return result!
   } finally {

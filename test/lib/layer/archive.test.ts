@@ -31,7 +31,9 @@ async function gate(tar: Buffer, cuts: number[] = []) {
     const entry = next.value
     const data = createHash('sha256')
     for await (const part of entry.data()) data.update(part)
-    entries.push(`${entry.raw.toString('latin1')} ${entry.type} ${entry.mode} ${entry.uid}:${entry.gid} ${entry.mtimeUs} ${data.digest('hex')}`)
+    entries.push(
+      `${entry.raw.toString('latin1')} ${entry.type} ${entry.mode} ${entry.uid}:${entry.gid} ${entry.mtimeUs} ${data.digest('hex')}`,
+    )
     next = await reader.next()
   }
 
@@ -160,10 +162,7 @@ describe('OCI layer tars (unit)', () => {
     const error = await gate(tar).catch((error_: unknown) => error_)
     expect(error)
       .to.be.instanceOf(WafersError)
-      .with.property(
-        'message',
-        'the layer is not a valid tar: a header has a wrong checksum at its start.',
-      )
+      .with.property('message', 'the layer is not a valid tar: a header has a wrong checksum at its start.')
   })
 
   it('refuses data on a link or directory entry, which tar readers could read differently', async () => {

@@ -81,7 +81,7 @@ describe('the tar reader (unit)', () => {
       [
         'a pax record with no =',
         [{name: 'f', pax: Buffer.from('11 pathzzz\n')}],
-        "the layer was refused: its entry \"f\" has a malformed pax header (a pax record has no '=').",
+        'the layer was refused: its entry "f" has a malformed pax header (a pax record has no \'=\').',
       ],
       [
         'a pax record whose length is wrong',
@@ -147,14 +147,24 @@ describe('the tar reader (unit)', () => {
     it('cuts a long name to 200 characters', async () => {
       const name = 'x'.repeat(5000)
       const message = (await read(tarOf([{name: 'f', pax: paxRecord('path', `../${name}`)}]))) as string
-      expect(message).to.equal(`the layer was refused: its entry "../${'x'.repeat(197)}"… has ".." in its name, which could land outside.`)
+      expect(message).to.equal(
+        `the layer was refused: its entry "../${'x'.repeat(197)}"… has ".." in its name, which could land outside.`,
+      )
     })
   })
 
   describe('checks each entry against the earlier ones', () => {
     const cases: [string, Spec[], string[] | string][] = [
-      ['an absolute name', [{name: '/etc/passwd'}], 'the layer was refused: its entry "/etc/passwd" has an absolute name, which would land outside.'],
-      ['a ../ name', [{name: 'a/../../x'}], 'the layer was refused: its entry "a/../../x" has ".." in its name, which could land outside.'],
+      [
+        'an absolute name',
+        [{name: '/etc/passwd'}],
+        'the layer was refused: its entry "/etc/passwd" has an absolute name, which would land outside.',
+      ],
+      [
+        'a ../ name',
+        [{name: 'a/../../x'}],
+        'the layer was refused: its entry "a/../../x" has ".." in its name, which could land outside.',
+      ],
       [
         'a path through a symlink an earlier entry made',
         [{link: '/etc', name: 'a', type: '2'}, {name: 'a/b/c'}],
@@ -172,12 +182,18 @@ describe('the tar reader (unit)', () => {
       ],
       [
         'a hard link to a directory',
-        [{name: 'd/', type: '5'}, {link: 'd', name: 'x', type: '1'}],
+        [
+          {name: 'd/', type: '5'},
+          {link: 'd', name: 'x', type: '1'},
+        ],
         'the layer was refused: its entry "x" is a hard link to "d", which is not a regular file made by an earlier entry.',
       ],
       [
         'a hard link through a symlink',
-        [{link: '/', name: 'l', type: '2'}, {link: 'l/etc/passwd', name: 'x', type: '1'}],
+        [
+          {link: '/', name: 'l', type: '2'},
+          {link: 'l/etc/passwd', name: 'x', type: '1'},
+        ],
         'the layer was refused: its entry "x" links through the symlink "l" made by an earlier entry.',
       ],
       [
@@ -249,7 +265,11 @@ describe('the tar reader (unit)', () => {
     it('reads one name of 40,000 components, and 2,000 entries in one directory', async function () {
       this.timeout(60_000)
       const started = Date.now()
-      const deep = (await read(tarOf([{name: 'f', pax: paxRecord('path', 'a/'.repeat(40_000) + 'f')}]), true, false)) as string[]
+      const deep = (await read(
+        tarOf([{name: 'f', pax: paxRecord('path', 'a/'.repeat(40_000) + 'f')}]),
+        true,
+        false,
+      )) as string[]
       expect(deep).to.have.length(1)
       const wide = Array.from({length: 2000}, (_, i) => ({name: `dir/sub/file-${i}`}))
       expect(await read(tarOf(wide), true, false)).to.have.length(2000)

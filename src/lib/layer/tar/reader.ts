@@ -34,16 +34,7 @@ const MAX_META = 1024 * 1024
 export const MAX_TRACKED_BYTES = 256 * 1024 * 1024
 
 /** What an entry makes. Whiteouts and opaque markers only in a layer (`layer: true`). */
-export type EntryType =
-  | 'block'
-  | 'char'
-  | 'dir'
-  | 'fifo'
-  | 'file'
-  | 'link'
-  | 'opaque'
-  | 'symlink'
-  | 'whiteout'
+export type EntryType = 'block' | 'char' | 'dir' | 'fifo' | 'file' | 'link' | 'opaque' | 'symlink' | 'whiteout'
 
 /** A node of the tree of what the entries so far made (or, for implicit parents, need). */
 export interface TreeNode {
@@ -426,7 +417,8 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   /** Where in `parentPath` the components the previous entry's chain already checked end. */
   const known = (parentPath: Buffer): number => {
     const length = chainPath.length
-    if (length === 0 || parentPath.length < length || parentPath.compare(chainPath, 0, length, 0, length) !== 0) return 0
+    if (length === 0 || parentPath.length < length || parentPath.compare(chainPath, 0, length, 0, length) !== 0)
+      return 0
     if (parentPath.length === length) return length
     return parentPath[length] === 0x2f ? length + 1 : 0
   }
@@ -497,7 +489,8 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     while (node !== undefined && offset <= target.length) {
       let slash = target.indexOf(0x2f, offset)
       if (slash === -1) slash = target.length
-      if (node.kind === 'symlink') refuse(entryRaw, `links through the symlink ${quote(path(node))} made by an earlier entry`)
+      if (node.kind === 'symlink')
+        refuse(entryRaw, `links through the symlink ${quote(path(node))} made by an earlier entry`)
       node = child(node, target.subarray(offset, slash))
       offset = slash + 1
     }
@@ -620,7 +613,8 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     const typeflag = h.typeflag
     if (typeflag === 'S') refuse(raw, 'is a sparse file, which wafers does not unpack')
     let type = TYPES[typeflag]
-    if (type === undefined) refuse(raw, `has the tar entry type ${JSON.stringify(typeflag)}, which wafers does not unpack`)
+    if (type === undefined)
+      refuse(raw, `has the tar entry type ${JSON.stringify(typeflag)}, which wafers does not unpack`)
     if (type !== 'file' && size !== 0) refuse(raw, 'is a link, device or directory that claims to carry data')
     const slashEnd = raw.at(-1) === 0x2f
     if (slashEnd && type !== 'dir') {
@@ -637,7 +631,8 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     // Whiteouts are read from the name alone, whatever the entry's type.
     let moot = false
     if (options.layer && name.length > 0) {
-      if (hasWhiteoutComponent(parentPath, known(parentPath))) refuse(raw, 'has a whiteout name in the middle of its path')
+      if (hasWhiteoutComponent(parentPath, known(parentPath)))
+        refuse(raw, 'has a whiteout name in the middle of its path')
 
       const kind = whiteoutKind(base)
       if (kind === 'aufs') {
@@ -666,7 +661,11 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
       if ((type === 'whiteout' || type === 'opaque') && blocker.kind !== 'symlink') moot = true
       else if (blocker.kind === 'symlink')
         refuse(raw, `lands through the symlink ${quote(path(blocker))} made by an earlier entry`)
-      else refuse(raw, `lands under ${quote(path(blocker))}, which an earlier entry made a ${blocker.kind === 'file' ? 'file' : 'device'}`)
+      else
+        refuse(
+          raw,
+          `lands under ${quote(path(blocker))}, which an earlier entry made a ${blocker.kind === 'file' ? 'file' : 'device'}`,
+        )
     }
 
     let target: TreeNode | undefined
@@ -680,7 +679,15 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     else {
       const existing = child(parent, base)
       const kind: TreeNode['kind'] =
-        type === 'dir' ? 'dir' : type === 'opaque' ? 'implicit' : type === 'symlink' ? 'symlink' : type === 'file' || type === 'link' ? 'file' : 'other'
+        type === 'dir'
+          ? 'dir'
+          : type === 'opaque'
+            ? 'implicit'
+            : type === 'symlink'
+              ? 'symlink'
+              : type === 'file' || type === 'link'
+                ? 'file'
+                : 'other'
       if (existing === undefined) node = add(parent, Buffer.from(base), kind)
       else {
         replaces = true
@@ -737,7 +744,6 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
     }
     yield entry
     await skip(remaining)
-
   }
 
   async function skip(n: number): Promise<void> {
@@ -761,11 +767,16 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   }
 }
 
-
 /** Whether a component of `path` starts with ".wh." (one pass, no copies). */
 function hasWhiteoutComponent(path: Buffer, from: number): boolean {
   for (let i = from; i + 3 < path.length; i++) {
-    if ((i === 0 || path[i - 1] === 0x2f) && path[i] === 0x2e && path[i + 1] === 0x77 && path[i + 2] === 0x68 && path[i + 3] === 0x2e)
+    if (
+      (i === 0 || path[i - 1] === 0x2f) &&
+      path[i] === 0x2e &&
+      path[i + 1] === 0x77 &&
+      path[i + 2] === 0x68 &&
+      path[i + 3] === 0x2e
+    )
       return true
   }
 
