@@ -119,6 +119,11 @@ describe('the tar reader (unit)', () => {
         'the layer was refused: its entry "f" has the tar entry type "Q", which wafers does not unpack.',
       ],
       [
+        'a POSIX ACL, whose loss would widen access',
+        [{name: 'f', pax: paxRecord('SCHILY.acl.access', 'user::rw-,group::r--,mask::rwx,other::---')}],
+        'the layer was refused: its entry "f" has a POSIX ACL, which wafers does not unpack yet.',
+      ],
+      [
         'a pax path that is not UTF-8',
         [{name: 'f', pax: paxRecord('path', Buffer.from([0x61, 0xff]))}],
         'the layer was refused: its entry "f" has a pax path that is not UTF-8.',

@@ -602,6 +602,9 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
           if (attribute === '') refuse(h.name, 'has an extended attribute with no name')
           xattrs.push([attribute, Buffer.from(value)])
         } else if (key.startsWith('GNU.sparse.')) refuse(h.name, 'is a sparse file, which wafers does not unpack')
+        // Dropping an ACL would widen access (the group bits of such a file are the ACL's mask).
+        else if (key.startsWith('SCHILY.acl.') && value.length > 0)
+          refuse(h.name, 'has a POSIX ACL, which wafers does not unpack yet')
         else if (key === 'hdrcharset' || IGNORED.has(key) || key.startsWith('LIBARCHIVE.') || key.startsWith('SCHILY.'))
           continue
         // Other keys (vendor extensions) change nothing GNU tar or tarfile write; ignored like theirs.
