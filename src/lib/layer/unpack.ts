@@ -152,13 +152,22 @@ export async function unpackTar(
     while (!next.done) {
       if (options.signal?.aborted) throw new WafersError(`unpacking ${options.name} was interrupted.`)
       writer.remember(next.value)
-      // eslint-disable-next-line no-await-in-loop
-      await writer.write(next.value)
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        await writer.write(next.value)
+      } catch (error) {
+        throw writeError(error, options.name, next.value)
+      }
+
       // eslint-disable-next-line no-await-in-loop
       next = await entries.next()
     }
 
-    writer.finish()
+    try {
+      writer.finish()
+    } catch (error) {
+      throw writeError(error, options.name)
+    }
     return {bytes: writer.bytes, entries: next.value}
   } finally {
     writer.close()
@@ -766,4 +775,24 @@ export async function unpackTarball(
   } finally {
     await handle.close()
   }
+}
+
+const WRITE_ERRORS: Record<string, string> = {
+  EDQUOT: "the store's disk quota is used up",
+  EFBIG: 'a file is larger than the file system takes',
+  EINVAL: 'the file system refused a value of it (an owner, mode or time out of range)',
+  EMLINK: 'it has more links than the file system takes',
+  ENAMETOOLONG: 'a name is longer than the file system takes',
+  ENOSPC: "the store's file system is full",
+  EPERM: 'the file system does not permit it',
+}
+
+/** One sentence for a system error met while writing an entry (never raw errno text). */
+function writeError(error: unknown, archive: string, entry?: TarEntry): Error {
+  if (error instanceof WafersError) return error
+  const code = (error as NodeJS.ErrnoException)?.code
+  if (code === undefined) return error as Error
+  const where = entry ? ` at its entry ${quote(entry.raw.toString('utf8'))}` : ''
+  const why = WRITE_ERRORS[code] ?? `the system said ${code}`
+  return new WafersError(`${archive} could not be unpacked${where}: ${why}.`)
 }
