@@ -379,6 +379,18 @@ with tarfile.open(sys.argv[2], 'w') as t:
       expect(ours.filter((line) => line.startsWith('many/'))).to.have.length(1)
     })
 
+    it('a whiteout never shares the inode of a file that replaced an earlier whiteout', async () => {
+      const tar = rawTar([{name: 'a/.wh.x'}, {content: 'secret\n', name: 'a/x'}, {name: 'b/.wh.y'}])
+      const file = path.join(box.root, 'layer.tar')
+      await fs.writeFile(file, tar)
+      const data = path.join(box.root, 'data')
+      await fs.mkdir(data)
+      await unpackLayer(createReadStream(file), data, {compression: 'none'})
+      const [x, y] = await Promise.all([fs.lstat(path.join(data, 'a/x')), fs.lstat(path.join(data, 'b/y'))])
+      expect(x.isFile() && x.nlink).to.equal(1)
+      expect(y.isCharacterDevice() && y.rdev).to.equal(0)
+    })
+
     it('a later entry replaces an earlier one of another kind within a layer, as GNU tar does', async () => {
       const tar = rawTar([
         {content: 'was a file\n', name: 'a'},

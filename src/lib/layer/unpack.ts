@@ -180,7 +180,7 @@ class Writer {
   /** Open directories along the current chain (fds[0] is the top); -1 where closed for the window. */
   private readonly fds: number[]
   private readonly budget: number
-  private readonly whiteouts = new Map<string, {dirFd: number; name: Buffer}>()
+  private readonly whiteouts = new Map<string, {dirFd: number; ino: number; name: Buffer}>()
   private temp = 0
   private rootListed = false
   /** The entry being written, for messages. */
@@ -543,21 +543,28 @@ class Writer {
     const file = at(parentFd, entry.node.name)
     const template = this.whiteouts.get(key)
     if (template) {
+      // A later entry may have replaced the template (by a file, even): link only the very inode.
+      const source = at(template.dirFd, template.name)
+      const still = lstatOrUndefined(source)
       try {
-        linkSync(at(template.dirFd, template.name), file)
-        return
+        if (still?.ino === template.ino && still.isCharacterDevice() && still.rdev === 0) {
+          linkSync(source, file)
+          return
+        }
       } catch (error) {
-        // The template was replaced by a later entry, or has too many links: make a new one.
         if (!isErrno(error, 'ENOENT') && !isErrno(error, 'EMLINK')) throw error
-        closeSync(template.dirFd)
-        this.whiteouts.delete(key)
       }
+
+      // Gone, replaced, or linked as often as the file system allows: make a new one.
+      closeSync(template.dirFd)
+      this.whiteouts.delete(key)
     }
 
     this.mknod(parentFd, entry.node.name, {devmajor: 0, devminor: 0, mode: entry.mode, type: 'char'})
     this.nodeMeta(file, entry)
     if (this.whiteouts.size < 16) {
-      this.whiteouts.set(key, {dirFd: openSync(`/proc/self/fd/${parentFd}/.`, DIR_FLAGS), name: entry.node.name})
+      const {ino} = lstatSync(file)
+      this.whiteouts.set(key, {dirFd: openSync(`/proc/self/fd/${parentFd}/.`, DIR_FLAGS), ino, name: entry.node.name})
     }
   }
 
