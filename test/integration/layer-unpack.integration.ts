@@ -287,6 +287,7 @@ with tarfile.open(sys.argv[1], 'w') as t:
         d = tarfile.TarInfo(name); d.type = tarfile.DIRTYPE; d.mode = 0o755; t.addfile(d)
     l = tarfile.TarInfo('lib'); l.type = tarfile.SYMTYPE; l.linkname = '/usr/lib'; t.addfile(l)
 with tarfile.open(sys.argv[2], 'w') as t:
+    r = tarfile.TarInfo('./'); r.type = tarfile.DIRTYPE; r.mode = 0o700; t.addfile(r)
     f = tarfile.TarInfo('lib/extra.so'); f.size = 3; t.addfile(f, io.BytesIO(b'so\\n'))`,
       path.join(context, 'base.tar'),
       path.join(context, 'more.tar'),
@@ -300,6 +301,8 @@ with tarfile.open(sys.argv[2], 'w') as t:
     expect((await fs.lstat(path.join(box.data(top), 'lib')).catch(() => undefined))?.isDirectory() ?? false).to.equal(
       false,
     )
+    // The image's / keeps its mode, as tar --no-overwrite-dir keeps it.
+    expect((await fs.stat(box.data(top))).mode & 0o7777).not.to.equal(0o700)
   })
 
   describe('what other unpackers do', () => {

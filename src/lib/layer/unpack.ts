@@ -310,7 +310,8 @@ class Writer {
     if (node.parent === undefined) {
       // The top directory itself ("./").
       this.rootListed = true
-      this.directoryMeta(this.rootFd, entry, true)
+      // Unpacked into an image (ADD), the directory it lands in keeps what it had.
+      if (!this.options.keepExisting) this.directoryMeta(this.rootFd, entry, true)
       return
     }
 
