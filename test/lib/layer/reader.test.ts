@@ -143,6 +143,17 @@ describe('the tar reader (unit)', () => {
       )
     })
 
+    it('a lone zero block followed by more entries, which every reader would hide', async () => {
+      const tar = Buffer.concat([
+        tarOf([{name: 'a'}]).subarray(0, BLOCK),
+        Buffer.alloc(BLOCK),
+        tarOf([{name: 'hidden'}]),
+      ])
+      expect(await read(tar)).to.equal(
+        'the layer is not a valid tar: a lone zero block is followed by more of the archive after the entry "a".',
+      )
+    })
+
     it('a pax path with hdrcharset=BINARY is read as bytes', async () => {
       const records = Buffer.concat([paxRecord('hdrcharset', 'BINARY'), paxRecord('path', Buffer.from([0x61, 0xff]))])
       const entries = (await read(tarOf([{name: 'f', pax: records}]))) as string[]

@@ -507,7 +507,13 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
       damaged('the archive is cut short')
     }
 
-    if (isZero(block)) break
+    if (isZero(block)) {
+      // Entries after a lone zero block would be hidden from every reader (GNU tar warns): refused.
+      const second = await bytes.exact(BLOCK)
+      if (second.length === BLOCK && !isZero(second)) damaged('a lone zero block is followed by more of the archive')
+      break
+    }
+
     // Meta headers (pax 'x', GNU 'L'/'K') for the entry that follows, read into memory (bounded).
     let pax: Buffer | undefined
     let longName: Buffer | undefined
