@@ -214,7 +214,7 @@ with tarfile.open(blob(manifest['layers'][0]['digest'])) as tar:
       await fs.writeFile(tarball, 'this is not a tarball\n')
       await expectRefusal(
         ['create', 'base', '--seed', 'tar', '--', tarball],
-        'seeder tar (wafers) failed: tar failed (exit code 2)',
+        `seeder tar (wafers) failed: ${tarball} is not a valid tar: the archive is cut short at its start`,
       )
     })
 

@@ -1,9 +1,7 @@
-import {type Stats, promises as fs, lstatSync} from 'node:fs'
+import {promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../host/files.js'
-import {diesWithUs, findOnPath} from '../host/run.js'
 import type {CopyPlan} from './context.js'
 import {resolveInRoot} from './paths.js'
 
@@ -128,130 +126,31 @@ export async function isArchive(file: string): Promise<boolean> {
 }
 
 /**
- * Unpacks tarball `file` into the tree at `root` under directory `dest` (a container path), as ADD
- * does. GNU tar (which takes gzip, bzip2, xz and zstd by itself) unpacks into `scratch`, an empty
- * directory of wafers' own outside the image, where its refusal of `../` and absolute names and of
- * writing through links applies; the result is then merged into the image resolving every path
- * within `root`, so no symbolic link of the image leads a write out of it. Owners, modes, times
- * and xattrs are kept; existing directories keep theirs, as `tar --no-overwrite-dir` does.
+ * Unpacks tarball `file` (plain, gzip, bzip2, xz or zstd) into the tree at `root` under directory
+ * `dest` (a container path), as ADD does, through the one tar reader and unpacker
+ * (layer/unpack.ts): no `../` or absolute name, nothing through a link, every entry written by
+ * wafers itself through held directories, so no symbolic link of the image or the archive leads a
+ * write out of `root`. Owners, modes, times and xattrs are kept (overlay's own attributes escaped
+ * by the one attribute policy, so a tarball cannot make a directory opaque); existing directories
+ * keep theirs, as `tar --no-overwrite-dir` does. `scratch` is no longer used (kept for callers).
  */
 export async function unpackArchive(
   file: string,
   root: string,
   dest: string,
-  scratch: string,
+  _scratch: string,
   own: CopyOwnership,
 ): Promise<void> {
-  await fs.mkdir(scratch, {mode: 0o700})
-  try {
-    const {execa} = await import('execa')
-    const tar = diesWithUs(findOnPath('tar') ?? 'tar', [
-      '--extract',
-      `--file=${file}`,
-      `--directory=${scratch}`,
-      '--same-owner',
-      '--preserve-permissions',
-      '--xattrs',
-      '--xattrs-include=*',
-      '--no-overwrite-dir',
-    ])
-    const result = await execa(tar.file, tar.args, {reject: false, stdin: 'ignore'})
-    if (result.exitCode !== 0) {
-      const said = String(result.stderr ?? '')
-        .split('\n')
-        .map((line) => line.replace(/^tar: /, '').trim())
-        .filter((line) => line !== '' && !/previous errors|Error is not recoverable|^Removing leading/.test(line))
-      throw new WafersError(
-        `${path.basename(file)} cannot be unpacked: ${said.slice(0, 3).join('; ') || `tar exited with code ${result.exitCode}`}.`,
-      )
-    }
-
-    const target = await mkdirIn(root, dest, own)
-    await mergeTree(root, path.relative(root, target), scratch, '')
-  } finally {
-    await fs.rm(scratch, {force: true, recursive: true})
-  }
-}
-
-/**
- * Moves what is under `from/rel` into `root` at container path `dir/rel`, resolving each
- * destination within `root` (the last component never followed): a directory merges into an
- * existing directory, anything else replaces what is there. Hard links among the unpacked files stay
- * hard links.
- */
-async function mergeTree(root: string, dir: string, from: string, rel: string): Promise<void> {
-  const links = new Map<string, string>()
-  const xattr = await import('@napi-rs/xattr')
-  const {listAttributes, getAttribute, setAttribute} = ((xattr as {default?: unknown}).default ?? xattr) as {
-    getAttribute(file: string, name: string): Promise<Buffer | null>
-    listAttributes(file: string): Promise<string[]>
-    setAttribute(file: string, name: string, value: Buffer): Promise<void>
-  }
-  const copyAttributes = async (source: string, to: string) => {
-    for (const name of await listAttributes(source).catch(() => [] as string[])) {
-      // eslint-disable-next-line no-await-in-loop
-      const value = await getAttribute(source, name).catch(() => null)
-      // eslint-disable-next-line no-await-in-loop
-      if (value !== null) await setAttribute(to, name, value)
-    }
-  }
-
-  const dirs: Array<{source: string; stat: Stats; to: string}> = []
-  const visit = async (sub: string): Promise<void> => {
-    for (const name of (await fs.readdir(path.join(from, sub))).sort()) {
-      const childRel = sub === '' ? name : `${sub}/${name}`
-      const source = path.join(from, childRel)
-      const stat = lstatSync(source)
-      const to = resolveInRoot(root, path.join(dir, childRel), false)
-      if (!isInside(root, to) || to === root) throw new WafersError(`${childRel} would land outside the new wafer.`)
-      const there = statOrUndefined(to)
-      if (stat.isDirectory()) {
-        // An existing directory keeps its owner and mode; anything else (a link too) gives way.
-        if (!there?.isDirectory()) {
-          if (there) await fs.rm(to, {force: true})
-          await fs.mkdir(to)
-          await fs.lchown(to, stat.uid, stat.gid)
-          await fs.chmod(to, stat.mode & 0o7777)
-          await copyAttributes(source, to)
-          dirs.push({source, stat, to})
-        }
-
-        await visit(childRel)
-        continue
-      }
-
-      if (there?.isDirectory())
-        throw new WafersError(`the archive's ${childRel} would replace a directory of the image.`)
-      if (there) await fs.rm(to, {force: true})
-      const inode = `${stat.dev}:${stat.ino}`
-      const linked = stat.nlink > 1 ? links.get(inode) : undefined
-      if (linked !== undefined) {
-        await fs.link(linked, to)
-        continue
-      }
-
-      if (stat.isSymbolicLink()) {
-        await fs.symlink(await fs.readlink(source), to)
-        await fs.lchown(to, stat.uid, stat.gid)
-        await fs.lutimes(to, stat.atime, stat.mtime)
-        continue
-      }
-
-      if (stat.isFile()) await fs.copyFile(source, to, 0)
-      else {
-        const {run} = await import('../host/run.js')
-        await run('cp', ['--archive', '--no-target-directory', '--', source, to])
-      }
-
-      if (stat.nlink > 1) links.set(inode, to)
-      await fs.lchown(to, stat.uid, stat.gid)
-      await fs.chmod(to, stat.mode & 0o7777)
-      await copyAttributes(source, to)
-      await fs.utimes(to, stat.atime, stat.mtime)
-    }
-  }
-
-  await visit(rel)
-  // Directories last: writing into them changed their times.
-  for (const {stat, to} of dirs.reverse()) await fs.utimes(to, stat.atime, stat.mtime)
+  const {unpackTarball} = await import('../layer/unpack.js')
+  const target = await mkdirIn(root, dest, own)
+  const inImage = path.posix.join('/', path.relative(root, target))
+  await unpackTarball(file, target, {
+    keepExisting: true,
+    name: path.basename(file),
+    // A symlinked directory of the image (/lib -> usr/lib) is followed within the image, as ADD does.
+    resolveExisting(rel) {
+      const resolved = resolveInRoot(root, path.posix.join(inImage, rel))
+      return isInside(root, resolved) && statOrUndefined(resolved)?.isDirectory() ? resolved : undefined
+    },
+  })
 }

@@ -1,15 +1,14 @@
 /**
  * Layer tars <-> wafers: the one archive module pull, push and build use (as containers/storage's
- * pkg/archive). Unpacking streams a blob through Node (digests, decompression, a check of every
- * entry, whiteouts rewritten) into GNU tar, which extracts with every attribute; packing walks a
- * wafer in Node and writes a reproducible tar through pigz. See README, "Layer tars".
+ * pkg/archive). Unpacking streams a blob through Node (digests, decompression) into the one tar
+ * reader and unpacker (tar/reader.ts, unpack.ts), which write every entry themselves; packing walks a
+ * wafer in Node and writes a reproducible tar through pigz. See docs/oci.md, "Layer tars".
  */
-import {closeSync, constants, fchmodSync, futimesSync, openSync} from 'node:fs'
 import type {FileHandle} from 'node:fs/promises'
 import type {Readable} from 'node:stream'
 
 import {WafersError, isErrno} from '../errors.js'
-import {quote} from './tar/gate.js'
+import {quote} from './tar/reader.js'
 
 /** How a layer blob is compressed. */
 export type LayerCompression = 'gzip' | 'zstd' | 'none'
@@ -52,6 +51,11 @@ export interface UnpackOptions {
   name?: string
   signal?: AbortSignal
   onBytes?: (compressedBytesSoFar: number) => void
+  /**
+   * The data directories of the layers below, nearest first: a parent directory the layer does
+   * not list takes its owner, mode, time and attributes from there (else 0755 0:0, time 0).
+   */
+  lowers?: readonly string[]
 }
 
 export interface UnpackResult {
@@ -63,55 +67,30 @@ export interface UnpackResult {
   entries: number
 }
 
-/** The message of the error tar-gate throws when GNU tar exits before reading everything. */
-const TAR_STOPPED = 'tar stopped reading'
-
-/** GNU tar, extracting the checked stream on its stdin into `data` with every attribute. */
-function tarExtractArgs(data: string): string[] {
-  return [
-    '--extract',
-    '--file=-',
-    `--directory=${data}`,
-    '--numeric-owner',
-    '--same-owner',
-    '--same-permissions',
-    '--xattrs',
-    '--xattrs-include=*',
-    // overlayfs's own attributes (redirects, origins) in a layer could bend how the stack reads;
-    // only the opaque mark the gate found is set, afterwards.
-    '--xattrs-exclude=trusted.overlay.*',
-    '--acls',
-    // Not --delay-directory-restore: it takes time quadratic in the number of directories. The
-    // modes and times of directories are set again after extraction (restoreDirectories).
-  ]
-}
-
 /**
  * Unpacks one layer blob read from `input` into `data`, an existing empty directory the caller
- * made (a staging wafer's data). OCI whiteouts become overlayfs ones (.wh.NAME -> 0/0 char device
- * NAME; .wh..wh..opq -> trusted.overlay.opaque=y on its directory). Refuses, with a WafersError
- * naming the entry, any entry that would land outside `data` (../, absolute, through a symlink
- * made by an earlier entry, hard link to outside). A digest or diffID mismatch throws a
- * WafersError naming the layer. Streams: never holds a layer in memory. On any throw the caller
- * deletes `data`; nothing was written outside it.
+ * made (a staging wafer's data), through the one reader and unpacker (layer/unpack.ts). OCI
+ * whiteouts become overlayfs ones (.wh.NAME -> 0/0 char device NAME; .wh..wh..opq ->
+ * trusted.overlay.opaque=y on its directory). Refuses, with a WafersError naming the entry, any
+ * entry that would land outside `data` (../, absolute, through a symlink or file made by an
+ * earlier entry, hard link to outside) or that tar readers could read two ways. A digest or
+ * diffID mismatch throws a WafersError naming the layer. Streams: never holds a layer in memory.
+ * On any throw the caller deletes `data`; nothing was written outside it.
  */
 export async function unpackLayer(
   input: NodeJS.ReadableStream | Readable,
   data: string,
   options: UnpackOptions,
 ): Promise<UnpackResult> {
-  const [{execa}, {pipeline}, {Transform}, zlib, {gateLayer}, {digestOf, sha256}, xattr, {promises: fs}, path] =
-    await Promise.all([
-      import('execa'),
-      import('node:stream/promises'),
-      import('node:stream'),
-      import('node:zlib'),
-      import('./tar/gate.js'),
-      import('./digest.js'),
-      loadXattr(),
-      import('node:fs'),
-      import('node:path'),
-    ])
+  const [{execa}, {pipeline}, {Transform}, zlib, {unpackTar}, {digestOf, sha256}, {promises: fs}] = await Promise.all([
+    import('execa'),
+    import('node:stream/promises'),
+    import('node:stream'),
+    import('node:zlib'),
+    import('./unpack.js'),
+    import('./digest.js'),
+    import('node:fs'),
+  ])
   const layer = options.name ?? 'the layer'
   const signal = options.signal
   if (signal?.aborted) throw interrupted(layer)
@@ -125,16 +104,6 @@ export async function unpackLayer(
   }
 
   async function unpackInto(root: string): Promise<UnpackResult> {
-    const tar = execa('tar', tarExtractArgs(root), {
-      buffer: {stderr: true, stdout: false},
-      reject: false,
-      stderr: 'pipe',
-      stdin: 'pipe',
-      stdout: 'ignore',
-    })
-    tar.stdin.on('error', () => {}) // an early exit of tar is reported from its exit status
-    const tarDone = tar.then((result) => result)
-
     const blobHash = sha256()
     let bytes = 0
     const tap = new Transform({
@@ -158,47 +127,35 @@ export async function unpackLayer(
           ? [zstd.duplex({binary: true})]
           : []
 
-    let gate: Awaited<ReturnType<typeof gateLayer>>
+    let entries = 0
     let refused: unknown
     try {
-      try {
-        // The stages vary with the compression, which pipeline's overloads cannot type.
-        await (pipeline as unknown as (...stages: unknown[]) => Promise<void>)(
-          input,
-          tap,
-          ...decompress,
-          async (source: AsyncIterable<Buffer>) => {
-            try {
-              gate = await gateLayer(source, tar.stdin, {hash: tarHash, layer, stopped: tarDone})
-            } catch (error) {
-              refused = error // reported before the abort it causes in the stages above
-              throw error
-            }
-          },
-          {signal},
-        )
-        await zstd
-      } catch (error) {
-        if ((error as Error)?.message === TAR_STOPPED) {
-          throw new WafersError(`${layer} could not be unpacked: ${firstTarError((await tarDone).stderr as string)}`)
-        }
-
-        throw readError(refused ?? error, layer, options.compression, signal)
-      }
-
-      tar.stdin.end()
-      const result = await tarDone
-      if (result.code === 'ENOENT')
-        throw new WafersError('GNU tar is not installed or not on PATH; install the tar package.')
-      if (result.exitCode !== 0) {
-        const why = firstTarError(result.stderr as string)
-        throw new WafersError(`${layer} could not be unpacked: ${why}`)
-      }
+      // The stages vary with the compression, which pipeline's overloads cannot type.
+      await (pipeline as unknown as (...stages: unknown[]) => Promise<void>)(
+        input,
+        tap,
+        ...decompress,
+        async (source: AsyncIterable<Buffer>) => {
+          try {
+            ;({entries} = await unpackTar(source, root, {
+              hash: tarHash,
+              layer: true,
+              lowers: options.lowers,
+              name: layer,
+              signal,
+            }))
+          } catch (error) {
+            refused = error // reported before the abort it causes in the stages above
+            throw error
+          }
+        },
+        {signal},
+      )
+      await zstd
     } catch (error) {
-      tar.kill()
       zstd?.kill()
-      await Promise.allSettled([tarDone, zstd])
-      throw error
+      await Promise.allSettled([zstd])
+      throw readError(refused ?? error, layer, options.compression, signal)
     }
 
     const digest = digestOf(blobHash)
@@ -213,57 +170,7 @@ export async function unpackLayer(
       )
     }
 
-    restoreDirectories(root, gate!.directories)
-    for (const dir of gate!.opaque) {
-      // "ROOT/." is the wafer's directory itself; ROOT alone would be the /proc link to it.
-      const file = dir.length === 0 ? `${root}/.` : path.join(root, dir.toString('utf8'))
-      // eslint-disable-next-line no-await-in-loop
-      const stat = await fs.lstat(file)
-      if (!stat.isDirectory()) {
-        throw new WafersError(
-          `${layer} was refused: it marks ${quote(dir.toString('utf8'))} opaque, which is not a directory.`,
-        )
-      }
-
-      // eslint-disable-next-line no-await-in-loop
-      await xattr.setAttribute(file, 'trusted.overlay.opaque', 'y')
-    }
-
-    return {diffId, digest, entries: gate!.entries}
-  }
-}
-
-/**
- * Sets the mode and mtime each directory of a layer had in its tar, once everything is extracted
- * (entries written into a directory change its mtime), deepest first, in time linear in their
- * number. Each is opened with O_NOFOLLOW|O_DIRECTORY under `root` (the held /proc/PID/fd/N of the
- * wafer's data) and changed through that descriptor, so a symlink is never followed; a directory
- * that is gone or is no longer one is skipped.
- */
-function restoreDirectories(root: string, directories: Map<string, {mode: number; mtime: number}>): void {
-  const keys = [...directories.keys()]
-  const depth = (key: string) => (key === '' ? 0 : key.split('/').length)
-  keys.sort((a, b) => depth(b) - depth(a))
-  const prefix = Buffer.from(`${root}/`)
-  for (const key of keys) {
-    const {mode, mtime} = directories.get(key)!
-    let fd: number
-    try {
-      fd = openSync(
-        Buffer.concat([prefix, key === '' ? Buffer.from('.') : Buffer.from(key, 'latin1')]),
-        constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
-      )
-    } catch (error) {
-      if (isErrno(error, 'ENOENT') || isErrno(error, 'ENOTDIR') || isErrno(error, 'ELOOP')) continue
-      throw error
-    }
-
-    try {
-      fchmodSync(fd, mode)
-      futimesSync(fd, mtime, mtime)
-    } finally {
-      closeSync(fd)
-    }
+    return {diffId, digest, entries}
   }
 }
 
@@ -299,15 +206,6 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
     return new WafersError(`${layer} is not valid zstd data.`)
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
-}
-
-/** The first error line GNU tar printed, without its "tar: " prefix. */
-function firstTarError(stderr: string): string {
-  const line = stderr
-    .split('\n')
-    .map((text) => text.replace(/^tar: /, '').trim())
-    .find((text) => text !== '' && !/^Exiting with failure/.test(text))
-  return line ? `tar says: ${line}` : 'tar failed.'
 }
 
 /** The xattr binding, loaded only when needed. */

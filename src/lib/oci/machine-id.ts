@@ -2,7 +2,8 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {BLOCK, padded, parseHeader, parsePax} from '../layer/tar/header.js'
+import {BLOCK, padded} from '../layer/tar/header.js'
+import {isZero, parseHeader, parsePax} from '../layer/tar/reader.js'
 
 /*
  * A machine id names one machine: an image must not carry one, or every container made from it
@@ -97,7 +98,7 @@ export async function blankMachineId(
           pending = pending.subarray(take)
           if (!ended) data -= take
           if (data === 0 && pax) {
-            next = parsePax(Buffer.concat(pax))
+            next = paxOf(Buffer.concat(pax))
             pax = undefined
           }
 
@@ -107,7 +108,8 @@ export async function blankMachineId(
         if (pending.length < BLOCK) break
         const block = Buffer.from(pending.subarray(0, BLOCK))
         pending = pending.subarray(BLOCK)
-        const header = parseHeader(block)
+        const header = isZero(block) ? undefined : parseHeader(block)
+        if (typeof header === 'string') throw new WafersError(`a packed layer cannot be read again: ${header}.`)
         if (header === undefined) {
           // The zero blocks at the end, and whatever padding follows: passed on as they are.
           ended = true
@@ -129,7 +131,7 @@ export async function blankMachineId(
         if (dropping) emptySize(block)
         await emit(block)
         if (data === 0 && pax) {
-          next = parsePax(Buffer.alloc(0))
+          next = paxOf(Buffer.alloc(0))
           pax = undefined
         }
       }
@@ -149,6 +151,13 @@ export async function blankMachineId(
   }
 
   return {diffId: digestOf(tarHash), digest: digestOf(blobHash), size}
+}
+
+/** The records of a pax header of a layer wafers packed; its own writer made it, so a fault is a bug. */
+function paxOf(data: Buffer): Map<string, Buffer> {
+  const records = parsePax(data)
+  if (typeof records === 'string') throw new WafersError(`a packed layer cannot be read again: ${records}.`)
+  return records
 }
 
 /** Sets the size field of a ustar header block to 0 and its checksum to match. */

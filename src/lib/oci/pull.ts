@@ -470,6 +470,11 @@ async function unpackInto(
           compression: blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
           expectDiffId: layer.diffId,
           expectDigest: descriptor.digest,
+          // The layers below, nearest first: parents this layer does not list keep their values.
+          lowers: layers
+            .slice(0, i)
+            .reverse()
+            .map((below) => store.dataDir(below.wafer)),
           name: what,
           onBytes(n) {
             progress(`${humanSize(n)} of ${humanSize(descriptor.size)}`)

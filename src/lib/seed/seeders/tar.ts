@@ -4,20 +4,10 @@ import path from 'node:path'
 import {WafersError} from '../../errors.js'
 import type {Seeder} from '../../hooks.js'
 
-/** The GNU tar options that restore a root file system exactly as it was packed. */
-export const TAR_EXTRACT_OPTIONS = [
-  '--extract',
-  '--numeric-owner',
-  '--same-owner',
-  '--same-permissions',
-  '--xattrs',
-  '--xattrs-include=*',
-  '--acls',
-]
-
 /**
- * Unpacks a root file system tarball (compression detected by tar) into the new wafer, keeping
- * numeric owners, modes, links, hard links, ACLs and extended attributes (file capabilities too).
+ * Unpacks a root file system tarball (plain, gzip, bzip2, xz or zstd) into the new wafer through
+ * the one tar reader and unpacker (layer/unpack.ts), keeping numeric owners, modes, links, hard
+ * links, devices and extended attributes (file capabilities too; overlay's own attributes escaped).
  */
 export const tarSeeder: Seeder = {
   name: 'tar',
@@ -28,7 +18,9 @@ export const tarSeeder: Seeder = {
     const stat = await fs.stat(file).catch(() => undefined)
     if (!stat?.isFile()) throw new WafersError(`${file} is not a file.`)
     ctx.report(`unpacking ${file}`)
-    await ctx.run('tar', [...TAR_EXTRACT_OPTIONS, '--file', file, '--directory', ctx.dataDir], {package: 'tar'})
+    const {unpackTarball} = await import('../../layer/unpack.js')
+    // The user named this file: a symlink to it is theirs to follow.
+    await unpackTarball(await fs.realpath(file), ctx.dataDir, {name: file})
   },
   summary: 'Unpack a root file system tarball, keeping numeric owners, modes, links and xattrs.',
   usage: 'TARBALL',
