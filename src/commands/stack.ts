@@ -164,7 +164,6 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
 
   private reportFailures(outcomes: BatchOutcome[]): void {
     const failed = outcomes.filter((outcome) => outcome.state === 'failed')
-    const skipped = outcomes.filter((outcome) => outcome.state === 'not started')
     if (!this.jsonEnabled()) {
       for (const outcome of failed) this.logToStderr(`cannot stack ${outcome.name}: ${outcome.error?.message}`)
     }

@@ -5,7 +5,6 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 import {
-  type BuildJson,
   buildWeb,
   busyboxBase,
   filesOf,

@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {type Stats, promises as fs, lstatSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError} from '../errors.js'
 import {runStreaming} from '../host/run.js'
 import {loadXattr} from '../host/xattr.js'
 import {lookup} from '../layer/lookup.js'

@@ -2,7 +2,7 @@
  * Files wafers did not make (in the store, a layout, /proc): read small and whole without following
  * a symlink or blocking on a FIFO, and written atomically.
  */
-import {closeSync, constants, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync} from 'node:fs'
+import {closeSync, constants, promises as fs, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync} from 'node:fs'
 import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 
@@ -151,6 +151,17 @@ export function writeFileAtomic(file: string, content: string | Buffer, mode = 0
     renameSync(temporary, file)
   } catch (error) {
     unlinkSync(temporary)
+    throw error
+  }
+}
+
+/** Removes file `file` (a link itself, never what it names); false when it was not there. */
+export async function unlinkIfPresent(file: string): Promise<boolean> {
+  try {
+    await fs.unlink(file)
+    return true
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return false
     throw error
   }
 }

@@ -1,4 +1,4 @@
-import {accessSync, constants, promises as fs, statSync} from 'node:fs'
+import {accessSync, constants, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
@@ -118,7 +118,7 @@ export async function runStreaming(
 ): Promise<SeedRunResult> {
   const {spawn} = await import('node:child_process')
   const tail: string[] = []
-  const program = await findProgram(file, options.env?.PATH ?? process.env.PATH ?? '')
+  const program = findOnPath(file, options.env?.PATH ?? process.env.PATH ?? '')
   const missing = () => {
     const hint = options.package ? `; install the ${options.package} package` : ''
     return new WafersError(`${file} is not installed or not on PATH${hint}.`)
@@ -206,27 +206,3 @@ export async function runStreaming(
   return {exitCode, tail}
 }
 
-/** Where program `file` is: itself when it has a slash, else the first executable of that name on `searchPath`. */
-async function findProgram(file: string, searchPath: string): Promise<string | undefined> {
-  const candidates = file.includes('/')
-    ? [file]
-    : searchPath
-        .split(':')
-        .filter((dir) => dir !== '')
-        .map((dir) => path.join(dir, file))
-  for (const candidate of candidates) {
-    // eslint-disable-next-line no-await-in-loop
-    const stat = await fs.stat(candidate).catch(() => undefined)
-    // eslint-disable-next-line no-await-in-loop
-    if (
-      stat?.isFile() &&
-      (await fs.access(candidate, constants.X_OK).then(
-        () => true,
-        () => false,
-      ))
-    )
-      return candidate
-  }
-
-  return undefined
-}

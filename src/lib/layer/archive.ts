@@ -208,16 +208,6 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
 }
 
-/** The xattr binding, loaded only when needed. */
-async function loadXattr(): Promise<{
-  getAttribute(file: string, name: string): Promise<Buffer | null>
-  listAttributes(file: string): Promise<string[]>
-  setAttribute(file: string, name: string, value: Buffer | string): Promise<void>
-}> {
-  const module = await import('@napi-rs/xattr')
-  return (module as unknown as {default?: typeof module}).default ?? module
-}
-
 export interface PackResult {
   digest: string
   diffId: string

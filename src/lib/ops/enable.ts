@@ -1,9 +1,9 @@
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
+import {WafersError} from '../errors.js'
 import {traceAncestry} from '../store/ancestry.js'
-import {readStoreFile, writeFileAtomic} from '../host/files.js'
+import {readStoreFile, unlinkIfPresent, writeFileAtomic} from '../host/files.js'
 import {checkName} from '../store/names.js'
 import {DEFAULT_STACKS, Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
@@ -155,7 +155,7 @@ export async function disable(dirs: SystemdDirs, name: string): Promise<BootResu
   for (const dir of installDirs(dirs, name)) {
     const link = path.join(dir, unitName(name))
     // eslint-disable-next-line no-await-in-loop
-    if (await removeIfPresent(link)) {
+    if (await unlinkIfPresent(link)) {
       links.push(link)
       changed = true
     }
@@ -164,8 +164,8 @@ export async function disable(dirs: SystemdDirs, name: string): Promise<BootResu
     await fs.rmdir(dir).catch(() => {}) // only when empty, as systemctl disable leaves it
   }
 
-  if ((await readIfForeign(unitFile)) === undefined && (await removeIfPresent(unitFile))) changed = true
-  const ours = (await readIfForeign(nspawnFile)) === undefined && (await removeIfPresent(nspawnFile))
+  if ((await readIfForeign(unitFile)) === undefined && (await unlinkIfPresent(unitFile))) changed = true
+  const ours = (await readIfForeign(nspawnFile)) === undefined && (await unlinkIfPresent(nspawnFile))
   if (ours) changed = true
   return {changed, links, name, nspawnFile: ours ? nspawnFile : null, unitFile}
 }
@@ -184,15 +184,6 @@ async function readIfForeign(file: string): Promise<string | undefined> {
   return text === undefined || text.startsWith(MARKER) ? undefined : text
 }
 
-async function removeIfPresent(file: string): Promise<boolean> {
-  try {
-    await fs.unlink(file)
-    return true
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) return false
-    throw error
-  }
-}
 
 async function writeAtomically(file: string, text: string): Promise<void> {
   await fs.mkdir(path.dirname(file), {recursive: true})

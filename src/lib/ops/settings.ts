@@ -8,8 +8,8 @@
 import {lstatSync, promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError, isErrno} from '../errors.js'
-import {readStoreFile, writeFileAtomic} from '../host/files.js'
+import {WafersError} from '../errors.js'
+import {readStoreFile, unlinkIfPresent, writeFileAtomic} from '../host/files.js'
 import {type ImageConfig, readMeta} from '../store/meta.js'
 import {type Locations, WaferStore} from '../store/store.js'
 
@@ -102,13 +102,7 @@ export async function writeSettings(stacks: string, name: string, config: ImageC
 export async function removeSettings(stacks: string, name: string): Promise<boolean> {
   const file = settingsPath(stacks, name)
   if (lstatSync(file, {throwIfNoEntry: false}) === undefined || !isOurs(file)) return false
-  try {
-    await fs.unlink(file)
-    return true
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) return false
-    throw error
-  }
+  return unlinkIfPresent(file)
 }
 
 /**
