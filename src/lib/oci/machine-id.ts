@@ -86,6 +86,7 @@ export async function blankMachineId(
     let ended = false
     // A pax header's data, kept to read its path and size records, which stand for the next entry's.
     let pax: Buffer[] | undefined
+    let paxSize = 0
     let next: Map<string, Buffer> | undefined
     for await (const chunk of createReadStream(input).pipe(createGunzip()) as AsyncIterable<Buffer>) {
       pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk])
@@ -98,7 +99,7 @@ export async function blankMachineId(
           pending = pending.subarray(take)
           if (!ended) data -= take
           if (data === 0 && pax) {
-            next = paxOf(Buffer.concat(pax))
+            next = paxOf(Buffer.concat(pax).subarray(0, paxSize))
             pax = undefined
           }
 
@@ -122,6 +123,7 @@ export async function blankMachineId(
         const name = (records?.get('path') ?? header.name).toString('latin1').replace(/^(\.\/)+|^\/+/, '')
         const entrySize = records?.has('size') ? Number(records.get('size')!.toString('latin1')) : header.size
         if (header.typeflag === 'x' || header.typeflag === 'g') pax = header.typeflag === 'x' ? [] : undefined
+        paxSize = entrySize
         dropping =
           name === MACHINE_ID &&
           !records?.has('size') &&
