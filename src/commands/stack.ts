@@ -7,7 +7,7 @@ import {chownRisk, systemdDirsFromEnv} from '../lib/ops/enable.js'
 import {StackResult, stackSteps} from '../lib/ops/stack.js'
 import {splitSeederArgs} from '../lib/seed/seed.js'
 import {childless, readInventory} from '../lib/ops/inventory.js'
-import {WaferStore, locationsFromEnv} from '../lib/store/store.js'
+import {PRIVATE_DIR_MODE, WaferStore, locationsFromEnv} from '../lib/store/store.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {BatchOutcome, progressMode, runBatch, runSteps} from '../lib/ui/progress.js'
 import {plural} from '../lib/ui/render.js'
@@ -100,7 +100,7 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
     const interrupt = interruptSignal()
     try {
       // A seeder makes $WAFERS on a fresh machine: make it first, so that there is a store to lock.
-      if (flags.seed !== undefined) await mkdir(locations.wafers, {recursive: true})
+      if (flags.seed !== undefined) await mkdir(locations.wafers, {mode: PRIVATE_DIR_MODE, recursive: true})
       return await this.locked(locations.wafers, async () => {
         if (!flags.all && !flags.name) {
           if (args.name === undefined) {

@@ -1,9 +1,10 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
-import {promises as fs} from 'node:fs'
+import {closeSync, promises as fs, mkdirSync, openSync} from 'node:fs'
 import path from 'node:path'
 
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {loadXattr} from '../../src/lib/host/xattr.js'
 import {SID_ROOT, enterableSid, inSid} from '../helpers/systemd.js'
 import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
@@ -219,5 +220,58 @@ describe('image settings for systemd-nspawn -M (systemd 262 from Debian sid)', f
       () => expect.fail('rm left img.nspawn'),
       () => {},
     )
+  })
+})
+
+describe('.mstack directories someone else put in $STACKS', function () {
+  let box: Sandbox
+  useSandbox((made) => {
+    box = made
+  })
+
+  it('unstack follows no link at NAME.mstack, removes nothing through it, and refuses one holding more than wafers wrote', async () => {
+    await box.wafer('base')
+    const victim = path.join(box.root, 'victim')
+    await fs.mkdir(victim)
+    await fs.symlink(path.join(box.wafers, 'base'), path.join(victim, 'rw'))
+    await fs.mkdir(box.stacks, {recursive: true})
+    await fs.symlink(victim, path.join(box.stacks, 'base.mstack'))
+    const before = await snapshot(box.root)
+    const linked = await box.run(['unstack', 'base'])
+    expect(linked.stdout).to.include('nothing stacked at')
+    expect(await snapshot(box.root)).to.deep.equal(before)
+
+    await fs.unlink(path.join(box.stacks, 'base.mstack'))
+    expect((await box.run(['stack', 'base', '--mstack'])).exitCode).to.equal(0)
+    await fs.writeFile(path.join(box.stacks, 'base.mstack', 'notes'), 'mine\n')
+    const kept = await snapshot(box.root)
+    const refused = await box.run(['unstack', 'base'])
+    expect(refused.exitCode).to.not.equal(0)
+    expect(said(refused.stderr)).to.include('holds more than wafers wrote (notes); nothing was removed.')
+    expect(await snapshot(box.root)).to.deep.equal(kept)
+  })
+
+  it('marks a 1,500-deep tree and a directory whose name is not UTF-8 for systemd, in one sentence or not at all', async () => {
+    await box.wafer('base')
+    await box.wafer('top', {parent: 'base'})
+    let deep = box.data('top')
+    for (let i = 0; i < 1500; i++) deep = path.join(deep, 'd')
+    await execa('mkdir', ['-p', deep])
+    await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', deep])
+    const odd = Buffer.concat([Buffer.from(`${box.data('top')}/`), Buffer.from([0xff])])
+    mkdirSync(odd)
+    mkdirSync(Buffer.concat([odd, Buffer.from('/o')]))
+    // The xattr binding takes strings: reach the oddly named directory through a descriptor.
+    const fd = openSync(Buffer.concat([odd, Buffer.from('/o')]), 'r')
+    try {
+      const xattr = await loadXattr()
+      await xattr.setAttribute(`/proc/self/fd/${fd}/.`, 'trusted.overlay.opaque', 'y')
+      const written = await box.run(['stack', 'top', '--mstack'])
+      expect(written.exitCode, written.stderr).to.equal(0)
+      expect(String(await xattr.getAttribute(`/proc/self/fd/${fd}/.`, 'user.overlay.opaque'))).to.equal('y')
+      expect(String(await xattr.getAttribute(deep, 'user.overlay.opaque'))).to.equal('y')
+    } finally {
+      closeSync(fd)
+    }
   })
 })

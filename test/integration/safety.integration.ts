@@ -646,3 +646,18 @@ async function mountsUnder(dir: string): Promise<string[]> {
     .map((entry) => entry.mountpoint)
     .filter((mountpoint) => mountpoint.startsWith(dir + '/'))
 }
+
+describe('a store made by wafers is root\'s alone', function () {
+  let box: Sandbox
+  useSandbox((made) => {
+    box = made
+  })
+
+  it('makes $WAFERS and $STACKS 0700, so the device nodes and setuid files images bring reach no other user', async () => {
+    const made = await box.run(['stack', 'tiny', '--seed', 'busybox'])
+    expect(made.exitCode, made.stderr).to.equal(0)
+    const {statSync} = await import('node:fs')
+    expect(statSync(box.wafers).mode & 0o7777).to.equal(0o700)
+    expect(statSync(box.stacks).mode & 0o7777).to.equal(0o700)
+  })
+})

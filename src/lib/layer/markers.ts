@@ -7,6 +7,7 @@
  */
 import {closeSync, constants, openSync, readdirSync} from 'node:fs'
 
+import {WafersError, isErrno} from '../errors.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
 import {OVERLAY_FORMS, isOpaqueValue, opaqueAttribute} from './whiteouts.js'
 
@@ -20,30 +21,47 @@ const DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOL
 export async function syncOpaqueForms(data: string): Promise<number> {
   const xattr = await loadXattr()
   let changed = 0
-  const visit = (fd: number): void => {
-    const here = `/proc/self/fd/${fd}/.`
-    changed += syncOne(xattr, here)
-    for (const entry of readdirSync(here, {withFileTypes: true})) {
-      if (!entry.isDirectory()) continue
-      let child: number
-      try {
-        child = openSync(`/proc/self/fd/${fd}/${entry.name}`, DIRECTORY)
-      } catch {
-        continue // gone, or swapped for something that is not a directory meanwhile
-      }
-
-      try {
-        visit(child)
-      } finally {
-        closeSync(child)
-      }
-    }
+  // Depth first without recursion (a layer may nest thousands of directories), one descriptor per
+  // level held while its children are walked; names as bytes, whatever their encoding.
+  const root = openSync(data, DIRECTORY)
+  const stack: Array<{fd: number; names: Buffer[]}> = []
+  const enter = (fd: number) => {
+    changed += syncOne(xattr, `/proc/self/fd/${fd}/.`)
+    const names = readdirSync(`/proc/self/fd/${fd}`, {encoding: 'buffer', withFileTypes: true})
+      .filter((entry) => entry.isDirectory())
+      .map((entry) => entry.name as unknown as Buffer)
+    stack.push({fd, names})
   }
 
-  const root = openSync(data, DIRECTORY)
   try {
-    visit(root)
+    enter(root)
+    while (stack.length > 0) {
+      const top = stack.at(-1)!
+      const name = top.names.pop()
+      if (name === undefined) {
+        stack.pop()
+        if (top.fd !== root) closeSync(top.fd)
+        continue
+      }
+
+      let child: number
+      try {
+        child = openSync(Buffer.concat([Buffer.from(`/proc/self/fd/${top.fd}/`), name]), DIRECTORY)
+      } catch (error) {
+        // Gone, or swapped for something that is not a directory meanwhile; never out of descriptors.
+        if (isErrno(error, 'EMFILE') || isErrno(error, 'ENFILE')) {
+          throw new WafersError(
+            `${data} nests directories deeper (${stack.length} levels) than wafers can hold open to mark them for systemd.`,
+          )
+        }
+
+        continue
+      }
+
+      enter(child)
+    }
   } finally {
+    for (const {fd} of stack) if (fd !== root) closeSync(fd)
     closeSync(root)
   }
 

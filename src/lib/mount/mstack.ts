@@ -8,13 +8,13 @@
  * `userxattr`: those mounts read only `user.overlay.*` markers (see layer/whiteouts.ts).
  */
 import {randomBytes} from 'node:crypto'
-import {promises as fs, lstatSync, readdirSync, readlinkSync} from 'node:fs'
+import {closeSync, constants, promises as fs, lstatSync, openSync, readdirSync, readlinkSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
 import type {MountEntry} from '../host/mounts.js'
 import {isValidName} from '../store/names.js'
-import type {WaferStore} from '../store/store.js'
+import {PRIVATE_DIR_MODE, type WaferStore} from '../store/store.js'
 import type {LiveStack} from './usage.js'
 
 /** The suffix systemd looks for. */
@@ -51,7 +51,7 @@ export async function writeMstack(store: WaferStore, stacks: string, wafers: str
     throw new WafersError(`${target} already exists; unstack ${top} first.`)
   }
 
-  await fs.mkdir(stacks, {recursive: true})
+  await fs.mkdir(stacks, {mode: PRIVATE_DIR_MODE, recursive: true})
   const staging = path.join(stacks, `.${top}${MSTACK_SUFFIX}-${randomBytes(4).toString('hex')}`)
   await fs.mkdir(staging, {mode: 0o755})
   try {
@@ -96,27 +96,41 @@ export function readMstack(store: WaferStore, dir: string): DeclaredStack | unde
     return suffix.every((part, i) => parts[i + 1] === part) ? parts[0] : undefined
   }
 
-  let entries: string[]
+  // Never through a link someone put at NAME.mstack: only a real directory is read.
+  const held = holdDirectory(dir)
+  if (held === undefined) return undefined
   try {
-    entries = readdirSync(dir)
+    const entries = readdirSync(held.path)
+    dir = held.path
+    const top = entries.includes('rw') ? waferOfLink(path.join(dir, 'rw'), []) : undefined
+    if (top === undefined) return undefined
+    const layers = entries
+      .map((entry) => /^layer@(\d+)$/.exec(entry))
+      .filter((match) => match !== null)
+      .sort((a, b) => Number(a[1]) - Number(b[1]))
+    const lowers: string[] = []
+    for (const match of layers) {
+      const wafer = waferOfLink(path.join(dir, match[0]), ['data'])
+      if (wafer === undefined) return undefined
+      lowers.unshift(wafer)
+    }
+
+    return {lowers, path: held.named, top}
+  } finally {
+    held.close()
+  }
+}
+
+/** Opens `dir` O_DIRECTORY|O_NOFOLLOW: a path through the descriptor, or undefined if it is no real directory. */
+function holdDirectory(dir: string): {close(): void; named: string; path: string} | undefined {
+  let fd: number
+  try {
+    fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
   } catch {
     return undefined
   }
 
-  const top = entries.includes('rw') ? waferOfLink(path.join(dir, 'rw'), []) : undefined
-  if (top === undefined) return undefined
-  const layers = entries
-    .map((entry) => /^layer@(\d+)$/.exec(entry))
-    .filter((match) => match !== null)
-    .sort((a, b) => Number(a[1]) - Number(b[1]))
-  const lowers: string[] = []
-  for (const match of layers) {
-    const wafer = waferOfLink(path.join(dir, match[0]), ['data'])
-    if (wafer === undefined) return undefined
-    lowers.unshift(wafer)
-  }
-
-  return {lowers, path: dir, top}
+  return {close: () => closeSync(fd), named: dir, path: `/proc/self/fd/${fd}`}
 }
 
 /** Every `.mstack` in `stacks` that stacks this store's wafers, in name order. */
@@ -165,28 +179,36 @@ export function declaredAsLive(declared: DeclaredStack[]): LiveStack[] {
 }
 
 /**
- * Removes `.mstack` directory `dir` that readMstack read as a stack of this store: only the links
- * wafers writes (`layer@N`, `rw`), then the directory; anything else someone put there is left,
- * and said.
+ * Removes `.mstack` directory `dir` that readMstack read as a stack of this store: the links wafers
+ * writes (`layer@N`, `rw`), then the directory, all through one descriptor of it opened without
+ * following a link. One that holds anything else is refused before anything is removed.
  */
 export async function removeMstack(dir: string): Promise<void> {
-  for (const entry of readdirSync(dir)) {
-    if (entry !== 'rw' && !/^layer@\d+$/.test(entry)) continue
-    const file = path.join(dir, entry)
-    if (!lstatSync(file).isSymbolicLink()) continue
-    // eslint-disable-next-line no-await-in-loop
-    await fs.unlink(file)
+  const held = holdDirectory(dir)
+  if (held === undefined) throw new WafersError(`${dir} is not a directory wafers wrote; it is left as it is.`)
+  try {
+    const entries = readdirSync(held.path)
+    const ours = entries.filter(
+      (entry) =>
+        (entry === 'rw' || /^layer@\d+$/.test(entry)) &&
+        lstatSync(path.join(held.path, entry), {throwIfNoEntry: false})?.isSymbolicLink(),
+    )
+    const others = entries.filter((entry) => !ours.includes(entry))
+    if (others.length > 0) {
+      throw new WafersError(
+        `${dir} holds more than wafers wrote (${others.slice(0, 5).join(', ')}); nothing was removed.`,
+        {suggestions: ['Move those entries away, then unstack again.']},
+      )
+    }
+
+    for (const entry of ours) await fs.unlink(path.join(held.path, entry))
+  } finally {
+    held.close()
   }
 
   try {
     await fs.rmdir(dir)
   } catch (error) {
-    if (isErrno(error, 'ENOTEMPTY')) {
-      throw new WafersError(
-        `${dir} holds more than wafers wrote (${readdirSync(dir).join(', ')}); its layer links are gone, the rest is left.`,
-      )
-    }
-
-    throw error
+    if (!isErrno(error, 'ENOENT')) throw error
   }
 }

@@ -11,7 +11,7 @@ import path from 'node:path'
 import {WafersError} from '../errors.js'
 import {readStoreFile, unlinkIfPresent, writeFileAtomic} from '../host/files.js'
 import {type ImageConfig, readMeta} from '../store/meta.js'
-import {type Locations, WaferStore} from '../store/store.js'
+import {type Locations, PRIVATE_DIR_MODE, WaferStore} from '../store/store.js'
 
 /** The first line of every settings file wafers writes: files without it are the user's own. */
 const HEADER = '# Written by wafers from the image config'
@@ -52,25 +52,35 @@ function signalName(signal: string): string | undefined {
  * comment; a numeric User (uid or uid:gid, which nspawn's User= does not take) too.
  */
 export function settingsText(config: ImageConfig, source: string): string {
-  const lines = [`${HEADER} of ${source.replaceAll('\n', ' ')}; wafers rewrites it. Delete this line to keep your edits.`, '[Exec]']
+  const shownSource = fitsOneLine(source) ? source : 'an image'
+  const lines = [`${HEADER} of ${shownSource}; wafers rewrites it. Delete this line to keep your edits.`, '[Exec]']
   const command = [...(config.Entrypoint ?? []), ...(config.Cmd ?? [])]
   // nspawn takes Parameters= from a settings file only together with a start mode (systemd 262).
-  if (command.some((word) => /[\n\r]/.test(word))) lines.push('# left out: a command with a line break, which Parameters= cannot hold')
+  if (!command.every((word) => fitsOneLine(word))) lines.push('# left out: a command with a control character, which Parameters= cannot hold')
   else if (command.length > 0) lines.push('Boot=no', `Parameters=${command.map((word) => quoteWord(word)).join(' ')}`)
   for (const entry of config.Env ?? []) {
-    if (/[\n\r]/.test(entry) || !entry.includes('=')) lines.push(`# left out: an environment entry a settings line cannot hold`)
+    if (!fitsOneLine(entry) || !entry.includes('=')) lines.push(`# left out: an environment entry a settings line cannot hold`)
     else lines.push(`Environment=${quoteWord(entry)}`)
   }
 
   if (config.User) {
     if (/^[a-z_][\w.-]*\$?$/i.test(config.User)) lines.push(`User=${config.User}`)
-    else lines.push(`# left out: User=${config.User.replaceAll('\n', ' ')} (nspawn's User= takes a user name only)`)
+    else if (fitsOneLine(config.User)) lines.push(`# left out: User=${config.User} (nspawn's User= takes a user name only)`)
+    else lines.push(`# left out: a User a settings line cannot hold`)
   }
 
-  if (config.WorkingDir && !/[\n\r]/.test(config.WorkingDir)) lines.push(`WorkingDirectory=${config.WorkingDir}`)
+  if (config.WorkingDir && fitsOneLine(config.WorkingDir)) lines.push(`WorkingDirectory=${config.WorkingDir}`)
   const signal = config.StopSignal === undefined ? undefined : signalName(config.StopSignal)
   if (signal) lines.push(`KillSignal=${signal}`)
   return `${lines.join('\n')}\n`
+}
+
+/**
+ * Whether a value can stand in one settings line: systemd ends a line at a carriage return and a
+ * NUL as well as a newline, so any control character could start a line or a section of its own.
+ */
+function fitsOneLine(value: string): boolean {
+  return !/[\u0000-\u001f\u007f]/.test(value)
 }
 
 /** Whether `file` is a settings file wafers wrote (absent counts as ours: free to write). */
@@ -93,7 +103,7 @@ export async function writeSettings(stacks: string, name: string, config: ImageC
     })
   }
 
-  await fs.mkdir(stacks, {recursive: true})
+  await fs.mkdir(stacks, {mode: PRIVATE_DIR_MODE, recursive: true})
   writeFileAtomic(file, settingsText(config, source))
   return file
 }

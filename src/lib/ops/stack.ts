@@ -7,7 +7,7 @@ import {SeedPlan, checkSeedTarget, createTitle} from '../seed/seed.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {createWafer} from './create.js'
 import {checkName} from '../store/names.js'
-import {Locations, WaferStore, isDirectory} from '../store/store.js'
+import {Locations, PRIVATE_DIR_MODE, WaferStore, isDirectory} from '../store/store.js'
 import {checkOverlayfs, checkRoot, checkUpperFilesystem} from '../host/system.js'
 import {plural} from '../ui/render.js'
 import {syncOpaqueForms} from '../layer/markers.js'
@@ -224,7 +224,7 @@ export function stackSteps(
       // A machine systemd ran on this wafer's .mstack marked its copy-ups in the user form only.
       if (result.wafers.length > 1) await syncOpaqueForms(store.dataDir(name))
 
-      await fs.mkdir(locations.stacks, {recursive: true})
+      await fs.mkdir(locations.stacks, {mode: PRIVATE_DIR_MODE, recursive: true})
       const made = await mkdirIfMissing(result.mountpoint)
       try {
         await mountStack(store, result.wafers, result.mountpoint)

@@ -67,10 +67,16 @@ function realOrResolved(dir: string): string {
   }
 }
 
+/**
+ * The mode wafers makes $WAFERS and $STACKS with: images bring device nodes and setuid files as
+ * they are, so no other user may reach into the store (as Docker keeps /var/lib/docker 0710).
+ */
+export const PRIVATE_DIR_MODE = 0o700
+
 /** Makes the store's directory if missing; refuses one that is not a directory in one sentence. */
-async function makeStoreRoot(root: string): Promise<void> {
+export async function makeStoreRoot(root: string): Promise<void> {
   try {
-    await fs.mkdir(root, {recursive: true})
+    await fs.mkdir(root, {mode: PRIVATE_DIR_MODE, recursive: true})
   } catch (error) {
     if (isErrno(error, 'EEXIST') || isErrno(error, 'ENOTDIR')) {
       throw new WafersError(`WAFERS is ${root}, which is not a directory.`)

@@ -27,3 +27,21 @@ describe('image settings for systemd-nspawn', () => {
     expect(text).to.not.include('Parameters=')
   })
 })
+
+describe('image settings against a hostile image config', () => {
+  it('lets no control character start a line or a section of its own', () => {
+    const text = settingsText(
+      {
+        Cmd: ['sh\u0000Boot=yes'],
+        Env: ['A=1\u0000PrivateUsers=no', 'B=2\rBind=/:/host'],
+        User: 'x\r[Files]\rBind=/:/host',
+        WorkingDir: '/w\u0000[Network]\u0000Private=no',
+      },
+      'img\rCapability=all',
+    )
+    expect(text).to.not.match(/[\u0000-\u0009\u000b-\u001f\u007f]/)
+    const lines = text.trimEnd().split('\n')
+    expect(lines.filter((line) => line.startsWith('['))).to.deep.equal(['[Exec]'])
+    expect(lines.filter((line) => !line.startsWith('#') && line !== '[Exec]')).to.deep.equal([])
+  })
+})
