@@ -61,8 +61,19 @@ export class Sandbox {
   private constructor(readonly root: string) {}
 
   get env(): Record<string, string> {
-    // Plugins, too, come from the sandbox only, never from the machine's plugin directory.
-    return {STACKS: this.stacks, WAFERS: this.wafers, WAFERS_DATA_DIR: path.join(this.root, 'plugins')}
+    // Plugins, too, come from the sandbox only, never from the machine's plugin directory. wafers
+    // is "installed" on PATH as npm link would (`enable` writes units that run the installed one).
+    return {
+      PATH: `${this.installed}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+      STACKS: this.stacks,
+      WAFERS: this.wafers,
+      WAFERS_DATA_DIR: path.join(this.root, 'plugins'),
+    }
+  }
+
+  /** A directory on the CLI's PATH holding `wafers`, a symlink to this checkout's bin/run.js. */
+  get installed(): string {
+    return path.join(this.root, 'usr', 'local', 'bin')
   }
 
   get stacks(): string {
@@ -74,7 +85,10 @@ export class Sandbox {
   }
 
   static async create(): Promise<Sandbox> {
-    return new Sandbox(await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-test-')))
+    const box = new Sandbox(await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-test-')))
+    await fs.mkdir(box.installed, {recursive: true})
+    await fs.symlink(bin, path.join(box.installed, 'wafers'))
+    return box
   }
 
   /** Unmounts whatever the test left under the sandbox, then deletes it. */
