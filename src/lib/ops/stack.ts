@@ -64,6 +64,11 @@ export interface UnstackOptions {
 export interface UnstackResult {
   mountpoint: string
   name: string
+  /**
+   * With --lazy: the processes that still use the detached stack (it goes away when they leave);
+   * empty when none did and it is gone.
+   */
+  stillUsedBy?: ProcessUse[]
   /** False when nothing was stacked there. */
   unstacked: boolean
 }
@@ -279,6 +284,8 @@ export async function unstack(
   // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
   const ownDevice = mounted.fstype === 'overlay'
   if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
+  // Once detached the stack has no path to look for its users by: look first, open files too.
+  const stillUsedBy = options.lazy ? await processesUsing(mountpoint, {openFiles: true, ownDevice}) : undefined
   try {
     await unmount(mountpoint, {lazy: options.lazy})
   } catch (error) {
@@ -300,7 +307,7 @@ export async function unstack(
     await firePostHook(options.hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
   }
 
-  return {mountpoint, name, unstacked: true}
+  return {mountpoint, name, ...(stillUsedBy === undefined ? {} : {stillUsedBy}), unstacked: true}
 }
 
 /** Removes the `.mstack` of `name`, unless systemd has it mounted now. */
