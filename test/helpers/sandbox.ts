@@ -137,6 +137,21 @@ export class Sandbox {
     return {exitCode: result.exitCode ?? -1, stderr: result.stderr, stdout: result.stdout}
   }
 
+  /**
+   * Runs `wafers ARGS` in a pseudo-terminal of `columns` columns (util-linux's script(1)), as a
+   * person's shell would; returns what the screen shows, without escape sequences.
+   */
+  async inTerminal(args: string[], columns = 120, input = ''): Promise<{exitCode: number; screen: string}> {
+    const command = [`stty cols ${columns};`, process.execPath, bin, ...args].join(' ')
+    const run = await execa('script', ['-qec', command, '/dev/null'], {
+      env: {...this.env, CI: '', TERM: 'xterm'},
+      input,
+      reject: false,
+    })
+    // eslint-disable-next-line no-control-regex
+    return {exitCode: run.exitCode ?? -1, screen: run.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')}
+  }
+
   stack(name: string, ...file: string[]): string {
     return path.join(this.stacks, name, ...file)
   }

@@ -132,6 +132,46 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       expect(alone.size).to.be.within(100_000, 120_000)
     })
 
+    it('fits a terminal: long generated names shortened as git does, whole with --wide and in a pipe', async function () {
+      const layer = `layer-${'0123456789abcdef'.repeat(2)}`
+      const sibling = `layer-0123456789ab${'f'.repeat(20)}`
+      const step = `build-${'9'.repeat(40)}`
+      await box.wafer(layer)
+      await box.wafer(sibling)
+      await box.wafer(step, {parent: layer})
+      await box.wafer('web', {parent: step})
+      const {exitCode, screen} = await box.inTerminal(['list', '--no-size'], 80)
+      expect(exitCode, screen).to.equal(0)
+      const lines = screen.split(/\r?\n/).filter((line) => line !== '')
+      for (const line of lines) expect(line.length, line).to.be.at.most(80)
+      expect(lines.map((line) => line.split(/ {2,}/))).to.deep.equal([
+        ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+        ['build-99999999…', 'layer-0123456789abc…', '2', 'no', '-'],
+        ['layer-0123456789abc…', '-', '1', 'no', '-'],
+        ['layer-0123456789abf…', '-', '1', 'no', '-'],
+        ['web', 'build-99999999…', '3', 'no', '-'],
+      ])
+
+      // A wide enough terminal, --wide, and a pipe get every name whole.
+      const whole = [
+        ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+        [step, layer, '2', 'no', '-'],
+        [layer, '-', '1', 'no', '-'],
+        [sibling, '-', '1', 'no', '-'],
+        ['web', step, '3', 'no', '-'],
+      ]
+      for (const [args, columns] of [
+        [['list', '--no-size'], 200],
+        [['list', '--no-size', '--wide'], 80],
+      ] as const) {
+        // eslint-disable-next-line no-await-in-loop
+        const wide = await box.inTerminal([...args], columns)
+        expect(wide.screen.split(/\r?\n/).filter((line) => line !== '').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)
+      }
+
+      expect((await ok(['list', '--no-size'])).split('\n').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)
+    })
+
     it('says so when there are no wafers', async function () {
       expect(await ok(['list'])).to.equal(`no wafers in ${box.wafers}`)
       expect(JSON.parse(await ok(['list', '--json']))).to.deep.equal([])
