@@ -105,6 +105,12 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
           ['top', 'base', '2', 'yes', '-', `still in use as the top of ${where}`],
         ])
 
+        expect((await ok(['tree'])).split('\n')).to.deep.equal([
+          `base (still in use as a layer of ${where})`,
+          '├── side',
+          `└── top (still in use as the top of ${where})`,
+        ])
+
         // What list calls in use, stack and rm refuse.
         const stack = await box.run(['stack', 'top'])
         expect(stack.exitCode).to.equal(1)

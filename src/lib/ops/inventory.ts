@@ -319,6 +319,7 @@ export interface WaferNode {
   stacked: boolean
   mountpoint: null | string
   lowerOf: string[]
+  elsewhere?: Array<{how: string; role: 'lower' | 'top'}>
   problem?: string
   layer?: string
   image?: ImageOrigin
@@ -333,13 +334,14 @@ export interface WaferNode {
 export function ancestryForest(inventory: Inventory, name?: string): WaferNode[] {
   const nodes = new Map<string, WaferNode>()
   for (const wafer of inventory.wafers.values()) {
-    const {image, layer, lowerOf, mountpoint, problem, stacked} = wafer
+    const {elsewhere, image, layer, lowerOf, mountpoint, problem, stacked} = wafer
     // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
     nodes.set(wafer.name, {
       name: wafer.name,
       stacked,
       mountpoint,
       lowerOf,
+      ...(elsewhere ? {elsewhere} : {}),
       ...(problem ? {problem} : {}),
       ...(layer ? {layer} : {}),
       ...(image ? {image} : {}),
