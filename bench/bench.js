@@ -23,8 +23,10 @@ const MANY = count('WAFERS_BENCH_MANY', 100)
 const DEPTH = count('WAFERS_BENCH_DEPTH', 501)
 const LIST = count('WAFERS_BENCH_LIST', 10_000)
 const OCI_RUNS = count('WAFERS_BENCH_OCI_RUNS', 3)
-// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, e pull and push, g build.
-const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcdeg'
+// Which benchmarks to run, by letter: a round trip, b depth, c many, d list and tree, e pull and push, g build,
+// h how stacking many in one call scales (SCALE stacks against a tenth of them).
+const ONLY = env.WAFERS_BENCH_ONLY ?? 'abcdegh'
+const SCALE = count('WAFERS_BENCH_SCALE', 1000)
 // build (g): runs of the slow cold builds, and RUN steps in the per-step file.
 const BUILD_RUNS = count('WAFERS_BENCH_BUILD_RUNS', 3)
 const RUN_STEPS = count('WAFERS_BENCH_RUN_STEPS', 5)
@@ -250,6 +252,53 @@ function repeat(runs, label, body) {
   }
 
   if (live) process.stderr.write('\n')
+}
+
+// (h) One `stack` call of SCALE stacks against one of SCALE/10: close to linear, so each stack
+// does not get slower as the mount table grows with the ones before it.
+function scaling() {
+  const s = store('scale')
+  const small = Math.max(1, Math.floor(SCALE / 10))
+  const names = Array.from({length: SCALE}, (_, i) => `s${String(i).padStart(5, '0')}`)
+  s.make('sbase')
+  for (const name of names) s.make(name, 'sbase')
+  // By name (not --all, which would stack all of them): the repeatable flag of `stack`.
+  const repeatable = Object.values(manifest().commands?.stack?.flags ?? {}).find(
+    (flag) => flag.type === 'option' && flag.multiple,
+  )
+  const stackMany = (some) =>
+    repeatable === undefined ? undefined : ['stack', ...some.flatMap((name) => [`--${repeatable.name}`, name])]
+  const what = `\`stack\` of ${SCALE} stacks in one call vs 10x one call of ${small}`
+  if (stackMany(names) === undefined) {
+    row(what, undefined, undefined, {na: 'n/a (needs multi-stack)'})
+    return
+  }
+
+  // Taken down with one umount(8) of them all: unstacking is not what is measured.
+  const takeDown = () => {
+    const mounted = mountedUnder(fs.realpathSync(s.stacks))
+    if (mounted.length > 0) spawnSync('umount', ['--lazy', ...mounted], {stdio: 'ignore'})
+  }
+
+  const stats = {big: series(), small: series()}
+  repeat(MANY_RUNS, `(h) ${SCALE} stacks in one call vs ${small}`, (warmUp) => {
+    for (const [key, some] of [
+      ['small', names.slice(0, small)],
+      ['big', names],
+    ]) {
+      const {argv, options} = s.run(stackMany(some))
+      const result = must(argv, options)
+      const mounted = mountedUnder(fs.realpathSync(s.stacks)).length
+      takeDown()
+      if (mounted !== some.length) throw new Error(`stack of ${some.length} mounted ${mounted}`)
+      if (!warmUp) stats[key].add(result)
+    }
+  })
+  const tenfold = {median: stats.small.median * (SCALE / small), rss: stats.small.rss}
+  row(what, stats.big, tenfold, {ratio: 1.5, text: '≤ 1.5x'})
+  notes.push(
+    `Scaling: one call of ${small} stacks took ${ms(stats.small.median)}; the baseline is ${SCALE / small} times that.`,
+  )
 }
 
 const rows = []
@@ -852,6 +901,7 @@ try {
   if (ONLY.includes('d')) list()
   if (ONLY.includes('e')) oci()
   if (ONLY.includes('g')) build()
+  if (ONLY.includes('h')) scaling()
 } catch (error) {
   process.stderr.write('\n')
   console.error(`benchmark failed: ${error.message}`)

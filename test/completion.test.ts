@@ -65,9 +65,51 @@ describe('shell completion', function () {
       expect(await complete(['wafers', verb, 'we'], env), verb).to.deep.equal(['web', 'web-db'])
     }
 
+    // Every other place a wafer is an argument, by position or as a flag's value.
+    for (const words of [
+      ['push', 'we'],
+      ['create', 'new', 'we'],
+      ['pull', 'docker://127.0.0.1:5000/web:1', 'we'],
+      ['stack', 'new', 'we'],
+      ['stack', '-n', 'we'],
+      ['stack', '--force', '--name', 'we'],
+      ['build', '-t', 'we'],
+    ]) {
+      // eslint-disable-next-line no-await-in-loop
+      expect(await complete(['wafers', ...words], env), words.join(' ')).to.deep.equal(['web', 'web-db'])
+    }
+
+    // New names are not offered existing ones: create's NAME, cp's and mv's second argument.
+    for (const words of [
+      ['create', 'we'],
+      ['cp', 'web', 'we'],
+      ['mv', 'web', 'we'],
+    ]) {
+      // eslint-disable-next-line no-await-in-loop
+      expect(await complete(['wafers', ...words], env), words.join(' ')).to.deep.equal([])
+    }
+
     // export's second argument is the tarball: no wafer names there.
     expect(await complete(['wafers', 'export', 'web', 'we'], env)).to.deep.equal([])
     expect(await complete(['wafers', 'rm', '--r'], env)).to.deep.equal(['--recursive'])
     expect(await complete(['wafers', 'di'], env)).to.deep.equal(['diff', 'disable'])
+
+    // Every argument a command's help calls an existing wafer completes wafer names (or, for a
+    // stack, stack names): a new command with one cannot be forgotten in completions/wafers.bash.
+    const manifest = JSON.parse(await fs.readFile(fileURLToPath(new URL('../oclif.manifest.json', import.meta.url)), 'utf8'))
+    let checked = 0
+    for (const [id, command] of Object.entries<{args: Record<string, {description?: string}>}>(manifest.commands)) {
+      for (const [index, arg] of Object.values(command.args).entries()) {
+        const description = arg.description ?? ''
+        if (!/\bwafer\b/i.test(description) || /must not exist|\bnew wafer\b/i.test(description)) continue
+        const before = Array.from({length: index}, () => 'web')
+        const offered = ['web', 'web-db'].filter((name) => id !== 'unstack' || name === 'web')
+        // eslint-disable-next-line no-await-in-loop
+        expect(await complete(['wafers', id, ...before, 'we'], env), `${id} argument ${index + 1}`).to.deep.equal(offered)
+        checked++
+      }
+    }
+
+    expect(checked).to.be.greaterThan(12)
   })
 })

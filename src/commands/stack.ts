@@ -4,7 +4,7 @@ import {mkdir} from 'node:fs/promises'
 import {WafersCommand} from '../command.js'
 import {WafersError} from '../lib/errors.js'
 import {chownRisk, systemdDirsFromEnv} from '../lib/ops/enable.js'
-import {StackResult, stackSteps} from '../lib/ops/stack.js'
+import {StackResult, StackSession, stackSteps} from '../lib/ops/stack.js'
 import {splitSeederArgs} from '../lib/seed/seed.js'
 import {childless, readInventory} from '../lib/ops/inventory.js'
 import {PRIVATE_DIR_MODE, WaferStore, locationsFromEnv} from '../lib/store/store.js'
@@ -131,7 +131,12 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
           ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
           ...names.map((name) => ({name, parent: undefined})),
         ]
-        const stacks = plans.map(({name, parent}) => ({name, ...stackSteps(locations, name, parent, options)}))
+        // One reading of the mount table and the hidden stacks for the whole call (under the lock).
+        const session = new StackSession()
+        const stacks = plans.map(({name, parent}) => ({
+          name,
+          ...stackSteps(locations, name, parent, {...options, session}),
+        }))
         const outcomes = await runBatch(
           stacks.map(({name, steps}) => ({name, steps, title: `Stack ${name}`})),
           mode,

@@ -12,7 +12,7 @@ export default class Tree extends WafersCommand {
     name: Args.string({description: 'Show only this wafer and the wafers built on it.'}),
   }
 
-  static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT". Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note. A wafer that holds one layer of a pulled image is marked "image layer", the top wafer a pull made "from REF".`
+  static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT", and a use the mount table here does not show (a stack in another mount namespace, a detached one still used) is said too, as list says it. Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note. A wafer that holds one layer of a pulled image is marked "image layer", the top wafer a pull made "from REF".`
 
   static enableJsonFlag = true
 
@@ -32,7 +32,7 @@ export default class Tree extends WafersCommand {
     const locations = locationsFromEnv()
     const store = new WaferStore(locations.wafers)
     if (args.name !== undefined) checkName(args.name)
-    const inventory = await readInventory(store, {stacks: locations.stacks})
+    const inventory = await readInventory(store, {hidden: true, stacks: locations.stacks})
     if (args.name !== undefined && !inventory.wafers.has(args.name)) {
       throw new WafersError(`wafer ${args.name} not found in ${store.root}.`)
     }
@@ -49,6 +49,7 @@ function toDrawNode(node: WaferNode): DrawNode {
   const notes = []
   if (node.mountpoint !== null) notes.push(`stacked at ${node.mountpoint}`)
   if (node.lowerOf.length > 0) notes.push(`lower layer of ${node.lowerOf.join(', ')}`)
+  for (const use of node.elsewhere ?? []) notes.push(use.how)
   if (node.problem) notes.push(node.problem)
   const origin = originNote(node)
   if (origin) notes.push(origin)

@@ -14,7 +14,7 @@ export default class Unstack extends WafersCommand {
 
   static description = `Unmounts each stack at $STACKS/NAME and removes its empty mount point. The wafers' data is never deleted: stack them again at any time. A name with nothing stacked is reported and skipped.
 
-A stack that a process still uses (its working directory, root or open files are inside) is left mounted, and the processes are named; --lazy detaches it anyway, and it goes away when they leave. With many names, each failure is reported and the others still go on; Ctrl-C finishes the one under way and starts no other.`
+A stack that a process still uses (its working directory, root or open files are inside) is left mounted, and the processes are named; --lazy detaches it anyway, says which processes still use it, and it goes away when they leave. With many names, each failure is reported and the others still go on; Ctrl-C finishes the one under way and starts no other.`
 
   static enableJsonFlag = true
 
@@ -53,7 +53,7 @@ A stack that a process still uses (its working directory, root or open files are
             const result = await unstack(locations, name, {hooks, lazy: flags.lazy})
             results.push(result)
             outcomes[index].state = 'done'
-            this.log(result.unstacked ? `unstacked ${result.mountpoint}` : `nothing stacked at ${result.mountpoint}`)
+            this.log(said(result))
           } catch (error) {
             if (names.length === 1) throw error
             outcomes[index] = {error: error as Error, name, state: 'failed'}
@@ -68,4 +68,13 @@ A stack that a process still uses (its working directory, root or open files are
     this.endBatch('unstacked', outcomes)
     return results
   }
+}
+
+/** The line for one stack: a detached stack that is still in use says so, and by what. */
+function said(result: UnstackResult): string {
+  if (!result.unstacked) return `nothing stacked at ${result.mountpoint}`
+  const users = result.stillUsedBy ?? []
+  if (users.length === 0) return `unstacked ${result.mountpoint}`
+  const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
+  return `detached ${result.mountpoint}, but it is still in use by ${who}: its wafers stay busy until they leave`
 }

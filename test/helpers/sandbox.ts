@@ -61,8 +61,19 @@ export class Sandbox {
   private constructor(readonly root: string) {}
 
   get env(): Record<string, string> {
-    // Plugins, too, come from the sandbox only, never from the machine's plugin directory.
-    return {STACKS: this.stacks, WAFERS: this.wafers, WAFERS_DATA_DIR: path.join(this.root, 'plugins')}
+    // Plugins, too, come from the sandbox only, never from the machine's plugin directory. wafers
+    // is "installed" on PATH as npm link would (`enable` writes units that run the installed one).
+    return {
+      PATH: `${this.installed}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+      STACKS: this.stacks,
+      WAFERS: this.wafers,
+      WAFERS_DATA_DIR: path.join(this.root, 'plugins'),
+    }
+  }
+
+  /** A directory on the CLI's PATH holding `wafers`, a symlink to this checkout's bin/run.js. */
+  get installed(): string {
+    return path.join(this.root, 'usr', 'local', 'bin')
   }
 
   get stacks(): string {
@@ -74,7 +85,10 @@ export class Sandbox {
   }
 
   static async create(): Promise<Sandbox> {
-    return new Sandbox(await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-test-')))
+    const box = new Sandbox(await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-test-')))
+    await fs.mkdir(box.installed, {recursive: true})
+    await fs.symlink(bin, path.join(box.installed, 'wafers'))
+    return box
   }
 
   /** Unmounts whatever the test left under the sandbox, then deletes it. */
@@ -121,6 +135,21 @@ export class Sandbox {
       stdin: 'ignore',
     })
     return {exitCode: result.exitCode ?? -1, stderr: result.stderr, stdout: result.stdout}
+  }
+
+  /**
+   * Runs `wafers ARGS` in a pseudo-terminal of `columns` columns (util-linux's script(1)), as a
+   * person's shell would; returns what the screen shows, without escape sequences.
+   */
+  async inTerminal(args: string[], columns = 120, input = ''): Promise<{exitCode: number; screen: string}> {
+    const command = [`stty cols ${columns};`, process.execPath, bin, ...args].join(' ')
+    const run = await execa('script', ['-qec', command, '/dev/null'], {
+      env: {...this.env, CI: '', TERM: 'xterm'},
+      input,
+      reject: false,
+    })
+    // eslint-disable-next-line no-control-regex
+    return {exitCode: run.exitCode ?? -1, screen: run.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')}
   }
 
   stack(name: string, ...file: string[]): string {

@@ -33,6 +33,7 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
   }
 
   const unit = () => path.join(units, 'wafers-stack-web.service')
+  const installed = () => path.join(box.installed, 'wafers')
   const links = () => [
     path.join(units, 'machines.target.wants', 'wafers-stack-web.service'),
     path.join(units, 'multi-user.target.wants', 'wafers-stack-web.service'),
@@ -54,8 +55,8 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
       'Type=oneshot',
       'RemainAfterExit=yes',
       `Environment="WAFERS=${box.wafers}" "STACKS=${box.stacks}" "WAFERS_DATA_DIR=${box.env.WAFERS_DATA_DIR}"`,
-      `ExecStart="${process.execPath}" "${script}" "stack" "web"`,
-      `ExecStop="${process.execPath}" "${script}" "unstack" "web"`,
+      `ExecStart="${process.execPath}" "${installed()}" "stack" "web"`,
+      `ExecStop="${process.execPath}" "${installed()}" "unstack" "web"`,
       '[Install]',
       'WantedBy=machines.target multi-user.target',
       'RequiredBy=systemd-nspawn@web.service',
@@ -76,6 +77,35 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
     const boot = await execa(words[0], words.slice(1), {env: box.env, reject: false, stdin: 'ignore'})
     expect(boot.exitCode, boot.stderr).to.equal(0)
     expect((await box.mountOf('web'))?.fstype).to.equal('overlay')
+    // Nothing in the unit points into the checkout wafers ran from.
+    expect(text).not.to.include(path.dirname(path.dirname(script)))
+  })
+
+  it('refuses, saying how to install wafers, when no installed wafers is on PATH (the checkout itself does not count)', async function () {
+    await box.wafer('web')
+    const checkout = path.dirname(path.dirname(script))
+    // A PATH with the checkout's own bin/ and node_modules/.bin, as npm run gives one, and no other wafers.
+    const searchPath = [path.join(checkout, 'bin'), path.join(checkout, 'node_modules', '.bin'), '/usr/bin', '/bin']
+    const before = await snapshot(box.root)
+    const run = await box.run(['enable', 'web'], {...env, PATH: searchPath.join(':')})
+    expect(run.exitCode).to.equal(1)
+    const said = run.stderr.replaceAll(/\s*\n\s*›\s*/g, ' ')
+    expect(said).to.include(`no installed wafers found on PATH (outside ${checkout})`)
+    expect(said).to.include(`npm install -g ${checkout}`)
+    expect(hasStackTrace(run.stderr)).to.equal(false)
+    expect(await snapshot(box.root)).to.deep.equal(before)
+    expect(await exists(units)).to.equal(false)
+  })
+
+  it('runs the first wafers on PATH, as found there, not resolved into the checkout it links to', async function () {
+    await box.wafer('web')
+    const other = path.join(box.root, 'opt', 'bin')
+    await fs.mkdir(other, {recursive: true})
+    await fs.symlink(script, path.join(other, 'wafers'))
+    const first = await box.run(['enable', 'web'], {...env, PATH: `${other}:${box.installed}:/usr/bin:/bin`})
+    expect(first.exitCode, first.stderr).to.equal(0)
+    const text = await fs.readFile(unit(), 'utf8')
+    expect(text).to.include(`ExecStart="${process.execPath}" "${path.join(other, 'wafers')}" "stack" "web"\n`)
   })
 
   it("writes nspawn settings that keep machinectl's -U from copying the whole stack up into the top wafer", async function () {

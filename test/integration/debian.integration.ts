@@ -71,6 +71,12 @@ describe('wafers-plugin-debian-arch, linked as a user would (real debootstrap, r
     expect(create.exitCode, create.stderr.split('\n').slice(-5).join('\n')).to.equal(0)
     expect(create.stdout).to.equal(`created base wafer debian seeded with debootstrap at ${box.data('debian')}`)
     expect(await fs.readFile(box.data('debian', 'etc', 'debian_version'), 'utf8')).to.match(/^12\./)
+    // No trace of the host that ran debootstrap: its name and resolver stay out of every container.
+    for (const name of ['hostname', 'resolv.conf']) {
+      // eslint-disable-next-line no-await-in-loop
+      expect(await fs.readFile(box.data('debian', 'etc', name), 'utf8'), name).to.equal('')
+    }
+
     const base = await snapshot(box.data('debian'))
     const passwd = await fs.readFile(box.data('debian', 'etc', 'passwd'), 'utf8')
 

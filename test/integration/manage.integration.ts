@@ -49,11 +49,12 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       await forest()
       const wafers = JSON.parse(await ok(['ls', '--json']))
       expect(wafers).to.deep.equal([
-        {depth: 1, lowerOf: [], mountpoint: box.stack('alone'), name: 'alone', parent: null, stacked: true},
-        {depth: 1, lowerOf: [box.stack('top')], mountpoint: null, name: 'base', parent: null, stacked: false},
-        {depth: 2, lowerOf: [box.stack('top')], mountpoint: null, name: 'mid', parent: 'base', stacked: false},
+        {depth: 1, inUse: true, lowerOf: [], mountpoint: box.stack('alone'), name: 'alone', parent: null, stacked: true},
+        {depth: 1, inUse: true, lowerOf: [box.stack('top')], mountpoint: null, name: 'base', parent: null, stacked: false},
+        {depth: 2, inUse: true, lowerOf: [box.stack('top')], mountpoint: null, name: 'mid', parent: 'base', stacked: false},
         {
           depth: 1,
+          inUse: false,
           lowerOf: [],
           mountpoint: null,
           name: 'orphan',
@@ -61,9 +62,70 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
           problem: 'its parent gone does not exist',
           stacked: false,
         },
-        {depth: 2, lowerOf: [], mountpoint: null, name: 'side', parent: 'base', stacked: false},
-        {depth: 3, lowerOf: [], mountpoint: box.stack('top'), name: 'top', parent: 'mid', stacked: true},
+        {depth: 2, inUse: false, lowerOf: [], mountpoint: null, name: 'side', parent: 'base', stacked: false},
+        {depth: 3, inUse: true, lowerOf: [], mountpoint: box.stack('top'), name: 'top', parent: 'mid', stacked: true},
       ])
+    })
+
+    it('shows a stack mounted only in another mount namespace as in use, as stack and rm refuse it', async function () {
+      await box.wafer('base', {files: {'etc/os': 'base\n'}})
+      await box.wafer('top', {parent: 'base'})
+      await box.wafer('side', {parent: 'base'})
+      const target = path.join(box.root, 'elsewhere')
+      await fs.mkdir(target)
+      await fs.mkdir(path.join(box.wafers, 'top', 'work'))
+      const options = `lowerdir=${box.data('base')},upperdir=${box.data('top')},workdir=${path.join(box.wafers, 'top', 'work')}`
+      // A container's namespace: the overlay is in its mount table only, never in ours.
+      const child = execa(
+        'unshare',
+        ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t overlay overlay -o "$1" "$2" && echo up && exec sleep 60', 'sh', options, target],
+        {reject: false},
+      )
+      try {
+        await new Promise<void>((resolve, reject) => {
+          child.stdout!.on('data', () => resolve())
+          child.on('exit', () => reject(new Error('the child namespace did not mount the overlay')))
+        })
+        expect(await box.mountOf('top')).to.equal(undefined)
+        const where = `the stack mounted at ${target} in the mount namespace of ${child.pid} (sleep)`
+        const wafers = JSON.parse(await ok(['list', '--json'])) as Array<Record<string, unknown>>
+        const byName = new Map(wafers.map((wafer) => [wafer.name, wafer]))
+        expect(byName.get('top')).to.include({inUse: true, mountpoint: null, stacked: true})
+        expect(byName.get('top')!.elsewhere).to.deep.equal([{how: `still in use as the top of ${where}`, role: 'top'}])
+        expect(byName.get('base')).to.include({inUse: true, stacked: false})
+        expect(byName.get('base')!.elsewhere).to.deep.equal([{how: `still in use as a layer of ${where}`, role: 'lower'}])
+        expect(byName.get('side')).to.deep.include({inUse: false, stacked: false})
+        expect(byName.get('side')).not.to.have.property('elsewhere')
+
+        const cells = (await ok(['list', '--no-size'])).split('\n').map((line) => line.split(/ {2,}/))
+        expect(cells).to.deep.equal([
+          ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+          ['base', '-', '1', 'lower', '-', `still in use as a layer of ${where}`],
+          ['side', 'base', '2', 'no', '-'],
+          ['top', 'base', '2', 'yes', '-', `still in use as the top of ${where}`],
+        ])
+
+        expect((await ok(['tree'])).split('\n')).to.deep.equal([
+          `base (still in use as a layer of ${where})`,
+          '├── side',
+          `└── top (still in use as the top of ${where})`,
+        ])
+
+        // What list calls in use, stack and rm refuse.
+        const stack = await box.run(['stack', 'top'])
+        expect(stack.exitCode).to.equal(1)
+        expect(stack.stderr).to.include(`top is already the top of ${where}`)
+        const rm = await box.run(['rm', '--yes', 'top'])
+        expect(rm.exitCode).to.equal(1)
+        expect(await fs.readdir(box.wafers)).to.include('top')
+      } finally {
+        child.kill()
+        await child
+      }
+
+      // Once the namespace is gone, nothing is in use.
+      const after = JSON.parse(await ok(['list', '--json'])) as Array<{inUse: boolean}>
+      expect(after.map((wafer) => wafer.inUse)).to.deep.equal([false, false, false])
     })
 
     it('measures the size on disk in the table, and in --json only with --size', async function () {
@@ -74,6 +136,46 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       const sized = JSON.parse(await ok(['list', '--json', '--size'])) as Array<{name: string; size: number}>
       const alone = sized.find((wafer) => wafer.name === 'alone')!
       expect(alone.size).to.be.within(100_000, 120_000)
+    })
+
+    it('fits a terminal: long generated names shortened as git does, whole with --wide and in a pipe', async function () {
+      const layer = `layer-${'0123456789abcdef'.repeat(2)}`
+      const sibling = `layer-0123456789ab${'f'.repeat(20)}`
+      const step = `build-${'9'.repeat(40)}`
+      await box.wafer(layer)
+      await box.wafer(sibling)
+      await box.wafer(step, {parent: layer})
+      await box.wafer('web', {parent: step})
+      const {exitCode, screen} = await box.inTerminal(['list', '--no-size'], 80)
+      expect(exitCode, screen).to.equal(0)
+      const lines = screen.split(/\r?\n/).filter((line) => line !== '')
+      for (const line of lines) expect(line.length, line).to.be.at.most(80)
+      expect(lines.map((line) => line.split(/ {2,}/))).to.deep.equal([
+        ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+        ['build-99999999…', 'layer-0123456789abc…', '2', 'no', '-'],
+        ['layer-0123456789abc…', '-', '1', 'no', '-'],
+        ['layer-0123456789abf…', '-', '1', 'no', '-'],
+        ['web', 'build-99999999…', '3', 'no', '-'],
+      ])
+
+      // A wide enough terminal, --wide, and a pipe get every name whole.
+      const whole = [
+        ['NAME', 'PARENT', 'DEPTH', 'STACKED', 'MOUNTPOINT', 'NOTE'],
+        [step, layer, '2', 'no', '-'],
+        [layer, '-', '1', 'no', '-'],
+        [sibling, '-', '1', 'no', '-'],
+        ['web', step, '3', 'no', '-'],
+      ]
+      for (const [args, columns] of [
+        [['list', '--no-size'], 200],
+        [['list', '--no-size', '--wide'], 80],
+      ] as const) {
+        // eslint-disable-next-line no-await-in-loop
+        const wide = await box.inTerminal([...args], columns)
+        expect(wide.screen.split(/\r?\n/).filter((line) => line !== '').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)
+      }
+
+      expect((await ok(['list', '--no-size'])).split('\n').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)
     })
 
     it('says so when there are no wafers', async function () {

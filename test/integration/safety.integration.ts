@@ -591,8 +591,19 @@ describe('safety', function () {
         expect(await box.mountOf('child')).to.not.equal(undefined)
         const lazy = await box.run(['unstack', 'child', '--lazy'])
         expect(lazy.exitCode, lazy.stderr).to.equal(0)
-        expect(lazy.stdout).to.equal(`unstacked ${box.stack('child')}`)
+        expect(lazy.stdout).to.equal(
+          `detached ${box.stack('child')}, but it is still in use by ${sleeper.pid} (sleep): its wafers stay busy until they leave`,
+        )
         expect(await box.mountOf('child')).to.equal(undefined)
+        // Once nobody is left: a plain unstacked, and --json says who still used it (no one).
+        sleeper.kill()
+        await sleeper
+        await expectSuccess(box, ['stack', 'child'])
+        const idle = await box.run(['unstack', 'child', '--lazy', '--json'])
+        expect(idle.exitCode, idle.stderr).to.equal(0)
+        expect(JSON.parse(idle.stdout)).to.deep.equal([
+          {mountpoint: box.stack('child'), name: 'child', stillUsedBy: [], unstacked: true},
+        ])
       } finally {
         sleeper.kill()
         await sleeper

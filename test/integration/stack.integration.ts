@@ -302,16 +302,7 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
   describe('in a terminal', function () {
     // util-linux's script(1) gives the CLI a pseudo-terminal, as a person's shell would.
-    async function inTerminal(args: string[], columns = 120, input = ''): Promise<{exitCode: number; screen: string}> {
-      const command = [`stty cols ${columns};`, process.execPath, path.resolve('bin/run.js'), ...args].join(' ')
-      const run = await execa('script', ['-qec', command, '/dev/null'], {
-        env: {...box.env, CI: '', TERM: 'xterm'},
-        input,
-        reject: false,
-      })
-      // eslint-disable-next-line no-control-regex
-      return {exitCode: run.exitCode ?? -1, screen: run.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')}
-    }
+    const inTerminal = (args: string[], columns?: number, input?: string) => box.inTerminal(args, columns, input)
 
     it('shows a live listr2 task list for one stack', async function () {
       await box.wafer('base')

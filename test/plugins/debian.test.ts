@@ -12,7 +12,13 @@ import {
   pickMirror,
   readAptSources,
 } from '../../plugins/debian/src/apt-sources.js'
-import {cacheDirOf, debootstrapArgs, fetchRelease, parseDebootstrapArgs} from '../../plugins/debian/src/debootstrap.js'
+import {
+  cacheDirOf,
+  debootstrapArgs,
+  fetchRelease,
+  forgetHostIdentity,
+  parseDebootstrapArgs,
+} from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
 import {RootfsCache} from '../../plugins/debian/src/rootfs-cache.js'
 import type {SeedRunOptions} from '../../src/lib/hooks.js'
@@ -169,6 +175,42 @@ Components: main
       } finally {
         server.close()
       }
+    })
+  })
+
+  describe("the host's identity in a seeded root", function () {
+    let dir: string
+
+    beforeEach(async function () {
+      dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-identity-'))
+    })
+
+    afterEach(async function () {
+      await fs.rm(dir, {force: true, recursive: true})
+    })
+
+    it("empties the hostname and resolv.conf debootstrap copied from the host, replacing a symlink unfollowed", async function () {
+      const victim = path.join(dir, 'victim')
+      await fs.writeFile(victim, 'nameserver 127.0.0.53\n')
+      await fs.mkdir(path.join(dir, 'root', 'etc'), {recursive: true})
+      await fs.writeFile(path.join(dir, 'root', 'etc', 'hostname'), `${os.hostname()}\n`)
+      await fs.symlink(victim, path.join(dir, 'root', 'etc', 'resolv.conf'))
+      await fs.writeFile(path.join(dir, 'root', 'etc', 'hosts'), '127.0.0.1 localhost\n')
+      await forgetHostIdentity(path.join(dir, 'root'))
+      for (const name of ['hostname', 'resolv.conf']) {
+        // eslint-disable-next-line no-await-in-loop
+        const stat = await fs.lstat(path.join(dir, 'root', 'etc', name))
+        expect(stat.isFile(), name).to.equal(true)
+        expect(stat.size, name).to.equal(0)
+      }
+
+      expect(await fs.readFile(victim, 'utf8')).to.equal('nameserver 127.0.0.53\n')
+      expect(await fs.readFile(path.join(dir, 'root', 'etc', 'hosts'), 'utf8')).to.equal('127.0.0.1 localhost\n')
+      // Again on a clean root, and on a root with no etc: nothing to do, nothing made.
+      await forgetHostIdentity(path.join(dir, 'root'))
+      await fs.mkdir(path.join(dir, 'bare'))
+      await forgetHostIdentity(path.join(dir, 'bare'))
+      expect(await fs.readdir(path.join(dir, 'bare'))).to.deep.equal([])
     })
   })
 

@@ -100,6 +100,31 @@ export async function fetchRelease(
   }
 }
 
+/** The files debootstrap copies from the host into the new root, naming the host and its resolver. */
+export const HOST_IDENTITY = ['etc/hostname', 'etc/resolv.conf']
+
+/**
+ * Leaves `root` with an empty /etc/hostname and /etc/resolv.conf, as base images pulled from a
+ * registry have them, for debootstrap copies the host's into every base: its name and DNS would
+ * go into every container stacked on it and every image pushed from it. Empty regular files, not
+ * none, so that systemd-nspawn's --resolv-conf=bind-host and a container engine have a file to
+ * mount over. A symlink or anything else there is replaced, never followed.
+ */
+export async function forgetHostIdentity(root: string): Promise<void> {
+  const etc = await fs.lstat(path.join(root, 'etc')).catch(() => undefined)
+  if (!etc?.isDirectory()) return
+  for (const file of HOST_IDENTITY.map((name) => path.join(root, name))) {
+    // eslint-disable-next-line no-await-in-loop
+    const stat = await fs.lstat(file).catch(() => undefined)
+    if (stat?.isFile() && stat.size === 0) continue
+    // eslint-disable-next-line no-await-in-loop
+    if (stat !== undefined) await fs.rm(file, {force: true, recursive: stat.isDirectory()})
+    // O_EXCL: never through a symlink planted meanwhile.
+    // eslint-disable-next-line no-await-in-loop
+    await fs.writeFile(file, '', {flag: 'wx', mode: 0o644})
+  }
+}
+
 /** Lines debootstrap prints when downloads fail. */
 const DOWNLOAD_FAILURE =
   /Failed getting release file|Couldn't download|Failure while downloading|Could not resolve|Temporary failure in name resolution|Connection refused|Connection timed out/i
@@ -118,10 +143,16 @@ export const debootstrapSeeder: Seeder = {
     await fs.mkdir(cacheDir, {recursive: true})
     const cache = new RootfsCache(path.join(cacheDir, 'rootfs'))
     const entry = cache.entry({mirror, options: request.options, suite}, release)
-    if (!request.fresh && (await cache.restore(ctx, entry.file, ctx.dataDir))) return
+    // A root cached before the host's identity was dropped carries it: drop it after unpacking too.
+    if (!request.fresh && (await cache.restore(ctx, entry.file, ctx.dataDir))) {
+      await forgetHostIdentity(ctx.dataDir)
+      return
+    }
+
     const args = debootstrapArgs(ctx.dataDir, suite, mirror, request.options)
     const result = await ctx.run(program, args, {check: false, package: 'debootstrap'})
     if (result.exitCode === 0) {
+      await forgetHostIdentity(ctx.dataDir)
       await cache.store(ctx, entry, ctx.dataDir)
       return
     }

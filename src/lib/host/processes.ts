@@ -76,6 +76,8 @@ const OVERLAYFS_MAGIC = 0x79_4c_76_30
  * processes working in a wafer's own directory.
  */
 export interface HiddenUse {
+  /** Its mount point, when found in this mount namespace's own table (a live stack may be it). */
+  hereAt?: string
   kind: 'detached' | 'files' | 'namespace'
   /** The wafer that is the stack's writable top (or top-most layer), when known. */
   top?: string
@@ -113,16 +115,52 @@ export async function hiddenUses(
   const root = await fs.realpath(view.root).catch(() => view.root)
   const rootStat = statSync(root, {throwIfNoEntry: false})
   if (rootStat === undefined) return []
-  const dataByIno = new Map<number, string>()
-  const dirByIno = new Map<number, string>()
-  for (const name of view.names) {
-    const dir = path.join(root, name)
-    const [dirStat, dataStat] = [dir, path.join(dir, 'data')].map((file) => lstatSync(file, {throwIfNoEntry: false}))
-    if (dirStat?.dev === rootStat.dev) dirByIno.set(dirStat.ino, name)
-    if (dataStat?.dev === rootStat.dev) {
-      dataByIno.set(dataStat.ino, name)
-      dirByIno.set(dataStat.ino, name)
+  // The inodes of every wafer's directory and data: two lstats a wafer, so made only when a walk up
+  // from a process's directory could meet one (tens of thousands of wafers, a few such processes).
+  let inodes: {data: Map<number, string>; dirs: Map<number, string>} | undefined
+  const waferInodes = () => {
+    if (inodes !== undefined) return inodes
+    inodes = {data: new Map(), dirs: new Map()}
+    for (const name of view.names) {
+      const dir = path.join(root, name)
+      const [dirStat, dataStat] = [dir, path.join(dir, 'data')].map((file) => lstatSync(file, {throwIfNoEntry: false}))
+      if (dirStat?.dev === rootStat.dev) inodes.dirs.set(dirStat.ino, name)
+      if (dataStat?.dev === rootStat.dev) {
+        inodes.data.set(dataStat.ino, name)
+        inodes.dirs.set(dataStat.ino, name)
+      }
     }
+
+    return inodes
+  }
+
+  const hostRoot = statSync('/')
+  const same = (a: Stats, b: Stats) => a.dev === b.dev && a.ino === b.ino
+  // The wafer whose directory (or data, bind-mounted or not) directory `dir` is in. A walk up that
+  // ends at the host's root without passing the store's root is in no wafer, and costs no lstat
+  // of every wafer; one that passes it, or ends at another root (a chroot, a detached bind mount),
+  // is looked up.
+  const waferOfDir = (dir: string): string | undefined => {
+    const chain = statChain(dir)
+    const top = chain.at(-1)
+    if (top === undefined) return undefined
+    const atStore = chain.findIndex((stat) => same(stat, rootStat))
+    if (same(top, hostRoot) && atStore === -1) return undefined
+    if (atStore > 0) {
+      // Through the store's root: the directory below it is a wafer's, named by the link's path.
+      const target = readlinkOrUndefined(dir)
+      const name = target?.startsWith(root + '/') ? target.slice(root.length + 1).split('/')[0] : undefined
+      const stat = name === undefined ? undefined : lstatSync(path.join(root, name), {throwIfNoEntry: false})
+      if (stat !== undefined && same(stat, chain[atStore - 1])) return view.names.includes(name!) ? name : undefined
+    }
+
+    const {dirs} = waferInodes()
+    for (const stat of chain) {
+      const name = stat.dev === rootStat.dev ? dirs.get(stat.ino) : undefined
+      if (name !== undefined) return name
+    }
+
+    return undefined
   }
 
   const visible = new Set(options.table.map((entry) => entry.majorMinor))
@@ -134,7 +172,12 @@ export async function hiddenUses(
   }
 
   const direct = new Map<string, Map<number, ProcessUse>>()
-  const detached = new Map<number, {tops: Set<string>; users: Map<number, ProcessUse>}>()
+  // Overlays no table here shows, by device: who uses them, and through which /proc links (which
+  // wafer is their top is worked out only for those no other namespace's table shows either).
+  const detached = new Map<
+    number,
+    {links: Array<{file: string; stat: Stats}>; tops: Set<string>; users: Map<number, ProcessUse>}
+  >()
   const namespaces = new Map<string, number>()
   const commands = new Map<number, string>()
   const commandOf = (pid: number) => {
@@ -176,9 +219,7 @@ export async function hiddenUses(
       if (stat.dev === rootStat.dev) {
         if (options.files === false) continue
         // In a wafer's own directory (or a bind mount of its data, detached or not).
-        const name = stat.isDirectory()
-          ? walkUp(file, (dir) => (dir.dev === rootStat.dev ? dirByIno.get(dir.ino) : undefined))
-          : fileInWafer(file, root, view.names)
+        const name = stat.isDirectory() ? waferOfDir(file) : fileInWafer(file, root, view.names)
         if (name !== undefined) {
           if (!direct.has(name)) direct.set(name, new Map())
           direct.get(name)!.set(pid, commandOf(pid))
@@ -189,13 +230,10 @@ export async function hiddenUses(
 
       if (visible.has(majorMinor(stat.dev)) || !isOverlay(stat.dev, file)) continue
       // An overlay this namespace does not show: detached, or mounted in another namespace only.
-      if (!detached.has(stat.dev)) detached.set(stat.dev, {tops: new Set(), users: new Map()})
+      if (!detached.has(stat.dev)) detached.set(stat.dev, {links: [], tops: new Set(), users: new Map()})
       const use = detached.get(stat.dev)!
       use.users.set(pid, commandOf(pid))
-      const top = stat.isDirectory()
-        ? walkUp(file, (dir) => (dir.dev === stat.dev ? dataByIno.get(dir.ino) : undefined), stat.dev)
-        : layerHolding(file, stat.ino, root, view.names)
-      if (top !== undefined) use.tops.add(top)
+      use.links.push({file, stat})
     }
   }
 
@@ -246,6 +284,7 @@ export async function hiddenUses(
         const name = entry.root.slice(storeInFs.length + 1).split('/')[0]
         if (view.names.includes(name)) {
           uses.push({
+            ...(here ? {hereAt: entry.mountpoint} : {}),
             kind: 'files',
             users: [],
             wafers: [name],
@@ -274,6 +313,7 @@ export async function hiddenUses(
       if (dev !== undefined) detached.delete(dev)
       const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
       uses.push({
+        ...(here && dev === undefined ? {hereAt: entry.mountpoint} : {}),
         kind: 'namespace',
         top,
         users,
@@ -284,6 +324,13 @@ export async function hiddenUses(
   }
 
   for (const use of detached.values()) {
+    for (const {file, stat} of use.links) {
+      const top = stat.isDirectory()
+        ? walkUp(file, (dir) => (dir.dev === stat.dev ? waferInodes().data.get(dir.ino) : undefined), stat.dev)
+        : layerHolding(file, stat.ino, root, view.names)
+      if (top !== undefined) use.tops.add(top)
+    }
+
     const users = [...use.users.values()].sort((a, b) => a.pid - b.pid)
     const who = users.map((user) => `${user.pid} (${user.command})`).join(', ')
     for (const top of use.tops) {
@@ -367,6 +414,21 @@ function walkUp(dir: string, match: (stat: Stats) => string | undefined, dev?: n
   }
 
   return undefined
+}
+
+/** The stats of directory `dir` (a /proc link) and of each directory above it, across mounts, up to its root. */
+function statChain(dir: string): Stats[] {
+  const chain: Stats[] = []
+  let current = dir
+  for (let depth = 0; depth < 64; depth++) {
+    const stat = statOrUndefined(current)
+    const previous = chain.at(-1)
+    if (stat === undefined || (previous && previous.dev === stat.dev && previous.ino === stat.ino)) break
+    chain.push(stat)
+    current += '/..'
+  }
+
+  return chain
 }
 
 /** The wafer of the store at `root` whose directory holds the file a /proc link points at, if any. */

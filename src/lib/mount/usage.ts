@@ -92,9 +92,9 @@ export function stackConflicts(stacks: LiveStack[], wafers: string[], mountpoint
  */
 export async function hiddenWaferUses(
   store: WaferStore,
-  options: {files?: boolean; openFiles?: 'affordable' | boolean; table?: MountEntry[]} = {},
+  options: {files?: boolean; names?: string[]; openFiles?: 'affordable' | boolean; table?: MountEntry[]} = {},
 ): Promise<HiddenUse[]> {
-  const names = await store.list()
+  const names = options.names ?? (await store.list())
   return hiddenUses(
     {
       ancestry(name) {
@@ -129,6 +129,16 @@ export async function hiddenWaferUses(
     },
     {files: options.files, openFiles: options.openFiles, table: options.table ?? (await readMountTable())},
   )
+}
+
+/**
+ * What hidden use `use` makes of wafer `name`, in words that finish "wafer NAME is ...", and
+ * whether it is the top (its data written, or its own files used) or a lower layer.
+ */
+export function hiddenUseOf(use: HiddenUse, name: string): {how: string; role: 'lower' | 'top'} {
+  const top = use.kind === 'files' || use.top === name
+  const how = use.kind === 'files' ? 'through' : top ? 'as the top of' : 'as a layer of'
+  return {how: `still in use ${how} ${use.where}`, role: top ? 'top' : 'lower'}
 }
 
 /** The stacks among `uses` (detached, or in other namespaces), as stackConflicts takes them. */

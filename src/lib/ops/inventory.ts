@@ -4,7 +4,7 @@ import path from 'node:path'
 import {isErrno} from '../errors.js'
 import {type MountEntry, readMountTable} from '../host/mounts.js'
 import {declaredAsLive, declaredStacks, mountedMstacks} from '../mount/mstack.js'
-import {LiveStack, liveStacks} from '../mount/usage.js'
+import {LiveStack, hiddenUseOf, hiddenWaferUses, liveStacks} from '../mount/usage.js'
 import {META_FILE, readMeta} from '../store/meta.js'
 import {WaferStore} from '../store/store.js'
 
@@ -20,6 +20,15 @@ export interface ImageOrigin {
 export interface WaferInfo {
   /** Wafers in its stack, itself included; counted up to where the ancestry breaks. */
   depth: number
+  /**
+   * Uses the mount table here does not show, when looked for (`hidden`): how ("still in use as
+   * the top of the stack mounted at /x in the mount namespace of 12 (sleep)", a detached stack,
+   * processes in its own files) and whether as the top (or its own files) or a lower layer.
+   * Absent when there are none.
+   */
+  elsewhere?: Array<{how: string; role: 'lower' | 'top'}>
+  /** Whether rm would refuse it as in use: stacked, a lower layer, or in use elsewhere (when looked for). */
+  inUse: boolean
   /** For the top wafer of a pulled image: which image. */
   image?: ImageOrigin
   /** For a wafer that holds one image layer: its OCI ChainID. */
@@ -56,6 +65,12 @@ export interface Inventory {
 export async function readInventory(
   store: WaferStore,
   options: {
+    /**
+     * Also look for the uses the mount table hides (stacks in other mount namespaces, detached
+     * stacks, processes in a wafer's files) in one pass over /proc for all wafers; open files
+     * only when the host has few enough to stat quickly.
+     */
+    hidden?: boolean
     /** $STACKS, whose `.mstack` directories count as stacks (systemd mounts them when it likes). */
     stacks?: string
     table?: MountEntry[]
@@ -74,6 +89,7 @@ export async function readInventory(
       stacked: false,
       mountpoint: null,
       lowerOf: [],
+      inUse: false,
       ...(problem ? {problem} : {}),
       ...originOf(store, name),
     })
@@ -107,6 +123,24 @@ export async function readInventory(
       const wafer = wafers.get(lower)
       if (wafer && !wafer.lowerOf.includes(stack.mountpoint)) wafer.lowerOf.push(stack.mountpoint)
     }
+  }
+
+  if (options.hidden) {
+    for (const use of await hiddenWaferUses(store, {names, openFiles: 'affordable', table})) {
+      // A live stack of this namespace, found again in its table: already counted above.
+      if (use.hereAt !== undefined && stacks.some((stack) => stack.mountpoint === use.hereAt)) continue
+      for (const name of use.wafers) {
+        const wafer = wafers.get(name)
+        if (wafer === undefined) continue
+        const {how, role} = hiddenUseOf(use, name)
+        if (role === 'top' && use.kind !== 'files') wafer.stacked = true
+        wafer.elsewhere = [...(wafer.elsewhere ?? []), {how, role}]
+      }
+    }
+  }
+
+  for (const wafer of wafers.values()) {
+    wafer.inUse = wafer.stacked || wafer.lowerOf.length > 0 || wafer.elsewhere !== undefined
   }
 
   return {children, stacks, wafers}
@@ -285,6 +319,7 @@ export interface WaferNode {
   stacked: boolean
   mountpoint: null | string
   lowerOf: string[]
+  elsewhere?: Array<{how: string; role: 'lower' | 'top'}>
   problem?: string
   layer?: string
   image?: ImageOrigin
@@ -299,13 +334,14 @@ export interface WaferNode {
 export function ancestryForest(inventory: Inventory, name?: string): WaferNode[] {
   const nodes = new Map<string, WaferNode>()
   for (const wafer of inventory.wafers.values()) {
-    const {image, layer, lowerOf, mountpoint, problem, stacked} = wafer
+    const {elsewhere, image, layer, lowerOf, mountpoint, problem, stacked} = wafer
     // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
     nodes.set(wafer.name, {
       name: wafer.name,
       stacked,
       mountpoint,
       lowerOf,
+      ...(elsewhere ? {elsewhere} : {}),
       ...(problem ? {problem} : {}),
       ...(layer ? {layer} : {}),
       ...(image ? {image} : {}),

@@ -16,7 +16,7 @@ import {MountEntry, mountAt, readMountTable} from '../host/mounts.js'
 import {mountStack, unmount} from '../mount/overlay.js'
 import {checkLinksDir} from '../store/links.js'
 import {ProcessUse, processesUsing} from '../host/processes.js'
-import {hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
+import {LiveStack, hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
 import {type DeclaredStack, declaredAsLive, declaredStacks, mountedMstacks, mstackPath, readMstack, removeMstack, writeMstack} from '../mount/mstack.js'
 
 /** What `stack` did, as `--json` prints it. */
@@ -35,6 +35,60 @@ export interface StackResult {
   wafers: string[]
 }
 
+/**
+ * What one `stack` call knows of the host, read once and kept up to date as it mounts, so that
+ * stacking N wafers in one call costs N mounts, not N passes over a mount table that grows with
+ * every one of them: the mount table, the live stacks in it, the hidden ones (detached, in other
+ * mount namespaces) and the stacks declared in $STACKS. Call it under the store lock: only this
+ * call changes the store's stacks meanwhile.
+ */
+export class StackSession {
+  private declaredStacks?: DeclaredStack[]
+  private hiddenStacks?: LiveStack[]
+  private liveStacks?: LiveStack[]
+  /** The stacks this call mounted, by mount point; the table read at the start does not show them. */
+  private readonly mounted = new Map<string, LiveStack>()
+  private mountTable?: MountEntry[]
+
+  async declared(store: WaferStore, stacks: string): Promise<DeclaredStack[]> {
+    this.declaredStacks ??= declaredStacks(store, stacks)
+    return this.declaredStacks
+  }
+
+  async hidden(store: WaferStore): Promise<LiveStack[]> {
+    this.hiddenStacks ??= hiddenStacks(
+      await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table: await this.table()}),
+    )
+    return this.hiddenStacks
+  }
+
+  async live(store: WaferStore): Promise<LiveStack[]> {
+    this.liveStacks ??= await liveStacks(store, await this.table())
+    return [...this.liveStacks, ...this.mounted.values()]
+  }
+
+  /** Whether this call mounted a stack at `mountpoint`. */
+  mountedHere(mountpoint: string): boolean {
+    return this.mounted.has(mountpoint)
+  }
+
+  /** Records a stack this call mounted (or, with `undefined`, unmounted again) at `mountpoint`. */
+  record(mountpoint: string, stack: LiveStack | undefined): void {
+    if (stack === undefined) this.mounted.delete(mountpoint)
+    else this.mounted.set(mountpoint, stack)
+  }
+
+  /** A `.mstack` was written: read $STACKS again next time. */
+  stacksChanged(): void {
+    this.declaredStacks = undefined
+  }
+
+  async table(): Promise<MountEntry[]> {
+    this.mountTable ??= await readMountTable()
+    return this.mountTable
+  }
+}
+
 /** How to stack. */
 export interface StackOptions {
   /** Stack even when a wafer would be both a writable top and a lower layer (overlayfs forbids it). */
@@ -48,6 +102,8 @@ export interface StackOptions {
   mstack?: boolean
   /** The seeder that fills a new base wafer. */
   seed?: SeedPlan
+  /** Shared by the stacks of one call (see StackSession); each stack reads the host afresh without it. */
+  session?: StackSession
   /** Called with each warning that --force let pass. */
   warn?: (message: string) => void
 }
@@ -64,6 +120,11 @@ export interface UnstackOptions {
 export interface UnstackResult {
   mountpoint: string
   name: string
+  /**
+   * With --lazy: the processes that still use the detached stack (it goes away when they leave);
+   * empty when none did and it is gone.
+   */
+  stillUsedBy?: ProcessUse[]
   /** False when nothing was stacked there. */
   unstacked: boolean
 }
@@ -134,14 +195,20 @@ export function stackSteps(
 
       result.wafers = await traceAncestry(store, name, exists ? undefined : parent)
       result.layers = result.wafers.map((wafer) => store.dataDir(wafer))
-      const table = await readMountTable()
-      const declared = declaredStacks(store, locations.stacks)
+      const session = options.session ?? new StackSession()
+      const table = await session.table()
+      const declared = await session.declared(store, locations.stacks)
       if (options.mstack) {
+        if (session.mountedHere(mountpoint)) {
+          throw new WafersError(`${name} is mounted at ${mountpoint}; unstack it first to stack it as ${result.mountpoint}.`)
+        }
+
         result.alreadyStacked = await checkMstackTarget(store, name, mountpoint, result.mountpoint, result.wafers, table)
       } else {
-        const mounted = mountAt(table, result.mountpoint)
+        // Mounted by this call: at $STACKS/NAME, so the stack of NAME.
+        const mounted = session.mountedHere(result.mountpoint) ? undefined : mountAt(table, result.mountpoint)
         if (mounted) await checkStackOf(store, name, mounted)
-        result.alreadyStacked = mounted !== undefined
+        result.alreadyStacked = mounted !== undefined || session.mountedHere(result.mountpoint)
         if (!result.alreadyStacked && declared.some((stack) => stack.top === name)) {
           throw new WafersError(
             `${name} is stacked as ${mstackPath(locations.stacks, name)} for systemd to mount; unstack it first to mount it here.`,
@@ -161,10 +228,10 @@ export function stackSteps(
         // Stacks the table does not show count too: one detached with --lazy that a container still
         // runs in, one mounted in another mount namespace, or one kept only by a file a process
         // still has open (looked for when the host's open files are few enough to stat quickly).
-        const hidden = hiddenStacks(await hiddenWaferUses(store, {files: false, openFiles: 'affordable', table}))
+        const hidden = await session.hidden(store)
         const own = options.mstack ? [] : declared.filter((stack) => stack.top !== name)
         const live = [
-          ...(await liveStacks(store, table)),
+          ...(await session.live(store)),
           ...hidden,
           ...declaredAsLive(options.mstack ? declared : own),
           ...mountedMstacks(declared, table),
@@ -217,6 +284,7 @@ export function stackSteps(
         let synced = 0
         for (const data of result.layers) synced += await syncOpaqueForms(data) // eslint-disable-line no-await-in-loop
         await writeMstack(store, locations.stacks, result.wafers)
+        options.session?.stacksChanged()
         const note = synced > 0 ? `; ${plural(synced, 'opaque directory', 'opaque directories')} given systemd's marker` : ''
         return `Wrote ${result.mountpoint} (${count()}) for systemd to mount${note}`
       }
@@ -233,6 +301,12 @@ export function stackSteps(
         throw error
       }
 
+      options.session?.record(result.mountpoint, {
+        lowers: result.wafers.slice(1),
+        mountpoint: result.mountpoint,
+        top: name,
+      })
+
       return `Mounted ${count()} at ${result.mountpoint}`
     },
     skip: () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
@@ -247,6 +321,7 @@ export function stackSteps(
     () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
     async () => {
       await unmount(result.mountpoint)
+      options.session?.record(result.mountpoint, undefined)
       await fs.rmdir(result.mountpoint).catch(() => {})
     },
     () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
@@ -279,6 +354,8 @@ export async function unstack(
   // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
   const ownDevice = mounted.fstype === 'overlay'
   if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
+  // Once detached the stack has no path to look for its users by: look first, open files too.
+  const stillUsedBy = options.lazy ? await processesUsing(mountpoint, {openFiles: true, ownDevice}) : undefined
   try {
     await unmount(mountpoint, {lazy: options.lazy})
   } catch (error) {
@@ -300,7 +377,7 @@ export async function unstack(
     await firePostHook(options.hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
   }
 
-  return {mountpoint, name, unstacked: true}
+  return {mountpoint, name, ...(stillUsedBy === undefined ? {} : {stillUsedBy}), unstacked: true}
 }
 
 /** Removes the `.mstack` of `name`, unless systemd has it mounted now. */
