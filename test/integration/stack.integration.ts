@@ -1,5 +1,4 @@
 import {expect} from 'chai'
-import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
