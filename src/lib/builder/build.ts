@@ -15,6 +15,7 @@ import {isValidName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
 import {Builder} from './evaluate.js'
+import {checkBuildTarget} from './finish.js'
 import {type Containerfile, parseContainerfile, splitFlags} from './parser.js'
 import {resolveInRoot} from './paths.js'
 
@@ -100,6 +101,7 @@ export function buildSteps(
   const {containerfile} = readContainerfile(context, options.file)
   checkInstructions(containerfile)
   const store = new WaferStore(locations.wafers)
+  checkBuildTarget(store, options.name)
   const builder = new Builder(locations, store, context, containerfile, options)
   return {close: async () => builder.close(), result: builder.result, steps: builder.steps()}
 }

@@ -1,0 +1,31 @@
+import {expect} from 'chai'
+import {promises as fs} from 'node:fs'
+import path from 'node:path'
+
+import {buildWeb, busyboxBase, hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
+
+describe('wafers build: what buildah does that wafers build does too, or refuses up front', function () {
+  let box: Sandbox
+  let context: string
+  useSandbox((created) => {
+    box = created
+  })
+
+  beforeEach(async function () {
+    this.timeout(120_000)
+    context = await busyboxBase(box)
+  })
+
+  const build = async (file: string, ...args: string[]) => buildWeb(box, context, file, ...args)
+
+  it('refuses -t NAME of a wafer not made by build before any step runs', async function () {
+    this.timeout(120_000)
+    await box.wafer('web', {files: {'mine.txt': 'mine\n'}})
+    const before = await snapshot(box.wafers)
+    const {run} = await build('FROM bb\nRUN echo hi > /made\nCOPY Containerfile /\n')
+    expect(run.exitCode).to.not.equal(0)
+    expect(said(run.stderr)).to.include('wafer web exists and was not made by wafers build; it is left as it is.')
+    expect(hasStackTrace(run.stderr)).to.equal(false)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
+})
