@@ -147,9 +147,9 @@ export type Variables = Map<string, string>
  * Splits `text` into words as Docker's shell lexer does, substituting `$VAR`, `${VAR}`,
  * `${VAR:-default}`, `${VAR:+alternative}` (and `-`/`+` without the colon) outside single quotes.
  * Quotes are removed; the escape character escapes the next character (inside double quotes only
- * `"`, `$` and itself).
+ * `"`, `$` and itself). With `split` false the text is one word, its unquoted blanks kept.
  */
-export function words(text: string, vars: Variables, escape = '\\', substitute = true): string[] {
+export function words(text: string, vars: Variables, escape = '\\', substitute = true, split = true): string[] {
   const result: string[] = []
   let word = ''
   let inWord = false
@@ -186,7 +186,7 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
 
   while (i < text.length) {
     const c = text[i]
-    if (/\s/.test(c)) {
+    if (split && /\s/.test(c)) {
       if (inWord && (word !== '' || quoted)) result.push(word)
       word = ''
       inWord = false
@@ -254,7 +254,8 @@ function findClose(text: string, from: number): number {
 export function keyValues(args: string, vars: Variables, escape = '\\', legacy = false): Array<[string, string]> {
   const first = /^(\S+)(\s+)([\s\S]*)$/.exec(args)
   if (legacy && first && !first[1].includes('=')) {
-    return [[first[1], words(first[3], vars, escape).join(' ')]]
+    // As Docker does: the rest of the line is one word, its unquoted blanks kept.
+    return [[first[1], words(first[3], vars, escape, true, false).join('')]]
   }
 
   return words(args, vars, escape).map((word) => {

@@ -73,6 +73,7 @@ describe('build: Containerfile parsing', function () {
       ['C', '2'],
     ])
     expect(keyValues('PATH /usr/bin:$V', vars, '\\', true)).to.deep.equal([['PATH', '/usr/bin:2']])
+    expect(keyValues('legacy some  value "q  x" $V', vars, '\\', true)).to.deep.equal([['legacy', 'some  value q  x 2']])
     expect(() => keyValues('novalue', vars)).to.throw('expected KEY=VALUE')
   })
 
