@@ -139,4 +139,74 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(buildah.process.env).to.include.members(meta.image.config.Env)
     expect(buildah.annotations['org.example.name']).to.equal(meta.image.config.Labels['org.example.name'])
   })
+
+  /** `buildah ARGS` on the test's own storage; fails the test when buildah fails. */
+  const buildah = async (...args: string[]) => {
+    const storage = ['--root', path.join(work, 'root'), '--runroot', path.join(work, 'runroot'), '--storage-driver', 'vfs']
+    const run = await execa('buildah', [...storage, ...args], {reject: false, stdin: 'ignore'})
+    expect(run.exitCode, `buildah ${args.join(' ')}\n${run.stdout}\n${run.stderr}`).to.equal(0)
+    return run.stdout
+  }
+
+  /** What buildah's docker-format config of IMAGE holds (`buildah inspect`). */
+  const dockerConfig = async (image: string) => JSON.parse(await buildah('inspect', image)).Docker.config
+
+  const ourConfig = async (wafer: string) =>
+    JSON.parse(await fs.readFile(path.join(box.wafers, wafer, 'meta.json'), 'utf8')).image.config
+
+  it('keeps legacy LABELs, SHELL, HEALTHCHECK and ONBUILD as buildah does, and runs the triggers', async function () {
+    this.timeout(10 * 60 * 1000)
+    const base = path.join(work, 'base')
+    await makeUmociImage(base, 'base')
+    const context = path.join(work, 'context')
+    await fs.mkdir(context)
+    await fs.writeFile(path.join(context, 'trig.txt'), 'copied by a trigger\n')
+    const file = (text: string[]) => fs.writeFile(path.join(context, 'Containerfile'), [...text, ''].join('\n'))
+    await file([
+      `FROM oci:${base}:base`,
+      'LABEL legacy some value   here "q  x"',
+      'LABEL legacy2 $UNSET  a\\\\b',
+      'SHELL ["/bin/sh", "-ec"]',
+      'HEALTHCHECK --interval=30s --timeout=1m30s --retries=3 CMD ["/bin/true"]',
+      'ONBUILD RUN echo triggered > /triggered',
+      'ONBUILD COPY trig.txt /trig.txt',
+    ])
+    await buildah('bud', '--isolation', 'chroot', '--format', 'docker', '-t', 'onbase', context)
+    const onbase = await box.run(['build', '-t', 'onbase', context])
+    expect(onbase.exitCode, onbase.stderr).to.equal(0)
+    const theirs = await dockerConfig('onbase')
+    const ours = await ourConfig('onbase')
+    for (const key of ['Shell', 'Healthcheck', 'OnBuild']) expect(ours[key], key).to.deep.equal(theirs[key])
+    expect(ours.Labels.legacy).to.equal('some value   here q  x').and.equal(theirs.Labels.legacy)
+    expect(ours.Labels.legacy2).to.equal('  a\\b').and.equal(theirs.Labels.legacy2)
+
+    await file(['FROM onbase', 'RUN echo "$0" > /derived'])
+    await buildah('bud', '--isolation', 'chroot', '--format', 'docker', '-t', 'derived', context)
+    await buildah('push', 'derived', `oci:${path.join(work, 'out')}:derived`)
+    const bundle = path.join(work, 'bundle')
+    await execa('umoci', ['unpack', '--image', `${path.join(work, 'out')}:derived`, bundle])
+    const build = await box.run(['build', '-t', 'derived', context])
+    expect(build.exitCode, build.stderr).to.equal(0)
+    expect((await box.run(['stack', 'derived'])).exitCode).to.equal(0)
+    const tree = await listing(box.stack('derived'))
+    expect(tree).to.deep.equal(await listing(path.join(bundle, 'rootfs')))
+    expect(tree.some((line) => line.startsWith('triggered f'))).to.equal(true)
+    expect(tree.some((line) => line.startsWith('trig.txt f'))).to.equal(true)
+    const derived = await dockerConfig('derived')
+    expect((await ourConfig('derived')).OnBuild ?? []).to.deep.equal(derived.OnBuild ?? [])
+    expect((await ourConfig('derived')).Shell).to.deep.equal(derived.Shell)
+  })
+
+  it('gives a FROM scratch image the default PATH buildah gives it', async function () {
+    this.timeout(5 * 60 * 1000)
+    const context = path.join(work, 'context')
+    await fs.mkdir(context)
+    // A store made by nothing else yet (a build from scratch alone does not make it).
+    await fs.mkdir(box.wafers, {recursive: true})
+    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM scratch\nCOPY Containerfile /\n')
+    await buildah('bud', '--isolation', 'chroot', '-t', 'scratchy', context)
+    expect((await box.run(['build', '-t', 'scratchy', context])).exitCode).to.equal(0)
+    const theirs = JSON.parse(await buildah('inspect', 'scratchy')).OCIv1.config
+    expect((await ourConfig('scratchy')).Env).to.deep.equal(theirs.Env).and.have.length(1)
+  })
 })

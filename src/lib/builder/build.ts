@@ -117,10 +117,6 @@ const FLAGS: Record<string, string[]> = {
 function checkInstructions(file: Containerfile): void {
   for (const instruction of file.instructions) {
     const {keyword, line} = instruction
-    if (keyword === 'HEALTHCHECK' || keyword === 'ONBUILD') {
-      throw new WafersError(`line ${line}: ${keyword} is not supported by wafers build.`)
-    }
-
     const allowed = FLAGS[keyword]
     if (allowed === undefined) continue
     try {

@@ -10,7 +10,7 @@ import {WafersError} from '../errors.js'
 import {hostPlatform} from '../oci/platform.js'
 import type {Step} from '../steps.js'
 import {traceAncestry} from '../store/ancestry.js'
-import {type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
+import {type Healthcheck, type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
 import {isValidName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
 import type {BuildOptions, BuildResult, BuildStepResult} from './build.js'
@@ -25,6 +25,7 @@ import {
   type Variables,
   execForm,
   keyValues,
+  parseContainerfile,
   splitFlags,
   substituteEach,
   words,
@@ -54,11 +55,17 @@ interface Stage {
 }
 
 const DEFAULT_SHELL = ['/bin/sh', '-c']
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/** Instructions an ONBUILD trigger may not be (as Docker refuses them). */
+const NOT_TRIGGERS = new Set(['FROM', 'MAINTAINER', 'ONBUILD'])
 
 /** One build of a Containerfile: its instructions as steps, and the stages they build. */
 export class Builder {
   readonly result: BuildResult
   private current?: Stage
+  /** The ONBUILD triggers of the last FROM's base, still to run. */
+  private triggers: Instruction[] = []
   private readonly escape: string
   private readonly globalArgs: Variables = new Map()
   private ignore?: IgnoreRules
@@ -90,7 +97,16 @@ export class Builder {
         this.stepNumber = index + 1
         const outcome = await this.runInstruction(instruction, report)
         if (outcome) this.result.steps.push({instruction: instruction.text, ...outcome})
-        const what = outcome?.cached ? ' (cached)' : ''
+        let cached = outcome?.cached ?? false
+        for (const trigger of this.triggers.splice(0)) {
+          report(`running ONBUILD ${trigger.text}`)
+          // eslint-disable-next-line no-await-in-loop
+          const ran = await this.runInstruction(trigger, report)
+          if (ran) this.result.steps.push({instruction: `ONBUILD ${trigger.text}`, ...ran})
+          cached &&= ran?.cached ?? true
+        }
+
+        const what = cached ? ' (cached)' : ''
         return `[${index + 1}/${total}] ${instruction.text}${what}`
       },
       title: `[${index + 1}/${total}] ${instruction.text}`,
@@ -182,7 +198,8 @@ export class Builder {
       stage = {
         allCached: true,
         args: new Map(),
-        config: {},
+        // As buildah and Docker do: a scratch stage still has a PATH for its RUNs and the image.
+        config: {Env: [`PATH=${DEFAULT_PATH}`]},
         history: [],
         identity: 'scratch',
         image: host,
@@ -203,9 +220,13 @@ export class Builder {
         history: structuredClone(meta?.history ?? []),
         identity: baseIdentity(this.store, chain),
         image: meta ? {architecture: meta.architecture, os: meta.os, variant: meta.variant} : host,
-        shell: DEFAULT_SHELL,
+        shell: meta?.config?.Shell ?? DEFAULT_SHELL,
         top: wafer,
       }
+      // As Docker and buildah do: the base's ONBUILD triggers run right after FROM, and are not
+      // passed on to this image.
+      this.triggers = (stage.config.OnBuild ?? []).map((trigger) => parseTrigger(trigger, instruction))
+      delete stage.config.OnBuild
     }
 
     stage.name = stageName
@@ -458,9 +479,21 @@ export class Builder {
         break
       }
 
+      case 'HEALTHCHECK': {
+        config.Healthcheck = parseHealthcheck(args, line)
+        break
+      }
+
+      case 'ONBUILD': {
+        const trigger = parseTrigger(args, instruction)
+        config.OnBuild = [...(config.OnBuild ?? []), trigger.text]
+        break
+      }
+
       case 'LABEL': {
         config.Labels ??= {}
-        for (const [key, value] of keyValues(args, vars, this.escape)) config.Labels[key] = value
+        // `LABEL key the rest` is the legacy form, as in Docker: the rest of the line is the value.
+        for (const [key, value] of keyValues(args, vars, this.escape, true)) config.Labels[key] = value
         break
       }
 
@@ -473,6 +506,7 @@ export class Builder {
         if (!shell || shell.length === 0)
           throw new WafersError(`line ${line}: SHELL takes a JSON array, such as ["/bin/bash", "-c"].`)
         stage.shell = shell
+        config.Shell = shell
         break
       }
 
@@ -502,6 +536,65 @@ export class Builder {
       }
     }
   }
+}
+
+/** An ONBUILD trigger as an instruction of the line that brings it in; refuses what may not be one. */
+function parseTrigger(text: string, at: Instruction): Instruction {
+  let parsed: Instruction[]
+  try {
+    // A file of its own needs a FROM first; only what follows it is the trigger.
+    parsed = parseContainerfile(`FROM scratch\n${text}`).instructions.slice(1)
+  } catch (error) {
+    if (error instanceof WafersError)
+      throw new WafersError(`line ${at.line}: ONBUILD ${text}: ${error.message.replace(/^line \d+: /, '')}`)
+    throw error
+  }
+
+  if (parsed.length !== 1) throw new WafersError(`line ${at.line}: ONBUILD takes one instruction.`)
+  const [trigger] = parsed
+  if (NOT_TRIGGERS.has(trigger.keyword))
+    throw new WafersError(`line ${at.line}: ONBUILD ${trigger.keyword} is not allowed (as in Docker).`)
+  return {...trigger, line: at.line}
+}
+
+const DURATION_UNITS: Record<string, number> = {h: 3.6e12, m: 6e10, ms: 1e6, ns: 1, s: 1e9, us: 1e3, µs: 1e3}
+
+/** A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds, as Docker reads HEALTHCHECK's flags. */
+function parseDuration(text: string, flag: string, line: number): number {
+  const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)]
+  if (text === '0') return 0
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text)
+    throw new WafersError(`line ${line}: HEALTHCHECK --${flag} takes a duration such as 30s, not ${JSON.stringify(text)}.`)
+  return Math.round(parts.reduce((sum, [, n, unit]) => sum + Number(n) * DURATION_UNITS[unit], 0))
+}
+
+/** HEALTHCHECK's arguments as Docker's config keeps them. */
+function parseHealthcheck(args: string, line: number): Healthcheck {
+  if (/^none$/i.test(args.trim())) return {Test: ['NONE']}
+  let parsed
+  try {
+    parsed = splitFlags(args, ['interval', 'timeout', 'start-period', 'retries'], 'HEALTHCHECK')
+  } catch (error) {
+    if (error instanceof WafersError) throw new WafersError(`line ${line}: ${error.message}`)
+    throw error
+  }
+
+  const {flags, rest} = parsed
+  const match = /^CMD\s+([\s\S]*)$/i.exec(rest.trim())
+  if (!match) throw new WafersError(`line ${line}: HEALTHCHECK takes NONE, or [--interval=...] CMD COMMAND.`)
+  const exec = execForm(match[1])
+  const check: Healthcheck = {Test: exec ? ['CMD', ...exec] : ['CMD-SHELL', match[1]]}
+  if (flags.interval !== undefined) check.Interval = parseDuration(flags.interval, 'interval', line)
+  if (flags.timeout !== undefined) check.Timeout = parseDuration(flags.timeout, 'timeout', line)
+  if (flags['start-period'] !== undefined)
+    check.StartPeriod = parseDuration(flags['start-period'], 'start-period', line)
+  if (flags.retries !== undefined) {
+    if (!/^\d+$/.test(flags.retries))
+      throw new WafersError(`line ${line}: HEALTHCHECK --retries takes a number, not ${JSON.stringify(flags.retries)}.`)
+    check.Retries = Number(flags.retries)
+  }
+
+  return check
 }
 
 /** Refuses a wafer whose directory in the store is a symbolic link (it would lead out of the store). */
