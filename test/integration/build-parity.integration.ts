@@ -2,6 +2,7 @@ import {expect} from 'chai'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
+import {Registry} from '../helpers/registry.js'
 import {buildWeb, busyboxBase, hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('wafers build: what buildah does that wafers build does too, or refuses up front', function () {
@@ -27,5 +28,24 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
     expect(said(run.stderr)).to.include('wafer web exists and was not made by wafers build; it is left as it is.')
     expect(hasStackTrace(run.stderr)).to.equal(false)
     expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
+
+  it('gives the --tls-verify=false hint for FROM of a registry on plain HTTP', async function () {
+    this.timeout(120_000)
+    const registry = await Registry.start()
+    try {
+      const before = await snapshot(box.wafers)
+      await fs.writeFile(path.join(context, 'Containerfile'), `FROM ${registry.host}/app:1\nRUN echo hi > /made\n`)
+      // Without --json: what a user reads on the terminal, hint included.
+      const run = await box.run(['build', '-t', 'web', context])
+      expect(run.exitCode).to.not.equal(0)
+      const text = said(run.stderr)
+      expect(text).to.include(`line 1: FROM ${registry.host}/app:1: the registry ${registry.host} speaks plain HTTP, not HTTPS.`)
+      expect(text).to.include('--tls-verify=false')
+      expect(text).to.not.include('Name an existing wafer')
+      expect(await snapshot(box.wafers)).to.deep.equal(before)
+    } finally {
+      await registry.stop()
+    }
   })
 })

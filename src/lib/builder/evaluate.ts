@@ -259,9 +259,12 @@ export class Builder {
         `line ${instruction.line}: FROM ${image}: ${wafer}${error.message.replace(/^./, (c) => (wafer ? c.toLowerCase() : c))}`,
         {
           exit: error.exit,
-          suggestions: [
-            'Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.',
-          ],
+          // The pull's own hint (--tls-verify=false, --creds) says what to do; the generic one only
+          // when it has none.
+          suggestions:
+            error.suggestions.length > 0
+              ? error.suggestions
+              : ['Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.'],
         },
       )
     }
