@@ -209,4 +209,53 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     const theirs = JSON.parse(await buildah('inspect', 'scratchy')).OCIv1.config
     expect((await ourConfig('scratchy')).Env).to.deep.equal(theirs.Env).and.have.length(1)
   })
+
+  /**
+   * Builds CONTEXT's Containerfile (`lines`) with buildah bud into an oci: layout and with wafers
+   * build into wafer NAME, asserts the stacked trees are equal, and returns both configs and roots.
+   */
+  const sameAsBuildah = async (context: string, name: string, lines: string[], ...flags: string[]) => {
+    await fs.writeFile(path.join(context, 'Containerfile'), [...lines, ''].join('\n'))
+    const out = path.join(work, `out-${name}`)
+    await buildah('bud', '--isolation', 'chroot', ...flags, '-t', `oci:${out}:${name}`, context)
+    const bundle = path.join(work, `bundle-${name}`)
+    await execa('umoci', ['unpack', '--image', `${out}:${name}`, bundle])
+    const build = await box.run(['build', '-t', name, ...flags, context])
+    expect(build.exitCode, build.stderr).to.equal(0)
+    expect((await box.run(['stack', name])).exitCode).to.equal(0)
+    const tree = await listing(box.stack(name))
+    expect(tree).to.deep.equal(await listing(path.join(bundle, 'rootfs')))
+    return {
+      ours: await ourConfig(name),
+      root: box.stack(name),
+      theirs: JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')),
+      theirsRoot: path.join(bundle, 'rootfs'),
+      tree,
+    }
+  }
+
+  /** A context with busybox and a base image in an oci: layout; returns [context, base image]. */
+  const setUp = async () => {
+    const base = path.join(work, 'base')
+    await makeUmociImage(base, 'base')
+    const context = path.join(work, 'context')
+    await fs.mkdir(context)
+    return [context, `oci:${base}:base`]
+  }
+
+  it('leaves DEST of ADD --chown of a local tar root\'s, as buildah does', async function () {
+    this.timeout(10 * 60 * 1000)
+    const [context, base] = await setUp()
+    const src = path.join(work, 'src')
+    await fs.mkdir(path.join(src, 'd'), {recursive: true})
+    await fs.writeFile(path.join(src, 'd', 'f'), 'in a tar\n')
+    await execa('tar', ['-cf', path.join(context, 'a.tar'), '-C', src, '.'])
+    const {tree} = await sameAsBuildah(context, 'chowned', [
+      `FROM ${base}`,
+      'ADD --chown=1000:1000 a.tar /t/',
+      'ADD --chown=1000:1000 a.tar /u/v/',
+    ])
+    expect(tree.find((line) => line.startsWith('t d'))).to.include(' 0:0')
+    expect(tree.find((line) => line.startsWith('u d'))).to.include(' 1000:1000')
+  })
 })

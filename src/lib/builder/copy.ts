@@ -168,7 +168,9 @@ export async function unpackArchive(
       )
     }
 
-    const target = await mkdirIn(root, dest, own)
+    // As buildah does: the directories made above DEST take --chown, DEST itself stays root's.
+    await mkdirIn(root, path.posix.dirname(dest.replace(/\/+$/, '') || '/'), own)
+    const target = await mkdirIn(root, dest)
     await mergeTree(root, path.relative(root, target), scratch, '')
   } finally {
     await fs.rm(scratch, {force: true, recursive: true})
