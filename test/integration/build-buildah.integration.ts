@@ -258,4 +258,53 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(tree.find((line) => line.startsWith('t d'))).to.include(' 0:0')
     expect(tree.find((line) => line.startsWith('u d'))).to.include(' 1000:1000')
   })
+
+  it('runs USER with the groups of /etc/group and without making a missing home, as buildah does', async function () {
+    this.timeout(10 * 60 * 1000)
+    const [context, base] = await setUp()
+    // A getent for nspawn's --user to look users up with (the base has none): what nspawn asks.
+    await fs.writeFile(
+      path.join(context, 'getent'),
+      [
+        '#!/bin/sh',
+        'case "$1" in',
+        'passwd|group) /bin/busybox grep "^$2:" "/etc/$1" ;;',
+        'initgroups) echo "$2 $(/bin/busybox id -G "$2")" ;;',
+        '*) exit 2 ;;',
+        'esac',
+        '',
+      ].join('\n'),
+      {mode: 0o755},
+    )
+    await fs.chmod(path.join(context, 'getent'), 0o755)
+    const ids = (who: string) =>
+      `RUN /bin/busybox id -G | /bin/busybox tr " " "\\n" | /bin/busybox sort -n > /tmp/groups-${who}; echo "$HOME" > /tmp/home-${who}`
+    const {root, theirsRoot} = await sameAsBuildah(context, 'users', [
+      `FROM ${base}`,
+      'RUN echo app:x:1500:1500::/home/app:/bin/sh >> /etc/passwd && echo app:x:1500: >> /etc/group && \\',
+      '    echo extra:x:77:app,owner >> /etc/group && echo more:x:78:app >> /etc/group',
+      // No getent (busybox): the groups come from /etc/group all the same.
+      'USER app',
+      ids('app'),
+      'USER owner',
+      ids('owner'),
+      'USER root',
+      'COPY getent /usr/bin/getent',
+      // With getent: a user whose home is missing, and one whose home is there.
+      'USER app',
+      ids('app-getent'),
+      'USER owner',
+      ids('owner-getent'),
+    ])
+    const read = async (dir: string, file: string) => fs.readFile(path.join(dir, 'tmp', file), 'utf8')
+    for (const who of ['app', 'owner', 'app-getent', 'owner-getent']) {
+      // eslint-disable-next-line no-await-in-loop
+      expect(await read(root, `groups-${who}`), who).to.equal(await read(theirsRoot, `groups-${who}`))
+      // eslint-disable-next-line no-await-in-loop
+      expect(await read(root, `home-${who}`), who).to.equal(await read(theirsRoot, `home-${who}`))
+    }
+
+    expect(await read(root, 'groups-app')).to.equal('77\n78\n1500\n')
+    expect(await read(root, 'groups-owner-getent')).to.equal('77\n5678\n')
+  })
 })

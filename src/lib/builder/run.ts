@@ -309,9 +309,13 @@ export async function runInRoot(
     // nspawn's --user takes only a user the image lists, with its own groups: a uid it does not list,
     // or a group given, is switched to by the host's static busybox, bound in read-only on nspawn's
     // /run tmpfs (so nothing lands in the layer), exec'ing the command in its place.
+    // A user the image lists gets its groups from the image's /etc/group, as buildah gives them:
+    // busybox's start-stop-daemon (matching no running process, so it always starts the program,
+    // in the foreground) looks the user up inside and calls initgroups before exec'ing it.
+    const applet = user.listed ? 'start-stop-daemon' : 'nsenter'
     let busybox: string
     try {
-      busybox = await staticBusyboxWith('nsenter')
+      busybox = await staticBusyboxWith(applet)
     } catch (error) {
       const why = error instanceof WafersError ? error.message.replace(/\.$/, '') : String(error)
       throw new WafersError(
@@ -322,7 +326,9 @@ export async function runInRoot(
 
     args.push(`--bind-ro=${busybox}:${BUSYBOX_INSIDE}`)
     args.push('-E', `HOME=${user.home}`, '-E', `USER=${user.name}`, '-E', `LOGNAME=${user.name}`)
-    argv = [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
+    argv = user.listed
+      ? [BUSYBOX_INSIDE, 'start-stop-daemon', '-S', '-n', 'wafers-no-match', '-c', user.name, '-a', argv[0], '--', ...argv.slice(1)]
+      : [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
   } else if (user !== undefined) {
     args.push(`--user=${user.name}`)
   }
