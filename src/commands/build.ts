@@ -5,6 +5,7 @@ import type {BuildResult} from '../lib/builder/build.js'
 import {WafersError} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {tlsVerifyValue} from '../lib/oci/flags.js'
+import {parsePlatform} from '../lib/oci/platform.js'
 import {registryFlags} from '../registry-flags.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 import {locationsFromEnv} from '../lib/store/store.js'
@@ -52,13 +53,17 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
     'no-settings': Flags.boolean({
       description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
     }),
+    platform: Flags.string({
+      description: 'The platform (OS/ARCH[/VARIANT], such as linux/arm64) FROM takes from an image index.',
+    }),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
+    target: Flags.string({description: 'Build up to the stage FROM ... AS STAGE, which the wafer ends in.'}),
   }
 
   static summary = 'Build a Containerfile into a cached chain of wafers.'
 
   static usage =
-    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<BuildResult> {
     const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
@@ -80,8 +85,10 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         hooks: this.hookRunner(),
         name: flags.tag,
         noCache: flags['no-cache'],
+        platform: flags.platform === undefined ? undefined : parsePlatform(flags.platform, '--platform'),
         registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
         signal: interrupt.signal,
+        target: flags.target,
       })
       close = build.close
       const {result, steps} = build

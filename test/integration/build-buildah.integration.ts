@@ -307,4 +307,63 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(await read(root, 'groups-app')).to.equal('77\n78\n1500\n')
     expect(await read(root, 'groups-owner-getent')).to.equal('77\n5678\n')
   })
+
+  it('takes --platform and FROM --platform from a two-platform index, and --target, as buildah does', async function () {
+    this.timeout(10 * 60 * 1000)
+    const context = path.join(work, 'context')
+    await fs.mkdir(context)
+    for (const arch of ['amd64', 'arm64']) {
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(path.join(context, `${arch}.txt`), `${arch}\n`)
+      // eslint-disable-next-line no-await-in-loop
+      await fs.writeFile(path.join(context, `${arch}.containerfile`), `FROM scratch\nCOPY ${arch}.txt /\n`)
+      // eslint-disable-next-line no-await-in-loop
+      await buildah('bud', '--platform', `linux/${arch}`, '-f', path.join(context, `${arch}.containerfile`), '-t', `plat-${arch}`, context)
+    }
+
+    await buildah('manifest', 'create', 'multi')
+    for (const arch of ['amd64', 'arm64']) {
+      // eslint-disable-next-line no-await-in-loop
+      await buildah('manifest', 'add', 'multi', `containers-storage:localhost/plat-${arch}:latest`)
+    }
+
+    const layout = path.join(work, 'multi')
+    await buildah('manifest', 'push', '--all', 'multi', `oci:${layout}:multi`)
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
+    const inner = JSON.parse(
+      await fs.readFile(path.join(layout, 'blobs', ...index.manifests[0].digest.split(':')), 'utf8'),
+    )
+    expect(inner.manifests.map((m: {platform: {architecture: string}}) => m.platform.architecture).sort()).to.deep.equal([
+      'amd64',
+      'arm64',
+    ])
+    await fs.writeFile(path.join(context, 'extra.txt'), 'extra\n')
+    const arch = async (name: string) =>
+      JSON.parse((await execa('skopeo', ['inspect', '--config', `oci:${path.join(work, `out-${name}`)}:${name}`])).stdout)
+        .architecture
+
+    const staged = await sameAsBuildah(
+      context,
+      'staged',
+      [
+        `FROM --platform=linux/arm64 oci:${layout}:multi AS base`,
+        'COPY extra.txt /',
+        'FROM base AS final',
+        'COPY amd64.txt /copied.txt',
+        'FROM scratch',
+        'COPY Containerfile /',
+      ],
+      '--target',
+      'final',
+    )
+    expect(staged.tree.map((line) => line.split(' ')[0])).to.deep.equal(['arm64.txt', 'copied.txt', 'extra.txt'])
+    expect(await arch('staged')).to.equal('arm64')
+    expect(JSON.parse(await fs.readFile(path.join(box.wafers, 'staged', 'meta.json'), 'utf8')).image.architecture).to.equal(
+      'arm64',
+    )
+
+    const flagged = await sameAsBuildah(context, 'flagged', [`FROM oci:${layout}:multi`, 'COPY extra.txt /'], '--platform', 'linux/arm64')
+    expect(flagged.tree.map((line) => line.split(' ')[0])).to.deep.equal(['arm64.txt', 'extra.txt'])
+    expect(await arch('flagged')).to.equal('arm64')
+  })
 })

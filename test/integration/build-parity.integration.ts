@@ -48,4 +48,22 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
       await registry.stop()
     }
   })
+
+  it('refuses a RUN in a stage of another platform, and a --target no stage has, before anything is made', async function () {
+    this.timeout(120_000)
+    const before = await snapshot(box.wafers)
+    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM bb\nFROM --platform=linux/arm64 bb\nCOPY Containerfile /\nRUN echo hi > /made\n')
+    const foreign = await box.run(['build', '-t', 'web', context])
+    expect(foreign.exitCode).to.not.equal(0)
+    expect(said(foreign.stderr)).to.include(
+      'line 4: RUN cannot run on this machine: its stage is for linux/arm64, and this machine is linux/amd64.',
+    )
+    const flag = await box.run(['build', '-t', 'web', '--platform', 'linux/arm64', context])
+    expect(said(flag.stderr)).to.include('line 4: RUN cannot run on this machine: its stage is for linux/arm64')
+    const target = await box.run(['build', '-t', 'web', '--target', 'nope', context])
+    expect(target.exitCode).to.equal(2)
+    expect(said(target.stderr)).to.include('--target nope names no stage of the Containerfile (FROM ... AS nope).')
+    for (const run of [foreign, flag, target]) expect(hasStackTrace(run.stderr)).to.equal(false)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
 })

@@ -7,7 +7,7 @@ import {lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {hostPlatform} from '../oci/platform.js'
+import {type Platform, hostPlatform, parsePlatform, platformText} from '../oci/platform.js'
 import type {Step} from '../steps.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {type Healthcheck, type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
@@ -182,8 +182,12 @@ export class Builder {
     instruction: Instruction,
     report: (line: string) => void,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
-    const {rest} = splitFlags(instruction.args, ['platform'], 'FROM')
+    const {flags, rest} = splitFlags(instruction.args, ['platform'], 'FROM')
     const parts = words(rest, this.globalArgs, this.escape)
+    const asked =
+      flags.platform === undefined
+        ? this.options.platform
+        : parsePlatform(words(flags.platform, this.globalArgs, this.escape).join(''), `line ${instruction.line}: FROM --platform`)
     if (parts.length !== 1 && !(parts.length === 3 && parts[1].toLowerCase() === 'as')) {
       throw new WafersError(`line ${instruction.line}: FROM takes an image and optionally AS NAME.`)
     }
@@ -201,14 +205,14 @@ export class Builder {
         // As buildah and Docker do: a scratch stage still has a PATH for its RUNs and the image.
         config: {Env: [`PATH=${DEFAULT_PATH}`]},
         history: [],
-        identity: 'scratch',
-        image: host,
+        identity: asked ? `scratch:${platformText(asked)}` : 'scratch',
+        image: asked ?? host,
         shell: DEFAULT_SHELL,
       }
     } else if (earlier) {
       stage = {...structuredClone({...earlier, args: new Map()}), allCached: true, args: new Map(), name: undefined}
     } else {
-      const base = await this.baseWafer(image, instruction, report)
+      const base = await this.baseWafer(image, instruction, report, asked)
       const wafer = base.wafer
       pulled = base.pulled
       const chain = await traceAncestry(this.store, wafer)
@@ -243,6 +247,7 @@ export class Builder {
     image: string,
     instruction: Instruction,
     report: (line: string) => void,
+    platform?: Platform,
   ): Promise<{pulled: boolean; wafer: string}> {
     if (isValidName(image) && (await this.store.hasData(image))) {
       checkRealWafer(this.store, image, instruction)
@@ -251,7 +256,7 @@ export class Builder {
 
     const {pullImage} = await import('./pull.js')
     try {
-      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry)
+      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry, platform)
     } catch (error) {
       if (!(error instanceof WafersError)) throw error
       const wafer = isValidName(image) ? `there is no wafer ${image} in ${this.store.root}, and ` : ''
@@ -293,6 +298,11 @@ export class Builder {
     instruction: Instruction,
     report: (line: string) => void,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const host = hostPlatform()
+    if (stage.image.architecture !== host.architecture || stage.image.os !== host.os) {
+      throw foreignRun(instruction, stage.image)
+    }
+
     const {rest} = splitFlags(instruction.args, [], 'RUN')
     const argv = execForm(rest) ?? [...stage.shell, rest]
     const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
@@ -618,6 +628,13 @@ async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
   }
 
   return archives
+}
+
+/** The refusal of a RUN in a stage of another platform than this machine's. */
+export function foreignRun(instruction: Instruction, platform: Platform): WafersError {
+  return new WafersError(
+    `line ${instruction.line}: RUN cannot run on this machine: its stage is for ${platformText(platform)}, and this machine is ${platformText(hostPlatform())}.`,
+  )
 }
 
 function interrupted(step: number, text: string): WafersError {

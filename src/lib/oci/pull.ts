@@ -20,7 +20,7 @@ import {
   isIndex,
   selectPlatform,
 } from './image.js'
-import {checkPlatform, hostPlatform, platformText} from './platform.js'
+import {type Platform, checkPlatform, hostPlatform, platformText} from './platform.js'
 import {blobPath, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
@@ -39,6 +39,8 @@ import {throttled} from './throttle.js'
 export interface PullOptions extends RegistryOptions {
   /** The wafer to make on top of the layers; default: the repository's last path component. */
   name?: string
+  /** The platform to take from an index, and the only one taken; default: this machine's. */
+  platform?: Platform
   signal?: AbortSignal
 }
 
@@ -98,7 +100,7 @@ export function pullSteps(
   options: PullOptions,
 ): {dispose(): Promise<void>; resolve: Step; result: PullResult; steps(): Step[]} {
   const store = new WaferStore(locations.wafers)
-  const platform = hostPlatform()
+  const platform = options.platform ?? hostPlatform()
   const result: PullResult = {...platform, digest: '', layers: [], made: false, name: '', os: platform.os, ref: ''}
   let work: WorkDir | undefined
   let context: SkopeoContext | undefined
@@ -119,11 +121,11 @@ export function pullSteps(
       if (ref.transport === 'oci') {
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
-        plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
+        plan = makePlan(ref, image.manifest, image.digest, config, ref.path!, platform)
       } else {
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
-        plan = await inspect(context, ref)
+        plan = await inspect(context, ref, platform)
       }
 
       result.digest = plan.digest
@@ -211,11 +213,12 @@ function makePlan(
   digest: string,
   rawConfig: unknown,
   blobs: string,
+  platform: Platform,
   copyFrom?: string,
 ): Plan {
   const what = `the config of ${describe(ref)}`
   const config = checkConfig(rawConfig, manifest.layers.length, what)
-  checkPlatform(config, hostPlatform(), describe(ref))
+  checkPlatform(config, platform, describe(ref))
   const diffIds = config.rootfs.diff_ids
   return {
     blobs,
@@ -235,8 +238,7 @@ function makePlan(
  * image or archive with skopeo, without downloading layers. A registry image is then copied by
  * digest, so a tag moved meanwhile changes nothing.
  */
-async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Plan> {
-  const platform = hostPlatform()
+async function inspect(context: SkopeoContext, ref: ImageReference, platform: Platform): Promise<Plan> {
   // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
   // from an index too); it is used only if it is the one the manifest names.
   const [first, guess] = await Promise.all([
@@ -273,7 +275,7 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
     throw new WafersError(`the config of ${describe(ref)} does not match its digest ${manifest.config.digest}.`)
   }
 
-  return makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+  return makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', platform, source)
 }
 
 /**
@@ -321,7 +323,7 @@ async function download(
   }
 
   // skopeo may have converted a Docker manifest to OCI: the layers must be the same blobs.
-  const copied = findLayoutImage(layout, 'image', hostPlatform()).manifest
+  const copied = findLayoutImage(layout, 'image', {architecture: plan.config.architecture, os: plan.config.os, variant: plan.config.variant}).manifest
   const same =
     copied.layers.length === plan.manifest.layers.length &&
     copied.layers.every((layer, i) => layer.digest === plan.manifest.layers[i].digest)
