@@ -366,4 +366,16 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     expect(flagged.tree.map((line) => line.split(' ')[0])).to.deep.equal(['arm64.txt', 'extra.txt'])
     expect(await arch('flagged')).to.equal('arm64')
   })
+
+  it('copies from an image COPY --from names, pulled as FROM pulls it, as buildah does', async function () {
+    this.timeout(10 * 60 * 1000)
+    const [context, base] = await setUp()
+    const {tree} = await sameAsBuildah(context, 'copied', [
+      'FROM scratch',
+      `COPY --from=${base} /etc/passwd /data/ /from-image/`,
+      `COPY --from=${base} /usr/bin/suid /suid`,
+    ])
+    expect(tree.some((line) => line.startsWith('from-image/passwd f'))).to.equal(true)
+    expect(tree.some((line) => line.startsWith('from-image/owned f 0640 1234:5678'))).to.equal(true)
+  })
 })

@@ -390,12 +390,14 @@ export class Builder {
       const name = flags.from.toLowerCase()
       fromStage = this.stages.find((s) => s.name === name) ?? this.stages[Number(flags.from)]
       if (fromStage === undefined) {
-        if (!isValidName(flags.from) || !(await this.store.hasData(flags.from))) {
-          throw new WafersError(`line ${instruction.line}: --from=${flags.from} names no earlier stage and no wafer.`)
+        if (isValidName(flags.from) && (await this.store.hasData(flags.from))) {
+          checkRealWafer(this.store, flags.from, instruction)
+          fromWafer = flags.from
+        } else {
+          // As buildah does: an image reference, pulled as FROM pulls it.
+          fromWafer = await this.pulledForCopy(flags.from, instruction, report)
         }
 
-        checkRealWafer(this.store, flags.from, instruction)
-        fromWafer = flags.from
         sourcesKey = `wafer:${baseIdentity(this.store, await traceAncestry(this.store, fromWafer))}`
       } else {
         sourcesKey = `stage:${fromStage.identity}`
@@ -420,9 +422,36 @@ export class Builder {
       const top = fromStage?.top ?? fromWafer
       if (top === undefined) throw new WafersError(`line ${instruction.line}: stage ${flags.from} is empty.`)
       await this.wafers.mounts.withView(root, await traceAncestry(this.store, top), async (view) => {
-        await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, own)
+        const keep = flags.chown === undefined
+        await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, {...own, keep})
       })
     })
+  }
+
+  /** The wafer holding image `image` that COPY --from names, pulled unless it is here already. */
+  private async pulledForCopy(image: string, instruction: Instruction, report: (line: string) => void): Promise<string> {
+    const {pullImage} = await import('./pull.js')
+    try {
+      const {wafer} = await pullImage(
+        this.locations,
+        image,
+        report,
+        this.options.signal,
+        this.options.registry,
+        this.options.platform,
+      )
+      return wafer
+    } catch (error) {
+      if (!(error instanceof WafersError)) throw error
+      throw new WafersError(
+        `line ${instruction.line}: --from=${image} names no earlier stage and no wafer, and as an image: ${error.message.replace(/^./, (c) => c.toLowerCase())}`,
+        {
+          exit: error.exit,
+          suggestions:
+            error.suggestions.length > 0 ? error.suggestions : ['Name a stage of this file, a wafer or an image to pull.'],
+        },
+      )
+    }
   }
 
   /** A step that makes a wafer (see StepWafers.make), its cache key taken from the stage's state. */
