@@ -1,6 +1,8 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
 import {randomBytes} from 'node:crypto'
+import http from 'node:http'
+import type {AddressInfo} from 'node:net'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
@@ -377,5 +379,41 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     ])
     expect(tree.some((line) => line.startsWith('from-image/passwd f'))).to.equal(true)
     expect(tree.some((line) => line.startsWith('from-image/owned f 0640 1234:5678'))).to.equal(true)
+  })
+
+  it('downloads ADD of a URL as buildah does: not unpacked, mode 0600, the mtime Last-Modified gives', async function () {
+    this.timeout(10 * 60 * 1000)
+    const gz = (await execa('gzip', ['-c'], {encoding: 'buffer', input: 'payload\n'})).stdout
+    const files: Record<string, Buffer> = {'/file.txt': Buffer.from('payload\n'), '/file.txt.gz': Buffer.from(gz)}
+    const server = http.createServer((request, response) => {
+      const body = files[request.url ?? '']
+      if (body === undefined) {
+        response.writeHead(404).end()
+        return
+      }
+
+      response.writeHead(200, {'Content-Length': body.length, 'Last-Modified': 'Thu, 02 Jan 2020 03:04:05 GMT'}).end(body)
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+    try {
+      const context = path.join(work, 'context')
+      await fs.mkdir(context)
+      await fs.mkdir(box.wafers, {recursive: true})
+      const {tree} = await sameAsBuildah(context, 'fetched', [
+        'FROM scratch',
+        `ADD ${url}/file.txt ${url}/file.txt.gz /d/`,
+        `ADD --chown=1:2 ${url}/file.txt /named`,
+        `ADD --chmod=0644 ${url}/file.txt /d/sub/`,
+      ])
+      expect(tree.find((line) => line.startsWith('d/file.txt.gz '))).to.include(' f 0600 0:0 ')
+      expect(tree.find((line) => line.startsWith('named '))).to.include(' f 0600 1:2 ')
+      const stat = await fs.stat(path.join(box.stack('fetched'), 'named'))
+      expect(stat.mtime.toISOString()).to.equal('2020-01-02T03:04:05.000Z')
+      const theirs = await fs.stat(path.join(work, 'bundle-fetched', 'rootfs', 'named'))
+      expect(theirs.mtime.getTime()).to.equal(stat.mtime.getTime())
+    } finally {
+      server.close()
+    }
   })
 })

@@ -370,13 +370,24 @@ export class Builder {
       throw new WafersError(`line ${instruction.line}: ${instruction.keyword} takes SOURCE... DEST.`)
     const sources = items.slice(0, -1)
     const dest = items.at(-1) as string
-    const remote = sources.find((source) => /^[a-z]+:\/\//i.test(source) || source.startsWith('git@'))
+    const isUrl = (source: string) => /^https?:\/\//i.test(source)
+    const remote = sources.find(
+      (source) =>
+        (/^[a-z]+:\/\//i.test(source) || source.startsWith('git@')) && !(add && isUrl(source) && flags.from === undefined),
+    )
     if (remote)
       throw new WafersError(
-        `line ${instruction.line}: ${instruction.keyword} of a URL (${remote}) is not supported; download it in a RUN step.`,
+        `line ${instruction.line}: ${instruction.keyword} of ${remote} is not supported; ${add ? 'ADD downloads http and https URLs only' : 'COPY copies no URL; ADD downloads one'}.`,
       )
     const chmod = parseChmod(flags.chmod)
     const target = containerPath(dest, stage.config.WorkingDir) + (dest.endsWith('/') ? '/' : '')
+    if (add && sources.some((source) => isUrl(source))) {
+      if (!sources.every((source) => isUrl(source)))
+        throw new WafersError(`line ${instruction.line}: ADD takes URLs or files of the context, not both at once.`)
+      if (sources.length > 1 && !target.endsWith('/'))
+        throw new WafersError(`line ${instruction.line}: ADD of more than one URL needs a directory (ending in /) as DEST.`)
+      return this.addUrls(stage, instruction, sources, target, {chmod, chown: flags.chown}, report)
+    }
 
     let plan: CopyPlan | undefined
     let sourcesKey: string
@@ -426,6 +437,58 @@ export class Builder {
         await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, {...own, keep})
       })
     })
+  }
+
+  /**
+   * ADD of URLs, as buildah does it: each downloaded (never unpacked) to DEST, or into DEST/ under
+   * the URL's last path component, mode 0600 unless --chmod, with the server's Last-Modified as mtime.
+   */
+  private async addUrls(
+    stage: Stage,
+    instruction: Instruction,
+    urls: string[],
+    target: string,
+    flags: {chmod?: number; chown?: string},
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {download} = await import('./download.js')
+    const {mkdtemp, rm} = await import('node:fs/promises')
+    const {tmpdir} = await import('node:os')
+    const dir = await mkdtemp(path.join(tmpdir(), 'wafers-add-'))
+    try {
+      const entries: CopyPlan['entries'] = []
+      const key: string[] = []
+      for (const [index, url] of urls.entries()) {
+        const name = path.posix.basename(new URL(url).pathname)
+        if (target.endsWith('/') && name === '')
+          throw new WafersError(`line ${instruction.line}: ${url} names no file to put in ${target}; give DEST a file name.`)
+        report(`downloading ${url}`)
+        const file = path.join(dir, String(index))
+        // eslint-disable-next-line no-await-in-loop
+        const got = await download(url, file, `line ${instruction.line}`, this.options.signal)
+        const mtime = got.mtime ?? new Date()
+        entries.push({
+          from: url,
+          kind: 'file',
+          mode: 0o600,
+          mtime,
+          name,
+          named: true,
+          owner: {gid: 0, uid: 0},
+          rel: '',
+          source: file,
+        })
+        key.push(`${url} ${got.sha256} ${got.mtime?.getTime() ?? "no mtime"}`)
+      }
+
+      const plan: CopyPlan = {destIsDir: target.endsWith('/'), entries}
+      return await this.fileStep(stage, instruction, `url:${JSON.stringify(key)}`, report, async (root) => {
+        const own = {...parseChown(root, flags.chown), chmod: flags.chmod}
+        await copyInto(root, plan, target, own)
+      })
+    } finally {
+      await rm(dir, {force: true, recursive: true})
+    }
   }
 
   /** The wafer holding image `image` that COPY --from names, pulled unless it is here already. */
