@@ -1,4 +1,5 @@
 import {Args, Flags} from '@oclif/core'
+import path from 'node:path'
 
 import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/builder/build.js'
@@ -56,6 +57,11 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
     platform: Flags.string({
       description: 'The platform (OS/ARCH[/VARIANT], such as linux/arm64) FROM takes from an image index.',
     }),
+    secret: Flags.string({
+      description: 'A secret for RUN --mount=type=secret,id=ID (id=ID,src=FILE); never stored in a wafer.',
+      multiple: true,
+      multipleNonGreedy: true,
+    }),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
     target: Flags.string({description: 'Build up to the stage FROM ... AS STAGE, which the wafer ends in.'}),
   }
@@ -63,7 +69,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
   static summary = 'Build a Containerfile into a cached chain of wafers.'
 
   static usage =
-    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--secret id=ID,src=FILE]... [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<BuildResult> {
     const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
@@ -72,6 +78,14 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       const eq = pair.indexOf('=')
       if (eq <= 0) throw new WafersError(`--build-arg takes KEY=VALUE, not ${JSON.stringify(pair)}.`, {exit: 2})
       buildArgs[pair.slice(0, eq)] = pair.slice(eq + 1)
+    }
+
+    const secrets: Record<string, string> = {}
+    for (const given of flags.secret ?? []) {
+      const fields = Object.fromEntries(given.split(',').map((part) => [part.split('=')[0], part.slice(part.indexOf('=') + 1)]))
+      const file = fields.src ?? fields.source
+      if (!fields.id || !file) throw new WafersError(`--secret takes id=ID,src=FILE, not ${JSON.stringify(given)}.`, {exit: 2})
+      secrets[fields.id] = path.resolve(file)
     }
 
     const {buildSteps} = await import('../lib/builder/build.js')
@@ -86,6 +100,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         name: flags.tag,
         noCache: flags['no-cache'],
         platform: flags.platform === undefined ? undefined : parsePlatform(flags.platform, '--platform'),
+        secrets,
         registry: {authfile: flags.authfile, creds: flags.creds, tlsVerify: flags['tls-verify']},
         signal: interrupt.signal,
         target: flags.target,

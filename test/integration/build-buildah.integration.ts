@@ -1,6 +1,6 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
-import {randomBytes} from 'node:crypto'
+import {createHash, randomBytes} from 'node:crypto'
 import http from 'node:http'
 import type {AddressInfo} from 'node:net'
 import {promises as fs} from 'node:fs'
@@ -415,5 +415,42 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     } finally {
       server.close()
     }
+  })
+
+  it('mounts RUN --mount caches, binds and secrets as buildah does, leaving no mount point and no secret', async function () {
+    this.timeout(10 * 60 * 1000)
+    const [context, base] = await setUp()
+    await fs.mkdir(path.join(context, 'sub'))
+    await fs.writeFile(path.join(context, 'sub', 'f'), 'from the context\n')
+    const secret = path.join(work, 'secret')
+    await fs.writeFile(path.join(secret), 'never-in-a-layer-4711\n')
+    const lines = [
+      `FROM ${base} AS other`,
+      'RUN echo from a stage > /staged',
+      `FROM ${base}`,
+      // buildah keeps its caches for the whole machine (/var/tmp): an id of this test's own.
+      `RUN --mount=type=cache,id=${path.basename(work)},target=/var/cache/x sh -c 'echo c >> /var/cache/x/n; cat /var/cache/x/n > /cache-seen'`,
+      'RUN --mount=type=bind,source=sub,target=/mnt/ctx --mount=type=bind,from=other,source=/staged,target=/mnt/staged \\',
+      '    cat /mnt/ctx/f /mnt/staged > /bind-seen',
+      // What the RUN saw, as a digest: the layer must not hold the secret itself.
+      'RUN --mount=type=secret,id=tok /bin/busybox sha256sum /run/secrets/tok > /secret-seen',
+      'RUN --mount=type=secret,id=tok,target=/etc/tok /bin/busybox sha256sum /etc/tok > /secret2-seen',
+    ]
+    const {root, tree} = await sameAsBuildah(context, 'mounted', lines, '--secret', `id=tok,src=${secret}`)
+    expect(await fs.readFile(path.join(root, 'bind-seen'), 'utf8')).to.equal('from the context\nfrom a stage\n')
+    expect(await fs.readFile(path.join(root, 'cache-seen'), 'utf8')).to.equal('c\n')
+    const digest = createHash('sha256').update('never-in-a-layer-4711\n').digest('hex')
+    expect(await fs.readFile(path.join(root, 'secret2-seen'), 'utf8')).to.equal(`${digest}  /etc/tok\n`)
+    expect(tree.some((line) => line.startsWith('mnt/ctx'))).to.equal(false)
+    // The cache outlives the build: a rebuild of the step sees what the last one left.
+    expect((await box.run(['unstack', 'mounted'])).exitCode).to.equal(0)
+    const again = await box.run(['build', '-t', 'mounted', '--no-cache', '--secret', `id=tok,src=${secret}`, context])
+    expect(again.exitCode, again.stderr).to.equal(0)
+    expect((await box.run(['stack', 'mounted'])).exitCode).to.equal(0)
+    expect(await fs.readFile(path.join(root, 'cache-seen'), 'utf8')).to.equal('c\nc\n')
+    // The secret is nowhere in the store: no layer, no cache key, no meta.
+    const grep = await execa('grep', ['-r', '-l', 'never-in-a-layer-4711', box.wafers], {reject: false})
+    expect(grep.stdout).to.equal('')
+    expect(grep.exitCode).to.equal(1)
   })
 })

@@ -81,4 +81,16 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
     expect(hasStackTrace(failed.run.stderr)).to.equal(false)
 expect(await snapshot(box.wafers)).to.deep.equal(before)
   })
+
+  it('refuses RUN --mount=type=secret of a secret not given, with the --secret hint, and makes nothing for it', async function () {
+    this.timeout(120_000)
+    const before = await snapshot(box.wafers)
+    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM bb\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n')
+    const run = await box.run(['build', '-t', 'web', context])
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include('line 2: RUN --mount type=secret,id=tok: no secret tok was given.')
+    expect(said(run.stderr)).to.include('--secret id=tok,src=FILE')
+    expect(hasStackTrace(run.stderr)).to.equal(false)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
+  })
 })

@@ -19,6 +19,7 @@ import {Builder, foreignRun} from './evaluate.js'
 import {checkBuildTarget} from './finish.js'
 import {type Containerfile, type Instruction, parseContainerfile, splitFlags} from './parser.js'
 import {resolveInRoot} from './paths.js'
+import {takeMounts} from './run-mounts.js'
 
 /** What `wafers build` is asked to do. */
 export interface BuildOptions {
@@ -38,6 +39,8 @@ export interface BuildOptions {
   platform?: Platform
   /** How FROM pulls images: `--tls-verify`, `--creds`, `--authfile`. */
   registry?: RegistryOptions
+  /** `--secret id=ID,src=FILE`: the files RUN --mount=type=secret,id=ID binds in, read-only. */
+  secrets?: Record<string, string>
   /** Aborted on Ctrl-C: the RUN under way is stopped, nothing new starts. */
   signal?: AbortSignal
   /** `--target STAGE`: the build ends with that stage; what follows it is not built. */
@@ -105,7 +108,7 @@ export function buildSteps(
   if (!contextStat.isDirectory()) throw new WafersError(`the build context ${context} is not a directory.`)
   const {containerfile: whole} = readContainerfile(context, options.file)
   const containerfile = options.target === undefined ? whole : upToStage(whole, options.target)
-  checkInstructions(containerfile, options.platform)
+  checkInstructions(containerfile, options.platform, options.secrets ?? {})
   const store = new WaferStore(locations.wafers)
   checkBuildTarget(store, options.name)
   const builder = new Builder(locations, store, context, containerfile, options)
@@ -131,11 +134,11 @@ const FLAGS: Record<string, string[]> = {
   ADD: ['chown', 'chmod'],
   COPY: ['chown', 'chmod', 'from'],
   FROM: ['platform'],
-  RUN: [],
+  RUN: ['mount'],
 }
 
 /** Refuses, before anything runs, instructions and flags wafers build does not support, naming the line. */
-function checkInstructions(file: Containerfile, platform?: Platform): void {
+function checkInstructions(file: Containerfile, platform: Platform | undefined, secrets: Record<string, string>): void {
   // The platform each stage asks for, when it is written out: a RUN in a stage of another
   // platform than this machine's cannot run, so it is refused before any image is pulled for it.
   let asked = platform
@@ -149,6 +152,16 @@ function checkInstructions(file: Containerfile, platform?: Platform): void {
 
     if (keyword === 'RUN' && asked && (asked.architecture !== host.architecture || asked.os !== host.os)) {
       throw foreignRun(instruction, asked)
+    }
+
+    // RUN --mount's own syntax too, before anything runs (its mounts are parsed again in the step).
+    if (keyword === 'RUN') {
+      for (const mount of takeMounts(instruction.args, line).mounts) {
+        if (mount.type === 'secret' && !Object.hasOwn(secrets, mount.id as string))
+          throw new WafersError(`line ${line}: RUN --mount type=secret,id=${mount.id}: no secret ${mount.id} was given.`, {
+            suggestions: [`Give it with --secret id=${mount.id},src=FILE.`],
+          })
+      }
     }
 
     const allowed = FLAGS[keyword]

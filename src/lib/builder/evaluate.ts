@@ -30,7 +30,8 @@ import {
   substituteEach,
   words,
 } from './parser.js'
-import {containerPath} from './paths.js'
+import {containerPath, resolveInRoot} from './paths.js'
+import {type Bind, type RunMount, openCache, prepareMountPoints, takeMounts} from './run-mounts.js'
 import {isDirectoryIn, type RunSpec, runFailed, runInRoot} from './run.js'
 import type {DirectRun} from './step-mount.js'
 import {parseChown, runAs} from './users.js'
@@ -303,8 +304,11 @@ export class Builder {
       throw foreignRun(instruction, stage.image)
     }
 
-    const {rest} = splitFlags(instruction.args, [], 'RUN')
+    const taken = takeMounts(instruction.args, instruction.line, stage.config.WorkingDir)
+    const {mounts} = taken
+    const {rest} = splitFlags(taken.rest, [], 'RUN')
     const argv = execForm(rest) ?? [...stage.shell, rest]
+    const sources = mounts.length === 0 ? undefined : JSON.stringify(await this.mountSources(mounts, instruction))
     const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
     const step = this.stepNumber
     const runIn = async (root: string, overlay?: string[]) => {
@@ -323,11 +327,13 @@ export class Builder {
     // Whether nspawn can mount the step itself: nothing to look up or make in the stack first (a
     // USER to find in its /etc/passwd, a WORKDIR it lacks).
     const alone = async (layers: string[]) =>
-      (stage.config.User ?? '') === '' && (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
+      mounts.length === 0 &&
+      (stage.config.User ?? '') === '' &&
+      (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
     return this.fileStep(
       stage,
       instruction,
-      undefined,
+      sources,
       report,
       async (root) => {
         if (spec.workdir) await mkdirIn(root, spec.workdir)
@@ -339,10 +345,105 @@ export class Builder {
           throw error
         }
 
-        await runIn(root)
+        if (mounts.length === 0) await runIn(root)
+        else await this.withMounts(root, mounts, instruction, async (binds) => {
+          spec.binds = binds
+          const cleanUp = await prepareMountPoints(root, binds)
+          try {
+            await runIn(root)
+          } finally {
+            await cleanUp()
+          }
+        })
       },
       {alone, runIn},
     )
+  }
+
+  /** What the RUN's mounts read, for its cache key: bind sources' contents, never a secret's. */
+  private async mountSources(mounts: RunMount[], instruction: Instruction): Promise<string[]> {
+    const keys: string[] = []
+    for (const mount of mounts) {
+      if (mount.type !== 'bind') continue
+      if (mount.from === undefined) {
+        this.ignore ??= IgnoreRules.load(this.context)
+        // eslint-disable-next-line no-await-in-loop
+        keys.push(await hashPlan(planCopy(this.context, [mount.source ?? '.'], '/', this.ignore, 'the build context')))
+      } else {
+        // eslint-disable-next-line no-await-in-loop
+        const top = await this.mountFrom(mount.from, instruction)
+        // eslint-disable-next-line no-await-in-loop
+        keys.push(`${mount.source ?? '.'} of ${baseIdentity(this.store, await traceAncestry(this.store, top))}`)
+      }
+    }
+
+    return keys
+  }
+
+  /** The top wafer of the stage or wafer a bind mount's from= names. */
+  private async mountFrom(from: string, instruction: Instruction): Promise<string> {
+    const stage = this.stages.find((s) => s.name === from.toLowerCase()) ?? this.stages[Number(from)]
+    if (stage?.top !== undefined) return stage.top
+    if (stage === undefined && isValidName(from) && (await this.store.hasData(from))) {
+      checkRealWafer(this.store, from, instruction)
+      return from
+    }
+
+    throw new WafersError(`line ${instruction.line}: RUN --mount from=${from} names no earlier stage with files and no wafer.`)
+  }
+
+  /** Runs `run` with the host side of each mount ready: caches opened and locked, stages mounted. */
+  private async withMounts(
+    root: string,
+    mounts: RunMount[],
+    instruction: Instruction,
+    run: (binds: Bind[]) => Promise<void>,
+  ): Promise<void> {
+    const binds: Bind[] = []
+    const locks: Array<{release(): void}> = []
+    const at = `line ${instruction.line}: RUN --mount`
+    const go = async (index: number): Promise<void> => {
+      if (index === mounts.length) return run(binds)
+      const mount = mounts[index]
+      if (mount.type === 'cache') {
+        const cache = await openCache(this.store.root, mount.id ?? mount.target)
+        locks.push(cache.lock)
+        binds.push({host: cache.dir, readOnly: mount.readOnly, target: mount.target})
+        return go(index + 1)
+      }
+
+      if (mount.type === 'secret') {
+        const file = this.options.secrets?.[mount.id as string]
+        if (file === undefined)
+          throw new WafersError(`${at} type=secret,id=${mount.id}: no secret ${mount.id} was given.`, {
+            suggestions: [`Give it with --secret id=${mount.id},src=FILE.`],
+          })
+        if (lstatSync(file, {throwIfNoEntry: false})?.isFile() !== true)
+          throw new WafersError(`${at} type=secret,id=${mount.id}: ${file} is not a file.`)
+        binds.push({host: file, readOnly: true, target: mount.target})
+        return go(index + 1)
+      }
+
+      const bindFrom = async (tree: string, what: string) => {
+        const host = resolveInRoot(tree, mount.source ?? '.')
+        if (lstatSync(host, {throwIfNoEntry: false}) === undefined)
+          throw new WafersError(`${at} source=${mount.source}: there is no ${mount.source} in ${what}.`)
+        binds.push({host, readOnly: true, target: mount.target})
+        return go(index + 1)
+      }
+
+      if (mount.from === undefined) return bindFrom(this.context, 'the build context')
+      const top = await this.mountFrom(mount.from, instruction)
+      return this.wafers.mounts.withView(root, await traceAncestry(this.store, top), async (view) =>
+        bindFrom(view, `stage ${mount.from}`),
+      )
+    }
+
+    try {
+      await go(0)
+    } finally {
+      for (const lock of locks) lock.release()
+    }
   }
 
   private async copy(

@@ -8,12 +8,15 @@ import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
 import {stagingLockFds} from '../store/staging.js'
 import {withoutUserNamespaces} from './no-userns.js'
+import type {Bind} from './run-mounts.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
 export interface RunSpec {
   /** The argument vector (exec form, or the shell and its `-c` plus the command line). */
   argv: string[]
+  /** Host paths bound into the RUN (RUN --mount). */
+  binds?: Bind[]
   /** The environment: the image's Env and the build args in scope, `KEY=VALUE`. */
   env: string[]
   /** Who runs it (see runAs); root when undefined. */
@@ -331,6 +334,12 @@ export async function runInRoot(
       : [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
   } else if (user !== undefined) {
     args.push(`--user=${user.name}`)
+  }
+
+  for (const bind of spec.binds ?? []) {
+    if (/[:,\\\s]/.test(bind.host))
+      throw new WafersError(`${bind.host} holds a character nspawn cannot bind from; it cannot be mounted in a RUN.`)
+    args.push(`--${bind.readOnly ? 'bind-ro' : 'bind'}=${bind.host}:${bind.target}`)
   }
 
   // The image's Env comes last: it wins over the HOME and USER set for a numeric user, as in Docker.
