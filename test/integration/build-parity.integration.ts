@@ -93,4 +93,36 @@ expect(await snapshot(box.wafers)).to.deep.equal(before)
     expect(hasStackTrace(run.stderr)).to.equal(false)
     expect(await snapshot(box.wafers)).to.deep.equal(before)
   })
+
+  it('runs and copies BuildKit here-documents (beyond buildah 1.28)', async function () {
+    this.timeout(120_000)
+    const {json, run} = await build(
+      [
+        'FROM bb',
+        'ARG WHO=world',
+        'RUN <<EOF',
+        'echo "hello $WHO" > /script-ran',
+        'echo second line >> /script-ran',
+        'EOF',
+        'RUN cat <<-END > /piped && echo after >> /piped',
+        '\tindented $WHO',
+        '\tEND',
+        'COPY --chmod=0755 <<one <<"two" /docs/',
+        'one says $WHO',
+        'one',
+        'two keeps $WHO',
+        'two',
+        '',
+      ].join('\n'),
+    )
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const wafer = (index: number) => json.steps[index].wafer as string
+    expect(await fs.readFile(box.data(wafer(2), 'script-ran'), 'utf8')).to.equal('hello world\nsecond line\n')
+    expect(await fs.readFile(box.data(wafer(3), 'piped'), 'utf8')).to.equal('indented world\nafter\n')
+    expect(await fs.readFile(box.data(wafer(4), 'docs', 'one'), 'utf8')).to.equal('one says world\n')
+    expect(await fs.readFile(box.data(wafer(4), 'docs', 'two'), 'utf8')).to.equal('two keeps $WHO\n')
+    expect((await fs.stat(box.data(wafer(4), 'docs', 'two'))).mode & 0o7777).to.equal(0o755)
+    const again = await build(await fs.readFile(path.join(context, 'Containerfile'), 'utf8'))
+    expect(again.json.steps.every((step) => step.cached)).to.equal(true)
+  })
 })

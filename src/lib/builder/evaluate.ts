@@ -307,7 +307,7 @@ export class Builder {
     const taken = takeMounts(instruction.args, instruction.line, stage.config.WorkingDir)
     const {mounts} = taken
     const {rest} = splitFlags(taken.rest, [], 'RUN')
-    const argv = execForm(rest) ?? [...stage.shell, rest]
+    const argv = execForm(rest) ?? [...stage.shell, heredocCommand(instruction, rest)]
     const sources = mounts.length === 0 ? undefined : JSON.stringify(await this.mountSources(mounts, instruction))
     const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
     const step = this.stepNumber
@@ -482,6 +482,10 @@ export class Builder {
       )
     const chmod = parseChmod(flags.chmod)
     const target = containerPath(dest, stage.config.WorkingDir) + (dest.endsWith('/') ? '/' : '')
+    if (instruction.heredocs && sources.some((source) => source.startsWith('<<'))) {
+      return this.copyHeredocs(stage, instruction, sources, target, {chmod, chown: flags.chown}, report)
+    }
+
     if (add && sources.some((source) => isUrl(source))) {
       if (!sources.every((source) => isUrl(source)))
         throw new WafersError(`line ${instruction.line}: ADD takes URLs or files of the context, not both at once.`)
@@ -586,6 +590,45 @@ export class Builder {
       return await this.fileStep(stage, instruction, `url:${JSON.stringify(key)}`, report, async (root) => {
         const own = {...parseChown(root, flags.chown), chmod: flags.chmod}
         await copyInto(root, plan, target, own)
+      })
+    } finally {
+      await rm(dir, {force: true, recursive: true})
+    }
+  }
+
+  /** COPY or ADD of here-documents (BuildKit's `COPY <<EOF /file`): each a file of its body, 0644. */
+  private async copyHeredocs(
+    stage: Stage,
+    instruction: Instruction,
+    sources: string[],
+    target: string,
+    flags: {chmod?: number; chown?: string},
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {mkdtemp, rm, utimes, writeFile} = await import('node:fs/promises')
+    const {tmpdir} = await import('node:os')
+    const docs = new Map((instruction.heredocs ?? []).map((doc) => [doc.name, doc]))
+    const names = sources.map((source) => {
+      const doc = docs.get(source.replace(/^<<-?/, ''))
+      if (!source.startsWith('<<') || doc === undefined)
+        throw new WafersError(`line ${instruction.line}: ${instruction.keyword} takes here-documents or files of the context, not both at once.`)
+      return doc
+    })
+    const dir = await mkdtemp(path.join(tmpdir(), 'wafers-heredoc-'))
+    try {
+      const vars = this.vars(stage)
+      for (const doc of names) {
+        const file = path.join(dir, doc.name)
+        // eslint-disable-next-line no-await-in-loop
+        await writeFile(file, doc.expand ? expandVariables(doc.body, vars) : doc.body, {mode: 0o644})
+        // A fixed time: the same body is the same file, for the cache.
+        // eslint-disable-next-line no-await-in-loop
+        await utimes(file, 0, 0)
+      }
+
+      const plan = planCopy(dir, names.map((doc) => doc.name), target, NO_IGNORE, 'the here-documents')
+      return await this.fileStep(stage, instruction, await hashPlan(plan), report, async (root) => {
+        await copyInto(root, plan, target, {...parseChown(root, flags.chown), chmod: flags.chmod})
       })
     } finally {
       await rm(dir, {force: true, recursive: true})
@@ -742,6 +785,25 @@ export class Builder {
       }
     }
   }
+}
+
+/**
+ * The shell command of a RUN with here-documents, as BuildKit runs it: a lone `<<EOF` is the
+ * script itself; otherwise the line and the documents go to the shell as written, for it to read.
+ */
+function heredocCommand(instruction: Instruction, rest: string): string {
+  const docs = instruction.heredocs
+  if (docs === undefined) return rest
+  const lone = /^<<-?(["']?)([A-Za-z_][A-Za-z0-9_]*)\1$/.exec(rest.trim())
+  if (lone && docs.length === 1) return docs[0].body
+  return [rest, ...instruction.text.split('\n').slice(1)].join('\n')
+}
+
+/** `$VAR` and `${VAR}` in a here-document's body replaced by their values (quotes left as they are). */
+function expandVariables(body: string, vars: Variables): string {
+  return body.replaceAll(/\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (match, braced, bare) =>
+    match === '\\$' ? '$' : (vars.get(braced ?? bare) ?? ''),
+  )
 }
 
 /** An ONBUILD trigger as an instruction of the line that brings it in; refuses what may not be one. */
