@@ -82,9 +82,12 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
 
     const secrets: Record<string, string> = {}
     for (const given of flags.secret ?? []) {
-      const fields = Object.fromEntries(given.split(',').map((part) => [part.split('=')[0], part.slice(part.indexOf('=') + 1)]))
+      const fields = Object.fromEntries(
+        given.split(',').map((part) => [part.split('=')[0], part.slice(part.indexOf('=') + 1)]),
+      )
       const file = fields.src ?? fields.source
-      if (!fields.id || !file) throw new WafersError(`--secret takes id=ID,src=FILE, not ${JSON.stringify(given)}.`, {exit: 2})
+      if (!fields.id || !file)
+        throw new WafersError(`--secret takes id=ID,src=FILE, not ${JSON.stringify(given)}.`, {exit: 2})
       secrets[fields.id] = path.resolve(file)
     }
 

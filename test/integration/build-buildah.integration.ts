@@ -144,7 +144,14 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
 
   /** `buildah ARGS` on the test's own storage; fails the test when buildah fails. */
   const buildah = async (...args: string[]) => {
-    const storage = ['--root', path.join(work, 'root'), '--runroot', path.join(work, 'runroot'), '--storage-driver', 'vfs']
+    const storage = [
+      '--root',
+      path.join(work, 'root'),
+      '--runroot',
+      path.join(work, 'runroot'),
+      '--storage-driver',
+      'vfs',
+    ]
     const run = await execa('buildah', [...storage, ...args], {reject: false, stdin: 'ignore'})
     expect(run.exitCode, `buildah ${args.join(' ')}\n${run.stdout}\n${run.stderr}`).to.equal(0)
     return run.stdout
@@ -209,7 +216,9 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     await buildah('bud', '--isolation', 'chroot', '-t', 'scratchy', context)
     expect((await box.run(['build', '-t', 'scratchy', context])).exitCode).to.equal(0)
     const theirs = JSON.parse(await buildah('inspect', 'scratchy')).OCIv1.config
-    expect((await ourConfig('scratchy')).Env).to.deep.equal(theirs.Env).and.have.length(1)
+    expect((await ourConfig('scratchy')).Env)
+      .to.deep.equal(theirs.Env)
+      .and.have.length(1)
   })
 
   /**
@@ -245,7 +254,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     return [context, `oci:${base}:base`]
   }
 
-  it('leaves DEST of ADD --chown of a local tar root\'s, as buildah does', async function () {
+  it("leaves DEST of ADD --chown of a local tar root's, as buildah does", async function () {
     this.timeout(10 * 60 * 1000)
     const [context, base] = await setUp()
     const src = path.join(work, 'src')
@@ -320,7 +329,16 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
       // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(context, `${arch}.containerfile`), `FROM scratch\nCOPY ${arch}.txt /\n`)
       // eslint-disable-next-line no-await-in-loop
-      await buildah('bud', '--platform', `linux/${arch}`, '-f', path.join(context, `${arch}.containerfile`), '-t', `plat-${arch}`, context)
+      await buildah(
+        'bud',
+        '--platform',
+        `linux/${arch}`,
+        '-f',
+        path.join(context, `${arch}.containerfile`),
+        '-t',
+        `plat-${arch}`,
+        context,
+      )
     }
 
     await buildah('manifest', 'create', 'multi')
@@ -335,14 +353,14 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     const inner = JSON.parse(
       await fs.readFile(path.join(layout, 'blobs', ...index.manifests[0].digest.split(':')), 'utf8'),
     )
-    expect(inner.manifests.map((m: {platform: {architecture: string}}) => m.platform.architecture).sort()).to.deep.equal([
-      'amd64',
-      'arm64',
-    ])
+    expect(
+      inner.manifests.map((m: {platform: {architecture: string}}) => m.platform.architecture).sort(),
+    ).to.deep.equal(['amd64', 'arm64'])
     await fs.writeFile(path.join(context, 'extra.txt'), 'extra\n')
     const arch = async (name: string) =>
-      JSON.parse((await execa('skopeo', ['inspect', '--config', `oci:${path.join(work, `out-${name}`)}:${name}`])).stdout)
-        .architecture
+      JSON.parse(
+        (await execa('skopeo', ['inspect', '--config', `oci:${path.join(work, `out-${name}`)}:${name}`])).stdout,
+      ).architecture
 
     const staged = await sameAsBuildah(
       context,
@@ -360,11 +378,17 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     )
     expect(staged.tree.map((line) => line.split(' ')[0])).to.deep.equal(['arm64.txt', 'copied.txt', 'extra.txt'])
     expect(await arch('staged')).to.equal('arm64')
-    expect(JSON.parse(await fs.readFile(path.join(box.wafers, 'staged', 'meta.json'), 'utf8')).image.architecture).to.equal(
-      'arm64',
-    )
+    expect(
+      JSON.parse(await fs.readFile(path.join(box.wafers, 'staged', 'meta.json'), 'utf8')).image.architecture,
+    ).to.equal('arm64')
 
-    const flagged = await sameAsBuildah(context, 'flagged', [`FROM oci:${layout}:multi`, 'COPY extra.txt /'], '--platform', 'linux/arm64')
+    const flagged = await sameAsBuildah(
+      context,
+      'flagged',
+      [`FROM oci:${layout}:multi`, 'COPY extra.txt /'],
+      '--platform',
+      'linux/arm64',
+    )
     expect(flagged.tree.map((line) => line.split(' ')[0])).to.deep.equal(['arm64.txt', 'extra.txt'])
     expect(await arch('flagged')).to.equal('arm64')
   })
@@ -392,7 +416,9 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
         return
       }
 
-      response.writeHead(200, {'Content-Length': body.length, 'Last-Modified': 'Thu, 02 Jan 2020 03:04:05 GMT'}).end(body)
+      response
+        .writeHead(200, {'Content-Length': body.length, 'Last-Modified': 'Thu, 02 Jan 2020 03:04:05 GMT'})
+        .end(body)
     })
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`

@@ -40,7 +40,9 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
       const run = await box.run(['build', '-t', 'web', context])
       expect(run.exitCode).to.not.equal(0)
       const text = said(run.stderr)
-      expect(text).to.include(`line 1: FROM ${registry.host}/app:1: the registry ${registry.host} speaks plain HTTP, not HTTPS.`)
+      expect(text).to.include(
+        `line 1: FROM ${registry.host}/app:1: the registry ${registry.host} speaks plain HTTP, not HTTPS.`,
+      )
       expect(text).to.include('--tls-verify=false')
       expect(text).to.not.include('Name an existing wafer')
       expect(await snapshot(box.wafers)).to.deep.equal(before)
@@ -52,7 +54,10 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
   it('refuses a RUN in a stage of another platform, and a --target no stage has, before anything is made', async function () {
     this.timeout(120_000)
     const before = await snapshot(box.wafers)
-    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM bb\nFROM --platform=linux/arm64 bb\nCOPY Containerfile /\nRUN echo hi > /made\n')
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nFROM --platform=linux/arm64 bb\nCOPY Containerfile /\nRUN echo hi > /made\n',
+    )
     const foreign = await box.run(['build', '-t', 'web', context])
     expect(foreign.exitCode).to.not.equal(0)
     expect(said(foreign.stderr)).to.include(
@@ -79,13 +84,16 @@ describe('wafers build: what buildah does that wafers build does too, or refuses
     expect(failed.run.exitCode).to.equal(1)
     expect(said(failed.run.stderr)).to.include(`line 3: http://127.0.0.1:${port}/x cannot be downloaded: ECONNREFUSED.`)
     expect(hasStackTrace(failed.run.stderr)).to.equal(false)
-expect(await snapshot(box.wafers)).to.deep.equal(before)
+    expect(await snapshot(box.wafers)).to.deep.equal(before)
   })
 
   it('refuses RUN --mount=type=secret of a secret not given, with the --secret hint, and makes nothing for it', async function () {
     this.timeout(120_000)
     const before = await snapshot(box.wafers)
-    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM bb\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n')
+    await fs.writeFile(
+      path.join(context, 'Containerfile'),
+      'FROM bb\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n',
+    )
     const run = await box.run(['build', '-t', 'web', context])
     expect(run.exitCode).to.equal(1)
     expect(said(run.stderr)).to.include('line 2: RUN --mount type=secret,id=tok: no secret tok was given.')

@@ -147,7 +147,12 @@ function checkInstructions(file: Containerfile, platform: Platform | undefined, 
     const {keyword, line} = instruction
     if (keyword === 'FROM') {
       const given = /^--platform=(\S+)/.exec(instruction.args)?.[1]
-      asked = given === undefined ? platform : given.includes('$') ? undefined : parsePlatform(given, `line ${line}: FROM --platform`)
+      asked =
+        given === undefined
+          ? platform
+          : given.includes('$')
+            ? undefined
+            : parsePlatform(given, `line ${line}: FROM --platform`)
     }
 
     if (keyword === 'RUN' && asked && (asked.architecture !== host.architecture || asked.os !== host.os)) {
@@ -158,9 +163,12 @@ function checkInstructions(file: Containerfile, platform: Platform | undefined, 
     if (keyword === 'RUN') {
       for (const mount of takeMounts(instruction.args, line).mounts) {
         if (mount.type === 'secret' && !Object.hasOwn(secrets, mount.id as string))
-          throw new WafersError(`line ${line}: RUN --mount type=secret,id=${mount.id}: no secret ${mount.id} was given.`, {
-            suggestions: [`Give it with --secret id=${mount.id},src=FILE.`],
-          })
+          throw new WafersError(
+            `line ${line}: RUN --mount type=secret,id=${mount.id}: no secret ${mount.id} was given.`,
+            {
+              suggestions: [`Give it with --secret id=${mount.id},src=FILE.`],
+            },
+          )
       }
     }
 

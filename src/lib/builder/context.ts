@@ -180,7 +180,17 @@ function entryOf(source: string, rel: string, stat: Stats, from: string, named: 
   const kind = stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isFile() ? 'file' : undefined
   if (kind === undefined)
     throw new WafersError(`${from} is not a file, directory or symbolic link; COPY takes only those.`)
-  return {from, kind, mode: stat.mode & 0o7777, mtime: stat.mtime, name, named, owner: {gid: stat.gid, uid: stat.uid}, rel, source}
+  return {
+    from,
+    kind,
+    mode: stat.mode & 0o7777,
+    mtime: stat.mtime,
+    name,
+    named,
+    owner: {gid: stat.gid, uid: stat.uid},
+    rel,
+    source,
+  }
 }
 
 /** Every path under `root/dir` (relative to root, sorted, depth first) that `ignore` keeps; links are not followed. */

@@ -188,7 +188,10 @@ export class Builder {
     const asked =
       flags.platform === undefined
         ? this.options.platform
-        : parsePlatform(words(flags.platform, this.globalArgs, this.escape).join(''), `line ${instruction.line}: FROM --platform`)
+        : parsePlatform(
+            words(flags.platform, this.globalArgs, this.escape).join(''),
+            `line ${instruction.line}: FROM --platform`,
+          )
     if (parts.length !== 1 && !(parts.length === 3 && parts[1].toLowerCase() === 'as')) {
       throw new WafersError(`line ${instruction.line}: FROM takes an image and optionally AS NAME.`)
     }
@@ -346,15 +349,16 @@ export class Builder {
         }
 
         if (mounts.length === 0) await runIn(root)
-        else await this.withMounts(root, mounts, instruction, async (binds) => {
-          spec.binds = binds
-          const cleanUp = await prepareMountPoints(root, binds)
-          try {
-            await runIn(root)
-          } finally {
-            await cleanUp()
-          }
-        })
+        else
+          await this.withMounts(root, mounts, instruction, async (binds) => {
+            spec.binds = binds
+            const cleanUp = await prepareMountPoints(root, binds)
+            try {
+              await runIn(root)
+            } finally {
+              await cleanUp()
+            }
+          })
       },
       {alone, runIn},
     )
@@ -389,7 +393,9 @@ export class Builder {
       return from
     }
 
-    throw new WafersError(`line ${instruction.line}: RUN --mount from=${from} names no earlier stage with files and no wafer.`)
+    throw new WafersError(
+      `line ${instruction.line}: RUN --mount from=${from} names no earlier stage with files and no wafer.`,
+    )
   }
 
   /** Runs `run` with the host side of each mount ready: caches opened and locked, stages mounted. */
@@ -474,7 +480,8 @@ export class Builder {
     const isUrl = (source: string) => /^https?:\/\//i.test(source)
     const remote = sources.find(
       (source) =>
-        (/^[a-z]+:\/\//i.test(source) || source.startsWith('git@')) && !(add && isUrl(source) && flags.from === undefined),
+        (/^[a-z]+:\/\//i.test(source) || source.startsWith('git@')) &&
+        !(add && isUrl(source) && flags.from === undefined),
     )
     if (remote)
       throw new WafersError(
@@ -490,7 +497,9 @@ export class Builder {
       if (!sources.every((source) => isUrl(source)))
         throw new WafersError(`line ${instruction.line}: ADD takes URLs or files of the context, not both at once.`)
       if (sources.length > 1 && !target.endsWith('/'))
-        throw new WafersError(`line ${instruction.line}: ADD of more than one URL needs a directory (ending in /) as DEST.`)
+        throw new WafersError(
+          `line ${instruction.line}: ADD of more than one URL needs a directory (ending in /) as DEST.`,
+        )
       return this.addUrls(stage, instruction, sources, target, {chmod, chown: flags.chown}, report)
     }
 
@@ -566,7 +575,9 @@ export class Builder {
       for (const [index, url] of urls.entries()) {
         const name = path.posix.basename(new URL(url).pathname)
         if (target.endsWith('/') && name === '')
-          throw new WafersError(`line ${instruction.line}: ${url} names no file to put in ${target}; give DEST a file name.`)
+          throw new WafersError(
+            `line ${instruction.line}: ${url} names no file to put in ${target}; give DEST a file name.`,
+          )
         report(`downloading ${url}`)
         const file = path.join(dir, String(index))
         // eslint-disable-next-line no-await-in-loop
@@ -583,7 +594,7 @@ export class Builder {
           rel: '',
           source: file,
         })
-        key.push(`${url} ${got.sha256} ${got.mtime?.getTime() ?? "no mtime"}`)
+        key.push(`${url} ${got.sha256} ${got.mtime?.getTime() ?? 'no mtime'}`)
       }
 
       const plan: CopyPlan = {destIsDir: target.endsWith('/'), entries}
@@ -611,7 +622,9 @@ export class Builder {
     const names = sources.map((source) => {
       const doc = docs.get(source.replace(/^<<-?/, ''))
       if (!source.startsWith('<<') || doc === undefined)
-        throw new WafersError(`line ${instruction.line}: ${instruction.keyword} takes here-documents or files of the context, not both at once.`)
+        throw new WafersError(
+          `line ${instruction.line}: ${instruction.keyword} takes here-documents or files of the context, not both at once.`,
+        )
       return doc
     })
     const dir = await mkdtemp(path.join(tmpdir(), 'wafers-heredoc-'))
@@ -626,7 +639,13 @@ export class Builder {
         await utimes(file, 0, 0)
       }
 
-      const plan = planCopy(dir, names.map((doc) => doc.name), target, NO_IGNORE, 'the here-documents')
+      const plan = planCopy(
+        dir,
+        names.map((doc) => doc.name),
+        target,
+        NO_IGNORE,
+        'the here-documents',
+      )
       return await this.fileStep(stage, instruction, await hashPlan(plan), report, async (root) => {
         await copyInto(root, plan, target, {...parseChown(root, flags.chown), chmod: flags.chmod})
       })
@@ -636,7 +655,11 @@ export class Builder {
   }
 
   /** The wafer holding image `image` that COPY --from names, pulled unless it is here already. */
-  private async pulledForCopy(image: string, instruction: Instruction, report: (line: string) => void): Promise<string> {
+  private async pulledForCopy(
+    image: string,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<string> {
     const {pullImage} = await import('./pull.js')
     try {
       const {wafer} = await pullImage(
@@ -655,7 +678,9 @@ export class Builder {
         {
           exit: error.exit,
           suggestions:
-            error.suggestions.length > 0 ? error.suggestions : ['Name a stage of this file, a wafer or an image to pull.'],
+            error.suggestions.length > 0
+              ? error.suggestions
+              : ['Name a stage of this file, a wafer or an image to pull.'],
         },
       )
     }
@@ -832,7 +857,9 @@ function parseDuration(text: string, flag: string, line: number): number {
   const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)]
   if (text === '0') return 0
   if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text)
-    throw new WafersError(`line ${line}: HEALTHCHECK --${flag} takes a duration such as 30s, not ${JSON.stringify(text)}.`)
+    throw new WafersError(
+      `line ${line}: HEALTHCHECK --${flag} takes a duration such as 30s, not ${JSON.stringify(text)}.`,
+    )
   return Math.round(parts.reduce((sum, [, n, unit]) => sum + Number(n) * DURATION_UNITS[unit], 0))
 }
 

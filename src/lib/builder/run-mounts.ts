@@ -57,7 +57,21 @@ function parseMount(text: string, line: number, workdir?: string): RunMount {
   const type = fields.get('type') ?? 'bind'
   if (type !== 'bind' && type !== 'cache' && type !== 'secret')
     throw bad(`wafers mounts type=bind, type=cache and type=secret, not type=${type}`)
-  const known = new Set(['type', 'target', 'dst', 'destination', 'source', 'src', 'from', 'id', 'ro', 'readonly', 'rw', 'readwrite', 'required'])
+  const known = new Set([
+    'type',
+    'target',
+    'dst',
+    'destination',
+    'source',
+    'src',
+    'from',
+    'id',
+    'ro',
+    'readonly',
+    'rw',
+    'readwrite',
+    'required',
+  ])
   for (const key of fields.keys()) if (!known.has(key)) throw bad(`${key}= is not supported`)
   const id = fields.get('id')
   let target = fields.get('target') ?? fields.get('dst') ?? fields.get('destination')
@@ -91,7 +105,8 @@ export async function openCache(wafersRoot: string, id: string): Promise<{dir: s
     await fs.mkdir(dir, {mode: 0o755}).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== 'EEXIST') throw error
     })
-    if (!lstatSync(dir).isDirectory()) throw new WafersError(`${dir} is not a directory (a link?); it is not used as a cache.`)
+    if (!lstatSync(dir).isDirectory())
+      throw new WafersError(`${dir} is not a directory (a link?); it is not used as a cache.`)
   }
 
   const lock = await lockDirectory(dir)

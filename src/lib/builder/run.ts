@@ -330,7 +330,19 @@ export async function runInRoot(
     args.push(`--bind-ro=${busybox}:${BUSYBOX_INSIDE}`)
     args.push('-E', `HOME=${user.home}`, '-E', `USER=${user.name}`, '-E', `LOGNAME=${user.name}`)
     argv = user.listed
-      ? [BUSYBOX_INSIDE, 'start-stop-daemon', '-S', '-n', 'wafers-no-match', '-c', user.name, '-a', argv[0], '--', ...argv.slice(1)]
+      ? [
+          BUSYBOX_INSIDE,
+          'start-stop-daemon',
+          '-S',
+          '-n',
+          'wafers-no-match',
+          '-c',
+          user.name,
+          '-a',
+          argv[0],
+          '--',
+          ...argv.slice(1),
+        ]
       : [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
   } else if (user !== undefined) {
     args.push(`--user=${user.name}`)

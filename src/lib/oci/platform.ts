@@ -48,7 +48,9 @@ export function checkPlatform(config: ImageConfigFile, platform: Platform, what:
 export function parsePlatform(text: string, what: string): Platform {
   const parts = text.split('/')
   if (parts.length < 2 || parts.length > 3 || parts.some((part) => !/^[a-z0-9_]+$/.test(part))) {
-    throw new WafersError(`${what} takes OS/ARCH[/VARIANT], such as linux/arm64, not ${JSON.stringify(text)}.`, {exit: 2})
+    throw new WafersError(`${what} takes OS/ARCH[/VARIANT], such as linux/arm64, not ${JSON.stringify(text)}.`, {
+      exit: 2,
+    })
   }
 
   return {architecture: parts[1], os: parts[0], ...(parts[2] ? {variant: parts[2]} : {})}

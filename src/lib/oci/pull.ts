@@ -323,7 +323,11 @@ async function download(
   }
 
   // skopeo may have converted a Docker manifest to OCI: the layers must be the same blobs.
-  const copied = findLayoutImage(layout, 'image', {architecture: plan.config.architecture, os: plan.config.os, variant: plan.config.variant}).manifest
+  const copied = findLayoutImage(layout, 'image', {
+    architecture: plan.config.architecture,
+    os: plan.config.os,
+    variant: plan.config.variant,
+  }).manifest
   const same =
     copied.layers.length === plan.manifest.layers.length &&
     copied.layers.every((layer, i) => layer.digest === plan.manifest.layers[i].digest)
