@@ -1,10 +1,12 @@
 import {Args, Flags} from '@oclif/core'
+import path from 'node:path'
 
 import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/builder/build.js'
 import {WafersError, quote} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
+import {parsePlatform} from '../lib/oci/platform.js'
 import {registryFlags} from '../registry-flags.js'
 import {progressMode, runSteps} from '../lib/ui/progress.js'
 import {locationsFromEnv} from '../lib/store/store.js'
@@ -14,11 +16,11 @@ export default class Build extends WafersCommand {
     context: Args.string({default: '.', description: 'The build context: the directory COPY and ADD read from.'}),
   }
 
-  static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver; COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE and SHELL make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends.
+  static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver; COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, HEALTHCHECK and ONBUILD make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends (SHELL, HEALTHCHECK and ONBUILD as Docker's config has them; a base's ONBUILD triggers run right after its FROM). ADD downloads http and https URLs. RUN --mount takes type=cache (kept in $WAFERS/.cache/build, outside every wafer), type=bind (from the context or a stage, read-only) and type=secret (a --secret file, never stored).
 
 Steps are cached: a step whose parent, instruction, build args and (for COPY and ADD) source contents are unchanged reuses its wafer, so an unchanged rebuild runs nothing. Two builds that reach the same uncached step at once make it once: the second waits for the first and takes its wafer. Building NAME again points it at the new result when NAME holds no files of its own and is not stacked. A failing RUN stops the build, naming the step and its exit code; it leaves no wafer for that step, and the steps before it stay cached.
 
-FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, into the wafer \`wafers pull\` would make, unless that wafer already holds it; --tls-verify, --creds and --authfile are for that pull), an earlier stage (FROM ... AS NAME), or scratch.`
+FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, into the wafer \`wafers pull\` would make, unless that wafer already holds it; --tls-verify, --creds and --authfile are for that pull), an earlier stage (FROM ... AS NAME), or scratch; --platform (or FROM --platform) picks the image of an index, and --target STAGE ends the build with that stage. COPY --from takes a stage, a wafer or an image to pull.`
 
   static enableJsonFlag = true
 
@@ -52,13 +54,22 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
     'no-settings': Flags.boolean({
       description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
     }),
+    platform: Flags.string({
+      description: 'The platform (OS/ARCH[/VARIANT], such as linux/arm64) FROM takes from an image index.',
+    }),
+    secret: Flags.string({
+      description: 'A secret for RUN --mount=type=secret,id=ID (id=ID,src=FILE); never stored in a wafer.',
+      multiple: true,
+      multipleNonGreedy: true,
+    }),
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
+    target: Flags.string({description: 'Build up to the stage FROM ... AS STAGE, which the wafer ends in.'}),
   }
 
   static summary = 'Build a Containerfile into a cached chain of wafers.'
 
   static usage =
-    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--secret id=ID,src=FILE]... [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<BuildResult> {
     const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
@@ -67,6 +78,17 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       const eq = pair.indexOf('=')
       if (eq <= 0) throw new WafersError(`--build-arg takes KEY=VALUE, not ${quote(pair)}.`, {exit: 2})
       buildArgs[pair.slice(0, eq)] = pair.slice(eq + 1)
+    }
+
+    const secrets: Record<string, string> = {}
+    for (const given of flags.secret ?? []) {
+      const fields = Object.fromEntries(
+        given.split(',').map((part) => [part.split('=')[0], part.slice(part.indexOf('=') + 1)]),
+      )
+      const file = fields.src ?? fields.source
+      if (!fields.id || !file)
+        throw new WafersError(`--secret takes id=ID,src=FILE, not ${JSON.stringify(given)}.`, {exit: 2})
+      secrets[fields.id] = path.resolve(file)
     }
 
     const {buildSteps} = await import('../lib/builder/build.js')
@@ -80,6 +102,8 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         hooks: this.hookRunner(),
         name: flags.tag,
         noCache: flags['no-cache'],
+        platform: flags.platform === undefined ? undefined : parsePlatform(flags.platform, '--platform'),
+        secrets,
         registry: {
           authfile: flags.authfile,
           creds: flags.creds,
@@ -87,6 +111,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
           ...timeoutOptions(flags),
         },
         signal: interrupt.signal,
+        target: flags.target,
       })
       close = build.close
       const {result, steps} = build

@@ -103,6 +103,8 @@ export interface CopyEntry {
   /** Mode bits of the source (permissions, setuid etc.). */
   mode: number
   mtime: Date
+  /** The source's owner: what COPY --from of a stage or image keeps when no --chown is given. */
+  owner: {gid: number; uid: number}
   /** Where it goes, relative to the destination ('' is the destination itself). */
   rel: string
   /** The source on the host (or in a stage's tree). */
@@ -184,7 +186,17 @@ function entryOf(source: string, rel: string, stat: Stats, from: string, named: 
   const kind = stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isFile() ? 'file' : undefined
   if (kind === undefined)
     throw new WafersError(`${from} is not a file, directory or symbolic link; COPY takes only those.`)
-  return {from, kind, mode: stat.mode & 0o7777, mtime: stat.mtime, name, named, rel, source}
+  return {
+    from,
+    kind,
+    mode: stat.mode & 0o7777,
+    mtime: stat.mtime,
+    name,
+    named,
+    owner: {gid: stat.gid, uid: stat.uid},
+    rel,
+    source,
+  }
 }
 
 /** Every path under `root/dir` (relative to root, sorted, depth first) that `ignore` keeps; links are not followed. */

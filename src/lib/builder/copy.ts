@@ -9,6 +9,8 @@ import {resolveInRoot} from './paths.js'
 export interface CopyOwnership {
   chmod?: number
   gid: number
+  /** Each entry keeps its source's owner (COPY --from without --chown, as buildah does). */
+  keep?: boolean
   uid: number
 }
 
@@ -22,17 +24,19 @@ export async function copyInto(root: string, plan: CopyPlan, dest: string, own: 
   // COPY file /existing-dir/ copies into the directory, as Docker does.
   const destIsDir = plan.destIsDir || statOrUndefined(resolveInRoot(root, dest))?.isDirectory() === true
   const target = destIsDir ? await mkdirIn(root, dest, own) : await parentIn(root, dest, own)
+  const links = new Map<string, string>()
   for (const planned of plan.entries) {
     const entry = destIsDir && planned.rel === '' && planned.kind !== 'dir' ? {...planned, rel: planned.name} : planned
     const to = entry.rel === '' ? target : resolveInRoot(root, path.join(path.relative(root, target), entry.rel), false)
     if (!isInside(root, to)) throw new WafersError(`${entry.from} would land outside the new wafer.`)
     const mode = own.chmod ?? entry.mode
+    const {gid, uid} = own.keep ? entry.owner : own
     if (entry.kind === 'dir') {
       if (entry.rel === '') continue
       const there = statOrUndefined(to)
       if (there && !there.isDirectory()) await fs.rm(to, {force: true, recursive: true})
       if (!there?.isDirectory()) await fs.mkdir(to)
-      await fs.chown(to, own.uid, own.gid)
+      await fs.chown(to, uid, gid)
       await fs.chmod(to, mode)
       await fs.utimes(to, entry.mtime, entry.mtime)
       continue
@@ -44,14 +48,27 @@ export async function copyInto(root: string, plan: CopyPlan, dest: string, own: 
     if (there) await fs.rm(to, {force: true})
     if (entry.kind === 'symlink') {
       await fs.symlink(await fs.readlink(entry.source), to)
-      await fs.lchown(to, own.uid, own.gid)
+      await fs.lchown(to, uid, gid)
       await fs.lutimes(to, entry.mtime, entry.mtime)
       continue
     }
 
+    // A copy from a stage or image keeps its hard links and extended attributes, as buildah's.
+    const source = own.keep ? lstatSync(entry.source) : undefined
+    const linked = source && source.nlink > 1 ? links.get(`${source.dev}:${source.ino}`) : undefined
+    if (linked !== undefined) {
+      await fs.link(linked, to)
+      continue
+    }
+
     await fs.copyFile(entry.source, to, 0)
-    await fs.chown(to, own.uid, own.gid)
+    await fs.chown(to, uid, gid)
     await fs.chmod(to, mode)
+    if (source) {
+      await copyAttributes(entry.source, to)
+      if (source.nlink > 1) links.set(`${source.dev}:${source.ino}`, to)
+    }
+
     await fs.utimes(to, entry.mtime, entry.mtime)
   }
 
@@ -142,7 +159,9 @@ export async function unpackArchive(
   own: CopyOwnership,
 ): Promise<void> {
   const {unpackTarball} = await import('../layer/unpack.js')
-  const target = await mkdirIn(root, dest, own)
+  // As buildah does: the directories made above DEST take --chown, DEST itself stays root's.
+  await mkdirIn(root, path.posix.dirname(dest.replace(/\/+$/, '') || '/'), own)
+  const target = await mkdirIn(root, dest)
   const inImage = path.posix.join('/', path.relative(root, target))
   await unpackTarball(file, target, {
     keepExisting: true,
@@ -153,4 +172,24 @@ export async function unpackArchive(
       return isInside(root, resolved) && statOrUndefined(resolved)?.isDirectory() ? resolved : undefined
     },
   })
+}
+
+/**
+ * Copies the user.* and security.* attributes of `source` onto `to`, a file wafers just made; as
+ * buildah's copier does, trusted.* (overlayfs's own among them) is never copied.
+ */
+async function copyAttributes(source: string, to: string): Promise<void> {
+  const xattr = await import('@napi-rs/xattr')
+  const {listAttributes, getAttribute, setAttribute} = ((xattr as {default?: unknown}).default ?? xattr) as {
+    getAttribute(file: string, name: string): Promise<Buffer | null>
+    listAttributes(file: string): Promise<string[]>
+    setAttribute(file: string, name: string, value: Buffer): Promise<void>
+  }
+  for (const name of await listAttributes(source).catch(() => [] as string[])) {
+    if (!name.startsWith('user.') && !name.startsWith('security.')) continue
+    // eslint-disable-next-line no-await-in-loop
+    const value = await getAttribute(source, name).catch(() => null)
+    // eslint-disable-next-line no-await-in-loop
+    if (value !== null) await setAttribute(to, name, value)
+  }
 }

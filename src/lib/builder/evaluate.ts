@@ -7,10 +7,10 @@ import {lstatSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
-import {hostPlatform} from '../oci/platform.js'
+import {type Platform, hostPlatform, parsePlatform, platformText} from '../oci/platform.js'
 import type {Step} from '../steps.js'
 import {traceAncestry} from '../store/ancestry.js'
-import {type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
+import {type Healthcheck, type HistoryEntry, type ImageConfig, readMeta} from '../store/meta.js'
 import {isValidName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
 import type {BuildOptions, BuildResult, BuildStepResult} from './build.js'
@@ -25,11 +25,13 @@ import {
   type Variables,
   execForm,
   keyValues,
+  parseContainerfile,
   splitFlags,
   substituteEach,
   words,
 } from './parser.js'
-import {containerPath} from './paths.js'
+import {containerPath, resolveInRoot} from './paths.js'
+import {type Bind, type RunMount, openCache, prepareMountPoints, takeMounts} from './run-mounts.js'
 import {isDirectoryIn, type RunSpec, runFailed, runInRoot} from './run.js'
 import type {DirectRun} from './step-mount.js'
 import {parseChown, runAs} from './users.js'
@@ -54,11 +56,17 @@ interface Stage {
 }
 
 const DEFAULT_SHELL = ['/bin/sh', '-c']
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/** Instructions an ONBUILD trigger may not be (as Docker refuses them). */
+const NOT_TRIGGERS = new Set(['FROM', 'MAINTAINER', 'ONBUILD'])
 
 /** One build of a Containerfile: its instructions as steps, and the stages they build. */
 export class Builder {
   readonly result: BuildResult
   private current?: Stage
+  /** The ONBUILD triggers of the last FROM's base, still to run. */
+  private triggers: Instruction[] = []
   private readonly escape: string
   private readonly globalArgs: Variables = new Map()
   private ignore?: IgnoreRules
@@ -90,7 +98,16 @@ export class Builder {
         this.stepNumber = index + 1
         const outcome = await this.runInstruction(instruction, report)
         if (outcome) this.result.steps.push({instruction: instruction.text, ...outcome})
-        const what = outcome?.cached ? ' (cached)' : ''
+        let cached = outcome?.cached ?? false
+        for (const trigger of this.triggers.splice(0)) {
+          report(`running ONBUILD ${trigger.text}`)
+          // eslint-disable-next-line no-await-in-loop
+          const ran = await this.runInstruction(trigger, report)
+          if (ran) this.result.steps.push({instruction: `ONBUILD ${trigger.text}`, ...ran})
+          cached &&= ran?.cached ?? true
+        }
+
+        const what = cached ? ' (cached)' : ''
         return `[${index + 1}/${total}] ${instruction.text}${what}`
       },
       title: `[${index + 1}/${total}] ${instruction.text}`,
@@ -166,8 +183,15 @@ export class Builder {
     instruction: Instruction,
     report: (line: string) => void,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
-    const {rest} = splitFlags(instruction.args, ['platform'], 'FROM')
+    const {flags, rest} = splitFlags(instruction.args, ['platform'], 'FROM')
     const parts = words(rest, this.globalArgs, this.escape)
+    const asked =
+      flags.platform === undefined
+        ? this.options.platform
+        : parsePlatform(
+            words(flags.platform, this.globalArgs, this.escape).join(''),
+            `line ${instruction.line}: FROM --platform`,
+          )
     if (parts.length !== 1 && !(parts.length === 3 && parts[1].toLowerCase() === 'as')) {
       throw new WafersError(`line ${instruction.line}: FROM takes an image and optionally AS NAME.`)
     }
@@ -182,16 +206,17 @@ export class Builder {
       stage = {
         allCached: true,
         args: new Map(),
-        config: {},
+        // As buildah and Docker do: a scratch stage still has a PATH for its RUNs and the image.
+        config: {Env: [`PATH=${DEFAULT_PATH}`]},
         history: [],
-        identity: 'scratch',
-        image: host,
+        identity: asked ? `scratch:${platformText(asked)}` : 'scratch',
+        image: asked ?? host,
         shell: DEFAULT_SHELL,
       }
     } else if (earlier) {
       stage = {...structuredClone({...earlier, args: new Map()}), allCached: true, args: new Map(), name: undefined}
     } else {
-      const base = await this.baseWafer(image, instruction, report)
+      const base = await this.baseWafer(image, instruction, report, asked)
       const wafer = base.wafer
       pulled = base.pulled
       const chain = await traceAncestry(this.store, wafer)
@@ -203,9 +228,13 @@ export class Builder {
         history: structuredClone(meta?.history ?? []),
         identity: baseIdentity(this.store, chain),
         image: meta ? {architecture: meta.architecture, os: meta.os, variant: meta.variant} : host,
-        shell: DEFAULT_SHELL,
+        shell: meta?.config?.Shell ?? DEFAULT_SHELL,
         top: wafer,
       }
+      // As Docker and buildah do: the base's ONBUILD triggers run right after FROM, and are not
+      // passed on to this image.
+      this.triggers = (stage.config.OnBuild ?? []).map((trigger) => parseTrigger(trigger, instruction))
+      delete stage.config.OnBuild
     }
 
     stage.name = stageName
@@ -222,6 +251,7 @@ export class Builder {
     image: string,
     instruction: Instruction,
     report: (line: string) => void,
+    platform?: Platform,
   ): Promise<{pulled: boolean; wafer: string}> {
     if (isValidName(image) && (await this.store.hasData(image))) {
       checkRealWafer(this.store, image, instruction)
@@ -230,7 +260,7 @@ export class Builder {
 
     const {pullImage} = await import('./pull.js')
     try {
-      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry)
+      return await pullImage(this.locations, image, report, this.options.signal, this.options.registry, platform)
     } catch (error) {
       if (!(error instanceof WafersError)) throw error
       const wafer = isValidName(image) ? `there is no wafer ${image} in ${this.store.root}, and ` : ''
@@ -238,9 +268,12 @@ export class Builder {
         `line ${instruction.line}: FROM ${image}: ${wafer}${error.message.replace(/^./, (c) => (wafer ? c.toLowerCase() : c))}`,
         {
           exit: error.exit,
-          suggestions: [
-            'Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.',
-          ],
+          // The pull's own hint (--tls-verify=false, --creds) says what to do; the generic one only
+          // when it has none.
+          suggestions:
+            error.suggestions.length > 0
+              ? error.suggestions
+              : ['Name an existing wafer (see wafers list), an image to pull, a stage of this file, or scratch.'],
         },
       )
     }
@@ -269,8 +302,16 @@ export class Builder {
     instruction: Instruction,
     report: (line: string) => void,
   ): Promise<Omit<BuildStepResult, 'instruction'>> {
-    const {rest} = splitFlags(instruction.args, [], 'RUN')
-    const argv = execForm(rest) ?? [...stage.shell, rest]
+    const host = hostPlatform()
+    if (stage.image.architecture !== host.architecture || stage.image.os !== host.os) {
+      throw foreignRun(instruction, stage.image)
+    }
+
+    const taken = takeMounts(instruction.args, instruction.line, stage.config.WorkingDir)
+    const {mounts} = taken
+    const {rest} = splitFlags(taken.rest, [], 'RUN')
+    const argv = execForm(rest) ?? [...stage.shell, heredocCommand(instruction, rest)]
+    const sources = mounts.length === 0 ? undefined : JSON.stringify(await this.mountSources(mounts, instruction))
     const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
     const step = this.stepNumber
     const runIn = async (root: string, overlay?: string[]) => {
@@ -289,11 +330,13 @@ export class Builder {
     // Whether nspawn can mount the step itself: nothing to look up or make in the stack first (a
     // USER to find in its /etc/passwd, a WORKDIR it lacks).
     const alone = async (layers: string[]) =>
-      (stage.config.User ?? '') === '' && (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
+      mounts.length === 0 &&
+      (stage.config.User ?? '') === '' &&
+      (spec.workdir === undefined || (await isDirectoryIn(layers, spec.workdir)))
     return this.fileStep(
       stage,
       instruction,
-      undefined,
+      sources,
       report,
       async (root) => {
         if (spec.workdir) await mkdirIn(root, spec.workdir)
@@ -305,10 +348,108 @@ export class Builder {
           throw error
         }
 
-        await runIn(root)
+        if (mounts.length === 0) await runIn(root)
+        else
+          await this.withMounts(root, mounts, instruction, async (binds) => {
+            spec.binds = binds
+            const cleanUp = await prepareMountPoints(root, binds)
+            try {
+              await runIn(root)
+            } finally {
+              await cleanUp()
+            }
+          })
       },
       {alone, runIn},
     )
+  }
+
+  /** What the RUN's mounts read, for its cache key: bind sources' contents, never a secret's. */
+  private async mountSources(mounts: RunMount[], instruction: Instruction): Promise<string[]> {
+    const keys: string[] = []
+    for (const mount of mounts) {
+      if (mount.type !== 'bind') continue
+      if (mount.from === undefined) {
+        this.ignore ??= IgnoreRules.load(this.context)
+        // eslint-disable-next-line no-await-in-loop
+        keys.push(await hashPlan(planCopy(this.context, [mount.source ?? '.'], '/', this.ignore, 'the build context')))
+      } else {
+        // eslint-disable-next-line no-await-in-loop
+        const top = await this.mountFrom(mount.from, instruction)
+        // eslint-disable-next-line no-await-in-loop
+        keys.push(`${mount.source ?? '.'} of ${baseIdentity(this.store, await traceAncestry(this.store, top))}`)
+      }
+    }
+
+    return keys
+  }
+
+  /** The top wafer of the stage or wafer a bind mount's from= names. */
+  private async mountFrom(from: string, instruction: Instruction): Promise<string> {
+    const stage = this.stages.find((s) => s.name === from.toLowerCase()) ?? this.stages[Number(from)]
+    if (stage?.top !== undefined) return stage.top
+    if (stage === undefined && isValidName(from) && (await this.store.hasData(from))) {
+      checkRealWafer(this.store, from, instruction)
+      return from
+    }
+
+    throw new WafersError(
+      `line ${instruction.line}: RUN --mount from=${from} names no earlier stage with files and no wafer.`,
+    )
+  }
+
+  /** Runs `run` with the host side of each mount ready: caches opened and locked, stages mounted. */
+  private async withMounts(
+    root: string,
+    mounts: RunMount[],
+    instruction: Instruction,
+    run: (binds: Bind[]) => Promise<void>,
+  ): Promise<void> {
+    const binds: Bind[] = []
+    const locks: Array<{release(): void}> = []
+    const at = `line ${instruction.line}: RUN --mount`
+    const go = async (index: number): Promise<void> => {
+      if (index === mounts.length) return run(binds)
+      const mount = mounts[index]
+      if (mount.type === 'cache') {
+        const cache = await openCache(this.store.root, mount.id ?? mount.target)
+        locks.push(cache.lock)
+        binds.push({host: cache.dir, readOnly: mount.readOnly, target: mount.target})
+        return go(index + 1)
+      }
+
+      if (mount.type === 'secret') {
+        const file = this.options.secrets?.[mount.id as string]
+        if (file === undefined)
+          throw new WafersError(`${at} type=secret,id=${mount.id}: no secret ${mount.id} was given.`, {
+            suggestions: [`Give it with --secret id=${mount.id},src=FILE.`],
+          })
+        if (lstatSync(file, {throwIfNoEntry: false})?.isFile() !== true)
+          throw new WafersError(`${at} type=secret,id=${mount.id}: ${file} is not a file.`)
+        binds.push({host: file, readOnly: true, target: mount.target})
+        return go(index + 1)
+      }
+
+      const bindFrom = async (tree: string, what: string) => {
+        const host = resolveInRoot(tree, mount.source ?? '.')
+        if (lstatSync(host, {throwIfNoEntry: false}) === undefined)
+          throw new WafersError(`${at} source=${mount.source}: there is no ${mount.source} in ${what}.`)
+        binds.push({host, readOnly: true, target: mount.target})
+        return go(index + 1)
+      }
+
+      if (mount.from === undefined) return bindFrom(this.context, 'the build context')
+      const top = await this.mountFrom(mount.from, instruction)
+      return this.wafers.mounts.withView(root, await traceAncestry(this.store, top), async (view) =>
+        bindFrom(view, `stage ${mount.from}`),
+      )
+    }
+
+    try {
+      await go(0)
+    } finally {
+      for (const lock of locks) lock.release()
+    }
   }
 
   private async copy(
@@ -336,13 +477,31 @@ export class Builder {
       throw new WafersError(`line ${instruction.line}: ${instruction.keyword} takes SOURCE... DEST.`)
     const sources = items.slice(0, -1)
     const dest = items.at(-1) as string
-    const remote = sources.find((source) => /^[a-z]+:\/\//i.test(source) || source.startsWith('git@'))
+    const isUrl = (source: string) => /^https?:\/\//i.test(source)
+    const remote = sources.find(
+      (source) =>
+        (/^[a-z]+:\/\//i.test(source) || source.startsWith('git@')) &&
+        !(add && isUrl(source) && flags.from === undefined),
+    )
     if (remote)
       throw new WafersError(
-        `line ${instruction.line}: ${instruction.keyword} of a URL (${remote}) is not supported; download it in a RUN step.`,
+        `line ${instruction.line}: ${instruction.keyword} of ${remote} is not supported; ${add ? 'ADD downloads http and https URLs only' : 'COPY copies no URL; ADD downloads one'}.`,
       )
     const chmod = parseChmod(flags.chmod)
     const target = containerPath(dest, stage.config.WorkingDir) + (dest.endsWith('/') ? '/' : '')
+    if (instruction.heredocs && sources.some((source) => source.startsWith('<<'))) {
+      return this.copyHeredocs(stage, instruction, sources, target, {chmod, chown: flags.chown}, report)
+    }
+
+    if (add && sources.some((source) => isUrl(source))) {
+      if (!sources.every((source) => isUrl(source)))
+        throw new WafersError(`line ${instruction.line}: ADD takes URLs or files of the context, not both at once.`)
+      if (sources.length > 1 && !target.endsWith('/'))
+        throw new WafersError(
+          `line ${instruction.line}: ADD of more than one URL needs a directory (ending in /) as DEST.`,
+        )
+      return this.addUrls(stage, instruction, sources, target, {chmod, chown: flags.chown}, report)
+    }
 
     let plan: CopyPlan | undefined
     let sourcesKey: string
@@ -356,12 +515,14 @@ export class Builder {
       const name = flags.from.toLowerCase()
       fromStage = this.stages.find((s) => s.name === name) ?? this.stages[Number(flags.from)]
       if (fromStage === undefined) {
-        if (!isValidName(flags.from) || !(await this.store.hasData(flags.from))) {
-          throw new WafersError(`line ${instruction.line}: --from=${flags.from} names no earlier stage and no wafer.`)
+        if (isValidName(flags.from) && (await this.store.hasData(flags.from))) {
+          checkRealWafer(this.store, flags.from, instruction)
+          fromWafer = flags.from
+        } else {
+          // As buildah does: an image reference, pulled as FROM pulls it.
+          fromWafer = await this.pulledForCopy(flags.from, instruction, report)
         }
 
-        checkRealWafer(this.store, flags.from, instruction)
-        fromWafer = flags.from
         sourcesKey = `wafer:${baseIdentity(this.store, await traceAncestry(this.store, fromWafer))}`
       } else {
         sourcesKey = `stage:${fromStage.identity}`
@@ -386,9 +547,143 @@ export class Builder {
       const top = fromStage?.top ?? fromWafer
       if (top === undefined) throw new WafersError(`line ${instruction.line}: stage ${flags.from} is empty.`)
       await this.wafers.mounts.withView(root, await traceAncestry(this.store, top), async (view) => {
-        await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, own)
+        const keep = flags.chown === undefined
+        await copyInto(root, planCopy(view, sources, target, NO_IGNORE, `stage ${flags.from}`), target, {...own, keep})
       })
     })
+  }
+
+  /**
+   * ADD of URLs, as buildah does it: each downloaded (never unpacked) to DEST, or into DEST/ under
+   * the URL's last path component, mode 0600 unless --chmod, with the server's Last-Modified as mtime.
+   */
+  private async addUrls(
+    stage: Stage,
+    instruction: Instruction,
+    urls: string[],
+    target: string,
+    flags: {chmod?: number; chown?: string},
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {download} = await import('./download.js')
+    const {mkdtemp, rm} = await import('node:fs/promises')
+    const {tmpdir} = await import('node:os')
+    const dir = await mkdtemp(path.join(tmpdir(), 'wafers-add-'))
+    try {
+      const entries: CopyPlan['entries'] = []
+      const key: string[] = []
+      for (const [index, url] of urls.entries()) {
+        const name = path.posix.basename(new URL(url).pathname)
+        if (target.endsWith('/') && name === '')
+          throw new WafersError(
+            `line ${instruction.line}: ${url} names no file to put in ${target}; give DEST a file name.`,
+          )
+        report(`downloading ${url}`)
+        const file = path.join(dir, String(index))
+        // eslint-disable-next-line no-await-in-loop
+        const got = await download(url, file, `line ${instruction.line}`, this.options.signal)
+        const mtime = got.mtime ?? new Date()
+        entries.push({
+          from: url,
+          kind: 'file',
+          mode: 0o600,
+          mtime,
+          name,
+          named: true,
+          owner: {gid: 0, uid: 0},
+          rel: '',
+          source: file,
+        })
+        key.push(`${url} ${got.sha256} ${got.mtime?.getTime() ?? 'no mtime'}`)
+      }
+
+      const plan: CopyPlan = {destIsDir: target.endsWith('/'), entries}
+      return await this.fileStep(stage, instruction, `url:${JSON.stringify(key)}`, report, async (root) => {
+        const own = {...parseChown(root, flags.chown), chmod: flags.chmod}
+        await copyInto(root, plan, target, own)
+      })
+    } finally {
+      await rm(dir, {force: true, recursive: true})
+    }
+  }
+
+  /** COPY or ADD of here-documents (BuildKit's `COPY <<EOF /file`): each a file of its body, 0644. */
+  private async copyHeredocs(
+    stage: Stage,
+    instruction: Instruction,
+    sources: string[],
+    target: string,
+    flags: {chmod?: number; chown?: string},
+    report: (line: string) => void,
+  ): Promise<Omit<BuildStepResult, 'instruction'>> {
+    const {mkdtemp, rm, utimes, writeFile} = await import('node:fs/promises')
+    const {tmpdir} = await import('node:os')
+    const docs = new Map((instruction.heredocs ?? []).map((doc) => [doc.name, doc]))
+    const names = sources.map((source) => {
+      const doc = docs.get(source.replace(/^<<-?/, ''))
+      if (!source.startsWith('<<') || doc === undefined)
+        throw new WafersError(
+          `line ${instruction.line}: ${instruction.keyword} takes here-documents or files of the context, not both at once.`,
+        )
+      return doc
+    })
+    const dir = await mkdtemp(path.join(tmpdir(), 'wafers-heredoc-'))
+    try {
+      const vars = this.vars(stage)
+      for (const doc of names) {
+        const file = path.join(dir, doc.name)
+        // eslint-disable-next-line no-await-in-loop
+        await writeFile(file, doc.expand ? expandVariables(doc.body, vars) : doc.body, {mode: 0o644})
+        // A fixed time: the same body is the same file, for the cache.
+        // eslint-disable-next-line no-await-in-loop
+        await utimes(file, 0, 0)
+      }
+
+      const plan = planCopy(
+        dir,
+        names.map((doc) => doc.name),
+        target,
+        NO_IGNORE,
+        'the here-documents',
+      )
+      return await this.fileStep(stage, instruction, await hashPlan(plan), report, async (root) => {
+        await copyInto(root, plan, target, {...parseChown(root, flags.chown), chmod: flags.chmod})
+      })
+    } finally {
+      await rm(dir, {force: true, recursive: true})
+    }
+  }
+
+  /** The wafer holding image `image` that COPY --from names, pulled unless it is here already. */
+  private async pulledForCopy(
+    image: string,
+    instruction: Instruction,
+    report: (line: string) => void,
+  ): Promise<string> {
+    const {pullImage} = await import('./pull.js')
+    try {
+      const {wafer} = await pullImage(
+        this.locations,
+        image,
+        report,
+        this.options.signal,
+        this.options.registry,
+        this.options.platform,
+      )
+      return wafer
+    } catch (error) {
+      if (!(error instanceof WafersError)) throw error
+      throw new WafersError(
+        `line ${instruction.line}: --from=${image} names no earlier stage and no wafer, and as an image: ${error.message.replace(/^./, (c) => c.toLowerCase())}`,
+        {
+          exit: error.exit,
+          suggestions:
+            error.suggestions.length > 0
+              ? error.suggestions
+              : ['Name a stage of this file, a wafer or an image to pull.'],
+        },
+      )
+    }
   }
 
   /** A step that makes a wafer (see StepWafers.make), its cache key taken from the stage's state. */
@@ -458,9 +753,21 @@ export class Builder {
         break
       }
 
+      case 'HEALTHCHECK': {
+        config.Healthcheck = parseHealthcheck(args, line)
+        break
+      }
+
+      case 'ONBUILD': {
+        const trigger = parseTrigger(args, instruction)
+        config.OnBuild = [...(config.OnBuild ?? []), trigger.text]
+        break
+      }
+
       case 'LABEL': {
         config.Labels ??= {}
-        for (const [key, value] of keyValues(args, vars, this.escape)) config.Labels[key] = value
+        // `LABEL key the rest` is the legacy form, as in Docker: the rest of the line is the value.
+        for (const [key, value] of keyValues(args, vars, this.escape, true)) config.Labels[key] = value
         break
       }
 
@@ -473,6 +780,7 @@ export class Builder {
         if (!shell || shell.length === 0)
           throw new WafersError(`line ${line}: SHELL takes a JSON array, such as ["/bin/bash", "-c"].`)
         stage.shell = shell
+        config.Shell = shell
         break
       }
 
@@ -504,6 +812,86 @@ export class Builder {
   }
 }
 
+/**
+ * The shell command of a RUN with here-documents, as BuildKit runs it: a lone `<<EOF` is the
+ * script itself; otherwise the line and the documents go to the shell as written, for it to read.
+ */
+function heredocCommand(instruction: Instruction, rest: string): string {
+  const docs = instruction.heredocs
+  if (docs === undefined) return rest
+  const lone = /^<<-?(["']?)([A-Za-z_][A-Za-z0-9_]*)\1$/.exec(rest.trim())
+  if (lone && docs.length === 1) return docs[0].body
+  return [rest, ...instruction.text.split('\n').slice(1)].join('\n')
+}
+
+/** `$VAR` and `${VAR}` in a here-document's body replaced by their values (quotes left as they are). */
+function expandVariables(body: string, vars: Variables): string {
+  return body.replaceAll(/\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (match, braced, bare) =>
+    match === '\\$' ? '$' : (vars.get(braced ?? bare) ?? ''),
+  )
+}
+
+/** An ONBUILD trigger as an instruction of the line that brings it in; refuses what may not be one. */
+function parseTrigger(text: string, at: Instruction): Instruction {
+  let parsed: Instruction[]
+  try {
+    // A file of its own needs a FROM first; only what follows it is the trigger.
+    parsed = parseContainerfile(`FROM scratch\n${text}`).instructions.slice(1)
+  } catch (error) {
+    if (error instanceof WafersError)
+      throw new WafersError(`line ${at.line}: ONBUILD ${text}: ${error.message.replace(/^line \d+: /, '')}`)
+    throw error
+  }
+
+  if (parsed.length !== 1) throw new WafersError(`line ${at.line}: ONBUILD takes one instruction.`)
+  const [trigger] = parsed
+  if (NOT_TRIGGERS.has(trigger.keyword))
+    throw new WafersError(`line ${at.line}: ONBUILD ${trigger.keyword} is not allowed (as in Docker).`)
+  return {...trigger, line: at.line}
+}
+
+const DURATION_UNITS: Record<string, number> = {h: 3.6e12, m: 6e10, ms: 1e6, ns: 1, s: 1e9, us: 1e3, µs: 1e3}
+
+/** A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds, as Docker reads HEALTHCHECK's flags. */
+function parseDuration(text: string, flag: string, line: number): number {
+  const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)]
+  if (text === '0') return 0
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text)
+    throw new WafersError(
+      `line ${line}: HEALTHCHECK --${flag} takes a duration such as 30s, not ${JSON.stringify(text)}.`,
+    )
+  return Math.round(parts.reduce((sum, [, n, unit]) => sum + Number(n) * DURATION_UNITS[unit], 0))
+}
+
+/** HEALTHCHECK's arguments as Docker's config keeps them. */
+function parseHealthcheck(args: string, line: number): Healthcheck {
+  if (/^none$/i.test(args.trim())) return {Test: ['NONE']}
+  let parsed
+  try {
+    parsed = splitFlags(args, ['interval', 'timeout', 'start-period', 'retries'], 'HEALTHCHECK')
+  } catch (error) {
+    if (error instanceof WafersError) throw new WafersError(`line ${line}: ${error.message}`)
+    throw error
+  }
+
+  const {flags, rest} = parsed
+  const match = /^CMD\s+([\s\S]*)$/i.exec(rest.trim())
+  if (!match) throw new WafersError(`line ${line}: HEALTHCHECK takes NONE, or [--interval=...] CMD COMMAND.`)
+  const exec = execForm(match[1])
+  const check: Healthcheck = {Test: exec ? ['CMD', ...exec] : ['CMD-SHELL', match[1]]}
+  if (flags.interval !== undefined) check.Interval = parseDuration(flags.interval, 'interval', line)
+  if (flags.timeout !== undefined) check.Timeout = parseDuration(flags.timeout, 'timeout', line)
+  if (flags['start-period'] !== undefined)
+    check.StartPeriod = parseDuration(flags['start-period'], 'start-period', line)
+  if (flags.retries !== undefined) {
+    if (!/^\d+$/.test(flags.retries))
+      throw new WafersError(`line ${line}: HEALTHCHECK --retries takes a number, not ${JSON.stringify(flags.retries)}.`)
+    check.Retries = Number(flags.retries)
+  }
+
+  return check
+}
+
 /** Refuses a wafer whose directory in the store is a symbolic link (it would lead out of the store). */
 function checkRealWafer(store: WaferStore, name: string, instruction: Instruction): void {
   const stat = lstatSync(store.dir(name), {throwIfNoEntry: false})
@@ -522,6 +910,13 @@ async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
   }
 
   return archives
+}
+
+/** The refusal of a RUN in a stage of another platform than this machine's. */
+export function foreignRun(instruction: Instruction, platform: Platform): WafersError {
+  return new WafersError(
+    `line ${instruction.line}: RUN cannot run on this machine: its stage is for ${platformText(platform)}, and this machine is ${platformText(hostPlatform())}.`,
+  )
 }
 
 function interrupted(step: number, text: string): WafersError {

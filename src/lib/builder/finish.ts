@@ -2,7 +2,7 @@
  * How a build ends: the wafer NAME made, or re-pointed, on the last stage's top, with the image
  * config and history `wafers push` sends; and when re-pointing an existing NAME is refused.
  */
-import {promises as fs, readdirSync} from 'node:fs'
+import {promises as fs, lstatSync, readdirSync} from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
 import {liveStacks} from '../mount/usage.js'
@@ -72,14 +72,23 @@ export async function finishBuild(
   return `Pointed wafer ${name} at ${parent ?? 'nothing'}`
 }
 
-/** Refuses to re-point NAME when it was not made by a build, holds files, or is stacked. */
-async function checkRepointable(store: WaferStore, name: string): Promise<void> {
+/**
+ * Refuses NAME when a wafer of that name exists and was not made by wafers build: checked before
+ * the first step runs, and again when NAME is re-pointed.
+ */
+export function checkBuildTarget(store: WaferStore, name: string): void {
+  if (lstatSync(store.dir(name), {throwIfNoEntry: false}) === undefined) return
   const meta = readMeta(store.dir(name), name)
   if (!meta.image?.ref?.startsWith('build:')) {
     throw new WafersError(`wafer ${name} exists and was not made by wafers build; it is left as it is.`, {
       suggestions: ['Give the build another name with -t.'],
     })
   }
+}
+
+/** Refuses to re-point NAME when it was not made by a build, holds files, or is stacked. */
+async function checkRepointable(store: WaferStore, name: string): Promise<void> {
+  checkBuildTarget(store, name)
 
   let entries: string[]
   try {

@@ -8,9 +8,22 @@ export interface Instruction {
   keyword: string
   /** The 1-based line it starts on. */
   line: number
-  /** The whole instruction as one line, for titles, history and cache keys. */
+  /** The whole instruction as one line, for titles, history and cache keys (here-documents too). */
   text: string
+  /** BuildKit's here-documents (`<<EOF` ... `EOF`) of a RUN, COPY or ADD, in order. */
+  heredocs?: Heredoc[]
 }
+
+/** One here-document: its name (the delimiter), its body, and whether variables expand in it. */
+export interface Heredoc {
+  body: string
+  /** False when the delimiter was quoted (`<<"EOF"`, `<<'EOF'`), as in a shell. */
+  expand: boolean
+  name: string
+}
+
+/** `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'` in a RUN, COPY or ADD line. */
+const HEREDOC = /(?:^|\s)<<(-?)(["']?)([A-Za-z_][A-Za-z0-9_]*)\2/g
 
 /** A parsed Containerfile: its directives and instructions in order. */
 export interface Containerfile {
@@ -90,8 +103,33 @@ export function parseContainerfile(text: string): Containerfile {
     }
 
     pending += line
-    instructions.push(toInstruction(pending, start))
+    const instruction = toInstruction(pending, start)
     pending = undefined
+    if (['ADD', 'COPY', 'RUN'].includes(instruction.keyword)) {
+      // Each here-document's body is the lines after the instruction up to its delimiter alone.
+      const bodies: Heredoc[] = []
+      const raw: string[] = []
+      for (const [, strip, quote, name] of instruction.args.matchAll(HEREDOC)) {
+        const body: string[] = []
+        for (index++; ; index++) {
+          if (index >= lines.length)
+            throw new WafersError(`line ${start}: the here-document ${name} has no line ${name} to end it.`)
+          raw.push(lines[index])
+          const text = strip ? lines[index].replace(/^\t+/, '') : lines[index]
+          if (text === name) break
+          body.push(text)
+        }
+
+        bodies.push({body: body.length === 0 ? '' : `${body.join('\n')}\n`, expand: quote === '', name})
+      }
+
+      if (bodies.length > 0) {
+        instruction.heredocs = bodies
+        instruction.text = [instruction.text, ...raw].join('\n')
+      }
+    }
+
+    instructions.push(instruction)
   }
 
   if (pending !== undefined && pending.trim() !== '') instructions.push(toInstruction(pending, start))
@@ -114,11 +152,6 @@ function toInstruction(joined: string, line: number): Instruction {
   const word = match?.[1] ?? ''
   const keyword = word.toUpperCase()
   if (!KEYWORDS.has(keyword)) throw new WafersError(`line ${line}: unknown instruction ${word}.`)
-  // A here-document's body would be read as instructions: refused here, naming its line.
-  if (['ADD', 'COPY', 'RUN'].includes(keyword) && /(^|\s)<<-?\s*["']?[A-Za-z_]/.test(match?.[2] ?? '')) {
-    throw new WafersError(`line ${line}: here-documents (<<) in ${keyword} are not supported by wafers build.`)
-  }
-
   return {args: (match?.[2] ?? '').trim(), keyword, line, text: `${keyword} ${(match?.[2] ?? '').trim()}`.trim()}
 }
 
@@ -145,9 +178,9 @@ export type Variables = Map<string, string>
  * Splits `text` into words as Docker's shell lexer does, substituting `$VAR`, `${VAR}`,
  * `${VAR:-default}`, `${VAR:+alternative}` (and `-`/`+` without the colon) outside single quotes.
  * Quotes are removed; the escape character escapes the next character (inside double quotes only
- * `"`, `$` and itself).
+ * `"`, `$` and itself). With `split` false the text is one word, its unquoted blanks kept.
  */
-export function words(text: string, vars: Variables, escape = '\\', substitute = true): string[] {
+export function words(text: string, vars: Variables, escape = '\\', substitute = true, split = true): string[] {
   const result: string[] = []
   let word = ''
   let inWord = false
@@ -184,7 +217,7 @@ export function words(text: string, vars: Variables, escape = '\\', substitute =
 
   while (i < text.length) {
     const c = text[i]
-    if (/\s/.test(c)) {
+    if (split && /\s/.test(c)) {
       if (inWord && (word !== '' || quoted)) result.push(word)
       word = ''
       inWord = false
@@ -252,7 +285,8 @@ function findClose(text: string, from: number): number {
 export function keyValues(args: string, vars: Variables, escape = '\\', legacy = false): Array<[string, string]> {
   const first = /^(\S+)(\s+)([\s\S]*)$/.exec(args)
   if (legacy && first && !first[1].includes('=')) {
-    return [[first[1], words(first[3], vars, escape).join(' ')]]
+    // As Docker does: the rest of the line is one word, its unquoted blanks kept.
+    return [[first[1], words(first[3], vars, escape, true, false).join('')]]
   }
 
   return words(args, vars, escape).map((word) => {

@@ -1,5 +1,6 @@
 import {readMeta} from '../store/meta.js'
 import {parseReference, defaultName} from '../oci/reference.js'
+import {type Platform, hostPlatform} from '../oci/platform.js'
 import {pullSteps} from '../oci/pull.js'
 import type {RegistryOptions} from '../oci/skopeo.js'
 import type {Locations} from '../store/store.js'
@@ -16,15 +17,21 @@ export async function pullImage(
   report: (line: string) => void,
   signal?: AbortSignal,
   registry: RegistryOptions = {tlsVerify: true},
+  platform: Platform = hostPlatform(),
 ): Promise<{pulled: boolean; wafer: string}> {
   const ref = parseReference(text)
-  const name = defaultName(ref)
+  const host = hostPlatform()
+  // Another platform's image of the same reference is another wafer.
+  const foreign = platform.architecture !== host.architecture || platform.os !== host.os || platform.variant
+  const suffix = foreign ? `-${[platform.os, platform.architecture, platform.variant].filter(Boolean).join('-')}` : ''
+  const name = `${defaultName(ref).slice(0, 64 - suffix.length)}${suffix}`
   const store = new WaferStore(locations.wafers)
-  if ((await store.hasData(name)) && readMeta(store.dir(name), name).image?.ref === ref.skopeo) {
+  const held = (await store.hasData(name)) ? readMeta(store.dir(name), name).image : undefined
+  if (held?.ref === ref.skopeo && held.architecture === platform.architecture && held.os === platform.os) {
     return {pulled: false, wafer: name}
   }
 
-  const pull = pullSteps(locations, text, {...registry, name, signal})
+  const pull = pullSteps(locations, text, {...registry, name, platform, signal})
   try {
     for (const step of [pull.resolve]) await step.run(report)
     for (const step of pull.steps()) {

@@ -10,12 +10,15 @@ import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
 import {stagingLockFds} from '../store/staging.js'
 import {withoutUserNamespaces} from './no-userns.js'
+import type {Bind} from './run-mounts.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
 export interface RunSpec {
   /** The argument vector (exec form, or the shell and its `-c` plus the command line). */
   argv: string[]
+  /** Host paths bound into the RUN (RUN --mount). */
+  binds?: Bind[]
   /** The environment: the image's Env and the build args in scope, `KEY=VALUE`. */
   env: string[]
   /** Who runs it (see runAs); root when undefined. */
@@ -257,9 +260,13 @@ export async function runInRoot(
     // nspawn's --user takes only a user the image lists, with its own groups: a uid it does not list,
     // or a group given, is switched to by the host's static busybox, bound in read-only on nspawn's
     // /run tmpfs (so nothing lands in the layer), exec'ing the command in its place.
+    // A user the image lists gets its groups from the image's /etc/group, as buildah gives them:
+    // busybox's start-stop-daemon (matching no running process, so it always starts the program,
+    // in the foreground) looks the user up inside and calls initgroups before exec'ing it.
+    const applet = user.listed ? 'start-stop-daemon' : 'nsenter'
     let busybox: string
     try {
-      busybox = await staticBusyboxWith('nsenter')
+      busybox = await staticBusyboxWith(applet)
     } catch (error) {
       const why = error instanceof WafersError ? error.message.replace(/\.$/, '') : String(error)
       throw new WafersError(
@@ -270,9 +277,29 @@ export async function runInRoot(
 
     args.push(`--bind-ro=${busybox}:${BUSYBOX_INSIDE}`)
     args.push('-E', `HOME=${user.home}`, '-E', `USER=${user.name}`, '-E', `LOGNAME=${user.name}`)
-    argv = [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
+    argv = user.listed
+      ? [
+          BUSYBOX_INSIDE,
+          'start-stop-daemon',
+          '-S',
+          '-n',
+          'wafers-no-match',
+          '-c',
+          user.name,
+          '-a',
+          argv[0],
+          '--',
+          ...argv.slice(1),
+        ]
+      : [BUSYBOX_INSIDE, 'nsenter', '-F', '-S', String(user.uid), '-G', String(user.gid), '--', ...argv]
   } else if (user !== undefined) {
     args.push(`--user=${user.name}`)
+  }
+
+  for (const bind of spec.binds ?? []) {
+    if (/[:,\\\s]/.test(bind.host))
+      throw new WafersError(`${bind.host} holds a character nspawn cannot bind from; it cannot be mounted in a RUN.`)
+    args.push(`--${bind.readOnly ? 'bind-ro' : 'bind'}=${bind.host}:${bind.target}`)
   }
 
   // The image's Env comes last: it wins over the HOME and USER set for a numeric user, as in Docker.

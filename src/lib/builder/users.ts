@@ -1,4 +1,5 @@
 import {lstatSync} from 'node:fs'
+import path from 'node:path'
 
 import {WafersError} from '../errors.js'
 import {readStoreFile} from '../host/files.js'
@@ -12,8 +13,11 @@ interface Account {
   uid: number
 }
 
-/** How a RUN becomes its USER: by nspawn's `--user` (a user of the image), or by bare numbers. */
-export type RunAs = {gid: number; home: string; name: string; uid: number} | {name: string}
+/**
+ * How a RUN becomes its USER: by nspawn's `--user` (a user of the image), or by bare numbers, with
+ * the supplementary groups the image's /etc/group gives user `name` when `listed`.
+ */
+export type RunAs = {gid: number; home: string; listed?: boolean; name: string; uid: number} | {name: string}
 
 /**
  * The numeric owner `--chown=USER[:GROUP]` names, looked up in the image's /etc/passwd and
@@ -43,9 +47,11 @@ export function runAs(root: string, spec: string | undefined): RunAs | undefined
   const account = findUser(root, user, what)
   if (group === undefined || group === '') {
     if (account?.uid === 0) return undefined
-    // nspawn looks the user up with the image's own getent: an image without it (busybox, musl)
-    // gets the user's numbers and home from its /etc/passwd instead, without supplementary groups.
-    if (account !== undefined) return hasGetent(root) ? {name: account.name} : account
+    // nspawn looks the user up with the image's own getent, and makes the user's home when it is
+    // missing (buildah does not): an image without getent (busybox, musl), or without that home,
+    // gets the user's numbers from its /etc/passwd and the groups from its /etc/group instead.
+    if (account !== undefined)
+      return hasGetent(root) && hasHome(root, account.home) ? {name: account.name} : {...account, listed: true}
     if (Number(user) === 0) return undefined
     return {gid: 0, home: '/', name: user, uid: Number(user)}
   }
@@ -54,6 +60,13 @@ export function runAs(root: string, spec: string | undefined): RunAs | undefined
   const uid = account?.uid ?? Number(user)
   if (uid === 0 && gid === 0) return undefined
   return {gid, home: account?.home ?? '/', name: account?.name ?? user, uid}
+}
+
+/** Whether `home` is there in the image (a link counts: nspawn would not make it). */
+function hasHome(root: string, home: string): boolean {
+  if (home === '/') return true
+  const parent = resolveInRoot(root, path.posix.dirname(home))
+  return lstatSync(path.join(parent, path.posix.basename(home)), {throwIfNoEntry: false}) !== undefined
 }
 
 /** Whether the image has a getent program, which nspawn's `--user` runs inside it. */

@@ -43,3 +43,15 @@ export function checkPlatform(config: ImageConfigFile, platform: Platform, what:
     )
   }
 }
+
+/** `OS/ARCH[/VARIANT]`, as --platform and FROM --platform take it. */
+export function parsePlatform(text: string, what: string): Platform {
+  const parts = text.split('/')
+  if (parts.length < 2 || parts.length > 3 || parts.some((part) => !/^[a-z0-9_]+$/.test(part))) {
+    throw new WafersError(`${what} takes OS/ARCH[/VARIANT], such as linux/arm64, not ${JSON.stringify(text)}.`, {
+      exit: 2,
+    })
+  }
+
+  return {architecture: parts[1], os: parts[0], ...(parts[2] ? {variant: parts[2]} : {})}
+}

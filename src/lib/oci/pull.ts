@@ -22,7 +22,7 @@ import {
   isIndex,
   selectPlatform,
 } from './image.js'
-import {checkPlatform, hostPlatform, platformText} from './platform.js'
+import {type Platform, checkPlatform, hostPlatform, platformText} from './platform.js'
 import {MAX_JSON_BLOB, blobCompression, blobPath, findLayoutImage, openBlob, parseJson, readJsonBlob} from './layout.js'
 import {ImageReference, defaultName, describe, parseReference, pinned} from './reference.js'
 import {
@@ -44,6 +44,8 @@ export interface PullOptions extends RegistryOptions {
   name?: string
   /** Re-point NAME at this image even when it holds another image, has files of its own or children. */
   replace?: boolean
+  /** The platform to take from an index, and the only one taken; default: this machine's. */
+  platform?: Platform
   signal?: AbortSignal
   /** Called with a warning the user should see (a re-pointed top with children). */
   warn?: (message: string) => void
@@ -109,7 +111,7 @@ export function pullSteps(
   options: PullOptions,
 ): {dispose(): Promise<void>; resolve: Step; result: PullResult; steps(): Step[]} {
   const store = new WaferStore(locations.wafers)
-  const platform = hostPlatform()
+  const platform = options.platform ?? hostPlatform()
   const result: PullResult = {...platform, digest: '', layers: [], made: false, name: '', os: platform.os, ref: ''}
   let work: WorkDir | undefined
   let context: SkopeoContext | undefined
@@ -136,7 +138,7 @@ export function pullSteps(
       if (ref.transport === 'oci') {
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
-        plan = makePlan(ref, image.manifest, image.digest, config, ref.path!)
+        plan = makePlan(ref, image.manifest, image.digest, config, ref.path!, platform)
         // A layout is read directly, never through skopeo: a policy that may refuse it is asked
         // through a copy of its manifest and config alone (every layer a placeholder).
         if (policyMayRefuse(options.trust?.policy, 'oci')) {
@@ -153,7 +155,7 @@ export function pullSteps(
         checkArchivePath(ref)
         context = await skopeoContext(options, ref, work.path, options.signal)
         report(`reading ${describe(ref)}`)
-        plan = await inspect(context, ref)
+        plan = await inspect(context, ref, platform)
       }
 
       result.digest = plan.digest
@@ -277,12 +279,13 @@ function makePlan(
   digest: string,
   rawConfig: unknown,
   blobs: string,
+  platform: Platform,
   copyFrom?: string,
 ): Plan {
   checkDepth(manifest, describe(ref))
   const what = `the config of ${describe(ref)}`
   const config = checkConfig(rawConfig, manifest.layers.length, what)
-  checkPlatform(config, hostPlatform(), describe(ref))
+  checkPlatform(config, platform, describe(ref))
   const diffIds = config.rootfs.diff_ids
   return {
     blobs,
@@ -302,8 +305,7 @@ function makePlan(
  * image or archive with skopeo, without downloading layers. A registry image is then copied by
  * digest, so a tag moved meanwhile changes nothing.
  */
-async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Plan> {
-  const platform = hostPlatform()
+async function inspect(context: SkopeoContext, ref: ImageReference, platform: Platform): Promise<Plan> {
   // The config is asked for at once, beside the manifest (skopeo picks this machine's platform
   // from an index too); it is used only if it is the one the manifest names.
   // Stopped when the manifest cannot be read: a build goes on, and must not leave it running.
@@ -346,7 +348,7 @@ async function inspect(context: SkopeoContext, ref: ImageReference): Promise<Pla
       ? guess
       : await inspectConfig(context, ref, source)
   checkDigestOf(`the config of ${describe(ref)}`, manifest.config.digest, digestOf(sha256().update(configRaw)))
-  const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', source)
+  const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', platform, source)
   plan.manifestSize = raw.length
   return plan
 }
@@ -424,7 +426,11 @@ async function download(
   }
 
   // skopeo may have converted a Docker manifest to OCI: the layers must be the same blobs.
-  const copied = findLayoutImage(layout, 'image', hostPlatform()).manifest
+  const copied = findLayoutImage(layout, 'image', {
+    architecture: plan.config.architecture,
+    os: plan.config.os,
+    variant: plan.config.variant,
+  }).manifest
   const same =
     copied.layers.length === plan.manifest.layers.length &&
     copied.layers.every((layer, i) => layer.digest === plan.manifest.layers[i].digest)

@@ -12,11 +12,27 @@ export interface ImageConfig {
   Entrypoint?: string[]
   Env?: string[]
   ExposedPorts?: Record<string, Record<string, never>>
+  /** Docker's config field (not in OCI's): what HEALTHCHECK set. */
+  Healthcheck?: Healthcheck
   Labels?: Record<string, string>
+  /** Docker's config field (not in OCI's): the ONBUILD triggers a build FROM this image runs. */
+  OnBuild?: string[]
+  /** Docker's config field (not in OCI's): the shell SHELL set, for RUN, CMD and ENTRYPOINT of later builds. */
+  Shell?: string[]
   StopSignal?: string
   User?: string
   Volumes?: Record<string, Record<string, never>>
   WorkingDir?: string
+}
+
+/** Docker's health check of an image; durations in nanoseconds. */
+export interface Healthcheck {
+  Interval?: number
+  Retries?: number
+  StartPeriod?: number
+  /** `["NONE"]`, `["CMD", ARG...]` or `["CMD-SHELL", COMMAND]`. */
+  Test: string[]
+  Timeout?: number
 }
 
 /** One entry of an OCI image config's `history`. */

@@ -4,6 +4,33 @@ import {IgnoreRules, globRegex} from '../../../src/lib/builder/context.js'
 import {execForm, keyValues, parseContainerfile, splitFlags, words} from '../../../src/lib/builder/parser.js'
 
 describe('build: Containerfile parsing', function () {
+  it('reads here-documents: the bodies, <<- tab stripping, quoted delimiters, and an unended one', function () {
+    const file = parseContainerfile(
+      [
+        'FROM x',
+        'COPY <<a <<"b" /d/',
+        '# not a comment: $X',
+        'a',
+        '\tb body',
+        'b',
+        'RUN <<-E',
+        '\t\tx',
+        '\tE',
+        'ENV Y=1',
+      ].join('\n'),
+    )
+    expect(file.instructions.map((i) => i.keyword)).to.deep.equal(['FROM', 'COPY', 'RUN', 'ENV'])
+    expect(file.instructions[1].heredocs).to.deep.equal([
+      {body: '# not a comment: $X\n', expand: true, name: 'a'},
+      {body: '\tb body\n', expand: false, name: 'b'},
+    ])
+    expect(file.instructions[2].heredocs).to.deep.equal([{body: 'x\n', expand: true, name: 'E'}])
+    expect(file.instructions[3].line).to.equal(10)
+    expect(() => parseContainerfile('FROM x\nRUN <<E\necho\n')).to.throw(
+      'line 2: the here-document E has no line E to end it.',
+    )
+  })
+
   it('joins continuations, drops comments (inside continuations too) and reads directives', function () {
     const file = parseContainerfile(
       [
@@ -73,6 +100,9 @@ describe('build: Containerfile parsing', function () {
       ['C', '2'],
     ])
     expect(keyValues('PATH /usr/bin:$V', vars, '\\', true)).to.deep.equal([['PATH', '/usr/bin:2']])
+    expect(keyValues('legacy some  value "q  x" $V', vars, '\\', true)).to.deep.equal([
+      ['legacy', 'some  value q  x 2'],
+    ])
     expect(() => keyValues('novalue', vars)).to.throw('expected KEY=VALUE')
   })
 
