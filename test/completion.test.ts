@@ -51,7 +51,6 @@ describe('shell completion', function () {
       XDG_CACHE_HOME: '',
     }
     for (const dir of ['wafers/web/data', 'wafers/web-db/data', 'wafers/base/data', 'stacks/web']) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, dir), {recursive: true})
     }
 
@@ -61,7 +60,6 @@ describe('shell completion', function () {
     expect(await complete(['wafers', 'diff', ''], env)).to.deep.equal(['base', 'web', 'web-db'])
     expect(await complete(['wafers', 'unstack', ''], env)).to.deep.equal(['web'])
     for (const verb of ['cp', 'mv', 'flatten', 'export']) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await complete(['wafers', verb, 'we'], env), verb).to.deep.equal(['web', 'web-db'])
     }
 
@@ -75,7 +73,6 @@ describe('shell completion', function () {
       ['stack', '--force', '--name', 'we'],
       ['build', '-t', 'we'],
     ]) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await complete(['wafers', ...words], env), words.join(' ')).to.deep.equal(['web', 'web-db'])
     }
 
@@ -85,7 +82,6 @@ describe('shell completion', function () {
       ['cp', 'web', 'we'],
       ['mv', 'web', 'we'],
     ]) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await complete(['wafers', ...words], env), words.join(' ')).to.deep.equal([])
     }
 
@@ -96,7 +92,9 @@ describe('shell completion', function () {
 
     // Every argument a command's help calls an existing wafer completes wafer names (or, for a
     // stack, stack names): a new command with one cannot be forgotten in completions/wafers.bash.
-    const manifest = JSON.parse(await fs.readFile(fileURLToPath(new URL('../oclif.manifest.json', import.meta.url)), 'utf8'))
+    const manifest = JSON.parse(
+      await fs.readFile(fileURLToPath(new URL('../oclif.manifest.json', import.meta.url)), 'utf8'),
+    )
     let checked = 0
     for (const [id, command] of Object.entries<{args: Record<string, {description?: string}>}>(manifest.commands)) {
       for (const [index, arg] of Object.values(command.args).entries()) {
@@ -104,8 +102,9 @@ describe('shell completion', function () {
         if (!/\bwafer\b/i.test(description) || /must not exist|\bnew wafer\b/i.test(description)) continue
         const before = Array.from({length: index}, () => 'web')
         const offered = ['web', 'web-db'].filter((name) => id !== 'unstack' || name === 'web')
-        // eslint-disable-next-line no-await-in-loop
-        expect(await complete(['wafers', id, ...before, 'we'], env), `${id} argument ${index + 1}`).to.deep.equal(offered)
+        expect(await complete(['wafers', id, ...before, 'we'], env), `${id} argument ${index + 1}`).to.deep.equal(
+          offered,
+        )
         checked++
       }
     }

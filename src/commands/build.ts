@@ -15,15 +15,12 @@ export default class Build extends WafersCommand {
   static args = {
     context: Args.string({default: '.', description: 'The build context: the directory COPY and ADD read from.'}),
   }
-
   static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver; COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, HEALTHCHECK and ONBUILD make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends (SHELL, HEALTHCHECK and ONBUILD as Docker's config has them; a base's ONBUILD triggers run right after its FROM). ADD downloads http and https URLs. RUN --mount takes type=cache (kept in $WAFERS/.cache/build, outside every wafer), type=bind (from the context or a stage, read-only) and type=secret (a --secret file, never stored).
 
 Steps are cached: a step whose parent, instruction, build args and (for COPY and ADD) source contents are unchanged reuses its wafer, so an unchanged rebuild runs nothing. Two builds that reach the same uncached step at once make it once: the second waits for the first and takes its wafer. Building NAME again points it at the new result when NAME holds no files of its own and is not stacked. A failing RUN stops the build, naming the step and its exit code; it leaves no wafer for that step, and the steps before it stay cached.
 
 FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, into the wafer \`wafers pull\` would make, unless that wafer already holds it; --tls-verify, --creds and --authfile are for that pull), an earlier stage (FROM ... AS NAME), or scratch; --platform (or FROM --platform) picks the image of an index, and --target STAGE ends the build with that stage. COPY --from takes a stage, a wafer or an image to pull.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> -t web .',
@@ -38,7 +35,6 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       description: 'Rebuild every step and print what each made:',
     },
   ]
-
   static flags = {
     ...registryFlags('FROM images: '),
     'build-arg': Flags.string({
@@ -65,9 +61,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
     tag: Flags.string({char: 't', description: 'The wafer the build ends in.', required: true}),
     target: Flags.string({description: 'Build up to the stage FROM ... AS STAGE, which the wafer ends in.'}),
   }
-
   static summary = 'Build a Containerfile into a cached chain of wafers.'
-
   static usage =
     '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--secret id=ID,src=FILE]... [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 

@@ -11,13 +11,10 @@ export default class Create extends WafersCommand {
     name: Args.string({description: 'The new wafer; it is made at $WAFERS/NAME.', required: true}),
     parent: Args.string({description: 'The wafer to put NAME on; without it NAME is a base wafer.'}),
   }
-
   static description = `Creates wafer NAME ($WAFERS/NAME/data, work, and a parent file naming PARENT) without stacking it. A new wafer on a PARENT whose layers have an etc/machine-id gets its own fresh one.
 
 With --seed, NAME is a new base wafer filled by that seeder (see \`wafers seeders\`); everything after \`--\` goes to the seeder. The wafer appears only once the seeder has finished: a seeder that fails leaves no wafer behind.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> tiny --seed busybox',
@@ -37,13 +34,10 @@ With --seed, NAME is a new base wafer filled by that seeder (see \`wafers seeder
       description: 'Make wafer web on debian, to stack later:',
     },
   ]
-
   static flags = {
     seed: Flags.string({description: 'Fill the new base wafer with this seeder; its arguments follow `--`.'}),
   }
-
   static summary = 'Create a wafer without stacking it, optionally seeding a base wafer.'
-
   static usage = '<%= command.id %> NAME [PARENT] [--json] [--seed SEEDER] [-- SEEDER-ARGS...]'
 
   async run(): Promise<CreateResult> {

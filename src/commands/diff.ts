@@ -9,11 +9,8 @@ export default class Diff extends WafersCommand {
   static args = {
     name: Args.string({description: 'The wafer whose changes to show.', required: true}),
   }
-
   static description = `Lists what wafer NAME changes in its stack, relative to the wafers below it, one path a line as docker diff does: "A /path" added, "C /path" changed, "D /path" deleted. It reads NAME's data as overlayfs does: a whiteout (a character device 0/0) is a deletion, and an opaque directory (one deleted and made again in the stack) hides everything below it, so what it no longer holds shows as deleted. A directory that holds changes and exists below shows as changed. Works whether NAME is stacked or not; needs root to read overlayfs's trusted.* attributes.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> archbase2',
@@ -24,7 +21,6 @@ export default class Diff extends WafersCommand {
       description: 'Print an array of {path, change} objects:',
     },
   ]
-
   static summary = 'Show the files a wafer adds, changes and deletes.'
 
   async run(): Promise<DiffEntry[]> {

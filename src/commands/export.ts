@@ -14,13 +14,10 @@ export default class Export extends WafersCommand {
       required: true,
     }),
   }
-
   static description = `Writes what a container on NAME's stack sees (the layers merged: no whiteouts, no overlay attributes) as a plain root file system tarball, the kind machinectl import-tar and podman import take: POSIX format, numeric owners, modes, timestamps, extended attributes and file capabilities, hard links and devices. The ending of FILE says how to compress it. It streams: memory stays flat however big the stack.
 
 A file is written under a temporary name beside FILE and renamed when complete, so a failed export leaves nothing; an existing FILE is replaced only with --force. While the export runs the stack's wafers cannot be removed, renamed or stacked writable. It refuses a stack one of whose wafers is stacked as a writable top right now: unstack it first.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> web web.tar.zst',
@@ -32,11 +29,9 @@ A file is written under a temporary name beside FILE and renamed when complete, 
     },
     {command: '<%= config.bin %> <%= command.id %> web - | podman import - web', description: 'Stream it into podman:'},
   ]
-
   static flags = {
     force: Flags.boolean({char: 'f', description: 'Replace FILE if it exists.'}),
   }
-
   static summary = "Write a wafer's merged stack as a root file system tarball."
 
   async run(): Promise<ExportResult> {

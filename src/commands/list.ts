@@ -7,15 +7,12 @@ import {fitTable, humanSize} from '../lib/ui/render.js'
 
 export default class List extends WafersCommand {
   static aliases = ['ls']
-
   static description = `One line per wafer in $WAFERS: its parent, its depth (the number of wafers in its stack, itself included), whether it is stacked, where, and how much disk its own data takes. STACKED is "yes" for the top of a live stack, "lower" for a wafer that is a read-only layer of someone else's live stack, "in use" for one whose own files processes use, "no" otherwise; stacks are found in the live mount table, whoever mounted them, and so are the uses that table hides, which rm and stack refuse as well: a stack mounted in another mount namespace (a container's), one detached with unstack --lazy that processes still use, processes working in a wafer's own files. Those are said in NOTE ("still in use as the top of the stack mounted at /x in the mount namespace of 12 (sleep)"); --json gives them as elsewhere, and inUse says whether rm would refuse the wafer. A wafer whose ancestry is broken (missing parent, loop) is listed with a note, and so is where a wafer came from: "image layer" for a wafer that holds one layer of a pulled image, "from REF" for the top wafer a pull made.
 
 On a terminal too narrow for the table, the generated names of image layers and build steps (layer-… and build-… with 32 or 40 hex digits) are shortened as git shortens commit ids, to the fewest digits (at least 8) that tell them apart, with "…" after them, and the NOTE column is cut to fit; --wide, --json and a pipe give them whole.
 
 Sizes mean reading every file of every wafer, so --json leaves them out unless you ask with --size, and --no-size leaves them out of the table.`
-
   static enableJsonFlag = true
-
   static examples = [
     {command: '<%= config.bin %> <%= command.id %>', description: 'Show every wafer with its size:'},
     {
@@ -28,7 +25,6 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
         'Print an array of {name, parent, depth, stacked, mountpoint, lowerOf, inUse} objects (with elsewhere when in use where the mount table does not show, layer and image for pulled wafers):',
     },
   ]
-
   static flags = {
     size: Flags.boolean({
       allowNo: true,
@@ -36,7 +32,6 @@ Sizes mean reading every file of every wafer, so --json leaves them out unless y
     }),
     wide: Flags.boolean({description: 'Print whole names and notes even where the terminal is too narrow for them.'}),
   }
-
   static summary = 'List wafers with their parent, depth, stacked state and size.'
 
   async run(): Promise<WaferInfo[]> {

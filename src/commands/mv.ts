@@ -10,13 +10,10 @@ export default class Mv extends WafersCommand {
     old: Args.string({description: 'The wafer to rename.', required: true}),
     new: Args.string({description: 'Its new name; must not exist yet.', required: true}),
   }
-
   static description = `Renames wafer OLD to NEW and points every wafer built on it at NEW (each parent file replaced atomically). It refuses, changing nothing, while OLD, a wafer below it or a wafer built on it is stacked or a lower layer of a stack (in any mount namespace), while a create or build is making a wafer on OLD, or while wafers enable stacks OLD at boot (disable it first).
 
 A rename interrupted midway (a crash, kill -9) leaves OLD renamed and some children still naming OLD: run the same wafers mv OLD NEW again to finish it.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> web web-2024',
@@ -24,7 +21,6 @@ A rename interrupted midway (a crash, kill -9) leaves OLD renamed and some child
     },
     {command: '<%= config.bin %> <%= command.id %> web web-2024 --json', description: 'Print {children, from, to}:'},
   ]
-
   static summary = 'Rename a wafer, re-pointing the wafers built on it.'
 
   async run(): Promise<MoveResult> {

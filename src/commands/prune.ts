@@ -19,9 +19,7 @@ export default class Prune extends WafersCommand {
 A wafer you named (wafers create, pull, build -t) and everything below it always stays. So does what is in use, as for rm: a wafer stacked or a lower layer of a stack, in any mount namespace, a wafer a running build or pull may still take; while a pull runs image layer wafers stay, while a build runs build step wafers stay, while a push runs the push cache stays (the notes say so).
 
 --dry-run lists what would go and how much space it takes, and removes nothing.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> --dry-run',
@@ -33,14 +31,12 @@ A wafer you named (wafers create, pull, build -t) and everything below it always
       description: 'Remove it and print {bytes, dryRun, items: [{kind, name, path?, size}], notes}:',
     },
   ]
-
   static flags = {
     'dry-run': Flags.boolean({
       char: 'n',
       description: 'List what would be removed, and its size, without removing it.',
     }),
   }
-
   static summary = 'Remove image layers, build steps and caches that nothing uses.'
 
   async run(): Promise<PruneResult> {

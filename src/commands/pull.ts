@@ -20,7 +20,6 @@ export default class Pull extends WafersCommand {
       description: "The wafer to make on top of the image's layers; default: the repository's last path component.",
     }),
   }
-
   static description = `Each layer of the image becomes one wafer (named layer-<ChainID>, on the wafer of the layer below), so images that share layers share wafers and only layers not yet here are downloaded and unpacked. NAME is a new empty wafer on top that keeps the image's config (Env, Entrypoint, Cmd, WorkingDir, User, Labels), ready for \`wafers stack NAME\`. From a multi-architecture image, the one for this machine is taken.
 
 Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed download leaves no half-made wafer; layers unpacked completely are kept and reused by the next pull. Pulling again into the same NAME says it is up to date. When the tag has moved since NAME was pulled, NAME is re-pointed at the new image (its new layers pulled, the ones it shares with the old kept), if nothing would see the change: NAME has no files of its own but its machine id and no wafers built on it; --replace re-points it even so (keeping its files), and re-points a NAME that holds another image. A NAME that is stacked or in use is never re-pointed, and a NAME not made by pull or build is refused. Layers of the old image stay until removed with wafers rm.
@@ -30,9 +29,7 @@ Images are accepted as the containers trust policy says (/etc/containers/policy.
 The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafers stack NAME PARENT\` gives one.
 
 The image's entrypoint and command, environment, user, working directory and stop signal are written to $STACKS/NAME.nspawn, where systemd-nspawn -M NAME and machinectl read them, so the machine runs the image as podman run would (--no-settings skips it; a NAME.nspawn you wrote is never replaced).`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> docker://registry.example.com/base/debian:bookworm',
@@ -52,7 +49,6 @@ The image's entrypoint and command, environment, user, working directory and sto
       description: 'Pull from an OCI layout directory:',
     },
   ]
-
   static flags = {
     ...registryFlags(),
     'no-settings': Flags.boolean({
@@ -64,9 +60,7 @@ The image's entrypoint and command, environment, user, working directory and sto
         'Re-point NAME at this image even when it holds another one, has files of its own (kept) or wafers built on it (which then see the new image). Never while it is stacked.',
     }),
   }
-
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
-
   static usage =
     '<%= command.id %> REF [NAME] [--replace] [--policy FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 

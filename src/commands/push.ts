@@ -18,15 +18,12 @@ export default class Push extends WafersCommand {
       required: true,
     }),
   }
-
   static description = `NAME's ancestry, bottom first, becomes one OCI image: one layer per wafer that has files of its own, and a history entry for each wafer without (such as the empty top a pull makes). The image config (Env, Entrypoint, Cmd, ...) is that of the nearest wafer that came from an image, NAME first; without one it is a default config for this machine's platform.
 
 Layers are reproducible: the same files give the same layer digest on every push and every machine. Packed layers are kept in $WAFERS/.oci and reused while the wafer is unchanged, so pushing again packs nothing and the registry receives nothing new. A wafer that is the writable top of a mounted stack may change while it is packed, so push refuses it unless --force.
 
 --sign-by FINGERPRINT signs the image with that GPG key (from GNUPGHOME's keyring), --sign-by-sigstore-private-key FILE with a sigstore key, as skopeo copy does; where the signatures go (a lookaside directory or web server, or sigstore attachments) is what the registries.d files say (/etc/containers/registries.d, or --registries.d DIR). No trust policy is asked about wafers' own layout, which push copies from.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> web docker://registry.example.com/stacks/web:1.0',
@@ -46,15 +43,12 @@ Layers are reproducible: the same files give the same layer digest on every push
       description: 'Write an OCI archive instead:',
     },
   ]
-
   static flags = {
     ...registryFlags(),
     ...signFlags(),
     force: Flags.boolean({description: 'Push even when a wafer of the stack is the writable top of a mounted stack.'}),
   }
-
   static summary = "Push a wafer's stack to a registry as an OCI image, one layer per wafer."
-
   static usage =
     '<%= command.id %> NAME REF [--sign-by FINGERPRINT | --sign-by-sigstore-private-key FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--force] [--json]'
 

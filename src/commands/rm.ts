@@ -10,13 +10,10 @@ export default class Rm extends WafersCommand {
   static args = {
     name: Args.string({description: 'A wafer to delete; give as many as you like.', required: true}),
   }
-
   static description = `Deletes each wafer's directory ($WAFERS/NAME with its data, work and parent file) and its short link in $WAFERS/.links. It refuses, changing nothing, a wafer that is stacked, a wafer that is a lower layer of a live stack, a wafer that processes still use through a stack detached with unstack --lazy, a stack in another mount namespace or its own files (naming them), and a wafer that other wafers are built on, unless those are named too or --recursive is given: then the whole subtree goes, deepest wafer first.
 
 On a terminal it lists what it will delete and asks first; --yes skips the question. When stdin is not a terminal it never asks, and deletes only with --yes.`
-
   static enableJsonFlag = true
-
   static examples = [
     {command: '<%= config.bin %> <%= command.id %> scratch', description: 'Delete one wafer, after a question:'},
     {
@@ -28,7 +25,6 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
       description: 'Delete several wafers from a script:',
     },
   ]
-
   static flags = {
     recursive: Flags.boolean({
       char: 'r',
@@ -36,9 +32,7 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
     }),
     yes: Flags.boolean({char: 'y', description: 'Delete without asking (required when stdin is not a terminal).'}),
   }
-
   static strict = false
-
   static summary = 'Delete wafers that are not in use.'
 
   async run(): Promise<RemoveResult> {
@@ -76,7 +70,7 @@ On a terminal it lists what it will delete and asks first; --yes skips the quest
       const removed = await removeWafers(store, now)
       // The image settings wafers wrote for a removed wafer go with it; a user's own stay.
       const {removeSettings} = await import('../lib/ops/settings.js')
-      for (const name of removed.removed) await removeSettings(locations.stacks, name) // eslint-disable-line no-await-in-loop
+      for (const name of removed.removed) await removeSettings(locations.stacks, name)
       return removed
     })
     for (const name of result.removed) this.log(`removed ${name}`)

@@ -11,14 +11,11 @@ export interface SeederListing {
 
 export default class Seeders extends WafersCommand {
   static description = `Seeders fill a new base wafer: \`wafers create NAME --seed SEEDER -- ARGS...\` or \`wafers stack NAME --seed SEEDER -- ARGS...\`. wafers brings dir, tar and busybox; plugins add more (wafers-plugin-debian-arch adds debootstrap and pacstrap).`
-
   static enableJsonFlag = true
-
   static examples = [
     {command: '<%= config.bin %> <%= command.id %>', description: 'List the seeders and where they come from:'},
     {command: '<%= config.bin %> <%= command.id %> --json', description: 'The same, for scripts:'},
   ]
-
   static summary = 'List the seeders that can fill a new base wafer, and their plugins.'
 
   async run(): Promise<SeederListing[]> {

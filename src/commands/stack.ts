@@ -20,7 +20,6 @@ export default class Stack extends WafersCommand {
     name: Args.string({description: 'The top wafer of the stack; it is mounted at $STACKS/NAME.'}),
     parent: Args.string({description: 'The wafer to create NAME on, when NAME does not exist yet.'}),
   }
-
   static description = `Traces the ancestry of wafer NAME through its parent files and mounts the whole stack with overlayfs at $STACKS/NAME (/var/lib/machines/NAME by default, where systemd-nspawn and machinectl find it). NAME's data is the writable upper layer; every ancestor's data is a read-only lower layer, nearest first. A wafer with no parent is bind-mounted on its own, so writes go straight into its data.
 
 If NAME does not exist and PARENT is given, NAME is created first ($WAFERS/NAME/data, work and a parent file naming PARENT), with its own fresh etc/machine-id when the layers below have one. Stacking something already stacked does nothing and says so.
@@ -32,9 +31,7 @@ With --mstack nothing is mounted: wafers writes $STACKS/NAME.mstack (systemd.mst
 Stack many at once with --name (repeatable) or --all; each failure is reported by name and the others still go on. Ctrl-C finishes the stack under way and starts no other.
 
 The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wafer" for a base alone); progress goes to stderr. WAFERS and STACKS override /var/lib/wafers and /var/lib/machines.`
-
   static enableJsonFlag = true
-
   static examples = [
     {
       command: '<%= config.bin %> <%= command.id %> archbase2 archbase',
@@ -63,7 +60,6 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
       description: "Create base wafer tiny from the host's busybox and stack it:",
     },
   ]
-
   static flags = {
     all: Flags.boolean({description: 'Stack every wafer that no other wafer has as its parent.', exclusive: ['name']}),
     force: Flags.boolean({
@@ -82,7 +78,6 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
         'Fill NAME, a new base wafer, with this seeder first (see `wafers seeders`); its arguments follow `--`.',
     }),
   }
-
   static summary = 'Mount a wafer and all its ancestors as a stack.'
 
   async run(): Promise<StackManyResult | StackResult> {
@@ -126,7 +121,9 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
           })
         }
 
-        const names = flags.all ? childless(await readInventory(new WaferStore(locations.wafers), {stacks: locations.stacks})) : (flags.name ?? [])
+        const names = flags.all
+          ? childless(await readInventory(new WaferStore(locations.wafers), {stacks: locations.stacks}))
+          : (flags.name ?? [])
         const plans = [
           ...(args.name === undefined ? [] : [{name: args.name, parent: args.parent}]),
           ...names.map((name) => ({name, parent: undefined})),
@@ -145,7 +142,6 @@ The last line on stdout of each stack is "N wafers stacked at MOUNTPOINT" ("1 wa
         for (const [index, outcome] of outcomes.entries()) {
           if (outcome.state !== 'done') continue
           this.log(summaryLine(stacks[index].result))
-          // eslint-disable-next-line no-await-in-loop
           await this.warnOfChown(stacks[index].result)
         }
 

@@ -11,11 +11,8 @@ export default class Tree extends WafersCommand {
   static args = {
     name: Args.string({description: 'Show only this wafer and the wafers built on it.'}),
   }
-
   static description = `Draws every wafer under its parent, base wafers at the left, as the tree program draws directories. A wafer stacked right now is marked "stacked at MOUNTPOINT"; a wafer that is a read-only lower layer of a live stack is marked "lower layer of MOUNTPOINT", and a use the mount table here does not show (a stack in another mount namespace, a detached one still used) is said too, as list says it. Wafers whose parent is missing or whose ancestry loops are drawn as roots with a note. A wafer that holds one layer of a pulled image is marked "image layer", the top wafer a pull made "from REF".`
-
   static enableJsonFlag = true
-
   static examples = [
     {command: '<%= config.bin %> <%= command.id %>', description: 'Draw the whole forest of wafers:'},
     {command: '<%= config.bin %> <%= command.id %> archbase', description: 'Draw archbase and everything built on it:'},
@@ -24,7 +21,6 @@ export default class Tree extends WafersCommand {
       description: 'Print nested {name, stacked, mountpoint, lowerOf, children} objects:',
     },
   ]
-
   static summary = 'Draw the wafers as a tree of parents and children.'
 
   async run(): Promise<WaferNode[]> {

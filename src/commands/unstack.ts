@@ -11,13 +11,10 @@ export default class Unstack extends WafersCommand {
   static args = {
     name: Args.string({description: 'A stack to take down, by wafer name; give as many as you like.', required: true}),
   }
-
   static description = `Unmounts each stack at $STACKS/NAME and removes its empty mount point. The wafers' data is never deleted: stack them again at any time. A name with nothing stacked is reported and skipped.
 
 A stack that a process still uses (its working directory, root or open files are inside) is left mounted, and the processes are named; --lazy detaches it anyway, says which processes still use it, and it goes away when they leave. With many names, each failure is reported and the others still go on; Ctrl-C finishes the one under way and starts no other.`
-
   static enableJsonFlag = true
-
   static examples = [
     {command: '<%= config.bin %> <%= command.id %> archbase2', description: 'Take one stack down:'},
     {command: '<%= config.bin %> <%= command.id %> web db cache', description: 'Take several down:'},
@@ -26,13 +23,10 @@ A stack that a process still uses (its working directory, root or open files are
       description: 'Detach a stack that a process still uses:',
     },
   ]
-
   static flags = {
     lazy: Flags.boolean({description: 'Detach stacks that are in use now, and let them go when their users leave.'}),
   }
-
   static strict = false
-
   static summary = 'Unmount stacks; their wafers stay.'
 
   async run(): Promise<UnstackResult[]> {
@@ -49,7 +43,6 @@ A stack that a process still uses (its working directory, root or open files are
         for (const [index, name] of names.entries()) {
           if (interrupt.signal.aborted) break
           try {
-            // eslint-disable-next-line no-await-in-loop
             const result = await unstack(locations, name, {hooks, lazy: flags.lazy})
             results.push(result)
             outcomes[index].state = 'done'

@@ -73,6 +73,7 @@ export function describeSystemError(error: unknown): string | undefined {
   if (code === 'ENOENT' && syscall === 'mkdir' && file !== undefined) {
     return `${shown(file)} cannot be made: the directory it would be in does not exist.`
   }
+
   const what = SYSTEM_ERRORS[code] ?? `failed (${code})`
   if (file === undefined) return `a file operation ${what.replace(/^cannot be \w+: /, 'failed: ')}.`
   const where = dest === undefined ? shown(file) : `${shown(file)} (to ${shown(dest)})`

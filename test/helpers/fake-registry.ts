@@ -168,7 +168,6 @@ async function send(response: http.ServerResponse, bytes: Buffer, rate: number):
   const chunk = Math.max(1, Math.floor(rate / 4))
   for (let at = 0; at < bytes.length && !response.destroyed; at += chunk) {
     response.write(bytes.subarray(at, at + chunk))
-    // eslint-disable-next-line no-await-in-loop
     await new Promise((resolve) => {
       setTimeout(resolve, chunk === 1 ? 1000 : 250)
     })
@@ -181,7 +180,6 @@ async function send(response: http.ServerResponse, bytes: Buffer, rate: number):
 async function endless(response: http.ServerResponse, chunk: Buffer): Promise<void> {
   while (!response.destroyed) {
     if (!response.write(chunk)) {
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         response.once('drain', resolve)
         response.once('close', resolve)

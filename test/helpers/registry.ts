@@ -41,7 +41,6 @@ export class Registry {
     if (options.users) {
       const entries: string[] = []
       for (const [user, password] of Object.entries(options.users)) {
-        // eslint-disable-next-line no-await-in-loop
         entries.push((await execa('htpasswd', ['-Bbn', user, password])).stdout.trim())
       }
 
@@ -54,10 +53,8 @@ export class Registry {
     const child = execa('docker-registry', ['serve', config], {reject: false, stdin: 'ignore'})
     const registry = new Registry(dir, port, child)
     for (let i = 0; i < 100; i++) {
-      // eslint-disable-next-line no-await-in-loop
       if (await answers(port)) return registry
       if (child.exitCode !== null) break
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         setTimeout(resolve, 100)
       })
@@ -83,12 +80,10 @@ export class Registry {
     const raw = await blob(top.digest)
     const manifest = JSON.parse(raw.toString()) as {config: {digest: string}; layers: Array<{digest: string}>}
     for (const digest of [manifest.config.digest, ...manifest.layers.map((layer) => layer.digest)]) {
-      // eslint-disable-next-line no-await-in-loop
       const started = await fetch(`${base}/blobs/uploads/`, {method: 'POST'})
       if (started.status !== 202) throw new Error(`upload of ${digest} refused: ${started.status}`)
       const location = new URL(started.headers.get('location')!, `http://${this.host}`)
       location.searchParams.set('digest', digest)
-      // eslint-disable-next-line no-await-in-loop
       const put = await fetch(location, {
         body: await blob(digest),
         headers: {'Content-Type': 'application/octet-stream'},

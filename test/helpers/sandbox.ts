@@ -95,7 +95,6 @@ export class Sandbox {
   async cleanup(): Promise<void> {
     const mounted = (await readMountTable()).filter((entry) => entry.mountpoint.startsWith(this.root + '/'))
     for (const entry of mounted.reverse()) {
-      // eslint-disable-next-line no-await-in-loop
       await execa('umount', ['-l', entry.mountpoint], {reject: false})
     }
 
@@ -148,7 +147,6 @@ export class Sandbox {
       input,
       reject: false,
     })
-    // eslint-disable-next-line no-control-regex
     return {exitCode: run.exitCode ?? -1, screen: run.stdout.replaceAll(/\u001B\[[\d;?]*[A-Za-z]/g, '')}
   }
 
@@ -170,9 +168,7 @@ export class Sandbox {
     if (options.parent) await fs.writeFile(path.join(dir, 'parent'), options.parent)
     for (const [file, content] of Object.entries(options.files ?? {})) {
       const target = path.join(dir, 'data', file)
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.dirname(target), {recursive: true})
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(target, content)
     }
   }
@@ -206,15 +202,12 @@ export async function snapshot(dir: string): Promise<string[]> {
 
     for (const entry of entries.sort()) {
       const file = path.join(current, entry)
-      // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(file)
-      // eslint-disable-next-line no-await-in-loop
       const link = stat.isSymbolicLink() ? ` -> ${await fs.readlink(file)}` : ''
       const size = stat.isDirectory() ? '' : ` ${stat.size}B`
       lines.push(
         `${path.relative(dir, file)} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid} rdev=${stat.rdev}${size}${link}`,
       )
-      // eslint-disable-next-line no-await-in-loop
       if (stat.isDirectory()) await walk(file)
     }
   }

@@ -28,10 +28,8 @@ export async function treeListing(dir: string, options: TreeOptions = {}): Promi
       const relName = rel === '' ? name : `${rel}/${name}`
       if (ignore.has(relName)) continue
       const file = path.join(current, name)
-      // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(file)
       found.push({rel: relName, stat})
-      // eslint-disable-next-line no-await-in-loop
       if (stat.isDirectory()) await walk(file, relName)
     }
   }

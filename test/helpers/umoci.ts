@@ -53,7 +53,6 @@ export async function makeUmociImage(layoutDir: string, tag: string): Promise<vo
     await run('umoci', ['unpack', '--image', image, one])
     const root = path.join(one, 'rootfs')
     for (const dir of ['bin', 'dev', 'etc', 'tmp', 'usr/bin', 'data', 'gone', 'gone-dir/sub', 'opaque']) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, dir), {recursive: true})
     }
 
@@ -61,7 +60,6 @@ export async function makeUmociImage(layoutDir: string, tag: string): Promise<vo
     await fs.copyFile('/bin/busybox', path.join(root, 'bin/busybox'))
     await fs.chmod(path.join(root, 'bin/busybox'), 0o755)
     for (const applet of ['sh', 'ls', 'cat', 'stat']) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.symlink('busybox', path.join(root, 'bin', applet))
     }
 

@@ -62,7 +62,6 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
       'RequiredBy=systemd-nspawn@web.service',
     ])
     for (const link of links()) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await fs.readlink(link), link).to.equal(unit())
     }
 
@@ -125,7 +124,6 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
     try {
       for (const name of ['web', 'control']) {
         // As systemd-nspawn@.service runs it, but in the foreground.
-        // eslint-disable-next-line no-await-in-loop
         const run = await execa(
           'systemd-nspawn',
           [
@@ -198,13 +196,10 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
       ['ghost', `wafer ghost not found in ${box.wafers}.`],
       ['orphan', `wafer gone, the parent of orphan, not found in ${box.wafers}.`],
     ]) {
-      // eslint-disable-next-line no-await-in-loop
       const run = await box.run(['enable', name], env)
       expect(run.exitCode).to.equal(1)
       expect(run.stderr.replaceAll(/\s*\n\s*›\s*/g, ' ')).to.include(message)
-      // eslint-disable-next-line no-await-in-loop
       expect(await exists(units)).to.equal(false)
-      // eslint-disable-next-line no-await-in-loop
       expect(await exists(nspawn)).to.equal(false)
     }
   })
@@ -227,7 +222,6 @@ async function busyboxWafer(box: Sandbox, name: string): Promise<void> {
     },
   })
   for (const dir of ['bin', 'root', 'tmp', 'proc', 'sys', 'dev', 'run', 'var']) {
-    // eslint-disable-next-line no-await-in-loop
     await fs.mkdir(box.data(name, dir), {recursive: true})
   }
 

@@ -21,7 +21,7 @@ async function listing(root: string): Promise<string[]> {
   return (await treeListing(root, {ignore: RUNTIME})).map((line) => line.replace(/ mtime=\d+/, ''))
 }
 
-const CONTAINERFILE = (base: string) =>
+const containerfileFor = (base: string) =>
   [
     `FROM oci:${base}:base`,
     'ARG GREETING=hello',
@@ -86,7 +86,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     await fs.mkdir(path.join(files, 'etc'), {recursive: true})
     await fs.writeFile(path.join(files, 'etc', 'demo.conf'), 'x=1\n')
     await execa('tar', ['-czf', path.join(context, 'files.tar.gz'), '-C', files, '.'])
-    await fs.writeFile(path.join(context, 'Containerfile'), CONTAINERFILE(base))
+    await fs.writeFile(path.join(context, 'Containerfile'), containerfileFor(base))
 
     const storage = [
       '--root',
@@ -309,9 +309,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     ])
     const read = async (dir: string, file: string) => fs.readFile(path.join(dir, 'tmp', file), 'utf8')
     for (const who of ['app', 'owner', 'app-getent', 'owner-getent']) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await read(root, `groups-${who}`), who).to.equal(await read(theirsRoot, `groups-${who}`))
-      // eslint-disable-next-line no-await-in-loop
       expect(await read(root, `home-${who}`), who).to.equal(await read(theirsRoot, `home-${who}`))
     }
 
@@ -324,11 +322,8 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     const context = path.join(work, 'context')
     await fs.mkdir(context)
     for (const arch of ['amd64', 'arm64']) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(context, `${arch}.txt`), `${arch}\n`)
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(context, `${arch}.containerfile`), `FROM scratch\nCOPY ${arch}.txt /\n`)
-      // eslint-disable-next-line no-await-in-loop
       await buildah(
         'bud',
         '--platform',
@@ -343,7 +338,6 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
 
     await buildah('manifest', 'create', 'multi')
     for (const arch of ['amd64', 'arm64']) {
-      // eslint-disable-next-line no-await-in-loop
       await buildah('manifest', 'add', 'multi', `containers-storage:localhost/plat-${arch}:latest`)
     }
 

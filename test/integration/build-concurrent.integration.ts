@@ -22,7 +22,6 @@ class Gate {
   private readonly opened = new Promise<void>((resolve) => {
     this.open = resolve
   })
-
   private readonly server = http.createServer(async (request, response) => {
     const number = ++this.requests
     if (number === 1) await this.opened
@@ -114,7 +113,6 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
   const until = async (what: string, done: () => Promise<boolean> | boolean): Promise<void> => {
     for (let tries = 0; !(await done()); tries++) {
       if (tries > 600) throw new Error(`gave up waiting until ${what}`)
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => setTimeout(resolve, 100))
     }
   }
@@ -132,10 +130,8 @@ describe('wafers build: two builds of the same steps at the same time (real nspa
     let waiters = 0
     for (const pid of await fs.readdir('/proc')) {
       if (!/^\d+$/.test(pid)) continue
-      // eslint-disable-next-line no-await-in-loop
       const cmdline = (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')
       if (!cmdline[0]?.endsWith('flock') || !cmdline.includes('-w')) continue
-      // eslint-disable-next-line no-await-in-loop
       const locked = await fs.readlink(`/proc/${pid}/fd/3`).catch(() => '')
       if (which(locked)) waiters++
     }

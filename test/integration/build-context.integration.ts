@@ -28,11 +28,13 @@ describe('a build context as .dockerignore leaves it, the same as buildah bud', 
   useSandbox((made) => {
     box = made
   })
+
   beforeEach(async () => {
     // buildah's oci: transport wants a lower-case path.
     work = path.join('/tmp', `wafers-context-${randomBytes(6).toString('hex')}`)
     await fs.mkdir(work)
   })
+
   afterEach(async () => {
     await execa('umount', ['-R', '-l', path.join(work, 'root')], {reject: false})
     await fs.rm(work, {force: true, recursive: true})
@@ -49,11 +51,22 @@ describe('a build context as .dockerignore leaves it, the same as buildah bud', 
     await fs.writeFile(path.join(context, 'Containerfile'), 'FROM scratch\nCOPY . /app/\n')
 
     const out = path.join(work, 'out')
-    const storage = ['--root', path.join(work, 'root'), '--runroot', path.join(work, 'runroot'), '--storage-driver', 'vfs']
-    const bud = await execa('buildah', [...storage, 'bud', '--isolation', 'chroot', '-t', `oci:${out}:built`, context], {
-      reject: false,
-      stdin: 'ignore',
-    })
+    const storage = [
+      '--root',
+      path.join(work, 'root'),
+      '--runroot',
+      path.join(work, 'runroot'),
+      '--storage-driver',
+      'vfs',
+    ]
+    const bud = await execa(
+      'buildah',
+      [...storage, 'bud', '--isolation', 'chroot', '-t', `oci:${out}:built`, context],
+      {
+        reject: false,
+        stdin: 'ignore',
+      },
+    )
     expect(bud.exitCode, `${bud.stdout}\n${bud.stderr}`).to.equal(0)
     const bundle = path.join(work, 'bundle')
     await execa('umoci', ['unpack', '--image', `${out}:built`, bundle])

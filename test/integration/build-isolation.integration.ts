@@ -49,7 +49,6 @@ describe('wafers build: a RUN cannot reach the host kernel (real nspawn, real ov
     context = await busyboxBase(box)
     canaries = {}
     for (const file of [CORE_PATTERN, PRINTK_TIME]) {
-      // eslint-disable-next-line no-await-in-loop
       canaries[file] = await fs.readFile(file, 'utf8')
     }
   })
@@ -57,7 +56,6 @@ describe('wafers build: a RUN cannot reach the host kernel (real nspawn, real ov
   afterEach(async function () {
     // A test that failed because a RUN got through puts the host back as it was (each test checks).
     for (const [file, before] of Object.entries(canaries)) {
-      // eslint-disable-next-line no-await-in-loop
       if ((await fs.readFile(file, 'utf8')) !== before) await fs.writeFile(file, before)
     }
   })
@@ -126,7 +124,6 @@ describe('wafers build: a RUN cannot reach the host kernel (real nspawn, real ov
     // The wafer the step stacks on, as the host names it: the RUN sees it only as its own root.
     const layerFile = box.data('bb', 'bin', 'busybox')
     for (const file of [secret, layerFile, `/proc/1/root${secret}`, `/proc/1/root${layerFile}`]) {
-      // eslint-disable-next-line no-await-in-loop
       await refused(`test -e ${file} || exit 3; cat ${file}`)
     }
 
@@ -180,7 +177,6 @@ describe('wafers build: a RUN cannot reach the host kernel (real nspawn, real ov
     }
 
     for (const rel of ['r-root', 'r-workdir', 'r/app', 'r/numbers']) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await who(rel), rel).to.deep.equal({capabilities: BUILDAH_CAPABILITIES, userns: 'no-userns'})
     }
 

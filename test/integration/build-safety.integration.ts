@@ -5,16 +5,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import {
-  buildWeb,
-  busyboxBase,
-  filesOf,
-  hasStackTrace,
-  said,
-  Sandbox,
-  snapshot,
-  useSandbox,
-} from '../helpers/sandbox.js'
+import {buildWeb, busyboxBase, filesOf, hasStackTrace, said, Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 /** The store as a tree, without the links directory the first mount makes. */
 async function storeTree(box: Sandbox): Promise<string[]> {
@@ -63,7 +54,6 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     await fs.writeFile(log, '', {flag: 'a'})
     for (let tries = 0; !(await fs.readFile(log, 'utf8')).includes('begun'); tries++) {
       expect(tries).to.be.below(300)
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => setTimeout(resolve, 100))
     }
 
@@ -95,6 +85,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(said(run.stderr)).not.to.include('previous errors')
     expect(await storeTree(box)).to.deep.equal(before)
   })
+
   it('keeps what a RUN made at the paths nspawn mounts on, and deletes nothing through links a RUN planted', async function () {
     await fs.mkdir(path.join(victim, 'journal'))
     const {json, run} = await build(`FROM bb\nRUN rm -rf /var/log && mkdir -p /var && ln -s ${victim} /var/log\n`)
@@ -114,6 +105,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     // And nspawn's own mount points are in no layer.
     expect(await filesOf(box, nothing)).to.deep.equal([])
   })
+
   it("RUN sees the image's /tmp, not a tmpfs: what COPY put there runs, what RUN writes there stays", async function () {
     await fs.writeFile(path.join(context, 'inst.sh'), 'echo installed > /opt-made\n')
     const {json, run} = await build('FROM bb\nCOPY inst.sh /tmp/\nRUN sh /tmp/inst.sh; echo keep > /tmp/keep\n')
@@ -122,6 +114,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(await fs.readFile(box.data(made, 'opt-made'), 'utf8')).to.equal('installed\n')
     expect(await fs.readFile(box.data(made, 'tmp', 'keep'), 'utf8')).to.equal('keep\n')
   })
+
   it('COPY of a link keeps the name as written', async function () {
     await fs.writeFile(path.join(context, 'real1'), 'real\n')
     await fs.symlink('real1', path.join(context, 'link'))
@@ -150,6 +143,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(second.json.steps[1].cached).to.equal(false)
     expect(await fs.readdir(box.data(second.json.steps[1].wafer as string, 's'))).to.deep.equal([forged])
   })
+
   it('refuses to mount steps under a /run/wafers that is a link, following it never', async function () {
     // A /run of this test's own (the suite runs in a private mount namespace), with /run/wafers a
     // link to a directory on the host; a store anyone may write to, so wafers mounts the step itself.
@@ -208,7 +202,6 @@ describe('wafers build: hostile images and contexts never reach the host (real n
       const found: string[] = []
       for (const pid of await fs.readdir('/proc')) {
         if (!/^\d+$/.test(pid)) continue
-        // eslint-disable-next-line no-await-in-loop
         const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
         if (cmdline.includes(box.wafers)) found.push(cmdline.replaceAll('\0', ' '))
       }
@@ -224,6 +217,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const again = await build('FROM bb\nRUN echo again > /again\n')
     expect(again.run.exitCode, again.run.stderr).to.equal(0)
   })
+
   it('kill -9 of a build that mounted its step itself (a store others may write to): the next build unmounts what it left', async function () {
     this.timeout(120_000)
     await fs.chmod(box.wafers, 0o777)
@@ -282,6 +276,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     const {stdout} = await execa('grep', ['-rl', 'host secret', box.wafers], {reject: false})
     expect(stdout).to.equal('')
   })
+
   it('expands variables in --chown and --from, and refuses --from=, an unended heredoc and a malformed passwd row clearly', async function () {
     await fs.writeFile(path.join(context, 'f'), 'f\n')
     const ok = await build('FROM bb\nARG WHO=1234:4321\nCOPY --chown=$WHO f /owned\n')
@@ -302,6 +297,7 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     expect(bad.run.exitCode).to.equal(1)
     expect(said(bad.run.stderr)).to.include("--chown: the image's /etc/passwd row of odd has no numeric uid and gid.")
   })
+
   it('follows a Dockerfile that is a link inside the context, and only inside it', async function () {
     await fs.mkdir(path.join(context, 'files'))
     await fs.writeFile(path.join(context, 'files', 'Dockerfile.real'), 'FROM bb\nRUN echo linked > /linked\n')

@@ -301,13 +301,9 @@ describe('wafers build: a Containerfile becomes a cached chain of wafers (real n
     let parent = 'bb'
     for (let i = 0; i < 60; i++) {
       const name = `deep-${String(i).padStart(2, '0')}-${'x'.repeat(56)}`
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(box.wafers, name, 'data', 'layers'), {recursive: true})
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(box.wafers, name, 'work'))
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(box.wafers, name, 'data', 'layers', String(i)), `${i}\n`)
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(box.wafers, name, 'parent'), `${parent}\n`)
       parent = name
     }

@@ -125,29 +125,22 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
     it('never breaks a pull that runs at the same time: the pull ends with every layer of its image', async function () {
       const layout = await pullImage('image')
       for (let round = 0; round < 4; round++) {
-        // eslint-disable-next-line no-await-in-loop
         await ok(['rm', '--yes', round === 0 ? 'image' : `again${round - 1}`])
         const pull = box.run(['pull', `oci:${layout}:test`, `again${round}`, '--json'])
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((resolve) => {
           setTimeout(resolve, round * 150)
         })
         const pruned = box.run(['prune', '--json'])
-        // eslint-disable-next-line no-await-in-loop
         const [pulled, prunedRun] = await Promise.all([pull, pruned])
         expect(pulled.exitCode, pulled.stderr).to.equal(0)
         expect(prunedRun.exitCode, prunedRun.stderr).to.equal(0)
         const layers = (JSON.parse(pulled.stdout) as {layers: Array<{wafer: string}>}).layers.map(
           (layer) => layer.wafer,
         )
-        // eslint-disable-next-line no-await-in-loop
         const now = await names()
         expect(now).to.include.members([...layers, `again${round}`])
-        // eslint-disable-next-line no-await-in-loop
         await ok(['stack', `again${round}`])
-        // eslint-disable-next-line no-await-in-loop
         expect(await fs.readFile(box.stack(`again${round}`, 'etc/hostname'), 'utf8')).to.equal('umoci layer 2\n')
-        // eslint-disable-next-line no-await-in-loop
         await ok(['unstack', `again${round}`])
       }
     })
@@ -164,9 +157,7 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       // A build whose RUN step takes a while: its stage is held all along.
       const slow = buildWeb(box, context, 'FROM bb\nRUN sleep 4\n')
       for (let i = 0; i < 100; i++) {
-        // eslint-disable-next-line no-await-in-loop
         if ((await fs.readdir(box.wafers)).some((entry) => entry.startsWith('.create-build-'))) break
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((resolve) => {
           setTimeout(resolve, 100)
         })
@@ -265,19 +256,14 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
         [three, 'copy3'],
         [two, 'copy2'],
       ]) {
-        // eslint-disable-next-line no-await-in-loop
         const result = JSON.parse(await ok(['cp', src, dst, '--json']))
-        // eslint-disable-next-line no-await-in-loop
         const parent = (await fs.readFile(path.join(box.wafers, src, 'parent'), 'utf8')).trim()
         expect(result).to.deep.equal({name: dst, parent, source: src})
-        // eslint-disable-next-line no-await-in-loop
         expect((await fs.readFile(path.join(box.wafers, dst, 'parent'), 'utf8')).trim()).to.equal(parent)
-        // eslint-disable-next-line no-await-in-loop
         const [original, copy] = await Promise.all(
           [src, dst].map((name) => treeListing(box.data(name), {overlayXattrs: true})),
         )
         expect(copy).to.deep.equal(original)
-        // eslint-disable-next-line no-await-in-loop
         const [dirA, dirB] = await Promise.all([src, dst].map((name) => fs.stat(box.data(name))))
         expect([dirB.mode, dirB.uid, dirB.gid]).to.deep.equal([dirA.mode, dirA.uid, dirA.gid])
       }
@@ -344,7 +330,6 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect(await names()).to.deep.equal(['base', 'middle', 'side', 'top'])
       // No short link is left pointing at the old name.
       for (const link of await fs.readdir(path.join(box.wafers, '.links'))) {
-        // eslint-disable-next-line no-await-in-loop
         expect(await fs.readlink(path.join(box.wafers, '.links', link))).to.not.equal('../mid/data')
       }
 
@@ -365,7 +350,6 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
         ['mid', `wafer mid is a lower layer of the stack at ${box.stack('side')}`],
         ['side', `wafer side is stacked at ${box.stack('side')}`],
       ]) {
-        // eslint-disable-next-line no-await-in-loop
         const run = await box.run(['mv', name, `${name}-new`])
         expect(run.exitCode, name).to.equal(1)
         expect(said(run.stderr)).to.include(expected)
@@ -425,7 +409,6 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       expect(flat.join('\n')).to.not.include('trusted.overlay')
       expect(flat.filter((line) => /^\S+ c \S+ \d+:\d+ 0:0\b/.test(line))).to.deep.equal([])
       for (const gone of ['gone/file1', 'gone-too', 'gone-dir', 'opaque/old1']) {
-        // eslint-disable-next-line no-await-in-loop
         expect(await fs.lstat(box.data('flat', gone)).catch(() => undefined), gone).to.equal(undefined)
       }
 
@@ -477,20 +460,14 @@ describe('day two: prune, cp, mv, flatten and export (real trees, real mounts)',
       const {execa} = await import('execa')
       for (const file of ['mine.tar', 'mine.tar.gz', 'mine.tar.zst']) {
         const tarball = path.join(box.root, file)
-        // eslint-disable-next-line no-await-in-loop
         const result = JSON.parse(await ok(['export', 'mine', tarball, '--json']))
-        // eslint-disable-next-line no-await-in-loop
         const size = (await fs.stat(tarball)).size
         expect(result).to.deep.include({bytes: size, file: tarball, name: 'mine'})
         expect(result.wafers).to.have.length(5)
         const into = path.join(box.root, `x-${file}`)
-        // eslint-disable-next-line no-await-in-loop
         await fs.mkdir(into)
-        // eslint-disable-next-line no-await-in-loop
         await execa('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-xpf', tarball, '-C', into])
-        // eslint-disable-next-line no-await-in-loop
         expect(await treeListing(into, {overlayXattrs: true}), file).to.deep.equal(view)
-        // eslint-disable-next-line no-await-in-loop
         const listing = (await execa('tar', ['-tvf', tarball])).stdout
         expect(listing).to.not.match(/^c.* 0,0 /m)
         expect(listing).to.include('./etc/mine')

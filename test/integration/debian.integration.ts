@@ -73,7 +73,6 @@ describe('wafers-plugin-debian-arch, linked as a user would (real debootstrap, r
     expect(await fs.readFile(box.data('debian', 'etc', 'debian_version'), 'utf8')).to.match(/^12\./)
     // No trace of the host that ran debootstrap: its name and resolver stay out of every container.
     for (const name of ['hostname', 'resolv.conf']) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await fs.readFile(box.data('debian', 'etc', name), 'utf8'), name).to.equal('')
     }
 

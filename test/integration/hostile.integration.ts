@@ -22,9 +22,7 @@ const sleep = (ms: number) =>
 async function until(check: () => Promise<boolean>, ms = 10_000): Promise<void> {
   const end = Date.now() + ms
   while (Date.now() < end) {
-    // eslint-disable-next-line no-await-in-loop
     if (await check()) return
-    // eslint-disable-next-line no-await-in-loop
     await sleep(50)
   }
 
@@ -94,7 +92,6 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
             ['rm', '--yes', 'child'],
             ['rm', '--yes', '--recursive', 'base'],
           ]) {
-            // eslint-disable-next-line no-await-in-loop
             const run = await box.run(args)
             expect(run.exitCode, run.stderr).to.equal(1)
             expect(said(run.stderr)).to.match(
@@ -373,11 +370,8 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
         const swapper = swapInLoop(path.join(box.wafers, name), victim)
         try {
           for (let i = 0; i < 8; i++) {
-            // eslint-disable-next-line no-await-in-loop
             await box.wafer(`g${i}`)
-            // eslint-disable-next-line no-await-in-loop
             await box.run(act(i))
-            // eslint-disable-next-line no-await-in-loop
             if (!(await mounted(path.join(victim, 'mnt')))) break
           }
         } finally {
@@ -427,7 +421,6 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       await fs.writeFile(victim, 'keep\n')
       for (const dir of [units, nspawn]) {
         for (const name of ['wafers-stack-base.service', 'base.nspawn']) {
-          // eslint-disable-next-line no-await-in-loop
           await fs.symlink(victim, path.join(dir, `${name}.wafers-tmp`))
         }
       }
@@ -540,7 +533,6 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
     it('says WAFERS is not a directory', async function () {
       await fs.writeFile(path.join(box.root, 'a-file'), 'x')
       for (const args of [['list'], ['stack', 'x', 'y'], ['create', 'x'], ['rm', '--yes', 'x']]) {
-        // eslint-disable-next-line no-await-in-loop
         const run = await box.run(args, {WAFERS: path.join(box.root, 'a-file')})
         expect(run.exitCode, args.join(' ')).to.equal(1)
         expect(said(run.stderr)).to.include(`WAFERS is ${path.join(box.root, 'a-file')}, which is not a directory.`)
@@ -555,7 +547,6 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
         ['stack', 'child', 'base'],
         ['create', 'kid', 'base'],
       ]) {
-        // eslint-disable-next-line no-await-in-loop
         const run = await box.run(args)
         expect(run.exitCode, args.join(' ')).to.equal(1)
         expect(said(run.stderr), args.join(' ')).to.match(/cannot be written: it is on a read-only file system\./)
@@ -568,7 +559,6 @@ describe('a hostile store and processes wafers cannot see in its mount table (is
       const source = path.join(box.root, 'source')
       await fs.mkdir(source)
       for (let i = 0; i < 200; i++) {
-        // eslint-disable-next-line no-await-in-loop
         await fs.writeFile(path.join(source, `file${i}`), Buffer.alloc(64 * 1024, 1))
       }
 

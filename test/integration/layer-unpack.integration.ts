@@ -106,7 +106,6 @@ async function layoutOf(dir: string, tag: string, layers: Buffer[]): Promise<voi
   const diffIds = []
   for (const layer of layers) {
     diffIds.push(`sha256:${createHash('sha256').update(layer).digest('hex')}`)
-    // eslint-disable-next-line no-await-in-loop
     described.push({mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...(await put(gzipSync(layer)))})
   }
 
@@ -327,9 +326,7 @@ with tarfile.open(sys.argv[2], 'w') as t:
       await execa('umoci', ['repack', '--image', `${layout}:v1`, bundle])
       for (const [i, tar] of tars.entries()) {
         const file = path.join(box.root, `layer-${i}.tar`)
-        // eslint-disable-next-line no-await-in-loop
         await fs.writeFile(file, tar)
-        // eslint-disable-next-line no-await-in-loop
         await execa('umoci', ['raw', 'add-layer', '--image', `${layout}:v1`, file])
       }
 
@@ -553,7 +550,6 @@ print(json.dumps(out))`,
     let accepted = 0
     let disagreed = 0
     for (const [i, file] of files.entries()) {
-      // eslint-disable-next-line no-await-in-loop
       const gnu = await execa('tar', ['-tvf', file, '--quoting-style=literal'], {reject: false})
       const gnuList =
         gnu.exitCode === 0
@@ -568,7 +564,6 @@ print(json.dumps(out))`,
       const pyList = python3[i]?.map(([name, type]) => `${norm(name)} ${type}`)
       let ours: string[] | undefined = []
       try {
-        // eslint-disable-next-line no-await-in-loop
         for await (const entry of readTar(createReadStream(file), {layer: false, name: 'tar'})) {
           const type = {dir: 'd', file: 'f', link: 'h', symlink: 'l'}[entry.type as string] ?? '?'
           ours.push(`${norm(entry.raw.toString())} ${type}`)

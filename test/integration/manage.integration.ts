@@ -49,9 +49,33 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       await forest()
       const wafers = JSON.parse(await ok(['ls', '--json']))
       expect(wafers).to.deep.equal([
-        {depth: 1, inUse: true, lowerOf: [], mountpoint: box.stack('alone'), name: 'alone', parent: null, stacked: true},
-        {depth: 1, inUse: true, lowerOf: [box.stack('top')], mountpoint: null, name: 'base', parent: null, stacked: false},
-        {depth: 2, inUse: true, lowerOf: [box.stack('top')], mountpoint: null, name: 'mid', parent: 'base', stacked: false},
+        {
+          depth: 1,
+          inUse: true,
+          lowerOf: [],
+          mountpoint: box.stack('alone'),
+          name: 'alone',
+          parent: null,
+          stacked: true,
+        },
+        {
+          depth: 1,
+          inUse: true,
+          lowerOf: [box.stack('top')],
+          mountpoint: null,
+          name: 'base',
+          parent: null,
+          stacked: false,
+        },
+        {
+          depth: 2,
+          inUse: true,
+          lowerOf: [box.stack('top')],
+          mountpoint: null,
+          name: 'mid',
+          parent: 'base',
+          stacked: false,
+        },
         {
           depth: 1,
           inUse: false,
@@ -78,7 +102,17 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
       // A container's namespace: the overlay is in its mount table only, never in ours.
       const child = execa(
         'unshare',
-        ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t overlay overlay -o "$1" "$2" && echo up && exec sleep 60', 'sh', options, target],
+        [
+          '-m',
+          '--propagation',
+          'private',
+          'sh',
+          '-c',
+          'mount -t overlay overlay -o "$1" "$2" && echo up && exec sleep 60',
+          'sh',
+          options,
+          target,
+        ],
         {reject: false},
       )
       try {
@@ -93,7 +127,9 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
         expect(byName.get('top')).to.include({inUse: true, mountpoint: null, stacked: true})
         expect(byName.get('top')!.elsewhere).to.deep.equal([{how: `still in use as the top of ${where}`, role: 'top'}])
         expect(byName.get('base')).to.include({inUse: true, stacked: false})
-        expect(byName.get('base')!.elsewhere).to.deep.equal([{how: `still in use as a layer of ${where}`, role: 'lower'}])
+        expect(byName.get('base')!.elsewhere).to.deep.equal([
+          {how: `still in use as a layer of ${where}`, role: 'lower'},
+        ])
         expect(byName.get('side')).to.deep.include({inUse: false, stacked: false})
         expect(byName.get('side')).not.to.have.property('elsewhere')
 
@@ -170,9 +206,13 @@ describe('wafers list, tree, diff and rm (real trees, real mounts)', function ()
         [['list', '--no-size'], 200],
         [['list', '--no-size', '--wide'], 80],
       ] as const) {
-        // eslint-disable-next-line no-await-in-loop
         const wide = await box.inTerminal([...args], columns)
-        expect(wide.screen.split(/\r?\n/).filter((line) => line !== '').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)
+        expect(
+          wide.screen
+            .split(/\r?\n/)
+            .filter((line) => line !== '')
+            .map((line) => line.split(/ {2,}/)),
+        ).to.deep.equal(whole)
       }
 
       expect((await ok(['list', '--no-size'])).split('\n').map((line) => line.split(/ {2,}/))).to.deep.equal(whole)

@@ -33,9 +33,11 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
   useSandbox((made) => {
     box = made
   })
+
   beforeEach(async () => {
     leave = await enterableSid([box.root])
   })
+
   afterEach(async () => {
     await leave?.()
   })
@@ -62,8 +64,16 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     // opaque directory (in its trusted form) and the copy-ups.
     const changed = await execa(
       'systemd-nspawn',
-      ['--register=no', '--keep-unit', '--quiet', '-D', box.stack('kid'), 'sh', '-c',
-        'rm /gone && rm -r /o && mkdir /o && echo new > /o/fresh && echo more >> /hl1 && mkdir -p /srv/app && echo hi > /srv/app/x'],
+      [
+        '--register=no',
+        '--keep-unit',
+        '--quiet',
+        '-D',
+        box.stack('kid'),
+        'sh',
+        '-c',
+        'rm /gone && rm -r /o && mkdir /o && echo new > /o/fresh && echo more >> /hl1 && mkdir -p /srv/app && echo hi > /srv/app/x',
+      ],
       {reject: false, stdin: 'ignore'},
     )
     expect(changed.exitCode, changed.stderr).to.equal(0)
@@ -91,8 +101,14 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     expect((await box.run(['stack', 'kid', 'bb', '--mstack'])).exitCode).to.equal(0)
     const mstack = path.join(box.stacks, 'kid.mstack')
     const ran = await inSid([
-      'systemd-nspawn', '--register=no', '--keep-unit', '--quiet', `--mstack=${mstack}`,
-      'sh', '-c', 'rm -r /o && mkdir /o && echo in-systemd > /o/made && rm /gone',
+      'systemd-nspawn',
+      '--register=no',
+      '--keep-unit',
+      '--quiet',
+      `--mstack=${mstack}`,
+      'sh',
+      '-c',
+      'rm -r /o && mkdir /o && echo in-systemd > /o/made && rm /gone',
     ])
     expect(ran.exitCode, ran.stderr).to.equal(0)
     expect(await fs.readFile(box.data('kid', 'o', 'made'), 'utf8')).to.equal('in-systemd\n')
@@ -134,7 +150,11 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     expect(removed.exitCode).to.not.equal(0)
     expect(said(removed.stderr)).to.include(`wafer kid is stacked at ${mstack}; unstack it first.`)
     expect(said(removed.stderr)).to.include('wafers unstack kid')
-    const listed = JSON.parse((await box.run(['list', '--json'])).stdout) as Array<{mountpoint: null | string; name: string; stacked: boolean}>
+    const listed = JSON.parse((await box.run(['list', '--json'])).stdout) as Array<{
+      mountpoint: null | string
+      name: string
+      stacked: boolean
+    }>
     expect(listed.find((wafer) => wafer.name === 'kid')).to.include({mountpoint: mstack, stacked: true})
     expect(await snapshot(box.root)).to.deep.equal(before)
 
@@ -169,6 +189,7 @@ describe('image settings for systemd-nspawn -M (systemd 262 from Debian sid)', f
   useSandbox((made) => {
     box = made
   })
+
   afterEach(async () => {
     await leave?.()
   })
@@ -177,16 +198,33 @@ describe('image settings for systemd-nspawn -M (systemd 262 from Debian sid)', f
     const layout = path.join(box.root, 'layout')
     await makeUmociImage(layout, 'v1')
     await execa('umoci', [
-      'config', '--image', `${layout}:v1`,
-      '--config.entrypoint', '/bin/sh', '--config.entrypoint', '-c',
-      '--config.cmd', 'echo "$GREETING from $PWD"; echo "two words" > /data/ran',
-      '--config.env', 'GREETING=hello world', '--config.env', 'PATH=/bin:/usr/bin',
-      '--config.workingdir', '/data', '--config.user', 'root', '--config.stopsignal', 'SIGQUIT',
+      'config',
+      '--image',
+      `${layout}:v1`,
+      '--config.entrypoint',
+      '/bin/sh',
+      '--config.entrypoint',
+      '-c',
+      '--config.cmd',
+      'echo "$GREETING from $PWD"; echo "two words" > /data/ran',
+      '--config.env',
+      'GREETING=hello world',
+      '--config.env',
+      'PATH=/bin:/usr/bin',
+      '--config.workingdir',
+      '/data',
+      '--config.user',
+      'root',
+      '--config.stopsignal',
+      'SIGQUIT',
     ])
     const pulled = await box.run(['pull', `oci:${layout}:v1`, 'img'])
     expect(pulled.exitCode, pulled.stderr).to.equal(0)
     const settings = await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')
-    expect(settings).to.include('[Exec]').and.include('Environment="GREETING=hello world"').and.include('KillSignal=SIGQUIT')
+    expect(settings)
+      .to.include('[Exec]')
+      .and.include('Environment="GREETING=hello world"')
+      .and.include('KillSignal=SIGQUIT')
     expect((await box.run(['stack', 'img', '--mstack'])).exitCode).to.equal(0)
 
     leave = await enterableSid([box.root])
@@ -211,7 +249,9 @@ describe('image settings for systemd-nspawn -M (systemd 262 from Debian sid)', f
     await fs.writeFile(path.join(box.stacks, 'mine.nspawn'), '[Exec]\nParameters=/bin/true\n')
     const refused = await box.run(['pull', `oci:${layout}:v1`, 'mine'])
     expect(refused.exitCode).to.not.equal(0)
-    expect(said(refused.stderr)).to.include(`${path.join(box.stacks, 'mine.nspawn')} is not one wafers wrote; it is left as it is.`)
+    expect(said(refused.stderr)).to.include(
+      `${path.join(box.stacks, 'mine.nspawn')} is not one wafers wrote; it is left as it is.`,
+    )
     expect(await fs.readFile(path.join(box.stacks, 'mine.nspawn'), 'utf8')).to.equal('[Exec]\nParameters=/bin/true\n')
 
     expect((await box.run(['pull', `oci:${layout}:v1`, 'img'])).exitCode).to.equal(0)

@@ -31,7 +31,6 @@ async function makeTree(dir: string): Promise<void> {
   await fs.symlink(`../${'y'.repeat(150)}`, path.join(dir, 'long/target'))
   await execa('mkfifo', ['-m', '0600', path.join(dir, 'fifo')])
   for (const file of ['etc/hostname', 'etc/sub/owned', 'etc/sub', 'etc', 'suid', 'null', 'long', 'fifo']) {
-    // eslint-disable-next-line no-await-in-loop
     await execa('touch', ['-d', '2020-01-02 03:04:05', path.join(dir, file)])
   }
 }
@@ -90,10 +89,12 @@ function tarOf(
 
 describe('OCI layer archives', () => {
   let box: Sandbox
+
   beforeEach(async function () {
     requireMounts(this)
     box = await Sandbox.create()
   })
+
   afterEach(async () => box?.cleanup())
 
   describe('unpackLayer', () => {
@@ -249,9 +250,7 @@ describe('OCI layer archives', () => {
 
       for (const how of ['gnu tar', 'unpackLayer']) {
         const data = path.join(box.root, how.replace(' ', '-'))
-        // eslint-disable-next-line no-await-in-loop
         await fs.mkdir(data)
-        // eslint-disable-next-line no-await-in-loop
         await (how === 'gnu tar'
           ? execa('tar', ['-xzf', blob, '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', data])
           : unpackLayer(createReadStream(blob), data, {
@@ -259,7 +258,6 @@ describe('OCI layer archives', () => {
               expectDiffId: packed.diffId,
               expectDigest: packed.digest,
             }))
-        // eslint-disable-next-line no-await-in-loop
         expect(await treeListing(data), how).to.deep.equal(await treeListing(source))
       }
 
@@ -429,7 +427,9 @@ describe('OCI layer archives', () => {
         compression: 'gzip',
         expectDigest: other,
         name: 'sha256:abc (layer 1 of 1)',
-        onBytes: (n) => (seen = n),
+        onBytes(n) {
+          seen = n
+        },
       }).catch((error_: unknown) => error_)
 
       expect(error).to.be.instanceOf(WafersError)
@@ -542,9 +542,7 @@ describe('OCI layer archives', () => {
       const names: string[] = []
       for (const [i, layer] of (await readLayout(layout)).entries()) {
         const name = `${prefix}${i}`
-        // eslint-disable-next-line no-await-in-loop
         await box.wafer(name, {parent: names.at(-1)})
-        // eslint-disable-next-line no-await-in-loop
         await unpackLayer(createReadStream(path.join(layout, 'blobs/sha256', layer.digest.slice(7))), box.data(name), {
           compression: compressionOf(layer.mediaType),
           expectDiffId: layer.diffId,
@@ -568,7 +566,6 @@ describe('OCI layer archives', () => {
       }
 
       for (const layer of layers) {
-        // eslint-disable-next-line no-await-in-loop
         await fs.rename(layer.file, path.join(blobs, layer.digest.slice(7)))
       }
 
@@ -663,22 +660,15 @@ describe('OCI layer archives', () => {
       const packed = []
       for (const name of chain) {
         const file = path.join(blobs, name)
-        // eslint-disable-next-line no-await-in-loop
         const fingerprint = await layerFingerprint(box.data(name))
-        // eslint-disable-next-line no-await-in-loop
         const result = await packLayer(box.data(name), file)
         expect(result.mediaType).to.equal('application/vnd.oci.image.layer.v1.tar+gzip')
-        // eslint-disable-next-line no-await-in-loop
         expect(result.digest).to.equal(await sha256Of(file))
-        // eslint-disable-next-line no-await-in-loop
         expect(result.size).to.equal((await fs.stat(file)).size)
         // Packing reads without changing what the fingerprint sees.
-        // eslint-disable-next-line no-await-in-loop
         expect(await layerFingerprint(box.data(name))).to.equal(fingerprint)
         // Packing again, also after a new atime on every file, gives the same bytes.
-        // eslint-disable-next-line no-await-in-loop
         await execa('find', [box.data(name), '-type', 'f', '-exec', 'touch', '-a', '{}', '+'])
-        // eslint-disable-next-line no-await-in-loop
         const again = await packLayer(box.data(name), `${file}.again`)
         expect(again).to.deep.equal(result)
         packed.push({...result, file})

@@ -31,9 +31,7 @@ async function umociImage(layout: string, tag: string, files: Record<string, str
   await execa('umoci', ['unpack', '--image', `${layout}:${tag}`, bundle])
   for (const [file, content] of Object.entries(files)) {
     const target = path.join(bundle, 'rootfs', file)
-    // eslint-disable-next-line no-await-in-loop
     await fs.mkdir(path.dirname(target), {recursive: true})
-    // eslint-disable-next-line no-await-in-loop
     await fs.writeFile(target, content)
   }
 
@@ -229,18 +227,13 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
       ['not-object', () => 'just a string', 'is not a JSON object'],
     ]
     for (const [tag, edit, message] of cases) {
-      // eslint-disable-next-line no-await-in-loop
       await execa('umoci', ['tag', '--image', `${layout}:v1`, tag])
-      // eslint-disable-next-line no-await-in-loop
       await editConfig(layout, tag, edit)
-      // eslint-disable-next-line no-await-in-loop
       const ref = await upload(registry, layout, tag, `odd/${tag}:1`)
-      // eslint-disable-next-line no-await-in-loop
       const run = await pull(ref)
       expect(run.exitCode, tag).to.equal(1)
       expect(said(run.stderr), tag).to.include(message)
       expect(hasStackTrace(run.stderr)).to.equal(false)
-      // eslint-disable-next-line no-await-in-loop
       expect(await box.run(['list', '--json']).then((list) => JSON.parse(list.stdout))).to.deep.equal([])
     }
 

@@ -120,14 +120,12 @@ describe('oci: pull from OCI layouts', function () {
     })
     // Wait until the three small layers are in, then interrupt while the big one unpacks.
     for (let i = 0; i < 600; i++) {
-      // eslint-disable-next-line no-await-in-loop
       const names = await fs.readdir(box.wafers).catch(() => [] as string[])
       if (
         names.filter((name) => name.startsWith('layer-')).length >= 3 &&
         names.some((name) => name.startsWith('.create-'))
       )
         break
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         setTimeout(resolve, 20)
       })
@@ -152,6 +150,7 @@ describe('oci: pull from OCI layouts', function () {
       true,
     ])
   })
+
   it('pushes to oci-archive: and docker-archive: files and pulls them back, layer for layer the same', async function () {
     const layout = path.join(box.root, 'layout')
     await makeUmociImage(layout, 'test')
@@ -161,17 +160,14 @@ describe('oci: pull from OCI layouts', function () {
       `oci-archive:${path.join(box.root, 'mine.tar')}:v1`,
       `docker-archive:${path.join(box.root, 'mine-docker.tar')}`,
     ].entries()) {
-      // eslint-disable-next-line no-await-in-loop
       const push = await box.run(['push', 'mine', ref, '--json'])
       expect(push.exitCode, push.stderr).to.equal(0)
       const pushed = JSON.parse(push.stdout) as {layers: Layer[]}
       expect(pushed.layers).to.have.length(4)
-      // eslint-disable-next-line no-await-in-loop
       const pull = await box.run(['pull', ref, `back${i}`, '--json'])
       expect(pull.exitCode, pull.stderr).to.equal(0)
       const pulled = JSON.parse(pull.stdout) as Pulled
       for (const [j, layer] of pulled.layers.entries()) {
-        // eslint-disable-next-line no-await-in-loop
         expect(await treeListing(box.data(layer.wafer))).to.deep.equal(
           await treeListing(box.data(pushed.layers[j].wafer)),
         )
@@ -216,6 +212,7 @@ describe('oci: pull from OCI layouts', function () {
     expect(names.filter((name) => name.startsWith('.create-'))).to.deep.equal([])
     expect(names.filter((name) => name.startsWith('layer-'))).to.have.length(2)
   })
+
   it('never follows a symlink planted as $WAFERS/.oci', async function () {
     const layout = path.join(box.root, 'layout')
     await makeUmociImage(layout, 'test')
@@ -229,7 +226,6 @@ describe('oci: pull from OCI layouts', function () {
       ['push', 'image', `oci:${path.join(box.root, 'out')}:v1`],
       ['pull', `oci-archive:${path.join(box.root, 'image.tar')}:test`, 'other'],
     ]) {
-      // eslint-disable-next-line no-await-in-loop
       const run = await box.run(args)
       expect(run.exitCode).to.equal(1)
       expect(said(run.stderr)).to.match(/\.oci is not a directory; remove it\./)
@@ -257,17 +253,13 @@ describe('oci: pull from OCI layouts', function () {
       ],
     ]
     for (const [, plant, message] of cases) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.rm(blob, {force: true})
-      // eslint-disable-next-line no-await-in-loop
       await plant()
-      // eslint-disable-next-line no-await-in-loop
       const run = await box.run(['pull', `oci:${layout}:test`, 'image'])
       expect(run.exitCode, run.stderr).to.equal(1)
       expect(said(run.stderr)).to.include(bottom)
       expect(said(run.stderr)).to.match(message)
       expect(hasStackTrace(run.stderr)).to.equal(false)
-      // eslint-disable-next-line no-await-in-loop
       expect(await fs.readdir(box.wafers).catch(() => [])).to.deep.equal([])
     }
 
@@ -291,11 +283,9 @@ describe('oci: pull from OCI layouts', function () {
     const archive = path.join(box.root, 'not-an-archive')
     await fs.writeFile(archive, 'not a tar\n')
     for (const ref of [`docker-archive:${archive}`, `oci-archive:${archive}`, 'docker://127.0.0.1:1/wafers/x:1']) {
-      // eslint-disable-next-line no-await-in-loop
       const run = await box.run(['pull', ref, 'x', '--tls-verify=false'])
       expect(run.exitCode, ref).to.equal(1)
       expect(hasStackTrace(run.stderr)).to.equal(false)
-      // eslint-disable-next-line no-await-in-loop
       expect(
         await fs.stat(box.wafers).then(
           () => true,

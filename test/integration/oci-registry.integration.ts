@@ -84,7 +84,6 @@ describe('oci: push to and pull from a real registry', function () {
     // machine id, which the image carries empty.
     const noId = {ignore: ['etc/machine-id']}
     for (const [i, layer] of pulled.layers.entries()) {
-      // eslint-disable-next-line no-await-in-loop
       expect(await treeListing(other.data(layer.wafer), noId)).to.deep.equal(
         await treeListing(box.data(pushed.layers[i].wafer), noId),
       )

@@ -24,7 +24,6 @@ async function addTimedLayer(work: string, image: string): Promise<void> {
     ['srv', '1600000002.5'],
   ]
   for (const [file, at] of times) {
-    // eslint-disable-next-line no-await-in-loop
     await execa('touch', ['-h', '-d', `@${at}`, path.join(source, file)])
   }
 
@@ -80,21 +79,16 @@ describe('oci: pull and push again give the same image, cycle after cycle', func
     let from = `oci:${layout}:test`
     for (let cycle = 1; cycle <= 3; cycle++) {
       // A fresh store each cycle: nothing is reused from an earlier pull or push.
-      // eslint-disable-next-line no-await-in-loop
       const store = await Sandbox.create()
       try {
-        // eslint-disable-next-line no-await-in-loop
         const pull = await store.run(['pull', from, 'image'])
         expect(pull.exitCode, pull.stderr).to.equal(0)
         const to = path.join(box.root, `pushed${cycle}`)
-        // eslint-disable-next-line no-await-in-loop
         const push = await store.run(['push', 'image', `oci:${to}:v1`])
         expect(push.exitCode, push.stderr).to.equal(0)
-        // eslint-disable-next-line no-await-in-loop
         pushed.push(await digestsOf(`oci:${to}:v1`))
         from = `oci:${to}:v1`
       } finally {
-        // eslint-disable-next-line no-await-in-loop
         await store.cleanup()
       }
     }

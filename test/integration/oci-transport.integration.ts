@@ -47,14 +47,9 @@ async function recompressed(source: string, target: string, tag: string, how: 'n
 
   const layers = []
   for (const layer of image.layers) {
-    // eslint-disable-next-line no-await-in-loop
     const tar = gunzipSync(await fs.readFile(path.join(source, 'blobs', 'sha256', layer.digest.slice(7))))
     const bytes =
-      how === 'none'
-        ? tar
-        : // eslint-disable-next-line no-await-in-loop
-          Buffer.from((await execa('zstd', ['-q', '-c'], {encoding: 'buffer', input: tar})).stdout)
-    // eslint-disable-next-line no-await-in-loop
+      how === 'none' ? tar : Buffer.from((await execa('zstd', ['-q', '-c'], {encoding: 'buffer', input: tar})).stdout)
     layers.push({
       ...(await put(bytes)),
       mediaType:
@@ -266,13 +261,9 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       // skopeo compresses whatever it sends a registry, so the uncompressed layers go up as they are.
       for (const how of ['none', 'zstd'] as const) {
         const plain = path.join(images, `layout-${how}`)
-        // eslint-disable-next-line no-await-in-loop
         await recompressed(layout, plain, 'test', how)
-        // eslint-disable-next-line no-await-in-loop
         const upload = await registry()
-        // eslint-disable-next-line no-await-in-loop
         await upload.pushLayout(plain, 'test', 'u/img')
-        // eslint-disable-next-line no-await-in-loop
         await pullMatchesUmoci(`${upload.host}/u/img:test`, '--tls-verify=false')
       }
     })
@@ -417,12 +408,10 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       const besides = await fs.readdir(box.root)
       fake = await FakeRegistry.start(bad, 'test', 'honest')
       for (const ref of [`oci:${bad}:test`, `oci-archive:${archive}:test`, `${fake.host}/u/bad:test`]) {
-        // eslint-disable-next-line no-await-in-loop
         await refused(
           ['pull', ref, 'x', '--tls-verify=false'],
           /layer 1 \(sha256:[0-9a-f]{64}\) of .* does not match its diffID sha256:1{64}/,
         )
-        // eslint-disable-next-line no-await-in-loop
         expect(await fs.readdir(box.root)).to.deep.equal(besides)
       }
     })
@@ -493,9 +482,7 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       const downloading = async () => {
         for (const work of await fs.readdir(tmp).catch(() => [] as string[])) {
           const dir = path.join(tmp, work, 'layout')
-          // eslint-disable-next-line no-await-in-loop
           for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
-            // eslint-disable-next-line no-await-in-loop
             const stat = await fs.stat(path.join(dir, name)).catch(() => undefined)
             if (name.startsWith('oci-put-blob') && stat && stat.size > 0) return true
           }
@@ -505,7 +492,6 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       }
 
       for (let i = 0; i < 300 && !(await downloading()); i++) {
-        // eslint-disable-next-line no-await-in-loop
         await sleep(100)
       }
 
@@ -515,7 +501,6 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       await child
       let left = processesUnder(box.root)
       for (let i = 0; i < 50 && left.length > 0; i++) {
-        // eslint-disable-next-line no-await-in-loop
         await sleep(100)
         left = processesUnder(box.root)
       }

@@ -25,7 +25,6 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     box = await Sandbox.create()
     log = path.join(box.root, 'hooks.log')
     for (const plugin of ['plugin-alpha', 'plugin-beta']) {
-      // eslint-disable-next-line no-await-in-loop
       const run = await box.run(['plugins', 'link', '--no-install', path.join(fixtures, plugin)])
       expect(run.exitCode, run.stderr).to.equal(0)
     }
@@ -159,9 +158,7 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
     })
     const stage = async () => (await fs.readdir(box.wafers)).find((entry) => entry.startsWith('.create-base-'))
     for (let i = 0; i < 100; i++) {
-      // eslint-disable-next-line no-await-in-loop
       const name = await stage()
-      // eslint-disable-next-line no-await-in-loop
       if (
         name &&
         (await fs.access(path.join(box.wafers, name, 'data', 'half-made')).then(
@@ -170,7 +167,6 @@ describe('plugins: the wafers:* hooks and seeders of linked plugins (real overla
         ))
       )
         break
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         setTimeout(resolve, 100)
       })

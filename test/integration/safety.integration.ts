@@ -402,32 +402,24 @@ describe('safety', function () {
           env: box.env,
           reject: false,
         })
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((resolve) => {
           setTimeout(resolve, 80 + Math.random() * 250)
         })
         child.kill('SIGKILL')
-        // eslint-disable-next-line no-await-in-loop
         await child
         const dir = path.join(box.wafers, name)
-        // eslint-disable-next-line no-await-in-loop
         const exists = await fs.stat(dir).then(
           () => true,
           () => false,
         )
         if (exists) {
-          // eslint-disable-next-line no-await-in-loop
           expect((await fs.readdir(dir)).sort(), name).to.deep.equal(['data', 'parent', 'work'])
-          // eslint-disable-next-line no-await-in-loop
           expect(await fs.readFile(path.join(dir, 'parent'), 'utf8')).to.equal('base\n')
-          // eslint-disable-next-line no-await-in-loop
           expect(await fs.readFile(box.data(name, 'etc', 'machine-id'), 'utf8')).to.match(/^[0-9a-f]{32}\n$/)
         }
 
         // Whatever state it was left in, the next run completes it.
-        // eslint-disable-next-line no-await-in-loop
         await expectSuccess(box, ['stack', name, 'base'])
-        // eslint-disable-next-line no-await-in-loop
         await expectSuccess(box, ['unstack', name])
       }
 
@@ -456,16 +448,13 @@ describe('safety', function () {
     it('never leaves a mount without its directory or a directory without its mount when stack and unstack race', async function () {
       await family(box)
       for (let round = 0; round < 6; round++) {
-        // eslint-disable-next-line no-await-in-loop
         const runs = await Promise.all([
           box.run(['stack', 'child']),
           box.run(['unstack', 'child']),
           box.run(['stack', 'child']),
         ])
         for (const run of runs) expect(run.exitCode, run.stderr).to.equal(0)
-        // eslint-disable-next-line no-await-in-loop
         const mounted = (await box.mountOf('child')) !== undefined
-        // eslint-disable-next-line no-await-in-loop
         const dir = await fs.stat(box.stack('child')).then(
           () => true,
           () => false,
@@ -478,13 +467,9 @@ describe('safety', function () {
       await base(box)
       for (let round = 0; round < 5; round++) {
         const name = `racer${round}`
-        // eslint-disable-next-line no-await-in-loop
         await box.wafer(name, {parent: 'base'})
-        // eslint-disable-next-line no-await-in-loop
         const [removal, stacking] = await Promise.all([box.run(['rm', '--yes', name]), box.run(['stack', name])])
-        // eslint-disable-next-line no-await-in-loop
         const mounted = (await box.mountOf(name)) !== undefined
-        // eslint-disable-next-line no-await-in-loop
         const exists = await fs.stat(box.data(name)).then(
           () => true,
           () => false,
@@ -503,11 +488,8 @@ describe('safety', function () {
     it('never leaves a new wafer on a parent that a racing rm removed', async function () {
       for (let round = 0; round < 5; round++) {
         const [parent, child] = [`parent${round}`, `child${round}`]
-        // eslint-disable-next-line no-await-in-loop
         await box.wafer(parent)
-        // eslint-disable-next-line no-await-in-loop
         await Promise.all([box.run(['create', child, parent]), box.run(['rm', '--yes', parent])])
-        // eslint-disable-next-line no-await-in-loop
         const [childThere, parentThere] = await Promise.all(
           [box.data(child), box.data(parent)].map((dir) =>
             fs.stat(dir).then(
@@ -613,7 +595,6 @@ describe('safety', function () {
     it('stops cleanly on Ctrl-C mid-batch: what finished stays, what did not start is untouched', async function () {
       const names = Array.from({length: 300}, (_, i) => `w${String(i).padStart(3, '0')}`)
       for (const name of names) {
-        // eslint-disable-next-line no-await-in-loop
         await box.wafer(name)
       }
 
@@ -622,7 +603,6 @@ describe('safety', function () {
         reject: false,
       })
       for (let tries = 0; tries < 2000 && (await mountsUnder(box.stacks)).length < 3; tries++) {
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((resolve) => {
           setTimeout(resolve, 2)
         })
@@ -658,7 +638,7 @@ async function mountsUnder(dir: string): Promise<string[]> {
     .filter((mountpoint) => mountpoint.startsWith(dir + '/'))
 }
 
-describe('a store made by wafers is root\'s alone', function () {
+describe("a store made by wafers is root's alone", function () {
   let box: Sandbox
   useSandbox((made) => {
     box = made

@@ -59,7 +59,6 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
         [['etc'], 0o711],
         [['etc', 'machine-id'], 0o444],
       ] as const) {
-        // eslint-disable-next-line no-await-in-loop
         const stat = await fs.stat(box.data('one', ...file))
         expect([stat.uid, stat.gid, stat.mode & 0o7777], file.join('/') || 'data').to.deep.equal([1234, 5678, mode])
       }
@@ -326,7 +325,6 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
     it('takes -h as --help, for every command', async function () {
       for (const args of [['stack', '-h'], ['rm', '-h'], ['plugins', 'install', '-h'], ['-h']]) {
-        // eslint-disable-next-line no-await-in-loop
         const run = await box.run(args)
         expect(run.exitCode, `${args.join(' ')}: ${run.stderr}`).to.equal(0)
         expect(run.stdout).to.include('USAGE')
@@ -342,7 +340,6 @@ describe('wafers stack and unstack (real overlay mounts)', function () {
 
     it('shows each stack of a batch with its steps, and the failures by name', async function () {
       for (const name of ['a', 'b', 'c']) {
-        // eslint-disable-next-line no-await-in-loop
         await box.wafer(name)
       }
 
@@ -414,7 +411,6 @@ function chainName(i: number, length: number): string {
 /** Makes a chain of `count` wafers, each on the previous, each holding a file named after it. */
 async function makeChain(box: Sandbox, count: number, length: number): Promise<void> {
   for (let i = 0; i < count; i++) {
-    // eslint-disable-next-line no-await-in-loop
     await box.wafer(chainName(i, length), {
       files: {[`layer-${i}`]: `${i}\n`},
       parent: i === 0 ? undefined : chainName(i - 1, length),

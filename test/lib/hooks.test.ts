@@ -99,7 +99,7 @@ describe('seeders', function () {
       'wafers:seeders': {
         broken: new Error('cannot load'),
         one: [seeder('zeta'), seeder('alpha')],
-        two: [seeder('beta'), {name: '../evil', seed: async () => {}, summary: ''}, {name: 'no-seed'}],
+        two: [seeder('beta'), {name: '../evil', async seed() {}, summary: ''}, {name: 'no-seed'}],
       },
     })
     const {problems, seeders} = await collectSeeders(runner)

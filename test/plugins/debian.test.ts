@@ -189,7 +189,7 @@ Components: main
       await fs.rm(dir, {force: true, recursive: true})
     })
 
-    it("empties the hostname and resolv.conf debootstrap copied from the host, replacing a symlink unfollowed", async function () {
+    it('empties the hostname and resolv.conf debootstrap copied from the host, replacing a symlink unfollowed', async function () {
       const victim = path.join(dir, 'victim')
       await fs.writeFile(victim, 'nameserver 127.0.0.53\n')
       await fs.mkdir(path.join(dir, 'root', 'etc'), {recursive: true})
@@ -198,7 +198,6 @@ Components: main
       await fs.writeFile(path.join(dir, 'root', 'etc', 'hosts'), '127.0.0.1 localhost\n')
       await forgetHostIdentity(path.join(dir, 'root'))
       for (const name of ['hostname', 'resolv.conf']) {
-        // eslint-disable-next-line no-await-in-loop
         const stat = await fs.lstat(path.join(dir, 'root', 'etc', name))
         expect(stat.isFile(), name).to.equal(true)
         expect(stat.size, name).to.equal(0)

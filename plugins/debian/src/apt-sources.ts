@@ -17,7 +17,6 @@ export async function readAptSources(etcApt = '/etc/apt'): Promise<AptSource[]> 
   const dir = path.join(etcApt, 'sources.list.d')
   const names = (await fs.readdir(dir).catch(() => [] as string[])).sort()
   for (const name of names) {
-    // eslint-disable-next-line no-await-in-loop
     const text = await readOrEmpty(path.join(dir, name))
     if (name.endsWith('.list')) sources.push(...parseOneLine(text))
     else if (name.endsWith('.sources')) sources.push(...parseDeb822(text))

@@ -114,13 +114,10 @@ export async function forgetHostIdentity(root: string): Promise<void> {
   const etc = await fs.lstat(path.join(root, 'etc')).catch(() => undefined)
   if (!etc?.isDirectory()) return
   for (const file of HOST_IDENTITY.map((name) => path.join(root, name))) {
-    // eslint-disable-next-line no-await-in-loop
     const stat = await fs.lstat(file).catch(() => undefined)
     if (stat?.isFile() && stat.size === 0) continue
-    // eslint-disable-next-line no-await-in-loop
     if (stat !== undefined) await fs.rm(file, {force: true, recursive: stat.isDirectory()})
     // O_EXCL: never through a symlink planted meanwhile.
-    // eslint-disable-next-line no-await-in-loop
     await fs.writeFile(file, '', {flag: 'wx', mode: 0o644})
   }
 }

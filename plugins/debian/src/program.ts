@@ -5,7 +5,6 @@ import path from 'node:path'
 export async function findProgram(name: string, envPath = process.env.PATH ?? ''): Promise<string | undefined> {
   for (const dir of envPath.split(':').filter((entry) => entry !== '')) {
     const file = path.join(dir, name)
-    // eslint-disable-next-line no-await-in-loop
     if (
       await fs.access(file, constants.X_OK).then(
         () => true,

@@ -58,7 +58,6 @@ export class RootfsCache {
 
     for (const name of await fs.readdir(this.dir)) {
       const file = path.join(this.dir, name)
-      // eslint-disable-next-line no-await-in-loop
       if (name.startsWith(entry.prefix) && name.endsWith('.tar') && file !== entry.file)
         await fs.rm(file, {force: true})
     }
@@ -75,7 +74,6 @@ export class RootfsCache {
     for (const name of entries.sort()) {
       if (!name.endsWith('.tar')) continue
       const file = path.join(this.dir, name)
-      // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(file).catch(() => undefined)
       if (!stat?.isFile()) continue
       candidates.push({

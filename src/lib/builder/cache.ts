@@ -44,7 +44,6 @@ export function stepWaferName(key: string, generation = 0): string {
 /** The newest generation of the step with `key` in the store (see stepWaferName), or -1 for none. */
 export async function newestGeneration(store: WaferStore, key: string): Promise<number> {
   let generation = -1
-  // eslint-disable-next-line no-await-in-loop
   while (await store.exists(stepWaferName(key, generation + 1))) generation++
   return generation
 }
@@ -83,6 +82,7 @@ export function baseIdentity(store: WaferStore, chain: string[]): string {
     })
     .join('/')
 }
+
 /**
  * The wafer of the step with `key` on `parent`, and whether it is cached: the newest generation
  * when it is that step's result (see isCached), else the name of the next generation to make

@@ -73,7 +73,6 @@ export async function claimStep(
       if (!waited) onWait()
       waited = true
       if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
-      // eslint-disable-next-line no-await-in-loop
       await new Promise((resolve) => {
         setTimeout(resolve, POLL_MS)
       })

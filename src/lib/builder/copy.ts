@@ -88,9 +88,7 @@ export async function mkdirIn(root: string, dest: string, own?: {gid: number; ui
   for (let dir = resolved; dir !== root && statOrUndefined(dir) === undefined; dir = path.dirname(dir))
     missing.unshift(dir)
   for (const dir of missing) {
-    // eslint-disable-next-line no-await-in-loop
     await fs.mkdir(dir, {mode: 0o755})
-    // eslint-disable-next-line no-await-in-loop
     if (own) await fs.chown(dir, own.uid, own.gid)
   }
 
@@ -187,9 +185,7 @@ async function copyAttributes(source: string, to: string): Promise<void> {
   }
   for (const name of await listAttributes(source).catch(() => [] as string[])) {
     if (!name.startsWith('user.') && !name.startsWith('security.')) continue
-    // eslint-disable-next-line no-await-in-loop
     const value = await getAttribute(source, name).catch(() => null)
-    // eslint-disable-next-line no-await-in-loop
     if (value !== null) await setAttribute(to, name, value)
   }
 }

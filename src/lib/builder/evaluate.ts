@@ -101,7 +101,6 @@ export class Builder {
         let cached = outcome?.cached ?? false
         for (const trigger of this.triggers.splice(0)) {
           report(`running ONBUILD ${trigger.text}`)
-          // eslint-disable-next-line no-await-in-loop
           const ran = await this.runInstruction(trigger, report)
           if (ran) this.result.steps.push({instruction: `ONBUILD ${trigger.text}`, ...ran})
           cached &&= ran?.cached ?? true
@@ -371,12 +370,9 @@ export class Builder {
       if (mount.type !== 'bind') continue
       if (mount.from === undefined) {
         this.ignore ??= IgnoreRules.load(this.context)
-        // eslint-disable-next-line no-await-in-loop
         keys.push(await hashPlan(planCopy(this.context, [mount.source ?? '.'], '/', this.ignore, 'the build context')))
       } else {
-        // eslint-disable-next-line no-await-in-loop
         const top = await this.mountFrom(mount.from, instruction)
-        // eslint-disable-next-line no-await-in-loop
         keys.push(`${mount.source ?? '.'} of ${baseIdentity(this.store, await traceAncestry(this.store, top))}`)
       }
     }
@@ -537,7 +533,6 @@ export class Builder {
         if (copied.entries.length > 0) await copyInto(root, copied, target, own)
         for (const archive of archives) {
           report(`unpacking ${path.relative(this.context, archive)}`)
-          // eslint-disable-next-line no-await-in-loop
           await unpackArchive(archive, root, target, path.join(path.dirname(upper), 'unpack'), own)
         }
 
@@ -580,7 +575,6 @@ export class Builder {
           )
         report(`downloading ${url}`)
         const file = path.join(dir, String(index))
-        // eslint-disable-next-line no-await-in-loop
         const got = await download(url, file, `line ${instruction.line}`, this.options.signal)
         const mtime = got.mtime ?? new Date()
         entries.push({
@@ -632,10 +626,8 @@ export class Builder {
       const vars = this.vars(stage)
       for (const doc of names) {
         const file = path.join(dir, doc.name)
-        // eslint-disable-next-line no-await-in-loop
         await writeFile(file, doc.expand ? expandVariables(doc.body, vars) : doc.body, {mode: 0o644})
         // A fixed time: the same body is the same file, for the cache.
-        // eslint-disable-next-line no-await-in-loop
         await utimes(file, 0, 0)
       }
 
@@ -905,7 +897,6 @@ function checkRealWafer(store: WaferStore, name: string, instruction: Instructio
 async function archivesOf(plan: CopyPlan): Promise<Set<string>> {
   const archives = new Set<string>()
   for (const entry of plan.entries) {
-    // eslint-disable-next-line no-await-in-loop
     if (entry.named && entry.kind === 'file' && (await isArchive(entry.source))) archives.add(entry.source)
   }
 

@@ -107,7 +107,6 @@ async function checkRepointable(store: WaferStore, name: string): Promise<void> 
 
   const children: string[] = []
   for (const wafer of await store.list()) {
-    // eslint-disable-next-line no-await-in-loop
     if ((await store.readParent(wafer)) === name) children.push(wafer)
   }
 

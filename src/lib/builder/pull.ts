@@ -38,7 +38,6 @@ export async function pullImage(
       const skip = step.skip?.()
       if (skip !== undefined) continue
       report(step.title)
-      // eslint-disable-next-line no-await-in-loop
       await step.run(report)
     }
   } finally {

@@ -121,7 +121,6 @@ export async function openCache(wafersRoot: string, id: string): Promise<{dir: s
 export async function prepareMountPoints(root: string, binds: Bind[]): Promise<() => Promise<void>> {
   const made: string[] = []
   for (const bind of binds) {
-    // eslint-disable-next-line no-await-in-loop
     await mkdirIn(root, path.posix.dirname(bind.target))
     const at = resolveInRoot(root, bind.target, false)
     if (lstatSync(at, {throwIfNoEntry: false}) === undefined) made.push(at)

@@ -143,20 +143,15 @@ export async function nspawnPlaceholders(layers: string[], dir: string): Promise
     if (parent !== '.' && !made.has(parent) && lookup(layers, parent).kind !== 'dir') continue
     if (lookup(layers, rel).kind !== 'none') continue
     const file = path.join(dir, rel)
-    // eslint-disable-next-line no-await-in-loop
     await mirrorParents(layers, dir, parent, made)
     if (need.link) {
       const target = need.link.find((t) => has(need.needs ? `${t}/${need.needs}` : t))
       if (target === undefined) continue
-      // eslint-disable-next-line no-await-in-loop
       await fs.symlink(target, file)
     } else if (need.rel.endsWith('/')) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(file)
-      // eslint-disable-next-line no-await-in-loop
       await fs.chmod(file, need.mode as number)
     } else {
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(file, '', {flag: 'wx', mode: need.mode})
     }
 

@@ -41,27 +41,20 @@ const PRIVATE_MOUNTS = '/run/wafers'
  */
 async function sweepMountpoints(root: string, dir: string): Promise<void> {
   for (const entry of await fs.readdir(dir)) {
-    // eslint-disable-next-line no-await-in-loop
     if (await stageHeld(root, entry)) continue // its build still runs
 
     const left = path.join(dir, entry)
-    // eslint-disable-next-line no-await-in-loop
     for (const {mountpoint} of mountsUnder(await readMountTable(), left).reverse()) {
-      // eslint-disable-next-line no-await-in-loop
       await unmount(mountpoint, {lazy: true}).catch(() => {})
     }
 
-    // eslint-disable-next-line no-await-in-loop
     for (const step of await fs.readdir(left).catch(() => [] as string[])) {
       const file = path.join(left, step)
       // Mount points, and lock files a killed nspawn left beside them (regular files only).
-      // eslint-disable-next-line no-await-in-loop
       if (step.startsWith('.#') && lstatSync(file).isFile()) await fs.unlink(file).catch(() => {})
-      // eslint-disable-next-line no-await-in-loop
       else await fs.rmdir(file).catch(() => {})
     }
 
-    // eslint-disable-next-line no-await-in-loop
     await fs.rmdir(left).catch(() => {})
   }
 }
@@ -230,7 +223,6 @@ export class StepMounts {
         } finally {
           // nspawn's overlay work directory, beside the upper: gone when nspawn ends well.
           for (const entry of await fs.readdir(stage)) {
-            // eslint-disable-next-line no-await-in-loop
             if (entry.startsWith('.#')) await fs.rm(path.join(stage, entry), {force: true, recursive: true})
           }
         }
@@ -258,7 +250,6 @@ export class StepMounts {
     // the descriptor the store holds (`/proc/PID/fd/N`), never by its swappable name in the store, so
     // its upper, work and placeholder paths are absolute; the wafers below are short links.
     try {
-      // eslint-disable-next-line no-await-in-loop
       for (const step of hookSteps.pre) await step.run(report)
       const lower = [...(forNspawn ? [placeholders] : []), ...(await linksFor(this.store, below))]
       const upper = {data, work: path.join(stage, 'work')}
@@ -266,7 +257,6 @@ export class StepMounts {
     } catch (error) {
       await fs.rmdir(mountpoint).catch(() => {})
       for (const wafer of below) {
-        // eslint-disable-next-line no-await-in-loop
         if (!(await this.store.hasData(wafer))) throw new WafersError(`wafer ${wafer} was removed meanwhile.`)
       }
 
@@ -275,7 +265,6 @@ export class StepMounts {
 
     const {hooks} = this
     try {
-      // eslint-disable-next-line no-await-in-loop
       for (const step of hookSteps.post) await step.run(report)
       await fill(mountpoint, data)
     } finally {
@@ -331,10 +320,8 @@ export class StepMounts {
       const staging = await this.stage()
       // Another build's close() may remove the store's directory in between: make it again.
       for (let tries = 0; this.runDir === undefined; tries++) {
-        // eslint-disable-next-line no-await-in-loop
         const dir = await this.privateMountsDir(true)
         const runDir = path.join(dir, path.basename(staging.dir))
-        // eslint-disable-next-line no-await-in-loop
         await fs.mkdir(runDir, {mode: 0o700}).then(
           () => {
             this.runDir = runDir
@@ -362,7 +349,6 @@ export class StepMounts {
     const dir = path.join(PRIVATE_MOUNTS, id)
     for (const made of [PRIVATE_MOUNTS, dir]) {
       if (make) {
-        // eslint-disable-next-line no-await-in-loop
         await fs.mkdir(made, {mode: 0o700}).catch((error: unknown) => {
           if (!isErrno(error, 'EEXIST')) throw asWafersError(error)
         })

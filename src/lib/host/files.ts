@@ -2,7 +2,17 @@
  * Files wafers did not make (in the store, a layout, /proc): read small and whole without following
  * a symlink or blocking on a FIFO, and written atomically.
  */
-import {closeSync, constants, promises as fs, fstatSync, openSync, readSync, renameSync, unlinkSync, writeSync} from 'node:fs'
+import {
+  closeSync,
+  constants,
+  promises as fs,
+  fstatSync,
+  openSync,
+  readSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs'
 import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 

@@ -52,7 +52,6 @@ export async function processesUsing(
       // Without a device of its own (a bind mount), only a root at the stack's top can be told apart.
       for (const [index, link] of (options.ownDevice ? links : links.slice(0, 1)).entries()) {
         if (busy) break
-        // eslint-disable-next-line no-await-in-loop
         busy = await onStack(link, index === 0)
       }
 
@@ -267,7 +266,6 @@ export async function hiddenUses(
 
   for (let index = 0; index < pinned.length; index++) {
     const {file, namespace} = pinned[index]
-    // eslint-disable-next-line no-await-in-loop
     const entries = await pinnedMountTable(file, namespace)
     tables.push({entries, who: () => `the mount namespace kept by ${file}, which no process is in`, users: () => []})
   }

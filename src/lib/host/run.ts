@@ -180,6 +180,7 @@ export async function runStreaming(
       partial = ''
     })
   }
+
   const ended = await new Promise<{code: null | number; error?: Error; signal: NodeJS.Signals | null}>((resolve) => {
     child.once('error', (error) => resolve({code: null, error, signal: null}))
     child.once('close', (code, signal) => resolve({code, signal}))
@@ -205,4 +206,3 @@ export async function runStreaming(
 
   return {exitCode, tail}
 }
-

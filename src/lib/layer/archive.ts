@@ -309,7 +309,6 @@ async function hashFile(file: FileHandle): Promise<{digest: string; size: number
   const buffer = Buffer.allocUnsafe(1024 * 1024)
   let size = 0
   for (;;) {
-    // eslint-disable-next-line no-await-in-loop
     const {bytesRead} = await file.read(buffer, 0, buffer.length, size)
     if (bytesRead === 0) break
     hash.update(buffer.subarray(0, bytesRead))

@@ -153,13 +153,11 @@ export async function unpackTar(
       if (options.signal?.aborted) throw new WafersError(`unpacking ${options.name} was interrupted.`)
       writer.remember(next.value)
       try {
-        // eslint-disable-next-line no-await-in-loop
         await writer.write(next.value)
       } catch (error) {
         throw writeError(error, options.name, next.value)
       }
 
-      // eslint-disable-next-line no-await-in-loop
       next = await entries.next()
     }
 
@@ -168,6 +166,7 @@ export async function unpackTar(
     } catch (error) {
       throw writeError(error, options.name)
     }
+
     return {bytes: writer.bytes, entries: next.value}
   } finally {
     writer.close()

@@ -57,7 +57,6 @@ export async function writeMstack(store: WaferStore, stacks: string, wafers: str
   try {
     const bottomFirst = [...lowers].reverse()
     for (const [index, wafer] of bottomFirst.entries()) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.symlink(store.dataDir(wafer), path.join(staging, layerEntry(index)))
     }
 

@@ -35,7 +35,6 @@ export async function liveStacks(store: WaferStore, table?: MountEntry[]): Promi
   const stacks: LiveStack[] = []
   for (const entry of entries) {
     if (entry.fstype === 'overlay') {
-      // eslint-disable-next-line no-await-in-loop
       const layers = await overlayLayers(entry)
       const top = waferOf(layers.upper)
       const lowers = layers.lowers.map((dir) => waferOf(dir)).filter((name) => name !== undefined)
@@ -46,7 +45,6 @@ export async function liveStacks(store: WaferStore, table?: MountEntry[]): Promi
     // A bind mount's root is the path inside its file system, so confirm by comparing inodes.
     const name = path.basename(path.dirname(entry.root))
     if (path.basename(entry.root) !== 'data' || !isValidName(name)) continue
-    // eslint-disable-next-line no-await-in-loop
     if (await sameInode(entry.mountpoint, store.dataDir(name)))
       stacks.push({lowers: [], mountpoint: entry.mountpoint, top: name})
   }

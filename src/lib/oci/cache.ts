@@ -45,11 +45,9 @@ export class LayerCache {
   /** Makes the cache's directories, refusing any that is a symlink or not a directory. */
   async ensure(): Promise<void> {
     for (const dir of [ociDir(this.wafers), path.dirname(this.blobs), this.blobs, this.entries]) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(dir, {mode: 0o700}).catch((error) => {
         if (!isErrno(error, 'EEXIST')) throw error
       })
-      // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(dir)
       if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
     }
@@ -113,7 +111,6 @@ export function pushCacheSource(wafers: string): CacheSource {
       const found: Array<{blocks: number; entry: string; file: string}> = []
       for (const entry of (await fs.readdir(dir)).sort()) {
         const file = path.join(dir, entry)
-        // eslint-disable-next-line no-await-in-loop
         const stat = await fs.lstat(file).catch(() => undefined)
         if (stat?.isFile()) found.push({blocks: stat.blocks, entry, file})
       }

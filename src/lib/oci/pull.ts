@@ -161,7 +161,6 @@ export function pullSteps(
       result.digest = plan.digest
       const names = plan.chain.map((chainId) => layerWaferName(chainId))
       for (const [i, chainId] of plan.chain.entries()) {
-        // eslint-disable-next-line no-await-in-loop
         plan.present[i] = await layerPresent(store, names[i], chainId, i === 0 ? undefined : names[i - 1])
         const descriptor = plan.manifest.layers[i]
         result.layers.push({
@@ -256,7 +255,6 @@ export function pullSteps(
       // rmdir: only what is still empty (layers kept for the next pull keep $WAFERS), never a link.
       if (!finished) {
         for (const dir of created) {
-          // eslint-disable-next-line no-await-in-loop
           if (
             !(await fs.rmdir(dir).then(
               () => true,
@@ -348,7 +346,15 @@ async function inspect(context: SkopeoContext, ref: ImageReference, platform: Pl
       ? guess
       : await inspectConfig(context, ref, source)
   checkDigestOf(`the config of ${describe(ref)}`, manifest.config.digest, digestOf(sha256().update(configRaw)))
-  const plan = makePlan(ref, manifest, digest, parseJson(configRaw, `the config of ${describe(ref)}`), '', platform, source)
+  const plan = makePlan(
+    ref,
+    manifest,
+    digest,
+    parseJson(configRaw, `the config of ${describe(ref)}`),
+    '',
+    platform,
+    source,
+  )
   plan.manifestSize = raw.length
   return plan
 }
@@ -395,9 +401,7 @@ async function download(
   for (const [i, descriptor] of plan.manifest.layers.entries()) {
     if (!plan.present[i]) continue
     const file = blobPath(layout, descriptor.digest)
-    // eslint-disable-next-line no-await-in-loop
     await fs.writeFile(file, '')
-    // eslint-disable-next-line no-await-in-loop
     await fs.truncate(file, descriptor.size)
     placeholders.add(path.basename(file))
   }
@@ -406,10 +410,8 @@ async function download(
   const timer = setInterval(async () => {
     let bytes = 0
     for (const dir of [layout, blobs]) {
-      // eslint-disable-next-line no-await-in-loop
       for (const entry of await fs.readdir(dir, {withFileTypes: true}).catch(() => [])) {
         if (!entry.isFile() || placeholders.has(entry.name)) continue
-        // eslint-disable-next-line no-await-in-loop
         bytes += (await fs.stat(path.join(dir, entry.name)).catch(() => ({size: 0}))).size
       }
     }

@@ -367,11 +367,17 @@ export async function inspectConfig(
   ref: ImageReference,
   skopeoRef = ref.skopeo,
 ): Promise<Buffer> {
-  return skopeo(context, ['inspect', '--config', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef], ref, 'reading', {
-    maxOutput: MAX_JSON_BLOB,
-    maxRead: ref.transport === 'docker' ? 3 * MAX_JSON_BLOB : undefined,
-    what: `the config of ${describe(ref)}`,
-  })
+  return skopeo(
+    context,
+    ['inspect', '--config', '--raw', ...skopeoRegistryArgs(context, ''), skopeoRef],
+    ref,
+    'reading',
+    {
+      maxOutput: MAX_JSON_BLOB,
+      maxRead: ref.transport === 'docker' ? 3 * MAX_JSON_BLOB : undefined,
+      what: `the config of ${describe(ref)}`,
+    },
+  )
 }
 
 /**

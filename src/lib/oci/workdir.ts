@@ -31,7 +31,6 @@ export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir
   const made: string[] = []
   for (let attempt = 0; ; attempt++) {
     try {
-      // eslint-disable-next-line no-await-in-loop
       return await tryMakeWorkDir(wafers, root, kind, made)
     } catch (error) {
       // Another run that failed removed the empty .oci/tmp it had made just as this one used it.
@@ -55,7 +54,6 @@ async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: 
 
   // Anyone may write to $WAFERS: a symlink planted as .oci or .oci/tmp is refused, never followed.
   for (const dir of [ociDir(wafers), root]) {
-    // eslint-disable-next-line no-await-in-loop
     const created = await fs.mkdir(dir, {mode: 0o700}).then(
       () => true,
       (error: unknown) => {
@@ -64,7 +62,6 @@ async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: 
       },
     )
     if (created) made.push(dir)
-    // eslint-disable-next-line no-await-in-loop
     const stat = await fs.lstat(dir)
     if (!stat.isDirectory()) throw new WafersError(`${dir} is not a directory; remove it.`)
   }
@@ -90,7 +87,6 @@ async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: 
 /** Removes the directories in `made`, deepest first, each only if it is (still) an empty directory. */
 async function removeMade(made: string[]): Promise<void> {
   for (const dir of [...made].reverse()) {
-    // eslint-disable-next-line no-await-in-loop
     const removed = await fs.rmdir(dir).then(
       () => true,
       () => false,
@@ -102,19 +98,16 @@ async function removeMade(made: string[]): Promise<void> {
 async function removeAbandoned(root: string): Promise<void> {
   for (const entry of await fs.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, entry)
-    // eslint-disable-next-line no-await-in-loop
     const stat = await fs.lstat(dir).catch(() => undefined)
     // A directory made in the last minute may not be locked yet by the run that made it.
     if (!stat?.isDirectory() || Date.now() - stat.mtimeMs < 60_000) continue
     let lock: Lock | undefined
     try {
-      // eslint-disable-next-line no-await-in-loop
       lock = await lockDirectory(dir, {waitSeconds: 0.05})
     } catch {
       continue // in use by another pull or push
     }
 
-    // eslint-disable-next-line no-await-in-loop
     await fs.rm(dir, {force: true, recursive: true}).catch(() => {})
     lock?.release()
   }
@@ -129,9 +122,7 @@ export async function workDirsHeld(wafers: string, kind: 'pull' | 'push'): Promi
   for (const entry of await fs.readdir(root).catch(() => [] as string[])) {
     if (!entry.startsWith(`${kind}-`)) continue
     const dir = path.join(root, entry)
-    // eslint-disable-next-line no-await-in-loop
     if (!(await fs.lstat(dir).catch(() => undefined))?.isDirectory()) continue
-    // eslint-disable-next-line no-await-in-loop
     const lock = await tryLockDirectory(dir)
     if (lock === undefined) return true
     lock.release()

@@ -84,10 +84,8 @@ export async function diffWafer(store: WaferStore, name: string): Promise<DiffEn
 async function visibleNames(dirs: string[]): Promise<string[]> {
   const seen = new Map<string, boolean>()
   for (const dir of dirs) {
-    // eslint-disable-next-line no-await-in-loop
     for (const entry of await fs.readdir(dir, {withFileTypes: true})) {
       if (seen.has(entry.name)) continue
-      // eslint-disable-next-line no-await-in-loop
       const whiteout = entry.isCharacterDevice() && isWhiteout(await fs.lstat(path.join(dir, entry.name)))
       seen.set(entry.name, !whiteout)
     }

@@ -190,11 +190,8 @@ export async function enable(
   const links = []
   for (const dir of installDirs(dirs, name)) {
     const link = path.join(dir, unitName(name))
-    // eslint-disable-next-line no-await-in-loop
     await fs.mkdir(dir, {recursive: true})
-    // eslint-disable-next-line no-await-in-loop
     await fs.rm(link, {force: true})
-    // eslint-disable-next-line no-await-in-loop
     await fs.symlink(unitFile, link)
     links.push(link)
   }
@@ -211,13 +208,11 @@ export async function disable(dirs: SystemdDirs, name: string): Promise<BootResu
   const links = []
   for (const dir of installDirs(dirs, name)) {
     const link = path.join(dir, unitName(name))
-    // eslint-disable-next-line no-await-in-loop
     if (await unlinkIfPresent(link)) {
       links.push(link)
       changed = true
     }
 
-    // eslint-disable-next-line no-await-in-loop
     await fs.rmdir(dir).catch(() => {}) // only when empty, as systemctl disable leaves it
   }
 
@@ -240,7 +235,6 @@ async function readIfForeign(file: string): Promise<string | undefined> {
   const text = readStoreFile(file, file)
   return text === undefined || text.startsWith(MARKER) ? undefined : text
 }
-
 
 async function writeAtomically(file: string, text: string): Promise<void> {
   await fs.mkdir(path.dirname(file), {recursive: true})
@@ -280,7 +274,6 @@ export async function chownRisk(
   if (path.dirname(mountpoint) !== machines) return undefined
   const name = path.basename(mountpoint)
   for (const dir of [dirs.nspawn, '/run/systemd/nspawn']) {
-    // eslint-disable-next-line no-await-in-loop
     let text: string | undefined
     try {
       text = readStoreFile(path.join(dir, `${name}.nspawn`), path.join(dir, `${name}.nspawn`))

@@ -82,7 +82,6 @@ export async function inFlight(store: WaferStore): Promise<InFlight> {
   }
 
   for (const entry of entries.filter((name) => name.startsWith('.create-'))) {
-    // eslint-disable-next-line no-await-in-loop
     if (!(await stageHeld(store.root, entry))) continue
     if (entry.startsWith('.create-build-')) result.build = true
     if (entry.startsWith('.create-layer-')) result.layer = true

@@ -81,7 +81,6 @@ export async function readInventory(
   const wafers = new Map<string, WaferInfo>()
   for (const [i, name] of names.entries()) {
     const {parent, problem} = parents[i]
-    // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
     wafers.set(name, {
       name,
       parent: parent ?? null,
@@ -107,11 +106,7 @@ export async function readInventory(
 
   const table = options.table ?? (await readMountTable())
   const declared = options.stacks === undefined ? [] : declaredStacks(store, options.stacks)
-  const stacks = [
-    ...(await liveStacks(store, table)),
-    ...mountedMstacks(declared, table),
-    ...declaredAsLive(declared),
-  ]
+  const stacks = [...(await liveStacks(store, table)), ...mountedMstacks(declared, table), ...declaredAsLive(declared)]
   for (const stack of stacks) {
     const top = stack.top === undefined ? undefined : wafers.get(stack.top)
     if (top && !top.stacked) {
@@ -223,7 +218,6 @@ export async function mapLimit<T, R>(items: T[], limit: number, work: (item: T) 
   async function worker(): Promise<void> {
     while (next < items.length) {
       const i = next++
-      // eslint-disable-next-line no-await-in-loop
       results[i] = await work(items[i])
     }
   }
@@ -335,7 +329,6 @@ export function ancestryForest(inventory: Inventory, name?: string): WaferNode[]
   const nodes = new Map<string, WaferNode>()
   for (const wafer of inventory.wafers.values()) {
     const {elsewhere, image, layer, lowerOf, mountpoint, problem, stacked} = wafer
-    // eslint-disable-next-line perfectionist/sort-objects -- the order --json prints
     nodes.set(wafer.name, {
       name: wafer.name,
       stacked,

@@ -89,11 +89,10 @@ async function finish(
   children: string[],
 ): Promise<MoveResult> {
   await refuseInUse(store, inventory, [to, ...children], `cannot finish renaming ${from} to ${to}`)
-  for (const child of children) await store.writeParent(child, to) // eslint-disable-line no-await-in-loop
+  for (const child of children) await store.writeParent(child, to)
   // Stacks find their layers through `.links/ID -> ../NAME/data`: links to the old name point at
   // nothing now, and one for the new name is made when it is next stacked.
   for (const link of (await linksByTarget(store)).get(path.join('..', from, 'data')) ?? []) {
-    // eslint-disable-next-line no-await-in-loop
     await fs.rm(path.join(store.linksDir, link), {force: true})
   }
 

@@ -74,13 +74,11 @@ export async function prune(locations: Locations, options: PruneOptions = {}): P
     const remaining = new Set([...inventory.wafers.keys()].filter((name) => !wafers.includes(name)))
     const sources = [...(options.caches ?? []), ...(options.hooks ? [pluginCaches(options.hooks, result.notes)] : [])]
     for (const source of sources) {
-      // eslint-disable-next-line no-await-in-loop
       const {candidates, notes = []} = await source(remaining)
       result.notes.push(...notes)
       for (const candidate of candidates) {
         if (!options.dryRun) {
           try {
-            // eslint-disable-next-line no-await-in-loop
             await candidate.remove()
           } catch (error) {
             result.notes.push(`${candidate.name} was not removed: ${oneLine(error)}`)

@@ -92,7 +92,6 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
   // stop the removal halfway, or worse: refuse it before anything is touched.
   const table = await readMountTable()
   for (const name of wafers) {
-    // eslint-disable-next-line no-await-in-loop
     const inside = mountsUnder(table, await fs.realpath(store.dir(name)))
     if (inside.length > 0) {
       throw new WafersError(
@@ -106,15 +105,12 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
   const removed: string[] = []
   for (const name of wafers) {
     const trash = path.join(store.root, `.rm-${name}-${randomBytes(4).toString('hex')}`)
-    // eslint-disable-next-line no-await-in-loop
     await fs.rename(store.dir(name), trash)
     for (const link of links.get(path.join('..', name, 'data')) ?? []) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.rm(path.join(store.linksDir, link), {force: true})
     }
 
     try {
-      // eslint-disable-next-line no-await-in-loop
       await fs.rm(trash, {force: true, recursive: true})
     } catch {
       // fs.rm reports whatever its last attempt met (often ENOTDIR from a fallback), not the cause:
@@ -188,7 +184,6 @@ function firstUndeletable(dir: string): {file: string; why: string} | undefined 
 async function removeTrash(store: WaferStore): Promise<void> {
   const entries = await fs.readdir(store.root).catch(() => [] as string[])
   for (const entry of entries.filter((name) => name.startsWith('.rm-'))) {
-    // eslint-disable-next-line no-await-in-loop
     await removeStaging(store.root, path.join(store.root, entry)).catch(() => {})
   }
 }

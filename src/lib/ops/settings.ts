@@ -35,7 +35,14 @@ function quoteWord(word: string): string {
 }
 
 const SIGNALS: Record<string, string> = {
-  1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 9: 'SIGKILL', 10: 'SIGUSR1', 12: 'SIGUSR2', 15: 'SIGTERM', 28: 'SIGWINCH',
+  1: 'SIGHUP',
+  2: 'SIGINT',
+  3: 'SIGQUIT',
+  9: 'SIGKILL',
+  10: 'SIGUSR1',
+  12: 'SIGUSR2',
+  15: 'SIGTERM',
+  28: 'SIGWINCH',
 }
 
 /** An image's StopSignal ("SIGQUIT", "QUIT", "3") as systemd names it, or undefined if unknown. */
@@ -56,16 +63,19 @@ export function settingsText(config: ImageConfig, source: string): string {
   const lines = [`${HEADER} of ${shownSource}; wafers rewrites it. Delete this line to keep your edits.`, '[Exec]']
   const command = [...(config.Entrypoint ?? []), ...(config.Cmd ?? [])]
   // nspawn takes Parameters= from a settings file only together with a start mode (systemd 262).
-  if (!command.every((word) => fitsOneLine(word))) lines.push('# left out: a command with a control character, which Parameters= cannot hold')
+  if (!command.every((word) => fitsOneLine(word)))
+    lines.push('# left out: a command with a control character, which Parameters= cannot hold')
   else if (command.length > 0) lines.push('Boot=no', `Parameters=${command.map((word) => quoteWord(word)).join(' ')}`)
   for (const entry of config.Env ?? []) {
-    if (!fitsOneLine(entry) || !entry.includes('=')) lines.push(`# left out: an environment entry a settings line cannot hold`)
+    if (!fitsOneLine(entry) || !entry.includes('='))
+      lines.push(`# left out: an environment entry a settings line cannot hold`)
     else lines.push(`Environment=${quoteWord(entry)}`)
   }
 
   if (config.User) {
     if (/^[a-z_][\w.-]*\$?$/i.test(config.User)) lines.push(`User=${config.User}`)
-    else if (fitsOneLine(config.User)) lines.push(`# left out: User=${config.User} (nspawn's User= takes a user name only)`)
+    else if (fitsOneLine(config.User))
+      lines.push(`# left out: User=${config.User} (nspawn's User= takes a user name only)`)
     else lines.push(`# left out: a User a settings line cannot hold`)
   }
 
@@ -95,7 +105,12 @@ function isOurs(file: string): boolean {
  * Writes $STACKS/NAME.nspawn for `config`; refuses to replace one the user wrote (or anything
  * that is not a regular file), saying so. Returns the file's path.
  */
-export async function writeSettings(stacks: string, name: string, config: ImageConfig, source: string): Promise<string> {
+export async function writeSettings(
+  stacks: string,
+  name: string,
+  config: ImageConfig,
+  source: string,
+): Promise<string> {
   const file = settingsPath(stacks, name)
   if (!isOurs(file)) {
     throw new WafersError(`${file} is not one wafers wrote; it is left as it is.`, {

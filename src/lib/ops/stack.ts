@@ -17,7 +17,16 @@ import {mountStack, unmount} from '../mount/overlay.js'
 import {checkLinksDir} from '../store/links.js'
 import {ProcessUse, processesUsing} from '../host/processes.js'
 import {LiveStack, hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
-import {type DeclaredStack, declaredAsLive, declaredStacks, mountedMstacks, mstackPath, readMstack, removeMstack, writeMstack} from '../mount/mstack.js'
+import {
+  type DeclaredStack,
+  declaredAsLive,
+  declaredStacks,
+  mountedMstacks,
+  mstackPath,
+  readMstack,
+  removeMstack,
+  writeMstack,
+} from '../mount/mstack.js'
 
 /** What `stack` did, as `--json` prints it. */
 export interface StackResult {
@@ -200,10 +209,19 @@ export function stackSteps(
       const declared = await session.declared(store, locations.stacks)
       if (options.mstack) {
         if (session.mountedHere(mountpoint)) {
-          throw new WafersError(`${name} is mounted at ${mountpoint}; unstack it first to stack it as ${result.mountpoint}.`)
+          throw new WafersError(
+            `${name} is mounted at ${mountpoint}; unstack it first to stack it as ${result.mountpoint}.`,
+          )
         }
 
-        result.alreadyStacked = await checkMstackTarget(store, name, mountpoint, result.mountpoint, result.wafers, table)
+        result.alreadyStacked = await checkMstackTarget(
+          store,
+          name,
+          mountpoint,
+          result.mountpoint,
+          result.wafers,
+          table,
+        )
       } else {
         // Mounted by this call: at $STACKS/NAME, so the stack of NAME.
         const mounted = session.mountedHere(result.mountpoint) ? undefined : mountAt(table, result.mountpoint)
@@ -248,6 +266,7 @@ export function stackSteps(
           options.warn?.(`${message} Stacking anyway (--force); changes below a mounted top are undefined.`)
         }
       }
+
       return `Traced ${count()}: ${result.wafers.join(' <- ')}`
     },
     title: `Trace the ancestry of ${name}`,
@@ -282,10 +301,11 @@ export function stackSteps(
       if (options.mstack) {
         // systemd's mounts read only user.overlay.* markers: give every opaque directory that form.
         let synced = 0
-        for (const data of result.layers) synced += await syncOpaqueForms(data) // eslint-disable-line no-await-in-loop
+        for (const data of result.layers) synced += await syncOpaqueForms(data)
         await writeMstack(store, locations.stacks, result.wafers)
         options.session?.stacksChanged()
-        const note = synced > 0 ? `; ${plural(synced, 'opaque directory', 'opaque directories')} given systemd's marker` : ''
+        const note =
+          synced > 0 ? `; ${plural(synced, 'opaque directory', 'opaque directories')} given systemd's marker` : ''
         return `Wrote ${result.mountpoint} (${count()}) for systemd to mount${note}`
       }
 
@@ -316,16 +336,18 @@ export function stackSteps(
   }
 
   // Nothing is mounted for a .mstack, so there is no stack for plugins' hooks to see or undo.
-  const hooks = options.mstack ? {post: [], pre: []} : stackHookSteps(
-    options.hooks,
-    () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
-    async () => {
-      await unmount(result.mountpoint)
-      options.session?.record(result.mountpoint, undefined)
-      await fs.rmdir(result.mountpoint).catch(() => {})
-    },
-    () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
-  )
+  const hooks = options.mstack
+    ? {post: [], pre: []}
+    : stackHookSteps(
+        options.hooks,
+        () => ({layers: result.layers, mountpoint: result.mountpoint, name, wafers: result.wafers}),
+        async () => {
+          await unmount(result.mountpoint)
+          options.session?.record(result.mountpoint, undefined)
+          await fs.rmdir(result.mountpoint).catch(() => {})
+        },
+        () => (result.alreadyStacked ? `Already stacked at ${result.mountpoint}` : undefined),
+      )
   return {result, steps: [trace, ...hooks.pre, create, check, mount, ...hooks.post]}
 }
 
@@ -347,6 +369,7 @@ export async function unstack(
     // namespace, and rmdir would detach it there (Linux 3.18 and later).
     return {mountpoint, name, unstacked: false}
   }
+
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
   if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
   // A container in its own mount namespace keeps the stack busy without making umount fail, so

@@ -38,7 +38,6 @@ export async function traceAncestry(store: WaferStore, name: string, parent?: st
     }
 
     child = next
-    // eslint-disable-next-line no-await-in-loop
     next = await store.readParent(next)
   }
 
@@ -53,7 +52,6 @@ export async function findMachineId(layers: string[]): Promise<string | undefine
   for (const data of layers) {
     const file = path.join(data, 'etc', 'machine-id')
     try {
-      // eslint-disable-next-line no-await-in-loop
       const stat = await fs.lstat(file)
       return stat.isFile() ? file : undefined
     } catch (error) {

@@ -31,7 +31,6 @@ export async function linkFor(store: WaferStore, name: string): Promise<string> 
     }
 
     try {
-      // eslint-disable-next-line no-await-in-loop
       await fs.symlink(target, link)
       return id
     } catch (error) {
@@ -46,7 +45,6 @@ export async function linkFor(store: WaferStore, name: string): Promise<string> 
 export async function linksFor(store: WaferStore, names: string[]): Promise<string[]> {
   await makeLinksDir(store)
   const ids = []
-  // eslint-disable-next-line no-await-in-loop
   for (const name of names) ids.push(await linkFor(store, name))
   return ids
 }

@@ -162,11 +162,9 @@ export async function removeAbandonedStages(root: string): Promise<void> {
   const entries = await fs.readdir(root).catch(() => [] as string[])
   for (const entry of entries.filter((name) => name.startsWith(STAGE_PREFIX))) {
     const dir = path.join(root, entry)
-    // eslint-disable-next-line no-await-in-loop
     const lock = await tryLockDirectory(dir)
     if (lock === undefined) continue // still being filled, a symlink, or kept by a program a killed wafers left
     try {
-      // eslint-disable-next-line no-await-in-loop
       await removeHeld(root, dir, lock.fd)
     } catch {
       // What cannot be removed now (a mount left inside that will not go) is tried again next time.
@@ -191,13 +189,11 @@ export async function discardStage(root: string, stage: Stage): Promise<void> {
   try {
     for (let attempt = 0; attempt < 40 && lock === undefined; attempt++) {
       if (attempt > 0) {
-        // eslint-disable-next-line no-await-in-loop
         await new Promise((resolve) => {
           setTimeout(resolve, 50)
         })
       }
 
-      // eslint-disable-next-line no-await-in-loop
       lock = await tryLockFd(openSync(`/proc/self/fd/${own}`, constants.O_RDONLY | constants.O_DIRECTORY))
     }
   } finally {
@@ -244,7 +240,6 @@ async function removeHeld(root: string, dir: string, fd: number): Promise<void> 
   const held = heldPath(fd)
   const inside = (mountpoint: string) => held + mountpoint.slice(real.length)
   for (const {mountpoint} of mountsUnder(await readMountTable(), real)) {
-    // eslint-disable-next-line no-await-in-loop
     await run('umount', ['--lazy', '--no-canonicalize', inside(mountpoint)]).catch(() => {})
   }
 

@@ -7,6 +7,7 @@ import {resolveInRoot} from '../../../src/lib/builder/paths.js'
 
 describe('resolveInRoot: paths inside an image, as a chrooted process sees them', () => {
   let root: string
+
   before(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-paths-'))
     await fs.mkdir(path.join(root, 'usr/lib'), {recursive: true})
@@ -16,6 +17,7 @@ describe('resolveInRoot: paths inside an image, as a chrooted process sees them'
     await fs.symlink('loop-b', path.join(root, 'loop-a'))
     await fs.symlink('loop-a', path.join(root, 'loop-b'))
   })
+
   after(async () => {
     await fs.rm(root, {force: true, recursive: true})
   })

@@ -49,7 +49,8 @@ describe('layer whiteout names', () => {
   it('splits device numbers as glibc does, large ones too', () => {
     expect([major(0x0103), minor(0x0103)]).to.deep.equal([1, 3])
     // makedev(0x12345, 0x6789a) in glibc's encoding
-    const dev = (0x12345n & 0xfffn) << 8n | (0x12345n & ~0xfffn) << 32n | (0x6789an & 0xffn) | (0x6789an & ~0xffn) << 12n
+    const dev =
+      ((0x12345n & 0xfffn) << 8n) | ((0x12345n & ~0xfffn) << 32n) | (0x6789an & 0xffn) | ((0x6789an & ~0xffn) << 12n)
     expect([major(dev), minor(dev)]).to.deep.equal([0x12345, 0x6789a])
   })
 })

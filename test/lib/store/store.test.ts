@@ -30,11 +30,8 @@ describe('wafer store', function () {
       ['b', 'base\n', 'base'],
       ['c', '\n', undefined],
     ] as const) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, name, 'data'), {recursive: true})
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(root, name, 'parent'), text)
-      // eslint-disable-next-line no-await-in-loop
       expect(await store.readParent(name)).to.equal(parent)
     }
   })
@@ -53,9 +50,7 @@ describe('wafer store', function () {
       ['b', 'c'],
       ['c', 'b'],
     ]) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, name, 'data'), {recursive: true})
-      // eslint-disable-next-line no-await-in-loop
       await fs.writeFile(path.join(root, name, 'parent'), parent)
     }
 

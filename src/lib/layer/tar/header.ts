@@ -78,7 +78,7 @@ function headerBlock(entry: {
   writeOctal(block, 136, 12, entry.mtime)
   block.write(entry.typeflag, 156, 'latin1')
   entry.linkname.copy(block, 157, 0, Math.min(100, entry.linkname.length))
-  block.write('ustar\0' + '00', 257, 'latin1')
+  block.write('ustar\u000000', 257, 'latin1')
   writeOctal(block, 329, 8, entry.devmajor)
   writeOctal(block, 337, 8, entry.devminor)
   block.fill(0x20, 148, 156)

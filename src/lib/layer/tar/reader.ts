@@ -122,7 +122,6 @@ class Bytes {
   async some(max: number): Promise<Buffer | undefined> {
     while (this.offset >= this.chunk.length) {
       if (this.done) return undefined
-      // eslint-disable-next-line no-await-in-loop
       const next = await this.iterator.next()
       if (next.done) {
         this.done = true
@@ -149,7 +148,6 @@ class Bytes {
     const parts = [Buffer.from(first)]
     let have = first.length
     while (have < n) {
-      // eslint-disable-next-line no-await-in-loop
       const part = await this.some(n - have)
       if (part === undefined) break
       parts.push(Buffer.from(part))
@@ -727,7 +725,6 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
       async *data() {
         let left = size
         while (left > 0) {
-          // eslint-disable-next-line no-await-in-loop
           const part = await bytes.some(left)
           if (part === undefined) damaged('the archive is cut short')
           left -= part!.length
@@ -759,7 +756,6 @@ export async function* readTar(source: AsyncIterable<Buffer>, options: ReadOptio
   async function skip(n: number): Promise<void> {
     let left = n
     while (left > 0) {
-      // eslint-disable-next-line no-await-in-loop
       const part = await bytes.some(left)
       if (part === undefined) damaged('the archive is cut short')
       left -= part!.length

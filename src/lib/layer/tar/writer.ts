@@ -108,8 +108,8 @@ export async function writeLayerTar(
     shipped = false
     // A destroyed sink takes nothing more: the compressor's exit is what ends the wait then.
     if (sink.destroyed) await stopped
+    // eslint-disable-next-line no-unmodified-loop-condition -- pigz's callbacks lower inFlight while this waits
     while (inFlight > IN_FLIGHT) {
-      // eslint-disable-next-line no-await-in-loop
       await Promise.race([
         new Promise<void>((resolve) => {
           taken = resolve
@@ -169,7 +169,6 @@ export async function writeLayerTar(
       while (left > 0) {
         if (used === BATCH) {
           ship()
-          // eslint-disable-next-line no-await-in-loop
           await settle()
         }
 
@@ -224,9 +223,7 @@ export async function writeLayerTar(
         const {opaque, xattrs} = attributes(file)
         put(encodeHeader({...common, name: Buffer.concat([name, SLASH]), size: 0, typeflag: '5', xattrs}))
         if (opaque) put(opaqueMarker(common, Buffer.concat([name, SLASH, OPAQUE])))
-        // eslint-disable-next-line no-await-in-loop
         await settle()
-        // eslint-disable-next-line no-await-in-loop
         await walk(file, name)
       } else if (stat.isSymbolicLink()) {
         put(encodeHeader({...common, linkname: readlinkSync(file, {encoding: 'buffer'}), name, size: 0, typeflag: '2'}))
@@ -243,7 +240,6 @@ export async function writeLayerTar(
         const devices = {devmajor: major(stat.rdev), devminor: minor(stat.rdev)}
         if (stat.isFile()) {
           put(encodeHeader({...common, name, size: Number(stat.size), typeflag: '0', xattrs}))
-          // eslint-disable-next-line no-await-in-loop
           await writeContent(file, stat)
         } else if (stat.isCharacterDevice()) {
           put(encodeHeader({...common, ...devices, name, size: 0, typeflag: '3', xattrs}))
@@ -254,7 +250,6 @@ export async function writeLayerTar(
         }
       }
 
-      // eslint-disable-next-line no-await-in-loop
       await settle()
     }
   }

@@ -40,7 +40,6 @@ export const busyboxSeeder: Seeder = {
     ctx.report(`using ${busybox}`)
     const root = ctx.dataDir
     for (const dir of DIRECTORIES) {
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.join(root, dir), {recursive: true})
     }
 
@@ -52,9 +51,7 @@ export const busyboxSeeder: Seeder = {
     for (const applet of applets) {
       const link = path.join(root, applet)
       if (applet === 'bin/busybox') continue
-      // eslint-disable-next-line no-await-in-loop
       await fs.mkdir(path.dirname(link), {recursive: true})
-      // eslint-disable-next-line no-await-in-loop
       await fs.symlink('/bin/busybox', link).catch((error) => {
         if (!isErrno(error, 'EEXIST')) throw error
       })
@@ -102,7 +99,6 @@ export async function staticBusyboxWith(applet: string): Promise<string> {
 
 async function findBusybox(): Promise<string> {
   for (const candidate of BUSYBOX_PATHS) {
-    // eslint-disable-next-line no-await-in-loop
     if (
       await fs.access(candidate).then(
         () => true,
