@@ -6,7 +6,7 @@ import {SeedPlan, collectSeeders, findSeeder} from './lib/seed/seed.js'
 import {BatchOutcome, batchError} from './lib/ui/progress.js'
 
 /** oclif's FlagOutput and ArgOutput, which it does not export. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the shape oclif's parse() types its flags and args with
 type Output = {[name: string]: any}
 
 /**

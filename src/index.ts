@@ -51,7 +51,7 @@ export {type SeederEntry} from './lib/seed/seed.js'
 // The events plugins implement, typed for oclif: `const hook: Hook<'wafers:seeders'> = ...` in a
 // plugin gets the options and return type below.
 declare module '@oclif/core/hooks' {
-  // eslint-disable-next-line @typescript-eslint/no-empty-object-type
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- declaration merging: oclif's Hooks gains wafers' events
   interface Hooks extends WafersHooks {}
 }
 

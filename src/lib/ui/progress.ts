@@ -99,7 +99,7 @@ function tasksOf(steps: Step[], signal?: AbortSignal, failed?: (error: Error) =>
 async function listr(tasks: object[], mode: ProgressMode, exitOnError: boolean) {
   const {Listr, ListrLogger, ProcessOutput} = await import('listr2')
   const logger = new ListrLogger({processOutput: new ProcessOutput(process.stderr, process.stderr)})
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- listr2's task type is generic over a context wafers does not use
   return new Listr(tasks as any[], {
     collectErrors: false,
     exitOnError,
