@@ -61,27 +61,26 @@ describe('wafers build: hostile images and contexts never reach the host (real n
     return {child}
   }
 
-  it('ADD unpacks a tarball inside the image even where the image links a directory out to the host', async function () {
+  it('ADD never unpacks through a link the image points out to the host: refused in one sentence, the host untouched', async function () {
     const tree = path.join(box.root, 'tree')
     await fs.mkdir(path.join(tree, 'x'), {recursive: true})
     await fs.writeFile(path.join(tree, 'x', 'pwned'), 'owned\n')
-    // Only the file, no entry for x itself: tar then writes through whatever x is.
+    // Only the file, no entry for x itself: a second reader would write through whatever x is.
     await execa('tar', ['-cf', path.join(context, 'evil.tar'), '-C', tree, 'x/pwned'])
     const file = ['FROM bb', `RUN mkdir -p /data && ln -s ${victim} /data/x`, 'ADD evil.tar /data/', ''].join('\n')
-    const {json, run} = await build(file)
-    expect(run.exitCode, run.stderr).to.equal(0)
+    const {run} = await build(file)
+    expect(run.exitCode).to.equal(1)
+    expect(said(run.stderr)).to.include('evil.tar was refused: its entry "x/pwned" lands through "x"')
     expect(await fs.readdir(victim)).to.deep.equal([])
-    const add = json.steps[2].wafer as string
-    expect(await fs.readFile(box.data(add, 'data', 'x', 'pwned'), 'utf8')).to.equal('owned\n')
   })
 
-  it("ADD of a tarball tar refuses names the member and tar's reason, and makes nothing", async function () {
+  it('ADD of a tarball with a name out of the image names the member, and makes nothing', async function () {
     await fs.writeFile(path.join(box.root, 'f'), 'x\n')
     await execa('tar', ['-cPf', path.join(context, 'up.tar'), '-C', box.root, '--transform', 's,^,../,', 'f'])
     const before = await storeTree(box)
     const {run} = await build('FROM bb\nADD up.tar /data/\n')
     expect(run.exitCode).to.equal(1)
-    expect(said(run.stderr)).to.match(/up\.tar cannot be unpacked: \.\.\/f: Member name contains '\.\.'/)
+    expect(said(run.stderr)).to.include('up.tar was refused: its entry "../f"')
     expect(said(run.stderr)).not.to.include('previous errors')
     expect(await storeTree(box)).to.deep.equal(before)
   })
