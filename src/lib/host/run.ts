@@ -49,6 +49,15 @@ export function diesWithUs(program: string, args: string[], prefix: string[] = [
 }
 
 /**
+ * diesWithUs for `file` looked up on PATH. A program that is not there is left as it is, so
+ * starting it fails as before (ENOENT), and the caller's sentence for a missing program stands.
+ */
+export function withUs(file: string, args: string[]): {args: string[]; file: string} {
+  const program = findOnPath(file)
+  return program === undefined ? {args, file} : diesWithUs(program, args)
+}
+
+/**
  * The absolute path of executable `file` on `searchPath` (PATH by default), or `file` itself when
  * it names a path; undefined when there is none. Resolved before the start, since a program run
  * through diesWithUs that is missing would only show as setpriv's failure.

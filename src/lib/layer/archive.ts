@@ -8,6 +8,7 @@ import type {FileHandle} from 'node:fs/promises'
 import type {Readable} from 'node:stream'
 
 import {WafersError, isErrno} from '../errors.js'
+import {withUs} from '../host/run.js'
 import {quote} from './tar/reader.js'
 
 /** How a layer blob is compressed. */
@@ -115,9 +116,10 @@ export async function unpackLayer(
       },
     })
     const tarHash = options.compression === 'none' ? undefined : sha256()
+    const zstdCommand = withUs('zstd', ['--decompress', '--stdout', '--quiet'])
     const zstd =
       options.compression === 'zstd'
-        ? execa('zstd', ['--decompress', '--stdout', '--quiet'], {encoding: 'buffer', stderr: 'ignore'})
+        ? execa(zstdCommand.file, zstdCommand.args, {encoding: 'buffer', stderr: 'ignore'})
         : undefined
     zstd?.catch(() => {}) // awaited below; this only keeps a failure from going unhandled
     const decompress =
@@ -201,9 +203,10 @@ function readError(error: unknown, layer: string, compression: LayerCompression,
   if (signal?.aborted) return interrupted(layer)
   const code = (error as NodeJS.ErrnoException)?.code ?? ''
   if (compression === 'gzip' && /^Z_|^ERR_ZLIB/.test(code)) return new WafersError(`${layer} is not valid gzip data.`)
-  if (code === 'ENOENT' && (error as {command?: string})?.command?.startsWith('zstd'))
+  // The command line names setpriv first when zstd runs through it (withUs).
+  if (code === 'ENOENT' && /(^|\/)zstd /.test((error as {command?: string})?.command ?? ''))
     return new WafersError(`${layer} is zstd-compressed: install the zstd package, zstd is not on PATH.`)
-  if (compression === 'zstd' && (error as {command?: string})?.command?.startsWith('zstd'))
+  if (compression === 'zstd' && /(^|\/)zstd /.test((error as {command?: string})?.command ?? ''))
     return new WafersError(`${layer} is not valid zstd data.`)
   return new WafersError(`reading ${layer} failed: ${(error as Error)?.message ?? String(error)}`)
 }
@@ -256,7 +259,8 @@ export async function packLayer(
       throw error
     })
     try {
-      const pigz = execa('pigz', ['-6', '-n', '-c'], {
+      const compressor = withUs('pigz', ['-6', '-n', '-c'])
+      const pigz = execa(compressor.file, compressor.args, {
         buffer: {stderr: true, stdout: false},
         encoding: 'buffer',
         reject: false,

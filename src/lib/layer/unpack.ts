@@ -50,6 +50,7 @@ import {
 } from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
+import {withUs} from '../host/run.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
 import {findBelow} from './lookup.js'
 import {type TarEntry, type TreeNode, quote, readTar} from './tar/reader.js'
@@ -745,7 +746,8 @@ export async function unpackTarball(
 
     const {execa} = await import('execa')
     const program = PROGRAMS[compression]
-    const child = execa(compression, program.args, {
+    const decompressor = withUs(compression, program.args)
+    const child = execa(decompressor.file, decompressor.args, {
       buffer: {stderr: true, stdout: false},
       encoding: 'buffer',
       reject: false,

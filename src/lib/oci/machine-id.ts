@@ -2,6 +2,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {withUs} from '../host/run.js'
 import {BLOCK, padded} from '../layer/tar/header.js'
 import {isZero, parseHeader, parsePax} from '../layer/tar/reader.js'
 
@@ -54,7 +55,8 @@ export async function blankMachineId(
     import('../layer/digest.js'),
   ])
   const file = await fs.open(output, 'wx')
-  const pigz = execa('pigz', ['-6', '-n', '-c'], {
+  const compressor = withUs('pigz', ['-6', '-n', '-c'])
+  const pigz = execa(compressor.file, compressor.args, {
     buffer: {stderr: true, stdout: false},
     encoding: 'buffer',
     reject: false,

@@ -3,7 +3,7 @@ import path from 'node:path'
 
 import {WafersError, isErrno, quote} from '../errors.js'
 import {readStoreFile} from '../host/files.js'
-import {diesWithUs, findOnPath, systemProgram} from '../host/run.js'
+import {diesWithUs, findOnPath, systemProgram, withUs} from '../host/run.js'
 import type {Descriptor} from './image.js'
 import {MAX_JSON_BLOB} from './layout.js'
 import {ImageReference, describe} from './reference.js'
@@ -152,7 +152,8 @@ export async function checkSigningKey(options: RegistryOptions): Promise<void> {
   const key = options.trust?.signBy
   if (key === undefined) return
   const {execa} = await import('execa')
-  const listed = await execa('gpg', ['--batch', '--with-colons', '--list-secret-keys', key], {
+  const gpg = withUs('gpg', ['--batch', '--with-colons', '--list-secret-keys', key])
+  const listed = await execa(gpg.file, gpg.args, {
     reject: false,
     stdin: 'ignore',
   })

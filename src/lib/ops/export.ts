@@ -4,6 +4,7 @@ import {closeSync, constants, promises as fs, fstatSync, lstatSync, openSync} fr
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
+import {withUs} from '../host/run.js'
 import {checkRoot} from '../host/system.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {withLock} from '../store/lock.js'
@@ -140,7 +141,8 @@ async function writeTar(root: string, target: string | undefined, compression: C
 /** Runs tar with its stdout on `out`; throws one sentence with the last line it said when it fails. */
 function runTar(args: string[], out: 'inherit' | number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('tar', args, {stdio: ['ignore', out, 'pipe']})
+    const tar = withUs('tar', args)
+    const child = spawn(tar.file, tar.args, {stdio: ['ignore', out, 'pipe']})
     let said = ''
     child.stderr!.on('data', (chunk: Buffer) => {
       said = (said + chunk.toString()).slice(-4096)
