@@ -118,3 +118,16 @@ async function answers(port: number): Promise<boolean> {
     socket.once('error', () => resolve(false))
   })
 }
+
+/** Starts one real registry for the calling `describe` and stops it after; `use` gets it. */
+export function useRegistry(use: (registry: Registry) => void): void {
+  let registry: Registry | undefined
+  before(async function () {
+    registry = await Registry.start()
+    use(registry)
+  })
+
+  after(async function () {
+    await registry?.stop()
+  })
+}

@@ -6,6 +6,7 @@ import type {AddressInfo} from 'node:net'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
+import {buildah as buildahIn, budIntoBundle} from '../helpers/buildah.js'
 import {Sandbox, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
@@ -88,33 +89,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
     await execa('tar', ['-czf', path.join(context, 'files.tar.gz'), '-C', files, '.'])
     await fs.writeFile(path.join(context, 'Containerfile'), containerfileFor(base))
 
-    const storage = [
-      '--root',
-      path.join(work, 'root'),
-      '--runroot',
-      path.join(work, 'runroot'),
-      '--storage-driver',
-      'vfs',
-    ]
-    const out = path.join(work, 'out')
-    const bud = await execa(
-      'buildah',
-      [
-        ...storage,
-        'bud',
-        '--isolation',
-        'chroot',
-        '-t',
-        `oci:${out}:built`,
-        '-f',
-        path.join(context, 'Containerfile'),
-        context,
-      ],
-      {reject: false, stdin: 'ignore'},
-    )
-    expect(bud.exitCode, `${bud.stdout}\n${bud.stderr}`).to.equal(0)
-    const bundle = path.join(work, 'bundle')
-    await execa('umoci', ['unpack', '--image', `${out}:built`, bundle])
+    const bundle = await budIntoBundle(work, context)
 
     const build = await box.run(['build', '-t', 'web', context])
     expect(build.exitCode, build.stderr).to.equal(0)
@@ -143,19 +118,7 @@ describe('wafers build equals buildah bud of the same Containerfile from the sam
   })
 
   /** `buildah ARGS` on the test's own storage; fails the test when buildah fails. */
-  const buildah = async (...args: string[]) => {
-    const storage = [
-      '--root',
-      path.join(work, 'root'),
-      '--runroot',
-      path.join(work, 'runroot'),
-      '--storage-driver',
-      'vfs',
-    ]
-    const run = await execa('buildah', [...storage, ...args], {reject: false, stdin: 'ignore'})
-    expect(run.exitCode, `buildah ${args.join(' ')}\n${run.stdout}\n${run.stderr}`).to.equal(0)
-    return run.stdout
-  }
+  const buildah = async (...args: string[]) => buildahIn(work, ...args)
 
   /** What buildah's docker-format config of IMAGE holds (`buildah inspect`). */
   const dockerConfig = async (image: string) => JSON.parse(await buildah('inspect', image)).Docker.config

@@ -4,6 +4,7 @@ import {randomBytes} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
+import {budIntoBundle} from '../helpers/buildah.js'
 import {Sandbox, useSandbox} from '../helpers/sandbox.js'
 
 /** Every path under `root/dir`, relative to root, sorted. */
@@ -50,26 +51,7 @@ describe('a build context as .dockerignore leaves it, the same as buildah bud', 
     await fs.writeFile(path.join(context, '.dockerignore'), '*\n!keep\n!dir/inner\n!dir/deeper\n')
     await fs.writeFile(path.join(context, 'Containerfile'), 'FROM scratch\nCOPY . /app/\n')
 
-    const out = path.join(work, 'out')
-    const storage = [
-      '--root',
-      path.join(work, 'root'),
-      '--runroot',
-      path.join(work, 'runroot'),
-      '--storage-driver',
-      'vfs',
-    ]
-    const bud = await execa(
-      'buildah',
-      [...storage, 'bud', '--isolation', 'chroot', '-t', `oci:${out}:built`, context],
-      {
-        reject: false,
-        stdin: 'ignore',
-      },
-    )
-    expect(bud.exitCode, `${bud.stdout}\n${bud.stderr}`).to.equal(0)
-    const bundle = path.join(work, 'bundle')
-    await execa('umoci', ['unpack', '--image', `${out}:built`, bundle])
+    const bundle = await budIntoBundle(work, context)
 
     const build = await box.run(['build', '-t', 'web', context])
     expect(build.exitCode, build.stderr).to.equal(0)

@@ -4,7 +4,7 @@ import {createHash} from 'node:crypto'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Registry} from '../helpers/registry.js'
+import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 interface Pulled {
@@ -89,12 +89,8 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
   let box: Sandbox
   let layout: string
 
-  before(async function () {
-    registry = await Registry.start()
-  })
-
-  after(async function () {
-    await registry?.stop()
+  useRegistry((started) => {
+    registry = started
   })
 
   useSandbox((created) => {

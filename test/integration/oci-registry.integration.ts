@@ -3,7 +3,7 @@ import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
-import {Registry} from '../helpers/registry.js'
+import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, nspawnIn, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 
@@ -44,12 +44,8 @@ describe('oci: push to and pull from a real registry', function () {
   let box: Sandbox
   let other: Sandbox
 
-  before(async function () {
-    registry = await Registry.start()
-  })
-
-  after(async function () {
-    await registry?.stop()
+  useRegistry((started) => {
+    registry = started
   })
 
   useSandbox((created) => {

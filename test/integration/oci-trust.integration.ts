@@ -4,7 +4,7 @@ import {promises as fs} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
-import {Registry} from '../helpers/registry.js'
+import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 
 describe('oci: trust on the wire: pull honours the trust policy, push signs', function () {
@@ -17,12 +17,8 @@ describe('oci: trust on the wire: pull honours the trust policy, push signs', fu
   let fingerprint: string
   const gpgEnv = () => ({GNUPGHOME: path.join(trust, 'gnupg')})
 
-  before(async function () {
-    registry = await Registry.start()
-  })
-
-  after(async function () {
-    await registry?.stop()
+  useRegistry((started) => {
+    registry = started
   })
 
   useSandbox((created) => {
