@@ -24,6 +24,8 @@
  * umoci and podman do), else 0755 0:0 and time 0, so a push of the same files is reproducible.
  */
 import type {Hash} from 'node:crypto'
+import os from 'node:os'
+import path from 'node:path'
 import {spawnSync} from 'node:child_process'
 import {
   closeSync,
@@ -47,6 +49,10 @@ import {
   chmodSync,
   utimesSync,
   chownSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  writeFileSync,
 } from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -102,12 +108,36 @@ function at(fd: number, name: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name])
 }
 
+let truncates: boolean | undefined
+
 /**
- * A µs time as the double utimes takes. libuv truncates what it gets to whole µs, so the value is
- * aimed at the middle of its µs: any rounding of the double (±0.24 µs today) stays inside it.
+ * Whether this Node hands utimes' double to the kernel cut to whole µs (Node 20's libuv) or as the
+ * nanosecond nearest the double (Node 24's): asked once, of a file in a private temporary directory.
+ */
+function utimesTruncates(): boolean {
+  if (truncates === undefined) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'wafers-utimes-'))
+    try {
+      const file = path.join(dir, 'probe')
+      writeFileSync(file, '')
+      utimesSync(file, 1.000_000_5, 1.000_000_5)
+      truncates = statSync(file, {bigint: true}).mtimeNs % 1000n === 0n
+    } finally {
+      rmSync(dir, {force: true, recursive: true})
+    }
+  }
+
+  return truncates
+}
+
+/**
+ * A µs time as the double utimes takes. Where the µs are cut off, the value is aimed at the middle
+ * of its µs, so the rounding of the double (±0.24 µs today) stays inside it and the kernel stores
+ * the µs exactly; where the nearest ns is kept, the µs itself, which lands within 0.24 µs of it.
+ * Either way a pack, rounding to the nearest µs, reads back the same time.
  */
 function seconds(us: bigint): number {
-  return (Number(us) + 0.5) / 1e6
+  return utimesTruncates() ? (Number(us) + 0.5) / 1e6 : Number(us) / 1e6
 }
 
 /** The path of a node from the top, for messages. */
