@@ -57,18 +57,8 @@ function writeOctal(block: Buffer, offset: number, length: number, value: number
   return true
 }
 
-function headerBlock(entry: {
-  name: Buffer
-  typeflag: string
-  mode: number
-  uid: number
-  gid: number
-  size: number
-  mtime: number
-  linkname: Buffer
-  devmajor: number
-  devminor: number
-}): Buffer {
+/** One ustar header block; what does not fit it has gone into a pax header already. */
+function headerBlock(entry: Required<Omit<EntryHeader, 'mtimeNs' | 'xattrs'>>): Buffer {
   const block = Buffer.alloc(BLOCK)
   entry.name.copy(block, 0, 0, Math.min(100, entry.name.length))
   writeOctal(block, 100, 8, entry.mode)
