@@ -17,12 +17,22 @@ export interface Xattr {
 let loaded: Promise<Xattr> | undefined
 let ready: Xattr | undefined
 
-/** The xattr binding, loaded on first use. */
+// eslint-disable-next-line no-undef -- the bundle's banner defines `require` in every module (see above)
+const bundledRequire = typeof require === 'function' ? require : undefined
+
+/**
+ * The xattr binding, loaded on first use. Required, not imported, where the module can: the
+ * binding is CommonJS, and Node's first ESM import of CommonJS readies its export scanner, which
+ * cost `stack` more (about 130 million instructions) than everything else it does. The bundled
+ * build (scripts/bundle.js) gives every module a `require`; sources run by tsx may lack it.
+ */
 export function loadXattr(): Promise<Xattr> {
-  loaded ??= import('@napi-rs/xattr').then((module) => {
-    ready = ((module as unknown as {default?: Xattr}).default ?? module) as Xattr
-    return ready
-  })
+  loaded ??= (bundledRequire ? Promise.resolve(bundledRequire('@napi-rs/xattr')) : import('@napi-rs/xattr')).then(
+    (module) => {
+      ready = ((module as {default?: unknown}).default ?? module) as Xattr
+      return ready
+    },
+  )
   return loaded
 }
 
