@@ -6,6 +6,8 @@ import path from 'node:path'
 export interface TreeOptions {
   /** Paths (relative to the tree, no leading slash) left out with everything under them. */
   ignore?: string[]
+  /** mtimes to the microsecond (the nanoseconds rounded half up) instead of whole seconds. */
+  microseconds?: boolean
   /** Also list trusted.overlay.* xattrs (left out by default: overlayfs bookkeeping). */
   overlayXattrs?: boolean
 }
@@ -14,7 +16,7 @@ export interface TreeOptions {
  * Every entry under `dir`, one line each, sorted bytewise, to compare trees file for file: path,
  * type, mode (setuid too), uid:gid, then by type the size and sha256 of a file's content, a
  * symlink's target or a device's major:minor, the xattrs (trusted.overlay.* only when asked),
- * the mtime to the second (symlinks too) and, for files linked more
+ * the mtime to the second (or the microsecond, when asked; symlinks too) and, for files linked more
  * than once in the tree, the first path of their hard-link group. `dir` itself is not listed.
  */
 export async function treeListing(dir: string, options: TreeOptions = {}): Promise<string[]> {
@@ -58,13 +60,19 @@ export async function treeListing(dir: string, options: TreeOptions = {}): Promi
       line += ` ${name}=${value?.toString('base64')}`
     }
 
-    line += ` mtime=${Math.floor(stat.mtimeMs / 1000)}`
+    line += ` mtime=${options.microseconds ? await microseconds(file) : Math.floor(stat.mtimeMs / 1000)}`
     const group = groups.get(`${stat.dev}:${stat.ino}`)
     if (group && group.length > 1) line += ` links=${group[0]}`
     lines.push(line)
   }
 
   return lines
+}
+
+/** The mtime of `file` as SECONDS.UUUUUU, rounded half up from the nanoseconds lstat gives. */
+async function microseconds(file: string): Promise<string> {
+  const us = ((await fs.lstat(file, {bigint: true})).mtimeNs + 500n) / 1000n
+  return `${us / 1_000_000n}.${(us % 1_000_000n).toString().padStart(6, '0')}`
 }
 
 function typeOf(stat: Stats): string {

@@ -129,6 +129,24 @@ export async function makeUmociImage(layoutDir: string, tag: string): Promise<vo
   }
 }
 
+/**
+ * umoci's unpack of the image REF into WORK/bundle; returns its rootfs. An `oci:DIR:TAG` is
+ * unpacked as it is, any other (`docker://`, an archive: skopeo's spelling) first copied by skopeo into
+ * the OCI layout WORK/layout, every blob as it is.
+ */
+export async function umociRootfs(ref: string, work: string): Promise<string> {
+  await fs.mkdir(work, {recursive: true})
+  let image = ref.slice('oci:'.length)
+  if (!ref.startsWith('oci:')) {
+    image = `${path.join(work, 'layout')}:unpacked`
+    await run('skopeo', ['copy', '-q', '--src-tls-verify=false', ref, `oci:${image}`])
+  }
+
+  const bundle = path.join(work, 'bundle')
+  await run('umoci', ['unpack', '--image', image, bundle])
+  return path.join(bundle, 'rootfs')
+}
+
 async function allUnder(root: string): Promise<string[]> {
   const entries = await fs.readdir(root, {recursive: true})
   return [root, ...entries.map((entry) => path.join(root, entry))]

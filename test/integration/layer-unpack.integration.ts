@@ -1,16 +1,16 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
 import fc from 'fast-check'
-import {createHash} from 'node:crypto'
 import {createReadStream, promises as fs} from 'node:fs'
 import path from 'node:path'
 import {Readable} from 'node:stream'
-import {createGzip, gzipSync} from 'node:zlib'
+import {createGzip} from 'node:zlib'
 
 import {WafersError} from '../../src/lib/errors.js'
 import {unpackLayer} from '../../src/lib/layer/archive.js'
 import {BLOCK, encodeHeader, padded, paxRecord} from '../../src/lib/layer/tar/header.js'
 import {readTar} from '../../src/lib/layer/tar/reader.js'
+import {writeLayoutOfTars} from '../helpers/layout.js'
 import {Sandbox, buildWeb, said, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 
@@ -89,57 +89,6 @@ async function python(script: string, ...args: string[]): Promise<string> {
   return (await execa('python3', ['-c', script, ...args])).stdout
 }
 
-/**
- * Writes an OCI layout at `dir` whose image `tag` has `layers` (uncompressed tars, gzipped here),
- * by hand: a hostile layer must reach wafers as a registry would serve it, unchanged.
- */
-async function layoutOf(dir: string, tag: string, layers: Buffer[]): Promise<void> {
-  const blobs = path.join(dir, 'blobs', 'sha256')
-  await fs.mkdir(blobs, {recursive: true})
-  const put = async (data: Buffer) => {
-    const hex = createHash('sha256').update(data).digest('hex')
-    await fs.writeFile(path.join(blobs, hex), data)
-    return {digest: `sha256:${hex}`, size: data.length}
-  }
-
-  const described = []
-  const diffIds = []
-  for (const layer of layers) {
-    diffIds.push(`sha256:${createHash('sha256').update(layer).digest('hex')}`)
-    described.push({mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...(await put(gzipSync(layer)))})
-  }
-
-  const config = await put(
-    Buffer.from(
-      JSON.stringify({architecture: 'amd64', config: {}, os: 'linux', rootfs: {diff_ids: diffIds, type: 'layers'}}),
-    ),
-  )
-  const manifest = await put(
-    Buffer.from(
-      JSON.stringify({
-        config: {mediaType: 'application/vnd.oci.image.config.v1+json', ...config},
-        layers: described,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        schemaVersion: 2,
-      }),
-    ),
-  )
-  await fs.writeFile(path.join(dir, 'oci-layout'), JSON.stringify({imageLayoutVersion: '1.0.0'}))
-  await fs.writeFile(
-    path.join(dir, 'index.json'),
-    JSON.stringify({
-      manifests: [
-        {
-          annotations: {'org.opencontainers.image.ref.name': tag},
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          ...manifest,
-        },
-      ],
-      schemaVersion: 2,
-    }),
-  )
-}
-
 /** Mode, mtime (ns) and every xattr (trusted.* too) of each path under a host directory. */
 async function canaryState(dir: string): Promise<string[]> {
   const xattr = await import('@napi-rs/xattr')
@@ -189,7 +138,8 @@ describe('layer unpack: one reader, one writer', function () {
   async function pullRefused(layers: Buffer[], message: RegExp | string): Promise<void> {
     const canary = await makeCanary(box)
     const layout = path.join(box.root, 'layout')
-    await layoutOf(layout, 'v1', layers)
+    // By hand: a hostile layer must reach wafers as a registry would serve it, unchanged.
+    await writeLayoutOfTars(layout, 'v1', layers)
     const before = await canaryState(canary)
     const storeBefore = await wafersIn(box)
     const run = await box.run(['pull', `oci:${layout}:v1`, 'image'])

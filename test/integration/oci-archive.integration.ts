@@ -7,6 +7,7 @@ import path from 'node:path'
 import {WafersError} from '../../src/lib/errors.js'
 import {compressionOf, isEmptyLayer, layerFingerprint, packLayer, unpackLayer} from '../../src/lib/layer/archive.js'
 import {encodeHeader} from '../../src/lib/layer/tar/header.js'
+import {readLayout, writeLayout} from '../helpers/layout.js'
 import {Sandbox, nspawnIn, requireMounts, snapshot} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 import {UMOCI_IMAGE_FEATURES, makeUmociImage} from '../helpers/umoci.js'
@@ -524,23 +525,17 @@ describe('OCI layer archives', () => {
   })
 
   describe('an image built by umoci', () => {
-    /** The layers of the layout's only image, read as minimally as a test can. */
-    async function readLayout(layout: string): Promise<{diffId: string; digest: string; mediaType: string}[]> {
-      const blob = (digest: string) => path.join(layout, 'blobs', 'sha256', digest.slice('sha256:'.length))
-      const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8'))
-      const manifest = JSON.parse(await fs.readFile(blob(index.manifests[0].digest), 'utf8'))
-      const config = JSON.parse(await fs.readFile(blob(manifest.config.digest), 'utf8'))
-      return manifest.layers.map((layer: {digest: string; mediaType: string}, i: number) => ({
-        diffId: config.rootfs.diff_ids[i],
-        digest: layer.digest,
-        mediaType: layer.mediaType,
-      }))
+    /** The layers of the layout's only image, with their diffIDs. */
+    async function layersOf(layout: string): Promise<{diffId: string; digest: string; mediaType: string}[]> {
+      const image = await readLayout(layout)
+      const diffIds = (JSON.parse(image.config.toString()) as {rootfs: {diff_ids: string[]}}).rootfs.diff_ids
+      return image.layers.map((layer, i) => ({diffId: diffIds[i], digest: layer.digest, mediaType: layer.mediaType}))
     }
 
     /** Unpacks each layer of the layout into wafers PREFIX0, PREFIX1, ... each on the one before. */
     async function unpackChain(layout: string, prefix: string): Promise<string[]> {
       const names: string[] = []
-      for (const [i, layer] of (await readLayout(layout)).entries()) {
+      for (const [i, layer] of (await layersOf(layout)).entries()) {
         const name = `${prefix}${i}`
         await box.wafer(name, {parent: names.at(-1)})
         await unpackLayer(createReadStream(path.join(layout, 'blobs/sha256', layer.digest.slice(7))), box.data(name), {
@@ -555,54 +550,13 @@ describe('OCI layer archives', () => {
       return names
     }
 
-    /** Writes an OCI layout holding one image of the given gzip layers (files to move in). */
-    async function writeLayout(layout: string, layers: {diffId: string; digest: string; file: string; size: number}[]) {
-      const blobs = path.join(layout, 'blobs', 'sha256')
-      await fs.mkdir(blobs, {recursive: true})
-      const put = async (text: string) => {
-        const digest = `sha256:${createHash('sha256').update(text).digest('hex')}`
-        await fs.writeFile(path.join(blobs, digest.slice(7)), text)
-        return {digest, size: Buffer.byteLength(text)}
-      }
-
-      for (const layer of layers) {
-        await fs.rename(layer.file, path.join(blobs, layer.digest.slice(7)))
-      }
-
-      const config = await put(
-        JSON.stringify({
-          architecture: 'amd64',
-          config: {},
-          os: 'linux',
-          rootfs: {diff_ids: layers.map((layer) => layer.diffId), type: 'layers'},
-        }),
-      )
-      const manifest = await put(
-        JSON.stringify({
-          config: {mediaType: 'application/vnd.oci.image.config.v1+json', ...config},
-          layers: layers.map((layer) => ({
-            digest: layer.digest,
-            mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
-            size: layer.size,
-          })),
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          schemaVersion: 2,
-        }),
-      )
-      await fs.writeFile(path.join(layout, 'oci-layout'), JSON.stringify({imageLayoutVersion: '1.0.0'}))
-      await fs.writeFile(
-        path.join(layout, 'index.json'),
-        JSON.stringify({
-          manifests: [
-            {
-              annotations: {'org.opencontainers.image.ref.name': 'packed'},
-              mediaType: 'application/vnd.oci.image.manifest.v1+json',
-              ...manifest,
-            },
-          ],
-          schemaVersion: 2,
-        }),
-      )
+    /** Writes an OCI layout holding one image, tagged `packed`, of the given gzip layers. */
+    async function writePacked(layout: string, layers: {diffId: string; file: string}[]) {
+      const bytes = await Promise.all(layers.map(async (layer) => fs.readFile(layer.file)))
+      await writeLayout(layout, 'packed', {
+        diffIds: layers.map((layer) => layer.diffId),
+        layers: bytes.map((blob) => ({bytes: blob, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip'})),
+      })
     }
 
     it('unpacks into chained wafers that stack to what umoci unpack makes, file for file', async () => {
@@ -697,7 +651,7 @@ describe('OCI layer archives', () => {
       // Unpacked again into fresh wafers, the layers stack to the same tree.
       await box.run(['stack', 'image', 'layer2']).then((run) => expect(run.exitCode).to.equal(0))
       const repacked = path.join(box.root, 'repacked')
-      await writeLayout(repacked, packed)
+      await writePacked(repacked, packed)
       const again = await unpackChain(repacked, 'again')
       await box.run(['stack', 'image-again', again.at(-1)!]).then((run) => expect(run.exitCode).to.equal(0))
       const original = await treeListing(box.stack('image'))

@@ -6,6 +6,7 @@ import path from 'node:path'
 
 import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {umociRootfs} from '../helpers/umoci.js'
 
 interface Pulled {
   digest: string
@@ -132,13 +133,12 @@ describe('oci: what a pulled image is: machine ids, moved tags, odd configs', fu
     expect(push.exitCode, push.stderr).to.equal(0)
     expect((JSON.parse(push.stdout) as {emptyWafers: string[]; layers: unknown[]}).emptyWafers).to.deep.equal(['one'])
     const back = path.join(box.root, 'back')
-    await execa('skopeo', ['copy', '--src-tls-verify=false', `docker://${registry.host}/ids/again:1`, `oci:${back}:x`])
-    await execa('umoci', ['unpack', '--image', `${back}:x`, path.join(box.root, 'bundle')])
-    expect(await fs.readFile(path.join(box.root, 'bundle', 'rootfs', 'etc', 'machine-id'), 'utf8')).to.equal('')
-    expect(await fs.readFile(path.join(box.root, 'bundle', 'rootfs', 'etc', 'os-release'), 'utf8')).to.equal(
-      'ID=umoci\n',
-    )
-    const inspect = JSON.parse((await execa('skopeo', ['inspect', `oci:${back}:x`])).stdout) as {Layers: string[]}
+    const rootfs = await umociRootfs(`docker://${registry.host}/ids/again:1`, back)
+    expect(await fs.readFile(path.join(rootfs, 'etc', 'machine-id'), 'utf8')).to.equal('')
+    expect(await fs.readFile(path.join(rootfs, 'etc', 'os-release'), 'utf8')).to.equal('ID=umoci\n')
+    const inspect = JSON.parse((await execa('skopeo', ['inspect', `oci:${back}/layout:unpacked`])).stdout) as {
+      Layers: string[]
+    }
     expect(inspect.Layers).to.have.length(1)
   })
 

@@ -6,6 +6,7 @@ import path from 'node:path'
 import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, nspawnIn, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
+import {umociRootfs} from '../helpers/umoci.js'
 
 interface Layer {
   digest: string
@@ -118,17 +119,12 @@ describe('oci: push to and pull from a real registry', function () {
     expect(info.Digest).to.equal(first.digest)
     expect(info.Layers).to.deep.equal(first.layers.map((layer) => layer.digest))
 
-    const layout = path.join(box.root, 'layout')
-    await execa('skopeo', ['copy', '--src-tls-verify=false', ref, `oci:${layout}:app`])
-    const bundle = path.join(box.root, 'bundle')
-    await execa('umoci', ['unpack', '--image', `${layout}:app`, bundle])
+    const rootfs = await umociRootfs(ref, path.join(box.root, 'umoci'))
     expect((await box.run(['stack', 'top'])).exitCode).to.equal(0)
     const noId = {ignore: ['etc/machine-id']}
-    expect(await treeListing(path.join(bundle, 'rootfs'), noId)).to.deep.equal(
-      await treeListing(box.stack('top'), noId),
-    )
+    expect(await treeListing(rootfs, noId)).to.deep.equal(await treeListing(box.stack('top'), noId))
     // The image carries the machine id empty, as image builders leave it; the stack keeps its own.
-    expect(await fs.readFile(path.join(bundle, 'rootfs', 'etc', 'machine-id'), 'utf8')).to.equal('')
+    expect(await fs.readFile(path.join(rootfs, 'etc', 'machine-id'), 'utf8')).to.equal('')
     expect(await fs.readFile(box.stack('top', 'etc', 'machine-id'), 'utf8')).to.match(/^[\da-f]{32}\n$/)
   })
 

@@ -7,6 +7,7 @@ import path from 'node:path'
 import {gunzipSync} from 'node:zlib'
 
 import {FakeRegistry, type Misbehaviour} from '../helpers/fake-registry.js'
+import {blobPath, readLayout, writeLayout} from '../helpers/layout.js'
 import {Registry} from '../helpers/registry.js'
 import {Sandbox, buildWeb, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
@@ -14,69 +15,25 @@ import {makeUmociImage} from '../helpers/umoci.js'
 
 const sha = (bytes: Buffer | string) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
 
-interface Layout {
-  config: {digest: string; size: number}
-  layers: Array<{digest: string; mediaType: string; size: number}>
-  manifest: Buffer
-}
-
-/** The image tagged `tag` in the OCI layout `dir`, read plainly. */
-async function readLayout(dir: string, tag: string): Promise<Layout> {
-  const index = JSON.parse(await fs.readFile(path.join(dir, 'index.json'), 'utf8'))
-  const top = index.manifests.find(
-    (m: {annotations?: Record<string, string>}) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
-  )
-  const manifest = await fs.readFile(path.join(dir, 'blobs', 'sha256', top.digest.slice(7)))
-  return {...JSON.parse(manifest.toString()), manifest}
-}
-
 /**
  * Writes into the OCI layout `target` (tag `tag`) the image of `source` with every layer
  * gunzipped, then, with `zstd`, compressed again by zstd(1): layers of another compression, the
- * same diff_ids, the config byte for byte.
+ * same diff_ids, the config byte for byte, the manifest ending in a newline as umoci writes it.
  */
 async function recompressed(source: string, target: string, tag: string, how: 'none' | 'zstd'): Promise<void> {
   const image = await readLayout(source, tag)
-  const blobs = path.join(target, 'blobs', 'sha256')
-  await fs.mkdir(blobs, {recursive: true})
-  const put = async (bytes: Buffer) => {
-    const digest = sha(bytes)
-    await fs.writeFile(path.join(blobs, digest.slice(7)), bytes)
-    return {digest, size: bytes.length}
-  }
-
   const layers = []
   for (const layer of image.layers) {
-    const tar = gunzipSync(await fs.readFile(path.join(source, 'blobs', 'sha256', layer.digest.slice(7))))
-    const bytes =
-      how === 'none' ? tar : Buffer.from((await execa('zstd', ['-q', '-c'], {encoding: 'buffer', input: tar})).stdout)
+    const tar = gunzipSync(await fs.readFile(blobPath(source, layer.digest)))
     layers.push({
-      ...(await put(bytes)),
+      bytes:
+        how === 'none' ? tar : Buffer.from((await execa('zstd', ['-q', '-c'], {encoding: 'buffer', input: tar})).stdout),
       mediaType:
         how === 'none' ? 'application/vnd.oci.image.layer.v1.tar' : 'application/vnd.oci.image.layer.v1.tar+zstd',
     })
   }
 
-  await put(await fs.readFile(path.join(source, 'blobs', 'sha256', image.config.digest.slice(7))))
-  const manifest = await put(
-    Buffer.from(
-      `${JSON.stringify({...JSON.parse(image.manifest.toString()), layers})}\n`, // a final newline, as umoci writes
-    ),
-  )
-  await fs.writeFile(path.join(target, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}')
-  await fs.writeFile(
-    path.join(target, 'index.json'),
-    JSON.stringify({
-      manifests: [
-        {
-          ...manifest,
-          annotations: {'org.opencontainers.image.ref.name': tag},
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        },
-      ],
-      schemaVersion: 2,
-    }),
-  )
+  await writeLayout(target, tag, {config: image.config, layers, newline: true})
 }
 
 /** Processes whose command line or working directory names something under `root`. */
@@ -184,7 +141,7 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
 
     it('pulls a manifest and config that end in a newline, from a registry and an oci-archive, and builds FROM one', async function () {
       const image = await readLayout(layout, 'test')
-      const config = await fs.readFile(path.join(layout, 'blobs', 'sha256', image.config.digest.slice(7)))
+      const {config} = image
       // umoci ends both with a newline; skopeo's copies keep it.
       expect(image.manifest.at(-1)).to.equal(0x0a)
       expect(config.at(-1)).to.equal(0x0a)
@@ -418,50 +375,16 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
 
     it('refuses an image with more layers than a stack can hold before unpacking any', async function () {
       const deep = path.join(box.root, 'deep')
-      const blobs = path.join(deep, 'blobs', 'sha256')
-      await fs.mkdir(blobs, {recursive: true})
-      const put = async (bytes: Buffer | string) => {
-        const digest = sha(bytes)
-        await fs.writeFile(path.join(blobs, digest.slice(7)), bytes)
-        return {digest, size: Buffer.byteLength(bytes)}
-      }
-
       const root = path.join(box.root, 'one-file')
       await fs.mkdir(root)
       await fs.writeFile(path.join(root, 'f'), 'f\n')
       const tar = Buffer.from((await execa('tar', ['-C', root, '-cf', '-', 'f'], {encoding: 'buffer'})).stdout)
-      const layer = await put(tar)
+      const layer = {digest: sha(tar)}
       const count = 501
-      const config = await put(
-        JSON.stringify({
-          architecture: process.arch === 'arm64' ? 'arm64' : 'amd64',
-          config: {},
-          os: 'linux',
-          rootfs: {diff_ids: Array.from({length: count}, () => sha(tar)), type: 'layers'},
-        }),
-      )
-      const manifest = await put(
-        JSON.stringify({
-          config: {...config, mediaType: 'application/vnd.oci.image.config.v1+json'},
-          layers: Array.from({length: count}, () => ({...layer, mediaType: 'application/vnd.oci.image.layer.v1.tar'})),
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          schemaVersion: 2,
-        }),
-      )
-      await fs.writeFile(path.join(deep, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}')
-      await fs.writeFile(
-        path.join(deep, 'index.json'),
-        JSON.stringify({
-          manifests: [
-            {
-              ...manifest,
-              annotations: {'org.opencontainers.image.ref.name': 'test'},
-              mediaType: 'application/vnd.oci.image.manifest.v1+json',
-            },
-          ],
-          schemaVersion: 2,
-        }),
-      )
+      await writeLayout(deep, 'test', {
+        diffIds: Array.from({length: count}, () => sha(tar)),
+        layers: Array.from({length: count}, () => ({bytes: tar, mediaType: 'application/vnd.oci.image.layer.v1.tar'})),
+      })
       await refused(['pull', `oci:${deep}:test`], /has 501 layers, more than the 500 a stack can hold/)
       fake = await FakeRegistry.start(deep, 'test', 'honest')
       await refused(

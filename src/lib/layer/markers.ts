@@ -3,22 +3,23 @@
  * systemd's (.mstack, always `userxattr`) read only `user.overlay.opaque`; the kernel writes a
  * copy-up's marker in the form of the mount it happens under. A wafer shows the same tree under
  * both mounts when every opaque directory carries both, which syncOpaqueForms restores after
- * either kind of mount has written one.
+ * either kind of mount has written one. A mount shows the form it does not read as an ordinary
+ * attribute, so a directory gets the other form only where a mount of that kind will read it.
  */
 import {closeSync, constants, openSync, readdirSync} from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
-import {OVERLAY_FORMS, isOpaqueValue, opaqueAttribute} from './whiteouts.js'
+import {OVERLAY_FORMS, type OverlayForm, isOpaqueValue, opaqueAttribute} from './whiteouts.js'
 
 const DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW
 
 /**
- * Gives every directory under `data` that is opaque in one form the other form too, and returns
- * how many it changed. Walks by file descriptor, one component at a time without following
+ * Gives every directory under `data` that is opaque in one form the other form too (or only the
+ * form `to`, for a mount of that form), and returns how many it changed. Walks by file descriptor, one component at a time without following
  * anything, so a symlink someone put in the wafer never leads it out.
  */
-export async function syncOpaqueForms(data: string): Promise<number> {
+export async function syncOpaqueForms(data: string, to?: OverlayForm): Promise<number> {
   const xattr = await loadXattr()
   let changed = 0
   // Depth first without recursion (a layer may nest thousands of directories), one descriptor per
@@ -26,7 +27,7 @@ export async function syncOpaqueForms(data: string): Promise<number> {
   const root = openSync(data, DIRECTORY)
   const stack: Array<{fd: number; names: Buffer[]}> = []
   const enter = (fd: number) => {
-    changed += syncOne(xattr, `/proc/self/fd/${fd}/.`)
+    changed += syncOne(xattr, `/proc/self/fd/${fd}/.`, to)
     const names = readdirSync(`/proc/self/fd/${fd}`, {encoding: 'buffer', withFileTypes: true})
       .filter((entry) => entry.isDirectory())
       .map((entry) => entry.name as unknown as Buffer)
@@ -68,12 +69,10 @@ export async function syncOpaqueForms(data: string): Promise<number> {
   return changed
 }
 
-function syncOne(xattr: Xattr, dir: string): number {
+function syncOne(xattr: Xattr, dir: string, to?: OverlayForm): number {
   const marked = OVERLAY_FORMS.filter((form) => isOpaqueValue(xattr.getAttributeSync(dir, opaqueAttribute(form))))
-  if (marked.length === 0 || marked.length === OVERLAY_FORMS.length) return 0
-  for (const form of OVERLAY_FORMS) {
-    if (!marked.includes(form)) xattr.setAttributeSync(dir, opaqueAttribute(form), 'y')
-  }
-
+  const missing = OVERLAY_FORMS.filter((form) => !marked.includes(form) && (to === undefined || form === to))
+  if (marked.length === 0 || missing.length === 0) return 0
+  for (const form of missing) xattr.setAttributeSync(dir, opaqueAttribute(form), 'y')
   return 1
 }

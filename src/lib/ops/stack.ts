@@ -309,8 +309,9 @@ export function stackSteps(
         return `Wrote ${result.mountpoint} (${count()}) for systemd to mount${note}`
       }
 
-      // A machine systemd ran on this wafer's .mstack marked its copy-ups in the user form only.
-      if (result.wafers.length > 1) await syncOpaqueForms(store.dataDir(name))
+      // A machine systemd ran on this wafer's .mstack marked its copy-ups in the user form only;
+      // this mount reads the trusted form, and would show a user form it is given as an attribute.
+      if (result.wafers.length > 1) await syncOpaqueForms(store.dataDir(name), 'trusted')
 
       await fs.mkdir(locations.stacks, {mode: PRIVATE_DIR_MODE, recursive: true})
       const made = await mkdirIfMissing(result.mountpoint)
@@ -388,8 +389,17 @@ export async function unstack(
 
   await fs.rmdir(mountpoint).catch(() => {})
   // The copy-ups made while it was mounted carry the kernel's (trusted) form of opaque markers
-  // only; systemd's .mstack mounts read the user form.
-  if (ownDevice) await syncOpaqueForms(new WaferStore(locations.wafers).dataDir(name))
+  // only; a .mstack that holds the wafer (systemd's mounts read the user form) needs that form
+  // too. Others do not get it: wafers' own mounts would show it in the tree as an attribute.
+  // (Writing a .mstack gives all its layers both forms.)
+  if (ownDevice) {
+    const store = new WaferStore(locations.wafers)
+    const inMstack = declaredStacks(store, locations.stacks).some(
+      (declared) => declared.top === name || declared.lowers.includes(name),
+    )
+    if (inMstack) await syncOpaqueForms(store.dataDir(name), 'user')
+  }
+
   if (options.hooks) {
     const remount = async () => {
       const store = new WaferStore(locations.wafers)
