@@ -92,10 +92,15 @@ export function withUs(file: string, args: string[]): {args: string[]; file: str
 
 /**
  * The absolute path of executable `file` on `searchPath` (PATH by default), or `file` itself when
- * it names a path; undefined when there is none. Resolved before the start, since a program run
+ * it names a path, as found there (a link is not followed), the first one `accept` takes;
+ * undefined when there is none. Resolved before the start, since a program run
  * through diesWithUs that is missing would only show as setpriv's failure.
  */
-export function findOnPath(file: string, searchPath = process.env.PATH ?? ''): string | undefined {
+export function findOnPath(
+  file: string,
+  searchPath = process.env.PATH ?? '',
+  accept: (found: string) => boolean = () => true,
+): string | undefined {
   const candidates = file.includes('/')
     ? [file]
     : searchPath
@@ -106,7 +111,8 @@ export function findOnPath(file: string, searchPath = process.env.PATH ?? ''): s
     try {
       if (!statSync(candidate).isFile()) continue
       accessSync(candidate, constants.X_OK)
-      return path.resolve(candidate)
+      const found = path.resolve(candidate)
+      if (accept(found)) return found
     } catch {
       // Not here.
     }

@@ -1,4 +1,4 @@
-import {promises as fs, realpathSync, statSync} from 'node:fs'
+import {promises as fs, realpathSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
@@ -6,6 +6,7 @@ import {traceAncestry} from '../store/ancestry.js'
 import {readStoreFile, unlinkIfPresent, writeFileAtomic} from '../host/files.js'
 import {checkName} from '../store/names.js'
 import {DEFAULT_STACKS, Locations, WaferStore} from '../store/store.js'
+import {findOnPath} from '../host/run.js'
 import {checkRoot} from '../host/system.js'
 
 /** Where systemd reads units and nspawn settings; overridable so tests write into temp dirs. */
@@ -59,18 +60,6 @@ export function installedProgram(
   }
 
   return {...(running.dataDir === undefined ? {} : {dataDir: running.dataDir}), node, script}
-}
-
-/** The first regular, executable `name` in the absolute directories of `searchPath` that `accept` takes. */
-function findOnPath(name: string, searchPath: string, accept: (file: string) => boolean): string | undefined {
-  for (const dir of searchPath.split(':')) {
-    if (!path.isAbsolute(dir)) continue
-    const file = path.join(dir, name)
-    const stat = statSync(file, {throwIfNoEntry: false})
-    if (stat?.isFile() && (stat.mode & 0o111) !== 0 && accept(file)) return path.normalize(file)
-  }
-
-  return undefined
 }
 
 function realOrSelf(file: string): string {

@@ -71,10 +71,7 @@ function headerBlock(entry: Required<Omit<EntryHeader, 'mtimeNs' | 'xattrs'>>): 
   block.write('ustar\u000000', 257, 'latin1')
   writeOctal(block, 329, 8, entry.devmajor)
   writeOctal(block, 337, 8, entry.devminor)
-  block.fill(0x20, 148, 156)
-  let sum = 0
-  for (let i = 0; i < BLOCK; i++) sum += block[i]
-  block.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1')
+  sealHeader(block)
   return block
 }
 
@@ -129,4 +126,12 @@ export function encodeHeader(entry: EntryHeader): Buffer {
     uid: 0,
   })
   return Buffer.concat([paxHeader, pax, Buffer.alloc(padded(pax.length) - pax.length), ustar])
+}
+
+/** Writes the checksum of ustar header `block` (its other fields filled in) into its checksum field. */
+export function sealHeader(block: Buffer): void {
+  block.fill(0x20, 148, 156)
+  let sum = 0
+  for (let i = 0; i < BLOCK; i++) sum += block[i]
+  block.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1')
 }

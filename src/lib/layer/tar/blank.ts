@@ -1,0 +1,143 @@
+/*
+ * A layer copied with one file's content emptied (push's blank machine id): the tar is rewritten
+ * as a stream, header by header, so everything else stays byte for byte.
+ */
+import {promises as fs} from 'node:fs'
+
+import {WafersError} from '../../errors.js'
+import {withUs} from '../../host/run.js'
+import {BLOCK, padded, sealHeader} from './header.js'
+import {isZero, parseHeader, parsePax} from './reader.js'
+
+/**
+ * Copies the gzip layer `input` (one wafers packed) to `output` (a new file) with the content of
+ * its regular file `entry` (a path as the layer names it, no leading `./`) emptied, everything
+ * else byte for byte, recompressed as packLayer compresses (`pigz -6 -n`), so the same layer still
+ * gives the same bytes. Returns the new blob's digest and size and the diffID of the new tar.
+ */
+export async function copyEmptyingEntry(
+  input: string,
+  output: string,
+  entry: string,
+): Promise<{diffId: string; digest: string; size: number}> {
+  const [{execa}, {createGunzip}, {createReadStream}, {digestOf, sha256}] = await Promise.all([
+    import('execa'),
+    import('node:zlib'),
+    import('node:fs'),
+    import('../digest.js'),
+  ])
+  const file = await fs.open(output, 'wx')
+  const compressor = withUs('pigz', ['-6', '-n', '-c'])
+  const pigz = execa(compressor.file, compressor.args, {
+    buffer: {stderr: true, stdout: false},
+    encoding: 'buffer',
+    reject: false,
+    stdin: 'pipe',
+    stdout: 'pipe',
+  })
+  pigz.stdin.on('error', () => {})
+  const tarHash = sha256()
+  const blobHash = sha256()
+  let size = 0
+  const writing = (async () => {
+    for await (const chunk of pigz.stdout as AsyncIterable<Buffer>) {
+      blobHash.update(chunk)
+      size += chunk.length
+      await file.write(chunk)
+    }
+  })()
+  writing.catch(() => {})
+  const emit = async (part: Buffer): Promise<void> => {
+    tarHash.update(part)
+    if (!pigz.stdin.write(part)) await new Promise((resolve) => pigz.stdin.once('drain', resolve))
+  }
+
+  try {
+    let pending: Buffer = Buffer.alloc(0)
+    // Bytes of entry data still to come after a header, and whether they are passed on or dropped.
+    let data = 0
+    let dropping = false
+    let ended = false
+    // A pax header's data, kept to read its path and size records, which stand for the next entry's.
+    let pax: Buffer[] | undefined
+    let paxSize = 0
+    let next: Map<string, Buffer> | undefined
+    for await (const chunk of createReadStream(input).pipe(createGunzip()) as AsyncIterable<Buffer>) {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk])
+      while (pending.length > 0) {
+        if (ended || data > 0) {
+          const take = ended ? pending.length : Math.min(data, pending.length)
+          const part = pending.subarray(0, take)
+          pax?.push(Buffer.from(part))
+          if (!dropping) await emit(part)
+          pending = pending.subarray(take)
+          if (!ended) data -= take
+          if (data === 0 && pax) {
+            next = paxOf(Buffer.concat(pax).subarray(0, paxSize))
+            pax = undefined
+          }
+
+          continue
+        }
+
+        if (pending.length < BLOCK) break
+        const block = Buffer.from(pending.subarray(0, BLOCK))
+        pending = pending.subarray(BLOCK)
+        const header = isZero(block) ? undefined : parseHeader(block)
+        if (typeof header === 'string') throw new WafersError(`a packed layer cannot be read again: ${header}.`)
+        if (header === undefined) {
+          // The zero blocks at the end, and whatever padding follows: passed on as they are.
+          ended = true
+          await emit(block)
+          continue
+        }
+
+        const records = next
+        next = undefined
+        const name = (records?.get('path') ?? header.name).toString('latin1').replace(/^(\.\/)+|^\/+/, '')
+        const entrySize = records?.has('size') ? Number(records.get('size')!.toString('latin1')) : header.size
+        if (header.typeflag === 'x' || header.typeflag === 'g') pax = header.typeflag === 'x' ? [] : undefined
+        paxSize = entrySize
+        dropping =
+          name === entry &&
+          !records?.has('size') &&
+          (header.typeflag === '0' || header.typeflag === '\0') &&
+          entrySize > 0
+        data = padded(entrySize)
+        if (dropping) emptySize(block)
+        await emit(block)
+        if (data === 0 && pax) {
+          next = paxOf(Buffer.alloc(0))
+          pax = undefined
+        }
+      }
+    }
+
+    if (pending.length > 0 && !dropping) await emit(pending)
+    pigz.stdin.end()
+    await writing
+    const result = await pigz
+    if (result.exitCode !== 0) throw new WafersError(`compressing a layer failed: pigz exited with ${result.exitCode}.`)
+    await file.sync()
+  } catch (error) {
+    pigz.kill()
+    throw error
+  } finally {
+    await file.close()
+  }
+
+  return {diffId: digestOf(tarHash), digest: digestOf(blobHash), size}
+}
+
+/** The records of a pax header of a layer wafers packed; its own writer made it, so a fault is a bug. */
+function paxOf(data: Buffer): Map<string, Buffer> {
+  const records = parsePax(data)
+  if (typeof records === 'string') throw new WafersError(`a packed layer cannot be read again: ${records}.`)
+  return records
+}
+
+/** Sets the size field of a ustar header block to 0 and its checksum to match. */
+function emptySize(block: Buffer): void {
+  block.write('00000000000\0', 124, 'latin1')
+  sealHeader(block)
+}
