@@ -205,6 +205,29 @@ export function stackHookSteps(
   }
 }
 
+/**
+ * Takes a stack down between its unstack hooks, as `unstack` and each build step do:
+ * `wafers:preunstack` first (a failure stops it before anything is done), then `takeDown`, then
+ * `wafers:postunstack`. What a postunstack failure does: `undo.remount` mounts the stack again and
+ * the failure is thrown (`unstack`), or `undo.report` only reports it (a build step, whose stage
+ * must come down whatever a plugin says; there a preunstack failure is reported too).
+ */
+export async function unstackWithHooks<T>(
+  runner: HookRunner | undefined,
+  options: WafersHooks['wafers:preunstack']['options'],
+  takeDown: () => Promise<T>,
+  undo: {remount: () => Promise<void>} | {report: (line: string) => void},
+): Promise<T> {
+  if (runner === undefined) return takeDown()
+  const said = (error: unknown) => ('report' in undo ? undo.report(oneLine(error) + '.') : Promise.reject(error))
+  await fireHook(runner, 'wafers:preunstack', options).catch(said)
+  const result = await takeDown()
+  await ('remount' in undo
+    ? firePostHook(runner, 'wafers:postunstack', options, undo.remount, 'the stack was mounted again')
+    : fireHook(runner, 'wafers:postunstack', options).catch(said))
+  return result
+}
+
 /** The first line of an error's message, without a trailing period (we add our own). */
 export function oneLine(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error)

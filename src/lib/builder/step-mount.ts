@@ -10,7 +10,7 @@ import {type Stats, promises as fs, lstatSync, realpathSync, statSync} from 'nod
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {type HookRunner, fireHook, stackHookSteps} from '../hooks.js'
+import {type HookRunner, stackHookSteps, unstackWithHooks} from '../hooks.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
 import {mountOverlay, unmount} from '../mount/overlay.js'
 import {linksFor} from '../store/links.js'
@@ -263,17 +263,20 @@ export class StepMounts {
       throw error
     }
 
-    const {hooks} = this
     try {
       for (const step of hookSteps.post) await step.run(report)
       await fill(mountpoint, data)
     } finally {
-      if (hooks)
-        await fireHook(hooks, 'wafers:preunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
-      await unmount(mountpoint, {held: true})
-      await fs.rmdir(mountpoint)
-      if (hooks)
-        await fireHook(hooks, 'wafers:postunstack', {mountpoint, name}).catch((error) => report(String(error.message)))
+      // As `wafers unstack` runs them, except that a plugin's failure is only reported: the stage comes down.
+      await unstackWithHooks(
+        this.hooks,
+        {mountpoint, name},
+        async () => {
+          await unmount(mountpoint, {held: true})
+          await fs.rmdir(mountpoint)
+        },
+        {report},
+      )
     }
   }
 

@@ -2,7 +2,7 @@ import {promises as fs, statSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {HookRunner, fireHook, firePostHook, stackHookSteps} from '../hooks.js'
+import {HookRunner, stackHookSteps, unstackWithHooks} from '../hooks.js'
 import {SeedPlan, checkSeedTarget, createTitle} from '../seed/seed.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {createWafer} from './create.js'
@@ -372,45 +372,46 @@ export async function unstack(
   }
 
   await checkStackOf(new WaferStore(locations.wafers), name, mounted)
-  if (options.hooks) await fireHook(options.hooks, 'wafers:preunstack', {mountpoint, name})
-  // A container in its own mount namespace keeps the stack busy without making umount fail, so
-  // look for roots and working directories in it first (cheap): unmounting under a container would
-  // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
   const ownDevice = mounted.fstype === 'overlay'
-  if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
-  // Once detached the stack has no path to look for its users by: look first, open files too.
-  const stillUsedBy = options.lazy ? await processesUsing(mountpoint, {openFiles: true, ownDevice}) : undefined
-  try {
-    await unmount(mountpoint, {lazy: options.lazy})
-  } catch (error) {
-    refuseBusy(name, mountpoint, await processesUsing(mountpoint, {openFiles: true, ownDevice}))
-    throw error
-  }
-
-  await fs.rmdir(mountpoint).catch(() => {})
-  // The copy-ups made while it was mounted carry the kernel's (trusted) form of opaque markers
-  // only; a .mstack that holds the wafer (systemd's mounts read the user form) needs that form
-  // too. Others do not get it: wafers' own mounts would show it in the tree as an attribute.
-  // (Writing a .mstack gives all its layers both forms.)
-  if (ownDevice) {
+  const remount = async () => {
     const store = new WaferStore(locations.wafers)
-    const inMstack = declaredStacks(store, locations.stacks).some(
-      (declared) => declared.top === name || declared.lowers.includes(name),
-    )
-    if (inMstack) await syncOpaqueForms(store.dataDir(name), 'user')
+    await fs.mkdir(mountpoint, {recursive: true})
+    await mountStack(store, await traceAncestry(store, name), mountpoint)
   }
 
-  if (options.hooks) {
-    const remount = async () => {
-      const store = new WaferStore(locations.wafers)
-      await fs.mkdir(mountpoint, {recursive: true})
-      await mountStack(store, await traceAncestry(store, name), mountpoint)
+  const stillUsedBy = await unstackWithHooks(options.hooks, {mountpoint, name}, () => takeDown(), {remount})
+  return {mountpoint, name, ...(stillUsedBy === undefined ? {} : {stillUsedBy}), unstacked: true}
+
+  /** Unmounts it (refusing while in use, unless lazy) and says who still uses a lazily detached one. */
+  async function takeDown() {
+    // A container in its own mount namespace keeps the stack busy without making umount fail, so
+    // look for roots and working directories in it first (cheap): unmounting under a container would
+    // let `wafers rm` delete what it still uses. Open files show up as umount's "target is busy".
+    if (!options.lazy) refuseBusy(name, mountpoint, await processesUsing(mountpoint, {ownDevice}))
+    // Once detached the stack has no path to look for its users by: look first, open files too.
+    const stillUsedBy = options.lazy ? await processesUsing(mountpoint, {openFiles: true, ownDevice}) : undefined
+    try {
+      await unmount(mountpoint, {lazy: options.lazy})
+    } catch (error) {
+      refuseBusy(name, mountpoint, await processesUsing(mountpoint, {openFiles: true, ownDevice}))
+      throw error
     }
 
-    await firePostHook(options.hooks, 'wafers:postunstack', {mountpoint, name}, remount, 'the stack was mounted again')
-  }
+    await fs.rmdir(mountpoint).catch(() => {})
+    // The copy-ups made while it was mounted carry the kernel's (trusted) form of opaque markers
+    // only; a .mstack that holds the wafer (systemd's mounts read the user form) needs that form
+    // too. Others do not get it: wafers' own mounts would show it in the tree as an attribute.
+    // (Writing a .mstack gives all its layers both forms.)
+    if (ownDevice) {
+      const store = new WaferStore(locations.wafers)
+      const inMstack = declaredStacks(store, locations.stacks).some(
+        (declared) => declared.top === name || declared.lowers.includes(name),
+      )
+      if (inMstack) await syncOpaqueForms(store.dataDir(name), 'user')
+    }
 
-  return {mountpoint, name, ...(stillUsedBy === undefined ? {} : {stillUsedBy}), unstacked: true}
+    return stillUsedBy
+  }
 }
 
 /** Removes the `.mstack` of `name`, unless systemd has it mounted now. */
