@@ -16,8 +16,9 @@ const DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOL
 
 /**
  * Gives every directory under `data` that is opaque in one form the other form too (or only the
- * form `to`, for a mount of that form), and returns how many it changed. Walks by file descriptor, one component at a time without following
- * anything, so a symlink someone put in the wafer never leads it out.
+ * form `to`, for a mount of that form), and returns how many it changed. Walks by file
+ * descriptor, one component at a time without following anything, so a symlink someone put in
+ * the wafer never leads it out.
  */
 export async function syncOpaqueForms(data: string, to?: OverlayForm): Promise<number> {
   const xattr = await loadXattr()
