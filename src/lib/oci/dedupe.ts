@@ -142,13 +142,15 @@ async function splitUnderLock(
   fingerprint: string,
   blank: boolean,
 ): Promise<string | undefined> {
-  const [{withLock}, {splitWafer}, {layerFingerprint}] = await Promise.all([
+  const [{withLock}, {finishSplits, splitLeft, splitWafer}, {layerFingerprint}] = await Promise.all([
     import('../store/lock.js'),
     import('../store/split.js'),
     import('../layer/archive.js'),
   ])
   return withLock(store.root, async () => {
     if (await store.exists(layer.name)) return ''
+    await finishSplits(store)
+    if (splitLeft(store, wafer)) return `${wafer} has a split left that wafers cannot read ($WAFERS/.split-${wafer})`
     const why = await unsplittable(store, wafer, layer)
     if (why !== undefined) return why ?? `${wafer} was re-pointed meanwhile`
     const use = await firstUse(stacks, store, wafer)

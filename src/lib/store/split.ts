@@ -53,12 +53,13 @@ export async function splitWafer(store: WaferStore, plan: SplitPlan, meta: Wafer
   const {below, wafer} = plan
   checkName(below)
   const journal = journalOf(store, wafer)
-  if (lstatSync(journal, {throwIfNoEntry: false}) !== undefined) {
-    throw new WafersError(`${journal} is left from an earlier split of ${wafer}; run the pull again to finish it.`)
+  if (splitLeft(store, wafer)) {
+    throw new WafersError(`${journal} is left from an earlier split of ${wafer}; nothing was changed.`)
   }
 
   const data = store.dataDir(wafer)
-  const making = `${journal}.tmp-${randomBytes(6).toString('hex')}`
+  // `~` is in no wafer name, so this is never taken for the journal of another wafer.
+  const making = path.join(store.root, `${JOURNAL_PREFIX}~${wafer}-${randomBytes(6).toString('hex')}`)
   await fs.mkdir(making, {mode: 0o700})
   try {
     const fresh = path.join(making, 'fresh')
@@ -127,13 +128,16 @@ export async function finishSplits(store: WaferStore): Promise<void> {
     const journal = path.join(store.root, entry)
     if (!(await isDirectory(journal))) continue
     // Half made: the wafer was not touched yet.
-    if (entry.includes('.tmp-')) {
+    if (entry.startsWith(`${JOURNAL_PREFIX}~`)) {
       await removeStaging(store.root, journal)
       continue
     }
 
     const plan = readPlan(journal, entry.slice(JOURNAL_PREFIX.length))
-    if (plan === undefined) continue
+    // Written before the journal was renamed into place, so gone only when its removal, the
+    // split's last step, was cut short.
+    if (plan === 'gone') await removeStaging(store.root, journal)
+    if (plan === 'gone' || plan === undefined) continue
     if ((await isDirectory(path.join(journal, 'wafer'))) && !(await isDirectory(path.join(journal, 'wafer', 'data')))) {
       // The files never moved: the wafer gets its parent back, as it was.
       if ((await store.exists(plan.wafer)) && (await store.readParent(plan.wafer)) === plan.below) {
@@ -170,15 +174,26 @@ async function finishSplit(store: WaferStore, journal: string, plan: SplitPlan):
   await removeStaging(store.root, journal)
 }
 
+/**
+ * Whether a split of `wafer` that finishSplits could not read is still there (`.split-NAME`
+ * with a plan this code did not write): it stays until removed by hand.
+ */
+export function splitLeft(store: WaferStore, wafer: string): boolean {
+  return lstatSync(journalOf(store, wafer), {throwIfNoEntry: false}) !== undefined
+}
+
 function journalOf(store: WaferStore, wafer: string): string {
   return path.join(store.root, `${JOURNAL_PREFIX}${checkName(wafer)}`)
 }
 
-/** The plan in `journal`, when it is one for wafer `wafer` that this code could have written. */
-function readPlan(journal: string, wafer: string): SplitPlan | undefined {
+/**
+ * The plan in `journal`, when it is one for wafer `wafer` that this code could have written;
+ * 'gone' when there is none.
+ */
+function readPlan(journal: string, wafer: string): 'gone' | SplitPlan | undefined {
   try {
     const text = readStoreFile(path.join(journal, 'plan.json'), `the plan of ${journal}`)
-    if (text === undefined) return undefined
+    if (text === undefined) return 'gone'
     const plan = JSON.parse(text) as SplitPlan
     const names = [plan.wafer, plan.below, ...(plan.parent === undefined ? [] : [plan.parent])]
     if (plan.wafer !== wafer || !names.every((name) => isValidName(name)) || !Array.isArray(plan.emptied)) {
