@@ -26,6 +26,8 @@ Blob digests and layer diffIDs are checked while unpacking. Ctrl-C or a failed d
 
 Images are accepted as the containers trust policy says (/etc/containers/policy.json, or --policy FILE; signatures are looked up where the registries.d files say, /etc/containers/registries.d or --registries.d DIR), for every transport; a refused image is one sentence and leaves nothing behind.
 
+A layer that a wafer here already holds, because it was pushed from that wafer (a base pushed and pulled back), is not stored twice: when the wafer still packs to that very layer, sits on the same layers below and nothing uses it or a wafer built on it, its files become the layer wafer and it sits on that with an empty data of its own. It shows what it showed, its later changes stay its own, and the image never changes with it. --no-dedupe unpacks a copy instead.
+
 The new NAME gets its own fresh etc/machine-id when the image has one, as \`wafers stack NAME PARENT\` gives one.
 
 The image's entrypoint and command, environment, user, working directory and stop signal are written to $STACKS/NAME.nspawn, where systemd-nspawn -M NAME and machinectl read them, so the machine runs the image as podman run would (--no-settings skips it; a NAME.nspawn you wrote is never replaced).`
@@ -51,6 +53,12 @@ The image's entrypoint and command, environment, user, working directory and sto
   ]
   static flags = {
     ...registryFlags(),
+    dedupe: Flags.boolean({
+      allowNo: true,
+      default: true,
+      description:
+        'Take a layer from a wafer made here that still holds it (a base pushed and pulled back): its files become the layer wafer and it sits on that, unchanged to see, so nothing is stored twice. --no-dedupe unpacks a copy.',
+    }),
     'no-settings': Flags.boolean({
       description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
     }),
@@ -62,7 +70,7 @@ The image's entrypoint and command, environment, user, working directory and sto
   }
   static summary = 'Pull an OCI image into wafers, one wafer per layer.'
   static usage =
-    '<%= command.id %> REF [NAME] [--replace] [--policy FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> REF [NAME] [--replace] [--no-dedupe] [--policy FILE] [--registries.d DIR] [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<PullResult> {
     const {args, flags} = await this.parse(Pull, tlsVerifyValue(this.argv))
@@ -72,6 +80,7 @@ The image's entrypoint and command, environment, user, working directory and sto
     const {dispose, resolve, result, steps} = pullSteps(locationsFromEnv(), args.ref, {
       authfile: flags.authfile,
       creds: flags.creds,
+      dedupe: flags.dedupe,
       name: args.name,
       replace: flags.replace,
       signal: interrupt.signal,

@@ -322,6 +322,62 @@ async function hashFile(file: FileHandle): Promise<{digest: string; size: number
   return {digest: digestOf(hash), size}
 }
 
+/** A rewrite of a tar stream as it passes: the bytes to pass on for each chunk, and at the end. */
+export interface TarRewrite {
+  end(): Buffer[]
+  write(chunk: Buffer): Buffer[]
+}
+
+/**
+ * The diffID packLayer would give the files of wafer directory `data` (the sha256 of the tar,
+ * after `rewrite` when given), hashed as it is written and never stored: to check that a wafer
+ * still holds a layer, without the cost of writing it.
+ */
+export async function layerDiffId(
+  data: string,
+  options: {rewrite?: TarRewrite; signal?: AbortSignal} = {},
+): Promise<string> {
+  const [{writeLayerTar}, {digestOf, sha256}, {Writable}] = await Promise.all([
+    import('./tar/writer.js'),
+    import('./digest.js'),
+    import('node:stream'),
+  ])
+  const {rewrite} = options
+  const written = sha256()
+  const rewritten = sha256()
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      try {
+        if (rewrite) for (const part of rewrite.write(chunk)) rewritten.update(part)
+        callback()
+      } catch (error) {
+        callback(error as Error)
+      }
+    },
+  })
+  let failed: Error | undefined
+  // The sink fails only when the rewrite refuses what it reads: the walk stops then.
+  const stopped = new Promise((resolve) => {
+    sink.once('error', (error) => {
+      failed = error
+      resolve(undefined)
+    })
+  })
+  const held = await holdDirectory(data)
+  try {
+    await writeLayerTar(held.path, sink, {hash: written, shownAs: data, signal: options.signal, stopped})
+  } catch (error) {
+    throw failed ?? error
+  } finally {
+    await held.close()
+  }
+
+  if (failed) throw failed
+  if (!rewrite) return digestOf(written)
+  for (const part of rewrite.end()) rewritten.update(part)
+  return digestOf(rewritten)
+}
+
 /**
  * A cheap fingerprint of everything packLayer would read (a walk of lstat data: path, type, ino,
  * mode, uid, gid, size, rdev, mtime and ctime in ns; an xattr change shows in ctime): equal

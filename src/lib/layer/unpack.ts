@@ -140,6 +140,12 @@ function seconds(us: bigint): number {
   return utimesTruncates() ? (Number(us) + 0.5) / 1e6 : Number(us) / 1e6
 }
 
+/** A time in ns, rounded to the µs as a pack rounds it, as the double utimes takes (see seconds). */
+export function utimesSeconds(ns: bigint): number {
+  const us = ns >= 0n ? (ns + 500n) / 1000n : -((-ns + 499n) / 1000n)
+  return seconds(us)
+}
+
 /** The path of a node from the top, for messages. */
 function pathOf(node: TreeNode): string {
   const parts: Buffer[] = []

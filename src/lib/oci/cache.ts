@@ -75,6 +75,50 @@ export class LayerCache {
     return stat?.isFile() && stat.size === entry.size ? entry : undefined
   }
 
+  /**
+   * The wafers whose last push packed them into the layer of diffID `diffId`, by name: what a
+   * pull may take that layer from (oci/dedupe.ts), once it has checked that the wafer still packs
+   * to it. Only a hint: an entry says nothing about the wafer now.
+   */
+  async packedAs(diffId: string): Promise<string[]> {
+    const names = await fs.readdir(this.entries).catch(() => [] as string[])
+    const found: string[] = []
+    for (const entry of names.filter((file) => file.endsWith('.json')).sort()) {
+      const name = entry.slice(0, -'.json'.length)
+      if (!isValidName(name)) continue
+      try {
+        const text = readStoreFile(path.join(this.entries, entry), `the cached layer of wafer ${name}`)
+        const cached = text === undefined ? undefined : (JSON.parse(text) as CachedLayer)
+        if (cached?.diffId === diffId && cached.format === CACHE_FORMAT) found.push(name)
+      } catch {
+        // An entry that cannot be read points at nothing.
+      }
+    }
+
+    return found
+  }
+
+  /**
+   * Records that wafer `name` packs as `from` did (a split moved `from`'s files into it), for
+   * its new fingerprint, when `from` has an entry of `diffId`: its next push then packs nothing.
+   */
+  async copyEntry(from: string, name: string, diffId: string, fingerprint: string): Promise<void> {
+    try {
+      const text = readStoreFile(path.join(this.entries, `${from}.json`), `the cached layer of wafer ${from}`)
+      if (text === undefined) return
+      const entry = JSON.parse(text) as CachedLayer
+      if (entry.diffId !== diffId || entry.format !== CACHE_FORMAT) return
+      checkDigest(entry.digest, 'a cached layer')
+      writeFileAtomic(
+        path.join(this.entries, `${name}.json`),
+        `${JSON.stringify({...entry, fingerprint, format: CACHE_FORMAT})}\n`,
+        0o600,
+      )
+    } catch {
+      // The cache is only a cache: the next push packs the wafer again.
+    }
+  }
+
   /** Records `entry` as wafer `name`'s layer, its blob moved in from `file`. */
   async store(name: string, entry: CachedLayer, file: string): Promise<void> {
     await fs.rename(file, this.blob(entry.digest))

@@ -2,7 +2,7 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {isErrno} from '../errors.js'
-import {copyEmptyingEntry} from '../layer/tar/blank.js'
+import {EntryBlanker, copyEmptyingEntry} from '../layer/tar/blank.js'
 
 /*
  * A machine id names one machine: an image must not carry one, or every container made from it
@@ -42,4 +42,9 @@ export async function onlyMachineId(data: string): Promise<boolean> {
  */
 export function blankMachineId(input: string, output: string): Promise<{diffId: string; digest: string; size: number}> {
   return copyEmptyingEntry(input, output, MACHINE_ID)
+}
+
+/** The stream rewrite that empties etc/machine-id (see EntryBlanker). */
+export function machineIdBlanker(): EntryBlanker {
+  return new EntryBlanker(MACHINE_ID)
 }

@@ -40,6 +40,11 @@ import {throttled} from './throttle.js'
 
 /** What `pull` was asked to do. */
 export interface PullOptions extends RegistryOptions {
+  /**
+   * Take a layer from a named wafer here that still holds it (a base pushed and pulled back),
+   * splitting that wafer, instead of unpacking a second copy (oci/dedupe.ts); default: true.
+   */
+  dedupe?: boolean
   /** The wafer to make on top of the layers; default: the repository's last path component. */
   name?: string
   /** Re-point NAME at this image even when it holds another image, has files of its own or children. */
@@ -59,6 +64,10 @@ export interface PulledLayer {
   diffId: string
   /** Whether this pull made the wafer; false when it was already here (shared with another image, or pulled before). */
   made: boolean
+  /** Why the named wafer that held this layer (`sharedFrom`'s candidate) was not split: it was unpacked instead. */
+  notShared?: string
+  /** The named wafer whose files became this layer wafer (dedupe): it now sits on it. */
+  sharedFrom?: string
   /** The layer blob's size in bytes. */
   size: number
   wafer: string
@@ -135,6 +144,9 @@ export function pullSteps(
       // Held until the pull ends, from before it looks for layer wafers to reuse: prune leaves
       // image layer wafers alone while one is held (see workDirsHeld).
       work = await makeWorkDir(store.root, 'pull')
+      // A split a killed pull left midway is finished (or undone) before anything is looked at.
+      const [{withLock}, {finishSplits}] = await Promise.all([import('../store/lock.js'), import('../store/split.js')])
+      await withLock(store.root, () => finishSplits(store))
       if (ref.transport === 'oci') {
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value
@@ -205,9 +217,28 @@ export function pullSteps(
       const layer = result.layers[i]
       return {
         async run(report) {
+          if (options.dedupe !== false) {
+            const {shareLayer} = await import('./dedupe.js')
+            const wanted = {
+              diffId: layer.diffId,
+              meta: layerMeta(current, i, layer.diffId),
+              name: layer.wafer,
+              parent: i === 0 ? undefined : result.layers[i - 1].wafer,
+            }
+            const shared = await shareLayer(locations.stacks, store, wanted, {report, signal: options.signal})
+            if (shared && 'split' in shared) {
+              layer.made = true
+              layer.sharedFrom = shared.wafer
+              return `Layer ${i + 1} is what ${shared.wafer} holds: its files are now ${layer.wafer}, which ${shared.wafer} sits on`
+            }
+
+            if (shared) layer.notShared = shared.skipped
+          }
+
           layer.made = await unpackInto(store, current, i, result.layers, report, options.signal)
+          const not = layer.notShared === undefined ? '' : ` (not taken from ${layer.notShared})`
           return layer.made
-            ? `Unpacked layer ${i + 1} into ${layer.wafer}`
+            ? `Unpacked layer ${i + 1} into ${layer.wafer}${not}`
             : `Layer ${i + 1} is already here as ${layer.wafer}`
         },
         skip: () => (current.present[i] ? `layer ${i + 1} is already here as ${layer.wafer}` : undefined),
@@ -465,9 +496,7 @@ async function unpackInto(
   const descriptor = plan.manifest.layers[i]
   const layer = layers[i]
   const parent = i === 0 ? undefined : layers[i - 1].wafer
-  const meta: WaferMeta = {
-    layer: {chainId: plan.chain[i], diffId: layer.diffId, ...(plan.history ? {history: plan.history[i]} : {})},
-  }
+  const meta = layerMeta(plan, i, layer.diffId)
   const what = `layer ${i + 1} (${descriptor.digest}) of ${describe(plan.ref)}`
   const progress = throttled(report)
   try {
@@ -498,6 +527,11 @@ async function unpackInto(
     if (await layerPresent(store, layer.wafer, plan.chain[i], parent).catch(() => false)) return false
     throw error
   }
+}
+
+/** The meta.json of the wafer of layer `i` of `plan`. */
+function layerMeta(plan: Plan, i: number, diffId: string): WaferMeta {
+  return {layer: {chainId: plan.chain[i], diffId, ...(plan.history ? {history: plan.history[i]} : {})}}
 }
 
 /**

@@ -6,7 +6,8 @@ import os from 'node:os'
 import path from 'node:path'
 import {gunzipSync} from 'node:zlib'
 
-import {blankMachineId, onlyMachineId} from '../../../src/lib/oci/machine-id.js'
+import {layerDiffId, packLayer} from '../../../src/lib/layer/archive.js'
+import {blankMachineId, machineIdBlanker, onlyMachineId} from '../../../src/lib/oci/machine-id.js'
 
 /**
  * Writes with python3's tarfile, gzip-compressed, in pax format, the entries `spec` lists (a
@@ -90,6 +91,28 @@ describe('oci: machine ids left out of pushed layers', function () {
     // The same input gives the same bytes.
     const again = path.join(dir, 'again.tar.gz')
     expect((await blankMachineId(input, again)).digest).to.equal(result.digest)
+  })
+
+  it('hashes a wafer, machine id emptied, to the diffID push sends, writing nothing', async function () {
+    const data = path.join(dir, 'data')
+    await fs.mkdir(path.join(data, 'etc', 'sub'), {recursive: true})
+    await fs.writeFile(path.join(data, 'etc', 'machine-id'), '0123456789abcdef0123456789abcdef\n')
+    await fs.writeFile(path.join(data, 'etc', 'sub', 'big'), Buffer.alloc(3 * 1024 * 1024, 7))
+    await fs.writeFile(path.join(data, 'etc', 'zzz'), 'after the machine id\n')
+    const packed = path.join(dir, 'packed.tar.gz')
+    await packLayer(data, packed)
+    const pushed = await blankMachineId(packed, path.join(dir, 'pushed.tar.gz'))
+    const plain = await packLayer(data, path.join(dir, 'plain.tar.gz'))
+    expect(await layerDiffId(data)).to.equal(plain.diffId)
+    expect(await layerDiffId(data, {rewrite: machineIdBlanker()})).to.equal(pushed.diffId)
+    expect(pushed.diffId).to.not.equal(plain.diffId)
+    expect((await fs.readdir(data, {recursive: true})).sort()).to.deep.equal([
+      'etc',
+      'etc/machine-id',
+      'etc/sub',
+      'etc/sub/big',
+      'etc/zzz',
+    ])
   })
 
   it('knows a wafer whose only file is its machine id', async function () {

@@ -53,67 +53,16 @@ export async function copyEmptyingEntry(
   }
 
   try {
-    let pending: Buffer = Buffer.alloc(0)
-    // Bytes of entry data still to come after a header, and whether they are passed on or dropped.
-    let data = 0
-    let dropping = false
-    let ended = false
-    // A pax header's data, kept to read its path and size records, which stand for the next entry's.
-    let pax: Buffer[] | undefined
-    let paxSize = 0
-    let next: Map<string, Buffer> | undefined
-    for await (const chunk of createReadStream(input).pipe(createGunzip()) as AsyncIterable<Buffer>) {
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk])
-      while (pending.length > 0) {
-        if (ended || data > 0) {
-          const take = ended ? pending.length : Math.min(data, pending.length)
-          const part = pending.subarray(0, take)
-          pax?.push(Buffer.from(part))
-          if (!dropping) await emit(part)
-          pending = pending.subarray(take)
-          if (!ended) data -= take
-          if (data === 0 && pax) {
-            next = paxOf(Buffer.concat(pax).subarray(0, paxSize))
-            pax = undefined
-          }
-
-          continue
-        }
-
-        if (pending.length < BLOCK) break
-        const block = Buffer.from(pending.subarray(0, BLOCK))
-        pending = pending.subarray(BLOCK)
-        const header = isZero(block) ? undefined : parseHeader(block)
-        if (typeof header === 'string') throw new WafersError(`a packed layer cannot be read again: ${header}.`)
-        if (header === undefined) {
-          // The zero blocks at the end, and whatever padding follows: passed on as they are.
-          ended = true
-          await emit(block)
-          continue
-        }
-
-        const records = next
-        next = undefined
-        const name = (records?.get('path') ?? header.name).toString('latin1').replace(/^(\.\/)+|^\/+/, '')
-        const entrySize = records?.has('size') ? Number(records.get('size')!.toString('latin1')) : header.size
-        if (header.typeflag === 'x' || header.typeflag === 'g') pax = header.typeflag === 'x' ? [] : undefined
-        paxSize = entrySize
-        dropping =
-          name === entry &&
-          !records?.has('size') &&
-          (header.typeflag === '0' || header.typeflag === '\0') &&
-          entrySize > 0
-        data = padded(entrySize)
-        if (dropping) emptySize(block)
-        await emit(block)
-        if (data === 0 && pax) {
-          next = paxOf(Buffer.alloc(0))
-          pax = undefined
-        }
-      }
+    const blanker = new EntryBlanker(entry)
+    // pipe() passes no read error on: a file that cannot be read would leave the loop waiting.
+    const source = createReadStream(input)
+    const gunzip = createGunzip()
+    source.once('error', (error) => gunzip.destroy(error))
+    for await (const chunk of source.pipe(gunzip) as AsyncIterable<Buffer>) {
+      for (const part of blanker.write(chunk)) await emit(part)
     }
 
-    if (pending.length > 0 && !dropping) await emit(pending)
+    for (const part of blanker.end()) await emit(part)
     pigz.stdin.end()
     await writing
     const result = await pigz
@@ -127,6 +76,89 @@ export async function copyEmptyingEntry(
   }
 
   return {diffId: digestOf(tarHash), digest: digestOf(blobHash), size}
+}
+
+/**
+ * Rewrites a layer tar wafers packed, as it streams, with the content of its regular file `entry`
+ * emptied (its header's size 0, the checksum made to match) and every other byte as it is: what
+ * push sends with the machine id blanked, and what a pull's dedupe hashes a wafer against.
+ */
+export class EntryBlanker {
+  constructor(private readonly entry: string) {}
+
+  /** Bytes of entry data still to come after a header, and whether they are passed on or dropped. */
+  private data = 0
+  private dropping = false
+  private ended = false
+  /** The records of the pax header just read, which stand for the next entry's. */
+  private next: Map<string, Buffer> | undefined
+  /** A pax header's data, kept to read its path and size records. */
+  private pax: Buffer[] | undefined
+  private paxSize = 0
+  private pending: Buffer = Buffer.alloc(0)
+
+  /** What is left at the end (bytes after the last whole block, unless they are dropped data). */
+  end(): Buffer[] {
+    const rest = this.pending
+    this.pending = Buffer.alloc(0)
+    return rest.length > 0 && !this.dropping ? [rest] : []
+  }
+
+  /** The bytes to pass on for `chunk`, in order. */
+  write(chunk: Buffer): Buffer[] {
+    const out: Buffer[] = []
+    let pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
+    while (pending.length > 0) {
+      if (this.ended || this.data > 0) {
+        const take = this.ended ? pending.length : Math.min(this.data, pending.length)
+        const part = pending.subarray(0, take)
+        this.pax?.push(Buffer.from(part))
+        if (!this.dropping) out.push(part)
+        pending = pending.subarray(take)
+        if (!this.ended) this.data -= take
+        if (this.data === 0 && this.pax) {
+          this.next = paxOf(Buffer.concat(this.pax).subarray(0, this.paxSize))
+          this.pax = undefined
+        }
+
+        continue
+      }
+
+      if (pending.length < BLOCK) break
+      const block = Buffer.from(pending.subarray(0, BLOCK))
+      pending = pending.subarray(BLOCK)
+      const header = isZero(block) ? undefined : parseHeader(block)
+      if (typeof header === 'string') throw new WafersError(`a packed layer cannot be read again: ${header}.`)
+      if (header === undefined) {
+        // The zero blocks at the end, and whatever padding follows: passed on as they are.
+        this.ended = true
+        out.push(block)
+        continue
+      }
+
+      const records = this.next
+      this.next = undefined
+      const name = (records?.get('path') ?? header.name).toString('latin1').replace(/^(\.\/)+|^\/+/, '')
+      const entrySize = records?.has('size') ? Number(records.get('size')!.toString('latin1')) : header.size
+      if (header.typeflag === 'x' || header.typeflag === 'g') this.pax = header.typeflag === 'x' ? [] : undefined
+      this.paxSize = entrySize
+      this.dropping =
+        name === this.entry &&
+        !records?.has('size') &&
+        (header.typeflag === '0' || header.typeflag === '\0') &&
+        entrySize > 0
+      this.data = padded(entrySize)
+      if (this.dropping) emptySize(block)
+      out.push(block)
+      if (this.data === 0 && this.pax) {
+        this.next = paxOf(Buffer.alloc(0))
+        this.pax = undefined
+      }
+    }
+
+    this.pending = pending
+    return out
+  }
 }
 
 /** The records of a pax header of a layer wafers packed; its own writer made it, so a fault is a bug. */

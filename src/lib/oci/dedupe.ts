@@ -1,0 +1,171 @@
+/**
+ * Dedupe at pull: a layer that a named wafer here already holds (a base pushed and pulled back)
+ * is not unpacked a second time. The push cache says which wafers a push packed into which
+ * diffID; a wafer W is taken only when it still packs to the layer's diffID now (hashed, nothing
+ * written), sits on the same layers (its parent is the pull's wafer of the layer below, or none
+ * for the first), is a plain wafer (not an image's layer, top or build step) and neither it nor
+ * anything built on it is in use. Then W is split (store/split.ts): its files become the layer
+ * wafer and W sits on it with an empty data of its own, so W's stack shows what it showed, its
+ * later changes land in W alone, and the pulled image never changes with it.
+ */
+import {lstatSync} from 'node:fs'
+import path from 'node:path'
+
+import {readMeta, type WaferMeta} from '../store/meta.js'
+import {WaferStore} from '../store/store.js'
+import {LayerCache} from './cache.js'
+import {hasMachineId, machineIdBlanker} from './machine-id.js'
+
+/** The layer a pull is about to unpack. */
+export interface WantedLayer {
+  diffId: string
+  /** The layer wafer's meta.json. */
+  meta: WaferMeta
+  /** The layer wafer. */
+  name: string
+  /** The wafer of the layer below, or undefined for the first layer. */
+  parent: string | undefined
+}
+
+/** What became of a layer a wafer here may hold: split from `wafer`, or not, and why. */
+export type ShareOutcome = {skipped: string; wafer: string} | {split: true; wafer: string} | undefined
+
+/**
+ * Makes layer wafer `layer.name` out of a named wafer that holds that very layer, splitting it
+ * (see the module's comment). Undefined when no wafer here was packed into it, and the reason
+ * when one was but is not split (in use, changed since its push); the pull then unpacks the layer.
+ */
+export async function shareLayer(
+  stacks: string,
+  store: WaferStore,
+  layer: WantedLayer,
+  options: {report?: (line: string) => void; signal?: AbortSignal} = {},
+): Promise<ShareOutcome> {
+  const cache = new LayerCache(store.root)
+  let outcome: ShareOutcome
+  for (const wafer of await cache.packedAs(layer.diffId)) {
+    const refused = await unsplittable(store, wafer, layer)
+    if (refused === null) continue
+    if (refused !== undefined) {
+      outcome ??= {skipped: refused, wafer}
+      continue
+    }
+
+    const use = await firstUse(stacks, store, wafer)
+    if (use !== undefined) {
+      outcome = {skipped: use, wafer}
+      continue
+    }
+
+    options.report?.(`checking that ${wafer} still holds the layer`)
+    const {layerDiffId, layerFingerprint} = await import('../layer/archive.js')
+    const data = store.dataDir(wafer)
+    const fingerprint = await layerFingerprint(data)
+    const blank = await hasMachineId(data)
+    const diffId = await layerDiffId(data, {
+      rewrite: blank ? machineIdBlanker() : undefined,
+      signal: options.signal,
+    })
+    if (diffId !== layer.diffId) {
+      outcome = {skipped: `${wafer} has changed since it was pushed`, wafer}
+      continue
+    }
+
+    if ((await layerFingerprint(data)) !== fingerprint) {
+      outcome = {skipped: `${wafer} changed while it was read`, wafer}
+      continue
+    }
+
+    const why = await splitUnderLock(stacks, store, wafer, layer, fingerprint, blank)
+    // The layer wafer appeared meanwhile (another pull made it): the pull finds it there.
+    if (why === '') return undefined
+    if (why !== undefined) {
+      outcome = {skipped: why, wafer}
+      continue
+    }
+
+    await cache.copyEntry(wafer, layer.name, layer.diffId, await layerFingerprint(store.dataDir(layer.name)))
+    return {split: true, wafer}
+  }
+
+  return outcome
+}
+
+/**
+ * Why `wafer` cannot be split into `layer` (a sentence), null when it does not sit where the
+ * layer does (not the same layers below: nothing to say), undefined when it can.
+ */
+async function unsplittable(store: WaferStore, wafer: string, layer: WantedLayer): Promise<null | string | undefined> {
+  if (!(await store.hasData(wafer))) return null
+  if ((await store.readParent(wafer)) !== layer.parent) return null
+  const meta = readMeta(store.dir(wafer), wafer)
+  if (meta.layer || meta.image || meta.build) {
+    return `${wafer} came from ${meta.build ? 'a build' : 'an image'}, and only wafers made by hand or seeded are split`
+  }
+
+  const data = store.dataDir(wafer)
+  if (await hasMachineId(data)) {
+    if (!lstatSync(path.join(data, 'etc')).isDirectory()) return `${wafer}'s etc is not a directory`
+    if (lstatSync(path.join(data, 'etc', 'machine-id')).nlink !== 1) {
+      return `${wafer}'s etc/machine-id has other names, which would be emptied with it`
+    }
+  }
+
+  return undefined
+}
+
+/** How `wafer` or a wafer built on it is in use right now, as a reason; undefined when none is. */
+async function firstUse(stacks: string, store: WaferStore, wafer: string): Promise<string | undefined> {
+  const [{readInventory, descendants}, {inFlight, usesOf}] = await Promise.all([
+    import('../ops/inventory.js'),
+    import('../ops/in-use.js'),
+  ])
+  const inventory = await readInventory(store, {stacks})
+  const names = [wafer, ...descendants(inventory, wafer)]
+  const [use] = await usesOf(store, inventory, names)
+  if (use !== undefined) return `${use.wafer}${use.wafer === wafer ? '' : `, built on ${wafer},`} ${use.how}`
+  const parent = (await inFlight(store)).parents.find((name) => names.includes(name))
+  if (parent !== undefined) return `a create or build is making a wafer on ${parent}`
+  return undefined
+}
+
+/**
+ * Splits `wafer` into `layer` under the store lock, checking again that nothing changed since it
+ * was hashed (`fingerprint`) and that nothing uses it. Undefined when split; otherwise why not,
+ * or '' when the layer wafer appeared meanwhile (another pull made it).
+ */
+async function splitUnderLock(
+  stacks: string,
+  store: WaferStore,
+  wafer: string,
+  layer: WantedLayer,
+  fingerprint: string,
+  blank: boolean,
+): Promise<string | undefined> {
+  const [{withLock}, {finishSplits, splitLeft, splitWafer}, {layerFingerprint}] = await Promise.all([
+    import('../store/lock.js'),
+    import('../store/split.js'),
+    import('../layer/archive.js'),
+  ])
+  return withLock(store.root, async () => {
+    if (await store.exists(layer.name)) return ''
+    await finishSplits(store)
+    if (splitLeft(store, wafer)) return `${wafer} has a split left that wafers cannot read ($WAFERS/.split-${wafer})`
+    const why = await unsplittable(store, wafer, layer)
+    if (why !== undefined) return why ?? `${wafer} was re-pointed meanwhile`
+    const use = await firstUse(stacks, store, wafer)
+    if (use !== undefined) return use
+    const data = store.dataDir(wafer)
+    if ((await layerFingerprint(data)) !== fingerprint) return `${wafer} changed while it was read`
+    const emptied = blank
+      ? [
+          {
+            mtimeNs: String(lstatSync(path.join(data, 'etc', 'machine-id'), {bigint: true}).mtimeNs),
+            path: 'etc/machine-id',
+          },
+        ]
+      : []
+    await splitWafer(store, {below: layer.name, emptied, parent: layer.parent, wafer}, layer.meta)
+    return undefined
+  })
+}

@@ -1,0 +1,277 @@
+/**
+ * Splitting a wafer in two: its files become a new wafer just below it, and it keeps an empty
+ * `data` of its own on top, so what its stack shows is the same and what it gets later lands in
+ * its own `data`, never in the new wafer. A pull uses it to take in a layer that a wafer here
+ * already holds, without a second copy (oci/dedupe.ts). Nothing is copied: one rename moves the
+ * whole `data` directory (the same inodes) into the new wafer.
+ *
+ * Every step is journalled in `$WAFERS/.split-NAME/` (plan.json, `fresh/`, the new `data` for
+ * NAME, and `wafer/`, the new wafer without its data yet), made whole under a temporary name and
+ * renamed into place before NAME is touched. finishSplits, which every pull runs under the store
+ * lock, finishes a split that got past moving NAME's files and undoes one that did not, as
+ * `wafers mv` run again finishes a rename.
+ */
+import {randomBytes} from 'node:crypto'
+import {closeSync, constants, promises as fs, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync} from 'node:fs'
+import path from 'node:path'
+
+import {WafersError} from '../errors.js'
+import {readStoreFile, writeFileAtomic} from '../host/files.js'
+import {loadXattr} from '../host/xattr.js'
+import {utimesSeconds} from '../layer/unpack.js'
+import {packedAttribute} from '../layer/xattrs.js'
+import {type WaferMeta, writeMeta} from './meta.js'
+import {checkName, isValidName} from './names.js'
+import {removeStaging} from './staging.js'
+import {WaferStore, isDirectory} from './store.js'
+
+const JOURNAL_PREFIX = '.split-'
+
+/** What a split does, as its journal records it. */
+export interface SplitPlan {
+  /** The new wafer below `wafer`, which takes its files. */
+  below: string
+  /**
+   * Files (paths relative to `data`, each a regular file with one name) that the new wafer holds
+   * with their content emptied and their mtime (ns, as a decimal) kept, while `wafer`'s own new
+   * `data` keeps a whole copy: what a layer leaves out (a machine id) without changing the stack.
+   */
+  emptied: Array<{mtimeNs: string; path: string}>
+  /** The parent `wafer` had, which the new wafer takes; absent for a base wafer. */
+  parent?: string
+  wafer: string
+}
+
+/**
+ * Splits wafer `plan.wafer` (see the module's comment): the new wafer `plan.below`, with `meta`,
+ * takes its files, and it sits on `plan.below` with an empty `data` whose root has the owner,
+ * mode, times and attributes the old root had (overlay's own markers aside). The caller holds the
+ * store lock and has checked that nothing uses the wafer or anything built on it, that its parent
+ * is `plan.parent`, and that no `plan.below` exists.
+ */
+export async function splitWafer(store: WaferStore, plan: SplitPlan, meta: WaferMeta): Promise<void> {
+  const {below, wafer} = plan
+  checkName(below)
+  const journal = journalOf(store, wafer)
+  if (splitLeft(store, wafer)) {
+    throw new WafersError(`${journal} is left from an earlier split of ${wafer}; nothing was changed.`)
+  }
+
+  const data = store.dataDir(wafer)
+  // `~` is in no wafer name, so this is never taken for the journal of another wafer.
+  const making = path.join(store.root, `${JOURNAL_PREFIX}~${wafer}-${randomBytes(6).toString('hex')}`)
+  await fs.mkdir(making, {mode: 0o700})
+  try {
+    const fresh = path.join(making, 'fresh')
+    await fs.mkdir(fresh)
+    // Each emptied file's directories, then the file itself with its content; times go last,
+    // as what is made inside a directory changes its mtime.
+    const times: Array<[string, string]> = []
+    for (const {path: rel} of plan.emptied) {
+      const parts = rel.split('/')
+      for (let i = 1; i < parts.length; i++) {
+        const dir = parts.slice(0, i).join('/')
+        const to = path.join(fresh, dir)
+        if (lstatSync(to, {throwIfNoEntry: false}) !== undefined) continue
+        await fs.mkdir(to)
+        await copyAttributes(path.join(data, dir), to)
+        times.push([path.join(data, dir), to])
+      }
+
+      const from = path.join(data, rel)
+      const to = path.join(fresh, rel)
+      await fs.copyFile(from, to, constants.COPYFILE_EXCL)
+      await copyAttributes(from, to)
+      times.push([from, to])
+    }
+
+    await copyAttributes(data, fresh)
+    times.push([data, fresh])
+    for (const [from, to] of times.reverse()) {
+      const stat = lstatSync(from, {bigint: true})
+      await fs.utimes(to, nsSeconds(stat.atimeNs), nsSeconds(stat.mtimeNs))
+    }
+
+    const made = path.join(making, 'wafer')
+    await fs.mkdir(made)
+    await fs.mkdir(path.join(made, 'work'))
+    if (plan.parent !== undefined) await fs.writeFile(path.join(made, 'parent'), `${checkName(plan.parent)}\n`)
+    writeMeta(made, meta)
+    await fs.chmod(made, 0o755)
+    writeFileAtomic(path.join(making, 'plan.json'), `${JSON.stringify(plan)}\n`, 0o600)
+    await fs.rename(making, journal)
+  } catch (error) {
+    await removeStaging(store.root, making).catch(() => {})
+    throw error
+  }
+
+  // From here on the journal says what to do: first the wafer is pointed at the new one (its
+  // stack is then refused, not wrong, until the split is done), then its files move.
+  await store.writeParent(wafer, below)
+  await fs.rename(data, path.join(journal, 'wafer', 'data'))
+  await finishSplit(store, journal, plan)
+}
+
+/**
+ * Finishes or undoes every split a killed command left in `store` (see the module's comment).
+ * Call it under the store lock.
+ */
+export async function finishSplits(store: WaferStore): Promise<void> {
+  let entries: string[]
+  try {
+    entries = await fs.readdir(store.root)
+  } catch {
+    return
+  }
+
+  for (const entry of entries.filter((name) => name.startsWith(JOURNAL_PREFIX)).sort()) {
+    const journal = path.join(store.root, entry)
+    if (!(await isDirectory(journal))) continue
+    // Half made: the wafer was not touched yet.
+    if (entry.startsWith(`${JOURNAL_PREFIX}~`)) {
+      await removeStaging(store.root, journal)
+      continue
+    }
+
+    const plan = readPlan(journal, entry.slice(JOURNAL_PREFIX.length))
+    // Written before the journal was renamed into place, so gone only when its removal, the
+    // split's last step, was cut short.
+    if (plan === 'gone') await removeStaging(store.root, journal)
+    if (plan === 'gone' || plan === undefined) continue
+    if ((await isDirectory(path.join(journal, 'wafer'))) && !(await isDirectory(path.join(journal, 'wafer', 'data')))) {
+      // The files never moved: the wafer gets its parent back, as it was.
+      if ((await store.exists(plan.wafer)) && (await store.readParent(plan.wafer)) === plan.below) {
+        await store.writeParent(plan.wafer, plan.parent)
+      }
+
+      await removeStaging(store.root, journal)
+      continue
+    }
+
+    await finishSplit(store, journal, plan)
+  }
+}
+
+/** The steps after the files moved into the journal, each done again safely if it was done. */
+async function finishSplit(store: WaferStore, journal: string, plan: SplitPlan): Promise<void> {
+  const made = path.join(journal, 'wafer')
+  if (await isDirectory(path.join(made, 'data'))) {
+    for (const file of plan.emptied) emptyFile(path.join(made, 'data'), file.path, BigInt(file.mtimeNs))
+    // Made by another pull while this split was stopped midway: that one is the same layer, and
+    // this copy goes with the journal below.
+    if (!(await store.exists(plan.below))) await fs.rename(made, store.dir(plan.below))
+  }
+
+  const fresh = path.join(journal, 'fresh')
+  if (
+    (await isDirectory(fresh)) &&
+    (await store.exists(plan.wafer)) &&
+    !(await isDirectory(store.dataDir(plan.wafer)))
+  ) {
+    await fs.rename(fresh, store.dataDir(plan.wafer))
+  }
+
+  await removeStaging(store.root, journal)
+}
+
+/**
+ * Whether a split of `wafer` that finishSplits could not read is still there (`.split-NAME`
+ * with a plan this code did not write): it stays until removed by hand.
+ */
+export function splitLeft(store: WaferStore, wafer: string): boolean {
+  return lstatSync(journalOf(store, wafer), {throwIfNoEntry: false}) !== undefined
+}
+
+function journalOf(store: WaferStore, wafer: string): string {
+  return path.join(store.root, `${JOURNAL_PREFIX}${checkName(wafer)}`)
+}
+
+/**
+ * The plan in `journal`, when it is one for wafer `wafer` that this code could have written;
+ * 'gone' when there is none.
+ */
+function readPlan(journal: string, wafer: string): 'gone' | SplitPlan | undefined {
+  try {
+    const text = readStoreFile(path.join(journal, 'plan.json'), `the plan of ${journal}`)
+    if (text === undefined) return 'gone'
+    const plan = JSON.parse(text) as SplitPlan
+    const names = [plan.wafer, plan.below, ...(plan.parent === undefined ? [] : [plan.parent])]
+    if (plan.wafer !== wafer || !names.every((name) => isValidName(name)) || !Array.isArray(plan.emptied)) {
+      return undefined
+    }
+
+    for (const file of plan.emptied) {
+      if (
+        !/^-?\d+$/.test(file.mtimeNs) ||
+        file.path.split('/').some((part) => part === '' || part === '.' || part === '..')
+      )
+        return undefined
+    }
+
+    return plan
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Empties regular file `rel` under `data`, its mtime then set back to `mtimeNs` (to the µs a pack
+ * keeps), reaching it one component at a time without following any symlink. Nothing there (or
+ * not a regular file with one name) is left alone.
+ */
+function emptyFile(data: string, rel: string, mtimeNs: bigint): void {
+  const parts = rel.split('/')
+  let dir = openSync(data, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  try {
+    for (const part of parts.slice(0, -1)) {
+      const next = openSync(
+        `/proc/self/fd/${dir}/${part}`,
+        constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
+      )
+      closeSync(dir)
+      dir = next
+    }
+
+    let fd: number
+    try {
+      fd = openSync(
+        `/proc/self/fd/${dir}/${parts.at(-1)}`,
+        constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+      )
+    } catch {
+      return
+    }
+
+    try {
+      const stat = fstatSync(fd, {bigint: true})
+      if (!stat.isFile() || stat.nlink !== 1n) return
+      ftruncateSync(fd, 0)
+      futimesSync(fd, utimesSeconds(stat.atimeNs), utimesSeconds(mtimeNs))
+    } finally {
+      closeSync(fd)
+    }
+  } finally {
+    closeSync(dir)
+  }
+}
+
+/**
+ * Gives `to` the owner, mode and attributes of `from` (in that order: a chown clears setuid bits
+ * and file capabilities). Overlay's own attributes are not copied: an opaque mark on the new upper
+ * would hide the wafer below it; escaped ones, which are the files' own, are.
+ */
+async function copyAttributes(from: string, to: string): Promise<void> {
+  const xattr = await loadXattr()
+  const stat = lstatSync(from)
+  await fs.lchown(to, stat.uid, stat.gid)
+  await fs.chmod(to, stat.mode & 0o7777)
+  for (const name of xattr.listAttributesSync(from)) {
+    if (packedAttribute(name).action !== 'keep') continue
+    const value = xattr.getAttributeSync(from, name)
+    if (value !== null) xattr.setAttributeSync(to, name, value)
+  }
+}
+
+function nsSeconds(ns: bigint): number {
+  return Number(ns) / 1e9
+}
