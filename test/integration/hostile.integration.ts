@@ -608,3 +608,46 @@ async function linkAlpha(box: Sandbox): Promise<void> {
 function holdLock(dir: string): ResultPromise {
   return execa('sh', ['-c', 'exec 9<"$0" && flock 9 && exec sleep 60', dir], {reject: false})
 }
+
+describe('what crosses the wire: the gaps left by issue #20', function () {
+  this.timeout(120_000)
+  let box: Sandbox
+  useSandbox((created) => {
+    box = created
+  })
+
+  /** Whether `pid` is gone (or a zombie, which runs nothing). */
+  const gone = async (pid: number) => {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+    return stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))
+  }
+
+  it('a kill -9 during an unpack leaves no mkfifo of its running', async function () {
+    // A mkfifo on PATH that says it started and then takes a minute, as a stuck one would.
+    const slowBin = path.join(box.root, 'slow-bin')
+    const pidFile = path.join(box.root, 'mkfifo.pid')
+    await fs.mkdir(slowBin)
+    await fs.writeFile(path.join(slowBin, 'mkfifo'), `#!/bin/sh\necho $$ > ${pidFile}\nexec sleep 60\n`, {mode: 0o755})
+    const context = path.join(box.root, 'context')
+    await fs.mkdir(context)
+    await execa('python3', [
+      '-c',
+      'import sys, tarfile\nwith tarfile.open(sys.argv[1], "w") as t:\n  i = tarfile.TarInfo("pipe"); i.type = tarfile.FIFOTYPE; t.addfile(i)',
+      path.join(context, 'fifo.tar'),
+    ])
+    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM scratch\nADD fifo.tar /\n')
+    const build = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      env: {...box.env, PATH: `${slowBin}:${box.env.PATH}`},
+      reject: false,
+    })
+    await until(async () => (await fs.readFile(pidFile, 'utf8').catch(() => '')).endsWith('\n'))
+    const pid = Number((await fs.readFile(pidFile, 'utf8')).trim())
+    build.kill('SIGKILL')
+    await build
+    try {
+      await until(async () => gone(pid), 5000)
+    } finally {
+      if (!(await gone(pid))) process.kill(pid, 'SIGKILL')
+    }
+  })
+})
