@@ -8,6 +8,7 @@ import {WafersError} from '../errors.js'
  * the host's sysctls there. Docker's default seccomp profile refuses the same calls.
  */
 const CLONE_NEWUSER = 0x10_00_00_00
+const CLONE_NEWNET = 0x40_00_00_00
 
 const EPERM = 1
 const ENOSYS = 38
@@ -31,7 +32,8 @@ const errno = (code: number) => 0x00_05_00_00 | code
  * inside anyway).
  */
 const DENIED = [
-  // Joining another process's namespaces (the host's, through an inherited or passed descriptor).
+  // Joining another process's namespaces (the host's, through an inherited or passed descriptor);
+  // a network namespace alone is let through (see noUserNamespaceFilter).
   'setns',
   // Opening any file of a file system by its handle, past every mount and chroot (CAP_DAC_READ_SEARCH).
   'open_by_handle_at',
@@ -166,7 +168,7 @@ type Insn = [code: number, jt: number | string, jf: number | string, k: number] 
 /**
  * A seccomp filter (struct sock_filter[], as bytes) that lets every system call through except
  * those making a user namespace and those of DENIED: unshare(2) and clone(2) with CLONE_NEWUSER,
- * and every DENIED call, fail with EPERM; clone3(2), whose flags a filter cannot read, with ENOSYS
+ * and every DENIED call (setns(2) unless its nstype is CLONE_NEWNET), fail with EPERM; clone3(2), whose flags a filter cannot read, with ENOSYS
  * (glibc then falls back to clone), and so does every call of an ABI the filter does not know.
  */
 export function noUserNamespaceFilter(abis: Abi[] = hostAbis().abis): Buffer {
@@ -179,7 +181,7 @@ export function noUserNamespaceFilter(abis: Abi[] = hostAbis().abis): Buffer {
     program.push([JEQ, 'enosys', 0, abi.clone3], [JEQ, 'flags', 0, abi.unshare], [JEQ, 'flags', 0, abi.clone])
     for (const call of DENIED) {
       const number = abi.denied[call]
-      if (number !== undefined) program.push([JEQ, 'eperm', 0, number])
+      if (number !== undefined) program.push([JEQ, call === 'setns' ? 'setns' : 'eperm', 0, number])
     }
 
     program.push([RET, 0, 0, ALLOW])
@@ -189,6 +191,13 @@ export function noUserNamespaceFilter(abis: Abi[] = hostAbis().abis): Buffer {
     'flags',
     [LD_ABS, 0, 0, 16],
     [JSET, 'eperm', 0, CLONE_NEWUSER],
+    [RET, 0, 0, ALLOW],
+    // setns(fd, CLONE_NEWNET) only: nspawn's --private-network enters the RUN's new network
+    // namespace so. Joining a network namespace needs CAP_SYS_ADMIN over it, which a RUN lacks,
+    // and a RUN on the host's network has nothing to gain by joining it.
+    'setns',
+    [LD_ABS, 0, 0, 24],
+    [JEQ, 0, 'eperm', CLONE_NEWNET],
     [RET, 0, 0, ALLOW],
     'eperm',
     [RET, 0, 0, errno(EPERM)],
