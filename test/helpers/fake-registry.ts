@@ -16,14 +16,7 @@ import path from 'node:path'
  * - `honest`: serves the image as it is.
  */
 export type Misbehaviour =
-  | 'corrupt'
-  | 'drip'
-  | 'endless'
-  | 'honest'
-  | 'huge-manifest'
-  | 'silent'
-  | 'slow-blob'
-  | 'trickle'
+  'corrupt' | 'drip' | 'endless' | 'honest' | 'huge-manifest' | 'silent' | 'slow-blob' | 'trickle'
 
 /**
  * A registry written for the test in Node, on 127.0.0.1, serving the image tagged `tag` in the

@@ -49,7 +49,9 @@ describe('build: a RUN may make no user namespace (seccomp filter)', function ()
       ['request_key', '249, 0, 0, 0, 0'],
       ['userfaultfd', '323, 0xffffffff'],
     ]
-    const script = 'my $empty = ""; ' + calls.map(([name, call]) => `$! = 0; syscall(${call}); print "${name} ", $!+0, "\\n";`).join(' ')
+    const script =
+      'my $empty = ""; ' +
+      calls.map(([name, call]) => `$! = 0; syscall(${call}); print "${name} ", $!+0, "\\n";`).join(' ')
     const errnos = (stdout: string) => Object.fromEntries(stdout.split('\n').map((line) => line.split(' ')))
     const bare = errnos((await execa('perl', ['-e', script])).stdout)
     const under = errnos((await filtered(['perl', '-e', script])).stdout)
