@@ -17,7 +17,7 @@ import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {run} from './run.js'
+import {run, systemProgram} from './run.js'
 
 /** The largest store file wafers reads whole (parent, meta.json): a hostile one cannot exhaust memory. */
 export const MAX_STORE_FILE = 1024 * 1024
@@ -185,5 +185,6 @@ export async function unlinkIfPresent(file: string): Promise<boolean> {
  * is no error. A failure is rm's own sentence (see run).
  */
 export async function removeTree(file: string): Promise<void> {
-  await run('rm', ['-rf', '--one-file-system', '--', file])
+  // The system's rm, whatever PATH says: cleaning up must not depend on a seeder's PATH.
+  await run(systemProgram('rm'), ['-rf', '--one-file-system', '--', file])
 }

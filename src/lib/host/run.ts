@@ -107,12 +107,15 @@ export function findOnPath(file: string, searchPath = process.env.PATH ?? ''): s
   return undefined
 }
 
-/** Where the system keeps the programs wafers itself relies on (flock, setpriv, sh), whatever PATH says. */
+/** The Debian packages of the system programs that util-linux does not bring. */
+const SYSTEM_PACKAGES: Record<string, string> = {cat: 'coreutils', rm: 'coreutils', sh: 'dash'}
+
+/** Where the system keeps the programs wafers itself relies on (flock, setpriv, sh, rm), whatever PATH says. */
 const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']
 
 /**
- * The path of util-linux program `name` wafers itself runs (flock, setpriv): found on PATH or in
- * the system's own directories, so that a seeder's PATH does not decide whether wafers can lock.
+ * The path of system program `name` wafers itself runs (flock, setpriv, sh, rm): found on PATH or
+ * in the system's own directories, so that a seeder's PATH does not decide whether wafers can lock.
  */
 export function systemProgram(name: string): string {
   const dirs = [...(process.env.PATH ?? '').split(':').filter((dir) => path.isAbsolute(dir)), ...SYSTEM_DIRS]
@@ -126,7 +129,7 @@ export function systemProgram(name: string): string {
     }
   }
 
-  throw new WafersError(`${name} is not installed; install util-linux.`)
+  throw new WafersError(`${name} is not installed; install ${SYSTEM_PACKAGES[name] ?? 'util-linux'}.`)
 }
 
 const TAIL_LINES = 50
