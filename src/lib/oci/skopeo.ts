@@ -208,6 +208,11 @@ interface Bounds {
   maxOutput?: number
   /** The most bytes skopeo may read in all, from the network and files: an endless answer is cut off. */
   maxRead?: number
+  /**
+   * Hold the run to MIN_RATE: layers downloaded from a registry. Not questions (a few small
+   * answers) nor pushes (a registry may think a while over an upload), which the idle bound covers.
+   */
+  minRate?: boolean
   /** Fail without explaining (a question whose failure is an answer). */
   plain?: boolean
   /** What skopeo prints, for a sentence about an answer too large ("the manifest of IMAGE"). */
@@ -276,8 +281,8 @@ async function skopeo(
       `${other} moved less than 1 KiB in ${duration(idleTimeout)} while ${verb} ${image}; gave up (--idle-timeout ${duration(idleTimeout)}).`,
     )
   let mark = {at: Date.now(), bytes: 0}
-  // Windows of --idle-timeout, each of which must move MIN_RATE a second: bytes read (a pull's
-  // download) or written (a push's upload), whichever is more, so nothing is counted twice.
+  // With bounds.minRate, windows of --idle-timeout, each of which must move MIN_RATE a second:
+  // bytes read from the registry or written to the layout, whichever is more (each byte is both).
   let window = {at: mark.at, moved: 0}
   const windowBytes = Math.max(IDLE_BYTES, Math.floor((MIN_RATE * idleTimeout) / 1000))
   const watch = setInterval(
@@ -298,7 +303,7 @@ async function skopeo(
         stop(idle())
       }
 
-      if (stopped === undefined && now - window.at >= idleTimeout) {
+      if (bounds.minRate && stopped === undefined && now - window.at >= idleTimeout) {
         const inWindow = moved - window.moved
         if (inWindow < IDLE_BYTES) stop(idle())
         else if (inWindow < windowBytes) {
@@ -453,6 +458,7 @@ export async function copyToLayout(
       layers,
       maxFile: network ? largest + 1 : undefined,
       maxRead: network ? 2 * total + 4 * MAX_JSON_BLOB : undefined,
+      minRate: network,
       pending,
     },
   )
