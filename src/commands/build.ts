@@ -3,6 +3,7 @@ import path from 'node:path'
 
 import {WafersCommand} from '../command.js'
 import type {BuildResult} from '../lib/builder/build.js'
+import type {RunNetwork} from '../lib/builder/run.js'
 import {WafersError, quote} from '../lib/errors.js'
 import {interruptSignal} from '../lib/ui/interrupt.js'
 import {timeoutOptions, tlsVerifyValue} from '../lib/oci/flags.js'
@@ -15,7 +16,7 @@ export default class Build extends WafersCommand {
   static args = {
     context: Args.string({default: '.', description: 'The build context: the directory COPY and ADD read from.'}),
   }
-  static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver; COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, HEALTHCHECK and ONBUILD make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends (SHELL, HEALTHCHECK and ONBUILD as Docker's config has them; a base's ONBUILD triggers run right after its FROM). ADD downloads http and https URLs. RUN --mount takes type=cache (kept in $WAFERS/.cache/build, outside every wafer), type=bind (from the context or a stage, read-only) and type=secret (a --secret file, never stored).
+  static description = `Builds a Containerfile (Dockerfile) into a chain of wafers, one per step that changes files, each on the one below, with NAME an empty wafer on top (stack it with \`wafers stack NAME\`). RUN steps run under systemd-nspawn in a private mount of the stack below, with the host's network and resolver (--network none gives them only a loopback device); COPY and ADD read from CONTEXT, leaving out what .dockerignore names. ENV, ARG, WORKDIR, USER, LABEL, CMD, ENTRYPOINT, EXPOSE, SHELL, HEALTHCHECK and ONBUILD make no wafer; they go into the image config kept in NAME's meta.json, which \`wafers push\` sends (SHELL, HEALTHCHECK and ONBUILD as Docker's config has them; a base's ONBUILD triggers run right after its FROM). ADD downloads http and https URLs. RUN --mount takes type=cache (kept in $WAFERS/.cache/build, outside every wafer), type=bind (from the context or a stage, read-only) and type=secret (a --secret file, never stored).
 
 Steps are cached: a step whose parent, instruction, build args and (for COPY and ADD) source contents are unchanged reuses its wafer, so an unchanged rebuild runs nothing. Two builds that reach the same uncached step at once make it once: the second waits for the first and takes its wafer. Building NAME again points it at the new result when NAME holds no files of its own and is not stacked. A failing RUN stops the build, naming the step and its exit code; it leaves no wafer for that step, and the steps before it stay cached.
 
@@ -46,6 +47,13 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
       char: 'f',
       description: 'The Containerfile [default: CONTEXT/Containerfile, then CONTEXT/Dockerfile].',
     }),
+    network: Flags.string({
+      aliases: ['net'],
+      default: 'host',
+      description:
+        "The network of every RUN: host (the host's, as buildah's chroot isolation gives) or none (a network of its own with only a loopback device).",
+      options: ['host', 'none'],
+    }),
     'no-cache': Flags.boolean({description: 'Rebuild every step, whatever the cache holds.'}),
     'no-settings': Flags.boolean({
       description: "Do not write the image's command, environment and user to $STACKS/NAME.nspawn.",
@@ -63,7 +71,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
   }
   static summary = 'Build a Containerfile into a cached chain of wafers.'
   static usage =
-    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--secret id=ID,src=FILE]... [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
+    '<%= command.id %> -t NAME [CONTEXT] [-f FILE] [--build-arg KEY=VALUE]... [--no-cache] [--target STAGE] [--platform OS/ARCH] [--network host|none] [--secret id=ID,src=FILE]... [--tls-verify=false] [--creds USER:PASS | --authfile FILE] [--json]'
 
   async run(): Promise<BuildResult> {
     const {args, flags} = await this.parse(Build, tlsVerifyValue(this.argv))
@@ -95,6 +103,7 @@ FROM takes a wafer, any image reference \`wafers pull\` takes (pulled first, int
         file: flags.file,
         hooks: this.hookRunner(),
         name: flags.tag,
+        network: flags.network as RunNetwork,
         noCache: flags['no-cache'],
         platform: flags.platform === undefined ? undefined : parsePlatform(flags.platform, '--platform'),
         secrets,

@@ -33,6 +33,13 @@ export interface SeedContext {
   run(file: string, args: string[], options?: SeedRunOptions): Promise<SeedRunResult>
   /** Aborted when the user interrupts wafers (Ctrl-C): stop soon, the wafer will be removed. */
   signal: AbortSignal
+  /**
+   * Unpacks the tarball `file` (plain, gzip, bzip2, xz or zstd) into `dataDir` with wafers' own
+   * tar reader, as pull and ADD unpack: owners, modes, times, links and attributes as the tar
+   * says (overlayfs's own escaped, never acted on), every entry confined to `dataDir`, and a tar
+   * that tar programs would read two ways refused in one sentence naming the entry.
+   */
+  unpack(file: string): Promise<{entries: number}>
   /** The new wafer's name. */
   wafer: string
 }

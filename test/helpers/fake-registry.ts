@@ -12,9 +12,11 @@ import path from 'node:path'
  * - `corrupt`: sends layer `layer` with its bytes changed (same size, another digest);
  * - `huge-manifest`: sends an endless manifest;
  * - `slow-blob`: sends layer blobs at about 8 KiB a second (a download that takes a while);
+ * - `drip`: sends layer blobs at 512 bytes a second (clear of the idle bound, and days per layer);
  * - `honest`: serves the image as it is.
  */
-export type Misbehaviour = 'corrupt' | 'endless' | 'honest' | 'huge-manifest' | 'silent' | 'slow-blob' | 'trickle'
+export type Misbehaviour =
+  'corrupt' | 'drip' | 'endless' | 'honest' | 'huge-manifest' | 'silent' | 'slow-blob' | 'trickle'
 
 /**
  * A registry written for the test in Node, on 127.0.0.1, serving the image tagged `tag` in the
@@ -130,7 +132,8 @@ export class FakeRegistry {
           return
         }
 
-        const rate = how === 'trickle' ? 1 : how === 'slow-blob' && isLayer ? 8 * 1024 : 0
+        const layerRate = {drip: 512, 'slow-blob': 8 * 1024}[how as string] ?? 0
+        const rate = how === 'trickle' ? 1 : isLayer ? layerRate : 0
         await send(response, body, rate)
         return
       }

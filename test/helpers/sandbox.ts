@@ -98,7 +98,8 @@ export class Sandbox {
       await execa('umount', ['-l', entry.mountpoint], {reject: false})
     }
 
-    await fs.rm(this.root, {force: true, recursive: true})
+    // GNU rm for what is deeper than PATH_MAX (Node's recursive rm fails there).
+    await fs.rm(this.root, {force: true, recursive: true}).catch(async () => execa('rm', ['-rf', this.root]))
   }
 
   data(name: string, ...file: string[]): string {

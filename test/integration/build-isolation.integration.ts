@@ -133,6 +133,31 @@ describe('wafers build: a RUN cannot reach the host kernel (real nspawn, real ov
     expect(await hostNow()).to.deep.equal(canaries)
   })
 
+  it('shares the host network by default, as buildah does, and with --network none has only lo', async function () {
+    const interfaces = (text: string) =>
+      text
+        .split('\n')
+        .slice(2)
+        .map((line) => line.split(':')[0].trim())
+        .filter(Boolean)
+        .sort()
+    const file = 'FROM bb\nRUN cat /proc/net/dev > /net-dev\n'
+    const shared = await buildWeb(box, context, file)
+    expect(shared.run.exitCode, shared.run.stderr).to.equal(0)
+    const read = async () => {
+      const stacked = await box.run(['stack', 'web'])
+      expect(stacked.exitCode, stacked.stderr).to.equal(0)
+      const text = await fs.readFile(box.stack('web', 'net-dev'), 'utf8')
+      expect((await box.run(['unstack', 'web'])).exitCode).to.equal(0)
+      return interfaces(text)
+    }
+
+    expect(await read()).to.deep.equal(interfaces(await fs.readFile('/proc/net/dev', 'utf8')))
+    const none = await buildWeb(box, context, file, '--network', 'none', '--no-cache')
+    expect(none.run.exitCode, none.run.stderr).to.equal(0)
+    expect(await read()).to.deep.equal(['lo'])
+  })
+
   it('keeps only what buildah keeps, as root and as every USER, on every path wafers runs a step', async function () {
     // Each RUN reports its bounding set and whether it may make a user namespace. The plain RUN is
     // mounted by nspawn itself; a WORKDIR the image lacks, and every USER, make wafers mount the

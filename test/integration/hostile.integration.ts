@@ -608,3 +608,83 @@ async function linkAlpha(box: Sandbox): Promise<void> {
 function holdLock(dir: string): ResultPromise {
   return execa('sh', ['-c', 'exec 9<"$0" && flock 9 && exec sleep 60', dir], {reject: false})
 }
+
+describe('what crosses the wire: the gaps left by issue #20', function () {
+  this.timeout(120_000)
+  let box: Sandbox
+  useSandbox((created) => {
+    box = created
+  })
+
+  /** Whether `pid` is gone (or a zombie, which runs nothing). */
+  const gone = async (pid: number) => {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+    return stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))
+  }
+
+  it('a program whose wafers is killed before its death signal is set never starts', async function () {
+    await box.wafer('base')
+    await linkAlpha(box)
+    // A setpriv on PATH that, for the seeder's writer alone, waits before it sets the death signal:
+    // wafers is killed in that window, which the kernel's PR_SET_PDEATHSIG does not cover.
+    const slowBin = path.join(box.root, 'slow-bin')
+    const pidFile = path.join(box.root, 'setpriv.pid')
+    const resumed = path.join(box.root, 'resumed')
+    const real = (await execa('sh', ['-c', 'command -v setpriv'])).stdout
+    await fs.mkdir(slowBin)
+    await fs.writeFile(
+      path.join(slowBin, 'setpriv'),
+      `#!/bin/sh
+case "$*" in *'>> grow'*) echo $$ > ${pidFile}; sleep 2; : > ${resumed} ;; esac
+exec ${real} "$@"
+`,
+      {mode: 0o755},
+    )
+    const create = execa(process.execPath, [bin, 'create', 'big', '--seed', 'alpha-writer', '--', 'forever'], {
+      env: {...box.env, PATH: `${slowBin}:${box.env.PATH}`},
+      reject: false,
+    })
+    await until(async () => (await fs.readFile(pidFile, 'utf8').catch(() => '')).endsWith('\n'))
+    const pid = Number((await fs.readFile(pidFile, 'utf8')).trim())
+    create.kill('SIGKILL')
+    await create
+    await until(async () => exists(resumed))
+    try {
+      await until(async () => gone(pid), 5000)
+    } finally {
+      if (!(await gone(pid))) process.kill(pid, 'SIGKILL')
+    }
+
+    const [stage] = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-'))
+    expect(await exists(path.join(box.wafers, stage, 'data', 'grow')), 'the writer wrote').to.equal(false)
+  })
+
+  it('a kill -9 during an unpack leaves no mkfifo of its running', async function () {
+    // A mkfifo on PATH that says it started and then takes a minute, as a stuck one would.
+    const slowBin = path.join(box.root, 'slow-bin')
+    const pidFile = path.join(box.root, 'mkfifo.pid')
+    await fs.mkdir(slowBin)
+    await fs.writeFile(path.join(slowBin, 'mkfifo'), `#!/bin/sh\necho $$ > ${pidFile}\nexec sleep 60\n`, {mode: 0o755})
+    const context = path.join(box.root, 'context')
+    await fs.mkdir(context)
+    await execa('python3', [
+      '-c',
+      'import sys, tarfile\nwith tarfile.open(sys.argv[1], "w") as t:\n  i = tarfile.TarInfo("pipe"); i.type = tarfile.FIFOTYPE; t.addfile(i)',
+      path.join(context, 'fifo.tar'),
+    ])
+    await fs.writeFile(path.join(context, 'Containerfile'), 'FROM scratch\nADD fifo.tar /\n')
+    const build = execa(process.execPath, [bin, 'build', '-t', 'web', context], {
+      env: {...box.env, PATH: `${slowBin}:${box.env.PATH}`},
+      reject: false,
+    })
+    await until(async () => (await fs.readFile(pidFile, 'utf8').catch(() => '')).endsWith('\n'))
+    const pid = Number((await fs.readFile(pidFile, 'utf8')).trim())
+    build.kill('SIGKILL')
+    await build
+    try {
+      await until(async () => gone(pid), 5000)
+    } finally {
+      if (!(await gone(pid))) process.kill(pid, 'SIGKILL')
+    }
+  })
+})

@@ -397,6 +397,49 @@ with tarfile.open(sys.argv[2], 'w') as t:
     }
   })
 
+  it('a refused layer 2,040 directories deep leaves no stage behind, and the next create sweeps one a kill -9 left', async function () {
+    // Deeper than PATH_MAX as the store names it: a removal by path (Node's recursive rm) fails.
+    // Every directory of the chain listed, as a tar program writes them, then an entry refused.
+    const chain: Spec[] = Array.from({length: 2040}, (_, i) => ({name: 'd/'.repeat(i + 1), type: '5'}))
+    const refused: Spec = {link: '../outside', name: `${'d/'.repeat(2040)}x`, type: '1'}
+    await pullRefused([rawTar([...chain, refused])], /has "\.\." in its hard link target/)
+    const left = async () =>
+      (await fs.readdir(box.wafers).catch(() => [] as string[])).filter(
+        (entry) => entry.startsWith('.create-') || entry.startsWith('.rm-'),
+      )
+    expect(await left(), 'stages left by the refused pull').to.deep.equal([])
+    const tmp = path.join(box.wafers, '.oci', 'tmp')
+    expect(await fs.readdir(tmp).catch(() => []), 'pull directories left').to.deep.equal([])
+
+    // What a killed create leaves: a stage nobody holds, as deep.
+    const stage = path.join(box.wafers, '.create-ghost-0123456789ab')
+    await python(
+      `import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+for name in ['data'] + ['d'] * 2040:
+    os.mkdir(name, dir_fd=fd)
+    next = os.open(name, os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = next
+`,
+      await fs.mkdir(stage, {recursive: true}).then(() => stage),
+    )
+    const run = await box.run(['create', 'next'])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(await left(), 'stages left after the next create').to.deep.equal([])
+
+    // And a wafer as deep, pulled whole, goes with rm.
+    const layout = path.join(box.root, 'deep-layout')
+    await layoutOf(layout, 'v1', [rawTar(chain)])
+    const pulled = await box.run(['pull', `oci:${layout}:v1`, 'deep'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    const layer = (await wafersIn(box)).find((name) => name.startsWith('layer-')) as string
+    const removed = await box.run(['rm', '--yes', '--recursive', layer])
+    expect(removed.exitCode, removed.stderr).to.equal(0)
+    expect(await wafersIn(box)).to.deep.equal(['next'])
+    expect(await left(), 'trash left by rm').to.deep.equal([])
+  })
+
   it('stops a decompression bomb with a sentence when the store would fill up', async () => {
     const store = path.join(box.root, 'small')
     await fs.mkdir(store)

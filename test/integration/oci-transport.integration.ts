@@ -282,6 +282,14 @@ describe('oci transport: exact bytes, every conversion, bounded network work', f
       await refused(['pull', `${fake!.host}/u/img:test`, '--idle-timeout', 'soon'], /--idle-timeout takes a duration/)
     })
 
+    it('gives up on a registry that sends a layer too slowly to ever finish, though never idle, in one sentence', async function () {
+      await refused(
+        ['pull', await serve('drip'), '--tls-verify=false', '--idle-timeout', '4s'],
+        /the registry 127\.0\.0\.1:\d+ moved only \d+ bytes in 4s while downloading 127\.0\.0\.1:\d+\/u\/img:test, slower than the 1 KiB a second wafers waits for; gave up \(--idle-timeout 4s is how long it measures\)\./,
+      )
+      expect(fake!.requests.some((line) => /GET .*\/blobs\//.test(line))).to.equal(true)
+    })
+
     it('cuts off an endless layer at its size and an endless manifest, leaving nothing in the store', async function () {
       const image = await readLayout(layout, 'test')
       const largest = image.layers.reduce((best, layer, i) => (layer.size > image.layers[best].size ? i : best), 0)

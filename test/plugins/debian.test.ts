@@ -21,9 +21,13 @@ import {
 } from '../../plugins/debian/src/debootstrap.js'
 import {pacstrapArgs} from '../../plugins/debian/src/pacstrap.js'
 import {RootfsCache} from '../../plugins/debian/src/rootfs-cache.js'
-import type {SeedRunOptions} from '../../src/lib/hooks.js'
+import {execa} from 'execa'
+
+import type {SeedContext, SeedRunOptions} from '../../src/lib/hooks.js'
 import {runStreaming} from '../../src/lib/host/run.js'
+import {seed} from '../../src/lib/seed/seed.js'
 import {closedPort} from '../helpers/net.js'
+import {treeListing} from '../helpers/tree.js'
 
 describe('wafers-plugin-debian-arch', function () {
   describe('the default mirror, from the host apt sources', function () {
@@ -243,6 +247,89 @@ Components: main
 
     it('refuses -C without a config file', function () {
       expect(() => pacstrapArgs('/t', ['-C'])).to.throw("pacstrap's -C needs a value")
+    })
+  })
+
+  describe('the cached root file system', function () {
+    let dir: string
+
+    before(function () {
+      // Owners and trusted.* attributes are root's to set.
+      if (process.getuid?.() !== 0) this.skip()
+    })
+
+    beforeEach(async function () {
+      dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-rootfs-'))
+    })
+
+    afterEach(async function () {
+      await fs.rm(dir, {force: true, recursive: true})
+    })
+
+    /** Runs `work` as wafers runs a seeder, on the new wafer's data directory `dataDir`. */
+    const seeding = async (dataDir: string, work: (ctx: SeedContext) => Promise<void>) => {
+      await fs.mkdir(dataDir, {recursive: true})
+      const seeder = {name: 'cache-test', seed: work, summary: ''}
+      await seed(
+        {args: [], entry: {name: 'cache-test', plugin: 'test', seeder, summary: '', usage: ''}},
+        'w',
+        dataDir,
+        () => {},
+      )
+    }
+
+    it("is unpacked by wafers' own reader: what GNU tar packed comes back, overlay's own attributes escaped", async function () {
+      const source = path.join(dir, 'source')
+      for (const sub of ['etc', 'usr/bin', 'usr/lib', 'home/user', 'hidden'])
+        await fs.mkdir(path.join(source, sub), {recursive: true})
+      await fs.writeFile(path.join(source, 'etc', 'passwd'), 'root:x:0:0::/root:/bin/sh\n')
+      await fs.writeFile(path.join(source, 'usr', 'bin', 'su'), 'setuid\n')
+      await fs.chmod(path.join(source, 'usr', 'bin', 'su'), 0o4755)
+      await fs.chown(path.join(source, 'home', 'user'), 1000, 1000)
+      await fs.chmod(path.join(source, 'home', 'user'), 0o750)
+      await fs.symlink('usr/lib', path.join(source, 'lib'))
+      await fs.link(path.join(source, 'etc', 'passwd'), path.join(source, 'usr', 'lib', 'passwd-link'))
+      await execa('setfattr', ['-n', 'user.note', '-v', 'kept', path.join(source, 'etc', 'passwd')])
+      // An opaque mark from the cache must not make the wafer's directory hide layers below.
+      await execa('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(source, 'hidden')])
+      const cache = new RootfsCache(path.join(dir, 'cache'))
+      const entry = cache.entry({suite: 'test'}, 'Release\n')
+      await seeding(path.join(dir, 'packing'), (ctx) => cache.store(ctx, entry, source))
+      const data = path.join(dir, 'data')
+      let restored = false
+      await seeding(data, async (ctx) => {
+        restored = await cache.restore(ctx, entry.file)
+      })
+      expect(restored).to.equal(true)
+      expect(await treeListing(data)).to.deep.equal(await treeListing(source))
+      const attributes = (await execa('getfattr', ['-d', '-m', '-', '--absolute-names', path.join(data, 'hidden')]))
+        .stdout
+      expect(attributes).to.include('trusted.overlay.overlay.opaque="y"')
+      expect(attributes).to.not.match(/^trusted\.overlay\.opaque=/m)
+    })
+
+    it('refuses a cached tar that tar programs read two ways, naming the entry', async function () {
+      const cache = new RootfsCache(path.join(dir, 'cache'))
+      const entry = cache.entry({suite: 'test'}, 'Release\n')
+      await fs.mkdir(cache.dir)
+      // A pax record with two blanks before its key: GNU tar reads it as a rename, another reader not at all.
+      await execa('python3', [
+        '-c',
+        `import sys, tarfile, io
+record = b'14  path=zzz/\\n'
+with open(sys.argv[1], 'wb') as out:
+    pax = tarfile.TarInfo('PaxHeader'); pax.type = tarfile.XHDTYPE; pax.size = len(record)
+    out.write(pax.tobuf(format=tarfile.USTAR_FORMAT)); out.write(record + bytes(512 - len(record)))
+    d = tarfile.TarInfo('a/'); d.type = tarfile.DIRTYPE; d.mode = 0o777
+    out.write(d.tobuf(format=tarfile.USTAR_FORMAT)); out.write(bytes(1024))`,
+        entry.file,
+      ])
+      const data = path.join(dir, 'data')
+      const error = await seeding(data, async (ctx) => {
+        await cache.restore(ctx, entry.file)
+      }).catch((error_: unknown) => error_ as Error)
+      expect(error?.message).to.match(/its entry "a\/" has a malformed pax header/)
+      expect(await fs.readdir(data)).to.deep.equal([])
     })
   })
 

@@ -141,7 +141,7 @@ export const debootstrapSeeder: Seeder = {
     const cache = new RootfsCache(path.join(cacheDir, 'rootfs'))
     const entry = cache.entry({mirror, options: request.options, suite}, release)
     // A root cached before the host's identity was dropped carries it: drop it after unpacking too.
-    if (!request.fresh && (await cache.restore(ctx, entry.file, ctx.dataDir))) {
+    if (!request.fresh && (await cache.restore(ctx, entry.file))) {
       await forgetHostIdentity(ctx.dataDir)
       return
     }

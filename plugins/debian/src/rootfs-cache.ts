@@ -4,7 +4,7 @@ import path from 'node:path'
 
 import type {PruneCandidate, SeedContext} from 'wafers'
 
-/** How root file systems are packed and unpacked: numeric owners, modes, links, xattrs, ACLs. */
+/** How root file systems are packed (GNU tar): numeric owners, modes, links, xattrs, ACLs. */
 const TAR_OPTIONS = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls']
 
 /**
@@ -23,8 +23,11 @@ export class RootfsCache {
     return {file: path.join(this.dir, `${prefix}${digest(release)}.tar`), prefix}
   }
 
-  /** Unpacks a cached root file system into `target`; false when there is none. */
-  async restore(ctx: SeedContext, file: string, target: string): Promise<boolean> {
+  /**
+   * Unpacks a cached root file system into the new wafer; false when there is none. Through
+   * wafers' one tar reader (ctx.unpack), as a pulled layer is: what lands is what was checked.
+   */
+  async restore(ctx: SeedContext, file: string): Promise<boolean> {
     if (
       !(await fs.access(file).then(
         () => true,
@@ -33,11 +36,7 @@ export class RootfsCache {
     )
       return false
     ctx.report(`unpacking the root file system cached in ${file}`)
-    await ctx.run(
-      'tar',
-      ['--extract', '--same-owner', '--same-permissions', ...TAR_OPTIONS, '--file', file, '--directory', target],
-      {package: 'tar'},
-    )
+    await ctx.unpack(file)
     return true
   }
 

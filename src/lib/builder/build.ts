@@ -19,6 +19,7 @@ import {Builder, foreignRun} from './evaluate.js'
 import {checkBuildTarget} from './finish.js'
 import {type Containerfile, type Instruction, parseContainerfile, splitFlags} from './parser.js'
 import {resolveInRoot} from './paths.js'
+import type {RunNetwork} from './run.js'
 import {takeMounts} from './run-mounts.js'
 
 /** What `wafers build` is asked to do. */
@@ -31,6 +32,8 @@ export interface BuildOptions {
   file?: string
   /** Fires plugins' stack hooks around each step's private mount. */
   hooks?: HookRunner
+  /** `--network`: every RUN's network, the host's (the default) or loopback only (`none`). */
+  network?: RunNetwork
   /** The wafer the build ends in. */
   name: string
   /** Rebuild every step, whatever the cache holds. */

@@ -311,7 +311,12 @@ export class Builder {
     const {rest} = splitFlags(taken.rest, [], 'RUN')
     const argv = execForm(rest) ?? [...stage.shell, heredocCommand(instruction, rest)]
     const sources = mounts.length === 0 ? undefined : JSON.stringify(await this.mountSources(mounts, instruction))
-    const spec: RunSpec = {argv, env: this.runEnv(stage), workdir: stage.config.WorkingDir}
+    const spec: RunSpec = {
+      argv,
+      env: this.runEnv(stage),
+      network: this.options.network,
+      workdir: stage.config.WorkingDir,
+    }
     const step = this.stepNumber
     const runIn = async (root: string, overlay?: string[]) => {
       let exitCode: number

@@ -14,6 +14,9 @@ import type {Bind} from './run-mounts.js'
 import type {RunAs} from './users.js'
 
 /** How one RUN step runs. */
+/** The network a RUN gets, as buildah and podman spell `--network`. */
+export type RunNetwork = 'host' | 'none'
+
 export interface RunSpec {
   /** The argument vector (exec form, or the shell and its `-c` plus the command line). */
   argv: string[]
@@ -21,6 +24,8 @@ export interface RunSpec {
   binds?: Bind[]
   /** The environment: the image's Env and the build args in scope, `KEY=VALUE`. */
   env: string[]
+  /** `host` (the default, as buildah's chroot isolation): the host's network; `none`: loopback only. */
+  network?: RunNetwork
   /** Who runs it (see runAs); root when undefined. */
   user?: RunAs
   workdir?: string
@@ -222,7 +227,9 @@ export function fitsNspawnOverlay(paths: string[]): boolean {
 /**
  * Runs `spec` with systemd-nspawn in the tree mounted at `root` (a private mount of the step's
  * stack over nspawnPlaceholders), streaming its output lines to `report`. The host's network and
- * resolver are used. Returns the exit code (0 on success); throws when nspawn cannot run at all.
+ * resolver are used, or with `network: 'none'` a network namespace of its own holding only a
+ * loopback device (nspawn's --private-network). Returns the exit code (0 on success); throws when
+ * nspawn cannot run at all.
  */
 export async function runInRoot(
   root: string,
@@ -248,6 +255,7 @@ export async function runInRoot(
     root,
     // nspawn mounts the overlay on the container's root before anything else it mounts.
     ...(overlay ? [`--overlay=${overlay.join(':')}:/`] : []),
+    ...(spec.network === 'none' ? ['--private-network'] : []),
   ]
   let {argv} = spec
   const {user} = spec

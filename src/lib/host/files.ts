@@ -17,6 +17,7 @@ import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {run, systemProgram} from './run.js'
 
 /** The largest store file wafers reads whole (parent, meta.json): a hostile one cannot exhaust memory. */
 export const MAX_STORE_FILE = 1024 * 1024
@@ -174,4 +175,16 @@ export async function unlinkIfPresent(file: string): Promise<boolean> {
     if (isErrno(error, 'ENOENT')) return false
     throw error
   }
+}
+
+/**
+ * Deletes `file` and, when it is a directory, all it holds, however deep: GNU rm walks the tree
+ * by descriptor, so no path needs to fit in PATH_MAX (Node's recursive rm goes by whole paths and
+ * fails with ENAMETOOLONG past it, on a layer 2,040 directories deep). Never follows a symlink,
+ * never crosses into a file system mounted inside (--one-file-system), and a `file` already gone
+ * is no error. A failure is rm's own sentence (see run).
+ */
+export async function removeTree(file: string): Promise<void> {
+  // The system's rm, whatever PATH says: cleaning up must not depend on a seeder's PATH.
+  await run(systemProgram('rm'), ['-rf', '--one-file-system', '--', file])
 }

@@ -539,7 +539,9 @@ class Writer {
               String(entry.devminor),
             ],
           ]
-    const result = spawnSync(command, args as string[], {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
+    // Dies with wafers like every program it starts (withUs): a kill -9 leaves none of them running.
+    const wrapped = withUs(command, args as string[])
+    const result = spawnSync(wrapped.file, wrapped.args, {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
     if (result.error && isErrno(result.error, 'ENOENT'))
       throw new WafersError(`unpacking ${this.options.name} needs ${command}, which is not on PATH: install coreutils.`)
     if (result.status !== 0) {

@@ -208,6 +208,11 @@ interface Bounds {
   maxOutput?: number
   /** The most bytes skopeo may read in all, from the network and files: an endless answer is cut off. */
   maxRead?: number
+  /**
+   * Hold the run to MIN_RATE: layers downloaded from a registry. Not questions (a few small
+   * answers) nor pushes (a registry may think a while over an upload), which the idle bound covers.
+   */
+  minRate?: boolean
   /** Fail without explaining (a question whose failure is an answer). */
   plain?: boolean
   /** What skopeo prints, for a sentence about an answer too large ("the manifest of IMAGE"). */
@@ -216,6 +221,13 @@ interface Bounds {
 
 /** Less than this many bytes moved in --idle-timeout is no progress (a registry answering a byte a second is stuck). */
 const IDLE_BYTES = 1024
+
+/**
+ * The slowest transfer wafers waits for: less than this many bytes a second over a whole
+ * --idle-timeout window is a trickle, not a download (a registry sending 100 bytes a second keeps
+ * clear of the idle bound, and would take days over one layer). A modem moves seven times more.
+ */
+const MIN_RATE = 1024
 
 /** The idle time-out when none is given. */
 export const DEFAULT_IDLE_TIMEOUT = 60_000
@@ -264,12 +276,21 @@ async function skopeo(
 
   const image = describe(ref)
   const other = ref.host === undefined ? 'skopeo' : `the registry ${ref.host}`
+  const idle = () =>
+    new WafersError(
+      `${other} moved less than 1 KiB in ${duration(idleTimeout)} while ${verb} ${image}; gave up (--idle-timeout ${duration(idleTimeout)}).`,
+    )
   let mark = {at: Date.now(), bytes: 0}
+  // With bounds.minRate, windows of --idle-timeout, each of which must move MIN_RATE a second:
+  // bytes read from the registry or written to the layout, whichever is more (each byte is both).
+  let window = {at: mark.at, moved: 0}
+  const windowBytes = Math.max(IDLE_BYTES, Math.floor((MIN_RATE * idleTimeout) / 1000))
   const watch = setInterval(
     () => {
       const io = childIo(child.pid)
       if (io === undefined) return
       const now = Date.now()
+      const moved = Math.max(io.read, io.written)
       if (bounds.maxRead !== undefined && io.read > bounds.maxRead) {
         stop(
           new WafersError(
@@ -279,11 +300,21 @@ async function skopeo(
       } else if (io.read + io.written - mark.bytes >= IDLE_BYTES) {
         mark = {at: now, bytes: io.read + io.written}
       } else if (now - mark.at >= idleTimeout) {
-        stop(
-          new WafersError(
-            `${other} moved less than 1 KiB in ${duration(idleTimeout)} while ${verb} ${image}; gave up (--idle-timeout ${duration(idleTimeout)}).`,
-          ),
-        )
+        stop(idle())
+      }
+
+      if (bounds.minRate && stopped === undefined && now - window.at >= idleTimeout) {
+        const inWindow = moved - window.moved
+        if (inWindow < IDLE_BYTES) stop(idle())
+        else if (inWindow < windowBytes) {
+          stop(
+            new WafersError(
+              `${other} moved only ${inWindow} bytes in ${duration(idleTimeout)} while ${verb} ${image}, slower than the 1 KiB a second wafers waits for; gave up (--idle-timeout ${duration(idleTimeout)} is how long it measures).`,
+            ),
+          )
+        }
+
+        window = {at: now, moved}
       }
     },
     Math.max(50, Math.min(500, idleTimeout / 4)),
@@ -427,6 +458,7 @@ export async function copyToLayout(
       layers,
       maxFile: network ? largest + 1 : undefined,
       maxRead: network ? 2 * total + 4 * MAX_JSON_BLOB : undefined,
+      minRate: network,
       pending,
     },
   )

@@ -3,6 +3,7 @@ import {promises as fs, lstatSync, readdirSync, rmdirSync, unlinkSync} from 'nod
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {removeTree} from '../host/files.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
 import {checkLinksDir} from '../store/links.js'
 import {hiddenWaferUses, liveStacks} from '../mount/usage.js'
@@ -111,10 +112,10 @@ export async function removeWafers(store: WaferStore, wafers: string[]): Promise
     }
 
     try {
-      await fs.rm(trash, {force: true, recursive: true})
+      await removeTree(trash)
     } catch {
-      // fs.rm reports whatever its last attempt met (often ENOTDIR from a fallback), not the cause:
-      // find the first file that really cannot be deleted, and why.
+      // rm names the files it could not delete, one line each, with their whole paths: find the
+      // first file that really cannot be deleted, and why, for one sentence.
       const stuck = firstUndeletable(trash)
       const done = removed.length > 0 ? ` (removed before it: ${removed.join(', ')})` : ''
       const what = stuck === undefined ? 'not all of its files' : `${stuck.file} (${stuck.why})`

@@ -134,6 +134,11 @@ export async function seed(
     run: (file, args, options) =>
       runStreaming(file, args, report, {...options, inherit: stagingLockFds()}, interrupt.signal),
     signal: interrupt.signal,
+    async unpack(file) {
+      const {unpackTarball} = await import('../layer/unpack.js')
+      const {entries} = await unpackTarball(file, dataDir, {signal: interrupt.signal})
+      return {entries}
+    },
     wafer,
   }
   try {

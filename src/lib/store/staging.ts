@@ -3,6 +3,7 @@ import {closeSync, constants, promises as fs, lstatSync, openSync, readlinkSync,
 import path from 'node:path'
 
 import {WafersError} from '../errors.js'
+import {removeTree} from '../host/files.js'
 import {mountsUnder, readMountTable} from '../host/mounts.js'
 import {run} from '../host/run.js'
 import {Lock, lockDirectory, tryLockDirectory, tryLockFd} from './lock.js'
@@ -103,7 +104,7 @@ export async function discardStageIn(stage: Stage): Promise<void> {
 
     if (mountsUnder(await readMountTable(), real).length > 0) return
     const entries = await fs.readdir(stage.held)
-    await Promise.all(entries.map((entry) => fs.rm(path.join(stage.held, entry), {force: true, recursive: true})))
+    await Promise.all(entries.map((entry) => removeTree(path.join(stage.held, entry))))
     await fs.rmdir(stage.dir).catch(() => {})
   } finally {
     stage.release()
@@ -251,7 +252,8 @@ async function removeHeld(root: string, dir: string, fd: number): Promise<void> 
   }
 
   const entries = await fs.readdir(held)
-  await Promise.all(entries.map((entry) => fs.rm(path.join(held, entry), {force: true, recursive: true})))
+  // By descriptor (removeTree): a tree deeper than PATH_MAX, as a refused layer may leave, goes too.
+  await Promise.all(entries.map((entry) => removeTree(path.join(held, entry))))
   // The emptied directory goes by its name; if that name is something else now, rmdir leaves a
   // symlink or a non-empty directory alone.
   await fs.rmdir(dir).catch(() => {})
