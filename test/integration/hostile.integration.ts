@@ -622,43 +622,6 @@ describe('what crosses the wire: the gaps left by issue #20', function () {
     return stat === '' || / Z /.test(stat.slice(stat.lastIndexOf(')')))
   }
 
-  it('a program whose wafers is killed before its death signal is set never starts', async function () {
-    await box.wafer('base')
-    await linkAlpha(box)
-    // A setpriv on PATH that, for the seeder's writer alone, waits before it sets the death signal:
-    // wafers is killed in that window, which the kernel's PR_SET_PDEATHSIG does not cover.
-    const slowBin = path.join(box.root, 'slow-bin')
-    const pidFile = path.join(box.root, 'setpriv.pid')
-    const resumed = path.join(box.root, 'resumed')
-    const real = (await execa('sh', ['-c', 'command -v setpriv'])).stdout
-    await fs.mkdir(slowBin)
-    await fs.writeFile(
-      path.join(slowBin, 'setpriv'),
-      `#!/bin/sh
-case "$*" in *'>> grow'*) echo $$ > ${pidFile}; sleep 2; : > ${resumed} ;; esac
-exec ${real} "$@"
-`,
-      {mode: 0o755},
-    )
-    const create = execa(process.execPath, [bin, 'create', 'big', '--seed', 'alpha-writer', '--', 'forever'], {
-      env: {...box.env, PATH: `${slowBin}:${box.env.PATH}`},
-      reject: false,
-    })
-    await until(async () => (await fs.readFile(pidFile, 'utf8').catch(() => '')).endsWith('\n'))
-    const pid = Number((await fs.readFile(pidFile, 'utf8')).trim())
-    create.kill('SIGKILL')
-    await create
-    await until(async () => exists(resumed))
-    try {
-      await until(async () => gone(pid), 5000)
-    } finally {
-      if (!(await gone(pid))) process.kill(pid, 'SIGKILL')
-    }
-
-    const [stage] = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.create-'))
-    expect(await exists(path.join(box.wafers, stage, 'data', 'grow')), 'the writer wrote').to.equal(false)
-  })
-
   it('a kill -9 during an unpack leaves no mkfifo of its running', async function () {
     // A mkfifo on PATH that says it started and then takes a minute, as a stuck one would.
     const slowBin = path.join(box.root, 'slow-bin')

@@ -71,39 +71,14 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
 }
 
 /**
- * What runs between setpriv and the program: a shell that goes on only if its parent is still
- * wafers (`$0`, our PID), as prctl(2) advises. The kernel sends the parent-death signal only for a
- * parent that dies after it was set: had wafers died between the start and setpriv's prctl, the
- * program would be left running. The shell reads its parent after the prctl, so either wafers was
- * alive then and its death kills the program, or it was gone and the program never starts.
- */
-const PARENT_CHECK = '[ "$PPID" = "$0" ] || exit 137; exec "$@"'
-
-/**
  * The command line that runs `program` (an absolute path, see findOnPath) so that the kernel kills
  * it when wafers ends, however wafers ends (kill -9 included): setpriv sets its parent-death signal,
- * which Node cannot, and a shell checks that wafers was still its parent then (PARENT_CHECK), each
- * exec'ing the next in the same process. Every program wafers starts goes through this, so none is
- * left writing into the store after wafers is gone. `prefix` runs between the two (prlimit, say),
- * exec'ing in turn.
+ * which Node cannot, then execs the program in the same process. Every program wafers starts goes
+ * through this, so none is left writing into the store after wafers is gone. `prefix` runs between
+ * the two (prlimit, say), exec'ing in turn.
  */
 export function diesWithUs(program: string, args: string[], prefix: string[] = []): {args: string[]; file: string} {
-  return {
-    // setpriv, then the shell checking its parent, then `prefix` and the program, each exec'ing the next.
-    args: [
-      '--pdeathsig',
-      'KILL',
-      '--',
-      systemProgram('sh'),
-      '-c',
-      PARENT_CHECK,
-      String(process.pid),
-      ...prefix,
-      program,
-      ...args,
-    ],
-    file: systemProgram('setpriv'),
-  }
+  return {args: ['--pdeathsig', 'KILL', '--', ...prefix, program, ...args], file: systemProgram('setpriv')}
 }
 
 /**
@@ -147,13 +122,13 @@ export function findOnPath(
 }
 
 /** The Debian packages of the system programs that util-linux does not bring. */
-const SYSTEM_PACKAGES: Record<string, string> = {cat: 'coreutils', rm: 'coreutils', sh: 'dash'}
+const SYSTEM_PACKAGES: Record<string, string> = {cat: 'coreutils', rm: 'coreutils'}
 
-/** Where the system keeps the programs wafers itself relies on (flock, setpriv, sh, rm), whatever PATH says. */
+/** Where the system keeps the programs wafers itself relies on (flock, setpriv, rm), whatever PATH says. */
 const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']
 
 /**
- * The path of system program `name` wafers itself runs (flock, setpriv, sh, rm): found on PATH or
+ * The path of system program `name` wafers itself runs (flock, setpriv, rm, cat): found on PATH or
  * in the system's own directories, so that a seeder's PATH does not decide whether wafers can lock.
  */
 export function systemProgram(name: string): string {
