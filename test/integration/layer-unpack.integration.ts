@@ -430,7 +430,7 @@ for name in ['data'] + ['d'] * 2040:
 
     // And a wafer as deep, pulled whole, goes with rm.
     const layout = path.join(box.root, 'deep-layout')
-    await layoutOf(layout, 'v1', [rawTar(chain)])
+    await writeLayoutOfTars(layout, 'v1', [rawTar(chain)])
     const pulled = await box.run(['pull', `oci:${layout}:v1`, 'deep'])
     expect(pulled.exitCode, pulled.stderr).to.equal(0)
     const layer = (await wafersIn(box)).find((name) => name.startsWith('layer-')) as string

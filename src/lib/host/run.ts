@@ -25,14 +25,22 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
   const {spawn} = await import('node:child_process')
   const child = diesWithUs(program, args)
   const output = {stderr: [] as Buffer[], stdout: [] as Buffer[]}
-  let printed = 0
+  const printed = {stderr: 0, stdout: 0}
   let overflow = false
   const ended = await new Promise<{code: null | number; error?: Error; signal: NodeJS.Signals | null}>((resolve) => {
-    const started = spawn(child.file, child.args, {cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe']})
+    let started: ReturnType<typeof spawn>
+    try {
+      started = spawn(child.file, child.args, {cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe']})
+    } catch (error) {
+      // Node refuses some arguments (a NUL byte in one) before anything starts.
+      resolve({code: null, error: error as Error, signal: null})
+      return
+    }
+
     for (const stream of ['stdout', 'stderr'] as const) {
-      started[stream].on('data', (chunk: Buffer) => {
-        printed += chunk.length
-        if (printed > MAX_OUTPUT) {
+      started[stream]!.on('data', (chunk: Buffer) => {
+        printed[stream] += chunk.length
+        if (printed[stream] > MAX_OUTPUT) {
           overflow = true
           started.kill('SIGKILL')
           return
@@ -52,7 +60,10 @@ export async function run(file: string, args: string[], options: {cwd?: string} 
   const result = {stderr: text(output.stderr), stdout: text(output.stdout)}
   if (ended.error !== undefined) {
     if (isErrno(ended.error, 'ENOENT')) throw new WafersError(`${file} is not installed or not on PATH.`)
-    throw asWafersError(ended.error)
+    const sentence = asWafersError(ended.error)
+    throw sentence instanceof WafersError
+      ? sentence
+      : new WafersError(`${file} could not be started: ${ended.error.message.split('\n')[0].replace(/\.$/, '')}.`)
   }
 
   if (overflow) throw new WafersError(`${file} printed more than ${MAX_OUTPUT / 1024 / 1024} MiB and was stopped.`)
