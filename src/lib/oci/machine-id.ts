@@ -40,7 +40,7 @@ export async function onlyMachineId(data: string): Promise<boolean> {
 
 /**
  * Copies the gzip layer `input` to `output` (a new file) with the content of its etc/machine-id
- * emptied, everything else byte for byte, recompressed as packLayer compresses (`pigz -6 -n`), so
+ * emptied, everything else byte for byte, recompressed as packLayer compresses (PACK_COMPRESSOR), so
  * the same layer still gives the same bytes. Returns the new blob's digest and size and the diffID
  * of the new tar.
  */
@@ -48,14 +48,15 @@ export async function blankMachineId(
   input: string,
   output: string,
 ): Promise<{diffId: string; digest: string; size: number}> {
-  const [{execa}, {createGunzip}, {createReadStream}, {digestOf, sha256}] = await Promise.all([
+  const [{execa}, {PACK_COMPRESSOR}, {createGunzip}, {createReadStream}, {digestOf, sha256}] = await Promise.all([
     import('execa'),
+    import('../layer/archive.js'),
     import('node:zlib'),
     import('node:fs'),
     import('../layer/digest.js'),
   ])
   const file = await fs.open(output, 'wx')
-  const compressor = withUs('pigz', ['-6', '-n', '-c'])
+  const compressor = withUs(PACK_COMPRESSOR.file, PACK_COMPRESSOR.args)
   const pigz = execa(compressor.file, compressor.args, {
     buffer: {stderr: true, stdout: false},
     encoding: 'buffer',
