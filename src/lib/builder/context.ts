@@ -1,5 +1,16 @@
 import {createHash} from 'node:crypto'
-import {createReadStream, promises as fs, lstatSync, readdirSync, type Stats} from 'node:fs'
+import {
+  type Stats,
+  closeSync,
+  constants,
+  createReadStream,
+  promises as fs,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readSync,
+  readdirSync,
+} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -242,8 +253,29 @@ export async function hashPlan(plan: CopyPlan): Promise<string> {
   return hash.digest('hex')
 }
 
+/**
+ * Files up to this size are hashed with synchronous reads: a COPY's sources are mostly small, and
+ * setting up a stream for each cost more than reading it (a fifth of an unchanged rebuild's CPU).
+ * A bigger file streams, so that progress keeps moving while it is read.
+ */
+const SMALL_FILE = 1024 * 1024
+const smallBuffer = Buffer.allocUnsafe(SMALL_FILE)
+
+/** The sha256 of regular file `file`'s content (never read through a symlink put in its place). */
 async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256')
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer)
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW)
+  let streamed = false
+  try {
+    if (fstatSync(fd).size > SMALL_FILE) {
+      streamed = true // the stream closes fd, however it ends
+      for await (const chunk of createReadStream('', {fd})) hash.update(chunk as Buffer)
+    } else {
+      for (let n; (n = readSync(fd, smallBuffer, 0, SMALL_FILE, null)) > 0;) hash.update(smallBuffer.subarray(0, n))
+    }
+  } finally {
+    if (!streamed) closeSync(fd)
+  }
+
   return hash.digest('hex')
 }

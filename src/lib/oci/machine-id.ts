@@ -40,8 +40,12 @@ export async function onlyMachineId(data: string): Promise<boolean> {
  * Copies the gzip layer `input` to `output` (a new file) with the content of its etc/machine-id
  * emptied, everything else byte for byte (see copyEmptyingEntry).
  */
-export function blankMachineId(input: string, output: string): Promise<{diffId: string; digest: string; size: number}> {
-  return copyEmptyingEntry(input, output, MACHINE_ID)
+export async function blankMachineId(
+  input: string,
+  output: string,
+): Promise<{diffId: string; digest: string; size: number}> {
+  const {PACK_COMPRESSOR} = await import('../layer/archive.js')
+  return copyEmptyingEntry(input, output, MACHINE_ID, PACK_COMPRESSOR)
 }
 
 /** The stream rewrite that empties etc/machine-id (see EntryBlanker). */

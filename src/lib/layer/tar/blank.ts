@@ -12,13 +12,14 @@ import {isZero, parseHeader, parsePax} from './reader.js'
 /**
  * Copies the gzip layer `input` (one wafers packed) to `output` (a new file) with the content of
  * its regular file `entry` (a path as the layer names it, no leading `./`) emptied, everything
- * else byte for byte, recompressed as packLayer compresses (`pigz -6 -n`), so the same layer still
- * gives the same bytes. Returns the new blob's digest and size and the diffID of the new tar.
+ * else byte for byte, recompressed by `compressor` (packLayer's PACK_COMPRESSOR), so the same layer
+ * still gives the same bytes. Returns the new blob's digest and size and the diffID of the new tar.
  */
 export async function copyEmptyingEntry(
   input: string,
   output: string,
   entry: string,
+  compressor: {args: string[]; file: string},
 ): Promise<{diffId: string; digest: string; size: number}> {
   const [{execa}, {createGunzip}, {createReadStream}, {digestOf, sha256}] = await Promise.all([
     import('execa'),
@@ -27,8 +28,8 @@ export async function copyEmptyingEntry(
     import('../digest.js'),
   ])
   const file = await fs.open(output, 'wx')
-  const compressor = withUs('pigz', ['-6', '-n', '-c'])
-  const pigz = execa(compressor.file, compressor.args, {
+  const started = withUs(compressor.file, compressor.args)
+  const pigz = execa(started.file, started.args, {
     buffer: {stderr: true, stdout: false},
     encoding: 'buffer',
     reject: false,
