@@ -139,7 +139,11 @@ function flock(
   stop?: AbortSignal,
 ): Promise<{code: null | number; signal: NodeJS.Signals | null}> {
   return new Promise((resolve, reject) => {
-    const command = diesWithUs(systemProgram('flock'), [...args, '3'])
+    // A waiting flock dies with wafers (diesWithUs). `-n` never waits: it has returned before a
+    // death signal could matter, so it starts bare, an exec less on every lock (stack, unstack
+    // and each step of a build take one).
+    const program = systemProgram('flock')
+    const command = args.includes('-n') ? {args: [...args, '3'], file: program} : diesWithUs(program, [...args, '3'])
     const child = spawn(command.file, command.args, {stdio: ['ignore', 'ignore', 'ignore', fd]})
     const kill = () => child.kill('SIGKILL')
     if (stop?.aborted) kill()
