@@ -1,10 +1,12 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
+import {fileURLToPath} from 'node:url'
 
 import {Registry, useRegistry} from '../helpers/registry.js'
-import {Sandbox, useSandbox} from '../helpers/sandbox.js'
+import {Sandbox, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {treeListing} from '../helpers/tree.js'
 
 interface Layer {
@@ -304,5 +306,196 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
     expect(again.layers[0].sharedFrom).to.equal('other')
     expect(await fs.readdir(box.wafers)).to.not.include('.split-other')
     expect(await stackView(box, 'other')).to.deep.equal(otherView)
+  })
+
+  describe('what a review found (a hostile store, other commands meanwhile)', function () {
+    /** A wafer made by hand with a few files, pushed as dedupe/REPO:1. */
+    async function pushed(repo: string, wafer = 'base'): Promise<void> {
+      await box.wafer(wafer, {files: {'etc/os-release': 'ID=test\n', 'srv/big': 'big file\n', 'srv/owned': 'owned\n'}})
+      await push(wafer, `dedupe/${repo}:1`)
+    }
+
+    /** Pulls dedupe/REPO:1 as `name`, checks that its one layer was unpacked, not taken from base, and removes both: why not. */
+    async function unpacked(repo: string, name: string): Promise<string> {
+      const ids = await inodes(box.data('base'))
+      const pulled = await pull(`dedupe/${repo}:1`, name)
+      const [layer] = pulled.layers
+      expect(layer.made).to.equal(true)
+      expect(layer.sharedFrom).to.equal(undefined)
+      expect(await inodes(box.data('base'))).to.deep.equal(ids)
+      expect(await fs.lstat(path.join(box.wafers, 'base', 'parent')).catch(() => undefined)).to.equal(undefined)
+      expect(await fs.readFile(box.data(layer.wafer, 'srv', 'big'), 'utf8')).to.equal('big file\n')
+      expect((await box.run(['rm', name, layer.wafer, '--yes'])).exitCode).to.equal(0)
+      return layer.notShared ?? ''
+    }
+
+    it('leaves a planted journal alone: nothing outside the store is emptied, no symlink is made, later pulls work', async function () {
+      const outside = path.join(box.root, 'outside')
+      await fs.mkdir(path.join(outside, 'data', 'etc'), {recursive: true})
+      await fs.writeFile(path.join(outside, 'data', 'etc', 'shadow'), 'root:secret\n')
+      const before = await fs.lstat(path.join(outside, 'data', 'etc', 'shadow'))
+      await fs.mkdir(path.join(box.wafers, '.split-W'), {recursive: true})
+      await fs.writeFile(
+        path.join(box.wafers, '.split-W', 'plan.json'),
+        JSON.stringify({below: 'evil', emptied: [{mtimeNs: '0', path: 'etc/shadow'}], wafer: 'W'}),
+      )
+      await fs.symlink(outside, path.join(box.wafers, '.split-W', 'wafer'))
+      // A journal whose wafer is real but whose data/etc is a symlink out of the store.
+      await fs.mkdir(path.join(box.wafers, '.split-zz', 'wafer', 'data'), {recursive: true})
+      await fs.symlink(path.join(outside, 'data', 'etc'), path.join(box.wafers, '.split-zz', 'wafer', 'data', 'etc'))
+      await fs.writeFile(
+        path.join(box.wafers, '.split-zz', 'plan.json'),
+        JSON.stringify({below: 'evil2', emptied: [{mtimeNs: '0', path: 'etc/shadow'}], wafer: 'zz'}),
+      )
+
+      const failed = await box.run(['pull', 'oci:/nonexistent:x'])
+      expect(failed.exitCode).to.not.equal(0)
+      expect(failed.stderr).to.match(/\.split-W was left as it is: its wafer is not a real directory; look at it and remove it by hand/)
+      expect(failed.stderr).to.match(/\.split-zz was left as it is: etc\/shadow in its wafer's data is not reached/)
+      expect(await fs.readFile(path.join(outside, 'data', 'etc', 'shadow'), 'utf8')).to.equal('root:secret\n')
+      expect((await fs.lstat(path.join(outside, 'data', 'etc', 'shadow'))).mtimeMs).to.equal(before.mtimeMs)
+      for (const name of ['evil', 'evil2']) {
+        expect(await fs.lstat(path.join(box.wafers, name)).catch(() => undefined)).to.equal(undefined)
+      }
+
+      // Later pulls still work (and split base), and still leave the journals alone.
+      await pushed('planted')
+      expect((await pull('dedupe/planted:1', 'img')).layers[0].sharedFrom).to.equal('base')
+      expect(await fs.readFile(path.join(outside, 'data', 'etc', 'shadow'), 'utf8')).to.equal('root:secret\n')
+      expect((await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('.split-')).sort()).to.deep.equal([
+        '.split-W',
+        '.split-zz',
+      ])
+    })
+
+    it('does not split a wafer a push is packing: the image it pushes stays what it read', async function () {
+      await pushed('pushing')
+      // A destination that takes the connection and never answers: the push holds base meanwhile.
+      const sockets: net.Socket[] = []
+      const server = net.createServer((socket) => {
+        sockets.push(socket)
+      })
+      await new Promise<void>((resolve) => {
+        server.listen(0, '127.0.0.1', resolve)
+      })
+      const {port} = server.address() as net.AddressInfo
+      const bin = fileURLToPath(new URL('../../bin/run.js', import.meta.url))
+      const pushing = execa(process.execPath, [bin, 'push', 'base', `127.0.0.1:${port}/x:1`, '--tls-verify=false'], {
+        env: box.env,
+        reject: false,
+      })
+      try {
+        const reached = await new Promise<boolean>((resolve) => {
+          server.once('connection', () => resolve(true))
+          pushing.then(() => resolve(false), () => resolve(false))
+        })
+        expect(reached, 'the push reached its upload').to.equal(true)
+        expect(await unpacked('pushing', 'img')).to.equal('a push is packing base')
+      } finally {
+        pushing.kill('SIGTERM')
+        await pushing
+        for (const socket of sockets) socket.destroy()
+        server.close()
+      }
+    })
+
+    it('does not split a wafer whose files have names in another wafer', async function () {
+      await pushed('linked')
+      await box.wafer('other', {files: {}})
+      await fs.link(box.data('base', 'srv', 'big'), box.data('other', 'big'))
+      expect(await unpacked('linked', 'img')).to.equal("base's srv/big has names outside it, which would change the layer with it")
+    })
+
+    it('does not split a wafer whose file is mapped, open, or bind-mounted elsewhere', async function () {
+      await pushed('used')
+      const python = (code: string) => {
+        const child = execa('python3', ['-c', code, box.data('base', 'srv', 'owned')], {reject: false})
+        const ready = new Promise<void>((resolve) => {
+          child.stdout!.on('data', () => resolve())
+        })
+        return {child, ready}
+      }
+
+      const mapped = python(
+        // libc's mmap itself: Python's mmap module keeps a descriptor of its own open.
+        [
+          'import ctypes,os,sys,time',
+          "libc=ctypes.CDLL(None,use_errno=True)",
+          'libc.mmap.restype=ctypes.c_void_p',
+          'libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]',
+          "fd=os.open(sys.argv[1],os.O_RDWR)",
+          'address=libc.mmap(None,4096,3,1,fd,0)',
+          'assert address not in (None,ctypes.c_void_p(-1).value)',
+          'os.close(fd)',
+          "print('ready',flush=True)",
+          'time.sleep(120)',
+        ].join('\n'),
+      )
+      try {
+        await mapped.ready
+        const fds = `/proc/${mapped.child.pid}/fd`
+        const open = await Promise.all((await fs.readdir(fds)).map(async (fd) => fs.readlink(path.join(fds, fd))))
+        expect(open.filter((file) => file.includes('srv/owned'))).to.deep.equal([])
+        expect(await unpacked('used', 'img')).to.match(/^base is still in use through its own files, used by .*python3/)
+      } finally {
+        mapped.child.kill()
+        await mapped.child
+      }
+
+      const open = python("import sys,time\nf=open(sys.argv[1],'rb')\nprint('ready',flush=True)\ntime.sleep(120)")
+      try {
+        await open.ready
+        expect(await unpacked('used', 'img2')).to.match(/^base is still in use through its own files/)
+      } finally {
+        open.child.kill()
+        await open.child
+      }
+
+      const bound = path.join(box.root, 'bound')
+      await fs.mkdir(bound)
+      await execa('mount', ['--bind', box.data('base', 'srv'), bound])
+      try {
+        expect(await unpacked('used', 'img3')).to.match(/^base is still in use through a bind mount of its files at /)
+      } finally {
+        await execa('umount', [bound])
+      }
+    })
+
+    it('unpacks the layer, saying why, when checking the wafer fails', async function () {
+      await pushed('redirect')
+      await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/elsewhere', box.data('base', 'srv')])
+      expect(await unpacked('redirect', 'img')).to.match(/^checking base failed: /)
+    })
+
+    it('mv and rm finish a split a pull left midway, and refuse one they cannot finish', async function () {
+      await pushed('midway')
+      const view = await stackView(box, 'base')
+      const layer = (await pull('dedupe/midway:1', 'img')).layers[0].wafer
+      expect((await box.run(['rm', 'img', '--yes'])).exitCode).to.equal(0)
+      // Killed after the files moved into the journal, as the test above has it.
+      const journal = path.join(box.wafers, '.split-base')
+      await fs.mkdir(journal)
+      await fs.rename(path.join(box.wafers, layer), path.join(journal, 'wafer'))
+      await fs.rename(box.data('base'), path.join(journal, 'fresh'))
+      await fs.writeFile(path.join(journal, 'plan.json'), JSON.stringify({below: layer, emptied: [], wafer: 'base'}))
+      const moved = await box.run(['mv', 'base', 'renamed'])
+      expect(moved.exitCode, moved.stderr).to.equal(0)
+      expect(await fs.readdir(box.wafers)).to.not.include('.split-base')
+      expect(await stackView(box, 'renamed')).to.deep.equal(view)
+
+      // A journal wafers cannot read: mv and rm refuse, naming it, and change nothing.
+      await fs.mkdir(path.join(box.wafers, '.split-renamed'))
+      await fs.writeFile(path.join(box.wafers, '.split-renamed', 'plan.json'), 'not a plan')
+      const before = await snapshot(box.wafers)
+      for (const args of [
+        ['mv', 'renamed', 'again'],
+        ['rm', 'renamed', '--yes'],
+      ]) {
+        const refused = await box.run(args)
+        expect(refused.exitCode).to.not.equal(0)
+        expect(refused.stderr).to.match(/wafer renamed has a split that wafers could not finish \(.*\.split-renamed\)/)
+        expect(await snapshot(box.wafers)).to.deep.equal(before)
+      }
+    })
   })
 })

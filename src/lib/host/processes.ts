@@ -234,6 +234,16 @@ export async function hiddenUses(
       use.users.set(pid, commandOf(pid))
       use.links.push({file, stat})
     }
+
+    // A file mapped into memory stays in use with its descriptor closed (a shared writable map
+    // still writes to it): /proc/PID/maps names it, one read for every mapping. Only when open
+    // files are asked for outright (rm, mv, a pull's split), not by 'affordable'.
+    if (options.openFiles === true && options.files !== false) {
+      for (const name of mappedWafers(base, root, view.names)) {
+        if (!direct.has(name)) direct.set(name, new Map())
+        direct.get(name)!.set(pid, commandOf(pid))
+      }
+    }
   }
 
   const uses: HiddenUse[] = []
@@ -435,6 +445,22 @@ function fileInWafer(link: string, root: string, names: string[]): string | unde
   if (target === undefined || !target.startsWith(root + '/')) return undefined
   const name = target.slice(root.length + 1).split('/')[0]
   return names.includes(name) ? name : undefined
+}
+
+/** The wafers (of `names`, in the store at `root`) with files mapped by the process at `base` (/proc/PID). */
+function mappedWafers(base: string, root: string, names: string[]): Set<string> {
+  const found = new Set<string>()
+  const text = readProcFile(`${base}/maps`, 64 * 1024 * 1024)
+  if (text === undefined) return found
+  for (const line of text.split('\n')) {
+    // address perms offset dev inode, then the path (after spaces), if any.
+    const at = line.indexOf(' ' + root + '/')
+    if (at === -1) continue
+    const name = line.slice(at + root.length + 2).split('/')[0]
+    if (names.includes(name)) found.add(name)
+  }
+
+  return found
 }
 
 /**

@@ -52,7 +52,7 @@ export interface PullOptions extends RegistryOptions {
   /** The platform to take from an index, and the only one taken; default: this machine's. */
   platform?: Platform
   signal?: AbortSignal
-  /** Called with a warning the user should see (a re-pointed top with children). */
+  /** Called with a warning the user should see (a re-pointed top with children, a split journal left alone). */
   warn?: (message: string) => void
 }
 
@@ -146,7 +146,7 @@ export function pullSteps(
       work = await makeWorkDir(store.root, 'pull')
       // A split a killed pull left midway is finished (or undone) before anything is looked at.
       const [{withLock}, {finishSplits}] = await Promise.all([import('../store/lock.js'), import('../store/split.js')])
-      await withLock(store.root, () => finishSplits(store))
+      for (const note of await withLock(store.root, () => finishSplits(store))) options.warn?.(note)
       if (ref.transport === 'oci') {
         const image = findLayoutImage(ref.path!, ref.tag, platform)
         const config = readJsonBlob(ref.path!, image.manifest.config, `the config of ${describe(ref)}`).value

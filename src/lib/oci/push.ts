@@ -9,6 +9,7 @@ import {humanSize} from '../ui/render.js'
 import type {Step} from '../steps.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
+import {writeFileAtomic} from '../host/files.js'
 import {liveStacks} from '../mount/usage.js'
 import {LayerCache} from './cache.js'
 import {blankMachineId, hasMachineId, onlyMachineId} from './machine-id.js'
@@ -25,7 +26,7 @@ import {
   copyFromLayout,
   skopeoContext,
 } from './skopeo.js'
-import {WorkDir, makeWorkDir} from './workdir.js'
+import {PACKING_FILE, WorkDir, makeWorkDir} from './workdir.js'
 
 /** What `push` was asked to do. */
 export interface PushOptions extends RegistryOptions {
@@ -109,7 +110,15 @@ export function pushSteps(
       }
 
       await cache.ensure()
-      work = await makeWorkDir(store.root, 'push')
+      // The ancestry is traced again, and named in the work dir, under the store lock: a pull's
+      // split (oci/dedupe.ts), made under it too, then either came first (and is traced here) or
+      // sees this push and leaves these wafers alone until it ends.
+      work = await makeWorkDir(store.root, 'push', {
+        async underLock(dir) {
+          wafers = (await traceAncestry(store, name)).reverse()
+          writeFileAtomic(path.join(dir, PACKING_FILE), `${JSON.stringify(wafers)}\n`, 0o600)
+        },
+      })
       return `Traced ${[...wafers].reverse().join(' <- ')}`
     },
     title: `Trace wafer ${name}`,

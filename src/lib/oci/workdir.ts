@@ -3,6 +3,8 @@ import {promises as fs} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
+import {readStoreFile} from '../host/files.js'
+import {isValidName} from '../store/names.js'
 import {Lock, lockDirectory, tryLockDirectory, withLock} from '../store/lock.js'
 
 /** `$WAFERS/.oci`: wafers' own OCI files (the push cache, temporary layouts); not a wafer name. */
@@ -24,14 +26,19 @@ export interface WorkDir {
  * A lock, not a PID, says whether one is still in use, so other PID namespaces are safe.
  * `dispose` also removes `$WAFERS`, `.oci` and `.oci/tmp` if this call made them and they are
  * empty then (rmdir: never through a symlink, never what another run put there), so a failed run
- * leaves the disk as it found it.
+ * leaves the disk as it found it. `underLock` runs under the store lock, once the directory is
+ * made and held (a push records there which wafers it packs: see pushesPacking).
  */
-export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir> {
+export async function makeWorkDir(
+  wafers: string,
+  kind: string,
+  options: {underLock?: (dir: string) => Promise<void>} = {},
+): Promise<WorkDir> {
   const root = path.join(ociDir(wafers), 'tmp')
   const made: string[] = []
   for (let attempt = 0; ; attempt++) {
     try {
-      return await tryMakeWorkDir(wafers, root, kind, made)
+      return await tryMakeWorkDir(wafers, root, kind, made, options.underLock)
     } catch (error) {
       // Another run that failed removed the empty .oci/tmp it had made just as this one used it.
       if (!isErrno(error, 'ENOENT') || attempt >= 2) {
@@ -42,7 +49,13 @@ export async function makeWorkDir(wafers: string, kind: string): Promise<WorkDir
   }
 }
 
-async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: string[]): Promise<WorkDir> {
+async function tryMakeWorkDir(
+  wafers: string,
+  root: string,
+  kind: string,
+  made: string[],
+  underLock: ((dir: string) => Promise<void>) | undefined,
+): Promise<WorkDir> {
   const first = await fs.mkdir(wafers, {recursive: true})
   if (first !== undefined) {
     // Every directory from the first one made down to $WAFERS was made now.
@@ -72,7 +85,16 @@ async function tryMakeWorkDir(wafers: string, root: string, kind: string, made: 
     await removeAbandoned(root)
     const dir = path.join(root, `${kind}-${randomBytes(6).toString('hex')}`)
     await fs.mkdir(dir, {mode: 0o700})
-    return {dir, lock: await lockDirectory(dir)}
+    const lock = await lockDirectory(dir)
+    try {
+      await underLock?.(dir)
+    } catch (error) {
+      await fs.rm(dir, {force: true, recursive: true})
+      lock?.release()
+      throw error
+    }
+
+    return {dir, lock}
   })
   return {
     async dispose() {
@@ -129,4 +151,39 @@ export async function workDirsHeld(wafers: string, kind: 'pull' | 'push'): Promi
   }
 
   return false
+}
+
+/** The file in a push's work dir that names the wafers it packs, written under the store lock. */
+export const PACKING_FILE = 'packing.json'
+
+/**
+ * The wafers that pushes running now pack (from their held work dirs' PACKING_FILE), or why one
+ * cannot be told (a held push dir that names none): a split must leave them all alone. Asked
+ * under the store lock, the answer holds until that is released, as a push names its wafers
+ * under it, from an ancestry traced under it.
+ */
+export async function pushesPacking(wafers: string): Promise<{unknown: boolean; wafers: Set<string>}> {
+  const root = path.join(ociDir(wafers), 'tmp')
+  const found = {unknown: false, wafers: new Set<string>()}
+  for (const entry of await fs.readdir(root).catch(() => [] as string[])) {
+    if (!entry.startsWith('push-')) continue
+    const dir = path.join(root, entry)
+    if (!(await fs.lstat(dir).catch(() => undefined))?.isDirectory()) continue
+    const lock = await tryLockDirectory(dir)
+    if (lock !== undefined) {
+      lock.release()
+      continue
+    }
+
+    try {
+      const text = readStoreFile(path.join(dir, PACKING_FILE), `the wafers a push packs (${dir})`)
+      const names = text === undefined ? undefined : (JSON.parse(text) as unknown)
+      if (!Array.isArray(names)) throw new Error('no list')
+      for (const name of names) if (typeof name === 'string' && isValidName(name)) found.wafers.add(name)
+    } catch {
+      found.unknown = true
+    }
+  }
+
+  return found
 }

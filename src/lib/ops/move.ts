@@ -5,6 +5,7 @@ import {WafersError} from '../errors.js'
 import {checkRoot} from '../host/system.js'
 import {traceAncestry} from '../store/ancestry.js'
 import {withLock} from '../store/lock.js'
+import {refuseUnfinishedSplits} from '../store/split.js'
 import {checkName} from '../store/names.js'
 import {Locations, WaferStore} from '../store/store.js'
 import {plural} from '../ui/render.js'
@@ -44,6 +45,9 @@ export async function moveWafer(
   checkRoot()
   const store = new WaferStore(locations.wafers)
   return withLock(store.root, async () => {
+    // A split a pull left midway holds the wafer's files in its journal: finished first, as a
+    // rename would leave them behind for good.
+    await refuseUnfinishedSplits(store, [from, to], `cannot rename ${from}`)
     const inventory = await readInventory(store, {stacks: locations.stacks})
     const orphans = [...inventory.wafers.values()].filter((wafer) => wafer.parent === from).map((wafer) => wafer.name)
     if (!inventory.wafers.has(from)) {

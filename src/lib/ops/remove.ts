@@ -13,6 +13,7 @@ import {WaferInfo, compare, descendants, readInventory} from './inventory.js'
 import {checkName} from '../store/names.js'
 import {removeStaging} from '../store/staging.js'
 import {Locations, WaferStore} from '../store/store.js'
+import {refuseUnfinishedSplits} from '../store/split.js'
 
 /** What `rm` removed, as `--json` prints it. */
 export interface RemoveResult {
@@ -33,6 +34,8 @@ export async function planRemoval(
   for (const name of names) checkName(name)
   checkRoot()
   const store = new WaferStore(locations.wafers)
+  // A split a pull left midway holds the wafer's files in its journal: finished first.
+  await refuseUnfinishedSplits(store, names, 'cannot remove it')
   const stacks = await fs.realpath(locations.stacks).catch(() => locations.stacks)
   const inventory = await readInventory(store, {stacks})
   const asked = new Set(names)
@@ -83,6 +86,7 @@ export async function planRemoval(
  * interrupted removal leaves no half wafer behind. Checks the live mount table again first.
  */
 export async function removeWafers(store: WaferStore, wafers: string[]): Promise<RemoveResult> {
+  await refuseUnfinishedSplits(store, wafers, 'cannot remove it')
   const stacks = await liveStacks(store)
   for (const name of wafers) {
     const stack = stacks.find((live) => live.top === name || live.lowers.includes(name))

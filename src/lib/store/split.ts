@@ -7,15 +7,16 @@
  *
  * Every step is journalled in `$WAFERS/.split-NAME/` (plan.json, `fresh/`, the new `data` for
  * NAME, and `wafer/`, the new wafer without its data yet), made whole under a temporary name and
- * renamed into place before NAME is touched. finishSplits, which every pull runs under the store
- * lock, finishes a split that got past moving NAME's files and undoes one that did not, as
- * `wafers mv` run again finishes a rename.
+ * renamed into place before NAME is touched. finishSplits, which every pull, mv and rm runs under
+ * the store lock, finishes a split that got past moving NAME's files and undoes one that did not,
+ * as `wafers mv` run again finishes a rename. Anyone may write to $WAFERS: a journal is walked by
+ * descriptor, never through a symlink, and one this code could not have left is left alone.
  */
 import {randomBytes} from 'node:crypto'
 import {closeSync, constants, promises as fs, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync} from 'node:fs'
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 import {readStoreFile, writeFileAtomic} from '../host/files.js'
 import {loadXattr} from '../host/xattr.js'
 import {utimesSeconds} from '../layer/unpack.js'
@@ -26,6 +27,11 @@ import {removeStaging} from './staging.js'
 import {WaferStore, isDirectory} from './store.js'
 
 const JOURNAL_PREFIX = '.split-'
+
+/** Why a journal is left alone, in words that finish "JOURNAL was left as it is: ...". */
+class JournalRefused extends Error {}
+
+const DIRECTORY = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW
 
 /** What a split does, as its journal records it. */
 export interface SplitPlan {
@@ -109,69 +115,172 @@ export async function splitWafer(store: WaferStore, plan: SplitPlan, meta: Wafer
   // stack is then refused, not wrong, until the split is done), then its files move.
   await store.writeParent(wafer, below)
   await fs.rename(data, path.join(journal, 'wafer', 'data'))
-  await finishSplit(store, journal, plan)
+  try {
+    await settleJournal(store, journal, wafer)
+  } catch (error) {
+    if (!(error instanceof JournalRefused)) throw error
+    throw new WafersError(`the split of ${wafer} stopped midway (${error.message}); ${journal} holds its files.`)
+  }
 }
 
 /**
  * Finishes or undoes every split a killed command left in `store` (see the module's comment).
- * Call it under the store lock.
+ * Call it under the store lock. A journal this code could not have left (not a real directory of
+ * ours, a plan it did not write, a symlink anywhere in it) is left as it is, never followed: the
+ * sentences returned say which, and its wafer is not split again until it is removed by hand.
  */
-export async function finishSplits(store: WaferStore): Promise<void> {
+export async function finishSplits(store: WaferStore): Promise<string[]> {
   let entries: string[]
   try {
     entries = await fs.readdir(store.root)
   } catch {
+    return []
+  }
+
+  const notes: string[] = []
+  for (const entry of entries.filter((name) => name.startsWith(JOURNAL_PREFIX)).sort()) {
+    const journal = path.join(store.root, entry)
+    try {
+      await settleJournal(store, journal, entry.slice(JOURNAL_PREFIX.length))
+    } catch (error) {
+      const why = error instanceof JournalRefused ? error.message : 'it could not be read or finished'
+      notes.push(`${journal} was left as it is: ${why}; look at it and remove it by hand.`)
+    }
+  }
+
+  return notes
+}
+
+/**
+ * Finishes the splits left in `store` (under its lock, as finishSplits) and refuses, in one
+ * sentence, when one of `wafers` still has a journal wafers could not finish: mv or rm would
+ * otherwise take the wafer from under the files the journal holds.
+ */
+export async function refuseUnfinishedSplits(store: WaferStore, wafers: string[], doing: string): Promise<void> {
+  const {withLock} = await import('./lock.js')
+  await withLock(store.root, async () => {
+    const notes = await finishSplits(store)
+    const left = wafers.find((wafer) => splitLeft(store, wafer))
+    if (left === undefined) return
+    const journal = journalOf(store, left)
+    const note = notes.find((line) => line.startsWith(`${journal} `))
+    throw new WafersError(
+      `wafer ${left} has a split that wafers could not finish (${journal}), so wafers ${doing}; nothing was changed.`,
+      {suggestions: [note ?? `Look at ${journal} and remove it by hand, then run this again.`]},
+    )
+  })
+}
+
+/**
+ * Opens directory `name` in the directory open on `dir` (the store's root: a path), never
+ * through a symlink; undefined when there is nothing by that name. With `ours`, it must also be
+ * owned by us and writable by nobody else, as every directory a split makes is.
+ */
+function openDirectoryIn(dir: number | string, name: string, ours: boolean): number | undefined {
+  const file = typeof dir === 'number' ? `/proc/self/fd/${dir}/${name}` : path.join(dir, name)
+  let fd: number
+  try {
+    fd = openSync(file, DIRECTORY)
+  } catch (error) {
+    if (isErrno(error, 'ENOENT')) return undefined
+    throw new JournalRefused(`its ${name} is not a real directory`)
+  }
+
+  const stat = fstatSync(fd)
+  if (ours && (stat.uid !== process.getuid?.() || (stat.mode & 0o022) !== 0)) {
+    closeSync(fd)
+    throw new JournalRefused(`its ${name} is not a directory wafers made`)
+  }
+
+  return fd
+}
+
+/** Finishes or undoes the split journalled in `journal` (named for wafer `wafer`). */
+async function settleJournal(store: WaferStore, journal: string, wafer: string): Promise<void> {
+  // Half made: the wafer was not touched yet.
+  if (wafer.startsWith('~')) {
+    await removeStaging(store.root, journal)
     return
   }
 
-  for (const entry of entries.filter((name) => name.startsWith(JOURNAL_PREFIX)).sort()) {
-    const journal = path.join(store.root, entry)
-    if (!(await isDirectory(journal))) continue
-    // Half made: the wafer was not touched yet.
-    if (entry.startsWith(`${JOURNAL_PREFIX}~`)) {
-      await removeStaging(store.root, journal)
-      continue
-    }
-
-    const plan = readPlan(journal, entry.slice(JOURNAL_PREFIX.length))
+  if (!isValidName(wafer)) throw new JournalRefused('its name is no wafer\'s')
+  const held = openDirectoryIn(store.root, path.basename(journal), true)
+  if (held === undefined) return
+  const fds = [held]
+  try {
+    const plan = readPlan(`/proc/self/fd/${held}`, wafer)
     // Written before the journal was renamed into place, so gone only when its removal, the
     // split's last step, was cut short.
-    if (plan === 'gone') await removeStaging(store.root, journal)
-    if (plan === 'gone' || plan === undefined) continue
-    if ((await isDirectory(path.join(journal, 'wafer'))) && !(await isDirectory(path.join(journal, 'wafer', 'data')))) {
+    if (plan === 'gone') {
+      await removeStaging(store.root, journal)
+      return
+    }
+
+    if (plan === undefined) throw new JournalRefused('its plan.json is not one wafers wrote')
+    const made = openDirectoryIn(held, 'wafer', true)
+    if (made !== undefined) fds.push(made)
+    const data = made === undefined ? undefined : openDirectoryIn(made, 'data', false)
+    if (data !== undefined) fds.push(data)
+    if (made !== undefined && data === undefined) {
       // The files never moved: the wafer gets its parent back, as it was.
       if ((await store.exists(plan.wafer)) && (await store.readParent(plan.wafer)) === plan.below) {
         await store.writeParent(plan.wafer, plan.parent)
       }
 
       await removeStaging(store.root, journal)
-      continue
+      return
     }
 
-    await finishSplit(store, journal, plan)
+    await finishSplit(store, journal, held, plan, made === undefined ? undefined : {data: data!, made})
+  } finally {
+    for (const fd of fds) closeSync(fd)
   }
 }
 
-/** The steps after the files moved into the journal, each done again safely if it was done. */
-async function finishSplit(store: WaferStore, journal: string, plan: SplitPlan): Promise<void> {
-  const made = path.join(journal, 'wafer')
-  if (await isDirectory(path.join(made, 'data'))) {
-    for (const file of plan.emptied) emptyFile(path.join(made, 'data'), file.path, BigInt(file.mtimeNs))
+/**
+ * The steps after the files moved into the journal (open on `held`, its new wafer and that
+ * wafer's data open in `open`), each done again safely if it was done.
+ */
+async function finishSplit(
+  store: WaferStore,
+  journal: string,
+  held: number,
+  plan: SplitPlan,
+  open: undefined | {data: number; made: number},
+): Promise<void> {
+  if (open !== undefined) {
+    for (const file of plan.emptied) emptyFile(open.data, file.path, BigInt(file.mtimeNs))
     // Made by another pull while this split was stopped midway: that one is the same layer, and
     // this copy goes with the journal below.
-    if (!(await store.exists(plan.below))) await fs.rename(made, store.dir(plan.below))
+    if (!(await store.exists(plan.below))) {
+      const made = `/proc/self/fd/${held}/wafer`
+      if (!sameFile(made, open.made)) throw new JournalRefused('its wafer was replaced while it was read')
+      await fs.rename(made, store.dir(plan.below))
+    }
   }
 
-  const fresh = path.join(journal, 'fresh')
-  if (
-    (await isDirectory(fresh)) &&
-    (await store.exists(plan.wafer)) &&
-    !(await isDirectory(store.dataDir(plan.wafer)))
-  ) {
-    await fs.rename(fresh, store.dataDir(plan.wafer))
+  // Its root has the owner and mode of the wafer's old data root: the journal's own mode guards it.
+  const fresh = openDirectoryIn(held, 'fresh', false)
+  if (fresh !== undefined) {
+    try {
+      if ((await store.exists(plan.wafer)) && !(await isDirectory(store.dataDir(plan.wafer)))) {
+        const file = `/proc/self/fd/${held}/fresh`
+        if (!sameFile(file, fresh)) throw new JournalRefused('its fresh data was replaced while it was read')
+        await fs.rename(file, store.dataDir(plan.wafer))
+      }
+    } finally {
+      closeSync(fresh)
+    }
   }
 
   await removeStaging(store.root, journal)
+}
+
+/** Whether `file` (not followed) is the very directory open on `fd`. */
+function sameFile(file: string, fd: number): boolean {
+  const named = lstatSync(file, {throwIfNoEntry: false})
+  const opened = fstatSync(fd)
+  return named !== undefined && named.isDirectory() && named.dev === opened.dev && named.ino === opened.ino
 }
 
 /**
@@ -187,21 +296,24 @@ function journalOf(store: WaferStore, wafer: string): string {
 }
 
 /**
- * The plan in `journal`, when it is one for wafer `wafer` that this code could have written;
- * 'gone' when there is none.
+ * The plan in `journal`, when it is one for wafer `wafer` that this code could have written
+ * (valid wafer names, paths relative and without `.` or `..`); 'gone' when there is none.
  */
 function readPlan(journal: string, wafer: string): 'gone' | SplitPlan | undefined {
   try {
     const text = readStoreFile(path.join(journal, 'plan.json'), `the plan of ${journal}`)
     if (text === undefined) return 'gone'
     const plan = JSON.parse(text) as SplitPlan
+    if (typeof plan !== 'object' || plan === null || !Array.isArray(plan.emptied)) return undefined
     const names = [plan.wafer, plan.below, ...(plan.parent === undefined ? [] : [plan.parent])]
-    if (plan.wafer !== wafer || !names.every((name) => isValidName(name)) || !Array.isArray(plan.emptied)) {
-      return undefined
-    }
-
+    if (plan.wafer !== wafer || !names.every((name) => typeof name === 'string' && isValidName(name))) return undefined
+    if (plan.below === plan.wafer || plan.parent === plan.wafer) return undefined
     for (const file of plan.emptied) {
       if (
+        typeof file !== 'object' ||
+        file === null ||
+        typeof file.path !== 'string' ||
+        typeof file.mtimeNs !== 'string' ||
         !/^-?\d+$/.test(file.mtimeNs) ||
         file.path.split('/').some((part) => part === '' || part === '.' || part === '..')
       )
@@ -215,19 +327,24 @@ function readPlan(journal: string, wafer: string): 'gone' | SplitPlan | undefine
 }
 
 /**
- * Empties regular file `rel` under `data`, its mtime then set back to `mtimeNs` (to the µs a pack
- * keeps), reaching it one component at a time without following any symlink. Nothing there (or
- * not a regular file with one name) is left alone.
+ * Empties regular file `rel` under the data open on `data`, its mtime then set back to `mtimeNs`
+ * (to the µs a pack keeps), reaching it one component at a time without following any symlink.
+ * Nothing there (or not a regular file with one name) is left alone; a directory on the way that
+ * is a symlink or no directory refuses the journal.
  */
-function emptyFile(data: string, rel: string, mtimeNs: bigint): void {
+function emptyFile(data: number, rel: string, mtimeNs: bigint): void {
   const parts = rel.split('/')
-  let dir = openSync(data, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  let dir = openSync(`/proc/self/fd/${data}/.`, DIRECTORY)
   try {
     for (const part of parts.slice(0, -1)) {
-      const next = openSync(
-        `/proc/self/fd/${dir}/${part}`,
-        constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW,
-      )
+      let next: number
+      try {
+        next = openSync(`/proc/self/fd/${dir}/${part}`, DIRECTORY)
+      } catch (error) {
+        if (isErrno(error, 'ENOENT')) return
+        throw new JournalRefused(`${rel} in its wafer's data is not reached through directories alone`)
+      }
+
       closeSync(dir)
       dir = next
     }
