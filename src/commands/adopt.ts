@@ -17,7 +17,7 @@ export default class Adopt extends WafersCommand {
 
 No file is copied: the layers' files are hard-linked (so $WAFERS and $STACKS must be on one file system), and rw/data is moved. importctl's .oci-sha256: directories stay as they were, for its other images; removing them later leaves the wafers whole. OCI whiteouts systemd 262 left as plain .wh. files become real whiteouts, so wafers' mount and systemd's show the image as its layers say.
 
-NAME.nspawn (the image's command, environment and user, as importctl wrote it) and NAME.oci-config stay beside the stack. A machine that runs (NAME.mstack mounted, in any mount namespace, or processes in it) is refused, as is an NAME.mstack importctl did not write, a missing layer, and a NAME that is a wafer already; nothing is moved then.`
+NAME.nspawn (the image's command, environment and user, as importctl wrote it) and NAME.oci-config stay beside the stack. A machine that runs (NAME.mstack mounted, in any mount namespace, or processes in it) is refused, as is a NAME.mstack importctl did not write, a missing layer, and a NAME that is a wafer already; nothing is moved then.`
   static enableJsonFlag = true
   static examples = [
     {
