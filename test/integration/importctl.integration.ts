@@ -209,6 +209,25 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
   })
 
+  it("wafers pull downloads a layer after all whose importctl copy cannot be taken, and keeps the ones it downloaded", async () => {
+    await systemdPull('img')
+    const layers = await importctlLayers('img')
+    // Layer 2's copy carries an overlay attribute of its own (as systemd would apply one from a tar).
+    const odd = path.join(layers[1], 'data', 'layer2')
+    await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/elsewhere', odd])
+    // Layer 3 importctl never had: it is downloaded before layer 2's turn, and must stay.
+    await execa('chattr', ['-i', layers[2]])
+    await fs.rm(layers[2], {force: true, recursive: true})
+
+    const pulled = await box.run(['pull', '--tls-verify=false', '--json', `docker://${image()}`, 'mine'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    const result = JSON.parse(pulled.stdout) as {layers: Array<{importctl?: string; made: boolean}>}
+    expect(result.layers.map((layer) => layer.importctl)).to.deep.equal([layers[0], undefined, undefined])
+    expect(result.layers.every((layer) => layer.made)).to.equal(true)
+    expect((await box.run(['stack', 'mine'])).exitCode).to.equal(0)
+    expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
+  })
+
   it('adopt refuses, changing nothing, a machine that runs and an .mstack importctl did not write', async () => {
     await systemdPull('img')
     const mstack = path.join(box.stacks, 'img.mstack')

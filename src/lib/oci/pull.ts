@@ -444,9 +444,11 @@ async function download(
   for (const [i, descriptor] of plan.manifest.layers.entries()) {
     if (!here(i)) continue
     const file = blobPath(layout, descriptor.digest)
+    placeholders.add(path.basename(file))
+    // A blob downloaded before (a layer importctl's copy of which could not be taken comes alone, later) stays.
+    if (lstatSync(file, {throwIfNoEntry: false}) !== undefined) continue
     await fs.writeFile(file, '')
     await fs.truncate(file, descriptor.size)
-    placeholders.add(path.basename(file))
   }
 
   const total = plan.manifest.layers.filter((_, i) => !here(i)).reduce((sum, layer) => sum + layer.size, 0)
