@@ -9,7 +9,7 @@ import {progressMode, runSteps} from '../lib/ui/progress.js'
 export default class Adopt extends WafersCommand {
   static args = {
     name: Args.string({
-      description: 'The image importctl pulled: $STACKS/NAME.mstack, which becomes the stack of wafer NAME.',
+      description: 'The image importctl pulled as $STACKS/NAME.mstack; a wafer of that name must not exist yet.',
       required: true,
     }),
   }
