@@ -225,7 +225,11 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
     }
     const rewrite: Step = {
       async run() {
-        await removeImportctlMstack(current)
+        await removeImportctlMstack(current).catch((error: unknown) => {
+          throw new WafersError(
+            `${current.mstack} could not be emptied (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); wafer ${name} holds the machine: remove what is left there, then run wafers stack ${name} --mstack.`,
+          )
+        })
         await writeMstack(store, locations.stacks, [name, ...result.layers.map((layer) => layer.wafer).reverse()])
         return `Rewrote ${current.mstack} to stack ${name}`
       },
