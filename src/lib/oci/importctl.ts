@@ -202,10 +202,24 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
       const adopted = result.layers[i]
       return {
         async run() {
-          adopted.made = await takeLayer(store, layer.dir, adopted.wafer, i === 0 ? undefined : result.layers[i - 1].wafer, {
-            imported: {by: 'importctl', from: layer.dir},
-            layer: {chainId: chain[i], diffId: current.config.rootfs.diff_ids[i], ...(history ? {history: history[i]} : {})},
-          }, result.layers.slice(0, i).reverse().map((below) => store.dataDir(below.wafer)), `layer ${i + 1} of ${name} (${layer.dir})`)
+          adopted.made = await takeLayer(store, {
+            dir: layer.dir,
+            lowers: result.layers
+              .slice(0, i)
+              .reverse()
+              .map((below) => store.dataDir(below.wafer)),
+            meta: {
+              imported: {by: 'importctl', from: layer.dir},
+              layer: {
+                chainId: chain[i],
+                diffId: current.config.rootfs.diff_ids[i],
+                ...(history ? {history: history[i]} : {}),
+              },
+            },
+            parent: i === 0 ? undefined : result.layers[i - 1].wafer,
+            wafer: adopted.wafer,
+            what: `layer ${i + 1} of ${name} (${layer.dir})`,
+          })
           return adopted.made ? `Took layer ${i + 1} in as ${adopted.wafer}` : `Layer ${i + 1} is already here as ${adopted.wafer}`
         },
         skip: () => (present[i] ? `layer ${i + 1} is already here as ${adopted.wafer}` : undefined),
@@ -253,17 +267,20 @@ function imageMeta(config: ImageConfigFile): ImageMeta {
 }
 
 /**
- * Makes layer wafer `wafer` on `parent` of importctl's directory `dir` by hard links; false when
+ * Makes layer wafer `wafer` on `parent` of importctl's directory `dir` by hard links (`lowers`,
+ * the data of the wafers below, nearest first; `what` names the layer in refusals); false when
  * another run made the same layer wafer meanwhile.
  */
 export async function takeLayer(
   store: WaferStore,
-  dir: string,
-  wafer: string,
-  parent: string | undefined,
-  meta: WaferMeta,
-  lowers: string[],
-  what: string,
+  {dir, lowers, meta, parent, wafer, what}: {
+    dir: string
+    lowers: string[]
+    meta: WaferMeta
+    parent: string | undefined
+    wafer: string
+    what: string
+  },
 ): Promise<boolean> {
   try {
     await store.create(wafer, parent, {

@@ -519,7 +519,7 @@ function importedLayerStep(
         .map((below) => store.dataDir(below.wafer))
       const meta: WaferMeta = {imported: {by: 'importctl', from: dir}, ...layerMeta(plan, i, layer.diffId)}
       try {
-        layer.made = await takeLayer(store, dir, layer.wafer, parent, meta, lowers, `layer ${i + 1} (${dir})`)
+        layer.made = await takeLayer(store, {dir, lowers, meta, parent, wafer: layer.wafer, what: `layer ${i + 1} (${dir})`})
         layer.importctl = dir
         return layer.made
           ? `Took layer ${i + 1} from importctl's ${path.basename(dir)} as ${layer.wafer}, nothing downloaded`
