@@ -50,6 +50,38 @@ export async function enterableSid(shared: string[]): Promise<() => Promise<void
   }
 }
 
+/**
+ * Makes SID_ROOT able to run /usr/lib/systemd/systemd-pull: it dlopen()s libcurl, which
+ * systemd-container only suggests, so debootstrap leaves it out. Installed once into the cached
+ * root from the mirror it was made from (apt-get in the chroot); a few seconds.
+ */
+export async function ensureSidPull(): Promise<void> {
+  await ensureSidRoot()
+  const status = await execa('chroot', [SID_ROOT, 'dpkg-query', '-W', '-f=${Status}', 'libcurl4t64'], {reject: false})
+  if (status.stdout === 'install ok installed') return
+  await execa('chroot', [SID_ROOT, 'apt-get', 'install', '-y', '--no-install-recommends', 'libcurl4t64'], {
+    env: {DEBIAN_FRONTEND: 'noninteractive'},
+    stdin: 'ignore',
+  })
+}
+
+/**
+ * Makes programs in the sid root (libcurl's OpenSSL) trust `certificate` (PEM) alone, in this mount
+ * namespace only: a directory of ours bound over its /etc/ssl, whose certs/ca-certificates.crt is
+ * where Debian's libcurl looks. Returns a function that undoes it now.
+ */
+export async function trustInSid(certificate: string, scratch: string): Promise<() => Promise<void>> {
+  const ssl = path.join(scratch, 'sid-ssl')
+  await fs.mkdir(path.join(ssl, 'certs'), {recursive: true})
+  await fs.writeFile(path.join(ssl, 'certs', 'ca-certificates.crt'), certificate)
+  const target = path.join(SID_ROOT, 'etc', 'ssl')
+  await fs.mkdir(target, {recursive: true})
+  await execa('mount', ['--bind', ssl, target])
+  return async () => {
+    await execa('umount', ['-l', target], {reject: false})
+  }
+}
+
 /** Runs `command` in the sid root. */
 export async function inSid(
   command: string[],

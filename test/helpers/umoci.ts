@@ -36,9 +36,14 @@ async function write(file: string, content: string, mode = 0o644): Promise<void>
  * 2. (`umoci repack`) whiteouts of a file, of a top-level file and of a whole directory from
  *    layer 1, a changed file, a new hard-link pair and a new file with an xattr;
  * 3. (`umoci raw add-layer`) the directory `opaque` made opaque, with one new file.
- * Old fixed mtimes make mtime checks meaningful.
+ * Old fixed mtimes make mtime checks meaningful. `trustedXattr: false` leaves the trusted.*
+ * attribute out (systemd-pull 262 unpacks without the privilege to set one, and fails).
  */
-export async function makeUmociImage(layoutDir: string, tag: string): Promise<void> {
+export async function makeUmociImage(
+  layoutDir: string,
+  tag: string,
+  {trustedXattr = true}: {trustedXattr?: boolean} = {},
+): Promise<void> {
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-umoci-'))
   const image = `${layoutDir}:${tag}`
   try {
@@ -81,7 +86,10 @@ export async function makeUmociImage(layoutDir: string, tag: string): Promise<vo
     await run('mknod', ['-m', '0666', path.join(root, 'dev/zero5'), 'c', '1', '5'])
     await write(path.join(root, 'data/xattr-file'), 'with attributes\n')
     await run('setfattr', ['-n', 'user.color', '-v', 'blue', path.join(root, 'data/xattr-file')])
-    await run('setfattr', ['-n', 'trusted.wafers', '-v', 'trusted value', path.join(root, 'data/xattr-file')])
+    if (trustedXattr) {
+      await run('setfattr', ['-n', 'trusted.wafers', '-v', 'trusted value', path.join(root, 'data/xattr-file')])
+    }
+
     await run('setcap', ['cap_net_raw+ep', path.join(root, 'data/xattr-file')])
     await run('touch', ['-h', '-d', '2019-05-06 07:08:09', ...(await allUnder(root))])
     await run('umoci', ['repack', '--image', image, one])

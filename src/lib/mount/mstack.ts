@@ -211,3 +211,45 @@ export async function removeMstack(dir: string): Promise<void> {
     if (!isErrno(error, 'ENOENT')) throw error
   }
 }
+
+/**
+ * Where `.mstack` directory `dir` is mounted right now, in this mount namespace or any other (a
+ * machine systemd-nspawn runs mounts it in its own), or where processes work in it; undefined
+ * when nowhere. systemd names the `.mstack` as the mount's source, as mountedMstacks reads it.
+ */
+export async function mstackInUse(dir: string): Promise<string | undefined> {
+  const {parseMountInfo} = await import('../host/mounts.js')
+  const {processesUsing} = await import('../host/processes.js')
+  const {readProcFile} = await import('../host/files.js')
+  const base = path.basename(dir)
+  const seen = new Set<string>()
+  const own = readlinkSync('/proc/self/ns/mnt')
+  for (const pid of ['self', ...readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))]) {
+    let namespace: string
+    try {
+      namespace = readlinkSync(`/proc/${pid}/ns/mnt`)
+    } catch {
+      continue
+    }
+
+    if (seen.has(namespace)) continue
+    seen.add(namespace)
+    const table = readProcFile(`/proc/${pid}/mountinfo`, 4 * 1024 * 1024)
+    if (table === undefined) continue
+    const entry = parseMountInfo(table).find(
+      (one) => one.fstype === 'overlay' && path.basename(one.source) === base,
+    )
+    if (entry === undefined) continue
+    const comm = readProcFile(`/proc/${pid}/comm`)?.trim() ?? '?'
+    return namespace === own
+      ? `mounted at ${entry.mountpoint}`
+      : `mounted at ${entry.mountpoint} in the mount namespace of ${pid} (${comm})`
+  }
+
+  const users = await processesUsing(dir, {openFiles: true})
+  if (users.length > 0) {
+    return `used by ${users.map((user) => `${user.pid} (${user.command})`).join(', ')}`
+  }
+
+  return undefined
+}

@@ -11,7 +11,8 @@ import {Locations, WaferStore} from '../store/store.js'
 import {checkRoot} from '../host/system.js'
 import {MAX_LOWER_LAYERS, findMachineId} from '../store/ancestry.js'
 import {readStoreFile} from '../host/files.js'
-import {chainIds, layerWaferName} from './chain.js'
+import {chainIds, layerPresent, layerWaferName} from './chain.js'
+import {findImportedLayer} from './importctl.js'
 import {
   Descriptor,
   ImageConfigFile,
@@ -62,6 +63,8 @@ export interface PulledLayer {
   digest: string
   /** Digest of the uncompressed layer (its rootfs.diff_ids entry). */
   diffId: string
+  /** importctl's directory of this layer (`$STACKS/.oci-sha256:HEX`) when the wafer was made of it by hard links, not downloaded. */
+  importctl?: string
   /** Whether this pull made the wafer; false when it was already here (shared with another image, or pulled before). */
   made: boolean
   /** Why the named wafer that held this layer (`sharedFrom`'s candidate) was not split: it was unpacked instead. */
@@ -101,6 +104,8 @@ interface Plan {
   copyFrom?: string
   digest: string
   history?: HistoryEntry[][]
+  /** For each layer not yet a wafer, importctl's directory of it, when importctl pulled it: taken, not downloaded. */
+  imported: Array<string | undefined>
   manifest: Manifest
   /** The size of the manifest as read, for bounding what skopeo writes. */
   manifestSize?: number
@@ -175,6 +180,8 @@ export function pullSteps(
       for (const [i, chainId] of plan.chain.entries()) {
         plan.present[i] = await layerPresent(store, names[i], chainId, i === 0 ? undefined : names[i - 1])
         const descriptor = plan.manifest.layers[i]
+        // A layer importctl pull-oci already unpacked travels no second time (see importctl.ts).
+        if (!plan.present[i]) plan.imported[i] = findImportedLayer(locations.stacks, descriptor.digest)
         result.layers.push({
           diffId: plan.config.rootfs.diff_ids[i],
           digest: descriptor.digest,
@@ -188,9 +195,10 @@ export function pullSteps(
       const upToDate = target.state === 'current'
       result.made = !upToDate
       if (target.state === 'repoint') result.replaced = target.held.digest ?? ''
-      const fresh = plan.present.filter((present) => !present).length
+      const fresh = plan.present.filter((present, i) => !present && !plan!.imported[i]).length
+      const imported = plan.imported.filter(Boolean).length
       if (upToDate) return `${name} is up to date with ${describe(ref)}`
-      return `Read ${describe(ref)}: ${platformText(plan.config)}, ${plural(plan.chain.length, 'layer')}, ${fresh} new`
+      return `Read ${describe(ref)}: ${platformText(plan.config)}, ${plural(plan.chain.length, 'layer')}, ${fresh} new${imported > 0 ? `, ${imported} from importctl` : ''}`
     },
     title: `Read image ${shown(text)}`,
   }
@@ -198,7 +206,7 @@ export function pullSteps(
   const steps = (): Step[] => {
     if (!plan || !result.made) return []
     const current = plan
-    const missing = current.manifest.layers.filter((_, i) => !current.present[i])
+    const missing = current.manifest.layers.filter((_, i) => !current.present[i] && !current.imported[i])
     const fetch: Step = {
       async run(report) {
         await download(context!, current, layout(), report)
@@ -215,6 +223,8 @@ export function pullSteps(
     }
     const layers = current.manifest.layers.map((descriptor, i): Step => {
       const layer = result.layers[i]
+      const fromImportctl = current.imported[i]
+      if (fromImportctl !== undefined) return importedLayerStep(store, current, i, result.layers, fromImportctl, {context, layout, signal: options.signal})
       return {
         async run(report) {
           if (options.dedupe !== false) {
@@ -323,6 +333,7 @@ function makePlan(
     copyFrom,
     digest,
     history: historyPerLayer(config.history, diffIds.length),
+    imported: diffIds.map(() => undefined),
     manifest,
     present: diffIds.map(() => false),
     ref,
@@ -429,15 +440,18 @@ async function download(
   const blobs = path.join(layout, 'blobs', 'sha256')
   await fs.mkdir(blobs, {recursive: true})
   const placeholders = new Set<string>()
+  const here = (i: number) => plan.present[i] || plan.imported[i] !== undefined
   for (const [i, descriptor] of plan.manifest.layers.entries()) {
-    if (!plan.present[i]) continue
+    if (!here(i)) continue
     const file = blobPath(layout, descriptor.digest)
+    placeholders.add(path.basename(file))
+    // A blob downloaded before (a layer importctl's copy of which could not be taken comes alone, later) stays.
+    if (lstatSync(file, {throwIfNoEntry: false}) !== undefined) continue
     await fs.writeFile(file, '')
     await fs.truncate(file, descriptor.size)
-    placeholders.add(path.basename(file))
   }
 
-  const total = plan.manifest.layers.filter((_, i) => !plan.present[i]).reduce((sum, layer) => sum + layer.size, 0)
+  const total = plan.manifest.layers.filter((_, i) => !here(i)).reduce((sum, layer) => sum + layer.size, 0)
   const timer = setInterval(async () => {
     let bytes = 0
     for (const dir of [layout, blobs]) {
@@ -450,7 +464,7 @@ async function download(
     report(`${humanSize(Math.min(bytes, total))} of ${humanSize(total)}`)
   }, 500)
   try {
-    const missing = plan.manifest.layers.filter((_, i) => !plan.present[i])
+    const missing = plan.manifest.layers.filter((_, i) => !here(i))
     // Besides layers, skopeo writes the config and a manifest it may have converted (a little longer).
     const others = Math.max(plan.manifest.config.size, 2 * (plan.manifestSize ?? MAX_JSON_BLOB) + 4096)
     await copyToLayout(context, plan.ref, plan.copyFrom!, layout, plan.manifest.layers, missing, others)
@@ -477,6 +491,55 @@ async function download(
   }
 
   plan.manifest = copied
+}
+
+/**
+ * The step that makes layer `i`'s wafer of importctl's directory `dir` by hard links. When that
+ * cannot be (another file system, an overlay attribute wafers would escape: LayerNotTaken), the
+ * layer is downloaded after all, alone, and unpacked as any other.
+ */
+function importedLayerStep(
+  store: WaferStore,
+  plan: Plan,
+  i: number,
+  layers: PulledLayer[],
+  dir: string,
+  {context, layout, signal}: {context: SkopeoContext | undefined; layout: () => string; signal?: AbortSignal},
+): Step {
+  const layer = layers[i]
+  const descriptor = plan.manifest.layers[i]
+  return {
+    async run(report) {
+      const {LayerNotTaken} = await import('../layer/imported.js')
+      const {takeLayer} = await import('./importctl.js')
+      const parent = i === 0 ? undefined : layers[i - 1].wafer
+      const lowers = layers
+        .slice(0, i)
+        .reverse()
+        .map((below) => store.dataDir(below.wafer))
+      const meta: WaferMeta = {imported: {by: 'importctl', from: dir}, ...layerMeta(plan, i, layer.diffId)}
+      try {
+        layer.made = await takeLayer(store, {dir, lowers, meta, parent, wafer: layer.wafer, what: `layer ${i + 1} (${dir})`})
+        layer.importctl = dir
+        return layer.made
+          ? `Took layer ${i + 1} from importctl's ${path.basename(dir)} as ${layer.wafer}, nothing downloaded`
+          : `Layer ${i + 1} is already here as ${layer.wafer}`
+      } catch (error) {
+        if (!(error instanceof LayerNotTaken)) throw error
+        report(`${error.message.replace(/\.$/, '')}: downloading it`)
+        if (context !== undefined && plan.copyFrom !== undefined) {
+          await fs.rm(blobPath(layout(), descriptor.digest), {force: true})
+          const alone = {...plan, imported: plan.imported.map(() => undefined), present: plan.present.map((_, k) => k !== i)}
+          await download(context, alone, layout(), report)
+          plan.blobs = layout()
+        }
+
+        layer.made = await unpackInto(store, plan, i, layers, report, signal)
+        return `Unpacked layer ${i + 1} into ${layer.wafer} (importctl's copy could not be taken)`
+      }
+    },
+    title: `Take layer ${i + 1}/${plan.manifest.layers.length} ${descriptor.digest.slice(7, 19)} from importctl's copy as ${layer.wafer}`,
+  }
 }
 
 /**
@@ -532,26 +595,6 @@ async function unpackInto(
 /** The meta.json of the wafer of layer `i` of `plan`. */
 function layerMeta(plan: Plan, i: number, diffId: string): WaferMeta {
   return {layer: {chainId: plan.chain[i], diffId, ...(plan.history ? {history: plan.history[i]} : {})}}
-}
-
-/**
- * Whether wafer `name` already holds the layer with ChainID `chainId` on `parent`. Refuses a wafer
- * of that name that holds something else: it is never overwritten.
- */
-async function layerPresent(
-  store: WaferStore,
-  name: string,
-  chainId: string,
-  parent: string | undefined,
-): Promise<boolean> {
-  if (!(await store.exists(name))) return false
-  const meta = readMeta(store.dir(name), name)
-  const hisParent = await store.readParent(name)
-  if (meta.layer?.chainId !== chainId || hisParent !== parent || !(await store.hasData(name))) {
-    throw new WafersError(`wafer ${name} exists but does not hold the layer ${chainId}; remove it or rename it.`)
-  }
-
-  return true
 }
 
 /** What pulling into NAME does: make it, nothing (it holds this image), or re-point it at this image. */

@@ -31,6 +31,8 @@ export interface WaferInfo {
   inUse: boolean
   /** For the top wafer of a pulled image: which image. */
   image?: ImageOrigin
+  /** For a wafer taken in from what importctl pull-oci made (adopt, or a pull reusing its layer): what it was. */
+  imported?: {by: 'importctl'; from: string}
   /** For a wafer that holds one image layer: its OCI ChainID. */
   layer?: string
   /** Mount points of live stacks that use this wafer as a read-only lower layer. */
@@ -240,14 +242,18 @@ function readParentOrProblem(store: WaferStore, name: string): {parent?: string;
 }
 
 /** What a wafer's meta.json says it came from (an image layer, an image's top); nothing when it has none or it cannot be read. */
-function originOf(store: WaferStore, name: string): {image?: ImageOrigin; layer?: string} {
+function originOf(store: WaferStore, name: string): Pick<WaferInfo, 'image' | 'imported' | 'layer'> {
   // Most wafers have no meta.json: a check that cannot throw is far cheaper than a failed open's
   // exception, ten thousand times over. readMeta then opens it without following a symlink.
   if (!existsSync(path.join(store.dir(name), META_FILE))) return {}
   try {
     const meta = readMeta(store.dir(name), name)
-    const origin: {image?: ImageOrigin; layer?: string} = {}
+    const origin: Pick<WaferInfo, 'image' | 'imported' | 'layer'> = {}
     if (typeof meta.layer?.chainId === 'string') origin.layer = meta.layer.chainId
+    if (meta.imported?.by === 'importctl' && typeof meta.imported.from === 'string') {
+      origin.imported = {by: 'importctl', from: meta.imported.from}
+    }
+
     if (meta.image) {
       const {architecture, digest, os, ref} = meta.image
       origin.image = {architecture: String(architecture), digest: digest ?? null, os: String(os), ref: ref ?? null}
@@ -260,9 +266,10 @@ function originOf(store: WaferStore, name: string): {image?: ImageOrigin; layer?
 }
 
 /** A short note on where a wafer came from, for tables and trees: `image layer`, `from REF`. */
-export function originNote(wafer: {image?: ImageOrigin; layer?: string}): string | undefined {
-  if (wafer.image) return `from ${wafer.image.ref ?? 'an image'}`
-  if (wafer.layer) return 'image layer'
+export function originNote(wafer: Pick<WaferInfo, 'image' | 'imported' | 'layer'>): string | undefined {
+  // A layer's importctl directory is named by a 64-digit digest: --json says which.
+  if (wafer.image) return `from ${wafer.image.ref ?? (wafer.imported ? `importctl's ${path.basename(wafer.imported.from)}` : 'an image')}`
+  if (wafer.layer) return wafer.imported ? 'image layer, from importctl' : 'image layer'
   return undefined
 }
 

@@ -77,10 +77,19 @@ export interface BuildMeta {
   key: string
 }
 
+/** Where a wafer taken in from another tool's files came from (`wafers adopt`, a pull reusing a layer). */
+export interface ImportedMeta {
+  /** The tool whose files these were: systemd's importctl pull-oci. */
+  by: 'importctl'
+  /** What it had made: `$STACKS/.oci-sha256:HEX` for a layer, `$STACKS/NAME.mstack` for an image's top. */
+  from: string
+}
+
 /** What wafers knows of a wafer beyond its files; every part is optional. */
 export interface WaferMeta {
   build?: BuildMeta
   image?: ImageMeta
+  imported?: ImportedMeta
   layer?: LayerMeta
 }
 

@@ -1,0 +1,290 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {promises as fs, lstatSync} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+import {Registry, useRegistry} from '../helpers/registry.js'
+import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
+import {SID_ROOT, enterableSid, ensureSidPull, inSid, trustInSid} from '../helpers/systemd.js'
+import {treeListing} from '../helpers/tree.js'
+import {makeUmociImage} from '../helpers/umoci.js'
+
+// Overlay markers are hidden by the mount that reads them and shown by the other (wafers' mounts
+// read trusted.overlay.*, systemd's user.overlay.*): the trees are compared without either.
+const noMarkers = (lines: string[]) => lines.map((line) => line.replaceAll(/ (trusted|user)\.overlay\.[^ ]+/g, ''))
+
+/**
+ * The trees compared, also without the time of `gone/`: its layer lists `gone/` (2020) and, after
+ * other entries, its whiteout `gone/.wh.file1` (umoci writes whiteouts last). systemd 262 sets a
+ * directory's time when it leaves it, then writes the whiteout into it again: the time the tar
+ * gives is gone from importctl's copy (and so from anything made of it) before wafers sees it.
+ */
+const compared = (lines: string[]) => noMarkers(lines).map((line) => line.replace(/^(gone d .*) mtime=\d+$/, '$1'))
+
+/** The tree systemd-mstack mounts from `mstack`, listed, and unmounted again. */
+async function mountedBySystemd(box: Sandbox, mstack: string): Promise<string[]> {
+  const at = path.join(box.root, 'by-systemd')
+  await fs.mkdir(at, {recursive: true})
+  const mounted = await inSid(['systemd-mstack', '--mount', mstack, at])
+  expect(mounted.exitCode, mounted.stderr).to.equal(0)
+  try {
+    return await treeListing(path.join(SID_ROOT, at))
+  } finally {
+    await inSid(['systemd-mstack', '--umount', at])
+  }
+}
+
+/** Polls `done` every 100 ms, for up to a minute. */
+async function waitFor(done: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 600 && !(await done()); i++) {
+    await new Promise((resolve) => {
+      setTimeout(resolve, 100)
+    })
+  }
+}
+
+describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, taken in and reused', function () {
+  this.timeout(900_000)
+  let box: Sandbox
+  let registry: Registry
+  let layout: string
+  let expected: string[]
+  const undo: Array<() => Promise<void>> = []
+  const image = () => `${registry.host}/importctl/img:v1`
+
+  // Before the sandbox's own cleanup: importctl makes each layer's top directory immutable.
+  afterEach(async () => {
+    for (const step of undo.splice(0).reverse()) await step()
+    const layers = await fs.readdir(box.stacks).catch(() => [] as string[])
+    for (const layer of layers.filter((entry) => entry.startsWith('.oci-'))) {
+      await execa('chattr', ['-i', path.join(box.stacks, layer)], {reject: false})
+    }
+  })
+
+  useSandbox((made) => {
+    box = made
+  })
+
+  useRegistry(
+    (started) => {
+      registry = started
+    },
+    {tls: true},
+  )
+
+  before(async () => {
+    await ensureSidPull()
+    layout = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-importctl-'))
+    // systemd-pull 262 fails on a trusted.* attribute: "Failed to set xattr 'trusted.wafers' of
+    // 'data/xattr-file': Operation not permitted" (its tar runs without that privilege).
+    await makeUmociImage(path.join(layout, 'oci'), 'v1', {trustedXattr: false})
+    await execa('umoci', ['config', '--image', `${path.join(layout, 'oci')}:v1`, '--config.cmd', '/bin/sh'])
+    await registry.pushLayout(path.join(layout, 'oci'), 'v1', 'importctl/img')
+    // The tree the image stands for, as another tool unpacks it.
+    await execa('umoci', ['unpack', '--image', `${path.join(layout, 'oci')}:v1`, path.join(layout, 'bundle')])
+    expected = await treeListing(path.join(layout, 'bundle', 'rootfs'))
+  })
+
+  after(async () => {
+    if (layout) await fs.rm(layout, {force: true, recursive: true})
+  })
+
+  beforeEach(async () => {
+    undo.push(await enterableSid([box.root]), await trustInSid(registry.certificate!, box.root))
+    // A /run of its own, as systemd expects one (tmpfs): nspawn refuses to clean a leftover
+    // /run/systemd/nspawn/propagate/NAME on a disk file system, the cached root's.
+    const run = path.join(SID_ROOT, 'run')
+    await execa('mount', ['-t', 'tmpfs', 'tmpfs', run])
+    undo.push(async () => {
+      await execa('umount', ['-l', run], {reject: false})
+    })
+  })
+
+  /** systemd-pull oci of the test image into $STACKS as NAME, over HTTPS with the registry's own certificate. */
+  async function systemdPull(name: string): Promise<void> {
+    await fs.mkdir(box.stacks, {recursive: true})
+    const pulled = await inSid(['/usr/lib/systemd/systemd-pull', 'oci', `--image-root=${box.stacks}`, image(), name])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+  }
+
+  /** importctl's directories of the image's layers, bottom first, as its .mstack links them. */
+  async function importctlLayers(name: string): Promise<string[]> {
+    const mstack = path.join(box.stacks, `${name}.mstack`)
+    const links = (await fs.readdir(mstack)).filter((entry) => entry.startsWith('layer@')).sort()
+    return Promise.all(links.map(async (link) => path.resolve(mstack, await fs.readlink(path.join(mstack, link)))))
+  }
+
+  it('adopt takes the image in without copying a file, and it stacks as umoci unpacks it, under wafers and systemd alike', async () => {
+    await systemdPull('img')
+    const mstack = path.join(box.stacks, 'img.mstack')
+    const layers = await importctlLayers('img')
+    expect(layers.map((dir) => path.basename(dir))).to.have.length(3)
+    for (const dir of layers) expect(path.basename(dir)).to.match(/^\.oci-sha256:[\da-f]{64}$/)
+    const settings = await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')
+    // The machine runs once, on systemd's own mount: its changes land in rw/data.
+    const ran = await inSid([
+      'systemd-nspawn',
+      '--register=no',
+      '--keep-unit',
+      '--quiet',
+      `--mstack=${mstack}`,
+      'sh',
+      '-c',
+      'echo made in the machine > /etc/made && rm /data/owned',
+    ])
+    expect(ran.exitCode, ran.stderr).to.equal(0)
+    const machineData = lstatSync(path.join(mstack, 'rw', 'data')).ino
+    const importctlBefore = await Promise.all(layers.map((dir) => snapshot(dir)))
+
+    const adopted = await box.run(['adopt', 'img', '--json'])
+    expect(adopted.exitCode, adopted.stderr).to.equal(0)
+    const result = JSON.parse(adopted.stdout) as {layers: Array<{from: string; made: boolean; wafer: string}>; moved: boolean}
+    expect(result.moved).to.equal(true)
+    expect(result.layers.map((layer) => layer.from)).to.deep.equal(layers)
+    expect(result.layers.every((layer) => layer.made)).to.equal(true)
+    // No file copied: the busybox of layer 1 is importctl's inode, the machine's files were moved.
+    const [bottom] = result.layers
+    expect(lstatSync(box.data(bottom.wafer, 'bin', 'busybox')).ino).to.equal(
+      lstatSync(path.join(layers[0], 'bin', 'busybox')).ino,
+    )
+    expect(lstatSync(box.data('img')).ino).to.equal(machineData)
+    // importctl's layers are as they were; its .mstack now stacks the wafers; its settings stay.
+    expect(await Promise.all(layers.map((dir) => snapshot(dir)))).to.deep.equal(importctlBefore)
+    expect(await fs.readlink(path.join(mstack, 'layer@0'))).to.equal(box.data(bottom.wafer))
+    expect(await fs.readlink(path.join(mstack, 'rw'))).to.equal(path.join(box.wafers, 'img'))
+    expect(await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')).to.equal(settings)
+
+    const bySystemd = await mountedBySystemd(box, mstack)
+    const unstacked = await box.run(['unstack', 'img'])
+    expect(unstacked.exitCode, unstacked.stderr).to.equal(0)
+    const stacked = await box.run(['stack', 'img'])
+    expect(stacked.exitCode, stacked.stderr).to.equal(0)
+    const byWafers = await treeListing(box.stack('img'))
+    expect(noMarkers(byWafers)).to.deep.equal(noMarkers(bySystemd))
+    // Where the machine changed nothing (not in its own files), the image as umoci unpacks it; where
+    // it did, what it made (and not what it removed).
+    const own = new Set((await treeListing(box.data('img'))).map((line) => line.split(' ')[0]))
+    const untouched = (lines: string[]) => compared(lines).filter((line) => !own.has(line.split(' ')[0]))
+    expect(untouched(byWafers)).to.deep.equal(untouched(expected))
+    expect(byWafers.find((line) => line.startsWith('etc/made '))).to.include(' 20B ')
+    expect(byWafers.some((line) => line.startsWith('data/owned '))).to.equal(false)
+    expect(expected.some((line) => line.startsWith('data/owned '))).to.equal(true)
+
+    const listed = await box.run(['list', '--no-size'])
+    expect(listed.stdout).to.match(/\bimg\b.*from importctl's img\.mstack/)
+    expect(listed.stdout).to.include('image layer, from importctl')
+  })
+
+  it('wafers pull of an image importctl pulled takes its layers by hard links, downloads none, and leaves its .mstack working', async () => {
+    await systemdPull('img')
+    const layers = await importctlLayers('img')
+    const mstack = path.join(box.stacks, 'img.mstack')
+    const bySystemdBefore = await mountedBySystemd(box, mstack)
+
+    const pulled = await box.run(['pull', '--tls-verify=false', '--json', `docker://${image()}`, 'mine'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    const result = JSON.parse(pulled.stdout) as {layers: Array<{importctl?: string; made: boolean; wafer: string}>}
+    expect(result.layers.map((layer) => layer.importctl)).to.deep.equal(layers)
+    for (const [i, layer] of result.layers.entries()) {
+      const [file] = (await fs.readdir(layers[i], {recursive: true})).filter(
+        (rel) => lstatSync(path.join(layers[i], rel)).isFile() && !path.basename(rel).startsWith('.wh.'),
+      )
+      expect(lstatSync(box.data(layer.wafer, file)).ino, file).to.equal(lstatSync(path.join(layers[i], file)).ino)
+    }
+
+    expect((await box.run(['stack', 'mine'])).exitCode).to.equal(0)
+    expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
+    expect((await box.run(['unstack', 'mine'])).exitCode).to.equal(0)
+    // importctl's own stack still mounts as before (whatever systemd 262 makes of its whiteouts).
+    expect(await mountedBySystemd(box, mstack)).to.deep.equal(bySystemdBefore)
+
+    // And when importctl's copies go, the wafers keep their files.
+    for (const dir of layers) {
+      await execa('chattr', ['-i', dir])
+      await fs.rm(dir, {force: true, recursive: true})
+    }
+
+    expect((await box.run(['stack', 'mine'])).exitCode).to.equal(0)
+    expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
+  })
+
+  it("wafers pull downloads a layer after all whose importctl copy cannot be taken, and keeps the ones it downloaded", async () => {
+    await systemdPull('img')
+    const layers = await importctlLayers('img')
+    // Layer 2's copy carries an overlay attribute of its own (as systemd would apply one from a tar).
+    const odd = path.join(layers[1], 'data', 'layer2')
+    await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/elsewhere', odd])
+    // Layer 3 importctl never had: it is downloaded before layer 2's turn, and must stay.
+    await execa('chattr', ['-i', layers[2]])
+    await fs.rm(layers[2], {force: true, recursive: true})
+
+    const pulled = await box.run(['pull', '--tls-verify=false', '--json', `docker://${image()}`, 'mine'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    const result = JSON.parse(pulled.stdout) as {layers: Array<{importctl?: string; made: boolean}>}
+    expect(result.layers.map((layer) => layer.importctl)).to.deep.equal([layers[0], undefined, undefined])
+    expect(result.layers.every((layer) => layer.made)).to.equal(true)
+    expect((await box.run(['stack', 'mine'])).exitCode).to.equal(0)
+    expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
+  })
+
+  it('adopt refuses, changing nothing, a machine that runs and an .mstack importctl did not write', async () => {
+    await systemdPull('img')
+    const mstack = path.join(box.stacks, 'img.mstack')
+    const at = path.join(box.root, 'running')
+    await fs.mkdir(at)
+    const up = await inSid(['systemd-mstack', '--mount', mstack, at])
+    expect(up.exitCode, up.stderr).to.equal(0)
+    // Mounting made rw/data and rw/work: what is there now must stay.
+    let before = await snapshot(box.root)
+    try {
+      const busy = await box.run(['adopt', 'img'])
+      expect(busy.exitCode).to.not.equal(0)
+      expect(said(busy.stderr)).to.include(`${mstack} is mounted at ${path.join(SID_ROOT, at)}: a machine runs on it; nothing was moved.`)
+      expect(hasStackTrace(busy.stderr)).to.equal(false)
+    } finally {
+      await inSid(['systemd-mstack', '--umount', at])
+    }
+
+    expect(await snapshot(box.root)).to.deep.equal(before)
+    await fs.rmdir(at)
+    before = await snapshot(box.root)
+
+    // A machine mounts its stack in a mount namespace of its own, which the table here does not show.
+    const marker = path.join(box.root, 'elsewhere-up')
+    const elsewhere = execa(
+      'unshare',
+      [
+        '-m',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        `chroot ${SID_ROOT} systemd-mstack --mount ${mstack} ${at} && touch ${marker} && exec sleep 300`,
+      ],
+      {reject: false, stdin: 'ignore'},
+    )
+    try {
+      await fs.mkdir(at, {recursive: true})
+      await waitFor(async () => (await fs.access(marker).then(() => true, () => false)) || elsewhere.exitCode !== null)
+      const running = await box.run(['adopt', 'img'])
+      expect(running.exitCode, running.stdout + running.stderr).to.not.equal(0)
+      expect(said(running.stderr)).to.match(
+        /is mounted at \S+ in the mount namespace of \d+ \(sleep\): a machine runs on it; nothing was moved\./,
+      )
+    } finally {
+      elsewhere.kill('SIGKILL')
+      await elsewhere
+      await fs.rm(marker, {force: true})
+      await fs.rmdir(at).catch(() => {})
+    }
+
+    expect(await snapshot(box.root)).to.deep.equal(before)
+    await fs.mkdir(path.join(mstack, 'bind@srv'))
+    const odd = await box.run(['adopt', 'img'])
+    expect(odd.exitCode).to.not.equal(0)
+    expect(said(odd.stderr)).to.include(`${path.join(mstack, 'bind@srv')} is not something importctl pull-oci writes; img was not adopted.`)
+    await fs.rmdir(path.join(mstack, 'bind@srv'))
+    expect(await snapshot(box.root)).to.deep.equal(before)
+  })
+})
