@@ -139,7 +139,10 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
 
     const adopted = await box.run(['adopt', 'img', '--json'])
     expect(adopted.exitCode, adopted.stderr).to.equal(0)
-    const result = JSON.parse(adopted.stdout) as {layers: Array<{from: string; made: boolean; wafer: string}>; moved: boolean}
+    const result = JSON.parse(adopted.stdout) as {
+      layers: Array<{from: string; made: boolean; wafer: string}>
+      moved: boolean
+    }
     expect(result.moved).to.equal(true)
     expect(result.layers.map((layer) => layer.from)).to.deep.equal(layers)
     expect(result.layers.every((layer) => layer.made)).to.equal(true)
@@ -174,6 +177,19 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     const listed = await box.run(['list', '--no-size'])
     expect(listed.stdout).to.match(/\bimg\b.*from importctl's img\.mstack/)
     expect(listed.stdout).to.include('image layer, from importctl')
+
+    // A layer shared with importctl is never a stack's writable top: a change would write into
+    // importctl's files too. Nothing is mounted, and the suggested stack on it works.
+    expect(await box.run(['unstack', 'img'])).to.include({exitCode: 0})
+    const onTop = await box.run(['stack', bottom.wafer])
+    expect(onTop.exitCode).to.not.equal(0)
+    expect(said(onTop.stderr)).to.include(`wafer ${bottom.wafer} is a layer shared with importctl by hard links`)
+    expect(hasStackTrace(onTop.stderr)).to.equal(false)
+    expect(await fs.readdir(box.stacks)).to.not.include(bottom.wafer)
+    const child = await box.run(['stack', `${bottom.wafer}-top`, bottom.wafer])
+    expect(child.exitCode, child.stderr).to.equal(0)
+    expect(lstatSync(path.join(box.stack(`${bottom.wafer}-top`), 'bin', 'busybox')).isFile()).to.equal(true)
+    expect(await box.run(['unstack', `${bottom.wafer}-top`])).to.include({exitCode: 0})
   })
 
   it('wafers pull of an image importctl pulled takes its layers by hard links, downloads none, and leaves its .mstack working', async () => {
@@ -209,7 +225,7 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
   })
 
-  it("wafers pull downloads a layer after all whose importctl copy cannot be taken, and keeps the ones it downloaded", async () => {
+  it('wafers pull downloads a layer after all whose importctl copy cannot be taken, and keeps the ones it downloaded', async () => {
     await systemdPull('img')
     const layers = await importctlLayers('img')
     // Layer 2's copy carries an overlay attribute of its own (as systemd would apply one from a tar).
@@ -240,7 +256,9 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     try {
       const busy = await box.run(['adopt', 'img'])
       expect(busy.exitCode).to.not.equal(0)
-      expect(said(busy.stderr)).to.include(`${mstack} is mounted at ${path.join(SID_ROOT, at)}: a machine runs on it; nothing was moved.`)
+      expect(said(busy.stderr)).to.include(
+        `${mstack} is mounted at ${path.join(SID_ROOT, at)}: a machine runs on it; nothing was moved.`,
+      )
       expect(hasStackTrace(busy.stderr)).to.equal(false)
     } finally {
       await inSid(['systemd-mstack', '--umount', at])
@@ -266,7 +284,13 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     )
     try {
       await fs.mkdir(at, {recursive: true})
-      await waitFor(async () => (await fs.access(marker).then(() => true, () => false)) || elsewhere.exitCode !== null)
+      await waitFor(
+        async () =>
+          (await fs.access(marker).then(
+            () => true,
+            () => false,
+          )) || elsewhere.exitCode !== null,
+      )
       const running = await box.run(['adopt', 'img'])
       expect(running.exitCode, running.stdout + running.stderr).to.not.equal(0)
       expect(said(running.stderr)).to.match(
@@ -283,7 +307,9 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     await fs.mkdir(path.join(mstack, 'bind@srv'))
     const odd = await box.run(['adopt', 'img'])
     expect(odd.exitCode).to.not.equal(0)
-    expect(said(odd.stderr)).to.include(`${path.join(mstack, 'bind@srv')} is not something importctl pull-oci writes; img was not adopted.`)
+    expect(said(odd.stderr)).to.include(
+      `${path.join(mstack, 'bind@srv')} is not something importctl pull-oci writes; img was not adopted.`,
+    )
     await fs.rmdir(path.join(mstack, 'bind@srv'))
     expect(await snapshot(box.root)).to.deep.equal(before)
   })

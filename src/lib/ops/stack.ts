@@ -15,6 +15,7 @@ import type {Step} from '../steps.js'
 import {MountEntry, mountAt, readMountTable} from '../host/mounts.js'
 import {mountStack, unmount} from '../mount/overlay.js'
 import {checkLinksDir} from '../store/links.js'
+import {readMeta} from '../store/meta.js'
 import {ProcessUse, processesUsing} from '../host/processes.js'
 import {LiveStack, hiddenStacks, hiddenWaferUses, liveStacks, stackConflicts} from '../mount/usage.js'
 import {
@@ -283,6 +284,23 @@ export function stackSteps(
 
   const check: Step = {
     async run() {
+      // A layer taken from importctl shares its files' inodes with importctl's copy (docs/systemd.md):
+      // as a stack's writable top, a change would write into importctl's files too.
+      // (A meta.json that cannot be read says nothing of the kind; what reads it for more refuses it.)
+      const top = (() => {
+        try {
+          return readMeta(store.dir(name), name)
+        } catch {
+          return {}
+        }
+      })() as ReturnType<typeof readMeta>
+      if (top.imported?.by === 'importctl' && top.layer !== undefined) {
+        throw new WafersError(
+          `wafer ${name} is a layer shared with importctl by hard links, which a stack would write into; stack a new wafer on it instead.`,
+          {suggestions: [`wafers stack ${name}-top ${name}`]},
+        )
+      }
+
       // Synchronous like the ancestry trace (see readParent in store.ts): one per layer.
       for (const data of result.layers) {
         const stat = statSync(data)
