@@ -4,6 +4,7 @@ import {promises as fs, lstatSync} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
+import {readLayout, writeLayoutOfTars} from '../helpers/layout.js'
 import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {SID_ROOT, enterableSid, ensureSidPull, inSid, trustInSid} from '../helpers/systemd.js'
@@ -312,5 +313,82 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     )
     await fs.rmdir(path.join(mstack, 'bind@srv'))
     expect(await snapshot(box.root)).to.deep.equal(before)
+  })
+})
+
+describe('adopt and pull beside importctl: what a review found', function () {
+  let box: Sandbox
+
+  useSandbox((made) => {
+    box = made
+  })
+
+  /** A hand-made image root as importctl pull-oci leaves one: layer directories, NAME.mstack, NAME.oci-config. */
+  async function importctlTree(name: string, layers: Array<Record<string, string>>): Promise<string[]> {
+    await fs.mkdir(box.stacks, {recursive: true})
+    const mstack = path.join(box.stacks, `${name}.mstack`)
+    await fs.mkdir(path.join(mstack, 'rw', 'data'), {recursive: true})
+    await fs.mkdir(path.join(mstack, 'rw', 'work'))
+    const dirs: string[] = []
+    for (const [k, files] of layers.entries()) {
+      const digest = `sha256:${String(k + 1).repeat(64)}`
+      const dir = path.join(box.stacks, `.oci-${digest}`)
+      for (const [file, content] of Object.entries(files)) {
+        await fs.mkdir(path.dirname(path.join(dir, file)), {recursive: true})
+        await fs.writeFile(path.join(dir, file), content)
+      }
+
+      await fs.symlink(`../.oci-${digest}`, path.join(mstack, `layer@${k}`))
+      dirs.push(dir)
+    }
+
+    const diffIds = layers.map((_, k) => `sha256:${String(k + 5).repeat(64)}`)
+    const config = {architecture: 'amd64', config: {}, os: 'linux', rootfs: {diff_ids: diffIds, type: 'layers'}}
+    await fs.writeFile(path.join(box.stacks, `${name}.oci-config`), JSON.stringify(config))
+    return dirs
+  }
+
+  it('a refused adopt takes back the layer wafers it made before the refusal: the store is as it was', async () => {
+    const [, second] = await importctlTree('img', [{'bin/tool': 'tool\n'}, {'etc/odd': 'odd\n'}])
+    await execa('setfattr', ['-n', 'trusted.overlay.redirect', '-v', '/elsewhere', path.join(second, 'etc', 'odd')])
+    await fs.mkdir(box.wafers, {recursive: true})
+    const before = await snapshot(box.wafers)
+    const stacksBefore = await snapshot(box.stacks)
+    const adopted = await box.run(['adopt', 'img'])
+    expect(adopted.exitCode).to.not.equal(0)
+    expect(said(adopted.stderr)).to.include('carries the overlay attribute trusted.overlay.redirect on "etc/odd"')
+    expect(hasStackTrace(adopted.stderr)).to.equal(false)
+    expect(await snapshot(box.wafers), 'the store after the refusal').to.deep.equal(before)
+    expect(await snapshot(box.stacks), "importctl's files after the refusal").to.deep.equal(stacksBefore)
+  })
+
+  it('adopt refuses an image root anyone may write to, and pull downloads a layer it could have been planted in', async () => {
+    await importctlTree('img', [{'etc/hello': 'evil\n'}])
+    await fs.chmod(box.stacks, 0o1777)
+    const adopted = await box.run(['adopt', 'img'])
+    expect(adopted.exitCode).to.not.equal(0)
+    expect(said(adopted.stderr)).to.match(/img was not adopted: .* is not root's alone \(owner 0, mode 1777\)/)
+    expect(await fs.readdir(box.wafers).catch(() => [])).to.deep.equal([])
+
+    // The same planted content under the name of a real layer's digest: pull takes the real one.
+    const layout = path.join(box.root, 'layout')
+    const tar = path.join(box.root, 'layer.tar')
+    const tree = path.join(box.root, 'tree')
+    await fs.mkdir(path.join(tree, 'etc'), {recursive: true})
+    await fs.writeFile(path.join(tree, 'etc', 'hello'), 'real\n')
+    await execa('tar', ['--create', '--file', tar, '--directory', tree, '--owner=0', '--group=0', 'etc'])
+    await writeLayoutOfTars(layout, 'v1', [await fs.readFile(tar)])
+    const [layer] = (await readLayout(layout, 'v1')).layers
+    const planted = path.join(box.stacks, `.oci-${layer.digest}`)
+    await fs.mkdir(path.join(planted, 'etc'), {recursive: true})
+    await fs.writeFile(path.join(planted, 'etc', 'hello'), 'evil\n')
+    await fs.chown(planted, 65_534, 65_534)
+    const pulled = await box.run(['pull', `oci:${layout}:v1`, 'app'])
+    expect(pulled.exitCode, pulled.stderr).to.equal(0)
+    expect(pulled.stderr).to.match(
+      /importctl's copy of layer 1 cannot be taken \(.*not root's alone.*\); downloading it/,
+    )
+    const [wafer] = (await fs.readdir(box.wafers)).filter((entry) => entry.startsWith('layer-'))
+    expect(await fs.readFile(box.data(wafer, 'etc', 'hello'), 'utf8')).to.equal('real\n')
   })
 })

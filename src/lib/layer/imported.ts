@@ -24,6 +24,7 @@
  * file system (hard links cannot cross one) or owned by the foreign UID range.
  */
 import {spawnSync} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
 import {
   type BigIntStats,
   closeSync,
@@ -39,8 +40,10 @@ import {
   lstatSync,
   unlinkSync,
 } from 'node:fs'
+import path from 'node:path'
 
 import {WafersError, isErrno, quote} from '../errors.js'
+import {withUs} from '../host/run.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
 import {findBelow} from './lookup.js'
 import {
@@ -54,8 +57,35 @@ import {
   overlayPrefix,
 } from './whiteouts.js'
 
-/** Why a layer importctl unpacked cannot become a wafer as it is (a pull downloads it instead). */
-export class LayerNotTaken extends WafersError {}
+/**
+ * Why a layer importctl unpacked cannot become a wafer as it is (a pull downloads it instead):
+ * `reason` alone, the message with what `wafers adopt` can do instead.
+ */
+export class LayerNotTaken extends WafersError {
+  constructor(
+    readonly reason: string,
+    advice = 'pull the image with wafers instead',
+  ) {
+    super(`${reason}; ${advice}.`)
+  }
+}
+
+/**
+ * Refuses (LayerNotTaken) files in `$STACKS` that root alone could not have made: wafers takes
+ * importctl's files as they are, on the word of who made them, so `dir` and the directory it is
+ * in must be root's and written by nobody else (as importd keeps /var/lib/machines).
+ */
+export function checkRootsAlone(dir: string, what: string): void {
+  for (const file of [path.dirname(dir), dir]) {
+    const stat = lstatSync(file, {throwIfNoEntry: false})
+    if (stat === undefined) continue
+    if (stat.uid !== 0 || (stat.mode & 0o022) !== 0) {
+      throw new LayerNotTaken(
+        `${what}: ${file} is not root's alone (owner ${stat.uid}, mode ${(stat.mode & 0o7777).toString(8).padStart(4, '0')}), and wafers takes importctl's files only from root`,
+      )
+    }
+  }
+}
 
 /** What taking a layer in did. */
 export interface TakenLayer {
@@ -113,10 +143,12 @@ export async function takeImportedLayer(
     const root = fstatSync(rootFd, {bigint: true})
     if (root.uid >= FOREIGN_UID_BASE) {
       throw new LayerNotTaken(
-        `${what} is owned by systemd's foreign UID range (${root.uid}), not by the users of the image; pull it again with wafers.`,
+        `${what} is owned by systemd's foreign UID range (${root.uid}), not by the users of the image`,
+        'pull it again with wafers',
       )
     }
 
+    checkRootsAlone(source, what)
     if (root.dev !== fstatSync(dataFd, {bigint: true}).dev) throw notSameFileSystem(what)
     const started = root.birthtimeNs
     const enter = (sourceFd: number, destFd: number, rel: Buffer, stat: BigIntStats) => {
@@ -150,7 +182,8 @@ export async function takeImportedLayer(
       }
 
       if (opaque) {
-        for (const form of OVERLAY_FORMS) xattr.setAttributeSync(at(destFd).toString(), opaqueAttribute(form), OPAQUE_VALUE)
+        for (const form of OVERLAY_FORMS)
+          xattr.setAttributeSync(at(destFd).toString(), opaqueAttribute(form), OPAQUE_VALUE)
       }
 
       const meta = impliedDirectory(xattr, sourceFd, stat, started, rel)
@@ -215,7 +248,8 @@ export async function takeImportedLayer(
 
 function notSameFileSystem(what: string): LayerNotTaken {
   return new LayerNotTaken(
-    `${what} is on another file system than WAFERS, and its files are hard-linked, never copied; keep WAFERS and STACKS on one file system.`,
+    `${what} is on another file system than WAFERS, and its files are hard-linked, never copied`,
+    'keep WAFERS and STACKS on one file system',
   )
 }
 
@@ -280,7 +314,7 @@ function isOverlayAttribute(name: string): boolean {
 function overlayAttributeOf(rel: Buffer, attribute: string, what: string): LayerNotTaken {
   const file = rel.length === 0 ? 'its top directory' : quote(rel.toString('utf8'))
   return new LayerNotTaken(
-    `${what} carries the overlay attribute ${attribute} on ${file}, which wafers would store escaped and importctl keeps as it is; pull the image with wafers instead.`,
+    `${what} carries the overlay attribute ${attribute} on ${file}, which wafers would store escaped and importctl keeps as it is`,
   )
 }
 
@@ -327,14 +361,14 @@ class WhiteoutMaker {
 
   at(destFd: number, name: Buffer): void {
     if (this.made === undefined) {
-      const name = `.wafers-whiteout-${process.pid}`
-      const result = spawnSync('mknod', ['-m', '0', '--', `/proc/${process.pid}/fd/${this.rootFd}/${name}`, 'c', '0', '0'], {
-        encoding: 'utf8',
-        stdio: ['ignore', 'ignore', 'pipe'],
-      })
+      // A name no layer has: it sits beside the layer's own top entries until dispose().
+      const name = `.wafers-whiteout-${process.pid}-${randomBytes(6).toString('hex')}`
+      const mknod = withUs('mknod', ['-m', '0', '--', `/proc/${process.pid}/fd/${this.rootFd}/${name}`, 'c', '0', '0'])
+      const result = spawnSync(mknod.file, mknod.args, {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
       if (result.status !== 0) {
+        const said = (result.stderr || String(result.error ?? '')).trim().split('\n').at(-1)?.replace(/\.$/, '')
         throw new WafersError(
-          `${this.what} could not be taken in: mknod of a whiteout failed: ${(result.stderr ?? String(result.error)).trim()}.`,
+          `${this.what} could not be taken in: mknod of a whiteout failed (${said || 'no reason given'}).`,
         )
       }
 

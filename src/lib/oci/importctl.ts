@@ -14,9 +14,9 @@ import {closeSync, constants, promises as fs, lstatSync, openSync, readdirSync, 
 import path from 'node:path'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
-import {readStoreFile} from '../host/files.js'
+import {readStoreFile, removeTree} from '../host/files.js'
 import {checkRoot} from '../host/system.js'
-import {takeImportedLayer} from '../layer/imported.js'
+import {checkRootsAlone, takeImportedLayer} from '../layer/imported.js'
 import {syncOpaqueForms} from '../layer/markers.js'
 import {mstackInUse, mstackPath, readMstack, writeMstack} from '../mount/mstack.js'
 import {type ImageMeta, type WaferMeta} from '../store/meta.js'
@@ -73,8 +73,13 @@ export function readImportedImage(store: WaferStore, stacks: string, name: strin
     )
   }
 
+  // importctl's files are taken on the word of who wrote them: root alone (see checkRootsAlone).
+  checkRootsAlone(mstack, `${name} was not adopted`)
+  checkRootsAlone(path.join(stacks, `${name}.oci-config`), `${name} was not adopted`)
   if (readMstack(store, mstack) !== undefined) {
-    throw new WafersError(`${mstack} already stacks wafers (wafers stack --mstack wrote it); there is nothing to adopt.`)
+    throw new WafersError(
+      `${mstack} already stacks wafers (wafers stack --mstack wrote it); there is nothing to adopt.`,
+    )
   }
 
   const digests: string[] = []
@@ -93,9 +98,13 @@ export function readImportedImage(store: WaferStore, stacks: string, name: strin
 
       digests[Number(layer[1])] = match[1]
     } else if (entry === 'rw' && lstatSync(file).isDirectory()) {
-      const others = readdirSync(file).filter((one) => !['data', 'work'].includes(one) || !lstatSync(path.join(file, one)).isDirectory())
+      const others = readdirSync(file).filter(
+        (one) => !['data', 'work'].includes(one) || !lstatSync(path.join(file, one)).isDirectory(),
+      )
       if (others.length > 0) {
-        throw new WafersError(`${file} holds ${others.slice(0, 3).join(', ')}, which systemd does not make there; ${name} was not adopted.`)
+        throw new WafersError(
+          `${file} holds ${others.slice(0, 3).join(', ')}, which systemd does not make there; ${name} was not adopted.`,
+        )
       }
 
       rw = file
@@ -120,7 +129,9 @@ export function readImportedImage(store: WaferStore, stacks: string, name: strin
   const what = `the config importctl wrote for ${name} (${path.join(stacks, `${name}.oci-config`)})`
   const text = readStoreFile(path.join(stacks, `${name}.oci-config`), what)
   if (text === undefined) {
-    throw new WafersError(`importctl wrote no ${name}.oci-config (the image has no config), and wafers names layers by their diff_ids; ${name} was not adopted.`)
+    throw new WafersError(
+      `importctl wrote no ${name}.oci-config (the image has no config), and wafers names layers by their diff_ids; ${name} was not adopted.`,
+    )
   }
 
   const config = checkConfig(parseJson(Buffer.from(text), what), layers.length, what)
@@ -220,7 +231,9 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
             wafer: adopted.wafer,
             what: `layer ${i + 1} of ${name} (${layer.dir})`,
           })
-          return adopted.made ? `Took layer ${i + 1} in as ${adopted.wafer}` : `Layer ${i + 1} is already here as ${adopted.wafer}`
+          return adopted.made
+            ? `Took layer ${i + 1} in as ${adopted.wafer}`
+            : `Layer ${i + 1} is already here as ${adopted.wafer}`
         },
         skip: () => (present[i] ? `layer ${i + 1} is already here as ${adopted.wafer}` : undefined),
         title: `Take layer ${i + 1}/${current.layers.length} ${layer.digest.slice(7, 19)} in as ${adopted.wafer} (hard links)`,
@@ -249,7 +262,25 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
       },
       title: `Rewrite ${path.basename(current.mstack)} to stack the wafers`,
     }
-    return [...layerSteps, top, rewrite]
+    // A refusal half way takes back the layer wafers this adopt made (its own links to importctl's
+    // files; importctl's stay), so a refused adopt leaves the store as it found it.
+    const undoing = (step: Step): Step => ({
+      ...step,
+      async run(report) {
+        try {
+          return await step.run(report)
+        } catch (error) {
+          for (const layer of [...result.layers].reverse()) {
+            if (!layer.made) continue
+            await removeTree(store.dir(layer.wafer)).catch(() => {})
+            layer.made = false
+          }
+
+          throw error
+        }
+      },
+    })
+    return [...layerSteps.map((step) => undoing(step)), undoing(top), rewrite]
   }
 
   return {resolve, result, steps}
@@ -273,7 +304,14 @@ function imageMeta(config: ImageConfigFile): ImageMeta {
  */
 export async function takeLayer(
   store: WaferStore,
-  {dir, lowers, meta, parent, wafer, what}: {
+  {
+    dir,
+    lowers,
+    meta,
+    parent,
+    wafer,
+    what,
+  }: {
     dir: string
     lowers: string[]
     meta: WaferMeta
@@ -304,7 +342,17 @@ export async function takeLayer(
  */
 async function moveMachineFiles(store: WaferStore, image: ImportedImage, name: string): Promise<boolean> {
   if (image.rw === undefined) return false
-  const rwFd = openSync(image.rw, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  let rwFd: number
+  try {
+    rwFd = openSync(image.rw, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  } catch (error) {
+    // Swapped for something else since it was read: the new wafer goes again, still empty.
+    await fs.rm(store.dir(name), {force: true, recursive: true})
+    throw isErrno(error, 'ELOOP') || isErrno(error, 'ENOTDIR')
+      ? new WafersError(`${image.rw} changed into something else while it was adopted; ${name} was not adopted.`)
+      : asWafersError(error)
+  }
+
   try {
     const from = `/proc/self/fd/${rwFd}/data`
     if (!lstatSync(from, {throwIfNoEntry: false})?.isDirectory()) return false
@@ -314,7 +362,9 @@ async function moveMachineFiles(store: WaferStore, image: ImportedImage, name: s
       renameSync(from, to)
       if (!lstatSync(to).isDirectory()) {
         renameSync(to, from)
-        throw new WafersError(`${image.rw}/data changed into something else while it was moved; ${name} was not adopted.`)
+        throw new WafersError(
+          `${image.rw}/data changed into something else while it was moved; ${name} was not adopted.`,
+        )
       }
     } catch (error) {
       await fs.mkdir(to).catch(() => {})
@@ -345,8 +395,16 @@ async function removeImportctlMstack(image: ImportedImage): Promise<void> {
       const file = path.join(held, entry)
       if (/^layer@\d+$/.test(entry) && lstatSync(file).isSymbolicLink()) await fs.unlink(file)
       else if (entry === 'rw' && lstatSync(file).isDirectory()) {
-        // Only systemd's scratch is left there: rw/data became the wafer.
-        await fs.rm(path.join(file, 'work'), {force: true, recursive: true})
+        // Only systemd's scratch is left there: rw/data became the wafer. Through a descriptor of
+        // rw, never its name again (swapped for a link meanwhile, it would lead rm elsewhere), and
+        // by the system's rm, which follows no link inside either.
+        const rwFd = openSync(file, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+        try {
+          await removeTree(`/proc/${process.pid}/fd/${rwFd}/work`)
+        } finally {
+          closeSync(rwFd)
+        }
+
         await fs.rmdir(file)
       }
     }

@@ -224,7 +224,12 @@ export function pullSteps(
     const layers = current.manifest.layers.map((descriptor, i): Step => {
       const layer = result.layers[i]
       const fromImportctl = current.imported[i]
-      if (fromImportctl !== undefined) return importedLayerStep(store, current, i, result.layers, fromImportctl, {context, layout, signal: options.signal})
+      if (fromImportctl !== undefined)
+        return importedLayerStep(store, current, i, result.layers, fromImportctl, {
+          context,
+          layout,
+          signal: options.signal,
+        })
       return {
         async run(report) {
           if (options.dedupe !== false) {
@@ -519,17 +524,32 @@ function importedLayerStep(
         .map((below) => store.dataDir(below.wafer))
       const meta: WaferMeta = {imported: {by: 'importctl', from: dir}, ...layerMeta(plan, i, layer.diffId)}
       try {
-        layer.made = await takeLayer(store, {dir, lowers, meta, parent, wafer: layer.wafer, what: `layer ${i + 1} (${dir})`})
+        layer.made = await takeLayer(store, {
+          dir,
+          lowers,
+          meta,
+          parent,
+          wafer: layer.wafer,
+          what: `layer ${i + 1} (${dir})`,
+        })
         layer.importctl = dir
         return layer.made
           ? `Took layer ${i + 1} from importctl's ${path.basename(dir)} as ${layer.wafer}, nothing downloaded`
           : `Layer ${i + 1} is already here as ${layer.wafer}`
       } catch (error) {
-        if (!(error instanceof LayerNotTaken)) throw error
-        report(`${error.message.replace(/\.$/, '')}: downloading it`)
+        // Whatever keeps importctl's copy from being taken (LayerNotTaken, or a link the kernel
+        // refuses: EPERM, EMLINK, a file gone meanwhile), the layer is downloaded instead; only a
+        // stop stops the pull.
+        if (signal?.aborted) throw error
+        const why = error instanceof LayerNotTaken ? error.reason : (error as Error).message.replace(/\.$/, '')
+        report(`importctl's copy of layer ${i + 1} cannot be taken (${why}); downloading it`)
         if (context !== undefined && plan.copyFrom !== undefined) {
           await fs.rm(blobPath(layout(), descriptor.digest), {force: true})
-          const alone = {...plan, imported: plan.imported.map(() => undefined), present: plan.present.map((_, k) => k !== i)}
+          const alone = {
+            ...plan,
+            imported: plan.imported.map(() => undefined),
+            present: plan.present.map((_, k) => k !== i),
+          }
           await download(context, alone, layout(), report)
           plan.blobs = layout()
         }

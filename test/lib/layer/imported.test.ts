@@ -1,6 +1,16 @@
 import {expect} from 'chai'
 import {execFileSync} from 'node:child_process'
-import {chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync} from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 
@@ -97,7 +107,12 @@ describe('takeImportedLayer (a layer importctl unpacked, into a wafer by hard li
     expect(attrs(path.join(data, 'op'))).to.deep.equal({'trusted.overlay.opaque': 'y', 'user.overlay.opaque': 'y'})
     expect(lstatSync(path.join(data, 'op/new')).ino).to.equal(lstatSync(path.join(source, 'op/new')).ino)
     const implied = lstatSync(path.join(data, 'implied'))
-    expect([implied.mode & 0o7777, implied.uid, implied.gid, implied.mtimeMs]).to.deep.equal([0o751, 12, 34, OLD.getTime()])
+    expect([implied.mode & 0o7777, implied.uid, implied.gid, implied.mtimeMs]).to.deep.equal([
+      0o751,
+      12,
+      34,
+      OLD.getTime(),
+    ])
     expect(lstatSync(path.join(data, 'op')).mtimeMs).to.equal(OLD.getTime())
     // importctl's tree is as it was.
     expect(listing(source)).to.include.members(['gone/.wh.file f', 'op/.wh..wh..opq f'])
@@ -139,5 +154,34 @@ describe('takeImportedLayer (a layer importctl unpacked, into a wafer by hard li
     const refusedToo = await takeImportedLayer(foreign, other, [], 'layer 3').catch((error: unknown) => error)
     expect((refusedToo as Error).message).to.match(/^layer 3 is owned by systemd's foreign UID range/)
     expect(readdirSync(other)).to.deep.equal([])
+  })
+
+  it('refuses a layer someone other than root could have made or changed: its owner, its mode, its image root', async () => {
+    const planted = path.join(root, '.oci-sha256:planted')
+    file(path.join(planted, 'etc/hello'), 'evil\n')
+    chownSync(planted, 65_534, 65_534)
+    const refused = await takeImportedLayer(planted, data, [], 'layer 1').catch((error: unknown) => error)
+    expect(refused).to.be.instanceOf(LayerNotTaken)
+    expect((refused as LayerNotTaken).reason).to.equal(
+      `layer 1: ${planted} is not root's alone (owner 65534, mode 0755), and wafers takes importctl's files only from root`,
+    )
+    expect(readdirSync(data)).to.deep.equal([])
+
+    chownSync(planted, 0, 0)
+    chmodSync(planted, 0o775)
+    expect(
+      (await takeImportedLayer(planted, data, [], 'layer 1').catch((error: unknown) => error)) as Error,
+    ).to.be.instanceOf(LayerNotTaken)
+
+    // An image root anyone may write to (a sticky /tmp-like directory): nothing in it is root's word.
+    const open = path.join(root, 'open')
+    const inOpen = path.join(open, '.oci-sha256:inopen')
+    file(path.join(inOpen, 'etc/hello'), 'evil\n')
+    chmodSync(open, 0o1777)
+    const refusedToo = await takeImportedLayer(inOpen, data, [], 'layer 1').catch((error: unknown) => error)
+    expect((refusedToo as LayerNotTaken).reason).to.match(
+      /^layer 1: .*\/open is not root's alone \(owner 0, mode 1777\)/,
+    )
+    expect(readdirSync(data)).to.deep.equal([])
   })
 })
