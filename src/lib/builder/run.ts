@@ -13,10 +13,10 @@ import {withoutUserNamespaces} from './no-userns.js'
 import type {Bind} from './run-mounts.js'
 import type {RunAs} from './users.js'
 
-/** How one RUN step runs. */
 /** The network a RUN gets, as buildah and podman spell `--network`. */
 export type RunNetwork = 'host' | 'none'
 
+/** How one RUN step runs. */
 export interface RunSpec {
   /** The argument vector (exec form, or the shell and its `-c` plus the command line). */
   argv: string[]

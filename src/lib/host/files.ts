@@ -180,11 +180,12 @@ export async function unlinkIfPresent(file: string): Promise<boolean> {
 /**
  * Deletes `file` and, when it is a directory, all it holds, however deep: GNU rm walks the tree
  * by descriptor, so no path needs to fit in PATH_MAX (Node's recursive rm goes by whole paths and
- * fails with ENAMETOOLONG past it, on a layer 2,040 directories deep). Never follows a symlink,
- * never crosses into a file system mounted inside (--one-file-system), and a `file` already gone
- * is no error. A failure is rm's own sentence (see run).
+ * fails with ENAMETOOLONG past it, on a layer 2,040 directories deep). Never follows a symlink
+ * and never enters another file system mounted inside (--one-file-system); a bind mount of the
+ * same file system it does enter, so callers make sure nothing is mounted inside first. A `file`
+ * already gone is no error. A failure is rm's own sentence (see run).
  */
 export async function removeTree(file: string): Promise<void> {
-  // The system's rm, whatever PATH says: cleaning up must not depend on a seeder's PATH.
+  // rm by systemProgram (absolute directories of PATH, then the system's own), not a seeder's PATH.
   await run(systemProgram('rm'), ['-rf', '--one-file-system', '--', file])
 }

@@ -5,7 +5,7 @@ export const REGISTRY_FLAG_HELP = {
   commandTimeout:
     'Give up on each skopeo run (reading the image, downloading, pushing) that takes longer than this: 90s, 10m, 1h30m. No limit by default.',
   idleTimeout:
-    'Give up when the registry (or archive) moves less than 1 KiB in this long, such as a registry that never answers or answers a byte a second, or, downloading layers, less than 1 KiB a second over this long, such as one that trickles. Default 60s.',
+    'Give up when the registry (or archive) moves less than 1 KiB in this long, such as a registry that never answers or answers a byte a second, or, while a pull downloads layers, less than 1 KiB a second over this long, such as one that trickles. Default 60s.',
   authfile: 'Read registry credentials from this auth file (containers-auth.json or Docker config.json format).',
   creds: 'Log in to the registry as USER:PASS.',
   tlsVerify: 'Require HTTPS and a trusted certificate; --tls-verify=false for a registry on plain HTTP.',
