@@ -13,11 +13,12 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs'
+import {spawnSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
-import {run, systemProgram} from './run.js'
+import {run, systemProgram, withUs} from './run.js'
 
 /** The largest store file wafers reads whole (parent, meta.json): a hostile one cannot exhaust memory. */
 export const MAX_STORE_FILE = 1024 * 1024
@@ -188,4 +189,54 @@ export async function unlinkIfPresent(file: string): Promise<boolean> {
 export async function removeTree(file: string): Promise<void> {
   // rm by systemProgram (absolute directories of PATH, then the system's own), not a seeder's PATH.
   await run(systemProgram('rm'), ['-rf', '--one-file-system', '--', file])
+}
+
+/**
+ * The path of `name` in the directory this process holds open as `fd` (the directory itself
+ * without a name), through /proc/self/fd: reached without its path, so no name on the way is
+ * looked up again. Bytes, since a layer's names need not be UTF-8.
+ */
+export function fdPath(fd: number, name?: Buffer): Buffer {
+  return name === undefined
+    ? Buffer.from(`/proc/self/fd/${fd}/.`)
+    : Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name])
+}
+
+/** A node mknodAt makes: a FIFO, or a character or block device and its numbers. */
+export interface NodeSpec {
+  devmajor: number
+  devminor: number
+  mode: number
+  type: 'block' | 'char' | 'fifo'
+}
+
+/**
+ * Makes FIFO or device `name` in the directory this process holds open as `dirFd`, by a child
+ * `mkfifo` or `mknod` (Node has neither), which dies with wafers like every program it starts
+ * (withUs) and names the directory as /proc/<our pid>/fd/N. Returns undefined once made, else why
+ * not: the program missing, or the first line it said.
+ */
+export function mknodAt(dirFd: number, name: string, spec: NodeSpec): undefined | {missing?: string; said?: string} {
+  const target = `/proc/${process.pid}/fd/${dirFd}/${name}`
+  const mode = (spec.mode & 0o7777).toString(8)
+  const [command, args] =
+    spec.type === 'fifo'
+      ? ['mkfifo', ['-m', mode, '--', target]]
+      : [
+          'mknod',
+          ['-m', mode, '--', target, spec.type === 'block' ? 'b' : 'c', String(spec.devmajor), String(spec.devminor)],
+        ]
+  const wrapped = withUs(command, args)
+  const result = spawnSync(wrapped.file, wrapped.args, {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
+  if (result.error && isErrno(result.error, 'ENOENT')) return {missing: command}
+  if (result.status === 0) return undefined
+  const said = (result.stderr ?? '')
+    .trim()
+    .split('\n')[0]
+    ?.replace(/^[a-z]+: /, '')
+    .replace(/\.$/, '')
+  return {
+    said:
+      said || `${command} ${result.signal ? `was killed by ${result.signal}` : `exited with code ${result.status}`}`,
+  }
 }

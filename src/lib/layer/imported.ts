@@ -23,7 +23,6 @@
  * right without changing importctl's copy, and is refused (LayerNotTaken), as is one on another
  * file system (hard links cannot cross one) or owned by the foreign UID range.
  */
-import {spawnSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {
   type BigIntStats,
@@ -43,9 +42,10 @@ import {
 import path from 'node:path'
 
 import {WafersError, isErrno, quote} from '../errors.js'
-import {withUs} from '../host/run.js'
+import {fdPath as at, mknodAt} from '../host/files.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
 import {findBelow} from './lookup.js'
+import {utimesSeconds} from './unpack.js'
 import {
   AUFS_META_PREFIX,
   OPAQUE_VALUE,
@@ -104,12 +104,6 @@ const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOL
 const XATTR_WHITEOUT = `${overlayPrefix('user')}whiteout`
 /** The value systemd gives a directory that holds xattr whiteouts (and is not opaque). */
 const HOLDS_WHITEOUTS = 'x'
-
-function at(fd: number, name?: Buffer): Buffer {
-  return name === undefined
-    ? Buffer.from(`/proc/self/fd/${fd}/.`)
-    : Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name])
-}
 
 /** A directory of the walk: the source and the new one held open, and what to set once its entries are in. */
 interface Level {
@@ -202,7 +196,8 @@ export async function takeImportedLayer(
         // The shared whiteout's hidden name goes before the top's time is set.
         if (stack.length === 0) whiteout.dispose()
         fchmodSync(top.dest, top.meta.mode)
-        const seconds = Number(top.meta.mtimeNs) / 1e9
+        // To the µs, as unpack sets a directory's time and a pack reads it back (see utimesSeconds).
+        const seconds = utimesSeconds(top.meta.mtimeNs)
         futimesSync(top.dest, seconds, seconds)
         if (top.source !== rootFd) closeSync(top.source)
         if (top.dest !== dataFd) closeSync(top.dest)
@@ -363,13 +358,10 @@ class WhiteoutMaker {
     if (this.made === undefined) {
       // A name no layer has: it sits beside the layer's own top entries until dispose().
       const name = `.wafers-whiteout-${process.pid}-${randomBytes(6).toString('hex')}`
-      const mknod = withUs('mknod', ['-m', '0', '--', `/proc/${process.pid}/fd/${this.rootFd}/${name}`, 'c', '0', '0'])
-      const result = spawnSync(mknod.file, mknod.args, {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
-      if (result.status !== 0) {
-        const said = (result.stderr || String(result.error ?? '')).trim().split('\n').at(-1)?.replace(/\.$/, '')
-        throw new WafersError(
-          `${this.what} could not be taken in: mknod of a whiteout failed (${said || 'no reason given'}).`,
-        )
+      const failed = mknodAt(this.rootFd, name, {devmajor: 0, devminor: 0, mode: 0, type: 'char'})
+      if (failed) {
+        const why = failed.missing ? `${failed.missing} is not on PATH: install coreutils` : failed.said
+        throw new WafersError(`${this.what} could not be taken in: mknod of a whiteout failed (${why}).`)
       }
 
       this.made = at(this.rootFd, Buffer.from(name))

@@ -7,6 +7,7 @@ import {type BigIntStats, closeSync, constants, lstatSync, openSync} from 'node:
 import path from 'node:path'
 
 import {isErrno} from '../errors.js'
+import {fdPath as at} from '../host/files.js'
 import {loadedXattr} from '../host/xattr.js'
 import {OVERLAY_FORMS, isOpaqueValue, isWhiteout, opaqueAttribute} from './whiteouts.js'
 import {packedAttribute} from './xattrs.js'
@@ -102,12 +103,6 @@ export interface Found {
 }
 
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW
-
-function at(fd: number, name?: Buffer): Buffer {
-  return name === undefined
-    ? Buffer.from(`/proc/self/fd/${fd}/.`)
-    : Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name])
-}
 
 /**
  * The file at `relPath` (components separated by '/', '' for the top) in the stack of layers

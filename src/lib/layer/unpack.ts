@@ -26,7 +26,6 @@
 import type {Hash} from 'node:crypto'
 import os from 'node:os'
 import path from 'node:path'
-import {spawnSync} from 'node:child_process'
 import {
   closeSync,
   constants,
@@ -56,6 +55,7 @@ import {
 } from 'node:fs'
 
 import {WafersError, isErrno} from '../errors.js'
+import {fdPath as at, mknodAt} from '../host/files.js'
 import {withUs} from '../host/run.js'
 import {type Xattr, loadXattr} from '../host/xattr.js'
 import {findBelow} from './lookup.js'
@@ -102,10 +102,6 @@ const O_PATH = 0o10000000
 interface DirMeta {
   mode: number
   mtimeUs: bigint
-}
-
-function at(fd: number, name: Buffer): Buffer {
-  return Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name])
 }
 
 let truncates: boolean | undefined
@@ -522,36 +518,16 @@ class Writer {
     // a temporary one and renamed (arguments are strings).
     const plain = Buffer.from(name.toString('utf8')).equals(name) && !name.includes(0x0a)
     const made = plain ? name : Buffer.from(`.wafers-mknod-${process.pid}-${this.temp++}`)
-    const target = `/proc/${process.pid}/fd/${parentFd}/${made.toString('utf8')}`
-    const mode = (entry.mode & 0o7777).toString(8)
-    const [command, args] =
-      entry.type === 'fifo'
-        ? ['mkfifo', ['-m', mode, '--', target]]
-        : [
-            'mknod',
-            [
-              '-m',
-              mode,
-              '--',
-              target,
-              entry.type === 'block' ? 'b' : 'c',
-              String(entry.devmajor),
-              String(entry.devminor),
-            ],
-          ]
-    // Dies with wafers like every program it starts (withUs): a kill -9 leaves none of them running.
-    const wrapped = withUs(command, args as string[])
-    const result = spawnSync(wrapped.file, wrapped.args, {encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe']})
-    if (result.error && isErrno(result.error, 'ENOENT'))
-      throw new WafersError(`unpacking ${this.options.name} needs ${command}, which is not on PATH: install coreutils.`)
-    if (result.status !== 0) {
-      const said =
-        (result.stderr ?? '')
-          .trim()
-          .split('\n')[0]
-          ?.replace(/^[a-z]+: /, '') ?? ''
+    const type = entry.type === 'fifo' || entry.type === 'block' ? entry.type : 'char'
+    const failed = mknodAt(parentFd, made.toString('utf8'), {...entry, type})
+    if (failed?.missing)
       throw new WafersError(
-        `${this.options.name} could not be unpacked: ${command} of ${quote(name.toString('utf8'))} failed: ${said}.`,
+        `unpacking ${this.options.name} needs ${failed.missing}, which is not on PATH: install coreutils.`,
+      )
+    if (failed) {
+      const command = type === 'fifo' ? 'mkfifo' : 'mknod'
+      throw new WafersError(
+        `${this.options.name} could not be unpacked: ${command} of ${quote(name.toString('utf8'))} failed: ${failed.said}.`,
       )
     }
 

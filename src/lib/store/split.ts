@@ -95,7 +95,7 @@ export async function splitWafer(store: WaferStore, plan: SplitPlan, meta: Wafer
     times.push([data, fresh])
     for (const [from, to] of times.reverse()) {
       const stat = lstatSync(from, {bigint: true})
-      await fs.utimes(to, nsSeconds(stat.atimeNs), nsSeconds(stat.mtimeNs))
+      await fs.utimes(to, utimesSeconds(stat.atimeNs), utimesSeconds(stat.mtimeNs))
     }
 
     const made = path.join(making, 'wafer')
@@ -387,8 +387,4 @@ async function copyAttributes(from: string, to: string): Promise<void> {
     const value = xattr.getAttributeSync(from, name)
     if (value !== null) xattr.setAttributeSync(to, name, value)
   }
-}
-
-function nsSeconds(ns: bigint): number {
-  return Number(ns) / 1e9
 }
