@@ -9,7 +9,7 @@ import {lookup} from '../layer/lookup.js'
 import {MAX_OPTIONS_LENGTH} from '../mount/overlay.js'
 import {staticBusyboxWith} from '../seed/seeders/busybox.js'
 import {stagingLockFds} from '../store/staging.js'
-import {withoutUserNamespaces} from './no-userns.js'
+import {underRunFilter} from './seccomp.js'
 import type {Bind} from './run-mounts.js'
 import type {RunAs} from './users.js'
 
@@ -59,7 +59,7 @@ const RUN_CAPABILITIES = [
  * RUN_CAPABILITIES are dropped, not just nspawn's defaults, so a later nspawn that grants more by
  * default grants a RUN nothing more.
  */
-const ALL_CAPABILITIES = [
+const ALL_CAPABILITIES: readonly string[] = [
   'CAP_CHOWN',
   'CAP_DAC_OVERRIDE',
   'CAP_DAC_READ_SEARCH',
@@ -102,6 +102,9 @@ const ALL_CAPABILITIES = [
   'CAP_BPF',
   'CAP_CHECKPOINT_RESTORE',
 ]
+
+/** nspawn's flag that leaves a RUN RUN_CAPABILITIES alone (exported for the seccomp test). */
+export const DROP_CAPABILITIES = `--drop-capability=${ALL_CAPABILITIES.filter((cap) => !RUN_CAPABILITIES.includes(cap)).join(',')}`
 
 /** Where a RUN that switches to bare numbers finds the host's static busybox (on nspawn's /run tmpfs). */
 const BUSYBOX_INSIDE = '/run/wafers/busybox'
@@ -250,7 +253,7 @@ export async function runInRoot(
     '--link-journal=no',
     // The bounding set: it holds for the RUN, whatever user it switches to and whatever setuid
     // program it runs, and for everything it starts.
-    `--drop-capability=${ALL_CAPABILITIES.filter((cap) => !RUN_CAPABILITIES.includes(cap)).join(',')}`,
+    DROP_CAPABILITIES,
     '-D',
     root,
     // nspawn mounts the overlay on the container's root before anything else it mounts.
@@ -314,9 +317,10 @@ export async function runInRoot(
   // --pdeathsig, so the kernel kills unshare with wafers; unshare then kills nspawn, the first
   // process of a PID namespace of its own, and with it the kernel kills everything in that
   // namespace, the container's processes included.
-  // The filter is installed before nspawn starts, so nothing nspawn starts escapes it; nspawn itself
-  // makes no user namespace (no --private-users).
-  const [program, programArgs] = withoutUserNamespaces([
+  // The RUN's system call filter (seccomp.ts) is installed before nspawn starts, so nothing nspawn
+  // starts escapes it; nspawn itself makes no user namespace (no --private-users). SYSTEMD_SECCOMP=0
+  // below keeps nspawn from compiling its own allow-list on top, which the filter already holds.
+  const [program, programArgs] = underRunFilter([
     'unshare',
     '--pid',
     '--fork',
@@ -337,8 +341,9 @@ export async function runInRoot(
     {
       check: false,
       // No image lock file beside the root (it would outlive a killed nspawn): the root is this RUN's
-      // alone. And no perl complaint about the host's locale among the RUN's lines.
-      env: {PERL_BADLANG: '0', SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0'},
+      // alone. No perl complaint about the host's locale among the RUN's lines. And no second filter
+      // of nspawn's (60 ms of libseccomp at every start): the one wafers installed refuses as much.
+      env: {PERL_BADLANG: '0', SYSTEMD_NSPAWN_LOCK: '0', SYSTEMD_NSPAWN_TMPFS_TMP: '0', SYSTEMD_SECCOMP: '0'},
       // The locks of the stages being filled: no stage is swept while the RUN writes into it.
       inherit: stagingLockFds(),
       name: 'the RUN',
