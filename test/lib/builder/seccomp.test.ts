@@ -7,7 +7,16 @@ import os from 'node:os'
 import path from 'node:path'
 
 import {DROP_CAPABILITIES} from '../../../src/lib/builder/run.js'
-import {AARCH64, ARM, FIRST_UNKNOWN, I386, NUMBERS, X86_64, runFilter, underRunFilter} from '../../../src/lib/builder/seccomp.js'
+import {
+  AARCH64,
+  ARM,
+  FIRST_UNKNOWN,
+  I386,
+  NUMBERS,
+  X86_64,
+  runFilter,
+  underRunFilter,
+} from '../../../src/lib/builder/seccomp.js'
 
 /** Runs `command` under the filter a RUN gets, as runInRoot starts it (real perl, real seccomp). */
 async function filtered(command: string[]) {
@@ -142,8 +151,13 @@ const CONDITIONS: Record<number, (machine: Machine, k: number) => boolean> = {
 /** Classic BPF as seccomp runs it, on one struct seccomp_data: what the filter returns. */
 function evaluate(filter: Buffer, data: Buffer): number {
   const machine: Machine = {a: 0, memory: Array.from<number>({length: 16}).fill(0), x: 0}
-  for (let pc = 0; ; ) {
-    const [code, jt, jf, k] = [filter.readUInt16LE(pc * 8), filter[pc * 8 + 2], filter[pc * 8 + 3], filter.readUInt32LE(pc * 8 + 4)]
+  for (let pc = 0; ;) {
+    const [code, jt, jf, k] = [
+      filter.readUInt16LE(pc * 8),
+      filter[pc * 8 + 2],
+      filter[pc * 8 + 3],
+      filter.readUInt32LE(pc * 8 + 4),
+    ]
     pc++
     if (code === 0x06) return k
     if (code === 0x16) return machine.a
@@ -161,7 +175,9 @@ function verdict(filters: Buffer[], nr: number, arch: number, args: number[] = [
   data.writeUInt32LE(arch, 4)
   for (const [index, arg] of args.entries()) data.writeUInt32LE(arg, 16 + 8 * index)
   const rank = (action: number) => {
-    const order = [0x80_00_00_00, 0, 0x00_03_00_00, 0x00_05_00_00, 0x7f_c0_00_00, 0x7f_f0_00_00, 0x7f_fc_00_00, 0x7f_ff_00_00]
+    const order = [
+      0x80_00_00_00, 0, 0x00_03_00_00, 0x00_05_00_00, 0x7f_c0_00_00, 0x7f_f0_00_00, 0x7f_fc_00_00, 0x7f_ff_00_00,
+    ]
     return order.indexOf((action & 0xff_ff_00_00) >>> 0)
   }
 
@@ -253,7 +269,9 @@ describe('build: the RUN filter refuses what systemd-nspawn refuses', function (
       const extra = new Set(['clone3', 'io_uring_enter', 'io_uring_register', 'io_uring_setup', 'setns', 'userfaultfd'])
       // Numbers the kernel assigns no call to, which it answers with ENOSYS whatever the filter says.
       const assigned = (header: string) =>
-        new Set([...readFileSync(header, 'utf8').matchAll(/^#define __NR_\w+ (\d+)$/gm)].map((match) => Number(match[1])))
+        new Set(
+          [...readFileSync(header, 'utf8').matchAll(/^#define __NR_\w+ (\d+)$/gm)].map((match) => Number(match[1])),
+        )
       const kernel = {
         [I386.name]: assigned('/usr/include/x86_64-linux-gnu/asm/unistd_32.h'),
         [X86_64.name]: assigned('/usr/include/x86_64-linux-gnu/asm/unistd_64.h'),
@@ -267,13 +285,19 @@ describe('build: the RUN filter refuses what systemd-nspawn refuses', function (
           const call = named.get(nr) ?? String(nr)
           if (nspawnSays === ALLOW && extra.has(call)) continue
           if (nspawnSays === ENOSYS && weSay === ALLOW && nr < FIRST_UNKNOWN && !kernel[abi.name].has(nr)) continue
-          differences.push(`${call} on ${abi.name}: nspawn 0x${nspawnSays.toString(16)}, wafers 0x${weSay.toString(16)}`)
+          differences.push(
+            `${call} on ${abi.name}: nspawn 0x${nspawnSays.toString(16)}, wafers 0x${weSay.toString(16)}`,
+          )
         }
       }
 
       expect(differences).to.deep.equal([])
       // The audit socket, which nspawn answers with EAFNOSUPPORT, and any other netlink socket.
-      for (const args of [[16, 3, 9], [16, 3, 0], [1, 1, 0]])
+      for (const args of [
+        [16, 3, 9],
+        [16, 3, 0],
+        [1, 1, 0],
+      ])
         expect(verdict(ours, 41, X86_64.arch, args), String(args)).to.equal(verdict(theirs, 41, X86_64.arch, args))
       // x32, which nspawn half allows, is refused whole.
       expect(verdict(ours, 0x40_00_00_00 | 1, X86_64.arch)).to.equal(ENOSYS)
