@@ -9,6 +9,9 @@ for (const stream of [process.stdout, process.stderr]) stream._handle?.setBlocki
 // the next `sudo wafers` finds (oclif's default, ~/.local/share/wafers, depends on HOME).
 // WAFERS_DATA_DIR overrides it.
 process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
+// oclif checks Node against its own engines (>=18, below wafers' >=20.17, which npm checks at
+// install) on every start, loading semver to do so: 2% of the instructions of a command.
+process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
 // Node 22.1+ keeps the compiled code of wafers and oclif between runs (a no-op on Node 20). The
 // cache lives in wafers' own node_modules, writable only by whoever can change wafers' code anyway:
 // code cached in a shared temporary directory could be planted there by any local user.
