@@ -281,12 +281,14 @@ export interface Abi {
   foreignFrom?: number
   /** libseccomp's name of the ABI (scmp_sys_resolver -a). */
   name: string
+  /** The ABI's private calls, [first, past the last], let through (ARM's set_tls and cacheflush). */
+  private?: [number, number]
 }
 
 export const X86_64: Abi = {arch: 0xc0_00_00_3e, column: 0, foreignFrom: 0x40_00_00_00, name: 'x86_64'}
 export const I386: Abi = {arch: 0x40_00_00_03, column: 1, name: 'x86'}
 export const AARCH64: Abi = {arch: 0xc0_00_00_b7, column: 2, name: 'aarch64'}
-export const ARM: Abi = {arch: 0x40_00_00_28, column: 3, name: 'arm'}
+export const ARM: Abi = {arch: 0x40_00_00_28, column: 3, name: 'arm', private: [0x0f_00_00, 0x0f_08_00]}
 
 /** The ABIs of each host architecture wafers builds on, and its prctl(2) number. */
 const HOSTS: Partial<Record<NodeJS.Architecture, {abis: Abi[]; prctl: number}>> = {
@@ -301,10 +303,11 @@ type Insn = [code: number, jt: number | string, jf: number | string, k: number] 
  * - unshare(2) and clone(2) with CLONE_NEWUSER, setns(2) unless its nstype is CLONE_NEWNET, and
  *   the rest of WAFERS_REFUSES and NSPAWN_REFUSES: EPERM;
  * - socket(AF_NETLINK, *, NETLINK_AUDIT): EAFNOSUPPORT, which audit's userspace takes for "audit
- *   is off" (nspawn does the same: the host's audit log is not the container's);
+ *   is off" (nspawn does the same: the host's audit log is not the container's); not on i386, where
+ *   glibc reaches socket through socketcall(2), whose arguments no filter can read (nor nspawn's);
  * - clone3(2), whose flags a filter cannot read: ENOSYS (glibc then falls back to clone), and so
- *   does NSPAWN_UNKNOWN, every number from FIRST_UNKNOWN on, and every call of an ABI the filter
- *   does not know (x32 among them).
+ *   does NSPAWN_UNKNOWN, every number from FIRST_UNKNOWN on (but ARM's private calls), and every
+ *   call of an ABI the filter does not know (x32 among them).
  * Each ABI's block ends in its own returns, so that no jump is longer than BPF's 255.
  */
 export function runFilter(abis: Abi[] = hostAbis().abis): Buffer {
@@ -316,6 +319,7 @@ export function runFilter(abis: Abi[] = hostAbis().abis): Buffer {
     const number = (call: Call) => NUMBERS[call][abi.column]
     program.push(label('abi'), [LD_ABS, 0, 0, 0])
     if (abi.foreignFrom !== undefined) program.push([JGE, label('enosys'), 0, abi.foreignFrom])
+    if (abi.private) program.push([JGE, label('private'), 0, abi.private[0]])
     program.push([JGE, label('enosys'), 0, FIRST_UNKNOWN])
     const jumps: Array<[call: Call, to: string]> = [
       ['clone3', 'enosys'],
@@ -352,6 +356,8 @@ export function runFilter(abis: Abi[] = hostAbis().abis): Buffer {
       [LD_ABS, 0, 0, 32],
       [JEQ, 0, label('allow'), NETLINK_AUDIT],
       [RET, 0, 0, errno(EAFNOSUPPORT)],
+      // ARM's own calls (glibc sets up thread-local storage with set_tls), which nspawn allows.
+      ...(abi.private ? [label('private'), [JGE, label('enosys'), 0, abi.private[1]] satisfies Insn] : []),
       label('allow'),
       [RET, 0, 0, ALLOW],
       label('eperm'),
