@@ -13,7 +13,17 @@
  * descriptor, never through a symlink, and one this code could not have left is left alone.
  */
 import {randomBytes} from 'node:crypto'
-import {closeSync, constants, promises as fs, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync} from 'node:fs'
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  promises as fs,
+  fstatSync,
+  ftruncateSync,
+  futimesSync,
+  lstatSync,
+  openSync,
+} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -70,34 +80,7 @@ export async function splitWafer(store: WaferStore, plan: SplitPlan, meta: Wafer
   try {
     const fresh = path.join(making, 'fresh')
     await fs.mkdir(fresh)
-    // Each emptied file's directories, then the file itself with its content; times go last,
-    // as what is made inside a directory changes its mtime.
-    const times: Array<[string, string]> = []
-    for (const {path: rel} of plan.emptied) {
-      const parts = rel.split('/')
-      for (let i = 1; i < parts.length; i++) {
-        const dir = parts.slice(0, i).join('/')
-        const to = path.join(fresh, dir)
-        if (lstatSync(to, {throwIfNoEntry: false}) !== undefined) continue
-        await fs.mkdir(to)
-        await copyAttributes(path.join(data, dir), to)
-        times.push([path.join(data, dir), to])
-      }
-
-      const from = path.join(data, rel)
-      const to = path.join(fresh, rel)
-      await fs.copyFile(from, to, constants.COPYFILE_EXCL)
-      await copyAttributes(from, to)
-      times.push([from, to])
-    }
-
-    await copyAttributes(data, fresh)
-    times.push([data, fresh])
-    for (const [from, to] of times.reverse()) {
-      const stat = lstatSync(from, {bigint: true})
-      await fs.utimes(to, utimesSeconds(stat.atimeNs), utimesSeconds(stat.mtimeNs))
-    }
-
+    await copyEmptied(data, fresh, plan.emptied)
     const made = path.join(making, 'wafer')
     await fs.mkdir(made)
     await fs.mkdir(path.join(made, 'work'))
@@ -203,7 +186,7 @@ async function settleJournal(store: WaferStore, journal: string, wafer: string):
     return
   }
 
-  if (!isValidName(wafer)) throw new JournalRefused('its name is no wafer\'s')
+  if (!isValidName(wafer)) throw new JournalRefused("its name is no wafer's")
   const held = openDirectoryIn(store.root, path.basename(journal), true)
   if (held === undefined) return
   const fds = [held]
@@ -373,15 +356,94 @@ function emptyFile(data: number, rel: string, mtimeNs: bigint): void {
 }
 
 /**
- * Gives `to` the owner, mode and attributes of `from` (in that order: a chown clears setuid bits
- * and file capabilities). Overlay's own attributes are not copied: an opaque mark on the new upper
- * would hide the wafer below it; escaped ones, which are the files' own, are.
+ * Copies into `fresh` what the wafer's own new data keeps of `data`: each emptied file whole, with
+ * its directories, and the owner, mode, attributes and times of each and of `data` itself. `data`
+ * is walked by descriptor, never through a symlink: a directory of it swapped for a link to the
+ * host's /etc as the split runs makes it refuse, not copy the host's machine id into the wafer.
  */
-async function copyAttributes(from: string, to: string): Promise<void> {
+async function copyEmptied(data: string, fresh: string, emptied: SplitPlan['emptied']): Promise<void> {
+  const copy: Copy = {data, fresh, times: []}
+  const root = openSync(data, DIRECTORY)
+  try {
+    for (const {path: rel} of emptied) await copyEmptiedFile(root, rel, copy)
+    const stat = fstatSync(root, {bigint: true})
+    await copyAttributes(`/proc/self/fd/${root}/.`, stat, fresh)
+    copy.times.push([stat, fresh])
+  } finally {
+    closeSync(root)
+  }
+
+  // Times go last, innermost first, as what is made inside a directory changes its mtime.
+  for (const [from, to] of copy.times.reverse()) {
+    await fs.utimes(to, utimesSeconds(from.atimeNs), utimesSeconds(from.mtimeNs))
+  }
+}
+
+/** What copyEmptied copies from and to, and the times it sets once all is made. */
+interface Copy {
+  data: string
+  fresh: string
+  times: Array<[from: BigIntStats, to: string]>
+}
+
+/** Copies `rel` of the data open as `root`, and each of its directories not copied yet. */
+async function copyEmptiedFile(root: number, rel: string, copy: Copy): Promise<void> {
+  const parts = rel.split('/')
+  const refuse = (what: string) => new WafersError(`${path.join(copy.data, rel)} ${what}; nothing was changed.`)
+  let dir = openSync(`/proc/self/fd/${root}/.`, DIRECTORY)
+  try {
+    for (const [index, part] of parts.slice(0, -1).entries()) {
+      const next = tryOpen(`/proc/self/fd/${dir}/${part}`, DIRECTORY)
+      if (next === undefined) throw refuse('is not reached through directories alone')
+      closeSync(dir)
+      dir = next
+      const to = path.join(copy.fresh, ...parts.slice(0, index + 1))
+      if (lstatSync(to, {throwIfNoEntry: false}) !== undefined) continue
+      await fs.mkdir(to)
+      const stat = fstatSync(dir, {bigint: true})
+      await copyAttributes(`/proc/self/fd/${dir}/.`, stat, to)
+      copy.times.push([stat, to])
+    }
+
+    const name = `/proc/self/fd/${dir}/${parts.at(-1)}`
+    const file = tryOpen(name, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    if (file === undefined) throw refuse('is no longer a file')
+    try {
+      const stat = fstatSync(file, {bigint: true})
+      if (!stat.isFile() || stat.nlink !== 1n) throw refuse('is no longer a file with one name')
+      const to = path.join(copy.fresh, rel)
+      await fs.copyFile(`/proc/self/fd/${file}`, to, constants.COPYFILE_EXCL)
+      // The binding reads attributes by name, never following the last one: the name in the
+      // directory held open, checked afterwards to still be the file opened.
+      await copyAttributes(name, stat, to)
+      const named = lstatSync(name, {bigint: true, throwIfNoEntry: false})
+      if (named?.ino !== stat.ino || named.dev !== stat.dev) throw refuse('was replaced while it was copied')
+      copy.times.push([stat, to])
+    } finally {
+      closeSync(file)
+    }
+  } finally {
+    closeSync(dir)
+  }
+}
+
+function tryOpen(file: string, flags: number): number | undefined {
+  try {
+    return openSync(file, flags)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Gives `to` the owner and mode of `stat` and the attributes of `from` (in that order: a chown
+ * clears setuid bits and file capabilities). Overlay's own attributes are not copied: an opaque
+ * mark on the new upper would hide the wafer below it; escaped ones, which are the files' own, are.
+ */
+async function copyAttributes(from: string, stat: BigIntStats, to: string): Promise<void> {
   const xattr = await loadXattr()
-  const stat = lstatSync(from)
-  await fs.lchown(to, stat.uid, stat.gid)
-  await fs.chmod(to, stat.mode & 0o7777)
+  await fs.lchown(to, Number(stat.uid), Number(stat.gid))
+  await fs.chmod(to, Number(stat.mode) & 0o7777)
   for (const name of xattr.listAttributesSync(from)) {
     if (packedAttribute(name).action !== 'keep') continue
     const value = xattr.getAttributeSync(from, name)
