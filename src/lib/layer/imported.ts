@@ -73,11 +73,12 @@ export class LayerNotTaken extends WafersError {
 /**
  * Refuses (LayerNotTaken) files in `$STACKS` that root alone could not have made: wafers takes
  * importctl's files as they are, on the word of who made them, so `dir` and the directory it is
- * in must be root's and written by nobody else (as importd keeps /var/lib/machines).
+ * in must be root's and written by nobody else (as importd keeps /var/lib/machines). `opened`, the
+ * descriptor `dir` was opened as, is what is checked of `dir` itself when given: not its name again.
  */
-export function checkRootsAlone(dir: string, what: string): void {
+export function checkRootsAlone(dir: string, what: string, opened?: number): void {
   for (const file of [path.dirname(dir), dir]) {
-    const stat = lstatSync(file, {throwIfNoEntry: false})
+    const stat = file === dir && opened !== undefined ? fstatSync(opened) : lstatSync(file, {throwIfNoEntry: false})
     if (stat === undefined) continue
     if (stat.uid !== 0 || (stat.mode & 0o022) !== 0) {
       throw new LayerNotTaken(
@@ -142,7 +143,7 @@ export async function takeImportedLayer(
       )
     }
 
-    checkRootsAlone(source, what)
+    checkRootsAlone(source, what, rootFd)
     if (root.dev !== fstatSync(dataFd, {bigint: true}).dev) throw notSameFileSystem(what)
     const started = root.birthtimeNs
     const enter = (sourceFd: number, destFd: number, rel: Buffer, stat: BigIntStats) => {
