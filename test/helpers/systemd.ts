@@ -1,6 +1,9 @@
+import {expect} from 'chai'
 import {execa} from 'execa'
 import {existsSync, promises as fs} from 'node:fs'
 import path from 'node:path'
+
+import {treeListing} from './tree.js'
 
 /**
  * A Debian sid root with systemd 262 (systemd-mstack, systemd-nspawn, systemd-pull), made once by
@@ -90,4 +93,22 @@ export async function inSid(
   // A machine that waits for input would hang the test: nothing here runs for minutes.
   const run = await execa('chroot', [SID_ROOT, ...command], {env, reject: false, stdin: 'ignore', timeout: 120_000})
   return {exitCode: run.exitCode ?? -1, stderr: String(run.stderr), stdout: String(run.stdout)}
+}
+
+/** Runs `script` (sh -c) in a machine that systemd 262's nspawn boots on the `.mstack` at `mstack`. */
+export async function inSidMachine(mstack: string, script: string): ReturnType<typeof inSid> {
+  return inSid(['systemd-nspawn', '--register=no', '--keep-unit', '--quiet', `--mstack=${mstack}`, 'sh', '-c', script])
+}
+
+/** The tree systemd-mstack mounts from `mstack` at a directory in `root`, listed, and unmounted again. */
+export async function mountedBySystemd(root: string, mstack: string): Promise<string[]> {
+  const at = path.join(root, 'by-systemd')
+  await fs.mkdir(at, {recursive: true})
+  const mounted = await inSid(['systemd-mstack', '--mount', mstack, at])
+  expect(mounted.exitCode, mounted.stderr).to.equal(0)
+  try {
+    return await treeListing(path.join(SID_ROOT, at))
+  } finally {
+    await inSid(['systemd-mstack', '--umount', at])
+  }
 }

@@ -7,7 +7,7 @@ import path from 'node:path'
 import {readLayout, writeLayoutOfTars} from '../helpers/layout.js'
 import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
-import {SID_ROOT, enterableSid, ensureSidPull, inSid, trustInSid} from '../helpers/systemd.js'
+import {ensureSidPull, enterableSid, inSid, inSidMachine, mountedBySystemd, SID_ROOT, trustInSid} from '../helpers/systemd.js'
 import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
 
@@ -22,19 +22,6 @@ const noMarkers = (lines: string[]) => lines.map((line) => line.replaceAll(/ (tr
  * gives is gone from importctl's copy (and so from anything made of it) before wafers sees it.
  */
 const compared = (lines: string[]) => noMarkers(lines).map((line) => line.replace(/^(gone d .*) mtime=\d+$/, '$1'))
-
-/** The tree systemd-mstack mounts from `mstack`, listed, and unmounted again. */
-async function mountedBySystemd(box: Sandbox, mstack: string): Promise<string[]> {
-  const at = path.join(box.root, 'by-systemd')
-  await fs.mkdir(at, {recursive: true})
-  const mounted = await inSid(['systemd-mstack', '--mount', mstack, at])
-  expect(mounted.exitCode, mounted.stderr).to.equal(0)
-  try {
-    return await treeListing(path.join(SID_ROOT, at))
-  } finally {
-    await inSid(['systemd-mstack', '--umount', at])
-  }
-}
 
 /** Polls `done` every 100 ms, for up to a minute. */
 async function waitFor(done: () => Promise<boolean>): Promise<void> {
@@ -124,16 +111,7 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     for (const dir of layers) expect(path.basename(dir)).to.match(/^\.oci-sha256:[\da-f]{64}$/)
     const settings = await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')
     // The machine runs once, on systemd's own mount: its changes land in rw/data.
-    const ran = await inSid([
-      'systemd-nspawn',
-      '--register=no',
-      '--keep-unit',
-      '--quiet',
-      `--mstack=${mstack}`,
-      'sh',
-      '-c',
-      'echo made in the machine > /etc/made && rm /data/owned',
-    ])
+    const ran = await inSidMachine(mstack, 'echo made in the machine > /etc/made && rm /data/owned')
     expect(ran.exitCode, ran.stderr).to.equal(0)
     const machineData = lstatSync(path.join(mstack, 'rw', 'data')).ino
     const importctlBefore = await Promise.all(layers.map((dir) => snapshot(dir)))
@@ -159,7 +137,7 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     expect(await fs.readlink(path.join(mstack, 'rw'))).to.equal(path.join(box.wafers, 'img'))
     expect(await fs.readFile(path.join(box.stacks, 'img.nspawn'), 'utf8')).to.equal(settings)
 
-    const bySystemd = await mountedBySystemd(box, mstack)
+    const bySystemd = await mountedBySystemd(box.root, mstack)
     const unstacked = await box.run(['unstack', 'img'])
     expect(unstacked.exitCode, unstacked.stderr).to.equal(0)
     const stacked = await box.run(['stack', 'img'])
@@ -197,7 +175,7 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     await systemdPull('img')
     const layers = await importctlLayers('img')
     const mstack = path.join(box.stacks, 'img.mstack')
-    const bySystemdBefore = await mountedBySystemd(box, mstack)
+    const bySystemdBefore = await mountedBySystemd(box.root, mstack)
 
     const pulled = await box.run(['pull', '--tls-verify=false', '--json', `docker://${image()}`, 'mine'])
     expect(pulled.exitCode, pulled.stderr).to.equal(0)
@@ -214,7 +192,7 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     expect(compared(await treeListing(box.stack('mine')))).to.deep.equal(compared(expected))
     expect((await box.run(['unstack', 'mine'])).exitCode).to.equal(0)
     // importctl's own stack still mounts as before (whatever systemd 262 makes of its whiteouts).
-    expect(await mountedBySystemd(box, mstack)).to.deep.equal(bySystemdBefore)
+    expect(await mountedBySystemd(box.root, mstack)).to.deep.equal(bySystemdBefore)
 
     // And when importctl's copies go, the wafers keep their files.
     for (const dir of layers) {

@@ -5,26 +5,13 @@ import path from 'node:path'
 
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
 import {loadXattr} from '../../src/lib/host/xattr.js'
-import {SID_ROOT, enterableSid, inSid} from '../helpers/systemd.js'
+import {enterableSid, inSid, inSidMachine, mountedBySystemd, SID_ROOT} from '../helpers/systemd.js'
 import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
 
 // Overlay markers are hidden by the mount that reads them and shown by the other (wafers' mounts
 // read trusted.overlay.*, systemd's user.overlay.*): the trees are compared without either.
 const noMarkers = (lines: string[]) => lines.map((line) => line.replaceAll(/ (trusted|user)\.overlay\.[^ ]+/g, ''))
-
-/** The tree systemd-mstack mounts from `mstack`, listed, and unmounted again. */
-async function mountedBySystemd(box: Sandbox, mstack: string): Promise<string[]> {
-  const at = path.join(box.root, 'by-systemd')
-  await fs.mkdir(at, {recursive: true})
-  const mounted = await inSid(['systemd-mstack', '--mount', mstack, at])
-  expect(mounted.exitCode, mounted.stderr).to.equal(0)
-  try {
-    return await treeListing(path.join(SID_ROOT, at))
-  } finally {
-    await inSid(['systemd-mstack', '--umount', at])
-  }
-}
 
 describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', function () {
   this.timeout(900_000)
@@ -90,7 +77,7 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     expect(await fs.readlink(path.join(mstack, 'layer@0'))).to.equal(box.data('bb'))
     expect(await fs.readlink(path.join(mstack, 'rw'))).to.equal(path.join(box.wafers, 'kid'))
 
-    const bySystemd = await mountedBySystemd(box, mstack)
+    const bySystemd = await mountedBySystemd(box.root, mstack)
     expect(noMarkers(bySystemd)).to.deep.equal(noMarkers(byWafers))
     expect(bySystemd.find((line) => line.startsWith('ping '))).to.include('security.capability=')
     expect(bySystemd.find((line) => line.startsWith('hl2 '))).to.include('user.note=')
@@ -100,22 +87,13 @@ describe('stacks as systemd .mstack directories (systemd 262 from Debian sid)', 
     await base()
     expect((await box.run(['stack', 'kid', 'bb', '--mstack'])).exitCode).to.equal(0)
     const mstack = path.join(box.stacks, 'kid.mstack')
-    const ran = await inSid([
-      'systemd-nspawn',
-      '--register=no',
-      '--keep-unit',
-      '--quiet',
-      `--mstack=${mstack}`,
-      'sh',
-      '-c',
-      'rm -r /o && mkdir /o && echo in-systemd > /o/made && rm /gone',
-    ])
+    const ran = await inSidMachine(mstack, 'rm -r /o && mkdir /o && echo in-systemd > /o/made && rm /gone')
     expect(ran.exitCode, ran.stderr).to.equal(0)
     expect(await fs.readFile(box.data('kid', 'o', 'made'), 'utf8')).to.equal('in-systemd\n')
     expect(await fs.readFile(box.data('bb', 'o', 'hidden'), 'utf8')).to.equal('hidden above\n')
 
     // systemd marked /o opaque in the user form only; wafers' own mount must hide o/hidden too.
-    const bySystemd = await mountedBySystemd(box, mstack)
+    const bySystemd = await mountedBySystemd(box.root, mstack)
     const unstacked = await box.run(['unstack', 'kid'])
     expect(unstacked.exitCode, unstacked.stderr).to.equal(0)
     expect(unstacked.stdout).to.include(`unstacked ${mstack}`)
