@@ -7,7 +7,15 @@ import path from 'node:path'
 import {readLayout, writeLayoutOfTars} from '../helpers/layout.js'
 import {Registry, useRegistry} from '../helpers/registry.js'
 import {Sandbox, hasStackTrace, said, snapshot, useSandbox} from '../helpers/sandbox.js'
-import {ensureSidPull, enterableSid, inSid, inSidMachine, mountedBySystemd, SID_ROOT, trustInSid} from '../helpers/systemd.js'
+import {
+  ensureSidPull,
+  enterableSid,
+  inSid,
+  inSidMachine,
+  mountedBySystemd,
+  SID_ROOT,
+  trustInSid,
+} from '../helpers/systemd.js'
 import {treeListing} from '../helpers/tree.js'
 import {makeUmociImage} from '../helpers/umoci.js'
 
