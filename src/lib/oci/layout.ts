@@ -54,13 +54,18 @@ export function blobCompression(
   try {
     const head = Buffer.alloc(4)
     const n = readSync(opened.fd, head, 0, 4, 0)
-    if (n === 0) return said
-    if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip'
-    if (n === 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd'
-    return 'none'
+    return sniffCompression(head.subarray(0, n), said)
   } finally {
     closeSync(opened.fd)
   }
+}
+
+/** The compression that the first (up to four) bytes of a blob show; `said` for an empty blob. */
+export function sniffCompression(head: Buffer, said: LayerCompression): LayerCompression {
+  if (head.length === 0) return said
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip'
+  if (head.length === 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd'
+  return 'none'
 }
 
 /** Parses JSON `bytes`, refusing what is not an object in one sentence. */

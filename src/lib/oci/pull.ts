@@ -38,6 +38,7 @@ import {
 } from './skopeo.js'
 import {WorkDir, makeWorkDir} from './workdir.js'
 import {throttled} from './throttle.js'
+import type {GrowingBlob} from './stream.js'
 
 /** What `pull` was asked to do. */
 export interface PullOptions extends RegistryOptions {
@@ -206,10 +207,63 @@ export function pullSteps(
   const steps = (): Step[] => {
     if (!plan || !result.made) return []
     const current = plan
+    const unpackedWhileDownloading = new Set<number>()
+    /**
+     * Downloads the one new layer `i` of the image while unpacking it as it comes (see stream.ts).
+     * Whether it was unpacked so: when not (the file was not there to read, or what was read
+     * failed the digest checks), its own step unpacks the downloaded blob.
+     */
+    const downloadUnpacking = async (i: number, report: (line: string) => void): Promise<boolean> => {
+      const [{growingBlob}, {compressionOf}] = await Promise.all([import('./stream.js'), import('../layer/archive.js')])
+      const descriptor = current.manifest.layers[i]
+      const stop = new AbortController()
+      const onAbort = () => stop.abort()
+      options.signal?.addEventListener('abort', onAbort, {once: true})
+      let finished = false
+      const unpacking = unpackInto(
+        store,
+        current,
+        i,
+        result.layers,
+        () => {},
+        stop.signal,
+        async () =>
+          growingBlob(layout(), descriptor, {
+            finished: () => finished,
+            said: compressionOf(descriptor.mediaType),
+            signal: stop.signal,
+          }),
+      ).then(
+        (made) => ({made}),
+        (error: unknown) => ({error}),
+      )
+      try {
+        await download(context!, current, layout(), report)
+      } catch (error) {
+        stop.abort()
+        await unpacking
+        throw error
+      } finally {
+        finished = true
+        options.signal?.removeEventListener('abort', onAbort)
+      }
+
+      const outcome = await unpacking
+      if ('error' in outcome) {
+        if (options.signal?.aborted) throw outcome.error
+        return false
+      }
+
+      result.layers[i].made = outcome.made
+      return true
+    }
+
     const missing = current.manifest.layers.filter((_, i) => !current.present[i] && !current.imported[i])
     const fetch: Step = {
       async run(report) {
-        await download(context!, current, layout(), report)
+        const streamed = await streamableLayer(store, current, options.dedupe)
+        if (streamed === undefined) await download(context!, current, layout(), report)
+        else if (await downloadUnpacking(streamed, report)) unpackedWhileDownloading.add(streamed)
         current.blobs = layout()
         if (missing.length === 0) return `Checked ${describe(current.ref)}: every layer is already here`
         return `Downloaded ${plural(missing.length, 'layer')} (${humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))})`
@@ -232,6 +286,12 @@ export function pullSteps(
         })
       return {
         async run(report) {
+          if (unpackedWhileDownloading.has(i)) {
+            return layer.made
+              ? `Unpacked layer ${i + 1} into ${layer.wafer} as it downloaded`
+              : `Layer ${i + 1} is already here as ${layer.wafer}`
+          }
+
           if (options.dedupe !== false) {
             const {shareLayer} = await import('./dedupe.js')
             const wanted = {
@@ -574,6 +634,7 @@ async function unpackInto(
   layers: PulledLayer[],
   report: (line: string) => void,
   signal?: AbortSignal,
+  source?: () => Promise<GrowingBlob | undefined>,
 ): Promise<boolean> {
   const {compressionOf, unpackLayer} = await import('../layer/archive.js')
   const descriptor = plan.manifest.layers[i]
@@ -585,9 +646,13 @@ async function unpackInto(
   try {
     await store.create(layer.wafer, parent, {
       async fill(data) {
-        const input = openBlob(plan.blobs, descriptor, what)
+        // Read as it downloads (see stream.ts), or the downloaded blob.
+        const growing = await source?.()
+        if (source && growing === undefined) throw new NotStreamed()
+        const input = growing?.input ?? openBlob(plan.blobs, descriptor, what)
         await unpackLayer(input, data, {
-          compression: blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
+          compression:
+            growing?.compression ?? blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
           expectDiffId: layer.diffId,
           expectDigest: descriptor.digest,
           // The layers below, nearest first: parents this layer does not list keep their values.
@@ -611,6 +676,33 @@ async function unpackInto(
     throw error
   }
 }
+
+/**
+ * The layer of `plan` that a pull may unpack while skopeo downloads it (see stream.ts): the only
+ * one to download, not empty, over layers that are all wafers here already (importctl's become
+ * wafers only in later steps), and no wafer here pushed as it (dedupe decides on that one after
+ * the download).
+ */
+async function streamableLayer(
+  store: WaferStore,
+  plan: Plan,
+  dedupe: boolean | undefined,
+): Promise<number | undefined> {
+  if (plan.copyFrom === undefined) return undefined
+  const missing = [...plan.manifest.layers.keys()].filter((i) => !plan.present[i])
+  if (missing.length !== 1 || plan.imported.some((dir) => dir !== undefined)) return undefined
+  const [i] = missing
+  if (plan.manifest.layers[i].size === 0) return undefined
+  if (dedupe !== false) {
+    const {LayerCache} = await import('./cache.js')
+    if ((await new LayerCache(store.root).packedAs(plan.config.rootfs.diff_ids[i])).length > 0) return undefined
+  }
+
+  return i
+}
+
+/** Thrown inside a layer's unpack when the blob is not there to read as it downloads. */
+class NotStreamed extends Error {}
 
 /** The meta.json of the wafer of layer `i` of `plan`. */
 function layerMeta(plan: Plan, i: number, diffId: string): WaferMeta {
