@@ -1,0 +1,95 @@
+import {expect} from 'chai'
+import {execa} from 'execa'
+import {promises as fs} from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import {buffer} from 'node:stream/consumers'
+
+import {growingBlob} from '../../../src/lib/oci/stream.js'
+
+// Writes argv[1] (its first argv[4] bytes, when given) into argv[2] in four parts, a pause between
+// them, then renames it to argv[3] (unless '-'): as skopeo's OCI layout destination writes a blob.
+const WRITER = `
+import os, sys, time
+data = open(sys.argv[1], 'rb').read()
+if len(sys.argv) > 4: data = data[:int(sys.argv[4])]
+quarter = len(data) // 4 + 1
+with open(sys.argv[2], 'wb') as out:
+    for i in range(4):
+        out.write(data[i * quarter:(i + 1) * quarter]); out.flush(); time.sleep(0.15)
+if len(sys.argv) > 3 and sys.argv[3] != '-': os.rename(sys.argv[2], sys.argv[3])
+`
+
+describe('pull: a blob read as skopeo writes it', function () {
+  this.timeout(20_000)
+  let dir: string
+  let gzipped: Buffer
+
+  beforeEach(async function () {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'wafers-stream-'))
+    // Content made by gzip itself, a few hundred KiB.
+    const plain = Buffer.from(Array.from({length: 40_000}, (_, i) => `line ${i}\n`).join(''))
+    await fs.writeFile(path.join(dir, 'plain'), plain)
+    gzipped = Buffer.from((await execa('gzip', ['-c', '-n', path.join(dir, 'plain')], {encoding: 'buffer'})).stdout)
+    await fs.writeFile(path.join(dir, 'source.gz'), gzipped)
+    await fs.mkdir(path.join(dir, 'layout'))
+  })
+
+  afterEach(async function () {
+    await fs.rm(dir, {force: true, recursive: true})
+  })
+
+  const descriptor = () => ({digest: `sha256:${'0'.repeat(64)}`, mediaType: 'x', size: gzipped.length})
+
+  it('reads every byte as the file grows, through the rename, and sees gzip in its first bytes', async function () {
+    const temp = path.join(dir, 'layout', 'oci-put-blob123')
+    const writer = execa('python3', ['-c', WRITER, path.join(dir, 'source.gz'), temp, path.join(dir, 'layout', 'done')])
+    let finished = false
+    void writer.finally(() => {
+      finished = true
+    })
+    const blob = await growingBlob(path.join(dir, 'layout'), descriptor(), {
+      finished: () => finished,
+      said: 'none',
+      signal: new AbortController().signal,
+    })
+    expect(blob?.compression).to.equal('gzip')
+    const read = await buffer(blob!.input)
+    await writer
+    expect(read.equals(gzipped)).to.equal(true)
+  })
+
+  it('fails the stream, naming how far it got, when the download ends short', async function () {
+    const temp = path.join(dir, 'layout', 'oci-put-blob7')
+    const half = Math.floor(gzipped.length / 2)
+    let finished = false
+    const writer = execa('python3', ['-c', WRITER, path.join(dir, 'source.gz'), temp, '-', String(half)])
+    void writer.finally(() => {
+      finished = true
+    })
+    const blob = await growingBlob(path.join(dir, 'layout'), descriptor(), {
+      finished: () => finished,
+      said: 'none',
+      signal: new AbortController().signal,
+    })
+    const failed = await buffer(blob!.input).then(
+      () => 'read all',
+      (error: Error) => error.message,
+    )
+    expect(failed).to.match(new RegExp(`^the download ended after \\d+ of its ${gzipped.length} bytes$`))
+  })
+
+  it('takes no link for the file, and gives up once the download ended without one', async function () {
+    await fs.symlink(path.join(dir, 'source.gz'), path.join(dir, 'layout', 'oci-put-blob9'))
+    let finished = false
+    setTimeout(() => {
+      finished = true
+    }, 200)
+    const blob = await growingBlob(path.join(dir, 'layout'), descriptor(), {
+      finished: () => finished,
+      said: 'none',
+      signal: new AbortController().signal,
+    })
+    expect(blob).to.equal(undefined)
+  })
+})
