@@ -266,7 +266,9 @@ export function pullSteps(
         else if (await downloadUnpacking(streamed, report)) unpackedWhileDownloading.add(streamed)
         current.blobs = layout()
         if (missing.length === 0) return `Checked ${describe(current.ref)}: every layer is already here`
-        return `Downloaded ${plural(missing.length, 'layer')} (${humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))})`
+        const size = humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))
+        const verb = unpackedWhileDownloading.size > 0 ? 'Downloaded and unpacked' : 'Downloaded'
+        return `${verb} ${plural(missing.length, 'layer')} (${size})`
       },
       // Run even with nothing to download: the copy is where skopeo checks the trust policy.
       skip: () => (current.copyFrom === undefined ? 'nothing to download' : undefined),
