@@ -216,22 +216,24 @@ export function pullSteps(
     const downloadUnpacking = async (i: number, report: (line: string) => void): Promise<boolean> => {
       const [{growingBlob}, {compressionOf}] = await Promise.all([import('./stream.js'), import('../layer/archive.js')])
       const descriptor = current.manifest.layers[i]
+      // Stopped by Ctrl-C as any step is, and when the download fails.
       const stop = new AbortController()
-      const onAbort = () => stop.abort()
-      options.signal?.addEventListener('abort', onAbort, {once: true})
-      let finished = false
+      const signal = options.signal ? AbortSignal.any([stop.signal, options.signal]) : stop.signal
+      let downloaded = false
       const unpacking = unpackInto(
         store,
         current,
         i,
         result.layers,
-        () => {},
-        stop.signal,
+        (line) => {
+          if (downloaded) report(`unpacked ${line}`)
+        },
+        signal,
         async () =>
           growingBlob(layout(), descriptor, {
-            finished: () => finished,
+            finished: () => downloaded,
             said: compressionOf(descriptor.mediaType),
-            signal: stop.signal,
+            signal,
           }),
       ).then(
         (made) => ({made}),
@@ -241,11 +243,12 @@ export function pullSteps(
         await download(context!, current, layout(), report)
       } catch (error) {
         stop.abort()
-        await unpacking
+        // A layer unpacked whole before the download failed (at the config) stays, and is said.
+        const outcome = await unpacking
+        if ('made' in outcome) result.layers[i].made = outcome.made
         throw error
       } finally {
-        finished = true
-        options.signal?.removeEventListener('abort', onAbort)
+        downloaded = true
       }
 
       const outcome = await unpacking
@@ -652,22 +655,28 @@ async function unpackInto(
         const growing = await source?.()
         if (source && growing === undefined) throw new NotStreamed()
         const input = growing?.input ?? openBlob(plan.blobs, descriptor, what)
-        await unpackLayer(input, data, {
-          compression:
-            growing?.compression ?? blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
-          expectDiffId: layer.diffId,
-          expectDigest: descriptor.digest,
-          // The layers below, nearest first: parents this layer does not list keep their values.
-          lowers: layers
-            .slice(0, i)
-            .reverse()
-            .map((below) => store.dataDir(below.wafer)),
-          name: what,
-          onBytes(n) {
-            progress(`${humanSize(n)} of ${humanSize(descriptor.size)}`)
-          },
-          signal,
-        })
+        try {
+          await unpackLayer(input, data, {
+            compression:
+              growing?.compression ??
+              blobCompression(plan.blobs, descriptor, compressionOf(descriptor.mediaType), what),
+            expectDiffId: layer.diffId,
+            expectDigest: descriptor.digest,
+            // The layers below, nearest first: parents this layer does not list keep their values.
+            lowers: layers
+              .slice(0, i)
+              .reverse()
+              .map((below) => store.dataDir(below.wafer)),
+            name: what,
+            onBytes(n) {
+              progress(`${humanSize(n)} of ${humanSize(descriptor.size)}`)
+            },
+            signal,
+          })
+        } finally {
+          // Its file closed, however the unpack ended (one that throws before reading leaves it open).
+          growing?.input.destroy()
+        }
       },
       meta,
     })
