@@ -41,9 +41,15 @@ describe('pull: a blob read as skopeo writes it', function () {
 
   const descriptor = () => ({digest: `sha256:${'0'.repeat(64)}`, mediaType: 'x', size: gzipped.length})
 
-  it('reads every byte as the file grows, through the rename, and sees gzip in its first bytes', async function () {
-    const temp = path.join(dir, 'layout', 'oci-put-blob123')
-    const writer = execa('python3', ['-c', WRITER, path.join(dir, 'source.gz'), temp, path.join(dir, 'layout', 'done')])
+  /** WRITER writing `temp` (with `args`), and growingBlob reading it, finished when WRITER is. */
+  async function downloading(temp: string, ...args: string[]) {
+    const writer = execa('python3', [
+      '-c',
+      WRITER,
+      path.join(dir, 'source.gz'),
+      path.join(dir, 'layout', temp),
+      ...args,
+    ])
     let finished = false
     void writer.finally(() => {
       finished = true
@@ -53,6 +59,11 @@ describe('pull: a blob read as skopeo writes it', function () {
       said: 'none',
       signal: new AbortController().signal,
     })
+    return {blob, writer}
+  }
+
+  it('reads every byte as the file grows, through the rename, and sees gzip in its first bytes', async function () {
+    const {blob, writer} = await downloading('oci-put-blob123', path.join(dir, 'layout', 'done'))
     expect(blob?.compression).to.equal('gzip')
     const read = await buffer(blob!.input)
     await writer
@@ -60,18 +71,7 @@ describe('pull: a blob read as skopeo writes it', function () {
   })
 
   it('fails the stream, naming how far it got, when the download ends short', async function () {
-    const temp = path.join(dir, 'layout', 'oci-put-blob7')
-    const half = Math.floor(gzipped.length / 2)
-    let finished = false
-    const writer = execa('python3', ['-c', WRITER, path.join(dir, 'source.gz'), temp, '-', String(half)])
-    void writer.finally(() => {
-      finished = true
-    })
-    const blob = await growingBlob(path.join(dir, 'layout'), descriptor(), {
-      finished: () => finished,
-      said: 'none',
-      signal: new AbortController().signal,
-    })
+    const {blob} = await downloading('oci-put-blob7', '-', String(Math.floor(gzipped.length / 2)))
     const failed = await buffer(blob!.input).then(
       () => 'read all',
       (error: Error) => error.message,
