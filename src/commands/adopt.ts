@@ -9,7 +9,8 @@ import {progressMode, runSteps} from '../lib/ui/progress.js'
 export default class Adopt extends WafersCommand {
   static args = {
     name: Args.string({
-      description: 'The image importctl pulled as $STACKS/NAME.mstack; a wafer of that name must not exist yet.',
+      description:
+        'The image importctl pulled as $STACKS/NAME.mstack; a wafer of that name must not exist yet (but one an adopt of NAME that stopped midway made).',
       required: true,
     }),
   }
@@ -17,7 +18,7 @@ export default class Adopt extends WafersCommand {
 
 No file is copied: the layers' files are hard-linked (so $WAFERS and $STACKS must be on one file system), and rw/data is moved. importctl's .oci-sha256: directories stay as they were, for its other images; removing them later leaves the wafers whole. OCI whiteouts systemd 262 left as plain .wh. files become real whiteouts, so wafers' mount and systemd's show the image as its layers say.
 
-NAME.nspawn (the image's command, environment and user, as importctl wrote it) and NAME.oci-config stay beside the stack. A machine that runs (NAME.mstack mounted, in any mount namespace, or processes in it) is refused, as is a NAME.mstack importctl did not write, a missing layer, and a NAME that is a wafer already; nothing is moved then.`
+NAME.nspawn (the image's command, environment and user, as importctl wrote it) and NAME.oci-config stay beside the stack. A machine that runs (NAME.mstack mounted, in any mount namespace, or processes in it) is refused, as is a NAME.mstack importctl did not write, a missing layer, and a NAME that is a wafer already; nothing is moved then. An adopt stopped after the machine's files became wafer NAME (killed, or the machine's stack could not be emptied) is finished by running it again: it rewrites NAME.mstack.`
   static enableJsonFlag = true
   static examples = [
     {
@@ -46,7 +47,9 @@ NAME.nspawn (the image's command, environment and user, as importctl wrote it) a
 
     const made = result.layers.filter((layer) => layer.made).length
     this.log(
-      `adopted ${result.name} (${result.layers.length} layers, ${made} new${result.moved ? ", with the machine's own files" : ''}): ${result.mstack} now stacks wafer ${result.name}`,
+      result.resumed
+        ? `finished adopting ${result.name}: ${result.mstack} now stacks wafer ${result.name}`
+        : `adopted ${result.name} (${result.layers.length} layers, ${made} new${result.moved ? ", with the machine's own files" : ''}): ${result.mstack} now stacks wafer ${result.name}`,
     )
     return result
   }

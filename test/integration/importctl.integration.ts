@@ -179,6 +179,47 @@ describe('living beside importctl: what systemd-pull oci (systemd 262) pulled, t
     expect(await box.run(['unstack', `${bottom.wafer}-top`])).to.include({exitCode: 0})
   })
 
+  it('adopt run again finishes an adopt stopped after the machine files became the wafer, and refuses a NAME of another origin', async () => {
+    await systemdPull('img')
+    const mstack = path.join(box.stacks, 'img.mstack')
+    const ran = await inSidMachine(mstack, 'echo made in the machine > /etc/made')
+    expect(ran.exitCode, ran.stderr).to.equal(0)
+    // importctl's stack as it was, kept aside (cp -a: links, owners, attributes as they are).
+    const aside = path.join(box.root, 'img.mstack.aside')
+    await execa('cp', ['-a', mstack, aside])
+    const adopted = await box.run(['adopt', 'img'])
+    expect(adopted.exitCode, adopted.stderr).to.equal(0)
+    const bySystemd = await mountedBySystemd(box.root, mstack)
+
+    // An adopt killed after it moved rw/data into wafer img, before it rewrote img.mstack: the wafer
+    // as adopt made it, importctl's stack as it was but for the machine's files.
+    await fs.rm(mstack, {force: true, recursive: true})
+    await fs.rename(aside, mstack)
+    await fs.rm(path.join(mstack, 'rw', 'data'), {force: true, recursive: true})
+    const stopped = await box.run(['stack', 'img', '--mstack'])
+    expect(stopped.exitCode).to.not.equal(0)
+
+    const again = await box.run(['adopt', 'img', '--json'])
+    expect(again.exitCode, again.stderr).to.equal(0)
+    expect(JSON.parse(again.stdout)).to.include({moved: true, resumed: true})
+    expect(await mountedBySystemd(box.root, mstack)).to.deep.equal(bySystemd)
+    expect(await fs.readFile(box.data('img', 'etc', 'made'), 'utf8')).to.equal('made in the machine\n')
+    const plain = await box.run(['adopt', 'img'])
+    expect(plain.exitCode).to.not.equal(0)
+    expect(said(plain.stderr)).to.include('wafer img already exists; img was not adopted.')
+
+    // A wafer that no adopt made is not taken for a stopped one, and nothing changes.
+    await fs.rm(mstack, {force: true, recursive: true})
+    await systemdPull('other')
+    expect((await box.run(['create', 'other'])).exitCode).to.equal(0)
+    const before = await snapshot(path.join(box.stacks, 'other.mstack'))
+    const refused = await box.run(['adopt', 'other'])
+    expect(refused.exitCode).to.not.equal(0)
+    expect(said(refused.stderr)).to.include('wafer other already exists; other was not adopted.')
+    expect(hasStackTrace(refused.stderr)).to.equal(false)
+    expect(await snapshot(path.join(box.stacks, 'other.mstack'))).to.deep.equal(before)
+  })
+
   it('wafers pull of an image importctl pulled takes its layers by hard links, downloads none, and leaves its .mstack working', async () => {
     await systemdPull('img')
     const layers = await importctlLayers('img')

@@ -19,7 +19,8 @@ import {checkRoot} from '../host/system.js'
 import {checkRootsAlone, takeImportedLayer} from '../layer/imported.js'
 import {syncOpaqueForms} from '../layer/markers.js'
 import {mstackInUse, mstackPath, readMstack, writeMstack} from '../mount/mstack.js'
-import {type ImageMeta, type WaferMeta} from '../store/meta.js'
+import {type ImageMeta, type WaferMeta, readMeta} from '../store/meta.js'
+import {traceAncestry} from '../store/ancestry.js'
 import {checkName} from '../store/names.js'
 import {type Locations, WaferStore} from '../store/store.js'
 import type {Step} from '../steps.js'
@@ -156,6 +157,8 @@ export interface AdoptResult {
   /** Whether the machine had changed files (rw/data), now NAME's data. */
   moved: boolean
   name: string
+  /** Whether this run only finished an adopt of NAME that stopped before rewriting NAME.mstack. */
+  resumed: boolean
 }
 
 /**
@@ -167,9 +170,17 @@ export interface AdoptResult {
  */
 export function adoptSteps(locations: Locations, name: string): {resolve: Step; result: AdoptResult; steps(): Step[]} {
   const store = new WaferStore(locations.wafers)
-  const result: AdoptResult = {layers: [], mstack: mstackPath(locations.stacks, name), moved: false, name}
+  const result: AdoptResult = {
+    layers: [],
+    mstack: mstackPath(locations.stacks, name),
+    moved: false,
+    name,
+    resumed: false,
+  }
   let image: ImportedImage | undefined
   let present: boolean[] = []
+  /** NAME and the wafers below it, when an adopt of NAME stopped before its rewrite. */
+  let left: string[] | undefined
   const refuseInUse = async () => {
     const use = await mstackInUse(result.mstack)
     if (use !== undefined) {
@@ -184,6 +195,19 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
       checkRoot()
       checkName(name)
       if (await store.exists(name)) {
+        // An adopt stopped after the machine's files became wafer NAME: what is left is the rewrite.
+        left = await adoptLeft(store, locations.stacks, name)
+        if (left !== undefined) {
+          await refuseInUse()
+          result.moved = readdirSync(store.dataDir(name)).length > 0
+          result.resumed = true
+          result.layers = left
+            .slice(1)
+            .map((wafer) => ({digest: '', from: '', made: false, wafer}))
+            .reverse()
+          return `Found ${name} adopted from ${result.mstack} but for its rewrite`
+        }
+
         throw new WafersError(`wafer ${name} already exists; ${name} was not adopted.`, {
           suggestions: [`Rename or remove wafer ${name} first (wafers mv, wafers rm).`],
         })
@@ -206,6 +230,27 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
   }
 
   const steps = (): Step[] => {
+    if (left !== undefined) {
+      const stack = left
+      return [
+        {
+          async run() {
+            if (lstatSync(result.mstack, {throwIfNoEntry: false}) !== undefined) {
+              await removeImportctlMstack({mstack: result.mstack}).catch((error: unknown) => {
+                throw new WafersError(
+                  `${result.mstack} could not be emptied (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); wafer ${name} holds the machine: remove what is left there, then run wafers stack ${name} --mstack.`,
+                )
+              })
+            }
+
+            await writeMstack(store, locations.stacks, stack)
+            return `Rewrote ${result.mstack} to stack ${name}, finishing the adopt that stopped`
+          },
+          title: `Rewrite ${path.basename(result.mstack)} to stack the wafers`,
+        },
+      ]
+    }
+
     const current = image!
     const chain = chainIds(current.config.rootfs.diff_ids)
     const history = historyPerLayer(current.config.history, current.layers.length)
@@ -386,8 +431,28 @@ async function moveMachineFiles(store: WaferStore, image: ImportedImage, name: s
   return true
 }
 
+/**
+ * NAME and the wafers below it, nearest first, when wafer NAME is what an adopt of NAME.mstack made
+ * before it stopped: its meta says importctl's NAME.mstack, that is still not written by wafers,
+ * is root's alone, and no longer holds the machine's files (rw/data); undefined otherwise.
+ */
+async function adoptLeft(store: WaferStore, stacks: string, name: string): Promise<string[] | undefined> {
+  const mstack = mstackPath(stacks, name)
+  const meta = readMeta(store.dir(name), name)
+  if (meta.imported?.by !== 'importctl' || meta.imported.from !== mstack || meta.image === undefined) return undefined
+  const stat = lstatSync(mstack, {throwIfNoEntry: false})
+  if (stat !== undefined) {
+    if (!stat.isDirectory() || readMstack(store, mstack) !== undefined) return undefined
+    checkRootsAlone(mstack, `${name} was not adopted`)
+    if (lstatSync(path.join(mstack, 'rw', 'data'), {throwIfNoEntry: false}) !== undefined) return undefined
+  }
+
+  const stack = await traceAncestry(store, name)
+  return stack.length > 1 ? stack : undefined
+}
+
 /** Removes what importctl wrote in NAME.mstack (its layer@ links, rw and its scratch work/) once rw/data is moved out. */
-async function removeImportctlMstack(image: ImportedImage): Promise<void> {
+async function removeImportctlMstack(image: Pick<ImportedImage, 'mstack'>): Promise<void> {
   const fd = openSync(image.mstack, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
   try {
     const held = `/proc/self/fd/${fd}`
