@@ -199,6 +199,47 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
     expect(noTop(await stackView(box, 'img2'))).to.deep.equal(noTop(await listing(rootfs2)))
   })
 
+  it('downloads no layer it takes from a wafer here: the pull works with the blob gone from the registry', async function () {
+    await makeBase(box)
+    const pushed = await push('base', 'dedupe/base:1')
+    const [digest] = pushed.layers.map((l) => l.digest)
+    // The registry loses the layer's bytes (manifest and config stay): a download of it would fail.
+    const hex = digest.slice('sha256:'.length)
+    const blob = path.join(
+      registry.dir,
+      'storage',
+      'docker',
+      'registry',
+      'v2',
+      'blobs',
+      'sha256',
+      hex.slice(0, 2),
+      hex,
+      'data',
+    )
+    await fs.rm(blob)
+    const lost = await execa(
+      'skopeo',
+      [
+        'copy',
+        '--src-tls-verify=false',
+        `docker://${registry.host}/dedupe/base:1`,
+        `oci:${path.join(box.root, 'lost')}:x`,
+      ],
+      {reject: false},
+    )
+    expect(lost.exitCode, 'skopeo cannot copy the image any more').to.not.equal(0)
+
+    const run = await box.run(['pull', `${registry.host}/dedupe/base:1`, 'img', '--tls-verify=false'])
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(run.stderr).to.include('1 layer may be taken from wafers here')
+    const listed = await box.run(['list', '--no-size'])
+    expect(listed.stdout).to.match(/^img\b/m)
+    expect((await fs.readFile(path.join(box.wafers, 'base', 'parent'), 'utf8')).trim()).to.equal(
+      (await fs.readFile(path.join(box.wafers, 'img', 'parent'), 'utf8')).trim(),
+    )
+  })
+
   it('unpacks a copy, saying why, when the base or a wafer on it is stacked, when it changed since the push, and with --no-dedupe', async function () {
     await makeBase(box)
     await push('base', 'dedupe/base:1')
@@ -350,7 +391,9 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
 
       const failed = await box.run(['pull', 'oci:/nonexistent:x'])
       expect(failed.exitCode).to.not.equal(0)
-      expect(failed.stderr).to.match(/\.split-W was left as it is: its wafer is not a real directory; look at it and remove it by hand/)
+      expect(failed.stderr).to.match(
+        /\.split-W was left as it is: its wafer is not a real directory; look at it and remove it by hand/,
+      )
       expect(failed.stderr).to.match(/\.split-zz was left as it is: etc\/shadow in its wafer's data is not reached/)
       expect(await fs.readFile(path.join(outside, 'data', 'etc', 'shadow'), 'utf8')).to.equal('root:secret\n')
       expect((await fs.lstat(path.join(outside, 'data', 'etc', 'shadow'))).mtimeMs).to.equal(before.mtimeMs)
@@ -387,7 +430,10 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
       try {
         const reached = await new Promise<boolean>((resolve) => {
           server.once('connection', () => resolve(true))
-          pushing.then(() => resolve(false), () => resolve(false))
+          pushing.then(
+            () => resolve(false),
+            () => resolve(false),
+          )
         })
         expect(reached, 'the push reached its upload').to.equal(true)
         expect(await unpacked('pushing', 'img')).to.equal('a push is packing base')
@@ -403,7 +449,9 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
       await pushed('linked')
       await box.wafer('other', {files: {}})
       await fs.link(box.data('base', 'srv', 'big'), box.data('other', 'big'))
-      expect(await unpacked('linked', 'img')).to.equal("base's srv/big has names outside it, which would change the layer with it")
+      expect(await unpacked('linked', 'img')).to.equal(
+        "base's srv/big has names outside it, which would change the layer with it",
+      )
     })
 
     it('does not split a wafer whose file is mapped, open, or bind-mounted elsewhere', async function () {
@@ -420,10 +468,10 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
         // libc's mmap itself: Python's mmap module keeps a descriptor of its own open.
         [
           'import ctypes,os,sys,time',
-          "libc=ctypes.CDLL(None,use_errno=True)",
+          'libc=ctypes.CDLL(None,use_errno=True)',
           'libc.mmap.restype=ctypes.c_void_p',
           'libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]',
-          "fd=os.open(sys.argv[1],os.O_RDWR)",
+          'fd=os.open(sys.argv[1],os.O_RDWR)',
           'address=libc.mmap(None,4096,3,1,fd,0)',
           'assert address not in (None,ctypes.c_void_p(-1).value)',
           'os.close(fd)',

@@ -105,6 +105,11 @@ interface Plan {
   copyFrom?: string
   digest: string
   history?: HistoryEntry[][]
+  /**
+   * Layers not downloaded with the others: a wafer here was pushed as each (the push cache says
+   * so), and dedupe may take it from there. One dedupe does not take is downloaded on its own.
+   */
+  deferred: boolean[]
   /** For each layer not yet a wafer, importctl's directory of it, when importctl pulled it: taken, not downloaded. */
   imported: Array<string | undefined>
   manifest: Manifest
@@ -178,11 +183,16 @@ export function pullSteps(
 
       result.digest = plan.digest
       const names = plan.chain.map((chainId) => layerWaferName(chainId))
+      const {LayerCache} = await import('./cache.js')
+      const cache = new LayerCache(store.root)
       for (const [i, chainId] of plan.chain.entries()) {
         plan.present[i] = await layerPresent(store, names[i], chainId, i === 0 ? undefined : names[i - 1])
         const descriptor = plan.manifest.layers[i]
         // A layer importctl pull-oci already unpacked travels no second time (see importctl.ts).
         if (!plan.present[i]) plan.imported[i] = findImportedLayer(locations.stacks, descriptor.digest)
+        // Nor one a wafer here was pushed as, if dedupe takes it (only downloads can wait).
+        if (!plan.present[i] && !plan.imported[i] && plan.copyFrom !== undefined && options.dedupe !== false)
+          plan.deferred[i] = (await cache.packedAs(plan.config.rootfs.diff_ids[i])).length > 0
         result.layers.push({
           diffId: plan.config.rootfs.diff_ids[i],
           digest: descriptor.digest,
@@ -261,13 +271,18 @@ export function pullSteps(
       return true
     }
 
-    const missing = current.manifest.layers.filter((_, i) => !current.present[i] && !current.imported[i])
+    const missing = current.manifest.layers.filter(
+      (_, i) => !current.present[i] && !current.imported[i] && !current.deferred[i],
+    )
     const fetch: Step = {
       async run(report) {
-        const streamed = await streamableLayer(store, current, options.dedupe)
+        const streamed = streamableLayer(current)
         if (streamed === undefined) await download(context!, current, layout(), report)
         else if (await downloadUnpacking(streamed, report)) unpackedWhileDownloading.add(streamed)
         current.blobs = layout()
+        const waiting = current.deferred.filter(Boolean).length
+        if (missing.length === 0 && waiting > 0)
+          return `Checked ${describe(current.ref)}: ${plural(waiting, 'layer')} may be taken from wafers here`
         if (missing.length === 0) return `Checked ${describe(current.ref)}: every layer is already here`
         const size = humanSize(missing.reduce((sum, layer) => sum + layer.size, 0))
         const verb = unpackedWhileDownloading.size > 0 ? 'Downloaded and unpacked' : 'Downloaded'
@@ -313,6 +328,12 @@ export function pullSteps(
             }
 
             if (shared) layer.notShared = shared.skipped
+          }
+
+          // Left for dedupe, which did not take it: downloaded now, alone.
+          if (current.deferred[i]) {
+            report(`downloading layer ${i + 1}`)
+            await downloadAlone(context!, current, i, layout(), report)
           }
 
           layer.made = await unpackInto(store, current, i, result.layers, report, options.signal)
@@ -402,6 +423,7 @@ function makePlan(
     config,
     copyFrom,
     digest,
+    deferred: diffIds.map(() => false),
     history: historyPerLayer(config.history, diffIds.length),
     imported: diffIds.map(() => undefined),
     manifest,
@@ -510,7 +532,7 @@ async function download(
   const blobs = path.join(layout, 'blobs', 'sha256')
   await fs.mkdir(blobs, {recursive: true})
   const placeholders = new Set<string>()
-  const here = (i: number) => plan.present[i] || plan.imported[i] !== undefined
+  const here = (i: number) => plan.present[i] || plan.imported[i] !== undefined || plan.deferred[i]
   for (const [i, descriptor] of plan.manifest.layers.entries()) {
     if (!here(i)) continue
     const file = blobPath(layout, descriptor.digest)
@@ -563,6 +585,25 @@ async function download(
   plan.manifest = copied
 }
 
+/** Downloads layer `i` of `plan` alone, into `layout` (its placeholder, if any, goes first). */
+async function downloadAlone(
+  context: SkopeoContext,
+  plan: Plan,
+  i: number,
+  layout: string,
+  report: (line: string) => void,
+): Promise<void> {
+  await fs.rm(blobPath(layout, plan.manifest.layers[i].digest), {force: true})
+  const alone: Plan = {
+    ...plan,
+    deferred: plan.deferred.map(() => false),
+    imported: plan.imported.map(() => undefined),
+    present: plan.present.map((_, k) => k !== i),
+  }
+  await download(context, alone, layout, report)
+  plan.blobs = layout
+}
+
 /**
  * The step that makes layer `i`'s wafer of importctl's directory `dir` by hard links. When that
  * cannot be (another file system, an overlay attribute wafers would escape: LayerNotTaken), the
@@ -608,16 +649,8 @@ function importedLayerStep(
         if (signal?.aborted) throw error
         const why = error instanceof LayerNotTaken ? error.reason : (error as Error).message.replace(/\.$/, '')
         report(`importctl's copy of layer ${i + 1} cannot be taken (${why}); downloading it`)
-        if (context !== undefined && plan.copyFrom !== undefined) {
-          await fs.rm(blobPath(layout(), descriptor.digest), {force: true})
-          const alone = {
-            ...plan,
-            imported: plan.imported.map(() => undefined),
-            present: plan.present.map((_, k) => k !== i),
-          }
-          await download(context, alone, layout(), report)
-          plan.blobs = layout()
-        }
+        if (context !== undefined && plan.copyFrom !== undefined)
+          await downloadAlone(context, plan, i, layout(), report)
 
         layer.made = await unpackInto(store, plan, i, layers, report, signal)
         return `Unpacked layer ${i + 1} into ${layer.wafer} (importctl's copy could not be taken)`
@@ -690,26 +723,16 @@ async function unpackInto(
 
 /**
  * The layer of `plan` that a pull may unpack while skopeo downloads it (see stream.ts): the only
- * one to download, not empty, over layers that are all wafers here already (importctl's become
- * wafers only in later steps), and no wafer here pushed as it (dedupe decides on that one after
- * the download).
+ * one to download, not empty, over layers that are all wafers here already (importctl's, and
+ * those left for dedupe, become wafers only in later steps).
  */
-async function streamableLayer(
-  store: WaferStore,
-  plan: Plan,
-  dedupe: boolean | undefined,
-): Promise<number | undefined> {
+function streamableLayer(plan: Plan): number | undefined {
   if (plan.copyFrom === undefined) return undefined
   const missing = [...plan.manifest.layers.keys()].filter((i) => !plan.present[i])
-  if (missing.length !== 1 || plan.imported.some((dir) => dir !== undefined)) return undefined
+  if (missing.length !== 1 || plan.imported.some((dir) => dir !== undefined) || plan.deferred.some(Boolean))
+    return undefined
   const [i] = missing
-  if (plan.manifest.layers[i].size === 0) return undefined
-  if (dedupe !== false) {
-    const {LayerCache} = await import('./cache.js')
-    if ((await new LayerCache(store.root).packedAs(plan.config.rootfs.diff_ids[i])).length > 0) return undefined
-  }
-
-  return i
+  return plan.manifest.layers[i].size === 0 ? undefined : i
 }
 
 /** Thrown inside a layer's unpack when the blob is not there to read as it downloads. */
