@@ -240,6 +240,48 @@ describe('oci: a layer pulled back into the store it was pushed from is stored o
     )
   })
 
+  /** base <- e1 <- b <- e2, e1 and e2 holding the same file with the same times: e2's image is [base, X, B, X]. */
+  async function makeTwice(): Promise<void> {
+    await makeBase(box)
+    for (const [wafer, parent] of [
+      ['e1', 'base'],
+      ['b', 'e1'],
+      ['e2', 'b'],
+    ]) {
+      expect((await box.run(['create', wafer, parent])).exitCode).to.equal(0)
+      if (wafer === 'b') await fs.writeFile(box.data(wafer, 'file-b'), 'b\n')
+    }
+
+    for (const wafer of ['e1', 'e2']) {
+      await fs.writeFile(box.data(wafer, 'same'), 'same\n')
+      await fs.chmod(box.data(wafer), 0o755)
+      await execa('find', [box.data(wafer), '-exec', 'touch', '-h', '-d', '2020-01-01 00:00:00', '{}', '+'])
+    }
+
+    const pushed = await push('e2', 'dedupe/twice:1')
+    expect(pushed.layers[1].digest).to.equal(pushed.layers[3].digest)
+  }
+
+  it('pulls an image that has one layer blob twice, when dedupe takes the first layer and not the others', async function () {
+    // base is split; e1 is not (it sits on base, not on the layer wafer), so X is downloaded for
+    // layers 2 and 4.
+    await makeTwice()
+    const pulled = await pull('dedupe/twice:1', 'img')
+    expect(pulled.layers.map((l) => l.sharedFrom)).to.deep.equal(['base', undefined, undefined, undefined])
+    expect(noTop(await stackView(box, 'img'))).to.deep.equal(noTop(await listing(await umociRootfs('dedupe/twice:1'))))
+  })
+
+  it('downloads a blob that is here for one layer and still to come for a later one', async function () {
+    // [base, X] pulled first: X is then here for layer 2 and to download for layer 4.
+    await makeTwice()
+    await push('e1', 'dedupe/twice:0')
+    const first = await pull('dedupe/twice:0', 'img0', '--no-dedupe')
+    expect(first.layers.map((l) => l.made)).to.deep.equal([true, true])
+    const second = await pull('dedupe/twice:1', 'img1', '--no-dedupe')
+    expect(second.layers.map((l) => l.made)).to.deep.equal([false, false, true, true])
+    expect(noTop(await stackView(box, 'img1'))).to.deep.equal(noTop(await listing(await umociRootfs('dedupe/twice:1'))))
+  })
+
   it('unpacks a copy, saying why, when the base or a wafer on it is stacked, when it changed since the push, and with --no-dedupe', async function () {
     await makeBase(box)
     await push('base', 'dedupe/base:1')

@@ -72,6 +72,22 @@ export async function shareLayer(
   return outcome
 }
 
+/**
+ * Whether shareLayer may take `layer` from a wafer here: one that the push cache says was packed
+ * into its diffID, sitting where the layer does, made by hand or seeded. Cheap (nothing hashed,
+ * nothing locked): a pull leaves such a layer out of its first download.
+ */
+export async function mayShareLayer(
+  store: WaferStore,
+  layer: Pick<WantedLayer, 'diffId' | 'parent'>,
+): Promise<boolean> {
+  for (const wafer of await new LayerCache(store.root).packedAs(layer.diffId)) {
+    if ((await unsplittable(store, wafer, layer).catch(() => null)) === undefined) return true
+  }
+
+  return false
+}
+
 async function layerFingerprintOf(data: string): Promise<string> {
   const {layerFingerprint} = await import('../layer/archive.js')
   return layerFingerprint(data)
@@ -113,7 +129,11 @@ async function trySplit(
  * Why `wafer` cannot be split into `layer` (a sentence), null when it does not sit where the
  * layer does (not the same layers below: nothing to say), undefined when it can.
  */
-async function unsplittable(store: WaferStore, wafer: string, layer: WantedLayer): Promise<null | string | undefined> {
+async function unsplittable(
+  store: WaferStore,
+  wafer: string,
+  layer: Pick<WantedLayer, 'parent'>,
+): Promise<null | string | undefined> {
   if (!(await store.hasData(wafer))) return null
   if ((await store.readParent(wafer)) !== layer.parent) return null
   const meta = readMeta(store.dir(wafer), wafer)

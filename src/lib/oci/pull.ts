@@ -183,16 +183,18 @@ export function pullSteps(
 
       result.digest = plan.digest
       const names = plan.chain.map((chainId) => layerWaferName(chainId))
-      const {LayerCache} = await import('./cache.js')
-      const cache = new LayerCache(store.root)
+      const {mayShareLayer} = await import('./dedupe.js')
       for (const [i, chainId] of plan.chain.entries()) {
         plan.present[i] = await layerPresent(store, names[i], chainId, i === 0 ? undefined : names[i - 1])
         const descriptor = plan.manifest.layers[i]
         // A layer importctl pull-oci already unpacked travels no second time (see importctl.ts).
         if (!plan.present[i]) plan.imported[i] = findImportedLayer(locations.stacks, descriptor.digest)
-        // Nor one a wafer here was pushed as, if dedupe takes it (only downloads can wait).
-        if (!plan.present[i] && !plan.imported[i] && plan.copyFrom !== undefined && options.dedupe !== false)
-          plan.deferred[i] = (await cache.packedAs(plan.config.rootfs.diff_ids[i])).length > 0
+        // Nor, until dedupe has tried, one that a wafer here may hold (only downloads can wait).
+        if (!plan.present[i] && !plan.imported[i] && plan.copyFrom !== undefined && options.dedupe !== false) {
+          const parent = i === 0 ? undefined : names[i - 1]
+          plan.deferred[i] = await mayShareLayer(store, {diffId: plan.config.rootfs.diff_ids[i], parent})
+        }
+
         result.layers.push({
           diffId: plan.config.rootfs.diff_ids[i],
           digest: descriptor.digest,
@@ -533,8 +535,10 @@ async function download(
   await fs.mkdir(blobs, {recursive: true})
   const placeholders = new Set<string>()
   const here = (i: number) => plan.present[i] || plan.imported[i] !== undefined || plan.deferred[i]
+  // A blob the image has twice, here once and to download once, is downloaded: no placeholder.
+  const wanted = new Set(plan.manifest.layers.filter((_, i) => !here(i)).map((layer) => layer.digest))
   for (const [i, descriptor] of plan.manifest.layers.entries()) {
-    if (!here(i)) continue
+    if (!here(i) || wanted.has(descriptor.digest)) continue
     const file = blobPath(layout, descriptor.digest)
     placeholders.add(path.basename(file))
     // A blob downloaded before (a layer importctl's copy of which could not be taken comes alone, later) stays.
