@@ -5,6 +5,7 @@
 import {randomBytes} from 'node:crypto'
 import {lstatSync, readdirSync, readlinkSync, renameSync, symlinkSync, unlinkSync} from 'node:fs'
 import path from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {WafersError, asWafersError, isErrno} from '../errors.js'
 import {stageHeld} from '../store/staging.js'
@@ -73,9 +74,7 @@ export async function claimStep(
       if (!waited) onWait()
       waited = true
       if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
-      await new Promise((resolve) => {
-        setTimeout(resolve, POLL_MS)
-      })
+      await sleep(POLL_MS)
       if (signal?.aborted) throw new WafersError('interrupted while waiting for another build.', {exit: 130})
       continue
     }

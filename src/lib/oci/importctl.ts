@@ -229,27 +229,28 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
     title: `Read the image importctl pulled as ${name}`,
   }
 
-  const steps = (): Step[] => {
-    if (left !== undefined) {
-      const stack = left
-      return [
-        {
-          async run() {
-            if (lstatSync(result.mstack, {throwIfNoEntry: false}) !== undefined) {
-              await removeImportctlMstack({mstack: result.mstack}).catch((error: unknown) => {
-                throw new WafersError(
-                  `${result.mstack} could not be emptied (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); wafer ${name} holds the machine: remove what is left there, then run wafers stack ${name} --mstack.`,
-                )
-              })
-            }
+  /**
+   * The last step: empties what importctl wrote in NAME.mstack and writes STACK (NAME first) there.
+   * A resumed adopt may have stopped after the emptying, so it empties only what is still there.
+   */
+  const rewrite = (stack: string[], resumed: boolean): Step => ({
+    async run() {
+      if (!resumed || lstatSync(result.mstack, {throwIfNoEntry: false}) !== undefined) {
+        await removeImportctlMstack(result).catch((error: unknown) => {
+          throw new WafersError(
+            `${result.mstack} could not be emptied (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); wafer ${name} holds the machine: remove what is left there, then run wafers stack ${name} --mstack.`,
+          )
+        })
+      }
 
-            await writeMstack(store, locations.stacks, stack)
-            return `Rewrote ${result.mstack} to stack ${name}, finishing the adopt that stopped`
-          },
-          title: `Rewrite ${path.basename(result.mstack)} to stack the wafers`,
-        },
-      ]
-    }
+      await writeMstack(store, locations.stacks, stack)
+      return `Rewrote ${result.mstack} to stack ${name}${resumed ? ', finishing the adopt that stopped' : ''}`
+    },
+    title: `Rewrite ${path.basename(result.mstack)} to stack the wafers`,
+  })
+
+  const steps = (): Step[] => {
+    if (left !== undefined) return [rewrite(left, true)]
 
     const current = image!
     const chain = chainIds(current.config.rootfs.diff_ids)
@@ -295,18 +296,6 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
       },
       title: `Make wafer ${name} of the machine's own files`,
     }
-    const rewrite: Step = {
-      async run() {
-        await removeImportctlMstack(current).catch((error: unknown) => {
-          throw new WafersError(
-            `${current.mstack} could not be emptied (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); wafer ${name} holds the machine: remove what is left there, then run wafers stack ${name} --mstack.`,
-          )
-        })
-        await writeMstack(store, locations.stacks, [name, ...result.layers.map((layer) => layer.wafer).reverse()])
-        return `Rewrote ${current.mstack} to stack ${name}`
-      },
-      title: `Rewrite ${path.basename(current.mstack)} to stack the wafers`,
-    }
     // A refusal half way takes back the layer wafers this adopt made (its own links to importctl's
     // files; importctl's stay), so a refused adopt leaves the store as it found it.
     const undoing = (step: Step): Step => ({
@@ -325,7 +314,11 @@ export function adoptSteps(locations: Locations, name: string): {resolve: Step; 
         }
       },
     })
-    return [...layerSteps.map((step) => undoing(step)), undoing(top), rewrite]
+    return [
+      ...layerSteps.map((step) => undoing(step)),
+      undoing(top),
+      rewrite([name, ...result.layers.map((layer) => layer.wafer).reverse()], false),
+    ]
   }
 
   return {resolve, result, steps}

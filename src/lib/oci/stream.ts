@@ -13,6 +13,7 @@ import {constants, promises as fs} from 'node:fs'
 import type {FileHandle} from 'node:fs/promises'
 import path from 'node:path'
 import {Readable} from 'node:stream'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import type {LayerCompression} from '../layer/archive.js'
 import type {Descriptor} from './image.js'
@@ -43,7 +44,7 @@ export async function growingBlob(
   while (file === undefined) {
     if (finished() || signal.aborted) return undefined
     file = await openTemporary(layout)
-    if (file === undefined) await pause()
+    if (file === undefined) await sleep(POLL_MS)
   }
 
   try {
@@ -57,7 +58,7 @@ export async function growingBlob(
         return undefined
       }
 
-      await pause()
+      await sleep(POLL_MS)
     }
 
     return {compression: sniffCompression(head, said), input: tail(file, descriptor.size, finished, signal)}
@@ -123,17 +124,11 @@ function tail(file: FileHandle, size: number, finished: () => boolean, signal: A
           }
 
           if (ended) throw new Error(`the download ended after ${offset} of its ${size} bytes`)
-          await pause()
+          await sleep(POLL_MS)
         }
       } catch (error) {
         this.destroy(error as Error)
       }
     },
-  })
-}
-
-async function pause(): Promise<void> {
-  await new Promise((resolve) => {
-    setTimeout(resolve, POLL_MS)
   })
 }

@@ -1,6 +1,7 @@
 import {randomBytes} from 'node:crypto'
 import {closeSync, constants, promises as fs, lstatSync, openSync, readlinkSync, realpathSync} from 'node:fs'
 import path from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {WafersError} from '../errors.js'
 import {removeTree} from '../host/files.js'
@@ -190,9 +191,7 @@ export async function discardStage(root: string, stage: Stage): Promise<void> {
   try {
     for (let attempt = 0; attempt < 40 && lock === undefined; attempt++) {
       if (attempt > 0) {
-        await new Promise((resolve) => {
-          setTimeout(resolve, 50)
-        })
+        await sleep(50)
       }
 
       lock = await tryLockFd(openSync(`/proc/self/fd/${own}`, constants.O_RDONLY | constants.O_DIRECTORY))

@@ -92,4 +92,18 @@ describe('pull: a blob read as skopeo writes it', function () {
     })
     expect(blob).to.equal(undefined)
   })
+
+  it('never blocks on a FIFO in the place of the file, and gives up once the download ended', async function () {
+    await execa('mkfifo', [path.join(dir, 'layout', 'oci-put-blob7')])
+    let finished = false
+    setTimeout(() => {
+      finished = true
+    }, 200)
+    const blob = await growingBlob(path.join(dir, 'layout'), descriptor(), {
+      finished: () => finished,
+      said: 'none',
+      signal: new AbortController().signal,
+    })
+    expect(blob).to.equal(undefined)
+  })
 })
