@@ -12,9 +12,11 @@ process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
 // oclif checks Node against its own engines (>=18, below wafers' >=20.17, which npm checks at
 // install) on every start, loading semver to do so: 2% of the instructions of a command.
 process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
-// Node 22.1+ keeps the compiled code of wafers and oclif between runs (a no-op on Node 20). The
-// cache lives in wafers' own node_modules, writable only by whoever can change wafers' code anyway:
-// code cached in a shared temporary directory could be planted there by any local user.
+// wafers' own code, oclif with it, is one file that dist/boot.js compiles with V8's code cache on
+// every Node. Node 22.1+ keeps the compiled code of the rest (oclif's plugins, such as help) between
+// runs too (a no-op on Node 20). Both caches live in wafers' own node_modules, writable only by
+// whoever can change wafers' code anyway: code cached in a shared temporary directory could be
+// planted there by any local user.
 const {default: nodeModule} = await import('node:module')
 if (nodeModule.enableCompileCache && !process.env.NODE_COMPILE_CACHE) {
   const {fileURLToPath} = await import('node:url')

@@ -1,16 +1,19 @@
 #!/usr/bin/env node
 // Part of `npm run build`, after tsc and before `oclif manifest`: bundles the compiled dist/ in
-// place with esbuild, so that starting wafers reads a few files instead of hundreds (@oclif/core
-// alone is ~100 CommonJS modules, each resolved, read and compiled on every run).
+// place with esbuild, so that starting wafers reads and compiles one file instead of hundreds
+// (@oclif/core alone is ~100 CommonJS modules, each resolved, read and compiled on every run).
 //
-// Every dist/**/*.js stays an entry point at its own path with its own exports, so oclif still
-// finds commands (and hooks) through the manifest and package.json, and plugin authors still
-// import 'wafers'. With splitting, code they share (@oclif/core, src/lib) lives once in
-// dist/chunks/, so bin/run.js, a command and a hook use one copy of each module: one WafersError
-// class, one oclif. Dynamic imports (execa, listr2) become chunks of their own, still loaded only
-// by the commands that use them. The .d.ts files are tsc's, untouched.
+// All of tsc's dist/**/*.js, with what they import (@oclif/core, execa, listr2), becomes one
+// CommonJS file, dist/core.cjs, in which every module is initialised only when first imported: a
+// command runs the code it uses and no more. Every dist/**/*.js then stays at its own path with its
+// own exports, as a few lines that take them from the core (through dist/boot.js, which loads the
+// core once per process, with V8's code cache: see scripts/boot.js). So oclif still finds commands
+// and hooks through the manifest and package.json, plugin authors still import 'wafers', and
+// bin/run.js, a command and a hook share one copy of each module: one WafersError class, one oclif.
+// The .d.ts files are tsc's, untouched.
 import {build} from 'esbuild'
-import {readFileSync, readdirSync} from 'node:fs'
+import {createHash} from 'node:crypto'
+import {readFileSync, readdirSync, writeFileSync} from 'node:fs'
 import {builtinModules} from 'node:module'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -51,6 +54,28 @@ const nativePackagesStayExternal = {
   },
 }
 
+/**
+ * The core is compiled through vm.Script with a code cache (scripts/boot.js), and on Node 20 a
+ * function that comes from a code cache has lost its module loader: a dynamic import() in it
+ * throws. So no import() is left in the core. Those of bundled modules become calls of their lazy
+ * initialisers and those of Node's modules and external packages (CommonJS) become require()
+ * (`supported` below); the few that import a file named at run time (oclif loading a command, a
+ * hook or a plugin, which may be ES modules) call `__wafersImport`, which boot.js hands the core: an
+ * import() of its own, from an ES module.
+ */
+const NAMED_AT_RUN_TIME = /(?<![\w$.])import\s*\((?!\s*["'`)])/g
+const importsFromBoot = {
+  name: 'imports-from-boot',
+  setup(builder) {
+    builder.onLoad({filter: /\.[cm]?js$/}, (args) => {
+      const contents = readFileSync(args.path, 'utf8')
+      if (!NAMED_AT_RUN_TIME.test(contents)) return undefined
+      NAMED_AT_RUN_TIME.lastIndex = 0
+      return {contents: contents.replaceAll(NAMED_AT_RUN_TIME, '__wafersImport('), loader: 'js'}
+    })
+  },
+}
+
 function packageJson(name, from) {
   for (let dir = from; ; dir = path.dirname(dir)) {
     try {
@@ -66,31 +91,93 @@ function isNative(pjson) {
   return Boolean(pjson.napi || pjson.gypfile || pjson.binary || loaders.some((loader) => pjson.dependencies?.[loader]))
 }
 
-await build({
-  allowOverwrite: true,
-  // Bundled CommonJS (most of oclif) calls require() and reads __dirname, which ES modules lack.
-  banner: {
-    js: [
-      "import {createRequire as __wafersCreateRequire} from 'node:module';",
-      "import {fileURLToPath as __wafersFileURLToPath} from 'node:url';",
-      'const require = __wafersCreateRequire(import.meta.url);',
-      'const __filename = __wafersFileURLToPath(import.meta.url);',
-      "const __dirname = __wafersFileURLToPath(new URL('.', import.meta.url));",
-    ].join(' '),
-  },
-  bundle: true,
-  chunkNames: 'chunks/[name]-[hash]',
+const modules = entryPoints.map((file) => path.relative(dist, file).split(path.sep).join('/'))
+
+// The names each module exports, as esbuild reads tsc's output (no module is run to learn them).
+const scanned = await build({
+  bundle: false,
   entryPoints,
-  // oclif requires typescript only to run .ts sources in development (bin/dev.js), never from dist.
-  external: ['typescript'],
   format: 'esm',
   logLevel: 'warning',
-  minifySyntax: true,
-  minifyWhitespace: true,
+  metafile: true,
   outbase: dist,
   outdir: dist,
   platform: 'node',
-  plugins: [nativePackagesStayExternal],
-  splitting: true,
+  write: false,
+})
+const exportsOf = new Map()
+for (const output of Object.values(scanned.metafile.outputs)) {
+  if (output.entryPoint)
+    exportsOf.set(path.relative(dist, path.resolve(output.entryPoint)).split(path.sep).join('/'), output.exports)
+}
+
+// The core: an object of one loader per module. A dynamic import of a bundled module becomes a
+// call of its lazy initialiser, so nothing runs before a module is first asked for.
+await build({
+  bundle: true,
+  // oclif requires typescript only to run .ts sources in development (bin/dev.js), never from dist.
+  external: ['typescript'],
+  format: 'cjs',
+  logLevel: 'warning',
+  minifySyntax: true,
+  minifyWhitespace: true,
+  outfile: path.join(dist, 'core.cjs'),
+  platform: 'node',
+  plugins: [nativePackagesStayExternal, importsFromBoot],
+  stdin: {
+    contents: `module.exports = {\n${modules.map((name) => `  ${JSON.stringify(name)}: () => import(${JSON.stringify(`./${name}`)}),`).join('\n')}\n}\n`,
+    loader: 'js',
+    resolveDir: dist,
+    sourcefile: 'core-modules.js',
+  },
+  supported: {'dynamic-import': false},
   target: 'node20',
 })
+
+// A dynamic import() left in the core would fail on Node 20 once the core comes from the cache.
+const core = readFileSync(path.join(dist, 'core.cjs'), 'utf8')
+const leftImport = /(?<![\w$.])import\s*\((?!\))/.exec(core)
+if (leftImport) {
+  console.error(
+    `cannot bundle: dist/core.cjs still calls import() (${core.slice(leftImport.index, leftImport.index + 60)}...); see importsFromBoot.`,
+  )
+  process.exit(1)
+}
+
+// Each module's file: its exports, taken from the core.
+for (const name of modules) {
+  const names = exportsOf.get(name)
+  if (names === undefined) {
+    console.error(`cannot bundle: esbuild read no exports of ${name}`)
+    process.exit(1)
+  }
+
+  const boot = `${'../'.repeat(name.split('/').length - 1) || './'}boot.js`
+  const named = names.filter((exported) => exported !== 'default')
+  const lines = [
+    '// Generated by scripts/bundle.js: the code of this module is in core.cjs (see boot.js).',
+    `import {load} from ${JSON.stringify(boot)}`,
+    `const module = await load(${JSON.stringify(name)})`,
+    ...(names.includes('default') ? ['export default module.default'] : []),
+    ...(named.length > 0 ? [`export const {${named.join(', ')}} = module`] : []),
+    '',
+  ]
+  writeFileSync(path.join(dist, name), lines.join('\n'))
+}
+
+// The loader, told which core it loads (the code cache is kept per core) and which commands there are
+// (the cache is kept per command: each compiles its own share of the core).
+const commands = modules.filter((name) => /^commands\/[^/]+\.js$/.test(name)).map((name) => name.slice(9, -3))
+const template = readFileSync(fileURLToPath(new URL('boot.js', import.meta.url)), 'utf8')
+const boot = template
+  .replace(
+    "const CORE_DIGEST = ''",
+    `const CORE_DIGEST = ${JSON.stringify(createHash('sha256').update(core).digest('hex').slice(0, 32))}`,
+  )
+  .replace('const COMMANDS = []', `const COMMANDS = ${JSON.stringify(commands)}`)
+if (boot === template || !boot.includes('const COMMANDS = ["')) {
+  console.error('cannot bundle: scripts/boot.js no longer has the CORE_DIGEST and COMMANDS lines this script fills in')
+  process.exit(1)
+}
+
+writeFileSync(path.join(dist, 'boot.js'), boot)
