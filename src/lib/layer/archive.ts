@@ -396,25 +396,31 @@ export async function layerFingerprint(data: string): Promise<string> {
   const [{lstatSync, readdirSync}, {digestOf, sha256}] = await Promise.all([import('node:fs'), import('./digest.js')])
   const hash = sha256()
   hash.update(`${PACK_FORMAT}\n`)
-  const slash = Buffer.from('/')
+  // Names as latin1 strings, one character per byte, so any name survives (a Buffer again for a
+  // name that is not ASCII) and sorts by its bytes; each directory's lines are hashed at once.
+  const wide = /[\u0080-\u00ff]/
+  const named = (file: string) => (wide.test(file) ? Buffer.from(file, 'latin1') : file)
   // Synchronous: a walk of lstats alone is several times faster without the thread pool's round trips.
-  const walk = (dir: Buffer, rel: Buffer): void => {
-    const names = readdirSync(dir, {encoding: 'buffer'}).sort(Buffer.compare)
+  const walk = (dir: string, rel: string): void => {
+    const names = readdirSync(named(dir), {encoding: 'latin1'}).sort()
+    let lines = ''
     for (const name of names) {
-      const file = Buffer.concat([dir, slash, name])
-      const relName = Buffer.concat([rel, slash, name])
-      const stat = lstatSync(file, {bigint: true})
-      hash.update(relName)
-      hash.update(
-        `\0${stat.mode} ${stat.ino} ${stat.uid} ${stat.gid} ${stat.size} ${stat.rdev} ${stat.mtimeNs} ${stat.ctimeNs} ${stat.nlink}\n`,
-      )
-      if (stat.isDirectory()) walk(file, relName)
+      const file = `${dir}/${name}`
+      const stat = lstatSync(named(file), {bigint: true})
+      lines += `${rel}/${name}\0${stat.mode} ${stat.ino} ${stat.uid} ${stat.gid} ${stat.size} ${stat.rdev} ${stat.mtimeNs} ${stat.ctimeNs} ${stat.nlink}\n`
+      if (stat.isDirectory()) {
+        hash.update(lines, 'latin1')
+        lines = ''
+        walk(file, `${rel}/${name}`)
+      }
     }
+
+    hash.update(lines, 'latin1')
   }
 
   const root = lstatSync(data, {bigint: true})
   hash.update(`${root.ctimeNs}\n`) // an opaque mark on the root changes its ctime
-  walk(Buffer.from(data), Buffer.alloc(0))
+  walk(Buffer.from(data).toString('latin1'), '')
   return digestOf(hash)
 }
 
