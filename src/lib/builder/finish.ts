@@ -66,6 +66,13 @@ export async function finishBuild(
   await checkRepointable(store, name)
   await withLock(store.root, async () => {
     await checkRepointable(store, name)
+    // A build whose every step was cached holds no stage, so prune may have removed its last step.
+    if (parent !== undefined && !(await store.exists(parent))) {
+      throw new WafersError(
+        `wafer ${parent}, the last step of this build, was removed while the build ran (by wafers prune?); ${name} is left as it was: build again.`,
+      )
+    }
+
     await store.writeParent(name, parent)
     writeMeta(dir, {...readMeta(dir, name), image})
   })

@@ -53,6 +53,8 @@ export class StepWafers {
   private overlayChecked = false
   /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
   private staging?: StoreStage
+  /** The step wafers this build took from the cache before it held its stage. */
+  private readonly reused: string[] = []
 
   constructor(
     private readonly store: WaferStore,
@@ -69,11 +71,14 @@ export class StepWafers {
     const {direct, fill, instruction, sources, state} = step
     const key = stepKey({parent: stage.identity, sources, state, text: instruction.text})
     const parent = stage.top
-    // The build holds its stage from its first step, cached or not, so that prune, which keeps the
-    // build- wafers while any build holds one, never removes a step this build is about to take.
-    await this.stagingDir()
     let {cached, name} = await probeStep(this.store, key, parent, this.options.noCache)
+    // The build holds its stage from its first step that is not cached, so that prune, which keeps
+    // the build- wafers while any build holds one, leaves every step it takes from then on alone;
+    // the ones it took before are checked when it takes the stage (stagingDir). A build whose every
+    // step is cached takes no lock and starts no process.
+    if (cached && this.staging === undefined) this.reused.push(name)
     if (!cached) {
+      await this.stagingDir()
       // Another build of the same step waits here for this one, and then finds it cached.
       const claim = await this.claim(key, instruction, step.number, report)
       try {
@@ -174,6 +179,14 @@ export class StepWafers {
       // stage must not be deleted while a step of it is still mounted.
       await this.mounts.sweep()
       this.staging = await this.store.openStage(`build-${this.options.name}`)
+      // Prune may have run between the cache probes and the stage: what it left is kept from now on.
+      for (const wafer of this.reused.splice(0)) {
+        if (!(await this.store.exists(wafer))) {
+          throw new WafersError(
+            `wafer ${wafer}, a step this build found in the cache, was removed while the build ran (by wafers prune?); build again.`,
+          )
+        }
+      }
     }
 
     return this.staging

@@ -53,10 +53,10 @@ export interface PruneOptions {
  * those plugins name through `wafers:prune`. Everything is decided and removed under the store lock,
  * under which every pull and push registers (its work directory) before it looks for wafers to
  * reuse, and a build when it opens its stage. A build opens its stage at its first step that is
- * not cached, so a build whose every step is cached is not seen: if prune removes a step it has
- * just found, a new NAME fails in one sentence (create checks the parent under the lock), but an
- * existing NAME is re-pointed at the removed step. Opening the stage before the first cache probe,
- * in builder/, would close that gap.
+ * not cached, and then checks that the steps it found cached before are all still there; a build
+ * whose every step is cached opens none and is not seen. If prune removes a step such a build has
+ * just found, the build fails in one sentence, changing nothing: it checks again under the lock
+ * when it makes or re-points NAME.
  */
 export async function prune(locations: Locations, options: PruneOptions = {}): Promise<PruneResult> {
   checkRoot()
