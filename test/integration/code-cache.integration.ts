@@ -26,11 +26,16 @@ describe('the code cache of a start', function () {
 
     await fs.mkdir(path.join(root, 'node_modules'))
     for (const entry of await fs.readdir(path.join(project, 'node_modules'))) {
-      if (entry !== '.cache') await fs.symlink(path.join(project, 'node_modules', entry), path.join(root, 'node_modules', entry))
+      if (entry !== '.cache')
+        await fs.symlink(path.join(project, 'node_modules', entry), path.join(root, 'node_modules', entry))
     }
 
     cacheDir = path.join(root, 'node_modules', '.cache', 'wafers-code-cache')
-    env = {STACKS: path.join(root, 'stacks'), WAFERS: path.join(root, 'wafers'), WAFERS_DATA_DIR: path.join(root, 'data')}
+    env = {
+      STACKS: path.join(root, 'stacks'),
+      WAFERS: path.join(root, 'wafers'),
+      WAFERS_DATA_DIR: path.join(root, 'data'),
+    }
     await fs.mkdir(env.WAFERS)
   })
 
@@ -63,17 +68,44 @@ describe('the code cache of a start', function () {
     expect((await cached()).some((file) => file.endsWith('-other.bin'))).to.equal(true)
   })
 
-  it('ignores a cache that does not fit, replaces it, and drops what an older build cached', async function () {
-    expect((await wafers('list', '--json')).exitCode).to.equal(0)
+  it('ignores a cache that does not fit or is damaged, replaces it, and drops what an older build cached', async function () {
+    const first = await wafers('list', '--json')
+    expect(first.exitCode, first.stderr).to.equal(0)
     const [file] = await cached()
-    await fs.writeFile(path.join(cacheDir, file), Buffer.alloc(4096, 7))
+    const whole = await fs.readFile(path.join(cacheDir, file))
     await fs.writeFile(path.join(cacheDir, `${'0'.repeat(32)}-${process.version}-${process.arch}-list.bin`), 'old')
+    // Not a cache at all; then a whole one with bytes flipped inside V8's data, which V8 would run.
+    const damaged = Buffer.from(whole)
+    for (let i = 0; i < 64; i++) damaged[Math.floor(damaged.length / 2) + i] ^= 0xff
+    for (const bad of [Buffer.alloc(4096, 7), damaged]) {
+      await fs.writeFile(path.join(cacheDir, file), bad)
+      const run = await wafers('list', '--json')
+      expect(run.exitCode, run.stderr).to.equal(0)
+      expect(run.stdout).to.equal(first.stdout)
+      expect(await cached()).to.deep.equal([file])
+      expect((await fs.readFile(path.join(cacheDir, file))).equals(bad)).to.equal(false)
+    }
+  })
 
-    const run = await wafers('list', '--json')
+  it('never runs the cached code of a core that was edited since, even to the same length', async function () {
+    env.STACKS = path.join(env.WAFERS, 'stacks')
+    const refused = await wafers('list')
+    expect(refused.stderr).to.include('; stacks would be mounted over')
+    expect(await cached()).to.have.lengthOf(1)
+    const core = path.join(root, 'dist', 'core.cjs')
+    const text = await fs.readFile(core, 'utf8')
+    expect(text.split('; stacks would be mounted over')).to.have.lengthOf(2)
+    await fs.writeFile(core, text.replace('; stacks would be mounted over', '; STACKS WOULD BE MOUNTED over'))
+    const edited = await wafers('list')
+    expect(edited.exitCode).to.equal(refused.exitCode)
+    expect(edited.stderr).to.include('; STACKS WOULD BE MOUNTED over')
+  })
+
+  it("lets Node's require() load 'wafers', as a CommonJS plugin would", async function () {
+    const script = `const wafers = require(${JSON.stringify(path.join(root, 'dist', 'index.js'))}); console.log(typeof wafers.WaferStore, new wafers.WafersError('x.').message)`
+    const run = await execa(process.execPath, ['-e', script], {env, reject: false})
     expect(run.exitCode, run.stderr).to.equal(0)
-    expect(JSON.parse(run.stdout)).to.deep.equal([])
-    expect(await cached()).to.deep.equal([file])
-    expect((await fs.readFile(path.join(cacheDir, file))).equals(Buffer.alloc(4096, 7))).to.equal(false)
+    expect(run.stdout).to.equal('function x.')
   })
 
   it('runs as before, and says nothing of it, when the cache cannot be written', async function () {
@@ -83,5 +115,13 @@ describe('the code cache of a start', function () {
     expect(run.exitCode, run.stderr).to.equal(0)
     expect(run.stderr).to.equal('')
     expect(JSON.parse(run.stdout)).to.deep.equal([])
+  })
+
+  it("writes no cache into an install another user owns (root's files there would block its updates)", async function () {
+    await fs.chown(path.join(root, 'dist'), 1000, 1000)
+    const run = await wafers('list', '--json')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    expect(JSON.parse(run.stdout)).to.deep.equal([])
+    expect(await cached()).to.deep.equal([])
   })
 })
