@@ -218,6 +218,7 @@ export class Builder {
       const base = await this.baseWafer(image, instruction, report, asked)
       const wafer = base.wafer
       pulled = base.pulled
+      this.wafers.found(wafer)
       const chain = await traceAncestry(this.store, wafer)
       const meta = readMeta(this.store.dir(wafer), wafer).image
       stage = {
@@ -371,6 +372,8 @@ export class Builder {
   /** What the RUN's mounts read, for its cache key: bind sources' contents, never a secret's. */
   private async mountSources(mounts: RunMount[], instruction: Instruction): Promise<string[]> {
     const keys: string[] = []
+    // Another stage's or wafer's files are read from here on: the stage is held before (see StepWafers.found).
+    if (mounts.some((mount) => mount.type === 'bind' && mount.from !== undefined)) await this.wafers.stagingDir()
     for (const mount of mounts) {
       if (mount.type !== 'bind') continue
       if (mount.from === undefined) {
@@ -513,6 +516,8 @@ export class Builder {
       plan = planCopy(this.context, sources, target, this.ignore, 'the build context')
       sourcesKey = await hashPlan(plan)
     } else {
+      // Another stage's or wafer's files are read from here on: the stage is held before (see StepWafers.found).
+      await this.wafers.stagingDir()
       const name = flags.from.toLowerCase()
       fromStage = this.stages.find((s) => s.name === name) ?? this.stages[Number(flags.from)]
       if (fromStage === undefined) {

@@ -67,9 +67,9 @@ export async function finishBuild(
   await withLock(store.root, async () => {
     await checkRepointable(store, name)
     // A build whose every step was cached holds no stage, so prune may have removed its last step.
-    if (parent !== undefined && !(await store.exists(parent))) {
+    if (parent !== undefined && !(await store.hasData(parent))) {
       throw new WafersError(
-        `wafer ${parent}, the last step of this build, was removed while the build ran (by wafers prune?); ${name} is left as it was: build again.`,
+        `wafer ${parent}, which this build ends on, was removed while the build ran; ${name} is left as it was: build again.`,
       )
     }
 

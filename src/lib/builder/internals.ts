@@ -4,7 +4,7 @@
  */
 import path from 'node:path'
 
-import {WafersError} from '../errors.js'
+import {WafersError, isErrno} from '../errors.js'
 import {checkOverlayfs, checkUpperFilesystem} from '../host/system.js'
 import {traceAncestry} from '../store/ancestry.js'
 import type {BuildMeta, HistoryEntry} from '../store/meta.js'
@@ -76,8 +76,9 @@ export class StepWafers {
     // the build- wafers while any build holds one, leaves every step it takes from then on alone;
     // the ones it took before are checked when it takes the stage (stagingDir). A build whose every
     // step is cached takes no lock and starts no process.
-    if (cached && this.staging === undefined) this.reused.push(name)
-    if (!cached) {
+    if (cached) {
+      this.found(name)
+    } else {
       await this.stagingDir()
       // Another build of the same step waits here for this one, and then finds it cached.
       const claim = await this.claim(key, instruction, step.number, report)
@@ -92,8 +93,22 @@ export class StepWafers {
     stage.top = name
     stage.identity = name
     stage.allCached &&= cached
-    stage.history.push(historyEntry(instruction.text, this.store.dataDir(name)))
+    try {
+      stage.history.push(historyEntry(instruction.text, this.store.dataDir(name)))
+    } catch (error) {
+      if (cached && isErrno(error, 'ENOENT')) throw removedMeanwhile(name)
+      throw error
+    }
+
     return {cached: stage.allCached, wafer: name}
+  }
+
+  /**
+   * Records a wafer the build goes on from (a cached step, FROM's base) while it holds no stage yet:
+   * prune may remove it until the build does, so stagingDir checks it is still there then.
+   */
+  found(wafer: string): void {
+    if (this.staging === undefined) this.reused.push(wafer)
   }
 
   /** Claims the step with `key` (see claimStep), saying so when another build holds it. */
@@ -181,11 +196,7 @@ export class StepWafers {
       this.staging = await this.store.openStage(`build-${this.options.name}`)
       // Prune may have run between the cache probes and the stage: what it left is kept from now on.
       for (const wafer of this.reused.splice(0)) {
-        if (!(await this.store.exists(wafer))) {
-          throw new WafersError(
-            `wafer ${wafer}, a step this build found in the cache, was removed while the build ran (by wafers prune?); build again.`,
-          )
-        }
+        if (!(await this.store.hasData(wafer))) throw removedMeanwhile(wafer)
       }
     }
 
@@ -199,4 +210,9 @@ export class StepWafers {
     await this.mounts.close()
     if (staging) await discardStage(this.store.root, staging)
   }
+}
+
+/** The error of a build that found wafer `wafer` (a cached step, its base) gone while it ran. */
+function removedMeanwhile(wafer: string): WafersError {
+  return new WafersError(`wafer ${wafer}, which this build goes on from, was removed while the build ran; build again.`)
 }

@@ -56,7 +56,7 @@ describe('build: pointing NAME at the result', function () {
 
     expect(error).to.be.instanceOf(WafersError)
     expect((error as Error).message).to.equal(
-      'wafer build-gone, the last step of this build, was removed while the build ran (by wafers prune?); web is left as it was: build again.',
+      'wafer build-gone, which this build ends on, was removed while the build ran; web is left as it was: build again.',
     )
     expect(await store.readParent('web')).to.equal('build-old')
     expect(await fs.readFile(path.join(root, 'web', 'meta.json'), 'utf8')).to.equal(before)
