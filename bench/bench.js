@@ -577,6 +577,15 @@ function rotated(order, turn) {
   return order.map((_, i) => order[(i + turn) % order.length])
 }
 
+/**
+ * Writes back what earlier runs left dirty, untimed, before a side of the pull or push rows runs:
+ * otherwise a side that starts while the thousands of files the one before made or deleted are
+ * still being written back pays for them, and every side's time is mostly the disk's backlog.
+ */
+function settle() {
+  spawnSync('sync')
+}
+
 /** A layer's size, for a row's name. */
 function layerSize(bytes) {
   return `${(bytes / 2 ** 20).toFixed(0)} MiB layer`
@@ -625,6 +634,7 @@ function pull() {
     let turn = 0
     repeat(OCI_RUNS, '(e) pull vs skopeo copy + umoci unpack vs podman pull (overlay)', (warmUp) => {
       for (const side of rotated(Object.keys(sides), turn++)) {
+        settle()
         const result = sides[side]()
         if (!warmUp) stats[side].add(result)
       }
@@ -717,6 +727,7 @@ function push() {
     let turn = 0
     repeat(OCI_RUNS, '(f) push vs buildah push (overlay)', (warmUp) => {
       for (const side of rotated(Object.keys(sides), turn++)) {
+        settle()
         const results = sides[side]()
         if (warmUp) continue
         for (const [key, result] of Object.entries(results)) stats[key].add(result)
