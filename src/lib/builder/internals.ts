@@ -53,7 +53,7 @@ export class StepWafers {
   private overlayChecked = false
   /** The stage every step's wafer is made in (see WaferStore.openStage), made at the first step that makes one. */
   private staging?: StoreStage
-  /** The step wafers this build took from the cache before it held its stage. */
+  /** The wafers this build went on from (cached steps, FROM's base) before it held its stage. */
   private readonly reused: string[] = []
 
   constructor(
@@ -75,7 +75,8 @@ export class StepWafers {
     // The build holds its stage from its first step that is not cached, so that prune, which keeps
     // the build- wafers while any build holds one, leaves every step it takes from then on alone;
     // the ones it took before are checked when it takes the stage (stagingDir). A build whose every
-    // step is cached takes no lock and starts no process.
+    // step is cached, and that reads no other stage's or wafer's files (COPY --from, RUN --mount
+    // from= take the stage first), takes no lock and starts no process.
     if (cached) {
       this.found(name)
     } else {
