@@ -14,13 +14,14 @@ process.env.WAFERS_DATA_DIR ||= '/usr/local/lib/wafers'
 process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
 // wafers' own code, oclif with it, is one file that dist/boot.js compiles with V8's code cache on
 // every Node. Node 22.1+ keeps the compiled code of the rest (oclif's plugins, such as help) between
-// runs too (a no-op on Node 20). Both caches live in wafers' own node_modules, writable only by
-// whoever can change wafers' code anyway: code cached in a shared temporary directory could be
-// planted there by any local user.
+// runs too (a no-op on Node 20). Both caches are in wafers' own node_modules and kept only by the
+// install's owner (boot.js says why): code cached in a shared temporary directory could be planted
+// there by any local user, and root's files in a user's install would block its updates.
 const {default: nodeModule} = await import('node:module')
 if (nodeModule.enableCompileCache && !process.env.NODE_COMPILE_CACHE) {
-  const {fileURLToPath} = await import('node:url')
-  nodeModule.enableCompileCache(fileURLToPath(new URL('../node_modules/.cache/wafers-compile-cache', import.meta.url)))
+  const {ownCacheDir} = await import('../dist/boot.js')
+  const dir = ownCacheDir('wafers-compile-cache')
+  if (dir) nodeModule.enableCompileCache(dir)
 }
 
 // oclif comes from the bundled build (see scripts/bundle.js), after the settings above are made.

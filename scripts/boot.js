@@ -6,17 +6,24 @@
 // kept between runs, V8's code cache, on every Node (Node 22's module.enableCompileCache covers
 // ES modules only, and Node 20 has none). The cache is kept per core (named by the digest of the
 // bytes read, so an edited core never runs old code), per Node version and per command, since
-// each command compiles its own share of the core. V8 checks its version and flags but not the
-// data itself, and runs damaged data: each file carries the SHA-256 of its data, checked before V8
-// sees it, and is written in one rename after an fsync. It lives in wafers' own node_modules,
-// written only by the install's owner: code cached in a shared temporary directory could be
-// planted there by any local user, and root's files in a user's install would keep the user from
-// updating it. A run that finds no usable cache writes one as it exits; one that cannot runs as
-// before.
+// each command compiles its own share of the core. V8 checks its version, its flags and the
+// length of the source, but not the data itself, and runs whatever it is given: each file carries
+// the SHA-256 of its data, checked before V8 sees it, and is written in one rename after an fsync.
+//
+// Cached code is code: it runs with the rights of whoever runs wafers, root as a rule. So both
+// caches of compiled code (this one, and Node's that bin/run.js turns on) live in wafers' own
+// node_modules/.cache, are written only by the install's owner (dist/'s), and are read only from
+// a directory and files that the owner or root owns and no one else may write to. Code cached in
+// a shared temporary directory, or a file another user could swap, would let any local user plant
+// code; root's files in a user's install would keep the user from updating it. A run that finds
+// no usable cache writes one as it exits, when it may; one that cannot runs as before.
 import {createHash, randomBytes} from 'node:crypto'
 import {
   closeSync,
+  constants,
+  fstatSync,
   fsyncSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -38,7 +45,7 @@ const SUM = 32
 
 const dist = path.dirname(fileURLToPath(import.meta.url))
 const file = path.join(dist, 'core.cjs')
-const cacheDir = path.join(dist, '..', 'node_modules', '.cache', 'wafers-code-cache')
+const CACHE_NAME = 'wafers-code-cache'
 let modules
 
 /** The exports of module `name` of the core (a path relative to dist/, e.g. `commands/stack.js`). */
@@ -51,13 +58,13 @@ function compile() {
   const bytes = readFileSync(file)
   const digest = createHash('sha256').update(bytes).digest('hex').slice(0, 32)
   const command = COMMANDS.includes(process.argv[2]) ? process.argv[2] : 'other'
-  const cache = path.join(cacheDir, `${digest}-${process.version}-${process.arch}-${command}.bin`)
-  const cachedData = readCache(cache)
+  const name = `${digest}-${process.version}-${process.arch}-${command}.bin`
+  const cachedData = readCache(name)
   const script = new vm.Script(
     `(function (exports, require, module, __filename, __dirname, __wafersImport) {${bytes.toString('utf8')}\n})`,
     {cachedData, filename: file},
   )
-  if (cachedData === undefined || script.cachedDataRejected) process.once('exit', () => keep(script, cache, digest))
+  if (cachedData === undefined || script.cachedDataRejected) process.once('exit', () => keep(script, name, digest))
   const module = {exports: {}}
   // The core has no import() of its own (see scripts/bundle.js): it imports files through this one.
   const importFile = async (specifier) => import(specifier)
@@ -65,15 +72,78 @@ function compile() {
   return module.exports
 }
 
-/** The V8 data of cache file `cache` when it is whole, else undefined. */
-function readCache(cache) {
-  let bytes
+/**
+ * The path of directory `name` in wafers' own node_modules/.cache, for compiled code, when this
+ * process is the install's owner and may keep its code there (made when missing); undefined
+ * otherwise. bin/run.js gives it to Node's module.enableCompileCache.
+ */
+export function ownCacheDir(name) {
+  const dir = cacheDirPath(name)
+  if (installOwner() !== process.getuid?.()) return undefined
   try {
-    bytes = readFileSync(cache)
+    mkdirSync(dir, {mode: 0o755, recursive: true})
+    const stat = lstatSync(dir)
+    return stat.isDirectory() && trusted(stat) ? dir : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function cacheDirPath(name) {
+  return path.join(dist, '..', 'node_modules', '.cache', name)
+}
+
+let owner
+/** The uid that owns dist/: whoever installed or built wafers, the only one who writes its caches. */
+function installOwner() {
+  owner ??= statSync(dist).uid
+  return owner
+}
+
+/** Whether `stat` is of a file or directory only the install's owner (or root) can have written. */
+function trusted(stat) {
+  return (stat.uid === installOwner() || stat.uid === 0) && (stat.mode & 0o022) === 0
+}
+
+/**
+ * Runs `use` with a path that names the code cache directory as it is now, held open (a
+ * /proc/self/fd path), when it is a real directory that `trusted` allows; undefined otherwise. A
+ * directory swapped or linked in after the check is never the one read or written.
+ */
+function withCacheDir(use) {
+  let fd
+  try {
+    fd = openSync(cacheDirPath(CACHE_NAME), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  } catch {
+    return undefined
+  }
+
+  try {
+    return trusted(fstatSync(fd)) ? use(`/proc/self/fd/${fd}`) : undefined
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/** The V8 data of cache file `name` when it is trusted and whole, else undefined. */
+function readCache(name) {
+  try {
+    return withCacheDir((dir) => {
+      const fd = openSync(path.join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+      try {
+        const stat = fstatSync(fd)
+        return stat.isFile() && trusted(stat) ? wholeData(readFileSync(fd)) : undefined
+      } finally {
+        closeSync(fd)
+      }
+    })
   } catch {
     return undefined // none yet: this run writes it
   }
+}
 
+/** The data of the bytes of a cache file, when they are whole. */
+function wholeData(bytes) {
   const start = MAGIC.length + SUM
   if (bytes.length < start || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) return undefined
   const data = bytes.subarray(start)
@@ -81,34 +151,35 @@ function readCache(cache) {
   return whole ? data : undefined
 }
 
-/** Writes the code compiled so far as the cache `cache`; quietly nothing when it cannot. */
-function keep(script, cache, digest) {
-  let temporary
-  try {
-    if (statSync(dist).uid !== process.getuid?.()) return
-    mkdirSync(cacheDir, {recursive: true})
-    temporary = `${cache}.${randomBytes(6).toString('hex')}.tmp`
-    const fd = openSync(temporary, 'wx', 0o644)
+/** Writes the code compiled so far as the cache file `name`; quietly nothing when it may not or cannot. */
+function keep(script, name, digest) {
+  if (ownCacheDir(CACHE_NAME) === undefined) return
+  withCacheDir((dir) => {
+    let temporary
     try {
-      const data = script.createCachedData()
-      writeFileSync(fd, Buffer.concat([MAGIC, createHash('sha256').update(data).digest(), data]))
-      fsyncSync(fd)
-    } finally {
-      closeSync(fd)
-    }
+      temporary = path.join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`)
+      const fd = openSync(temporary, 'wx', 0o644)
+      try {
+        const data = script.createCachedData()
+        writeFileSync(fd, Buffer.concat([MAGIC, createHash('sha256').update(data).digest(), data]))
+        fsyncSync(fd)
+      } finally {
+        closeSync(fd)
+      }
 
-    renameSync(temporary, cache)
-    temporary = undefined
-    // What other builds of wafers cached can never be used again.
-    for (const entry of readdirSync(cacheDir)) {
-      if (!entry.startsWith(`${digest}-`)) unlinkSync(path.join(cacheDir, entry))
-    }
-  } catch {
-    if (temporary === undefined) return
-    try {
-      unlinkSync(temporary)
+      renameSync(temporary, path.join(dir, name))
+      temporary = undefined
+      // What other builds of wafers cached can never be used again.
+      for (const entry of readdirSync(dir)) {
+        if (!entry.startsWith(`${digest}-`)) unlinkSync(path.join(dir, entry))
+      }
     } catch {
-      // Never made.
+      if (temporary === undefined) return
+      try {
+        unlinkSync(temporary)
+      } catch {
+        // Never made.
+      }
     }
-  }
+  })
 }

@@ -4,6 +4,7 @@
 import {expect} from 'chai'
 import {execa} from 'execa'
 import {promises as fs} from 'node:fs'
+import nodeModule from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -101,6 +102,57 @@ describe('the code cache of a start', function () {
     expect(edited.stderr).to.include('; STACKS WOULD BE MOUNTED over')
   })
 
+  it('never runs cached code that someone other than the install owner or root could have written', async function () {
+    // What a local user would plant: the cache of a core edited to the same length, which V8
+    // takes as the cache of the real one (it checks the length of the source, not its text).
+    env.STACKS = path.join(env.WAFERS, 'stacks')
+    const honest = await wafers('list')
+    expect(honest.stderr).to.include('; stacks would be mounted over')
+    const [real] = await cached()
+    const core = path.join(root, 'dist', 'core.cjs')
+    const text = await fs.readFile(core, 'utf8')
+    await fs.writeFile(core, text.replace('; stacks would be mounted over', '; STACKS WOULD BE MOUNTED over'))
+    expect((await wafers('list')).stderr).to.include('; STACKS WOULD BE MOUNTED over')
+    const [edited] = await cached()
+    const planted = await fs.readFile(path.join(cacheDir, edited))
+    await fs.writeFile(core, text)
+    const elsewhere = path.join(root, 'elsewhere')
+    await fs.mkdir(elsewhere)
+
+    const plant = async (how: () => Promise<void>) => {
+      await fs.rm(cacheDir, {force: true, recursive: true})
+      await fs.mkdir(cacheDir, {mode: 0o755})
+      await fs.writeFile(path.join(cacheDir, real), planted, {mode: 0o644})
+      await how()
+      return (await wafers('list')).stderr
+    }
+
+    // The owner's (here root's) own file is trusted: that planted data runs is why the rest matters.
+    expect(await plant(async () => {})).to.include('; STACKS WOULD BE MOUNTED over')
+    const refusals: Record<string, () => Promise<void>> = {
+      'a cache directory anyone may write to': () => fs.chmod(cacheDir, 0o777),
+      'a cache directory another user owns': () => fs.chown(cacheDir, 1000, 1000),
+      async 'a cache directory that is a symlink'() {
+        await fs.rename(path.join(cacheDir, real), path.join(elsewhere, real))
+        await fs.rmdir(cacheDir)
+        await fs.symlink(elsewhere, cacheDir)
+      },
+      'a file another user owns': () => fs.chown(path.join(cacheDir, real), 1000, 1000),
+      'a file its group may write to': () => fs.chmod(path.join(cacheDir, real), 0o664),
+      async 'a symlink to the file'() {
+        await fs.rename(path.join(cacheDir, real), path.join(elsewhere, real))
+        await fs.symlink(path.join(elsewhere, real), path.join(cacheDir, real))
+      },
+    }
+    for (const [shape, how] of Object.entries(refusals)) {
+      const stderr = await plant(how)
+      expect(stderr, shape).to.include('; stacks would be mounted over')
+      expect(stderr, shape).not.to.include('STACKS WOULD BE')
+      await fs.rm(cacheDir, {force: true, recursive: true})
+      await fs.rm(path.join(elsewhere, real), {force: true})
+    }
+  })
+
   it("lets Node's require() load 'wafers', as a CommonJS plugin would", async function () {
     const script = `const wafers = require(${JSON.stringify(path.join(root, 'dist', 'index.js'))}); console.log(typeof wafers.WaferStore, new wafers.WafersError('x.').message)`
     const run = await execa(process.execPath, ['-e', script], {env, reject: false})
@@ -123,5 +175,18 @@ describe('the code cache of a start', function () {
     expect(run.exitCode, run.stderr).to.equal(0)
     expect(JSON.parse(run.stdout)).to.deep.equal([])
     expect(await cached()).to.deep.equal([])
+    // Nor Node's compile cache (Node 22.1+), which bin/run.js turns on only for the owner.
+    expect(await fs.readdir(path.join(root, 'node_modules', '.cache')).catch(() => [])).to.deep.equal([])
+  })
+
+  it("keeps Node's compile cache too, on a Node that has one, for the install's owner", async function () {
+    const run = await wafers('--help')
+    expect(run.exitCode, run.stderr).to.equal(0)
+    const made = await fs
+      .lstat(path.join(root, 'node_modules', '.cache', 'wafers-compile-cache'))
+      .catch(() => undefined)
+    // Node 22.1+ has module.enableCompileCache; Node 20 keeps only the code cache above.
+    expect(made?.isDirectory() ?? false).to.equal('enableCompileCache' in nodeModule)
+    if (made) expect(made.mode & 0o022).to.equal(0)
   })
 })
