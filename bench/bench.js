@@ -594,7 +594,7 @@ function layerSize(bytes) {
 // (e) Pull of the image a wafers push put in a registry: wafers into an empty store, against
 // `skopeo copy` to an OCI layout + `umoci unpack` of it, and `podman pull` into overlay storage.
 function pull() {
-  const lacking = missing('skopeo', 'umoci', 'podman', 'docker-registry', 'pigz')
+  const lacking = missing('skopeo', 'umoci', 'podman', 'docker-registry', 'igzip')
   if (lacking.length > 0) {
     notes.push(`pull not measured: ${lacking.join(', ')} missing.`)
     return
@@ -665,7 +665,7 @@ function pull() {
 // `buildah push` of the same image from overlay storage to another empty registry; then an
 // unchanged push of it again, against the cold one.
 function push() {
-  const lacking = missing('skopeo', 'buildah', 'docker-registry', 'pigz')
+  const lacking = missing('skopeo', 'buildah', 'docker-registry', 'igzip')
   if (lacking.length > 0) {
     notes.push(`push not measured: ${lacking.join(', ')} missing.`)
     return

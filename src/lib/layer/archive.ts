@@ -2,9 +2,8 @@
  * Layer tars <-> wafers: the one archive module pull, push and build use (as containers/storage's
  * pkg/archive). Unpacking streams a blob through Node (digests, decompression) into the one tar
  * reader and unpacker (tar/reader.ts, unpack.ts), which write every entry themselves; packing walks a
- * wafer in Node and writes a reproducible tar through pigz. See docs/oci.md, "Layer tars".
+ * wafer in Node and writes a reproducible tar through igzip (compress.ts). See docs/oci.md, "Layer tars".
  */
-import type {FileHandle} from 'node:fs/promises'
 import type {Readable} from 'node:stream'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -220,17 +219,8 @@ export interface PackResult {
   mediaType: string
 }
 
-/**
- * How a layer is compressed wherever its bytes must be the ones packLayer writes (push's
- * machine-id blanking too): gzip by pigz, without a name or time (`-n`), at level 1. Packing is
- * most of a cold push, and at level 6 zlib alone took 1.8 times the CPU of a whole `buildah push`
- * of the same tree; level 1 takes 40% of that CPU for a blob 7% larger (4% larger than
- * containers/image's default gzip). pigz's output does not depend on its thread count.
- */
-export const PACK_COMPRESSOR = {args: ['-1', '-n', '-c'], file: 'pigz'}
-
 /** Bumped when packLayer would write other bytes for the same files, so cached blobs are not reused. */
-const PACK_FORMAT = 'wafers-layer-3 pigz-1'
+const PACK_FORMAT = 'wafers-layer-4 igzip-2'
 
 /**
  * Writes the files of wafer directory `data` as a reproducible OCI layer (gzip) to the new file
@@ -238,97 +228,51 @@ const PACK_FORMAT = 'wafers-layer-3 pigz-1'
  * either attribute form) become .wh. entries; entries sorted bytewise; owners numeric; mode incl.
  * setuid; symlinks; hard links; device nodes and FIFOs; xattrs as pax SCHILY.xattr.* as
  * xattrs.ts packs them; mtimes to the microsecond (atime/ctime dropped); no user/group names.
- * The same content gives the same bytes on every run and machine with the same pigz and zlib
- * (compression is PACK_COMPRESSOR, whose output does not depend on the thread count). `onBytes`
- * gets the bytes of file content read so far. On a throw, `output` may be left half written: the
- * caller deletes it.
+ * The same content gives the same bytes on every run and machine with the same compressor
+ * (compress.ts says what its output depends on). `onBytes` gets the bytes of file content read
+ * so far. On a throw, `output` may be left half written: the caller deletes it.
  */
 export async function packLayer(
   data: string,
   output: string,
   options: {signal?: AbortSignal; onBytes?: (n: number) => void} = {},
 ): Promise<PackResult> {
-  const [{execa}, {writeLayerTar}, {digestOf, sha256}, {promises: fs}] = await Promise.all([
-    import('execa'),
+  const [{writeLayerTar}, {startCompression}, {promises: fs}] = await Promise.all([
     import('./tar/writer.js'),
-    import('./digest.js'),
+    import('./compress.js'),
     import('node:fs'),
   ])
   const held = await holdDirectory(data)
   try {
-    return await packHeld()
-  } finally {
-    await held.close()
-  }
-
-  async function packHeld(): Promise<PackResult> {
-    // Read back afterwards to hash it: pigz writes the blob straight to the file, not through Node.
-    const file = await fs.open(output, 'wx+').catch((error: unknown) => {
+    const file = await fs.open(output, 'wx').catch((error: unknown) => {
       if (isErrno(error, 'EEXIST')) throw new WafersError(`${output} already exists; packLayer writes a new file.`)
       throw error
     })
     try {
-      const compressor = withUs(PACK_COMPRESSOR.file, PACK_COMPRESSOR.args)
-      const pigz = execa(compressor.file, compressor.args, {
-        buffer: {stderr: true, stdout: false},
-        encoding: 'buffer',
-        reject: false,
-        stdin: 'pipe',
-        // execa's types name only descriptors 3 to 9; it hands any number to spawn as it is.
-        stdout: file.fd as 3,
-      })
-      pigz.stdin.on('error', () => {}) // an early exit of pigz is reported from its exit status
-      const pigzDone = pigz.then((result) => result)
-      const tarHash = sha256()
+      const compression = await startCompression(file, {output, shownAs: data})
       try {
         try {
-          await writeLayerTar(held.path, pigz.stdin, {
-            hash: tarHash,
+          await writeLayerTar(held.path, compression.input, {
+            hash: compression.tar,
             onBytes: options.onBytes,
             shownAs: data,
             signal: options.signal,
-            stopped: pigzDone,
+            stopped: compression.exited,
           })
         } finally {
-          pigz.stdin.end()
+          compression.input.end()
         }
 
-        const result = await pigzDone
-        if (result.exitCode !== 0)
-          throw new WafersError(`compressing the layer of ${data} failed: pigz exited with ${result.exitCode}.`)
+        return {...(await compression.finish()), mediaType: LAYER_MEDIA_TYPE}
       } catch (error) {
-        pigz.kill()
-        if ((await pigzDone).code === 'ENOENT') {
-          throw new WafersError('packing a layer needs pigz, which is not on PATH: install the pigz package.')
-        }
-
-        if (error instanceof WafersError) throw error
-        throw new WafersError(`packing ${data} failed: ${(error as Error).message}`)
+        return await compression.stop(error)
       }
-
-      await file.sync()
-      const {digest, size} = await hashFile(file)
-      return {diffId: digestOf(tarHash), digest, mediaType: LAYER_MEDIA_TYPE, size}
     } finally {
       await file.close()
     }
+  } finally {
+    await held.close()
   }
-}
-
-/** The digest and size of what is in the open file `file`, read from its start. */
-async function hashFile(file: FileHandle): Promise<{digest: string; size: number}> {
-  const {digestOf, sha256} = await import('./digest.js')
-  const hash = sha256()
-  const buffer = Buffer.allocUnsafe(1024 * 1024)
-  let size = 0
-  for (;;) {
-    const {bytesRead} = await file.read(buffer, 0, buffer.length, size)
-    if (bytesRead === 0) break
-    hash.update(buffer.subarray(0, bytesRead))
-    size += bytesRead
-  }
-
-  return {digest: digestOf(hash), size}
 }
 
 /** A rewrite of a tar stream as it passes: the bytes to pass on for each chunk, and at the end. */

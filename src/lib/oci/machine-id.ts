@@ -44,8 +44,7 @@ export async function blankMachineId(
   input: string,
   output: string,
 ): Promise<{diffId: string; digest: string; size: number}> {
-  const {PACK_COMPRESSOR} = await import('../layer/archive.js')
-  return copyEmptyingEntry(input, output, MACHINE_ID, PACK_COMPRESSOR)
+  return copyEmptyingEntry(input, output, MACHINE_ID)
 }
 
 /** The stream rewrite that empties etc/machine-id (see EntryBlanker). */

@@ -5,78 +5,53 @@
 import {promises as fs} from 'node:fs'
 
 import {WafersError} from '../../errors.js'
-import {withUs} from '../../host/run.js'
 import {BLOCK, padded, sealHeader} from './header.js'
 import {isZero, parseHeader, parsePax} from './reader.js'
 
 /**
  * Copies the gzip layer `input` (one wafers packed) to `output` (a new file) with the content of
  * its regular file `entry` (a path as the layer names it, no leading `./`) emptied, everything
- * else byte for byte, recompressed by `compressor` (packLayer's PACK_COMPRESSOR), so the same layer
- * still gives the same bytes. Returns the new blob's digest and size and the diffID of the new tar.
+ * else byte for byte, recompressed as packLayer compresses (compress.ts), so the same layer still
+ * gives the same bytes. Returns the new blob's digest and size and the diffID of the new tar.
  */
 export async function copyEmptyingEntry(
   input: string,
   output: string,
   entry: string,
-  compressor: {args: string[]; file: string},
 ): Promise<{diffId: string; digest: string; size: number}> {
-  const [{execa}, {createGunzip}, {createReadStream}, {digestOf, sha256}] = await Promise.all([
-    import('execa'),
+  const [{startCompression}, {createGunzip}, {createReadStream}] = await Promise.all([
+    import('../compress.js'),
     import('node:zlib'),
     import('node:fs'),
-    import('../digest.js'),
   ])
   const file = await fs.open(output, 'wx')
-  const started = withUs(compressor.file, compressor.args)
-  const pigz = execa(started.file, started.args, {
-    buffer: {stderr: true, stdout: false},
-    encoding: 'buffer',
-    reject: false,
-    stdin: 'pipe',
-    stdout: 'pipe',
-  })
-  pigz.stdin.on('error', () => {})
-  const tarHash = sha256()
-  const blobHash = sha256()
-  let size = 0
-  const writing = (async () => {
-    for await (const chunk of pigz.stdout as AsyncIterable<Buffer>) {
-      blobHash.update(chunk)
-      size += chunk.length
-      await file.write(chunk)
-    }
-  })()
-  writing.catch(() => {})
-  const emit = async (part: Buffer): Promise<void> => {
-    tarHash.update(part)
-    if (!pigz.stdin.write(part)) await new Promise((resolve) => pigz.stdin.once('drain', resolve))
-  }
-
   try {
-    const blanker = new EntryBlanker(entry)
-    // pipe() passes no read error on: a file that cannot be read would leave the loop waiting.
-    const source = createReadStream(input)
-    const gunzip = createGunzip()
-    source.once('error', (error) => gunzip.destroy(error))
-    for await (const chunk of source.pipe(gunzip) as AsyncIterable<Buffer>) {
-      for (const part of blanker.write(chunk)) await emit(part)
+    const compression = await startCompression(file, {output, shownAs: input})
+    const emit = async (part: Buffer): Promise<void> => {
+      compression.tar.update(part)
+      // A compressor that died takes nothing more: its exit ends the wait, and finish() says why.
+      if (!compression.input.write(part))
+        await Promise.race([new Promise((resolve) => compression.input.once('drain', resolve)), compression.exited])
     }
 
-    for (const part of blanker.end()) await emit(part)
-    pigz.stdin.end()
-    await writing
-    const result = await pigz
-    if (result.exitCode !== 0) throw new WafersError(`compressing a layer failed: pigz exited with ${result.exitCode}.`)
-    await file.sync()
-  } catch (error) {
-    pigz.kill()
-    throw error
+    try {
+      const blanker = new EntryBlanker(entry)
+      // pipe() passes no read error on: a file that cannot be read would leave the loop waiting.
+      const source = createReadStream(input)
+      const gunzip = createGunzip()
+      source.once('error', (error) => gunzip.destroy(error))
+      for await (const chunk of source.pipe(gunzip) as AsyncIterable<Buffer>) {
+        for (const part of blanker.write(chunk)) await emit(part)
+      }
+
+      for (const part of blanker.end()) await emit(part)
+      return await compression.finish()
+    } catch (error) {
+      return await compression.stop(error)
+    }
   } finally {
     await file.close()
   }
-
-  return {diffId: digestOf(tarHash), digest: digestOf(blobHash), size}
 }
 
 /**

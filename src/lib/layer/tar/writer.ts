@@ -5,7 +5,6 @@
  */
 import type {BigIntStats} from 'node:fs'
 import {closeSync, constants, fstatSync, lstatSync, openSync, readSync, readdirSync, readlinkSync} from 'node:fs'
-import type {Hash} from 'node:crypto'
 import type {Writable} from 'node:stream'
 
 import {WafersError} from '../../errors.js'
@@ -25,7 +24,7 @@ const BATCH = 1024 * 1024
 /**
  * Batches written to the compressor and not yet taken by it before the walk waits. The walk is
  * synchronous between batches, and only a turn of the event loop moves queued bytes into the
- * pipe: the walk yields after each batch, and this many in flight keep pigz busy meanwhile.
+ * pipe: the walk yields after each batch, and this many in flight keep the compressor busy meanwhile.
  */
 const IN_FLIGHT = 8
 
@@ -60,7 +59,8 @@ export async function writeLayerTar(
   data: string,
   sink: Writable,
   options: {
-    hash: Hash
+    /** Takes every byte written, in order (a hash, or compress.ts's tar). */
+    hash: {update(part: Buffer): unknown}
     onBytes?: (n: number) => void
     /** How messages name `data` (which may be a /proc/PID/fd path). */
     shownAs?: string
@@ -108,7 +108,7 @@ export async function writeLayerTar(
     shipped = false
     // A destroyed sink takes nothing more: the compressor's exit is what ends the wait then.
     if (sink.destroyed) await stopped
-    // eslint-disable-next-line no-unmodified-loop-condition -- pigz's callbacks lower inFlight while this waits
+    // eslint-disable-next-line no-unmodified-loop-condition -- the sink's callbacks lower inFlight while this waits
     while (inFlight > IN_FLIGHT) {
       await Promise.race([
         new Promise<void>((resolve) => {
