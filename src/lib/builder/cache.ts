@@ -63,6 +63,8 @@ export async function isCached(
   const recorded = readMeta(store.dir(name), name).build?.key
   const actualParent = await store.readParent(name)
   if (recorded === key && actualParent === parent && (await store.hasData(name))) return true
+  // Removed while it was read (rm, prune): nothing is in the way any more.
+  if (!(await store.exists(name))) return false
   throw new WafersError(`wafer ${name} is in the way of a build step: it is not that step's cached result.`, {
     suggestions: [`Remove it with: wafers rm ${name}`],
   })

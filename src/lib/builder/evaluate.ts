@@ -219,14 +219,17 @@ export class Builder {
       const wafer = base.wafer
       pulled = base.pulled
       this.wafers.found(wafer)
-      const chain = await traceAncestry(this.store, wafer)
-      const meta = readMeta(this.store.dir(wafer), wafer).image
+      // Read before the stage is held: rm or prune may take the base meanwhile (stagingDir checks).
+      const {identity, meta} = await this.wafers.reading(wafer, async () => ({
+        identity: baseIdentity(this.store, await traceAncestry(this.store, wafer)),
+        meta: readMeta(this.store.dir(wafer), wafer).image,
+      }))
       stage = {
         allCached: true,
         args: new Map(),
         config: structuredClone(meta?.config ?? {}),
         history: structuredClone(meta?.history ?? []),
-        identity: baseIdentity(this.store, chain),
+        identity,
         image: meta ? {architecture: meta.architecture, os: meta.os, variant: meta.variant} : host,
         shell: meta?.config?.Shell ?? DEFAULT_SHELL,
         top: wafer,
@@ -254,7 +257,7 @@ export class Builder {
     platform?: Platform,
   ): Promise<{pulled: boolean; wafer: string}> {
     if (isValidName(image) && (await this.store.hasData(image))) {
-      checkRealWafer(this.store, image, instruction)
+      await this.wafers.reading(image, () => checkRealWafer(this.store, image, instruction))
       return {pulled: false, wafer: image}
     }
 

@@ -38,8 +38,19 @@ export async function finishBuild(
     ...(stage.image.variant ? {variant: stage.image.variant} : {}),
   }
   const parent = stage.top
-  if (parent !== undefined && (await traceAncestry(store, parent)).includes(name)) {
-    throw new WafersError(`wafer ${name} is below the result of the build itself; give the build another name.`)
+  const endsOnRemoved = () =>
+    new WafersError(
+      `wafer ${parent}, which this build ends on, was removed while the build ran; ${name} is left as it was: build again.`,
+    )
+  if (parent !== undefined) {
+    // Outside the lock (a build whose every step was cached holds no stage): rm or prune may race it.
+    const below = await traceAncestry(store, parent).catch(async (error: unknown) => {
+      if (!(await store.hasData(parent))) throw endsOnRemoved()
+      throw error
+    })
+    if (below.includes(name)) {
+      throw new WafersError(`wafer ${name} is below the result of the build itself; give the build another name.`)
+    }
   }
 
   if (!(await store.exists(name))) {
@@ -67,11 +78,7 @@ export async function finishBuild(
   await withLock(store.root, async () => {
     await checkRepointable(store, name)
     // A build whose every step was cached holds no stage, so prune may have removed its last step.
-    if (parent !== undefined && !(await store.hasData(parent))) {
-      throw new WafersError(
-        `wafer ${parent}, which this build ends on, was removed while the build ran; ${name} is left as it was: build again.`,
-      )
-    }
+    if (parent !== undefined && !(await store.hasData(parent))) throw endsOnRemoved()
 
     await store.writeParent(name, parent)
     writeMeta(dir, {...readMeta(dir, name), image})

@@ -204,6 +204,19 @@ export class StepWafers {
     return this.staging
   }
 
+  /**
+   * Runs `read` on wafer `wafer`, which the build found (a base FROM names) and holds no stage
+   * for yet: when it fails because the wafer was removed meanwhile (rm, prune), it says so.
+   */
+  async reading<T>(wafer: string, read: () => Promise<T> | T): Promise<T> {
+    try {
+      return await read()
+    } catch (error) {
+      if (!(await this.store.hasData(wafer))) throw removedMeanwhile(wafer)
+      throw error
+    }
+  }
+
   /** Removes the build's stage and what is left in it (nspawn's placeholders), however the build ended. */
   async close(): Promise<void> {
     const {staging} = this
@@ -214,6 +227,6 @@ export class StepWafers {
 }
 
 /** The error of a build that found wafer `wafer` (a cached step, its base) gone while it ran. */
-function removedMeanwhile(wafer: string): WafersError {
+export function removedMeanwhile(wafer: string): WafersError {
   return new WafersError(`wafer ${wafer}, which this build goes on from, was removed while the build ran; build again.`)
 }

@@ -61,4 +61,18 @@ describe('build: pointing NAME at the result', function () {
     expect(await store.readParent('web')).to.equal('build-old')
     expect(await fs.readFile(path.join(root, 'web', 'meta.json'), 'utf8')).to.equal(before)
   })
+
+  it('says the same when that last step is half removed, its data and its base gone (an rm -r under way)', async function () {
+    await wafer('build-half', 'gone-base')
+    await fs.rm(path.join(root, 'build-half', 'data'), {recursive: true})
+    const error: unknown = await finishBuild(store, 'web', '/ctx', end('build-half'), noStage).then(
+      () => undefined,
+      (error_: unknown) => error_,
+    )
+
+    expect((error as Error).message).to.equal(
+      'wafer build-half, which this build ends on, was removed while the build ran; web is left as it was: build again.',
+    )
+    expect(await store.readParent('web')).to.equal('build-old')
+  })
 })
