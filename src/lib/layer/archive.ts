@@ -244,7 +244,7 @@ export async function packLayer(
   ])
   const held = await holdDirectory(data)
   try {
-    const file = await fs.open(output, 'wx').catch((error: unknown) => {
+    const file = await fs.open(output, 'wx+').catch((error: unknown) => {
       if (isErrno(error, 'EEXIST')) throw new WafersError(`${output} already exists; packLayer writes a new file.`)
       throw error
     })
@@ -253,8 +253,8 @@ export async function packLayer(
       try {
         try {
           await writeLayerTar(held.path, compression.input, {
-            hash: compression.tar,
             onBytes: options.onBytes,
+            reusable: true, // compression.input copies each chunk into its ring
             shownAs: data,
             signal: options.signal,
             stopped: compression.exited,

@@ -24,11 +24,10 @@ export async function copyEmptyingEntry(
     import('node:zlib'),
     import('node:fs'),
   ])
-  const file = await fs.open(output, 'wx')
+  const file = await fs.open(output, 'wx+')
   try {
     const compression = await startCompression(file, {output, shownAs: input})
     const emit = async (part: Buffer): Promise<void> => {
-      compression.tar.update(part)
       // A compressor that died takes nothing more: its exit ends the wait, and finish() says why.
       if (!compression.input.write(part))
         await Promise.race([new Promise((resolve) => compression.input.once('drain', resolve)), compression.exited])
