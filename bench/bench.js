@@ -16,6 +16,14 @@ import path from 'node:path'
 import {fileURLToPath} from 'node:url'
 
 const env = process.env
+// Settings of the calling shell that a bare Debian root has not and that change what every Node
+// start costs are unset for every side, baselines included: NODE_EXTRA_CA_CERTS (set in some
+// sandboxes) makes each start parse a CA bundle, 60 ms here, three times `node -e 0` itself, which
+// flattered every ratio against `node -e 0` and burdened wafers alone against skopeo or buildah.
+const UNSET = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS']
+const unset = env.WAFERS_BENCH_UNSET ?? UNSET.filter((name) => env[name] !== undefined).join(' ')
+for (const name of UNSET) delete env[name]
+env.WAFERS_BENCH_UNSET = unset
 const RUNS = count('WAFERS_BENCH_RUNS', 11)
 const MANY_RUNS = count('WAFERS_BENCH_MANY_RUNS', 3)
 const MANY = count('WAFERS_BENCH_MANY', 100)
@@ -966,7 +974,7 @@ function machine() {
   return [
     `- Date: ${new Date().toISOString().replace(/\.\d+Z$/, 'Z')}`,
     `- Machine: ${os.availableParallelism()} CPUs (${cpus[0]?.model.trim() ?? 'unknown'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, load average ${load} at start`,
-    `- System: Linux ${os.release()}, Node ${process.version}`,
+    `- System: Linux ${os.release()}, Node ${process.version}${env.WAFERS_BENCH_UNSET ? ` (unset for every side: ${env.WAFERS_BENCH_UNSET})` : ''}`,
     `- Runs: median of ${RUNS} (${MANY_RUNS} for the ${MANY}-stack row, ${OCI_RUNS} for pull and push) after one warm-up; peak memory is the largest max RSS of one process (GNU time)${hasTime ? '' : ' (not measured: /usr/bin/time is missing)'}`,
   ]
 }
