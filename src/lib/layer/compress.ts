@@ -12,10 +12,11 @@ import {withUs} from '../host/run.js'
 
 /**
  * gzip by ISA-L's igzip (Debian package isal), level 2, no name or time (`-n`), one thread. It
- * takes about a fifth of the CPU of `pigz -1` for a blob of the same size (bench/RESULTS.md,
- * 2026-12-07), and its output depends only on its input and version, and on whether the CPU has
- * SSE4.2 (ISA-L hashes with the CRC32 instruction where there is one): not on how the input is
- * cut, nor on the machine otherwise. Threads (`-T`) would change the bytes, so there are none.
+ * takes about a sixth of the CPU of `pigz -1` for a blob of the same size (bench/RESULTS.md,
+ * 2026-12-07). Its output depends on its input and version, not on how the input is cut, and, by
+ * ISA-L's code, on one trait of the CPU: whether it has SSE4.2 (ISA-L hashes with the CRC32
+ * instruction where there is one; its AVX and AVX2 paths make the same bytes). Threads (`-T`)
+ * would change the bytes, so there are none.
  */
 export const PACK_COMPRESSOR = {args: ['-2', '-n', '-c'], file: 'igzip', package: 'isal'}
 
