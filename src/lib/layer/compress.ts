@@ -230,6 +230,10 @@ export async function startCompression(
     ) as Error
   }
 
+  const exitedWith = (result: Outcome) =>
+    new WafersError(
+      `compressing the layer of ${shownAs} failed: ${PACK_COMPRESSOR.file} exited with ${result.code ?? result.signal}.`,
+    )
   const close = async () => {
     await worker.terminate()
   }
@@ -248,11 +252,7 @@ export async function startCompression(
         )
       }
 
-      if (outcome.code !== 0) {
-        throw new WafersError(
-          `compressing the layer of ${shownAs} failed: ${PACK_COMPRESSOR.file} exited with ${outcome.code ?? outcome.signal}.`,
-        )
-      }
+      if (outcome.code !== 0) throw exitedWith(outcome)
 
       const tail = Buffer.from(outcome.tail ?? [])
       if (
@@ -273,6 +273,8 @@ export async function startCompression(
     },
     input,
     async stop(error) {
+      // A compressor that was gone before it was stopped is why the caller failed.
+      const diedFirst = gone && outcome !== undefined && outcome.code !== 0
       if (!gone) {
         worker.postMessage({kill: true})
         await exited
@@ -282,6 +284,7 @@ export async function startCompression(
       const said = asWafersError(error) // a system error as one sentence
       throw (
         (await failure()) ??
+        (diedFirst ? exitedWith(outcome!) : undefined) ??
         (said instanceof WafersError
           ? said
           : new WafersError(`packing ${shownAs} failed: ${(error as Error)?.message ?? String(error)}`))

@@ -87,9 +87,12 @@ describe('the compressor of packed layers', function () {
     }
   })
 
-  it('says so when the compressor fails', async function () {
-    await shadow('igzip', 'cat >/dev/null; exit 3')
-    const error = await packLayer(data, path.join(dir, 'failed.tar.gz')).catch((error_: unknown) => error_)
-    expect((error as Error).message).to.equal(`compressing the layer of ${data} failed: igzip exited with 3.`)
+  it('says so when the compressor fails, after reading all of the tar or before reading any', async function () {
+    for (const script of ['cat >/dev/null; exit 3', 'exit 3']) {
+      await shadow('igzip', script)
+      const output = path.join(dir, `failed-${script.length}.tar.gz`)
+      const error = await packLayer(data, output).catch((error_: unknown) => error_)
+      expect((error as Error).message, script).to.equal(`compressing the layer of ${data} failed: igzip exited with 3.`)
+    }
   })
 })
