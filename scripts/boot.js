@@ -10,13 +10,13 @@
 // length of the source, but not the data itself, and runs whatever it is given: each file carries
 // the SHA-256 of its data, checked before V8 sees it, and is written in one rename after an fsync.
 //
-// Cached code is code: it runs with the rights of whoever runs wafers, root as a rule. So both
-// caches of compiled code (this one, and Node's that bin/run.js turns on) live in wafers' own
-// node_modules/.cache, are written only by the install's owner (dist/'s), and are read only from
-// a directory and files that the owner or root owns and no one else may write to. Code cached in
-// a shared temporary directory, or a file another user could swap, would let any local user plant
-// code; root's files in a user's install would keep the user from updating it. A run that finds
-// no usable cache writes one as it exits, when it may; one that cannot runs as before.
+// Cached code is code: it runs with the rights of whoever runs wafers, root as a rule. So the
+// cache lives in wafers' own node_modules/.cache, is written only by the install's owner (dist/'s),
+// and is read only from a directory and files that the owner or root owns and no one else may
+// write to. Code cached in a shared temporary directory, or a file another user could swap, would
+// let any local user plant code; root's files in a user's install would keep the user from
+// updating it. A run that finds no usable cache writes one as it exits, when it may; one that
+// cannot runs as before.
 import {createHash, randomBytes} from 'node:crypto'
 import {
   closeSync,
@@ -29,6 +29,7 @@ import {
   readFileSync,
   readdirSync,
   renameSync,
+  rmSync,
   statSync,
   unlinkSync,
   writeFileSync,
@@ -75,14 +76,22 @@ function compile() {
 /**
  * The path of directory `name` in wafers' own node_modules/.cache, for compiled code, when this
  * process is the install's owner and may keep its code there (made when missing); undefined
- * otherwise. bin/run.js gives it to Node's module.enableCompileCache.
+ * otherwise. A directory of the owner's that others may write to (made by an older wafers under a
+ * umask of 002) is made again: what is in it cannot be trusted.
  */
-export function ownCacheDir(name) {
+function ownCacheDir(name) {
   const dir = cacheDirPath(name)
-  if (installOwner() !== process.getuid?.()) return undefined
   try {
+    const uid = process.getuid?.()
+    if (installOwner() !== uid) return undefined
     mkdirSync(dir, {mode: 0o755, recursive: true})
-    const stat = lstatSync(dir)
+    let stat = lstatSync(dir)
+    if (stat.isDirectory() && stat.uid === uid && !trusted(stat)) {
+      rmSync(dir, {force: true, recursive: true})
+      mkdirSync(dir, {mode: 0o755})
+      stat = lstatSync(dir)
+    }
+
     return stat.isDirectory() && trusted(stat) ? dir : undefined
   } catch {
     return undefined
@@ -154,32 +163,39 @@ function wholeData(bytes) {
 /** Writes the code compiled so far as the cache file `name`; quietly nothing when it may not or cannot. */
 function keep(script, name, digest) {
   if (ownCacheDir(CACHE_NAME) === undefined) return
-  withCacheDir((dir) => {
-    let temporary
-    try {
-      temporary = path.join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`)
-      const fd = openSync(temporary, 'wx', 0o644)
-      try {
-        const data = script.createCachedData()
-        writeFileSync(fd, Buffer.concat([MAGIC, createHash('sha256').update(data).digest(), data]))
-        fsyncSync(fd)
-      } finally {
-        closeSync(fd)
-      }
+  try {
+    withCacheDir((dir) => write(dir, script, name, digest))
+  } catch {
+    // It runs as the process exits: nothing may escape (dist/ gone under an update, say).
+  }
+}
 
-      renameSync(temporary, path.join(dir, name))
-      temporary = undefined
-      // What other builds of wafers cached can never be used again.
-      for (const entry of readdirSync(dir)) {
-        if (!entry.startsWith(`${digest}-`)) unlinkSync(path.join(dir, entry))
-      }
-    } catch {
-      if (temporary === undefined) return
-      try {
-        unlinkSync(temporary)
-      } catch {
-        // Never made.
-      }
+/** Writes cache file `name` into the held cache directory `dir`, in one rename. */
+function write(dir, script, name, digest) {
+  let temporary
+  try {
+    temporary = path.join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`)
+    const fd = openSync(temporary, 'wx', 0o644)
+    try {
+      const data = script.createCachedData()
+      writeFileSync(fd, Buffer.concat([MAGIC, createHash('sha256').update(data).digest(), data]))
+      fsyncSync(fd)
+    } finally {
+      closeSync(fd)
     }
-  })
+
+    renameSync(temporary, path.join(dir, name))
+    temporary = undefined
+    // What other builds of wafers cached can never be used again.
+    for (const entry of readdirSync(dir)) {
+      if (!entry.startsWith(`${digest}-`)) unlinkSync(path.join(dir, entry))
+    }
+  } catch {
+    if (temporary === undefined) return
+    try {
+      unlinkSync(temporary)
+    } catch {
+      // Never made.
+    }
+  }
 }

@@ -13,10 +13,11 @@ import {withUs} from '../host/run.js'
 /**
  * gzip by ISA-L's igzip (Debian package isal), level 2, no name or time (`-n`), one thread. It
  * takes about a sixth of the CPU of `pigz -1` for a blob of the same size (bench/RESULTS.md,
- * 2026-12-07). Its output depends on its input and version, not on how the input is cut, and, by
- * ISA-L's code, on one trait of the CPU: whether it has SSE4.2 (ISA-L hashes with the CRC32
- * instruction where there is one; its AVX and AVX2 paths make the same bytes). Threads (`-T`)
- * would change the bytes, so there are none.
+ * 2026-12-07). Its output depends on its input and version, not on how the input is cut, and on
+ * which of ISA-L's code paths the CPU takes: it hashes with the CRC32 instruction where SSE4.2 is
+ * there, and by its code its SSE4.2, AVX and AVX2 paths make the same bytes (checked here on AVX2
+ * only; a CPU without SSE4.2, AVX-512's encoder and arm64 are not known to). Threads (`-T`) would
+ * change the bytes, so there are none.
  */
 export const PACK_COMPRESSOR = {args: ['-2', '-n', '-c'], file: 'igzip', package: 'isal'}
 
@@ -78,6 +79,7 @@ child.on('close', (code, signal) => {
 parentPort.on('message', (message) => {
   if (message.end) child.stdin.end()
   else if (message.kill) child.kill('SIGKILL')
+  else if (reported) parentPort.postMessage({free: message.slot})
   else {
     const part = Buffer.from(ring, message.slot * SLOT, message.length)
     tar.update(part)
@@ -210,10 +212,16 @@ export async function startCompression(
    * trailer check failed), is a full disk when the file system is full, else not this function's.
    */
   const failure = async (cut = false): Promise<Error | undefined> => {
-    if (outcome?.spawnError === 'ENOENT') {
+    const started = outcome?.spawnError
+    if (started === 'ENOENT') {
       return new WafersError(
         `packing a layer needs ${PACK_COMPRESSOR.file}, which is not on PATH: install the ${PACK_COMPRESSOR.package} package.`,
       )
+    }
+
+    if (started !== undefined) {
+      const why = started === 'EACCES' ? ': permission denied (a file system mounted noexec?)' : ''
+      return new WafersError(`packing a layer failed: ${PACK_COMPRESSOR.file} could not be started${why}.`)
     }
 
     const read = outcome?.readError
@@ -222,12 +230,18 @@ export async function startCompression(
       (stats) => stats.bavail === 0,
       () => false,
     )
-    if (!full && cut) return undefined
     // One sentence naming the blob file (describeSystemError).
-    const code = full ? 'ENOSPC' : (read?.code ?? 'EIO')
-    return asWafersError(
-      Object.assign(new Error(read?.message ?? 'a write failed'), {code, path: names.output}),
-    ) as Error
+    if (full || read) {
+      const code = full ? 'ENOSPC' : read?.code
+      return asWafersError(
+        Object.assign(new Error(read?.message ?? 'a write failed'), {code, path: names.output}),
+      ) as Error
+    }
+
+    if (cut) return undefined
+    return new WafersError(
+      `compressing the layer of ${shownAs} failed: ${PACK_COMPRESSOR.file} could not write ${names.output} (a quota used up?).`,
+    )
   }
 
   const exitedWith = (result: Outcome) =>

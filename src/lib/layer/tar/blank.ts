@@ -28,6 +28,8 @@ export async function copyEmptyingEntry(
   try {
     const compression = await startCompression(file, {output, shownAs: input})
     const emit = async (part: Buffer): Promise<void> => {
+      // Nothing more to read once the compressor is gone: stop() says why it went.
+      if (compression.input.destroyed) throw new WafersError(`the compressor of ${input} stopped early.`)
       // A compressor that died takes nothing more: its exit ends the wait, and finish() says why.
       if (!compression.input.write(part))
         await Promise.race([new Promise((resolve) => compression.input.once('drain', resolve)), compression.exited])
