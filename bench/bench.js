@@ -610,34 +610,37 @@ function pull() {
 
   const a = minbaseStore('pull-source')
   const registry = startRegistry('registry-pull')
-  const podman = containersStorage(path.join(dir, 'podman-pull'), 'overlay')
+  const podmen = []
   try {
     const image = `docker://${registry.host}/bench/deb:1`
     const pushed = JSON.parse(a.cli('push', 'debian', image, '--tls-verify=false', '--json').stdout)
     const layerBytes = pushed.layers.reduce((total, layer) => total + layer.size, 0)
-    const b = store('pull')
-    const layout = path.join(dir, 'pull-layout')
-    const bundle = path.join(dir, 'pull-bundle')
+    // Each run of each side writes into a place of its own, and nothing is deleted until the row
+    // is done: ext4 skips the inodes freed in the last seconds when it makes new ones, and each
+    // such inode costs a lookup (recently_deleted, most of a pull's system time when the side
+    // before had just deleted its 6,767 files), which measured the order of the sides, not them.
+    let serial = 0
+    const fresh = (what) => path.join(dir, `pull-${what}-${serial++}`)
     const sides = {
       podman() {
-        const result = must(['podman', ...podman.args, 'pull', '--quiet', '--tls-verify=false', image])
-        must(['podman', ...podman.args, 'rmi', '--all', '--force'])
-        return result
+        const storage = containersStorage(fresh('podman'), 'overlay')
+        podmen.push(storage)
+        // Its storage and database made before it is timed.
+        must(['podman', ...storage.args, 'images'])
+        settle()
+        return must(['podman', ...storage.args, 'pull', '--quiet', '--tls-verify=false', image])
       },
       umoci() {
+        const layout = fresh('layout')
+        const bundle = fresh('bundle')
         const copy = must(['skopeo', 'copy', '--quiet', '--src-tls-verify=false', image, `oci:${layout}:x`])
         const unpack = must(['umoci', 'unpack', '--image', `${layout}:x`, bundle])
-        for (const target of [layout, bundle]) fs.rmSync(target, {force: true, recursive: true})
         return sum([copy, unpack])
       },
       wafers() {
-        fs.rmSync(b.wafers, {force: true, recursive: true})
-        const result = b.cli('pull', image, 'deb', '--tls-verify=false')
-        fs.rmSync(b.wafers, {force: true, recursive: true})
-        return result
+        return store(`pull-store-${serial++}`).cli('pull', image, 'deb', '--tls-verify=false')
       },
     }
-    must(['podman', ...podman.args, 'images']) // its storage and database made before anything is timed
     const stats = {podman: series(), umoci: series(), wafers: series()}
     let turn = 0
     repeat(OCI_RUNS, '(e) pull vs skopeo copy + umoci unpack vs podman pull (overlay)', (warmUp) => {
@@ -665,7 +668,7 @@ function pull() {
     })
   } finally {
     registry.stop()
-    podman.reset()
+    for (const storage of podmen) storage.reset()
   }
 }
 

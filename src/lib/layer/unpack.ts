@@ -675,13 +675,9 @@ class Writer {
   }
 }
 
+/** lstat, undefined when nothing is there: without an exception, which costs more than the lstat. */
 function lstatOrUndefined(file: Buffer) {
-  try {
-    return lstatSync(file)
-  } catch (error) {
-    if (isErrno(error, 'ENOENT')) return undefined
-    throw error
-  }
+  return lstatSync(file, {throwIfNoEntry: false})
 }
 
 /** How a tarball on disk is compressed, from its first bytes. */
