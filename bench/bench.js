@@ -616,9 +616,9 @@ function pull() {
     const pushed = JSON.parse(a.cli('push', 'debian', image, '--tls-verify=false', '--json').stdout)
     const layerBytes = pushed.layers.reduce((total, layer) => total + layer.size, 0)
     // Each run of each side writes into a place of its own, and nothing is deleted until the row
-    // is done: ext4 skips the inodes freed in the last seconds when it makes new ones, and each
-    // such inode costs a lookup (recently_deleted, most of a pull's system time when the side
-    // before had just deleted its 6,767 files), which measured the order of the sides, not them.
+    // is done: ext4 without a journal skips the inodes freed in the last minute when it makes new
+    // ones, and each such inode costs a lookup (recently_deleted, most of a pull's system time
+    // when the side before had just deleted its 6,767 files): that measured the order of the sides.
     let serial = 0
     const fresh = (what) => path.join(dir, `pull-${what}-${serial++}`)
     const sides = {
