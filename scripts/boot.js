@@ -21,6 +21,7 @@ import {createHash, randomBytes} from 'node:crypto'
 import {
   closeSync,
   constants,
+  fchmodSync,
   fstatSync,
   fsyncSync,
   lstatSync,
@@ -29,7 +30,6 @@ import {
   readFileSync,
   readdirSync,
   renameSync,
-  rmSync,
   statSync,
   unlinkSync,
   writeFileSync,
@@ -85,16 +85,37 @@ function ownCacheDir(name) {
     const uid = process.getuid?.()
     if (installOwner() !== uid) return undefined
     mkdirSync(dir, {mode: 0o755, recursive: true})
-    let stat = lstatSync(dir)
-    if (stat.isDirectory() && stat.uid === uid && !trusted(stat)) {
-      rmSync(dir, {force: true, recursive: true})
-      mkdirSync(dir, {mode: 0o755})
-      stat = lstatSync(dir)
-    }
-
-    return stat.isDirectory() && trusted(stat) ? dir : undefined
+    const stat = lstatSync(dir)
+    if (stat.isDirectory() && stat.uid === uid && !trusted(stat)) emptyAndClose(dir)
+    const now = lstatSync(dir)
+    return now.isDirectory() && trusted(now) ? dir : undefined
   } catch {
     return undefined
+  }
+}
+
+/**
+ * Closes the owner's directory `dir` to others (fchmod through a descriptor, never a path a
+ * symlink could stand in for), then deletes its entries one by one, never recursing: others could
+ * write to it until now, so nothing in it is trusted, and a delete that followed a subdirectory
+ * they swapped for a symlink would delete elsewhere. A subdirectory stops it (unlink refuses one),
+ * and the directory gets its old mode back: it stays untrusted.
+ */
+function emptyAndClose(dir) {
+  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  try {
+    const {mode, uid} = fstatSync(fd)
+    if (uid !== process.getuid?.()) return
+    fchmodSync(fd, 0o755)
+    const held = `/proc/self/fd/${fd}`
+    try {
+      for (const entry of readdirSync(held)) unlinkSync(path.join(held, entry))
+    } catch (error) {
+      fchmodSync(fd, mode & 0o7777) // not emptied: left as untrusted as it was
+      throw error
+    }
+  } finally {
+    closeSync(fd)
   }
 }
 

@@ -185,11 +185,25 @@ describe('the code cache of a start', function () {
     const run = await wafers('--help')
     expect(run.exitCode, run.stderr).to.equal(0)
     const stat = await fs.lstat(cacheDir)
-    expect(stat.mode & 0o777).to.equal(0o755)
+    expect(stat.mode & 0o022).to.equal(0)
+    expect(await fs.readdir(cacheDir)).not.to.include('planted')
     const files = await cached()
     expect(files).to.have.lengthOf(1)
     expect(files[0]).to.match(/-other\.bin$/)
     // Node 22's own compile cache is not turned on: nothing else in node_modules/.cache.
     expect(await fs.readdir(path.join(root, 'node_modules', '.cache'))).to.deep.equal(['wafers-code-cache'])
+
+    // A subdirectory in it (a delete that recursed could follow a symlink swapped in for one):
+    // nothing under it is touched, and the directory stays untrusted, so no cache is used.
+    await fs.rm(cacheDir, {recursive: true})
+    await fs.mkdir(path.join(cacheDir, 'sub'), {recursive: true})
+    await fs.writeFile(path.join(cacheDir, 'sub', 'kept'), 'x')
+    await fs.chmod(cacheDir, 0o775)
+    const again = await wafers('--help')
+    expect(again.exitCode, again.stderr).to.equal(0)
+    expect(again.stdout).to.equal(run.stdout)
+    expect((await fs.lstat(cacheDir)).mode & 0o777).to.equal(0o775)
+    expect(await fs.readFile(path.join(cacheDir, 'sub', 'kept'), 'utf8')).to.equal('x')
+    expect((await cached()).filter((file) => file.endsWith('.bin'))).to.deep.equal([])
   })
 })
