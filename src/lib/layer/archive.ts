@@ -254,7 +254,6 @@ export async function packLayer(
         try {
           await writeLayerTar(held.path, compression.input, {
             onBytes: options.onBytes,
-            reusable: true, // compression.input copies each chunk into its ring
             shownAs: data,
             signal: options.signal,
             stopped: compression.exited,

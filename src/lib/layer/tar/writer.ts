@@ -65,11 +65,6 @@ export async function writeLayerTar(
     /** How messages name `data` (which may be a /proc/PID/fd path). */
     shownAs?: string
     signal?: AbortSignal
-    /**
-     * Whether the sink keeps nothing of a chunk once it has called back (it copies it, say), so
-     * that the walk may write the next batch into the same buffer instead of a new one.
-     */
-    reusable?: boolean
     /** Settles when the compressor exits: a walk waiting for it to drain stops then. */
     stopped: Promise<unknown>
   },
@@ -81,25 +76,21 @@ export async function writeLayerTar(
   const links = new Map<string, Buffer>()
   let read = 0
 
-  let batch: Buffer = Buffer.allocUnsafeSlow(BATCH)
+  let batch = Buffer.allocUnsafeSlow(BATCH)
   let used = 0
   let inFlight = 0
   let shipped = false
   let taken: (() => void) | undefined
-  // Batches the sink is done with, when it says it keeps nothing of them (see `reusable`).
-  const spare: Buffer[] = []
   const ship = (): void => {
     if (used === 0) return
     const part = batch.subarray(0, used)
-    const spent = batch
-    batch = spare.pop() ?? Buffer.allocUnsafeSlow(BATCH)
+    batch = Buffer.allocUnsafeSlow(BATCH)
     used = 0
     hash?.update(part)
     inFlight++
     shipped = true
     sink.write(part, () => {
       inFlight--
-      if (options.reusable && spare.length < 2) spare.push(spent)
       taken?.()
     })
   }
