@@ -46,7 +46,7 @@ const SUM = 32
 
 const dist = path.dirname(fileURLToPath(import.meta.url))
 const file = path.join(dist, 'core.cjs')
-const CACHE_NAME = 'wafers-code-cache'
+const cacheDir = path.join(dist, '..', 'node_modules', '.cache', 'wafers-code-cache')
 let modules
 
 /** The exports of module `name` of the core (a path relative to dist/, e.g. `commands/stack.js`). */
@@ -74,23 +74,24 @@ function compile() {
 }
 
 /**
- * The path of directory `name` in wafers' own node_modules/.cache, for compiled code, when this
- * process is the install's owner and may keep its code there (made when missing); undefined
- * otherwise. A directory of the owner's that others may write to (made by an older wafers under a
- * umask of 002) is made again: what is in it cannot be trusted.
+ * Whether this process is the install's owner and may keep code in the cache directory (made
+ * when missing). A directory of the owner's that others may write to (made by an older wafers
+ * under a umask of 002) is emptied and closed to them first: what is in it cannot be trusted.
  */
-function ownCacheDir(name) {
-  const dir = cacheDirPath(name)
+function mayKeepCache() {
   try {
     const uid = process.getuid?.()
-    if (installOwner() !== uid) return undefined
-    mkdirSync(dir, {mode: 0o755, recursive: true})
-    const stat = lstatSync(dir)
-    if (stat.isDirectory() && stat.uid === uid && !trusted(stat)) emptyAndClose(dir)
-    const now = lstatSync(dir)
-    return now.isDirectory() && trusted(now) ? dir : undefined
+    if (installOwner() !== uid) return false
+    mkdirSync(cacheDir, {mode: 0o755, recursive: true})
+    let stat = lstatSync(cacheDir)
+    if (stat.isDirectory() && stat.uid === uid && !trusted(stat)) {
+      emptyAndClose(cacheDir)
+      stat = lstatSync(cacheDir)
+    }
+
+    return stat.isDirectory() && trusted(stat)
   } catch {
-    return undefined
+    return false
   }
 }
 
@@ -119,10 +120,6 @@ function emptyAndClose(dir) {
   }
 }
 
-function cacheDirPath(name) {
-  return path.join(dist, '..', 'node_modules', '.cache', name)
-}
-
 let owner
 /** The uid that owns dist/: whoever installed or built wafers, the only one who writes its caches. */
 function installOwner() {
@@ -143,7 +140,7 @@ function trusted(stat) {
 function withCacheDir(use) {
   let fd
   try {
-    fd = openSync(cacheDirPath(CACHE_NAME), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+    fd = openSync(cacheDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
   } catch {
     return undefined
   }
@@ -183,7 +180,7 @@ function wholeData(bytes) {
 
 /** Writes the code compiled so far as the cache file `name`; quietly nothing when it may not or cannot. */
 function keep(script, name, digest) {
-  if (ownCacheDir(CACHE_NAME) === undefined) return
+  if (!mayKeepCache()) return
   try {
     withCacheDir((dir) => write(dir, script, name, digest))
   } catch {

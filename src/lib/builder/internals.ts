@@ -227,6 +227,6 @@ export class StepWafers {
 }
 
 /** The error of a build that found wafer `wafer` (a cached step, its base) gone while it ran. */
-export function removedMeanwhile(wafer: string): WafersError {
+function removedMeanwhile(wafer: string): WafersError {
   return new WafersError(`wafer ${wafer}, which this build goes on from, was removed while the build ran; build again.`)
 }
