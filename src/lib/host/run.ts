@@ -133,7 +133,7 @@ export function findOnPath(
 }
 
 /** The Debian packages of the system programs that util-linux does not bring. */
-const SYSTEM_PACKAGES: Record<string, string> = {cat: 'coreutils', rm: 'coreutils'}
+const SYSTEM_PACKAGES: Record<string, string> = {cat: 'coreutils', find: 'findutils', rm: 'coreutils'}
 
 /** Where the system keeps the programs wafers itself relies on (flock, setpriv, rm), looked in after PATH. */
 const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']

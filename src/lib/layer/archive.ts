@@ -331,39 +331,57 @@ export async function layerDiffId(
 }
 
 /**
- * A cheap fingerprint of everything packLayer would read (a walk of lstat data: path, type, ino,
- * mode, uid, gid, size, rdev, mtime and ctime in ns; an xattr change shows in ctime): equal
- * fingerprints mean an unchanged wafer, so a push can reuse its cached blob.
+ * What find prints of each entry for layerFingerprint: type, permission bits, inode, link count,
+ * owner, size, mtime and ctime to the nanosecond, then the path below `data` and a NUL (no name
+ * holds one). An xattr change, a chmod, a write or a rename shows in ctime, which only the kernel
+ * sets; rdev cannot change without a new inode, and so a new ctime.
+ */
+const FINGERPRINT_ENTRY = '%y %m %i %n %U %G %s %T@ %C@ %P\\0'
+
+/**
+ * A cheap fingerprint of everything packLayer would read, from an lstat of every entry: equal
+ * fingerprints mean an unchanged wafer, so a push can reuse its cached blob. GNU find (findutils,
+ * essential on Debian) takes it: the walk is all system calls, and find makes them in half the time
+ * a first walk of Node's takes (about 30 against 65 ms for a 6,800-entry minbase), on a core of its
+ * own. It never follows a symlink and opens directories only. Entries come in the order the file
+ * system lists them, which stays the same while a directory is unchanged; a directory that is
+ * rewritten in place with the same entries (fsck -D) only costs one more pack, which gives the same
+ * blob. Refuses in a sentence when find cannot read all of `data` (say, a directory went away).
  */
 export async function layerFingerprint(data: string): Promise<string> {
-  const [{lstatSync, readdirSync}, {digestOf, sha256}] = await Promise.all([import('node:fs'), import('./digest.js')])
+  const [{spawn}, {digestOf, sha256}, {diesWithUs, systemProgram}, path] = await Promise.all([
+    import('node:child_process'),
+    import('./digest.js'),
+    import('../host/run.js'),
+    import('node:path'),
+  ])
   const hash = sha256()
-  hash.update(`${PACK_FORMAT}\n`)
-  // Names as latin1 strings, one character per byte, so any name survives (a Buffer again for a
-  // name that is not ASCII) and sorts by its bytes; each directory's lines are hashed at once.
-  const wide = /[\u0080-\u00ff]/
-  const named = (file: string) => (wide.test(file) ? Buffer.from(file, 'latin1') : file)
-  // Synchronous: a walk of lstats alone is several times faster without the thread pool's round trips.
-  const walk = (dir: string, rel: string): void => {
-    const names = readdirSync(named(dir), {encoding: 'latin1'}).sort()
-    let lines = ''
-    for (const name of names) {
-      const file = `${dir}/${name}`
-      const stat = lstatSync(named(file), {bigint: true})
-      lines += `${rel}/${name}\0${stat.mode} ${stat.ino} ${stat.uid} ${stat.gid} ${stat.size} ${stat.rdev} ${stat.mtimeNs} ${stat.ctimeNs} ${stat.nlink}\n`
-      if (stat.isDirectory()) {
-        hash.update(lines, 'latin1')
-        lines = ''
-        walk(file, `${rel}/${name}`)
-      }
-    }
-
-    hash.update(lines, 'latin1')
+  hash.update(`${PACK_FORMAT} find-1\n`)
+  const find = diesWithUs(systemProgram('find'), ['-P', path.resolve(data), '-printf', FINGERPRINT_ENTRY])
+  const said: Buffer[] = []
+  let saidBytes = 0
+  const ended = await new Promise<{code: null | number; error?: Error}>((resolve) => {
+    const child = spawn(find.file, find.args, {env: {...process.env, LC_ALL: 'C'}, stdio: ['ignore', 'pipe', 'pipe']})
+    child.stdout.on('data', (chunk: Buffer) => hash.update(chunk))
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (saidBytes < 4096) said.push(chunk)
+      saidBytes += chunk.length
+    })
+    child.once('error', (error) => resolve({code: null, error}))
+    child.once('close', (code) => resolve({code}))
+  })
+  if (ended.code !== 0) {
+    const text = Buffer.concat(said).toString('utf8')
+    const why = /No such file or directory|Not a directory/.test(text)
+      ? 'part of it went away while it was read'
+      : /Permission denied/.test(text)
+        ? 'part of it cannot be read'
+        : ended.error
+          ? 'find could not be started'
+          : `find exited with code ${ended.code}`
+    throw new WafersError(`cannot tell whether ${data} changed: ${why}; try again once nothing writes to it.`)
   }
 
-  const root = lstatSync(data, {bigint: true})
-  hash.update(`${root.ctimeNs}\n`) // an opaque mark on the root changes its ctime
-  walk(Buffer.from(data).toString('latin1'), '')
   return digestOf(hash)
 }
 

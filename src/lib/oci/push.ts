@@ -24,6 +24,7 @@ import {
   checkRegistryOptions,
   checkSigningKey,
   copyFromLayout,
+  readySkopeo,
   skopeoContext,
 } from './skopeo.js'
 import {PACKING_FILE, WorkDir, makeWorkDir} from './workdir.js'
@@ -126,9 +127,15 @@ export function pushSteps(
 
   const steps = (): Step[] => {
     const layout = path.join(work!.path, 'layout')
+    let uploadReady: Promise<void> | undefined
+    const readyUpload = () => {
+      uploadReady ??= readySkopeo()
+      return uploadReady
+    }
+
     const packs = wafers.map((wafer): Step => ({
       async run(report) {
-        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal)
+        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal, readyUpload)
         const meta = readMeta(store.dir(wafer), wafer)
         if (packed === undefined) {
           result.emptyWafers.push(wafer)
@@ -194,7 +201,8 @@ export function pushSteps(
 
 /**
  * Packs wafer `wafer` into the layout in the work dir `work` (a hard link to the cached blob),
- * reusing the cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no files.
+ * reusing the cached layer when the wafer's fingerprint is unchanged; undefined for a wafer with no
+ * files. `meanwhile` runs while find takes the fingerprint, on a core of its own.
  */
 async function packWafer(
   store: WaferStore,
@@ -203,11 +211,23 @@ async function packWafer(
   work: string,
   report: (line: string) => void,
   signal?: AbortSignal,
+  meanwhile?: () => Promise<void>,
 ): Promise<PushedLayer | undefined> {
   const {isEmptyLayer, layerFingerprint, packLayer} = await import('../layer/archive.js')
   const data = store.dataDir(wafer)
-  if ((await isEmptyLayer(data)) || (await onlyMachineId(data))) return undefined
-  const before = await layerFingerprint(data)
+  const fingerprinting = layerFingerprint(data)
+  const settled = fingerprinting.then(
+    () => {},
+    () => {},
+  )
+  try {
+    if ((await isEmptyLayer(data)) || (await onlyMachineId(data))) return undefined
+    await meanwhile?.()
+  } finally {
+    await settled // find is never left walking after we are done with it
+  }
+
+  const before = await fingerprinting
   let entry = await cache.lookup(wafer, before)
   const made = entry === undefined
   if (entry === undefined) {

@@ -70,6 +70,11 @@ export async function skopeoContext(
   return {authfile, dir, options, signal}
 }
 
+/** Loads what running skopeo takes (execa) ahead of its first run: a push does so while find walks a wafer. */
+export async function readySkopeo(): Promise<void> {
+  await import('execa')
+}
+
 /** O_PATH (Linux): opens a name without opening the file, so a FIFO never blocks and a device is never touched. */
 const O_PATH = 0o10000000
 
