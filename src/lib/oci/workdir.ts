@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fs} from 'node:fs'
+import {promises as fs, rmSync} from 'node:fs'
 import path from 'node:path'
 
 import {WafersError, isErrno} from '../errors.js'
@@ -98,7 +98,9 @@ async function tryMakeWorkDir(
   })
   return {
     async dispose() {
-      await fs.rm(dir, {force: true, recursive: true})
+      // Synchronously: the few entries of a work dir go in a third of the time the thread pool's
+      // round trips take (1.5 against 4.5 ms of every push), and nothing else is left to run.
+      rmSync(dir, {force: true, recursive: true})
       lock?.release()
       await removeMade(made)
     },
