@@ -361,7 +361,8 @@ export async function layerFingerprint(data: string): Promise<string> {
   const said: Buffer[] = []
   let saidBytes = 0
   const ended = await new Promise<{code: null | number; error?: Error}>((resolve) => {
-    const child = spawn(find.file, find.args, {env: {...process.env, LC_ALL: 'C'}, stdio: ['ignore', 'pipe', 'pipe']})
+    // Nothing of the caller's environment (POSIXLY_CORRECT, a locale) may change what find prints.
+    const child = spawn(find.file, find.args, {env: {LC_ALL: 'C'}, stdio: ['ignore', 'pipe', 'pipe']})
     child.stdout.on('data', (chunk: Buffer) => hash.update(chunk))
     child.stderr.on('data', (chunk: Buffer) => {
       if (saidBytes < 4096) said.push(chunk)
