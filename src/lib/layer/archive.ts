@@ -360,7 +360,7 @@ export async function layerFingerprint(data: string): Promise<string> {
   const find = diesWithUs(systemProgram('find'), ['-P', path.resolve(data), '-printf', FINGERPRINT_ENTRY])
   const said: Buffer[] = []
   let saidBytes = 0
-  const ended = await new Promise<{code: null | number; error?: Error}>((resolve) => {
+  const ended = await new Promise<{code: null | number; error?: Error; signal?: NodeJS.Signals | null}>((resolve) => {
     // Nothing of the caller's environment (POSIXLY_CORRECT, a locale) may change what find prints.
     const child = spawn(find.file, find.args, {env: {LC_ALL: 'C'}, stdio: ['ignore', 'pipe', 'pipe']})
     child.stdout.on('data', (chunk: Buffer) => hash.update(chunk))
@@ -369,7 +369,7 @@ export async function layerFingerprint(data: string): Promise<string> {
       saidBytes += chunk.length
     })
     child.once('error', (error) => resolve({code: null, error}))
-    child.once('close', (code) => resolve({code}))
+    child.once('close', (code, signal) => resolve({code, signal}))
   })
   if (ended.code !== 0) {
     const text = Buffer.concat(said).toString('utf8')
@@ -379,7 +379,9 @@ export async function layerFingerprint(data: string): Promise<string> {
         ? 'part of it cannot be read'
         : ended.error
           ? 'find could not be started'
-          : `find exited with code ${ended.code}`
+          : ended.signal
+            ? `find was killed by ${ended.signal}`
+            : `find exited with code ${ended.code}`
     throw new WafersError(`cannot tell whether ${data} changed: ${why}; try again once nothing writes to it.`)
   }
 
