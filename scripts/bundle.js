@@ -90,8 +90,9 @@ const editsAndImports = {
       let changed = false
       const where = args.path.split(path.sep).join('/')
       for (const edit of EDITS.filter(({file}) => where.endsWith(`/node_modules/${file}`))) {
-        if (!contents.includes(edit.from)) return {errors: [{text: `${edit.file} no longer holds: ${edit.from}`}]}
-        contents = contents.replace(edit.from, edit.to)
+        const parts = contents.split(edit.from)
+        if (parts.length !== 2) return {errors: [{text: `${edit.file} no longer holds exactly one: ${edit.from}`}]}
+        contents = parts.join(edit.to)
         edited.add(edit)
         changed = true
       }

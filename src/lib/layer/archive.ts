@@ -348,45 +348,67 @@ const FINGERPRINT_ENTRY = '%y %m %i %n %U %G %s %T@ %C@ %P\\0'
  * rewritten in place with the same entries (fsck -D) only costs one more pack, which gives the same
  * blob. Refuses in a sentence when find cannot read all of `data` (say, a directory went away).
  */
-export async function layerFingerprint(data: string): Promise<string> {
-  const [{spawn}, {digestOf, sha256}, {diesWithUs, systemProgram}, path] = await Promise.all([
+export async function layerFingerprint(data: string, signal?: AbortSignal): Promise<string> {
+  const [{spawn}, {digestOf, sha256}, {diesWithUs, systemProgram}, path, {lstatSync}] = await Promise.all([
     import('node:child_process'),
     import('./digest.js'),
     import('../host/run.js'),
     import('node:path'),
+    import('node:fs'),
   ])
   const hash = sha256()
   hash.update(`${PACK_FORMAT} find-1\n`)
   const find = diesWithUs(systemProgram('find'), ['-P', path.resolve(data), '-printf', FINGERPRINT_ENTRY])
   const said: Buffer[] = []
   let saidBytes = 0
+  let head = Buffer.alloc(0)
   const ended = await new Promise<{code: null | number; error?: Error; signal?: NodeJS.Signals | null}>((resolve) => {
-    // Nothing of the caller's environment (POSIXLY_CORRECT, a locale) may change what find prints.
-    const child = spawn(find.file, find.args, {env: {LC_ALL: 'C'}, stdio: ['ignore', 'pipe', 'pipe']})
-    child.stdout.on('data', (chunk: Buffer) => hash.update(chunk))
-    child.stderr.on('data', (chunk: Buffer) => {
+    let child: ReturnType<typeof spawn>
+    try {
+      // Nothing of the caller's environment (POSIXLY_CORRECT, a locale) may change what find prints.
+      child = spawn(find.file, find.args, {env: {LC_ALL: 'C'}, signal, stdio: ['ignore', 'pipe', 'pipe']})
+    } catch (error) {
+      resolve({code: null, error: error as Error})
+      return
+    }
+
+    child.stdout!.on('data', (chunk: Buffer) => {
+      if (head.length < ROOT_RECORD_BYTES) head = Buffer.concat([head, chunk.subarray(0, ROOT_RECORD_BYTES)])
+      hash.update(chunk)
+    })
+    child.stderr!.on('data', (chunk: Buffer) => {
       if (saidBytes < 4096) said.push(chunk)
       saidBytes += chunk.length
     })
     child.once('error', (error) => resolve({code: null, error}))
-    child.once('close', (code, signal) => resolve({code, signal}))
+    child.once('close', (code, signal_) => resolve({code, signal: signal_}))
   })
+  const refuse = (why: string) =>
+    new WafersError(`cannot tell whether ${data} changed: ${why}; try again once nothing writes to it.`)
+  if (signal?.aborted) throw new WafersError(`interrupted while reading ${data}.`)
   if (ended.code !== 0) {
     const text = Buffer.concat(said).toString('utf8')
-    const why = /No such file or directory|Not a directory/.test(text)
-      ? 'part of it went away while it was read'
-      : /Permission denied/.test(text)
-        ? 'part of it cannot be read'
-        : ended.error
-          ? 'find could not be started'
-          : ended.signal
-            ? `find was killed by ${ended.signal}`
-            : `find exited with code ${ended.code}`
-    throw new WafersError(`cannot tell whether ${data} changed: ${why}; try again once nothing writes to it.`)
+    if (ended.error) throw refuse('find could not be started')
+    if (ended.signal) throw refuse(`find was killed by ${ended.signal}`)
+    if (lstatSync(data, {throwIfNoEntry: false}) === undefined) throw refuse('it is not there')
+    if (/No such file or directory|Not a directory/.test(text)) throw refuse('part of it went away while it was read')
+    if (/Permission denied/.test(text)) throw refuse('part of it cannot be read')
+    throw refuse(`find exited with code ${ended.code}`)
   }
+
+  // The first record is `data` itself: a directory, in the form GNU find prints. A symlink or a file
+  // there is no wafer, and a find that prints other fields (not GNU's) could miss a change.
+  const root = head.subarray(0, head.indexOf(0) + 1).toString('latin1')
+  if (!ROOT_RECORD.test(root)) throw refuse(`${systemProgram('find')} does not print what GNU find prints`)
+  if (!root.startsWith('d ')) throw refuse('it is not a directory')
 
   return digestOf(hash)
 }
+
+/** How GNU find prints the record of `data` by FINGERPRINT_ENTRY (its type first), times to the nanosecond. */
+const ROOT_RECORD = /^[a-z] [0-7]+ \d+ \d+ \d+ \d+ \d+ -?\d+\.\d{10} -?\d+\.\d{10} \0$/
+/** More than a root record can take. */
+const ROOT_RECORD_BYTES = 256
 
 /**
  * Whether `data` holds no entry at all and is not itself opaque (in either attribute form): such

@@ -215,7 +215,7 @@ async function packWafer(
 ): Promise<PushedLayer | undefined> {
   const {isEmptyLayer, layerFingerprint, packLayer} = await import('../layer/archive.js')
   const data = store.dataDir(wafer)
-  const fingerprinting = layerFingerprint(data)
+  const fingerprinting = layerFingerprint(data, signal)
   const settled = fingerprinting.then(
     () => {},
     () => {},
@@ -241,7 +241,7 @@ async function packWafer(
         },
         signal,
       })
-      if ((await layerFingerprint(data)) !== before) {
+      if ((await layerFingerprint(data, signal)) !== before) {
         throw new WafersError(`wafer ${wafer} changed while it was packed; push again once nothing writes to it.`)
       }
 

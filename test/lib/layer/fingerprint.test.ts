@@ -63,18 +63,63 @@ describe('the fingerprint of a wafer', function () {
     await fs.writeFile(odd, 'odd\n')
     await fs.symlink(dir, path.join(data, 'up')) // followed, it would walk the wafer again and more
     await execa('mkfifo', [path.join(data, 'fifo')])
-    const first = await layerFingerprint(data)
     expect(await changes(() => fs.writeFile(odd, 'ODD\n')), 'a file of an odd name').to.equal(true)
     // What the symlink points at is not the wafer's: changing it changes nothing.
     expect(await changes(() => fs.writeFile(path.join(dir, 'outside'), 'x'))).to.equal(false)
-    expect(first).to.not.equal(await layerFingerprint(data))
   })
 
-  it('refuses in a sentence when the wafer is not there to read', async function () {
-    const error = await layerFingerprint(path.join(dir, 'gone')).catch((error_: unknown) => error_ as Error)
-    expect(error).to.be.instanceOf(Error)
-    expect((error as Error).message).to.equal(
-      `cannot tell whether ${path.join(dir, 'gone')} changed: part of it went away while it was read; try again once nothing writes to it.`,
+  it("does not depend on the caller's environment", async function () {
+    const first = await layerFingerprint(data)
+    const saved = {...process.env}
+    try {
+      Object.assign(process.env, {LANG: 'de_DE.UTF-8', LC_ALL: 'de_DE.UTF-8', POSIXLY_CORRECT: '1', TZ: 'Asia/Tokyo'})
+      expect(await layerFingerprint(data)).to.equal(first)
+    } finally {
+      for (const name of ['LANG', 'LC_ALL', 'POSIXLY_CORRECT', 'TZ']) delete process.env[name]
+      Object.assign(process.env, saved)
+    }
+  })
+
+  const refusal = async (of: string) => {
+    const error = await layerFingerprint(of).then(
+      () => undefined,
+      (error_: unknown) => error_ as Error,
     )
+    expect(error, `a fingerprint of ${of}`).to.be.instanceOf(Error)
+    return error!.message
+  }
+
+  it('refuses a wafer directory that is a symlink or a file, or is not there, in a sentence', async function () {
+    const link = path.join(dir, 'link')
+    await fs.symlink(data, link)
+    expect(await refusal(link)).to.equal(
+      `cannot tell whether ${link} changed: it is not a directory; try again once nothing writes to it.`,
+    )
+    const file = path.join(data, 'etc', 'hostname')
+    expect(await refusal(file)).to.equal(
+      `cannot tell whether ${file} changed: it is not a directory; try again once nothing writes to it.`,
+    )
+    const gone = path.join(dir, 'gone')
+    expect(await refusal(gone)).to.equal(
+      `cannot tell whether ${gone} changed: it is not there; try again once nothing writes to it.`,
+    )
+  })
+
+  it('refuses a find that does not print what GNU find prints', async function () {
+    // A find whose times are whole seconds would miss a change within the second.
+    const bin = path.join(dir, 'bin')
+    await fs.mkdir(bin)
+    await fs.writeFile(path.join(bin, 'find'), "#!/bin/sh\nprintf 'd 755 2 3 0 0 4096 1700000000 1700000000 \\000'\n", {
+      mode: 0o755,
+    })
+    const path0 = process.env.PATH
+    process.env.PATH = `${bin}:${path0}`
+    try {
+      expect(await refusal(data)).to.equal(
+        `cannot tell whether ${data} changed: ${bin}/find does not print what GNU find prints; try again once nothing writes to it.`,
+      )
+    } finally {
+      process.env.PATH = path0
+    }
   })
 })
