@@ -127,15 +127,9 @@ export function pushSteps(
 
   const steps = (): Step[] => {
     const layout = path.join(work!.path, 'layout')
-    let uploadReady: Promise<void> | undefined
-    const readyUpload = () => {
-      uploadReady ??= readySkopeo()
-      return uploadReady
-    }
-
     const packs = wafers.map((wafer): Step => ({
       async run(report) {
-        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal, readyUpload)
+        const packed = await packWafer(store, cache, wafer, work!.path, report, options.signal, readySkopeo)
         const meta = readMeta(store.dir(wafer), wafer)
         if (packed === undefined) {
           result.emptyWafers.push(wafer)

@@ -99,7 +99,7 @@ async function tryMakeWorkDir(
   return {
     async dispose() {
       // Synchronously: the few entries of a work dir go in a third of the time the thread pool's
-      // round trips take (1.5 against 4.5 ms of every push), and nothing else is left to run.
+      // round trips take (about 2 against 4.5 ms of every push), and nothing else is left to run.
       try {
         rmSync(dir, {force: true, recursive: true})
       } finally {
